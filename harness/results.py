@@ -1,0 +1,78 @@
+"""Typed records of what a run found: one CaseResult per case x limit x user, one BootResult per boot.
+
+These flow from the runner to the writers (report) and are what results.json serialises.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from typing import Any
+
+
+class Outcome(enum.Enum):
+    """One status per distinct outcome; JUnit and exit codes are derived from it, never from strings."""
+
+    PASS = "pass"  # observed what the expectations say
+    DEVIATION = "deviation"  # observed something else: a finding about the kernel (exit 1)
+    NOT_APPLICABLE = "not_applicable"  # the case cannot say anything here (JUnit skipped)
+    OOM_KILLED = "oom_killed"  # the probe child was killed by the OOM killer: a finding
+    PANIC = "panic"  # the guest kernel panicked during the case
+    TIMEOUT = "timeout"  # the case did not finish in time
+    INFRA_ERROR = "infra_error"  # the harness could not get an answer (boot, SSH, QEMU)
+
+    @property
+    def is_failure(self) -> bool:
+        """A finding about the kernel (JUnit <failure>)."""
+        return self in (Outcome.DEVIATION, Outcome.OOM_KILLED, Outcome.PANIC)
+
+    @property
+    def is_error(self) -> bool:
+        """No answer from the kernel (JUnit <error>)."""
+        return self in (Outcome.TIMEOUT, Outcome.INFRA_ERROR)
+
+
+@dataclass(frozen=True)
+class CaseResult:
+    boot_id: str
+    case: str
+    memlock: str  # label: default, 64K, 0, unlimited, 64K:1M
+    user: str
+    outcome: Outcome
+    message: str  # expected vs observed, or the reason for skip/error
+    observation: dict[str, Any] | None  # the probe's JSON object for the case, as received
+    expected: dict[str, Any] = field(default_factory=dict)
+    citation: str = ""
+    duration_s: float = 0.0
+
+    @property
+    def name(self) -> str:
+        return f"{self.case}[memlock={self.memlock},user={self.user}]"
+
+
+@dataclass(frozen=True)
+class KernelInfo:
+    """What identifies the kernel a boot ran, for reports and reproduction."""
+
+    label: str
+    release: str  # uname -r
+    package: str | None  # concrete Debian package, None for a path kernel
+    version: str | None  # Debian package version
+    sha256: str  # of the kernel image file booted
+    source: str  # the spec as given: debian suite(s) or path
+
+
+@dataclass
+class BootResult:
+    boot_id: str
+    kernel: KernelInfo | None  # None when the kernel could not even be resolved
+    ram_mb: int
+    accelerator: str = ""  # kvm or tcg
+    qemu_version: str = ""
+    memtotal_kb: int | None = None  # MemTotal seen in the guest
+    uname: str = ""  # uname -r seen in the guest
+    qemu_argv: list[str] = field(default_factory=list)
+    serial_log: str = ""  # path relative to the run directory
+    timings: dict[str, float] = field(default_factory=dict)  # marker, ssh, probe (seconds from start)
+    error: str = ""  # infrastructure error that stopped the boot, if any
+    cases: list[CaseResult] = field(default_factory=list)
