@@ -1,0 +1,302 @@
+"""QEMU: the accelerator check, the argv (pure), and the VM context manager that owns the process.
+
+The fast path is the prototype's: PVH vmlinux when the kernel has the entry note, `-cpu max`,
+virtio-net without its option ROM, user-mode networking forwarded to 127.0.0.1 only.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import os
+import re
+import shlex
+import signal
+import socket
+import subprocess
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from harness.errors import InfraError
+
+QEMU = os.environ.get("HARNESS_QEMU", "qemu-system-x86_64")
+READY_MARKER = "HARNESS-READY"  # printed by the guest's /init once port 22 listens
+PANIC_MARKERS = ("Kernel panic - not syncing", "---[ end Kernel panic")
+PORT_TAKEN = "Could not set up host forwarding rule"
+
+
+@dataclass(frozen=True)
+class Accelerator:
+    name: str  # "kvm" or "tcg"
+    reason: str  # why this one: what the KVM check saw
+
+
+# A boot sector that writes 'K' to COM1 and leaves through isa-debug-exit with status 0x10,
+# which QEMU turns into exit code (0x10 << 1) | 1 = 33. A KVM that cannot run guests hangs
+# or aborts here instead (as /dev/kvm on this kind of machine does).
+_CHECK_SECTOR = bytes(
+    [0xBA, 0xF8, 0x03, 0xB0, ord("K"), 0xEE, 0xBA, 0xF4, 0x00, 0xB0, 0x10, 0xEE, 0xF4, 0xEB, 0xFD]
+)
+_CHECK_EXIT = 33
+
+
+@functools.cache
+def accelerator(check_timeout: float = 5.0) -> Accelerator:
+    """KVM only if it really runs a guest; else TCG. HARNESS_ACCEL=tcg|kvm forces one."""
+    forced = os.environ.get("HARNESS_ACCEL")
+    if forced in ("tcg", "kvm"):
+        return Accelerator(forced, "forced by HARNESS_ACCEL")
+    if not os.access("/dev/kvm", os.R_OK | os.W_OK):
+        return Accelerator("tcg", "/dev/kvm is absent or not accessible")
+    ok, detail = _run_check("kvm", check_timeout)
+    if ok:
+        return Accelerator("kvm", "KVM ran a test guest")
+    return Accelerator("tcg", f"KVM did not run a test guest ({detail})")
+
+
+def _run_check(accel: str, timeout: float) -> tuple[bool, str]:
+    with tempfile.TemporaryDirectory(prefix="harness-kvmcheck-") as tmp:
+        disk = Path(tmp, "boot.img")
+        disk.write_bytes(_CHECK_SECTOR.ljust(510, b"\0") + b"\x55\xaa")
+        argv = [
+            QEMU, "-accel", accel, "-cpu", "max", "-nodefaults", "-no-user-config", "-display", "none",
+            "-m", "16", "-serial", "stdio", "-device", "isa-debug-exit,iobase=0xf4,iosize=0x04",
+            "-drive", f"file={disk},format=raw,if=floppy",
+        ]  # fmt: skip
+        with Process(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE) as proc:
+            try:
+                out, err = proc.popen.communicate(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                return False, f"no answer in {timeout:g}s"
+        if proc.popen.returncode == _CHECK_EXIT and out.startswith(b"K"):
+            return True, ""
+        last = err.decode(errors="replace").strip().splitlines()
+        return False, f"exit {proc.popen.returncode}: {last[-1] if last else 'no message'}"
+
+
+@functools.cache
+def qemu_version() -> str:
+    try:
+        out = subprocess.run([QEMU, "--version"], capture_output=True, text=True, check=True).stdout
+    except (OSError, subprocess.CalledProcessError) as e:
+        raise InfraError(f"{QEMU}: cannot run it ({e}); install qemu-system-x86") from e
+    m = re.search(r"version (\S+)", out)
+    return m.group(1) if m else out.strip()
+
+
+class Process:
+    """A child in its own process group, killed with the whole group on every exit path."""
+
+    def __init__(self, argv: list[str], **popen_kwargs: object) -> None:
+        self.argv = argv
+        self.popen = subprocess.Popen(argv, start_new_session=True, stdin=subprocess.DEVNULL, **popen_kwargs)  # type: ignore[call-overload]
+
+    def __enter__(self) -> Process:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.kill()
+
+    def kill(self) -> None:
+        if self.popen.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.popen.pid, signal.SIGKILL)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.popen.wait(timeout=10)
+        for stream in (self.popen.stdout, self.popen.stderr):
+            if stream is not None:
+                stream.close()
+
+
+@dataclass(frozen=True)
+class VMConfig:
+    kernel: Path  # vmlinux (PVH) or bzImage
+    initrd: Path
+    ram_mb: int
+    accel: str
+    port: int
+    cmdline: str = "console=ttyS0 panic=-1 oops=panic"
+
+    def argv(self) -> list[str]:
+        """The QEMU command line; pure, printed shell-quoted so anyone can rerun the boot."""
+        return [
+            QEMU,
+            "-machine", "pc",
+            "-accel", self.accel,
+            "-cpu", "max",
+            "-smp", "1",
+            "-m", f"{self.ram_mb}M",
+            "-nodefaults", "-no-user-config", "-no-reboot",
+            "-display", "none",
+            "-serial", "stdio",
+            "-kernel", str(self.kernel),
+            "-initrd", str(self.initrd),
+            "-append", self.cmdline,
+            "-netdev", f"user,id=n0,hostfwd=tcp:127.0.0.1:{self.port}-:22",
+            "-device", "virtio-net-pci,netdev=n0,romfile=",
+        ]  # fmt: skip
+
+
+def command_line(argv: list[str]) -> str:
+    return shlex.join(argv)
+
+
+class BootFailure(InfraError):
+    """The guest never became ready: QEMU exited, the kernel panicked, or the deadline passed."""
+
+    def __init__(self, message: str, excerpt: str, panicked: bool = False) -> None:
+        super().__init__(message)
+        self.excerpt = excerpt
+        self.panicked = panicked
+
+
+@dataclass
+class _Serial:
+    """What the reader thread has seen on the serial console."""
+
+    ready: threading.Event = field(default_factory=threading.Event)
+    ended: threading.Event = field(default_factory=threading.Event)
+    panic: bool = False
+    tail: list[str] = field(default_factory=list)
+    ready_at: float | None = None
+
+
+class VM:
+    """A running guest. Use `boot()`; leaving the `with` block always kills QEMU's process group."""
+
+    def __init__(self, config: VMConfig, serial_log: Path) -> None:
+        self.config = config
+        self.serial_log = serial_log
+        self.started = time.monotonic()
+        self._serial = _Serial()
+        self._stderr = tempfile.TemporaryFile()
+        self._log = serial_log.open("ab")
+        self._proc = Process(config.argv(), stdout=subprocess.PIPE, stderr=self._stderr)
+        self._reader = threading.Thread(target=self._read, name=f"serial-{serial_log.stem}", daemon=True)
+        self._reader.start()
+
+    def __enter__(self) -> VM:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._proc.kill()
+        self._reader.join(timeout=10)
+        self._log.close()
+        self._stderr.close()
+
+    def _read(self) -> None:
+        stdout = self._proc.popen.stdout
+        assert stdout is not None
+        pending = b""
+        try:
+            for chunk in iter(lambda: stdout.read1(65536), b""):
+                self._log.write(chunk)
+                self._log.flush()
+                pending += chunk
+                *lines, pending = pending.split(b"\n")
+                for raw in lines:
+                    self._line(raw.decode(errors="replace").rstrip("\r"))
+        except (OSError, ValueError):
+            pass  # the pipe closed under us while the VM was being killed
+        finally:
+            if pending:
+                self._line(pending.decode(errors="replace"))
+            self._serial.ended.set()
+            self._serial.ready.set()  # wake a waiter: the guest can never become ready now
+
+    def _line(self, line: str) -> None:
+        s = self._serial
+        s.tail.append(line)
+        del s.tail[:-60]
+        if READY_MARKER in line and s.ready_at is None:
+            s.ready_at = time.monotonic() - self.started
+            s.ready.set()
+        if any(m in line for m in PANIC_MARKERS):
+            s.panic = True
+
+    @property
+    def alive(self) -> bool:
+        return self._proc.popen.poll() is None
+
+    @property
+    def panicked(self) -> bool:
+        return self._serial.panic
+
+    @property
+    def ready_after(self) -> float | None:
+        return self._serial.ready_at
+
+    def excerpt(self, lines: int = 25) -> str:
+        return "\n".join(self._serial.tail[-lines:])
+
+    def stderr_text(self) -> str:
+        self._stderr.seek(0)
+        return self._stderr.read().decode(errors="replace")
+
+    def wait_ready(self, timeout: float) -> float:
+        """Seconds from start to the ready marker; BootFailure on panic, QEMU exit or deadline."""
+        deadline = self.started + timeout
+        while not self._serial.ready.wait(timeout=0.2):
+            if self.panicked:
+                break
+            if time.monotonic() > deadline:
+                raise BootFailure(
+                    f"no ready marker within {timeout:g}s (last serial lines below)", self.excerpt()
+                )
+        if self._serial.ready_at is not None and not self.panicked:
+            return self._serial.ready_at
+        if self.panicked:
+            raise BootFailure("guest kernel panicked while booting", self.excerpt(40), panicked=True)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self._proc.popen.wait(timeout=5)
+        err = self.stderr_text().strip().splitlines()
+        detail = err[-1] if err else "no message"
+        raise BootFailure(
+            f"QEMU exited with status {self._proc.popen.poll()} before the guest was ready: {detail}",
+            self.excerpt(),
+        )
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+@contextlib.contextmanager
+def boot(config: VMConfig, serial_log: Path, timeout: float, port_tries: int = 5) -> Iterator[VM]:
+    """Start QEMU and wait for the guest's ready marker, retrying when another VM took our port.
+
+    Choosing a free port and handing it to QEMU is racy with parallel VMs (pitfall 9), so the
+    race is resolved by retrying rather than by locking.
+    """
+    for attempt in range(port_tries):
+        cfg = config if attempt == 0 and config.port else _with_port(config, free_port())
+        vm = VM(cfg, serial_log)
+        try:
+            vm.wait_ready(timeout)
+        except BootFailure:
+            port_taken = PORT_TAKEN in vm.stderr_text()
+            vm.close()
+            if port_taken and attempt + 1 < port_tries:
+                continue
+            raise
+        except BaseException:
+            vm.close()
+            raise
+        with vm:
+            yield vm
+        return
+    raise AssertionError("unreachable")
+
+
+def _with_port(config: VMConfig, port: int) -> VMConfig:
+    return VMConfig(config.kernel, config.initrd, config.ram_mb, config.accel, port, config.cmdline)
