@@ -1,0 +1,623 @@
+"""Report writers: junit.xml, results.json, RunWriter files, the terminal summary and exit codes."""
+
+from __future__ import annotations
+
+import dataclasses
+import errno
+import io
+import json
+import os
+import threading
+import xml.etree.ElementTree as ET
+from pathlib import Path
+from typing import Any
+
+import pytest
+import xmlschema
+from rich.console import Console
+
+from harness.errors import InfraError
+from harness.report import RunWriter, exit_code, junit_xml, print_summary, results_json
+from harness.results import BootResult, CaseResult, KernelInfo, Outcome
+
+RUN_ID = "20261126T185300Z-ab12"
+STARTED = "2026-11-26T18:53:00Z"
+
+# The constraints of Jenkins' junit-10.xsd (xunit plugin) for the elements and attributes this
+# harness writes, restated by hand: which attributes exist and are required, which children may
+# appear where, and the pattern `time` must match. No `disabled`, no unknown attributes.
+JUNIT_XSD = r"""<?xml version="1.0" encoding="UTF-8"?>
+<xs:schema xmlns:xs="http://www.w3.org/2001/XMLSchema">
+  <xs:simpleType name="time">
+    <xs:restriction base="xs:string">
+      <xs:pattern value="(([0-9]{0,3},)*[0-9]{3}|[0-9]{0,3})*(\.[0-9]*)?"/>
+    </xs:restriction>
+  </xs:simpleType>
+  <xs:complexType name="outcome" mixed="true">
+    <xs:attribute name="type" type="xs:string"/>
+    <xs:attribute name="message" type="xs:string"/>
+  </xs:complexType>
+  <xs:element name="failure" type="outcome"/>
+  <xs:element name="error" type="outcome"/>
+  <xs:element name="skipped" type="outcome"/>
+  <xs:element name="system-out" type="xs:string"/>
+  <xs:element name="system-err" type="xs:string"/>
+  <xs:element name="property">
+    <xs:complexType>
+      <xs:attribute name="name" type="xs:string" use="required"/>
+      <xs:attribute name="value" type="xs:string" use="required"/>
+    </xs:complexType>
+  </xs:element>
+  <xs:element name="properties">
+    <xs:complexType>
+      <xs:sequence><xs:element ref="property" minOccurs="0" maxOccurs="unbounded"/></xs:sequence>
+    </xs:complexType>
+  </xs:element>
+  <xs:element name="testcase">
+    <xs:complexType>
+      <xs:choice minOccurs="0" maxOccurs="unbounded">
+        <xs:element ref="skipped"/>
+        <xs:element ref="error"/>
+        <xs:element ref="failure"/>
+        <xs:element ref="system-out"/>
+        <xs:element ref="system-err"/>
+      </xs:choice>
+      <xs:attribute name="name" type="xs:string" use="required"/>
+      <xs:attribute name="time" type="xs:string"/>
+      <xs:attribute name="classname" type="xs:string"/>
+      <xs:attribute name="group" type="xs:string"/>
+    </xs:complexType>
+  </xs:element>
+  <xs:element name="testsuite">
+    <xs:complexType>
+      <xs:choice minOccurs="0" maxOccurs="unbounded">
+        <xs:element ref="testsuite"/>
+        <xs:element ref="properties"/>
+        <xs:element ref="testcase"/>
+        <xs:element ref="system-out"/>
+        <xs:element ref="system-err"/>
+      </xs:choice>
+      <xs:attribute name="name" type="xs:string" use="required"/>
+      <xs:attribute name="tests" type="xs:string" use="required"/>
+      <xs:attribute name="failures" type="xs:string" use="required"/>
+      <xs:attribute name="errors" type="xs:string" use="required"/>
+      <xs:attribute name="group" type="xs:string"/>
+      <xs:attribute name="time" type="time"/>
+      <xs:attribute name="skipped" type="xs:string"/>
+      <xs:attribute name="timestamp" type="xs:string"/>
+      <xs:attribute name="hostname" type="xs:string"/>
+      <xs:attribute name="id" type="xs:string"/>
+      <xs:attribute name="package" type="xs:string"/>
+      <xs:attribute name="file" type="xs:string"/>
+      <xs:attribute name="log" type="xs:string"/>
+      <xs:attribute name="url" type="xs:string"/>
+    </xs:complexType>
+  </xs:element>
+  <xs:element name="testsuites">
+    <xs:complexType>
+      <xs:sequence><xs:element ref="testsuite" minOccurs="0" maxOccurs="unbounded"/></xs:sequence>
+      <xs:attribute name="name" type="xs:string"/>
+      <xs:attribute name="time" type="time"/>
+      <xs:attribute name="tests" type="xs:string"/>
+      <xs:attribute name="failures" type="xs:string"/>
+      <xs:attribute name="errors" type="xs:string"/>
+    </xs:complexType>
+  </xs:element>
+</xs:schema>
+"""
+
+
+# --- fixtures ----------------------------------------------------------------------------------
+
+DEBIAN = KernelInfo(
+    label="bookworm",
+    release="6.1.0-28-amd64",
+    package="linux-image-6.1.0-28-amd64",
+    version="6.1.119-1",
+    sha256="ab" * 32,
+    source="bookworm",
+)
+PATH_KERNEL = KernelInfo(
+    label="bzImage", release="6.12.0", package=None, version=None, sha256="cd" * 32, source="/k/bzImage"
+)
+
+
+def case(boot_id: str, name: str, outcome: Outcome, message: str = "", **kw: Any) -> CaseResult:
+    kw.setdefault("observation", {"errno": 0, "locked_kb": 64})
+    return CaseResult(
+        boot_id=boot_id, case=name, memlock="64K", user="user", outcome=outcome, message=message, **kw
+    )
+
+
+DEVIATION_MESSAGE = "expected mmap to fail with EAGAIN, observed success (locked 64K over a 0 limit)"
+
+
+def full_boot(boot_id: str = "bookworm-256M") -> BootResult:
+    """One case per Outcome."""
+    return BootResult(
+        boot_id=boot_id,
+        kernel=DEBIAN,
+        ram_mb=256,
+        accelerator="tcg",
+        qemu_version="7.2.15",
+        memtotal_kb=249_344,
+        uname="6.1.0-28-amd64",
+        qemu_argv=["qemu-system-x86_64", "-m", "256"],
+        serial_log=f"{boot_id}/serial.log",
+        timings={"marker": 9.25, "ssh": 14.5, "probe": 31.0},
+        cases=[
+            case(boot_id, "lock_basic", Outcome.PASS, duration_s=0.8123),
+            case(
+                boot_id,
+                "lock_over_limit",
+                Outcome.DEVIATION,
+                DEVIATION_MESSAGE,
+                expected={"errno": "EAGAIN"},
+                citation="mm/mlock.c: can_do_mlock()",
+                duration_s=1.5,
+            ),
+            case(
+                boot_id, "lock_as_root", Outcome.NOT_APPLICABLE, "needs root; ran as user", observation=None
+            ),
+            case(boot_id, "lock_all_ram", Outcome.OOM_KILLED, "probe child killed by the OOM killer"),
+            case(boot_id, "lock_fault", Outcome.PANIC, "Kernel panic - not syncing: Fatal exception"),
+            case(
+                boot_id, "lock_huge", Outcome.TIMEOUT, "no answer after 60s", observation=None, duration_s=60
+            ),
+            case(boot_id, "lock_ssh", Outcome.INFRA_ERROR, "SSH connection reset", observation=None),
+        ],
+    )
+
+
+def failed_boot(boot_id: str = "trixie-96M") -> BootResult:
+    return BootResult(
+        boot_id=boot_id,
+        kernel=None,
+        ram_mb=96,
+        serial_log=f"{boot_id}/serial.log",
+        error="no login marker on the serial console after 180s",
+    )
+
+
+def suites(xml_text: str) -> dict[str, ET.Element]:
+    root = ET.fromstring(xml_text)
+    assert root.tag == "testsuites"
+    return {s.get("name", ""): s for s in root.findall("testsuite")}
+
+
+def cases_of(suite: ET.Element) -> dict[str, ET.Element]:
+    return {c.get("name", ""): c for c in suite.findall("testcase")}
+
+
+# --- junit.xml ---------------------------------------------------------------------------------
+
+
+def test_junit_counts_per_suite_and_overall() -> None:
+    text = junit_xml([full_boot(), failed_boot()], RUN_ID)
+    root = ET.fromstring(text)
+    by_name = suites(text)
+    assert list(by_name) == ["bookworm-256M", "trixie-96M"]
+    full = by_name["bookworm-256M"]
+    assert (full.get("tests"), full.get("failures"), full.get("errors"), full.get("skipped")) == (
+        "7",
+        "3",
+        "2",
+        "1",
+    )
+    assert full.get("hostname") == "qemu"
+    assert (root.get("tests"), root.get("failures"), root.get("errors")) == ("8", "3", "3")
+    assert root.get("name") == RUN_ID
+
+
+def test_junit_properties_only_those_set() -> None:
+    path_boot = BootResult(boot_id="bzImage-256M", kernel=PATH_KERNEL, ram_mb=256)
+    by_name = suites(junit_xml([full_boot(), path_boot], RUN_ID))
+    props = {p.get("name"): p.get("value") for p in by_name["bookworm-256M"].iter("property")}
+    assert props == {
+        "run_id": RUN_ID,
+        "kernel.label": "bookworm",
+        "kernel.package": "linux-image-6.1.0-28-amd64",
+        "kernel.version": "6.1.119-1",
+        "kernel.release": "6.1.0-28-amd64",
+        "kernel.sha256": "ab" * 32,
+        "kernel.source": "bookworm",
+        "ram_mb": "256",
+        "memtotal_kb": "249344",
+        "accelerator": "tcg",
+        "qemu_version": "7.2.15",
+        "uname": "6.1.0-28-amd64",
+    }
+    sparse = {p.get("name") for p in by_name["bzImage-256M"].iter("property")}
+    assert sparse == {
+        "run_id",
+        "kernel.label",
+        "kernel.release",
+        "kernel.sha256",
+        "kernel.source",
+        "ram_mb",
+    }
+
+
+def test_junit_testcase_per_outcome() -> None:
+    boot = full_boot()
+    cases = cases_of(suites(junit_xml([boot], RUN_ID))[boot.boot_id])
+    assert list(cases) == [r.name for r in boot.cases]
+    for r in boot.cases:
+        assert cases[r.name].get("classname") == f"harness.{boot.boot_id}"
+
+    passed = cases["lock_basic[memlock=64K,user=user]"]
+    assert [child.tag for child in passed] == ["system-out"]
+    assert json.loads(passed.findtext("system-out", "")) == {"errno": 0, "locked_kb": 64}
+    assert passed.get("time") == "0.812"
+
+    deviation = cases["lock_over_limit[memlock=64K,user=user]"].find("failure")
+    assert deviation is not None
+    assert deviation.get("message") == DEVIATION_MESSAGE
+    assert deviation.get("type") == "deviation"
+    body = deviation.text or ""
+    assert 'expected: {"errno":"EAGAIN"}' in body
+    assert 'observed: {"errno":0,"locked_kb":64}' in body
+    assert "citation: mm/mlock.c: can_do_mlock()" in body
+
+    for name, tag, kind in (
+        ("lock_all_ram", "failure", "oom_killed"),
+        ("lock_fault", "failure", "panic"),
+        ("lock_huge", "error", "timeout"),
+        ("lock_ssh", "error", "infra_error"),
+    ):
+        element = cases[f"{name}[memlock=64K,user=user]"].find(tag)
+        assert element is not None, name
+        assert element.get("type") == kind
+
+    skipped = cases["lock_as_root[memlock=64K,user=user]"].find("skipped")
+    assert skipped is not None
+    assert skipped.get("message") == "needs root; ran as user"
+    assert cases["lock_as_root[memlock=64K,user=user]"].find("system-out") is None
+
+
+def test_junit_boot_error_is_an_errored_testcase() -> None:
+    boot = failed_boot()
+    suite = suites(junit_xml([boot], RUN_ID))["trixie-96M"]
+    assert (suite.get("tests"), suite.get("errors"), suite.get("failures")) == ("1", "1", "0")
+    cases = cases_of(suite)
+    assert list(cases) == ["boot"]
+    error = cases["boot"].find("error")
+    assert error is not None
+    assert error.get("message") == boot.error
+    assert error.get("type") == "infra_error"
+    assert "trixie-96M/serial.log" in (error.text or "")
+
+
+def test_junit_boot_error_after_some_cases_still_errors() -> None:
+    boot = full_boot()
+    boot.cases = boot.cases[:1]
+    boot.error = "guest stopped answering SSH"
+    suite = suites(junit_xml([boot], RUN_ID))[boot.boot_id]
+    assert (suite.get("tests"), suite.get("errors")) == ("2", "1")
+    assert "boot" in cases_of(suite)
+
+
+def test_junit_message_without_text_is_still_a_failure() -> None:
+    boot = BootResult("b", DEBIAN, 256, cases=[case("b", "c", Outcome.DEVIATION, "", observation=None)])
+    suite = suites(junit_xml([boot], RUN_ID))["b"]
+    assert suite.get("failures") == "1"
+
+
+def test_junit_strips_characters_xml_cannot_carry() -> None:
+    nasty = "bad\x00nul \x07bell \x1b[31mred\x1b[0m \ud800surrogate \ufffe end"
+    boot = BootResult(
+        "b\x01oot",
+        DEBIAN,
+        256,
+        uname="6.1\x08",
+        error="serial said \x00\x1b",
+        cases=[case("b", "c", Outcome.DEVIATION, nasty, observation={"raw": "x\x02y"})],
+    )
+    text = junit_xml([boot], RUN_ID)
+    text.encode("utf-8")  # no lone surrogates left
+    suite = suites(text)["boot"]
+    failure = suite.find("testcase/failure")
+    assert failure is not None
+    assert failure.get("message") == "badnul bell [31mred[0m surrogate  end"
+    assert {p.get("name"): p.get("value") for p in suite.iter("property")}["uname"] == "6.1"
+    # JSON escapes control characters itself, so the observation survives intact.
+    out = suite.find("testcase/system-out")
+    assert out is not None and json.loads(out.text or "") == {"raw": "x\x02y"}
+
+
+def test_junit_multiline_message_survives() -> None:
+    message = "expected EAGAIN\nobserved 0\ttabbed"
+    boot = BootResult("b", DEBIAN, 256, cases=[case("b", "c", Outcome.DEVIATION, message)])
+    failure = ET.fromstring(junit_xml([boot], RUN_ID)).find("testsuite/testcase/failure")
+    assert failure is not None and failure.get("message") == message
+
+
+def test_junit_validates_against_jenkins_schema() -> None:
+    schema = xmlschema.XMLSchema(JUNIT_XSD)
+    odd_times = full_boot("odd")
+    odd_times.cases = [
+        case("odd", "c", Outcome.PASS, duration_s=1e-5),
+        case("odd", "d", Outcome.PASS, duration_s=0.1),
+    ]
+    for boots in ([full_boot(), failed_boot(), odd_times], []):
+        schema.validate(junit_xml(boots, RUN_ID))
+
+
+# --- results.json ------------------------------------------------------------------------------
+
+
+def test_results_json_round_trips_with_counts() -> None:
+    boots = [full_boot(), failed_boot()]
+    doc = results_json(boots, RUN_ID, STARTED, None)
+    assert json.loads(json.dumps(doc)) == doc
+    assert doc["schema"] == 1
+    assert (doc["run_id"], doc["started"], doc["finished"], doc["complete"]) == (RUN_ID, STARTED, None, False)
+    assert doc["counts"] == {o.value: 1 for o in Outcome}
+    first, second = doc["boots"]
+    assert first["kernel"]["package"] == "linux-image-6.1.0-28-amd64"
+    assert first["timings"] == {"marker": 9.25, "ssh": 14.5, "probe": 31.0}
+    assert set(first) == {
+        "boot_id",
+        "kernel",
+        "ram_mb",
+        "accelerator",
+        "qemu_version",
+        "memtotal_kb",
+        "uname",
+        "qemu_argv",
+        "serial_log",
+        "timings",
+        "error",
+        "cases",
+    }
+    deviation = first["cases"][1]
+    assert deviation == {
+        "case": "lock_over_limit",
+        "memlock": "64K",
+        "user": "user",
+        "outcome": "deviation",
+        "message": DEVIATION_MESSAGE,
+        "expected": {"errno": "EAGAIN"},
+        "citation": "mm/mlock.c: can_do_mlock()",
+        "duration_s": 1.5,
+        "observation": {"errno": 0, "locked_kb": 64},
+    }
+    assert second["kernel"] is None and second["cases"] == [] and second["error"]
+
+    done = results_json(boots, RUN_ID, STARTED, "2026-11-26T19:10:00Z")
+    assert done["complete"] is True and done["finished"] == "2026-11-26T19:10:00Z"
+
+
+def test_results_json_empty_run() -> None:
+    doc = results_json([], RUN_ID, STARTED, None)
+    assert doc["boots"] == [] and sum(doc["counts"].values()) == 0
+
+
+# --- RunWriter ---------------------------------------------------------------------------------
+
+
+def read_reports(run_dir: Path) -> tuple[dict[str, Any], ET.Element]:
+    results = json.loads((run_dir / "results.json").read_text())
+    junit = ET.fromstring((run_dir / "junit.xml").read_text())
+    return results, junit
+
+
+def test_writer_files_valid_after_each_update(tmp_path: Path) -> None:
+    run_dir = tmp_path / "run"
+    writer = RunWriter(run_dir, RUN_ID, STARTED, order=["bookworm-256M", "trixie-96M"])
+    complete = full_boot()
+    live = BootResult(complete.boot_id, complete.kernel, complete.ram_mb, accelerator="tcg")
+    writer.add_boot(live)
+    results, junit = read_reports(run_dir)
+    assert [b["boot_id"] for b in results["boots"]] == ["bookworm-256M"]
+    assert junit.get("tests") == "0"
+    for n, result in enumerate(complete.cases, start=1):
+        live.cases.append(result)
+        writer.update(live)
+        results, junit = read_reports(run_dir)
+        assert len(results["boots"][0]["cases"]) == n
+        assert junit.get("tests") == str(n)
+        assert results["complete"] is False
+    # Added first but listed second: the plan's order wins.
+    writer.add_boot(failed_boot())
+    writer.add_boot(failed_boot("zz-extra"))
+    writer.finish("2026-11-26T19:10:00Z")
+    results, junit = read_reports(run_dir)
+    assert results["complete"] is True
+    assert [b["boot_id"] for b in results["boots"]] == ["bookworm-256M", "trixie-96M", "zz-extra"]
+    assert [s.get("name") for s in junit.findall("testsuite")] == ["bookworm-256M", "trixie-96M", "zz-extra"]
+    assert [b.boot_id for b in writer.boots()] == ["bookworm-256M", "trixie-96M", "zz-extra"]
+    assert sorted(p.name for p in run_dir.iterdir()) == ["junit.xml", "results.json"]
+    assert (run_dir / "junit.xml").stat().st_mode & 0o777 == 0o644
+
+
+def test_writer_earlier_order_boot_added_later_moves_up(tmp_path: Path) -> None:
+    writer = RunWriter(tmp_path, RUN_ID, STARTED, order=["a", "b"])
+    writer.update(failed_boot("b"))
+    writer.update(failed_boot("a"))
+    results, _ = read_reports(tmp_path)
+    assert [b["boot_id"] for b in results["boots"]] == ["a", "b"]
+
+
+def test_writer_add_boot_twice_is_a_bug(tmp_path: Path) -> None:
+    writer = RunWriter(tmp_path, RUN_ID, STARTED)
+    writer.add_boot(failed_boot())
+    with pytest.raises(ValueError, match="already added"):
+        writer.add_boot(failed_boot())
+
+
+def test_writer_manifest(tmp_path: Path) -> None:
+    writer = RunWriter(tmp_path, RUN_ID, STARTED)
+    writer.write_manifest({"run_id": RUN_ID, "matrix": "default", "path": Path("/x")})
+    assert json.loads((tmp_path / "manifest.json").read_text()) == {
+        "run_id": RUN_ID,
+        "matrix": "default",
+        "path": "/x",
+    }
+
+
+def test_writer_run_dir_under_a_file_is_infra_error(tmp_path: Path) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    with pytest.raises(InfraError, match=r"file/run: cannot create run directory: E\w+"):
+        RunWriter(blocker / "run", RUN_ID, STARTED)
+
+
+def test_writer_disk_full_keeps_previous_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """ENOSPC is simulated (os.replace raising it) because a full disk cannot be made here cheaply."""
+    writer = RunWriter(tmp_path, RUN_ID, STARTED)
+    boot = full_boot()
+    writer.add_boot(boot)
+    before = {name: (tmp_path / name).read_bytes() for name in ("results.json", "junit.xml")}
+
+    def full(src: str, dst: str) -> None:
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(os, "replace", full)
+    boot.cases.append(case(boot.boot_id, "late", Outcome.PASS))
+    with pytest.raises(InfraError) as raised:
+        writer.update(boot)
+    message = str(raised.value)
+    assert "\n" not in message
+    assert str(tmp_path / "results.json") in message and "ENOSPC" in message
+    monkeypatch.undo()
+
+    after = {name: (tmp_path / name).read_bytes() for name in ("results.json", "junit.xml")}
+    assert after == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["junit.xml", "results.json"]  # no temp files left
+
+
+def test_writer_failed_write_mid_file_keeps_previous_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """EIO/ENOSPC during fsync is simulated the same way: the half-written temp file is discarded."""
+    writer = RunWriter(tmp_path, RUN_ID, STARTED)
+    writer.add_boot(failed_boot())
+    before = (tmp_path / "results.json").read_bytes()
+
+    def broken(fd: int) -> None:
+        raise OSError(errno.EACCES, os.strerror(errno.EACCES))
+
+    monkeypatch.setattr(os, "fsync", broken)
+    with pytest.raises(InfraError, match="EACCES"):
+        writer.finish("2026-11-26T19:10:00Z")
+    monkeypatch.undo()
+    assert (tmp_path / "results.json").read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["junit.xml", "results.json"]
+
+
+def test_writer_concurrent_updates(tmp_path: Path) -> None:
+    writer = RunWriter(tmp_path, RUN_ID, STARTED)
+    ids = [f"boot{i}-256M" for i in range(8)]
+    template = full_boot()
+    errors: list[BaseException] = []
+    stop = threading.Event()
+
+    def boot_thread(boot_id: str) -> None:
+        try:
+            boot = BootResult(boot_id, DEBIAN, 256)
+            writer.add_boot(boot)
+            for r in template.cases:
+                boot.cases.append(dataclasses.replace(r, boot_id=boot_id))
+                boot.timings[f"after-{r.case}"] = 1.0  # mutate while others serialise
+                writer.update(boot)
+        except BaseException as e:  # surfaced in the main thread
+            errors.append(e)
+
+    def reader() -> None:
+        # Readers must never see a torn file while writers replace it.
+        try:
+            while not stop.is_set():
+                read_reports(tmp_path)
+        except FileNotFoundError:
+            pass
+        except BaseException as e:
+            errors.append(e)
+
+    (tmp_path / "results.json").write_text("{}")
+    (tmp_path / "junit.xml").write_text("<testsuites/>")
+    watcher = threading.Thread(target=reader)
+    watcher.start()
+    threads = [threading.Thread(target=boot_thread, args=(i,)) for i in ids]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    stop.set()
+    watcher.join()
+    assert errors == []
+
+    results, junit = read_reports(tmp_path)
+    assert sorted(b["boot_id"] for b in results["boots"]) == ids
+    assert all(len(b["cases"]) == len(template.cases) for b in results["boots"])
+    assert results["counts"] == {o.value: 8 for o in Outcome}
+    assert junit.get("tests") == str(8 * len(template.cases))
+
+
+# --- summary and exit code ---------------------------------------------------------------------
+
+
+def row_cells(text: str, needle: str) -> list[str]:
+    """The cells of the first table row containing `needle`."""
+    line = next(line for line in text.splitlines() if needle in line and "│" in line)
+    return [cell.strip() for cell in line.strip().strip("│").split("│")]
+
+
+def test_summary_shows_kernels_counts_and_problems() -> None:
+    out = io.StringIO()
+    console = Console(file=out, width=200)
+    print_summary([full_boot(), failed_boot()], console)
+    text = out.getvalue()
+    assert "bookworm" in text and "6.1.0-28-amd64" in text and "256M" in text and "tcg" in text
+    assert "9.2s" in text and "14.5s" in text and "31.0s" in text
+    for header in ("pass", "deviation", "n/a", "oom", "panic", "timeout", "error"):
+        assert header in text
+    assert row_cells(text, "tcg")[-7:] == ["1"] * 7
+    assert row_cells(text, "trixie-96M")[-7:] == ["0", "0", "0", "0", "0", "0", "1"]
+    # The problems table: every non-pass, non-n/a result, plus the boot error.
+    assert DEVIATION_MESSAGE in text
+    assert "lock_over_limit[memlock=64K,user=user]" in text
+    assert "lock_basic[memlock=64K,user=user]" not in text
+    assert "lock_as_root[memlock=64K,user=user]" not in text
+    assert "no login marker on the serial console after 180s" in text
+    assert "2 boots: 1 pass, 1 deviation, 1 n/a, 1 oom, 1 panic, 1 timeout, 1 error; 1 boot error" in text
+
+
+def test_summary_of_clean_run_has_no_problem_table() -> None:
+    boot = full_boot()
+    boot.cases = [r for r in boot.cases if r.outcome in (Outcome.PASS, Outcome.NOT_APPLICABLE)]
+    out = io.StringIO()
+    print_summary([boot], Console(file=out, width=200))
+    assert "Deviations and errors" not in out.getvalue()
+
+
+def test_summary_markup_in_names_is_literal() -> None:
+    boot = BootResult("b", None, 256, error="[bold]not markup[/bold]")
+    out = io.StringIO()
+    print_summary([boot], Console(file=out, width=200))
+    assert "[bold]not markup[/bold]" in out.getvalue()
+
+
+def boot_with(*outcomes: Outcome, error: str = "") -> BootResult:
+    return BootResult(
+        "b", DEBIAN, 256, error=error, cases=[case("b", f"c{i}", o) for i, o in enumerate(outcomes)]
+    )
+
+
+@pytest.mark.parametrize(
+    ("boots", "code"),
+    [
+        ([], 0),
+        ([boot_with(Outcome.PASS, Outcome.NOT_APPLICABLE)], 0),
+        ([boot_with(Outcome.PASS, Outcome.DEVIATION)], 1),
+        ([boot_with(Outcome.OOM_KILLED)], 1),
+        ([boot_with(Outcome.PANIC)], 1),
+        ([boot_with(Outcome.TIMEOUT)], 3),
+        ([boot_with(Outcome.INFRA_ERROR)], 3),
+        ([boot_with(Outcome.PASS, error="QEMU died")], 3),
+        ([boot_with(Outcome.DEVIATION), boot_with(Outcome.TIMEOUT)], 3),
+        ([boot_with(Outcome.DEVIATION), boot_with(error="no kernel")], 3),
+    ],
+)
+def test_exit_code(boots: list[BootResult], code: int) -> None:
+    assert exit_code(boots) == code
