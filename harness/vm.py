@@ -119,7 +119,7 @@ class VMConfig:
     ram_mb: int
     accel: str
     port: int
-    cmdline: str = "console=ttyS0 panic=-1 oops=panic"
+    cmdline: str = "console=ttyS0 panic=-1"
 
     def argv(self) -> list[str]:
         """The QEMU command line; pure, printed shell-quoted so anyone can rerun the boot."""

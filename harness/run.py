@@ -1,0 +1,423 @@
+"""A run: matrix -> plan of boots -> kernels and images -> boots in parallel -> verdicts -> reports.
+
+Side effects live here and in the seams it calls (kernels, image, vm, guest); the stages it
+connects (matrix expansion, verdicts, report writing) are pure.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import hashlib
+import json
+import os
+import platform
+import secrets
+import subprocess
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from harness import __version__, guest, image, kernels, matrix, modules, report, verdict, vm
+from harness.aptsources import mirror_from
+from harness.cache import secret
+from harness.errors import InfraError, UserError
+from harness.results import BootResult, CaseResult, Outcome
+
+GUEST_TESTS = Path(__file__).resolve().parent.parent / "guest-tests"
+PROBE_IN_GUEST = "/" + image.PROBE_PATH
+
+
+@dataclass(frozen=True)
+class Options:
+    jobs: int
+    results: Path
+    cache: Path
+    mirror: str | None = None
+    insecure: bool = False
+    accel: vm.Accelerator | None = None  # None: check KVM, else TCG
+
+
+@dataclass(frozen=True)
+class Probe:
+    path: Path
+    sha256: str
+    catalogue: tuple[tuple[str, str], ...]  # (name, description)
+
+    @property
+    def names(self) -> list[str]:
+        return [n for n, _ in self.catalogue]
+
+
+def build_probe(source: Path = GUEST_TESTS) -> Probe:
+    """Build the static probe (make is a no-op when it is current) and read its catalogue."""
+    try:
+        subprocess.run(["make", "-s", "-C", str(source)], check=True, capture_output=True, text=True)
+        listing = subprocess.run([str(source / "probe"), "--list"], check=True, capture_output=True, text=True)
+    except FileNotFoundError as e:
+        raise InfraError(f"cannot build the probe: {e.filename} is missing; install make and gcc") from e
+    except subprocess.CalledProcessError as e:
+        detail = (e.stderr or "").strip().splitlines()
+        raise InfraError(f"building the probe in {source} failed: {detail[-1] if detail else e}") from e
+    catalogue = tuple(tuple(line.split("\t", 1)) for line in listing.stdout.splitlines() if "\t" in line)
+    path = source / "probe"
+    return Probe(path, hashlib.sha256(path.read_bytes()).hexdigest(), catalogue)  # type: ignore[arg-type]
+
+
+# --- kernels and images -----------------------------------------------------------------------
+
+
+@dataclass
+class Prepared:
+    """Everything a boot needs before QEMU starts, or the reason it cannot start."""
+
+    kernel: kernels.Kernel | None = None
+    image: image.Image | None = None
+    error: str = ""
+
+
+class Kernels:
+    """Resolves and fetches each distinct kernel spec once per run."""
+
+    def __init__(self, options: Options, log: Callable[[str], None]) -> None:
+        self.options = options
+        self.log = log
+        self._archive: kernels.Archive | None = None
+
+    def archive(self) -> kernels.Archive:
+        if self._archive is None:
+            mirror = mirror_from(self.options.mirror, os.environ, Path("/"))
+            self._archive = kernels.Archive(mirror, self.options.cache, insecure=self.options.insecure)
+        return self._archive
+
+    def resolve(self, spec: matrix.KernelSpec) -> kernels.Resolved | None:
+        """Resolution errors about the spec itself are the user's (exit 2) and surface here."""
+        if isinstance(spec, matrix.PathKernel):
+            return None
+        return kernels.resolve(spec, self.archive())
+
+    def fetch(self, spec: matrix.KernelSpec, resolved: kernels.Resolved | None) -> kernels.Kernel:
+        if isinstance(spec, matrix.PathKernel):
+            return kernels.from_path(spec, self.options.cache)
+        assert resolved is not None
+        return kernels.fetch(resolved, self.archive(), self.options.cache)
+
+
+def nic_modules(kernel: kernels.Kernel) -> list[tuple[str, bytes]]:
+    if kernel.modules_dir is None:
+        return []  # a self-made kernel may have virtio built in; the boot will tell
+    paths = modules.resolve(modules.NIC_MODULES, kernel.modules_dir)
+    return [(modules.module_name(p), modules.decompress_module(p)) for p in paths]
+
+
+# --- one boot ---------------------------------------------------------------------------------
+
+
+class Cancelled(Exception):
+    """The run was interrupted; finished results are kept."""
+
+
+@dataclass
+class Live:
+    """VMs currently running, so an interrupt can kill them all at once."""
+
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    vms: set[vm.VM] = field(default_factory=set)
+    cancelled: threading.Event = field(default_factory=threading.Event)
+
+    @contextlib.contextmanager
+    def track(self, v: vm.VM) -> Iterator[None]:
+        with self.lock:
+            self.vms.add(v)
+        try:
+            yield
+        finally:
+            with self.lock:
+                self.vms.discard(v)
+
+    def cancel(self) -> None:
+        self.cancelled.set()
+        with self.lock:
+            for v in list(self.vms):
+                v.close()
+
+
+def run_boot(
+    plan: matrix.BootPlan,
+    prepared: Prepared,
+    result: BootResult,
+    probe: Probe,
+    expectations: verdict.Expectations,
+    accel: vm.Accelerator,
+    key: Any,
+    run_dir: Path,
+    writer: report.RunWriter,
+    live: Live,
+) -> None:
+    """Boot one kernel, run every (limit, user) of the plan in it, and record as results arrive."""
+    if prepared.error or prepared.kernel is None or prepared.image is None:
+        result.error = prepared.error or "kernel or image missing"
+        _fill(result, plan, plan.runs, Outcome.INFRA_ERROR, result.error)
+        writer.update(result)
+        return
+    kernel, img = prepared.kernel, prepared.image
+    serial = run_dir / "serial" / f"{plan.id}.log"
+    serial.parent.mkdir(parents=True, exist_ok=True)
+    result.serial_log = str(serial.relative_to(run_dir))
+    config = vm.VMConfig(kernel.vmlinux or kernel.image, img.path, plan.ram_mb, accel.name, 0)
+    ctx = verdict.RunContext(verdict.kernel_version(kernel.release), False)
+    done: list[matrix.RunPlan] = []
+    if live.cancelled.is_set():
+        raise Cancelled()
+    try:
+        with vm.boot(config, serial, plan.timeouts.boot) as machine, live.track(machine):
+            result.qemu_argv = machine.config.argv()
+            result.timings["marker"] = round(machine.ready_after or 0.0, 3)
+            writer.update(result)
+            endpoint = guest.Endpoint(machine.config.port, img.host_key)
+            with guest.Guest(endpoint, "root", key) as session:
+                session.connect()
+                result.timings["ssh"] = round(time.monotonic() - machine.started, 3)
+                result.uname = session.run(["uname", "-r"], 30).stdout.strip()
+                for run_plan in plan.runs:
+                    if live.cancelled.is_set():
+                        raise Cancelled()
+                    _probe_run(session, run_plan, plan, result, probe, expectations, ctx, writer, machine)
+                    done.append(run_plan)
+                result.timings["probe"] = round(time.monotonic() - machine.started, 3)
+    except vm.BootFailure as e:
+        result.error = f"{e}\n{e.excerpt}" if e.excerpt else str(e)
+        outcome = Outcome.PANIC if e.panicked else Outcome.INFRA_ERROR
+        _fill(result, plan, _rest(plan, done), outcome, str(e))
+    except InfraError as e:
+        if live.cancelled.is_set():
+            raise Cancelled() from e
+        result.error = str(e)
+        _fill(result, plan, _rest(plan, done), Outcome.INFRA_ERROR, str(e))
+    finally:
+        writer.update(result)
+
+
+def _rest(plan: matrix.BootPlan, done: Sequence[matrix.RunPlan]) -> list[matrix.RunPlan]:
+    return [r for r in plan.runs if r not in done]
+
+
+def _fill(result: BootResult, plan: matrix.BootPlan, runs: Sequence[matrix.RunPlan],
+          outcome: Outcome, message: str) -> None:  # fmt: skip
+    """Give every case that got no answer a result, so reports count what was planned."""
+    have = {(c.case, c.memlock, c.user) for c in result.cases}
+    for r in runs:
+        for case in r.cases:
+            if (case, r.memlock_label, r.user) not in have:
+                result.cases.append(CaseResult(plan.id, case, r.memlock_label, r.user, outcome, message, None))
+
+
+def memlock_arg(limit: matrix.Memlock | None) -> str:
+    if limit is None:
+        return "default"
+
+    def one(v: int | None) -> str:
+        return "unlimited" if v is None else str(v)
+
+    return f"{one(limit.soft)}:{one(limit.hard)}"
+
+
+def _probe_run(
+    session: guest.Guest,
+    run_plan: matrix.RunPlan,
+    plan: matrix.BootPlan,
+    result: BootResult,
+    probe: Probe,
+    expectations: verdict.Expectations,
+    ctx: verdict.RunContext,
+    writer: report.RunWriter,
+    machine: vm.VM,
+) -> None:
+    ctx = verdict.RunContext(ctx.kernel_version, run_plan.memlock is not None)
+    argv = [
+        PROBE_IN_GUEST, "run", "--memlock", memlock_arg(run_plan.memlock), "--user", run_plan.user,
+        "--timeout", f"{plan.timeouts.case:g}", *run_plan.cases,
+    ]  # fmt: skip
+
+    def on_line(line: str) -> None:
+        try:
+            obs = json.loads(line)
+        except json.JSONDecodeError:
+            return  # not a record (the probe only prints records; anything else is noise)
+        if not isinstance(obs, dict) or obs.get("kind") != "case":
+            return
+        v = verdict.judge(obs, ctx, expectations)
+        if result.memtotal_kb is None and isinstance(obs.get("memtotal_kb"), int):
+            result.memtotal_kb = obs["memtotal_kb"]
+        result.cases.append(
+            CaseResult(plan.id, str(obs.get("case")), run_plan.memlock_label, run_plan.user, v.outcome,
+                       v.message, obs, v.expected, v.citation, (obs.get("duration_ms") or 0) / 1000)
+        )  # fmt: skip
+        writer.update(result)
+
+    deadline = plan.timeouts.case * len(run_plan.cases) + 30
+    try:
+        answer = session.run(argv, deadline, on_line)
+    except guest.CommandTimeout as e:
+        _fill(result, plan, [run_plan], Outcome.TIMEOUT, str(e))
+        return
+    except InfraError as e:
+        if machine.panicked:
+            msg = "guest kernel panicked during the case:\n" + machine.excerpt(30)
+            _fill(result, plan, [run_plan], Outcome.PANIC, msg)
+            raise vm.BootFailure("guest kernel panicked", machine.excerpt(30), panicked=True) from e
+        raise
+    if answer.exit_code != 0:
+        detail = answer.stderr.strip().splitlines()
+        msg = f"probe exited {answer.exit_code}: {detail[-1] if detail else 'no message'}"
+        _fill(result, plan, [run_plan], Outcome.INFRA_ERROR, msg)
+
+
+# --- the whole run ----------------------------------------------------------------------------
+
+
+def new_run_dir(results: Path) -> tuple[str, Path]:
+    stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ")
+    run_id = f"{stamp}-{secrets.token_hex(2)}"
+    run_dir = results / run_id
+    try:
+        run_dir.mkdir(parents=True)
+        latest = results / "latest"
+        tmp = results / f".latest-{run_id}"
+        tmp.symlink_to(run_id)
+        os.replace(tmp, latest)
+    except OSError as e:
+        raise InfraError(f"{results}: cannot create the run directory: {e.strerror}") from e
+    return run_id, run_dir
+
+
+def now() -> str:
+    return dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
+
+
+def execute(
+    mx: matrix.Matrix,
+    options: Options,
+    log: Callable[[str], None],
+    live: Live | None = None,
+    matrix_text: str = "",
+) -> tuple[Path, list[BootResult]]:
+    """Run a matrix end to end; returns the run directory and the boot results (also on disk)."""
+    live = live or Live()
+    probe = build_probe()
+    plans = matrix.expand(mx, probe.names)
+    expectations = verdict.load()
+    source = Kernels(options, log)
+    resolved = {spec: source.resolve(spec) for spec in dict.fromkeys(p.kernel for p in plans)}
+    accel = options.accel or vm.accelerator()
+    log(f"accelerator: {accel.name} ({accel.reason})")
+
+    run_id, run_dir = new_run_dir(options.results)
+    writer = report.RunWriter(run_dir, run_id, now(), [p.id for p in plans])
+    log(f"results: {run_dir}")
+    results = {p.id: BootResult(p.id, None, p.ram_mb, accel.name, vm.qemu_version()) for p in plans}
+    for r in results.values():
+        writer.add_boot(r)
+
+    key = guest.client_key(options.cache)
+    base = image.base_entries(probe.path, guest.public_line(key))
+    seed = secret(options.cache, "guest-host-key")
+    prepared: dict[matrix.KernelSpec, Prepared] = {}
+    for spec, res in resolved.items():
+        prep = Prepared()
+        try:
+            prep.kernel = source.fetch(spec, res)
+            prep.image = image.build(base, nic_modules(prep.kernel), seed, options.cache / "images")
+            log(f"kernel {spec.label}: {prep.kernel.release} ({prep.kernel.version or prep.kernel.source})")
+        except InfraError as e:
+            prep.error = str(e)
+            log(f"kernel {spec.label}: {e}")
+        prepared[spec] = prep
+    for p in plans:
+        k = prepared[p.kernel].kernel
+        results[p.id].kernel = k.info() if k else None
+    writer.write_manifest(manifest(mx, matrix_text, options, accel, probe, prepared, plans, results))
+
+    futures: dict[Future[None], str] = {}
+    with ThreadPoolExecutor(max_workers=options.jobs, thread_name_prefix="boot") as pool:
+        try:
+            for p in plans:
+                fut = pool.submit(run_boot, p, prepared[p.kernel], results[p.id], probe, expectations,
+                                  accel, key, run_dir, writer, live)  # fmt: skip
+                futures[fut] = p.id
+            pending = set(futures)
+            while pending:
+                finished, pending = wait(pending, timeout=0.5, return_when=FIRST_COMPLETED)
+                for fut in finished:
+                    exc = fut.exception()
+                    if exc is not None and not isinstance(exc, Cancelled):
+                        raise exc
+                    log(f"boot {futures[fut]} done")
+        except BaseException:
+            live.cancel()
+            for fut in futures:
+                fut.cancel()
+            raise
+        finally:
+            for p in plans:
+                _fill(results[p.id], p, p.runs, Outcome.INFRA_ERROR, "interrupted before this case ran")
+                if live.cancelled.is_set():
+                    results[p.id].error = results[p.id].error or "run interrupted"
+            pool.shutdown(wait=True, cancel_futures=True)
+            writer.write_manifest(manifest(mx, matrix_text, options, accel, probe, prepared, plans, results))
+            writer.finish(now())
+    return run_dir, [results[p.id] for p in plans]
+
+
+def manifest(
+    mx: matrix.Matrix,
+    matrix_text: str,
+    options: Options,
+    accel: vm.Accelerator,
+    probe: Probe,
+    prepared: dict[matrix.KernelSpec, Prepared],
+    plans: Sequence[matrix.BootPlan],
+    results: dict[str, BootResult],
+) -> dict[str, Any]:
+    """Everything needed to reproduce the run."""
+    kernels_out = []
+    for spec, prep in prepared.items():
+        entry: dict[str, Any] = {"spec": spec.label, "error": prep.error}
+        if prep.kernel:
+            k = prep.kernel
+            entry.update(release=k.release, package=k.package, version=k.version, sha256=k.sha256,
+                         source=k.source, pvh=k.vmlinux is not None,
+                         debs=[asdict(d) for d in k.debs])  # fmt: skip
+        if prep.image:
+            entry["image"] = {"sha256": prep.image.sha256, "modules": list(prep.image.modules),
+                              "host_key": prep.image.host_key}  # fmt: skip
+        kernels_out.append(entry)
+    return {
+        "harness_version": __version__,
+        "matrix_source": mx.source,
+        "matrix_text": matrix_text,
+        "options": {"jobs": options.jobs, "mirror": options.mirror, "insecure": options.insecure},
+        "accelerator": {"name": accel.name, "reason": accel.reason},
+        "qemu_version": vm.qemu_version(),
+        "probe": {"sha256": probe.sha256, "cases": [n for n, _ in probe.catalogue]},
+        "expectations_sha256": hashlib.sha256(verdict.EXPECTATIONS.read_bytes()).hexdigest(),
+        "kernels": kernels_out,
+        "boots": [
+            {"id": p.id, "kernel": p.kernel.label, "ram_mb": p.ram_mb,
+             "runs": [{"memlock": r.memlock_label, "user": r.user} for r in p.runs],
+             "qemu_argv": results[p.id].qemu_argv,
+             "qemu_command": vm.command_line(results[p.id].qemu_argv) if results[p.id].qemu_argv else ""}
+            for p in plans
+        ],  # fmt: skip
+        "host": {"kernel": platform.release(), "python": platform.python_version()},
+    }
+
+
+def check_user_input(mx: matrix.Matrix) -> None:
+    """Errors that need no download: path kernels exist (checked at parse) and names are sane."""
+    if not mx.kernels:
+        raise UserError(f"{mx.source}: kernels: list at least one kernel")

@@ -1,0 +1,186 @@
+"""Verdicts: compare one probe case record with the cited expectations. Pure.
+
+Expectations are data (guest-tests/expectations.yaml): for each case an ordered list of rules;
+the first rule whose `when` matches the run gives the expected observations and their citation.
+`invariants` hold for every case whose record has the fields they name.
+"""
+
+from __future__ import annotations
+
+import operator
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from harness.errors import UserError
+from harness.results import Outcome
+
+EXPECTATIONS = Path(__file__).resolve().parent.parent / "guest-tests" / "expectations.yaml"
+
+
+@dataclass(frozen=True)
+class Rule:
+    when: Mapping[str, Any]
+    expect: Mapping[str, Any]
+    cite: str
+
+
+@dataclass(frozen=True)
+class Expectations:
+    cases: Mapping[str, tuple[Rule, ...]]
+    invariants: tuple[Rule, ...]
+
+
+@dataclass(frozen=True)
+class RunContext:
+    """What a rule's `when` can test: the kernel and how the run was set up."""
+
+    kernel_version: tuple[int, ...]  # from the release string: 6.1.0-50-amd64 -> (6, 1, 0)
+    memlock_requested: bool  # False: the limit the guest gave the login (`default`)
+
+
+@dataclass(frozen=True)
+class Verdict:
+    outcome: Outcome
+    message: str
+    expected: dict[str, Any]
+    citation: str
+
+
+def load(path: Path = EXPECTATIONS) -> Expectations:
+    try:
+        data = yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError) as e:
+        raise UserError(f"{path}: cannot read expectations: {e}") from e
+    if not isinstance(data, dict) or not isinstance(data.get("cases"), dict):
+        raise UserError(f"{path}: expected a mapping with 'cases' (and optional 'invariants')")
+
+    def rules(where: str, items: object) -> tuple[Rule, ...]:
+        if not isinstance(items, list):
+            raise UserError(f"{path}: {where}: expected a list of rules")
+        out = []
+        for i, r in enumerate(items):
+            if not isinstance(r, dict) or not isinstance(r.get("expect"), dict) or not r.get("cite"):
+                raise UserError(f"{path}: {where}[{i}]: a rule needs 'expect' (mapping) and 'cite'")
+            unknown = set(r.get("when", {})) - set(_CONDITIONS)
+            if unknown:
+                raise UserError(f"{path}: {where}[{i}].when: unknown condition {sorted(unknown)[0]!r}")
+            out.append(Rule(r.get("when", {}), r["expect"], str(r["cite"]).strip()))
+        return tuple(out)
+
+    return Expectations(
+        {name: rules(f"cases.{name}", r) for name, r in data["cases"].items()},
+        rules("invariants", data.get("invariants", [])),
+    )
+
+
+def kernel_version(release: str) -> tuple[int, ...]:
+    m = re.match(r"(\d+)\.(\d+)(?:\.(\d+))?", release)
+    return tuple(int(x) for x in m.groups(default="0")) if m else (0,)
+
+
+def derived(obs: Mapping[str, Any]) -> dict[str, Any]:
+    """Normalised observations that expectations can name, next to the raw record's fields."""
+    out = dict(obs)
+    total, resident = obs.get("total_pages"), obs.get("resident_pages")
+    if isinstance(total, int) and isinstance(resident, int) and total > 0:
+        out["residency"] = "all" if resident == total else "none" if resident == 0 else "partial"
+    size, before, after = obs.get("size"), obs.get("vmlck_before_kb"), obs.get("vmlck_after_kb")
+    if isinstance(size, int) and isinstance(before, int) and isinstance(after, int):
+        delta = (after - before) * 1024
+        out["locked"] = "all" if delta == size else "none" if delta == 0 else "partial"
+    end = obs.get("vmlck_end_kb")
+    if isinstance(end, int) and isinstance(before, int):
+        out["accounting_restored"] = end == before
+    soft, cap = obs.get("rlimit_soft"), obs.get("cap_ipc_lock")
+    if cap is False and isinstance(soft, int) and isinstance(after, int):
+        out["within_limit"] = after * 1024 <= soft
+    touch = obs.get("minflt_touch")
+    if isinstance(touch, int):
+        out["touch_faults"] = "none" if touch == 0 else "some"
+    return out
+
+
+def _limit_class(obs: Mapping[str, Any]) -> str | None:
+    soft = obs.get("rlimit_soft", 0)
+    if soft is None:
+        return "unlimited"
+    return "zero" if soft == 0 else "finite" if isinstance(soft, int) else None
+
+
+def _version_cond(spec: object, version: tuple[int, ...]) -> bool:
+    ops: dict[str, Callable[[Any, Any], bool]] = {
+        ">=": operator.ge, "<=": operator.le, ">": operator.gt, "<": operator.lt, "==": operator.eq,
+    }  # fmt: skip
+    for part in str(spec).split(","):
+        m = re.fullmatch(r"\s*(>=|<=|>|<|==)\s*(\d+(?:\.\d+)*)\s*", part)
+        if not m:
+            raise UserError(f"expectations: bad kernel condition {spec!r}; use e.g. '>=5.16' or '>=4.4,<5.16'")
+        want = tuple(int(x) for x in m.group(2).split("."))
+        width = max(len(want), 2)
+        if not ops[m.group(1)](version[:width], want):
+            return False
+    return True
+
+
+_CONDITIONS: dict[str, Callable[[object, Mapping[str, Any], RunContext], bool]] = {
+    "privileged": lambda v, obs, ctx: obs.get("cap_ipc_lock") is v,
+    "limit": lambda v, obs, ctx: _limit_class(obs) == v,
+    "memlock": lambda v, obs, ctx: ("set" if ctx.memlock_requested else "default") == v,
+    "kernel": lambda v, obs, ctx: _version_cond(v, ctx.kernel_version),
+}
+
+
+def _matches(rule: Rule, obs: Mapping[str, Any], ctx: RunContext) -> bool:
+    return all(_CONDITIONS[k](v, obs, ctx) for k, v in rule.when.items())
+
+
+def _differences(expect: Mapping[str, Any], seen: Mapping[str, Any]) -> list[str]:
+    return [
+        f"{key}: expected {want!r}, observed {seen.get(key)!r}"
+        for key, want in expect.items()
+        if seen.get(key) != want
+    ]
+
+
+def judge(obs: Mapping[str, Any], ctx: RunContext, expectations: Expectations) -> Verdict:
+    status = obs.get("status", "ok")
+    if status == "timeout":
+        return Verdict(Outcome.TIMEOUT, f"case ran past its deadline ({obs.get('duration_ms')} ms)", {}, "")
+    if status == "killed":
+        name = obs.get("signal_name") or f"signal {obs.get('signal')}"
+        if name == "SIGKILL":
+            return Verdict(Outcome.OOM_KILLED, "probe child killed by SIGKILL (OOM killer)", {}, "")
+        return Verdict(Outcome.DEVIATION, f"probe child died by {name}", {}, "")
+    if status != "ok":
+        return Verdict(Outcome.INFRA_ERROR, f"probe child {status}: {obs.get('error', 'no record')}", {}, "")
+    if obs.get("applicable") is False:
+        return Verdict(Outcome.NOT_APPLICABLE, str(obs.get("reason", "not applicable here")), {}, "")
+
+    seen = derived(obs)
+    rules = expectations.cases.get(str(obs.get("case")), ())
+    rule = next((r for r in rules if _matches(r, obs, ctx)), None)
+    expected: dict[str, Any] = dict(rule.expect) if rule else {}
+    cites = [rule.cite] if rule else []
+    problems = _differences(expected, seen)
+    for inv in expectations.invariants:
+        if _matches(inv, obs, ctx) and all(k in seen for k in inv.expect):
+            expected.update(inv.expect)
+            bad = _differences(inv.expect, seen)
+            problems += bad
+            if bad:
+                cites.append(inv.cite)
+    if rule is None:
+        problems.append("no expectation matches this case and run (add a rule to expectations.yaml)")
+    citation = " | ".join(cites)
+    if problems:
+        return Verdict(Outcome.DEVIATION, "; ".join(problems), expected, citation)
+    return Verdict(Outcome.PASS, "as expected: " + _describe(expected, seen), expected, citation)
+
+
+def _describe(expected: Mapping[str, Any], seen: Mapping[str, Any]) -> str:
+    return ", ".join(f"{k}={seen.get(k)!r}" for k in expected) or "no expectation"
