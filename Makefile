@@ -1,0 +1,52 @@
+# Two commands set everything up on a fresh Debian machine: `make run` and `make test`.
+SHELL := /bin/bash
+APT_PACKAGES := qemu-system-x86 busybox-static dropbear-bin cpio gcc libc6-dev make gpgv \
+                debian-archive-keyring xz-utils zstd python3 python3-venv
+VENV := .venv
+BIN := $(VENV)/bin
+
+.PHONY: run test bench deps venv probe lint unit clean
+
+run: deps venv probe
+	$(BIN)/harness run $(ARGS)
+
+test: deps venv probe lint
+	$(BIN)/pytest -v -rs $(PYTEST_ARGS)
+
+lint: venv
+	$(BIN)/ruff check harness tests bench
+	$(BIN)/mypy
+
+unit: venv probe
+	$(BIN)/pytest -q -m "not integration"
+
+bench: deps venv probe
+	$(BIN)/python bench/bench.py $(ARGS)
+
+# Installs what is missing as root; otherwise prints the one command that would, and stops.
+deps:
+	@missing=$$(for p in $(APT_PACKAGES); do \
+	    dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q '^install ok installed' || echo $$p; \
+	  done | tr '\n' ' '); \
+	if [ -z "$$missing" ]; then exit 0; fi; \
+	if [ "$$(id -u)" != 0 ]; then \
+	  echo "Missing packages; run this once, then make again:"; \
+	  echo "  sudo apt-get install -y --no-install-recommends $$missing"; exit 1; \
+	fi; \
+	echo "installing: $$missing"; \
+	apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends $$missing
+
+venv: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	python3 -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[test]'
+	touch $@
+
+probe:
+	$(MAKE) -s -C guest-tests
+
+clean:
+	$(MAKE) -s -C guest-tests clean
+	rm -rf $(VENV) build *.egg-info

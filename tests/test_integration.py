@@ -1,0 +1,152 @@
+"""Real boots: Debian kernels from the mirror, QEMU (TCG here), dropbear over SSH, the real probe.
+
+Nothing is mocked. Kernels are downloaded once into the harness cache and reused.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import xml.etree.ElementTree as ET
+from collections.abc import Iterator
+from pathlib import Path
+
+import paramiko
+import pytest
+
+from harness import guest, image, matrix, run, vm
+from harness.cache import cache_dir, secret
+from harness.results import Outcome
+
+pytestmark = pytest.mark.integration
+REPO = Path(__file__).resolve().parent.parent
+
+
+def qemu_pids() -> set[int]:
+    found = set()
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            argv0 = cmdline.read_bytes().split(b"\0")[0]
+        except OSError:
+            continue
+        if argv0.endswith(b"qemu-system-x86_64"):
+            found.add(int(cmdline.parent.name))
+    return found
+
+
+@pytest.fixture(scope="module")
+def booted() -> Iterator[tuple[vm.VM, image.Image, paramiko.PKey]]:
+    """One bookworm guest shared by the SSH tests below."""
+    cache = cache_dir()
+    options = run.Options(jobs=1, results=cache / "unused", cache=cache)
+    source = run.Kernels(options, print)
+    spec = matrix.DebianKernel(("bookworm",))
+    kernel = source.fetch(spec, source.resolve(spec))
+    probe = run.build_probe()
+    key = guest.client_key(cache)
+    img = image.build(image.base_entries(probe.path, guest.public_line(key)), run.nic_modules(kernel),
+                      secret(cache, "guest-host-key"), cache / "images")  # fmt: skip
+    config = vm.VMConfig(kernel.vmlinux or kernel.image, img.path, 256, vm.accelerator().name, 0)
+    log = cache / "test-serial.log"
+    log.unlink(missing_ok=True)
+    with vm.boot(config, log, 240) as machine:
+        yield machine, img, key
+    assert not machine.alive
+
+
+def test_unprivileged_user_logs_in(booted: tuple[vm.VM, image.Image, paramiko.PKey]) -> None:
+    machine, img, key = booted
+    with guest.Guest(guest.Endpoint(machine.config.port, img.host_key), "user", key) as g:
+        g.connect()
+        assert g.run(["id", "-u"], 30).stdout.strip() == "1000"
+
+
+def test_probe_drops_privileges_and_applies_limit(booted: tuple[vm.VM, image.Image, paramiko.PKey]) -> None:
+    machine, img, key = booted
+    lines: list[str] = []
+    with guest.Guest(guest.Endpoint(machine.config.port, img.host_key), "root", key) as g:
+        g.connect()
+        argv = [run.PROBE_IN_GUEST, "run", "--memlock", "65536:65536", "--user", "user",
+                "map_locked_over", "mlock_over"]  # fmt: skip
+        result = g.run(argv, 120, lines.append)
+    assert result.exit_code == 0
+    records = {r["case"]: r for r in map(json.loads, lines) if r.get("kind") == "case"}
+    assert records["map_locked_over"]["uid"] == 1000
+    assert records["map_locked_over"]["cap_ipc_lock"] is False
+    assert records["map_locked_over"]["rlimit_soft"] == 65536
+    assert records["map_locked_over"]["result"] == "EAGAIN"
+    assert records["mlock_over"]["result"] == "ENOMEM"
+
+
+def test_host_key_is_pinned(booted: tuple[vm.VM, image.Image, paramiko.PKey]) -> None:
+    """A guest presenting any other host key is refused at once, not retried or remembered."""
+    machine, _, key = booted
+    other = image.openssh_public(image.host_key(b"another secret", "x"))
+    with guest.Guest(guest.Endpoint(machine.config.port, other), "root", key) as g, \
+            pytest.raises(guest.SSHFailure, match="host key"):  # fmt: skip
+        g.connect(attempts=3)
+
+
+def test_wrong_client_key_is_not_retried(booted: tuple[vm.VM, image.Image, paramiko.PKey]) -> None:
+    machine, img, _ = booted
+    stranger = paramiko.Ed25519Key.from_private_key_file(str(_stranger_key()))
+    with guest.Guest(guest.Endpoint(machine.config.port, img.host_key), "root", stranger) as g, \
+            pytest.raises(guest.SSHFailure, match="refused the harness key"):  # fmt: skip
+        g.connect(attempts=5, delay=5)  # five slow retries would take 50 s; a refusal returns at once
+
+
+def _stranger_key() -> Path:
+    path = cache_dir() / "keys" / "stranger"
+    if not path.exists():
+        subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(path)], check=True)
+    return path
+
+
+def test_harness_run_end_to_end(tmp_path: Path) -> None:
+    """`python -m harness run` on two kernels in parallel: the 6.1 layout and the newest 7.x split."""
+    m = tmp_path / "m.yaml"
+    m.write_text(
+        "kernels:\n  - debian: bookworm\n  - debian: {suite: [sid, trixie-backports]}\n"
+        "memlock: [default, 64K, 0]\nusers: [root, user]\n"
+    )
+    results = tmp_path / "results"
+    before = qemu_pids()
+    proc = subprocess.run(
+        [sys.executable, "-m", "harness", "run", "--matrix", str(m), "--results", str(results), "--jobs", "2"],
+        capture_output=True, text=True, cwd=REPO, timeout=900, env={**os.environ, "COLUMNS": "200"},
+    )  # fmt: skip
+    assert proc.returncode in (0, 1), proc.stdout + proc.stderr
+    run_dir = (results / "latest").resolve()
+    cases = len(run.build_probe().names)
+
+    suites = ET.parse(run_dir / "junit.xml").getroot().findall("testsuite")
+    assert [s.get("name") for s in suites] == ["bookworm-256M", "sid+trixie-backports-256M"]
+    for suite in suites:
+        assert int(suite.get("tests", "0")) == 3 * 2 * cases
+        assert int(suite.get("errors", "0")) == 0
+        props = {p.get("name"): p.get("value") for p in suite.iter("property")}
+        assert props["accelerator"] == vm.accelerator().name
+        assert props["kernel.release"] == props["uname"]
+        assert len(props["kernel.sha256"]) == 64
+        assert 150_000 < int(props["memtotal_kb"]) < 262_144
+
+    data = json.loads((run_dir / "results.json").read_text())
+    assert data["complete"] is True
+    newest = data["boots"][1]
+    assert newest["kernel"]["release"].startswith("7.")
+    outcomes = {c["outcome"] for b in data["boots"] for c in b["cases"]}
+    assert outcomes <= {Outcome.PASS.value, Outcome.NOT_APPLICABLE.value, Outcome.DEVIATION.value}
+    by_key = {(b["boot_id"], c["case"], c["memlock"], c["user"]): c for b in data["boots"] for c in b["cases"]}
+    assert by_key[("bookworm-256M", "map_locked_over", "64K", "user")]["observation"]["result"] == "EAGAIN"
+    assert by_key[("bookworm-256M", "mlock_over", "0", "user")]["observation"]["result"] == "EPERM"
+    assert by_key[("bookworm-256M", "mlock_over", "0", "root")]["outcome"] == "pass"
+
+    manifest = json.loads((run_dir / "manifest.json").read_text())
+    assert all(b["qemu_command"].startswith("qemu-system-x86_64 ") for b in manifest["boots"])
+    assert len(manifest["probe"]["sha256"]) == 64
+    for b in data["boots"]:
+        assert "HARNESS-READY" in (run_dir / b["serial_log"]).read_text()
+    assert "pass" in proc.stdout  # the summary table
+    assert qemu_pids() <= before, "the run left QEMU processes behind"
