@@ -167,8 +167,9 @@ def _on_sigterm(signum: int, frame: FrameType | None) -> None:
 
 
 def main(argv: Sequence[str] | None = None, console: Console | None = None) -> int:
-    console = console or Console()
-    err = Console(stderr=True)
+    # Logs (CI, files) have no width; rich would assume 80 columns and squeeze the tables.
+    console = console or (Console() if sys.stdout.isatty() else Console(width=160))
+    err = Console(stderr=True, width=1000)
     previous = signal.signal(signal.SIGTERM, _on_sigterm)
     try:
         args = _parser().parse_args(argv)

@@ -619,8 +619,9 @@ class Archive:
                             old.unlink()
             text = _decompress_index(raw.read_bytes(), ext, f"{name} of {suite}")
             if prefix:
+                # the kernel subset is ~1% of an index: keep it so the next run skips decompression
                 text = filter_stanzas(text, prefix)
-            _atomic_write(filtered, text.encode())
+                _atomic_write(filtered, text.encode())
             return text
         raise InfraError(f"{self.mirror}/dists/{suite}/{base}[.xz|.gz] listed in Release but not served")
 
@@ -733,7 +734,7 @@ def kernel_key(debs: Sequence[Deb]) -> str:
 def fetch(resolved: Resolved, archive: Archive, cache: Path) -> Kernel:
     """Download, verify and unpack the kernel once; later calls only read the cache."""
     folder = cache / "kernels" / kernel_key(resolved.debs)
-    if not (folder / META_FILE).is_file():
+    if not ((folder / META_FILE).is_file() and _load(folder).image.is_file()):
         paths = [archive.fetch_deb(d) for d in resolved.debs]
         _unpack(resolved, paths, folder)
     kernel = _load(folder)
@@ -914,10 +915,14 @@ def from_path(spec: PathKernel, cache: Path) -> Kernel:
     vmlinux: Path | None = None
     if is_elf(data):
         found = elf_release(data) if _parses_as_elf(data) else None
-        if has_pvh_note(data):
-            vmlinux = path
-        elif found is None:
-            raise not_kernel  # an ELF that is neither PVH-bootable nor carries a Linux banner
+        if found is None and not has_pvh_note(data):
+            raise not_kernel
+        if not has_pvh_note(data):
+            # QEMU loads an ELF kernel only through its PVH entry point
+            raise UserError(
+                f"path {path}: ELF kernel without a PVH entry note (CONFIG_PVH); give its bzImage"
+            )
+        vmlinux = path
     elif is_bzimage(data):
         try:
             bzimage_payload(data)

@@ -559,7 +559,9 @@ def test_writer_concurrent_updates(tmp_path: Path) -> None:
 
 def row_cells(text: str, needle: str) -> list[str]:
     """The cells of the first table row containing `needle`."""
-    line = next(line for line in text.splitlines() if needle in line and "│" in line)
+    line = next(line for line in text.splitlines() if needle in line)
+    if "│" not in line:
+        return line.split()  # the summary table separates columns by spaces only
     return [cell.strip() for cell in line.strip().strip("│").split("│")]
 
 
@@ -568,11 +570,11 @@ def test_summary_shows_kernels_counts_and_problems() -> None:
     console = Console(file=out, width=200)
     print_summary([full_boot(), failed_boot()], console)
     text = out.getvalue()
-    assert "bookworm" in text and "6.1.0-28-amd64" in text and "256M" in text and "tcg" in text
-    assert "9.2s" in text and "14.5s" in text and "31.0s" in text
+    assert "bookworm-256M" in text and "6.1.0-28-amd64" in text
+    assert "9.2" in text and "14.5" in text and "31.0" in text
     for header in ("pass", "deviation", "n/a", "oom", "panic", "timeout", "error"):
         assert header in text
-    assert row_cells(text, "tcg")[-7:] == ["1"] * 7
+    assert row_cells(text, "bookworm-256M")[-7:] == ["1"] * 7
     assert row_cells(text, "trixie-96M")[-7:] == ["0", "0", "0", "0", "0", "0", "1"]
     # The problems table: every non-pass, non-n/a result, plus the boot error.
     assert DEVIATION_MESSAGE in text
