@@ -1,0 +1,96 @@
+"""Boot-path benchmark: where the seconds go, per kernel, next to plain QEMU with no harness.
+
+For every kernel of a matrix (default: the embedded one) it boots the same kernel and image
+twice, one after the other so each has a core to itself:
+  floor    plain `qemu-system-x86_64` with the harness's argv, timed until the ready marker
+           appears on the serial console (no reader thread, no SSH, no Python in the loop);
+  harness  vm.boot -> ready marker, SSH session open, the whole probe catalogue as root.
+It prints medians over --repeat rounds. A script, not a test: figures, never assertions.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+from harness import guest, image, matrix, run, vm
+from harness.cache import cache_dir, secret
+
+
+def floor(config: vm.VMConfig, timeout: float) -> float:
+    argv = vm.VMConfig(config.kernel, config.initrd, config.ram_mb, config.accel, vm.free_port()).argv()
+    start = time.monotonic()
+    with vm.Process(argv, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL) as proc:
+        assert proc.popen.stdout is not None
+        seen = b""
+        while time.monotonic() - start < timeout:
+            chunk = proc.popen.stdout.read1(65536)
+            if not chunk:
+                break
+            seen = seen[-4096:] + chunk
+            if vm.READY_MARKER.encode() in seen:
+                return time.monotonic() - start
+    raise RuntimeError(f"plain QEMU never printed the ready marker for {config.kernel}")
+
+
+def harness_path(config: vm.VMConfig, img: image.Image, key: object, cases: list[str]) -> dict[str, float]:
+    with tempfile.TemporaryDirectory(prefix="harness-bench-") as tmp:
+        with vm.boot(config, Path(tmp, "serial.log"), 300) as machine:
+            marker = machine.ready_after or 0.0
+            endpoint = guest.Endpoint(machine.config.port, img.host_key)
+            with guest.Guest(endpoint, "root", key) as session:  # type: ignore[arg-type]
+                session.connect()
+                ssh = time.monotonic() - machine.started
+                session.run([run.PROBE_IN_GUEST, "run", *cases], 600)
+                done = time.monotonic() - machine.started
+    return {"marker": marker, "ssh": ssh, "done": done}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--matrix", type=Path)
+    parser.add_argument("--repeat", type=int, default=3)
+    args = parser.parse_args()
+    mx = matrix.load(args.matrix) if args.matrix else matrix.load_default()
+    cache = cache_dir()
+    options = run.Options(jobs=1, results=cache / "unused", cache=cache)
+    source = run.Kernels(options, print)
+    probe = run.build_probe()
+    key = guest.client_key(cache)
+    base = image.base_entries(probe.path, guest.public_line(key))
+    accel = vm.accelerator()
+    console = Console(width=160)
+    console.print(f"accelerator: {accel.name} ({accel.reason}); {args.repeat} rounds; {len(probe.names)} cases")
+
+    table = Table(title="Seconds from QEMU start (median)", title_justify="left")
+    for header in ("kernel", "release", "boot via", "floor: marker", "harness: marker", "ssh ready",
+                   "probe done", "overhead"):  # fmt: skip
+        table.add_column(header, justify="left" if header in ("kernel", "release", "boot via") else "right")
+    for spec in dict.fromkeys(mx.kernels):
+        kernel = source.fetch(spec, source.resolve(spec))
+        img = image.build(base, run.nic_modules(kernel), secret(cache, "guest-host-key"), cache / "images")
+        config = vm.VMConfig(kernel.vmlinux or kernel.image, img.path, mx.ram_mb[0], accel.name, 0)
+        floors, runs = [], []
+        for _ in range(args.repeat):
+            floors.append(floor(config, 300))
+            runs.append(harness_path(config, img, key, probe.names))
+        med = {k: statistics.median(r[k] for r in runs) for k in ("marker", "ssh", "done")}
+        f = statistics.median(floors)
+        table.add_row(spec.label, kernel.release, "PVH vmlinux" if kernel.vmlinux else "bzImage",
+                      f"{f:.2f}", f"{med['marker']:.2f}", f"{med['ssh']:.2f}", f"{med['done']:.2f}",
+                      f"{med['marker'] - f:+.2f}")  # fmt: skip
+        console.print(f"{spec.label}: floor {floors}, harness {runs}", highlight=False)
+    console.print(table)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
