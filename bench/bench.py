@@ -42,15 +42,15 @@ def floor(config: vm.VMConfig, timeout: float) -> float:
 
 
 def harness_path(config: vm.VMConfig, img: image.Image, key: object, cases: list[str]) -> dict[str, float]:
-    with tempfile.TemporaryDirectory(prefix="harness-bench-") as tmp:
-        with vm.boot(config, Path(tmp, "serial.log"), 300) as machine:
-            marker = machine.ready_after or 0.0
-            endpoint = guest.Endpoint(machine.config.port, img.host_key)
-            with guest.Guest(endpoint, "root", key) as session:  # type: ignore[arg-type]
-                session.connect()
-                ssh = time.monotonic() - machine.started
-                session.run([run.PROBE_IN_GUEST, "run", *cases], 600)
-                done = time.monotonic() - machine.started
+    with tempfile.TemporaryDirectory(prefix="harness-bench-") as tmp, \
+            vm.boot(config, Path(tmp, "serial.log"), 300) as machine:  # fmt: skip
+        marker = machine.ready_after or 0.0
+        endpoint = guest.Endpoint(machine.config.port, img.host_key)
+        with guest.Guest(endpoint, "root", key) as session:  # type: ignore[arg-type]
+            session.connect()
+            ssh = time.monotonic() - machine.started
+            session.run([run.PROBE_IN_GUEST, "run", *cases], 600)
+            done = time.monotonic() - machine.started
     return {"marker": marker, "ssh": ssh, "done": done}
 
 

@@ -103,7 +103,7 @@ def cmd_kernels(args: argparse.Namespace, console: Console) -> int:
     cache = _cache(args)
     if args.action == "list":
         for k in kernels.list_cached(cache):
-            console.print(f"{k.label}\t{k.release}\t{k.version or '-'}\t{k.sha256[:16]}\t{k.source}", highlight=False)
+            _line(console, k.label, k.release, k.version or "-", k.sha256[:16], k.source)
         return 0
     mx, _ = _matrix(args.matrix)
     options = _options(args, cache)
@@ -112,14 +112,14 @@ def cmd_kernels(args: argparse.Namespace, console: Console) -> int:
         resolved = source.resolve(spec)
         if args.action == "resolve":
             if resolved is None:
-                console.print(f"{spec.label}\tpath\t{spec}", highlight=False)
+                _line(console, spec.label, "path", str(spec))
             else:
                 debs = ", ".join(f"{d.package}={d.version}" for d in resolved.debs)
-                console.print(f"{spec.label}\t{resolved.suite}\t{resolved.abi}\t{debs}", highlight=False)
+                _line(console, spec.label, resolved.suite, resolved.abi, debs)
         else:
             k = source.fetch(spec, resolved)
             pvh = "PVH vmlinux" if k.vmlinux else "bzImage only"
-            console.print(f"{spec.label}\t{k.release}\t{k.version or '-'}\t{k.sha256[:16]}\t{pvh}", highlight=False)
+            _line(console, spec.label, k.release, k.version or "-", k.sha256[:16], pvh)
     return 0
 
 
@@ -134,14 +134,19 @@ def cmd_image(args: argparse.Namespace, console: Console) -> int:
     for spec in dict.fromkeys(mx.kernels):
         k = source.fetch(spec, source.resolve(spec))
         img = image.build(base, run.nic_modules(k), secret(cache, "guest-host-key"), cache / "images")
-        console.print(f"{spec.label}\t{k.release}\t{img.path}\tmodules: {' '.join(img.modules)}", highlight=False)
+        _line(console, spec.label, k.release, str(img.path), " ".join(img.modules))
     return 0
 
 
 def cmd_cases(args: argparse.Namespace, console: Console) -> int:
     for name, description in run.build_probe().catalogue:
-        console.print(f"{name}\t{description}", highlight=False)
+        _line(console, name, description)
     return 0
+
+
+def _line(console: Console, *fields: str) -> None:
+    """Tab-separated listings go out as plain text, so `cut -f1` works (rich would expand tabs)."""
+    console.file.write("\t".join(fields) + "\n")
 
 
 def _cache(args: argparse.Namespace) -> Path:
@@ -175,10 +180,10 @@ def main(argv: Sequence[str] | None = None, console: Console | None = None) -> i
         args = _parser().parse_args(argv)
         return HANDLERS[args.command](args, console)
     except UserError as e:
-        err.print(f"harness: error: {e}", highlight=False, markup=False)
+        err.print(f"harness: error: {e}", highlight=False, markup=False, soft_wrap=True)
         return EXIT_USAGE
     except InfraError as e:
-        err.print(f"harness: infrastructure error: {e}", highlight=False, markup=False)
+        err.print(f"harness: infrastructure error: {e}", highlight=False, markup=False, soft_wrap=True)
         return EXIT_INFRA
     except KeyboardInterrupt:
         return 128 + signal.SIGINT

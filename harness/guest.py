@@ -9,7 +9,6 @@ from __future__ import annotations
 import base64
 import os
 import shlex
-import socket
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -139,7 +138,7 @@ class Guest:
             result: Any = self.conn.run(command, hide=True, warn=True, timeout=timeout, out_stream=stream)
         except CommandTimedOut as e:
             raise CommandTimeout(f"{argv[0]} did not finish within {timeout:g}s") from e
-        except (paramiko.SSHException, OSError, EOFError, socket.timeout) as e:
+        except (TimeoutError, paramiko.SSHException, OSError, EOFError) as e:
             raise SSHFailure(f"SSH connection to the guest broke while running {argv[0]}: {e}") from e
         if result.exited is None or result.exited < 0:
             raise SSHFailure(f"SSH session ended without an exit status while running {argv[0]}")

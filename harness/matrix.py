@@ -152,7 +152,8 @@ class _Where:
         self.lines[path] = node.start_mark.line + 1
         if isinstance(node, yaml.MappingNode):
             for k, v in node.value:
-                key = k.value
+                # errors look keys up as parsed (123, True), not as written ("123", "yes")
+                key = yaml.SafeLoader("").construct_object(k) if isinstance(k, yaml.ScalarNode) else k.value
                 self.lines[(*path, key)] = k.start_mark.line + 1
                 self._walk(v, (*path, key))
                 self.lines[(*path, key)] = k.start_mark.line + 1
@@ -214,7 +215,7 @@ def parse(text: str, source: str) -> Matrix:
     users = tuple(_user(where, ("users", i), v) for i, v in enumerate(_list(where, data, "users", ["root"])))
     cases = _cases(where, data.get("cases", "all"))
     timeouts = _timeouts(where, data.get("timeouts", {}))
-    for name, axis in (("ram", ram), ("memlock", memlocks), ("users", users)):
+    for name, axis in (("ram", ram), ("memlock", memlocks), ("users", users), ("cases", cases or ())):
         if len(set(axis)) != len(axis):
             raise where.error((name,), "lists the same value twice; remove the duplicate")
     return Matrix(source, kernels, ram, memlocks, users, cases, timeouts)

@@ -213,7 +213,7 @@ def outcome_counts(boots: Iterable[BootResult]) -> dict[str, int]:
 
 
 def results_json(
-    boots: Sequence[BootResult], run_id: str, started: str, finished: str | None
+    boots: Sequence[BootResult], run_id: str, started: str, finished: str | None, interrupted: bool = False
 ) -> dict[str, Any]:
     """The results.json document; `finished` is None while the run is still going."""
     return {
@@ -221,7 +221,8 @@ def results_json(
         "run_id": run_id,
         "started": started,
         "finished": finished,
-        "complete": finished is not None,
+        "complete": finished is not None and not interrupted,
+        "interrupted": interrupted,
         "counts": outcome_counts(boots),
         "boots": [_boot_json(boot) for boot in boots],
     }
@@ -290,6 +291,7 @@ class RunWriter:
         self.run_id = run_id
         self.started = started
         self.finished: str | None = None
+        self.interrupted = False
         self._rank: dict[str, int] = {}
         for boot_id in order:
             self._rank.setdefault(boot_id, len(self._rank))
@@ -334,10 +336,11 @@ class RunWriter:
         with self._lock:
             atomic_write(self.manifest_path, text)
 
-    def finish(self, finished: str) -> None:
-        """Mark the run complete ("finished" set, "complete": true) and write the reports once more."""
+    def finish(self, finished: str, interrupted: bool = False) -> None:
+        """Mark the run ended ("finished" set; "complete" unless interrupted) and write the reports once more."""
         with self._lock:
             self.finished = finished
+            self.interrupted = interrupted
             self._write_reports()
 
     def boots(self) -> list[BootResult]:
@@ -360,7 +363,7 @@ class RunWriter:
         boots = self._ordered()
         # Render both before writing either: a rendering bug must not leave them disagreeing.
         results = json.dumps(
-            results_json(boots, self.run_id, self.started, self.finished), indent=2, default=str
+            results_json(boots, self.run_id, self.started, self.finished, self.interrupted), indent=2, default=str
         )
         junit = junit_xml(boots, self.run_id)
         atomic_write(self.results_path, results + "\n")

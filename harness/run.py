@@ -174,7 +174,7 @@ def run_boot(
     if live.cancelled.is_set():
         raise Cancelled()
     try:
-        with vm.boot(config, serial, plan.timeouts.boot) as machine, live.track(machine):
+        with vm.boot(config, serial, plan.timeouts.boot, cancel=live.cancelled) as machine, live.track(machine):
             result.qemu_argv = machine.config.argv()
             result.timings["marker"] = round(machine.ready_after or 0.0, 3)
             writer.update(result)
@@ -190,6 +190,8 @@ def run_boot(
                     done.append(run_plan)
                 result.timings["probe"] = round(time.monotonic() - machine.started, 3)
     except vm.BootFailure as e:
+        if live.cancelled.is_set():
+            raise Cancelled() from e
         result.error = f"{e}\n{e.excerpt}" if e.excerpt else str(e)
         outcome = Outcome.PANIC if e.panicked else Outcome.INFRA_ERROR
         _fill(result, plan, _rest(plan, done), outcome, str(e))
@@ -369,7 +371,7 @@ def execute(
                     results[p.id].error = results[p.id].error or "run interrupted"
             pool.shutdown(wait=True, cancel_futures=True)
             writer.write_manifest(manifest(mx, matrix_text, options, accel, probe, prepared, plans, results))
-            writer.finish(now())
+            writer.finish(now(), interrupted=live.cancelled.is_set())
     return run_dir, [results[p.id] for p in plans]
 
 

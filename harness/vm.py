@@ -102,9 +102,9 @@ class Process:
         self.kill()
 
     def kill(self) -> None:
-        if self.popen.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.popen.pid, signal.SIGKILL)
+        # The whole group, even when the leader has already exited: its children may not have.
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self.popen.pid, signal.SIGKILL)
         with contextlib.suppress(subprocess.TimeoutExpired):
             self.popen.wait(timeout=10)
         for stream in (self.popen.stdout, self.popen.stderr):
@@ -173,7 +173,7 @@ class VM:
         self.serial_log = serial_log
         self.started = time.monotonic()
         self._serial = _Serial()
-        self._stderr = tempfile.TemporaryFile()
+        self._stderr = tempfile.TemporaryFile()  # noqa: SIM115 (closed by close(), like the process)
         self._log = serial_log.open("ab")
         self._proc = Process(config.argv(), stdout=subprocess.PIPE, stderr=self._stderr)
         self._reader = threading.Thread(target=self._read, name=f"serial-{serial_log.stem}", daemon=True)
@@ -240,12 +240,14 @@ class VM:
         self._stderr.seek(0)
         return self._stderr.read().decode(errors="replace")
 
-    def wait_ready(self, timeout: float) -> float:
-        """Seconds from start to the ready marker; BootFailure on panic, QEMU exit or deadline."""
+    def wait_ready(self, timeout: float, cancel: threading.Event | None = None) -> float:
+        """Seconds from start to the ready marker; BootFailure on panic, QEMU exit, deadline or cancel."""
         deadline = self.started + timeout
         while not self._serial.ready.wait(timeout=0.2):
             if self.panicked:
                 break
+            if cancel is not None and cancel.is_set():
+                raise BootFailure("boot cancelled: the run was interrupted", self.excerpt())
             if time.monotonic() > deadline:
                 raise BootFailure(
                     f"no ready marker within {timeout:g}s (last serial lines below)", self.excerpt()
@@ -272,7 +274,8 @@ def free_port() -> int:
 
 
 @contextlib.contextmanager
-def boot(config: VMConfig, serial_log: Path, timeout: float, port_tries: int = 5) -> Iterator[VM]:
+def boot(config: VMConfig, serial_log: Path, timeout: float, port_tries: int = 5,
+         cancel: threading.Event | None = None) -> Iterator[VM]:  # fmt: skip
     """Start QEMU and wait for the guest's ready marker, retrying when another VM took our port.
 
     Choosing a free port and handing it to QEMU is racy with parallel VMs (pitfall 9), so the
@@ -282,7 +285,7 @@ def boot(config: VMConfig, serial_log: Path, timeout: float, port_tries: int = 5
         cfg = config if attempt == 0 and config.port else _with_port(config, free_port())
         vm = VM(cfg, serial_log)
         try:
-            vm.wait_ready(timeout)
+            vm.wait_ready(timeout, cancel)
         except BootFailure:
             port_taken = PORT_TAKEN in vm.stderr_text()
             vm.close()

@@ -7,8 +7,11 @@ from __future__ import annotations
 
 import json
 import os
+import signal
+import socket
 import subprocess
 import sys
+import time
 import xml.etree.ElementTree as ET
 from collections.abc import Iterator
 from pathlib import Path
@@ -48,11 +51,17 @@ def booted() -> Iterator[tuple[vm.VM, image.Image, paramiko.PKey]]:
     key = guest.client_key(cache)
     img = image.build(image.base_entries(probe.path, guest.public_line(key)), run.nic_modules(kernel),
                       secret(cache, "guest-host-key"), cache / "images")  # fmt: skip
-    config = vm.VMConfig(kernel.vmlinux or kernel.image, img.path, 256, vm.accelerator().name, 0)
-    log = cache / "test-serial.log"
-    log.unlink(missing_ok=True)
-    with vm.boot(config, log, 240) as machine:
-        yield machine, img, key
+    # The port QEMU is asked for is already taken: boot() must move to another one (pitfall 9).
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        config = vm.VMConfig(kernel.vmlinux or kernel.image, img.path, 256, vm.accelerator().name, port)
+        log = cache / "test-serial.log"
+        log.unlink(missing_ok=True)
+        with vm.boot(config, log, 240) as machine:
+            assert machine.config.port != port
+            yield machine, img, key
     assert not machine.alive
 
 
@@ -150,3 +159,45 @@ def test_harness_run_end_to_end(tmp_path: Path) -> None:
         assert "HARNESS-READY" in (run_dir / b["serial_log"]).read_text()
     assert "pass" in proc.stdout  # the summary table
     assert qemu_pids() <= before, "the run left QEMU processes behind"
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_interrupt_keeps_finished_results(tmp_path: Path, signum: int) -> None:
+    """Ctrl-C or SIGTERM mid-run: exit 128+signal, finished cases kept, valid JUnit, no QEMU left."""
+    m = tmp_path / "m.yaml"
+    m.write_text("kernels: [{debian: bookworm}]\nmemlock: [default, 64K, 0, unlimited]\nusers: [root, user]\n")
+    results = tmp_path / "results"
+    before = qemu_pids()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "harness", "run", "--matrix", str(m), "--results", str(results)],
+        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+    deadline = time.monotonic() + 300
+    done = 0
+    while time.monotonic() < deadline and proc.poll() is None:
+        try:
+            data = json.loads((results / "latest" / "results.json").read_text())
+            done = sum(1 for c in data["boots"][0]["cases"] if c["outcome"] == "pass")
+        except (OSError, ValueError, IndexError, KeyError):
+            done = 0
+        if done >= 5:
+            break
+        time.sleep(0.2)
+    assert proc.poll() is None, proc.communicate()[0]
+    proc.send_signal(signum)
+    out, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 128 + signum, out
+    assert "Traceback" not in out
+
+    run_dir = (results / "latest").resolve()
+    suite = ET.parse(run_dir / "junit.xml").getroot().find("testsuite")
+    assert suite is not None
+    data = json.loads((run_dir / "results.json").read_text())
+    assert data["interrupted"] is True and data["complete"] is False
+    cases = data["boots"][0]["cases"]
+    assert len(cases) == 8 * len(run.build_probe().names)
+    assert int(suite.get("tests", "0")) == len(cases) + 1  # and the errored "boot" testcase
+    assert data["boots"][0]["error"] == "run interrupted"
+    assert sum(1 for c in cases if c["outcome"] == "pass") >= done
+    assert any(c["message"] == "interrupted before this case ran" for c in cases)
+    assert qemu_pids() <= before, "an interrupted run left QEMU running"

@@ -1,0 +1,226 @@
+"""harness/vm.py: QEMU argv, the accelerator check with the real QEMU, process-group cleanup, boot failure."""
+
+from __future__ import annotations
+
+import os
+import random
+import shlex
+import shutil
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from harness import vm
+
+needs_qemu = pytest.mark.skipif(shutil.which(vm.QEMU) is None, reason=f"{vm.QEMU} is not installed")
+
+
+@pytest.fixture
+def fresh_accelerator(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """accelerator() is cached per process: clear it around each test that calls it."""
+    monkeypatch.delenv("HARNESS_ACCEL", raising=False)
+    vm.accelerator.cache_clear()
+    yield
+    vm.accelerator.cache_clear()
+
+
+def alive(pid: int) -> bool:
+    """True while the process runs; a zombie (dead, not yet reaped by init) counts as gone."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (FileNotFoundError, IndexError):
+        return False
+    return state not in ("Z", "X")
+
+
+def gone_soon(pid: int, within: float = 3.0) -> bool:
+    deadline = time.monotonic() + within
+    while alive(pid):
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.02)
+    return True
+
+
+# --- argv (pure) ------------------------------------------------------------------------------
+
+
+def config(tmp_path: Path, port: int = 10022) -> vm.VMConfig:
+    return vm.VMConfig(tmp_path / "my kernel's bzImage", tmp_path / "initrd.cpio", 256, "tcg", port)
+
+
+def option(argv: list[str], flag: str) -> list[str]:
+    return [argv[i + 1] for i, a in enumerate(argv[:-1]) if a == flag]
+
+
+def test_argv_fast_path_and_safety(tmp_path: Path) -> None:
+    cfg = config(tmp_path, port=40123)
+    argv = cfg.argv()
+    assert argv[0] == vm.QEMU
+    assert option(argv, "-cpu") == ["max"]
+    assert option(argv, "-accel") == ["tcg"]
+    assert option(argv, "-m") == ["256M"]
+    assert "-no-reboot" in argv
+    assert option(argv, "-kernel") == [str(cfg.kernel)]
+    assert option(argv, "-initrd") == [str(cfg.initrd)]
+    (device,) = option(argv, "-device")
+    assert device.split(",")[0] == "virtio-net-pci" and "romfile=" in device.split(",")
+    (netdev,) = option(argv, "-netdev")
+    assert "hostfwd=tcp:127.0.0.1:40123-:22" in netdev.split(",")
+    (append,) = option(argv, "-append")
+    assert "panic=-1" in append.split() and "console=ttyS0" in append.split()
+    assert option(argv, "-serial") == ["stdio"]
+
+
+def test_command_line_is_shell_quoted(tmp_path: Path) -> None:
+    argv = config(tmp_path).argv()
+    line = vm.command_line(argv)
+    assert shlex.split(line) == argv
+    assert "'console=ttyS0 panic=-1'" in line
+
+
+def test_with_port_changes_only_the_port(tmp_path: Path) -> None:
+    cfg = config(tmp_path, port=1)
+    moved = vm._with_port(cfg, 2)
+    assert moved.port == 2 and moved.argv() == [a.replace("127.0.0.1:1-", "127.0.0.1:2-") for a in cfg.argv()]
+
+
+def test_free_port_is_bindable() -> None:
+    import socket
+
+    port = vm.free_port()
+    assert 1024 <= port < 65536
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", port))
+
+
+# --- accelerator ------------------------------------------------------------------------------
+
+
+@needs_qemu
+def test_check_guest_runs_under_tcg() -> None:
+    """The boot sector writes 'K' and leaves through isa-debug-exit: the check itself works."""
+    assert vm._run_check("tcg", 10) == (True, "")
+
+
+@needs_qemu
+@pytest.mark.skipif(not os.path.exists("/dev/kvm"), reason="no /dev/kvm")
+@pytest.mark.skipif(os.environ.get("HARNESS_EXPECT_KVM") == "1", reason="HARNESS_EXPECT_KVM=1: KVM works here")
+def test_kvm_check_fails_on_this_machine() -> None:
+    ok, detail = vm._run_check("kvm", 5)
+    assert ok is False
+    assert detail
+
+
+@needs_qemu
+def test_accelerator_picks_what_really_runs(fresh_accelerator: None) -> None:
+    accel = vm.accelerator()
+    if os.environ.get("HARNESS_EXPECT_KVM") == "1":
+        assert accel == vm.Accelerator("kvm", "KVM ran a test guest")
+        return
+    assert accel.name == "tcg"
+    if os.access("/dev/kvm", os.R_OK | os.W_OK):
+        assert accel.reason.startswith("KVM did not run a test guest (")
+    else:
+        assert accel.reason == "/dev/kvm is absent or not accessible"
+    assert vm.accelerator() is accel  # cached
+
+
+@pytest.mark.parametrize("name", ["tcg", "kvm"])
+def test_harness_accel_forces(name: str, fresh_accelerator: None, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HARNESS_ACCEL", name)
+    assert vm.accelerator() == vm.Accelerator(name, "forced by HARNESS_ACCEL")
+
+
+@needs_qemu
+def test_harness_accel_other_values_are_ignored(fresh_accelerator: None, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HARNESS_ACCEL", "hvf")
+    assert vm.accelerator().reason != "forced by HARNESS_ACCEL"
+
+
+# --- Process: the whole group dies --------------------------------------------------------------
+
+SPAWNER = ["sh", "-c", "sleep 100 & echo $!; echo $$; exec sleep 100"]
+
+
+def read_pids(proc: vm.Process) -> tuple[int, int]:
+    assert proc.popen.stdout is not None
+    grandchild = int(proc.popen.stdout.readline())
+    child = int(proc.popen.stdout.readline())
+    return child, grandchild
+
+
+def test_process_kills_child_and_grandchild() -> None:
+    with vm.Process(SPAWNER, stdout=subprocess.PIPE) as proc:
+        child, grandchild = read_pids(proc)
+        assert child == proc.popen.pid
+        assert alive(child) and alive(grandchild)
+    assert proc.popen.returncode is not None
+    assert gone_soon(child) and gone_soon(grandchild)
+
+
+def test_process_kills_the_group_on_exception() -> None:
+    pids: tuple[int, int] = (0, 0)
+    with pytest.raises(RuntimeError, match="boom"), vm.Process(SPAWNER, stdout=subprocess.PIPE) as proc:
+        pids = read_pids(proc)
+        assert all(alive(p) for p in pids)
+        raise RuntimeError("boom")
+    assert all(p > 0 for p in pids)
+    assert gone_soon(pids[0]) and gone_soon(pids[1])
+
+
+def test_process_kills_grandchild_after_the_leader_exited() -> None:
+    grandchild = 0
+    try:
+        with vm.Process(["sh", "-c", "sleep 100 & echo $!"], stdout=subprocess.PIPE) as proc:
+            assert proc.popen.stdout is not None
+            grandchild = int(proc.popen.stdout.readline())
+            proc.popen.wait(timeout=10)  # the leader is gone, its child is still in the group
+        assert gone_soon(grandchild, within=1.0)
+    finally:
+        if grandchild and alive(grandchild):
+            os.kill(grandchild, 9)  # don't leak it into the rest of the session
+
+
+# --- a boot that cannot start --------------------------------------------------------------------
+
+
+def qemu_pids_with(path: Path) -> list[int]:
+    found = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            if str(path).encode() in (proc / "cmdline").read_bytes():
+                found.append(int(proc.name))
+        except OSError:
+            continue
+    return found
+
+
+@needs_qemu
+def test_boot_of_a_non_kernel_fails_fast_and_cleans_up(tmp_path: Path) -> None:
+    kernel = tmp_path / "not-a-kernel"
+    kernel.write_bytes(random.Random(42).randbytes(256 * 1024))
+    initrd = tmp_path / "initrd"
+    initrd.write_bytes(b"\0" * 512)
+    serial = tmp_path / "serial.log"
+    cfg = vm.VMConfig(kernel, initrd, 128, "tcg", vm.free_port())
+    started = time.monotonic()
+    with pytest.raises(vm.BootFailure) as info, vm.boot(cfg, serial, timeout=30):
+        pytest.fail("a random file booted")
+    assert time.monotonic() - started < 10
+    message = str(info.value)
+    assert message.startswith("QEMU exited with status 1 before the guest was ready: ")
+    detail = message.split(": ", 1)[1]  # QEMU's own last stderr line
+    assert any(s in detail for s in ("linux kernel too old", "invalid", "Error loading")), detail
+    assert info.value.panicked is False
+    assert serial.exists()
+    assert qemu_pids_with(kernel) == []
