@@ -19,7 +19,7 @@ from pathlib import Path
 import paramiko
 import pytest
 
-from harness import guest, image, matrix, run, vm
+from harness import guest, image, kernels, matrix, run, vm
 from harness.cache import cache_dir, secret
 from harness.results import Outcome
 
@@ -39,9 +39,12 @@ def qemu_pids() -> set[int]:
     return found
 
 
+Prepared = tuple[kernels.Kernel, image.Image, paramiko.PKey]
+
+
 @pytest.fixture(scope="module")
-def booted() -> Iterator[tuple[vm.VM, image.Image, paramiko.PKey]]:
-    """One bookworm guest shared by the SSH tests below."""
+def bookworm() -> Prepared:
+    """Debian 12's kernel, fetched and verified from the mirror, and its guest image."""
     cache = cache_dir()
     options = run.Options(jobs=1, results=cache / "unused", cache=cache)
     source = run.Kernels(options, print)
@@ -51,6 +54,14 @@ def booted() -> Iterator[tuple[vm.VM, image.Image, paramiko.PKey]]:
     key = guest.client_key(cache)
     img = image.build(image.base_entries(probe.path, guest.public_line(key)), run.nic_modules(kernel),
                       secret(cache, "guest-host-key"), cache / "images")  # fmt: skip
+    return kernel, img, key
+
+
+@pytest.fixture(scope="module")
+def booted(bookworm: Prepared) -> Iterator[tuple[vm.VM, image.Image, paramiko.PKey]]:
+    """One bookworm guest shared by the SSH tests below."""
+    kernel, img, key = bookworm
+    cache = cache_dir()
     # The port QEMU is asked for is already taken: boot() must move to another one (pitfall 9).
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
@@ -63,6 +74,20 @@ def booted() -> Iterator[tuple[vm.VM, image.Image, paramiko.PKey]]:
             assert machine.config.port != port
             yield machine, img, key
     assert not machine.alive
+
+
+def test_panic_during_boot_fails_fast_with_excerpt(bookworm: Prepared, tmp_path: Path) -> None:
+    """No /init: the kernel panics; with panic=-1 QEMU exits and the boot fails long before its deadline."""
+    kernel, img, _ = bookworm
+    config = vm.VMConfig(kernel.vmlinux or kernel.image, img.path, 256, vm.accelerator().name, 0,
+                         cmdline="console=ttyS0 panic=-1 rdinit=/nonexistent")  # fmt: skip
+    start = time.monotonic()
+    with pytest.raises(vm.BootFailure) as failure, vm.boot(config, tmp_path / "serial.log", 240):
+        pass
+    assert failure.value.panicked
+    assert "Kernel panic" in failure.value.excerpt
+    assert "Kernel panic" in (tmp_path / "serial.log").read_text()
+    assert time.monotonic() - start < 120
 
 
 def test_unprivileged_user_logs_in(booted: tuple[vm.VM, image.Image, paramiko.PKey]) -> None:
