@@ -3,58 +3,50 @@ the kernel image and modules into a content-addressed cache, and extract a PVH-b
 
 Layers, from pure to effectful:
 - `resolve_in` picks packages from parsed Packages stanzas (pure);
-- the bzImage/ELF helpers turn image bytes into vmlinux bytes (pure);
-- `Archive` is the only place that talks to the network (and to gpgv);
+- `harness.bzimage` turns image bytes into vmlinux bytes (pure);
+- `harness.archive.Archive` is the only place that talks to the network (and to gpgv);
 - `fetch`, `from_path` and `list_cached` read and write the cache.
 """
 
 from __future__ import annotations
 
-import bz2
 import contextlib
 import errno
 import hashlib
-import http.client
-import io
 import json
 import lzma
 import os
 import re
 import shutil
-import socket
-import struct
-import subprocess
 import tarfile
 import tempfile
-import time
-import urllib.error
-import urllib.request
-import warnings
 import zlib
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any, cast
 
 import zstandard
-from debian.deb822 import Packages, PkgRelation, Release
+from debian.deb822 import PkgRelation
 from debian.debfile import DebFile
 from debian.debian_support import Version
-from elftools.common.exceptions import ELFError
-from elftools.elf.elffile import ELFFile
-from elftools.elf.sections import NoteSection
-from elftools.elf.segments import NoteSegment
 
+from harness.archive import Archive, Deb
+from harness.bzimage import (
+    bzimage_payload,
+    bzimage_version,
+    elf_release,
+    has_pvh_note,
+    is_bzimage,
+    is_elf,
+    parses_as_elf,
+    vmlinux_from_image,
+)
+from harness.cache import atomic_write
 from harness.errors import InfraError, UserError
 from harness.matrix import DebianKernel, PathKernel
 from harness.results import KernelInfo
 
-DEFAULT_KEYRING = Path("/usr/share/keyrings/debian-archive-keyring.gpg")
-ARCH = "amd64"
-COMPONENT = "main"
-TIMEOUT_S = 60.0
-RETRIES = 3  # after the first attempt, for transient network errors only
-XEN_ELFNOTE_PHYS32_ENTRY = 18  # the PVH entry point note QEMU looks for in an ELF kernel
 META_FILE = "kernel.json"
 META_FORMAT = 1
 
@@ -62,18 +54,6 @@ Stanza = Mapping[str, str]
 
 
 # --- records -----------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Deb:
-    """One .deb used for a kernel, as listed in a signed Packages index."""
-
-    package: str
-    version: str
-    filename: str  # pool path relative to the mirror
-    sha256: str
-    size: int
-    suite: str
 
 
 @dataclass(frozen=True)
@@ -282,445 +262,6 @@ def _deb(stanza: Stanza, suite: str) -> Deb:
         ) from None
 
 
-# --- bzImage and ELF (pure) --------------------------------------------------------------------
-
-
-def is_elf(data: bytes) -> bool:
-    return data[:4] == b"\x7fELF"
-
-
-def is_bzimage(data: bytes) -> bool:
-    return len(data) >= 0x250 and data[0x1FE:0x200] == b"\x55\xaa" and data[0x202:0x206] == b"HdrS"
-
-
-def bzimage_payload(data: bytes) -> bytes:
-    """The compressed kernel inside a bzImage. ValueError if not a bzImage or truncated."""
-    if not is_bzimage(data):
-        raise ValueError("no bzImage header")
-    (protocol,) = struct.unpack_from("<H", data, 0x206)
-    if protocol < 0x208:
-        raise ValueError(f"boot protocol {protocol:#x} predates payload fields")
-    setup_sects = data[0x1F1] or 4  # 0 means 4, for compatibility with ancient loaders
-    offset, length = struct.unpack_from("<II", data, 0x248)
-    start = (setup_sects + 1) * 512 + offset
-    if length == 0 or start + length > len(data):
-        raise ValueError("truncated bzImage (payload runs past the end of the file)")
-    return data[start : start + length]
-
-
-def bzimage_version(data: bytes) -> str | None:
-    """The release (first word of the kernel_version string), e.g. '6.1.0-50-amd64'."""
-    if not is_bzimage(data):
-        return None
-    (pointer,) = struct.unpack_from("<H", data, 0x20E)
-    start = pointer + 0x200
-    if pointer == 0 or start >= len(data):
-        return None
-    end = data.find(b"\0", start, start + 512)
-    words = data[start : end if end >= 0 else start + 512].decode("ascii", "replace").split()
-    return words[0] if words else None
-
-
-def decompress_payload(payload: bytes) -> bytes | None:
-    """Decompress by magic; None for formats Python cannot do (lz4, lzo). The kernel build appends the
-    decompressed size after the stream, so trailing bytes are expected and ignored."""
-    try:
-        if payload[:2] == b"\x1f\x8b":
-            return zlib.decompressobj(wbits=31).decompress(payload)
-        if payload[:6] == b"\xfd7zXZ\x00":
-            return lzma.LZMADecompressor(lzma.FORMAT_XZ).decompress(payload)
-        if payload[:4] == b"\x28\xb5\x2f\xfd":
-            return bytes(zstandard.ZstdDecompressor().decompressobj().decompress(payload))
-        if payload[:3] == b"\x5d\x00\x00":
-            return lzma.LZMADecompressor(lzma.FORMAT_ALONE).decompress(payload)
-        if payload[:3] == b"BZh":
-            return bz2.BZ2Decompressor().decompress(payload)
-    except (zlib.error, lzma.LZMAError, zstandard.ZstdError, OSError, ValueError, EOFError):
-        return None
-    return None
-
-
-def has_pvh_note(elf: bytes) -> bool:
-    """True if the ELF carries XEN_ELFNOTE_PHYS32_ENTRY, which QEMU needs to boot it directly."""
-    try:
-        f = ELFFile(io.BytesIO(elf))
-        # A linked kernel has PT_NOTE segments; a relocatable object only note sections.
-        for seg in f.iter_segments():
-            if isinstance(seg, NoteSegment) and _xen_entry(seg.iter_notes()):
-                return True
-        for sec in f.iter_sections():
-            if isinstance(sec, NoteSection) and _xen_entry(sec.iter_notes()):
-                return True
-    except (ELFError, struct.error, ValueError, EOFError):
-        return False
-    return False
-
-
-def _xen_entry(notes: Iterator[Any]) -> bool:
-    return any(n["n_name"] == "Xen" and n["n_type"] == XEN_ELFNOTE_PHYS32_ENTRY for n in notes)
-
-
-def vmlinux_from_image(data: bytes) -> bytes | None:
-    """The PVH-bootable ELF inside a bzImage (or the image itself if it is one), else None."""
-    if is_elf(data):
-        return data if has_pvh_note(data) else None
-    try:
-        payload = bzimage_payload(data)
-    except ValueError:
-        return None
-    elf = decompress_payload(payload)
-    if elf is None or not is_elf(elf):
-        return None
-    return elf if has_pvh_note(elf) else None
-
-
-def elf_release(elf: bytes) -> str | None:
-    """The release from the `Linux version X ...` banner an uncompressed kernel carries."""
-    m = re.search(rb"Linux version (\S+) ", elf)
-    return m.group(1).decode("ascii", "replace") if m else None
-
-
-# --- the mirror --------------------------------------------------------------------------------
-
-
-def _sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-
-
-class _NotFound(Exception):
-    """HTTP 404/410 (or a missing file: URL): the mirror does not have it."""
-
-
-def _transient(e: BaseException) -> bool:
-    if isinstance(e, urllib.error.HTTPError):
-        return e.code in (408, 425, 429, 500, 502, 503, 504)
-    return isinstance(
-        e, urllib.error.URLError | TimeoutError | socket.timeout | ConnectionError | http.client.HTTPException
-    )
-
-
-class Archive:
-    """A Debian mirror seen through a verifying cache. The only code here that opens connections."""
-
-    def __init__(
-        self,
-        mirror: str,
-        cache: Path,
-        insecure: bool = False,
-        keyring: Path = DEFAULT_KEYRING,
-        *,
-        max_age: float = 0.0,  # seconds a fetched InRelease is reused without asking the mirror again
-        warn: Callable[[str], None] | None = None,
-        retry_delay: float = 1.0,
-    ) -> None:
-        self.mirror = mirror.rstrip("/")
-        self.cache = cache
-        self.insecure = insecure
-        self.keyring = keyring
-        self.max_age = max_age
-        self.retry_delay = retry_delay
-        self._warn = warn or (lambda msg: warnings.warn(msg, stacklevel=3))
-        self._releases: dict[str, Release] = {}
-        self._packages: dict[tuple[str, str], list[Packages]] = {}
-        self._warned = False
-
-    # -- network
-
-    def _open(self, url: str) -> Any:
-        """urlopen with retries on transient errors; 404 -> _NotFound; else InfraError."""
-        for attempt in range(RETRIES + 1):
-            try:
-                return urllib.request.urlopen(url, timeout=TIMEOUT_S)
-            except urllib.error.HTTPError as e:
-                if e.code in (404, 410):
-                    raise _NotFound(url) from None
-                if not _transient(e) or attempt == RETRIES:
-                    raise InfraError(f"GET {url}: HTTP {e.code} {e.reason}") from None
-            except urllib.error.URLError as e:
-                if (
-                    isinstance(e.reason, FileNotFoundError)
-                    or getattr(e.reason, "errno", None) == errno.ENOENT
-                ):
-                    raise _NotFound(url) from None
-                if attempt == RETRIES:
-                    raise InfraError(f"GET {url}: {e.reason}") from None
-            except (TimeoutError, ConnectionError, http.client.HTTPException, OSError) as e:
-                if attempt == RETRIES:
-                    raise InfraError(f"GET {url}: {e}") from None
-            time.sleep(self.retry_delay * (2**attempt))
-        raise AssertionError("unreachable")
-
-    def _get(self, url: str) -> bytes:
-        for attempt in range(RETRIES + 1):
-            with self._open(url) as r:
-                try:
-                    return bytes(r.read())
-                except (TimeoutError, ConnectionError, http.client.HTTPException, OSError) as e:
-                    if attempt == RETRIES:
-                        raise InfraError(f"GET {url}: {e}") from None
-            time.sleep(self.retry_delay * (2**attempt))
-        raise AssertionError("unreachable")
-
-    def _download(self, url: str, dest: IO[bytes]) -> tuple[int, str]:
-        """Stream url into dest (truncated first on retry); returns (size, sha256)."""
-        for attempt in range(RETRIES + 1):
-            dest.seek(0)
-            dest.truncate()
-            h, size = hashlib.sha256(), 0
-            with self._open(url) as r:
-                try:
-                    for block in iter(lambda: r.read(1 << 20), b""):
-                        h.update(block)
-                        dest.write(block)
-                        size += len(block)
-                    return size, h.hexdigest()
-                except (TimeoutError, ConnectionError, http.client.HTTPException, OSError) as e:
-                    if attempt == RETRIES:
-                        raise InfraError(f"GET {url}: {e}") from None
-            time.sleep(self.retry_delay * (2**attempt))
-        raise AssertionError("unreachable")
-
-    # -- Release
-
-    def release(self, suite: str) -> Release:
-        """The verified Release of `suite` (InRelease fetched afresh unless younger than max_age)."""
-        if suite in self._releases:
-            return self._releases[suite]
-        cached = self.cache / "indexes" / suite / "InRelease"
-        fresh = cached.is_file() and time.time() - cached.stat().st_mtime < self.max_age
-        if fresh:
-            data = cached.read_bytes()
-        else:
-            try:
-                data = self._get(f"{self.mirror}/dists/{suite}/InRelease")
-            except _NotFound:
-                raise UserError(
-                    f"suite {suite} is not on mirror {self.mirror}; use a Debian suite such as bookworm"
-                ) from None
-        body = self._verify(suite, data)
-        release = Release(body)
-        names = {release.get("Suite", ""), release.get("Codename", "")}
-        if suite not in names:
-            raise InfraError(
-                f"mirror {self.mirror} answered dists/{suite} with the Release of {'/'.join(names)}"
-            )
-        if not fresh:
-            _atomic_write(cached, data)
-        self._releases[suite] = release
-        return release
-
-    def _verify(self, suite: str, data: bytes) -> str:
-        """The signed text of an InRelease; gpgv writes exactly what it checked, so nothing outside the
-        signature can slip into the parsed Release."""
-        if self.insecure:
-            if not self._warned:
-                self._warn(f"--insecure: not checking the signature of {self.mirror} indexes")
-                self._warned = True
-            return _clearsigned_body(data.decode("utf-8", "replace"))
-        if not self.keyring.is_file():
-            raise UserError(
-                f"keyring {self.keyring} not found; install debian-archive-keyring or pass --insecure"
-            )
-        with tempfile.TemporaryDirectory(prefix="harness-gpgv-") as tmp:
-            signed, out = Path(tmp) / "InRelease", Path(tmp) / "body"
-            signed.write_bytes(data)
-            try:
-                proc = subprocess.run(
-                    [
-                        "gpgv",
-                        "--keyring",
-                        str(self.keyring),
-                        "--status-fd",
-                        "1",
-                        "--output",
-                        str(out),
-                        str(signed),
-                    ],
-                    capture_output=True,
-                    text=True,
-                    timeout=TIMEOUT_S,
-                    env={**os.environ, "LC_ALL": "C"},
-                )
-            except FileNotFoundError:
-                raise InfraError("gpgv not found: install gpgv (or pass --insecure)") from None
-            except subprocess.TimeoutExpired:
-                raise InfraError(f"gpgv timed out checking InRelease of {suite}") from None
-            if not signature_ok(proc.stdout, proc.returncode):
-                lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
-                detail = lines[-1].strip() if lines else f"gpgv exit {proc.returncode}"
-                raise InfraError(
-                    f"InRelease of suite {suite} from {self.mirror} failed signature check against "
-                    f"{self.keyring}: {detail}"
-                )
-            return out.read_text("utf-8", "replace")
-
-    # -- Packages
-
-    def packages(self, suite: str, prefix: str = "") -> list[Packages]:
-        """main/binary-amd64 stanzas of `suite`, verified against the signed Release. With `prefix`, only
-        packages whose name starts with it (parsing a whole index takes ~30 s; kernels need 'linux-')."""
-        key = (suite, prefix)
-        if key not in self._packages:
-            text = self._packages_text(suite, prefix)
-            self._packages[key] = list(
-                Packages.iter_paragraphs(text.splitlines(keepends=True), use_apt_pkg=False)
-            )
-        return self._packages[key]
-
-    def _packages_text(self, suite: str, prefix: str) -> str:
-        release = self.release(suite)
-        listed = {e["name"]: e for e in release.get("SHA256", [])}
-        base = f"{COMPONENT}/binary-{ARCH}/Packages"
-        candidates = [base + ext for ext in (".xz", ".gz", "") if base + ext in listed]
-        if not candidates:
-            raise InfraError(
-                f"Release of {suite} lists no {base}[.xz|.gz]; is {ARCH}/{COMPONENT} on the mirror?"
-            )
-        folder = self.cache / "indexes" / suite
-        for name in candidates:
-            sha, size = listed[name]["sha256"].lower(), int(listed[name]["size"])
-            ext = name[len(base) :]
-            tag = re.sub(r"[^A-Za-z0-9._-]", "_", prefix) or "all"
-            filtered = folder / f"{sha}.{tag}.txt"
-            if filtered.is_file():
-                return filtered.read_text("utf-8", "replace")
-            raw = folder / f"{sha}{ext or '.plain'}"
-            if not (raw.is_file() and raw.stat().st_size == size and _sha256_file(raw) == sha):
-                data = self._fetch_index(suite, name, sha, release)
-                if data is None:
-                    continue
-                if len(data) != size or hashlib.sha256(data).hexdigest() != sha:
-                    raise InfraError(
-                        f"hash mismatch for {name} of {suite}: the signed Release says {sha} ({size} bytes), "
-                        f"got {hashlib.sha256(data).hexdigest()} ({len(data)} bytes)"
-                    )
-                _atomic_write(raw, data)
-                # An index is replaced several times a day; drop the ones this Release no longer lists.
-                for old in folder.iterdir():
-                    if old.name != "InRelease" and not old.name.startswith((sha, ".")):
-                        with contextlib.suppress(OSError):
-                            old.unlink()
-            text = _decompress_index(raw.read_bytes(), ext, f"{name} of {suite}")
-            if prefix:
-                # the kernel subset is ~1% of an index: keep it so the next run skips decompression
-                text = filter_stanzas(text, prefix)
-                _atomic_write(filtered, text.encode())
-            return text
-        raise InfraError(f"{self.mirror}/dists/{suite}/{base}[.xz|.gz] listed in Release but not served")
-
-    def _fetch_index(self, suite: str, name: str, sha: str, release: Release) -> bytes | None:
-        urls = [f"{self.mirror}/dists/{suite}/{name}"]
-        if release.get("Acquire-By-Hash", "").lower() == "yes":
-            # by-hash names stay valid while the mirror swaps in a newer index mid-download
-            urls.insert(0, f"{self.mirror}/dists/{suite}/{name.rsplit('/', 1)[0]}/by-hash/SHA256/{sha}")
-        for url in urls:
-            try:
-                return self._get(url)
-            except _NotFound:
-                continue
-        return None
-
-    # -- pool
-
-    def fetch_deb(self, deb: Deb) -> Path:
-        """The .deb in the cache (content-addressed by its signed SHA256), downloading it if needed."""
-        folder = self.cache / "debs"
-        path = folder / f"{deb.sha256}.deb"
-        if path.is_file() and path.stat().st_size == deb.size and _sha256_file(path) == deb.sha256:
-            return path
-        folder.mkdir(parents=True, exist_ok=True)
-        url = f"{self.mirror}/{deb.filename}"
-        fd, tmp = tempfile.mkstemp(dir=folder, prefix=".download-")
-        try:
-            with os.fdopen(fd, "w+b") as f:
-                try:
-                    size, sha = self._download(url, f)
-                except _NotFound:
-                    raise InfraError(
-                        f"{deb.package} {deb.version}: {url} not found (mirror changed since the index?)"
-                    ) from None
-            # Hashes are checked even with --insecure: they cost nothing and keep the cache honest.
-            if sha != deb.sha256 or size != deb.size:
-                raise InfraError(
-                    f"hash mismatch for {deb.package} {deb.version} from {url}: the index says {deb.sha256} "
-                    f"({deb.size} bytes), got {sha} ({size} bytes)"
-                )
-            os.replace(tmp, path)
-        except BaseException:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
-            raise
-        return path
-
-
-def signature_ok(status: str, returncode: int) -> bool:
-    """gpgv's verdict as apt reads it: at least one good, valid signature and no bad one. Extra signatures
-    from keys the keyring lacks (NO_PUBKEY, exit 2) are tolerated, as Debian signs with the keys of two
-    releases and an older keyring may know only one."""
-    words = [ln.split() for ln in status.splitlines() if ln.startswith("[GNUPG:] ")]
-    kinds = [w[1] for w in words if len(w) > 1]
-    if "GOODSIG" not in kinds or "VALIDSIG" not in kinds or "BADSIG" in kinds:
-        return False
-    if returncode == 0:
-        return True
-    errsigs = [w for w in words if len(w) > 7 and w[1] == "ERRSIG"]
-    return bool(errsigs) and all(w[7] == "9" for w in errsigs) and returncode in (1, 2)
-
-
-def _clearsigned_body(text: str) -> str:
-    """The message of a clearsigned text (for --insecure, where gpgv is not asked), or the text itself."""
-    lines = text.splitlines(keepends=True)
-    if not lines or not lines[0].startswith("-----BEGIN PGP SIGNED MESSAGE-----"):
-        return text
-    i = 1
-    while i < len(lines) and lines[i].strip():
-        i += 1  # armor headers (Hash: ...) up to the blank line
-    body: list[str] = []
-    for line in lines[i + 1 :]:
-        if line.startswith("-----BEGIN PGP SIGNATURE-----"):
-            break
-        body.append(line[2:] if line.startswith("- ") else line)
-    return "".join(body)
-
-
-def _decompress_index(data: bytes, ext: str, what: str) -> str:
-    try:
-        if ext == ".xz":
-            data = lzma.decompress(data)
-        elif ext == ".gz":
-            data = zlib.decompress(data, wbits=31)
-    except (lzma.LZMAError, zlib.error) as e:
-        raise InfraError(f"{what}: cannot decompress: {e}") from None
-    return data.decode("utf-8", "replace")
-
-
-def filter_stanzas(text: str, prefix: str) -> str:
-    """Only the stanzas whose Package starts with prefix; textual, so it costs a split, not a parse."""
-    keep = [
-        p
-        for p in re.split(r"\n\s*\n", text)
-        if (m := re.search(r"^Package: *(\S+)", p, re.M)) and m[1].startswith(prefix)
-    ]
-    return "\n\n".join(keep) + "\n"
-
-
 # --- fetching and extraction ---------------------------------------------------------------------
 
 _MODULE_SUFFIXES = (".ko", ".ko.xz", ".ko.zst", ".ko.gz")
@@ -914,7 +455,7 @@ def from_path(spec: PathKernel, cache: Path) -> Kernel:
     sha = hashlib.sha256(data).hexdigest()
     vmlinux: Path | None = None
     if is_elf(data):
-        found = elf_release(data) if _parses_as_elf(data) else None
+        found = elf_release(data) if parses_as_elf(data) else None
         if found is None and not has_pvh_note(data):
             raise not_kernel
         if not has_pvh_note(data):
@@ -933,7 +474,7 @@ def from_path(spec: PathKernel, cache: Path) -> Kernel:
         if elf is not None:
             vmlinux = cache / "vmlinux" / f"{sha}.elf"
             if not vmlinux.is_file():
-                _atomic_write(vmlinux, elf)
+                atomic_write(vmlinux, elf)
     else:
         raise not_kernel
     modules = spec.modules.resolve() if spec.modules else None
@@ -941,11 +482,3 @@ def from_path(spec: PathKernel, cache: Path) -> Kernel:
     if not release:
         raise UserError(f"path {path}: kernel version not found; give 'modules: /lib/modules/<release>'")
     return Kernel(spec.label, release, path, vmlinux, modules, sha, None, None, (), f"path:{path}")
-
-
-def _parses_as_elf(data: bytes) -> bool:
-    try:
-        ELFFile(io.BytesIO(data)).num_segments()
-        return True
-    except (ELFError, struct.error, ValueError, EOFError):
-        return False

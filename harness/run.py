@@ -22,7 +22,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from harness import __version__, guest, image, kernels, matrix, modules, report, verdict, vm
+from harness import __version__, archive, guest, image, kernels, matrix, modules, report, verdict, vm
 from harness.aptsources import mirror_from
 from harness.cache import secret
 from harness.errors import InfraError, UserError
@@ -86,12 +86,12 @@ class Kernels:
     def __init__(self, options: Options, log: Callable[[str], None]) -> None:
         self.options = options
         self.log = log
-        self._archive: kernels.Archive | None = None
+        self._archive: archive.Archive | None = None
 
-    def archive(self) -> kernels.Archive:
+    def archive(self) -> archive.Archive:
         if self._archive is None:
             mirror = mirror_from(self.options.mirror, os.environ, Path("/"))
-            self._archive = kernels.Archive(mirror, self.options.cache, insecure=self.options.insecure)
+            self._archive = archive.Archive(mirror, self.options.cache, insecure=self.options.insecure)
         return self._archive
 
     def resolve(self, spec: matrix.KernelSpec) -> kernels.Resolved | None:

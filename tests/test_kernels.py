@@ -14,22 +14,10 @@ from pathlib import Path
 import pytest
 import zstandard
 
+from harness.archive import Archive, Deb, signature_ok
+from harness.bzimage import bzimage_version, decompress_payload, has_pvh_note, vmlinux_from_image
 from harness.errors import InfraError, UserError
-from harness.kernels import (
-    Archive,
-    Deb,
-    Kernel,
-    bzimage_version,
-    decompress_payload,
-    fetch,
-    from_path,
-    has_pvh_note,
-    list_cached,
-    resolve,
-    resolve_in,
-    signature_ok,
-    vmlinux_from_image,
-)
+from harness.kernels import Kernel, fetch, from_path, list_cached, resolve, resolve_in
 from harness.matrix import DebianKernel, PathKernel
 
 # --- synthetic stanzas -------------------------------------------------------------------------
