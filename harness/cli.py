@@ -38,13 +38,14 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--cache", type=Path, help="cache directory (default: HARNESS_CACHE or ~/.cache/harness)")
+    common.add_argument("--mirror", help="Debian mirror URL (default: HARNESS_DEBIAN_MIRROR or the host's apt sources)")
+    common.add_argument("--insecure", action="store_true", help="accept unverified indexes and packages")
     p = _Parser(prog="harness", description=__doc__.splitlines()[0] if __doc__ else None)
-    p.add_argument("--cache", type=Path, help="cache directory (default: HARNESS_CACHE or ~/.cache/harness)")
-    p.add_argument("--mirror", help="Debian mirror URL (default: HARNESS_DEBIAN_MIRROR or the host's apt sources)")
-    p.add_argument("--insecure", action="store_true", help="accept unverified indexes and packages")
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
-    run = sub.add_parser("run", help="boot the matrix and run the probe")
+    run = sub.add_parser("run", help="boot the matrix and run the probe", parents=[common])
     run.add_argument("--matrix", type=Path, help="matrix YAML file (default: the embedded default matrix)")
     run.add_argument("--jobs", type=int, default=os.cpu_count() or 1, help="VMs at once (default: host cores)")
     run.add_argument("--results", type=Path, default=Path("results"), help="results directory (default: results)")
@@ -54,16 +55,16 @@ def _parser() -> argparse.ArgumentParser:
     ksub = k.add_subparsers(dest="action", required=True, parser_class=_Parser)
     for name, text in (("resolve", "show what a matrix's kernels resolve to"),
                        ("fetch", "download and extract a matrix's kernels")):  # fmt: skip
-        a = ksub.add_parser(name, help=text)
+        a = ksub.add_parser(name, help=text, parents=[common])
         a.add_argument("--matrix", type=Path, help="matrix YAML file (default: the embedded default matrix)")
-    ksub.add_parser("list", help="list kernels in the cache")
+    ksub.add_parser("list", help="list kernels in the cache", parents=[common])
 
     img = sub.add_parser("image", help="guest images")
     isub = img.add_subparsers(dest="action", required=True, parser_class=_Parser)
-    b = isub.add_parser("build", help="build the guest image of every kernel in a matrix")
+    b = isub.add_parser("build", help="build the guest image of every kernel in a matrix", parents=[common])
     b.add_argument("--matrix", type=Path, help="matrix YAML file (default: the embedded default matrix)")
 
-    sub.add_parser("cases", help="list the probe's cases")
+    sub.add_parser("cases", help="list the probe's cases", parents=[common])
     return p
 
 

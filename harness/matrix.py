@@ -28,6 +28,7 @@ class DebianKernel:
     suites: tuple[str, ...]
     package: str = "linux-image-amd64"
     abi: str | None = None
+    origin: str = field(default="", compare=False)  # "file:line: kernels.N", for messages
 
     @property
     def label(self) -> str:
@@ -41,6 +42,7 @@ class PathKernel:
 
     path: Path
     modules: Path | None = None
+    origin: str = field(default="", compare=False)
 
     @property
     def label(self) -> str:
@@ -161,13 +163,15 @@ class _Where:
             for i, item in enumerate(node.value):
                 self._walk(item, (*path, i))
 
-    def error(self, path: tuple[object, ...], message: str) -> UserError:
+    def origin(self, path: tuple[object, ...]) -> str:
         probe = path
         while probe and probe not in self.lines:
             probe = probe[:-1]
-        line = self.lines.get(probe, 1)
         key = ".".join(str(p) for p in path) or "(top level)"
-        return UserError(f"{self.source}:{line}: {key}: {message}")
+        return f"{self.source}:{self.lines.get(probe, 1)}: {key}"
+
+    def error(self, path: tuple[object, ...], message: str) -> UserError:
+        return UserError(f"{self.origin(path)}: {message}")
 
 
 _TOP_KEYS = {"kernels", "ram", "memlock", "users", "cases", "timeouts"}
@@ -259,7 +263,7 @@ def _kernel(where: _Where, path: tuple[object, ...], item: object) -> KernelSpec
     for key, v in (("package", package), ("abi", abi)):
         if v is not None and not (isinstance(v, str) and re.fullmatch(r"[a-z0-9][a-z0-9.+~-]*", v)):
             raise where.error((*path, "debian", key), f"{v!r} is not a Debian package or ABI name")
-    return DebianKernel(tuple(suites), package, abi)
+    return DebianKernel(tuple(suites), package, abi, where.origin(path))
 
 
 def _path_kernel(where: _Where, path: tuple[object, ...], item: dict[str, Any]) -> PathKernel:
@@ -281,7 +285,7 @@ def _path_kernel(where: _Where, path: tuple[object, ...], item: dict[str, Any]) 
         mod_path = (base / modules).expanduser()
         if not mod_path.is_dir():
             raise where.error((*path, "modules"), f"{mod_path} is not a directory")
-    return PathKernel(kernel, mod_path)
+    return PathKernel(kernel, mod_path, where.origin(path))
 
 
 def _ram(where: _Where, path: tuple[object, ...], value: object) -> int:

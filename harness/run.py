@@ -97,12 +97,19 @@ class Kernels:
     def resolve(self, spec: matrix.KernelSpec) -> kernels.Resolved | None:
         """Resolution errors about the spec itself are the user's (exit 2) and surface here."""
         if isinstance(spec, matrix.PathKernel):
+            self.fetch(spec, None)  # local and cheap: a bad file is bad input, found before any boot
             return None
-        return kernels.resolve(spec, self.archive())
+        try:
+            return kernels.resolve(spec, self.archive())
+        except UserError as e:
+            raise UserError(f"{spec.origin}: {e}" if spec.origin else str(e)) from e
 
     def fetch(self, spec: matrix.KernelSpec, resolved: kernels.Resolved | None) -> kernels.Kernel:
         if isinstance(spec, matrix.PathKernel):
-            return kernels.from_path(spec, self.options.cache)
+            try:
+                return kernels.from_path(spec, self.options.cache)
+            except UserError as e:
+                raise UserError(f"{spec.origin}: {e}" if spec.origin else str(e)) from e
         assert resolved is not None
         return kernels.fetch(resolved, self.archive(), self.options.cache)
 
@@ -314,7 +321,9 @@ def execute(
     plans = matrix.expand(mx, probe.names)
     expectations = verdict.load()
     source = Kernels(options, log)
-    resolved = {spec: source.resolve(spec) for spec in dict.fromkeys(p.kernel for p in plans)}
+    specs = list(dict.fromkeys(p.kernel for p in plans))
+    specs.sort(key=lambda s: not isinstance(s, matrix.PathKernel))  # local files first: bad input before downloads
+    resolved = {spec: source.resolve(spec) for spec in specs}
     accel = options.accel or vm.accelerator()
     log(f"accelerator: {accel.name} ({accel.reason})")
 

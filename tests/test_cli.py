@@ -117,3 +117,28 @@ def test_python_m_harness_cases_matches_probe_list(tmp_path: Path, probe: Path) 
     proc = module_run(tmp_path, "cases")
     assert proc.returncode == 0
     assert proc.stdout.splitlines() == listing.splitlines()
+
+
+def test_non_kernel_file_is_bad_input_before_any_boot(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "junk").write_bytes(os.urandom(4096))
+    (tmp_path / "m.yaml").write_text("kernels:\n  - debian: bookworm\n  - path: junk\n")
+    code, out, err = run(["run", "--matrix", "m.yaml", "--mirror", "http://127.0.0.1:9/debian"], capsys)
+    assert code == 2
+    (line,) = err.splitlines()
+    assert line.startswith("harness: error: m.yaml:3: kernels.1: ")
+    assert "not a Linux kernel image" in line
+    assert not (tmp_path / "results").exists()  # nothing started: path kernels are checked first
+
+
+def test_truncated_kernel_is_bad_input(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """The first 4 KiB of a real bzImage header layout is not a kernel QEMU can boot."""
+    kernel = tmp_path / "vmlinuz"
+    header = bytearray(8192)
+    header[0x1F1] = 4  # setup_sects
+    header[0x202:0x206] = b"HdrS"
+    kernel.write_bytes(bytes(header[:600]))
+    (tmp_path / "m.yaml").write_text("kernels:\n  - path: vmlinuz\n")
+    code, _, err = run(["run", "--matrix", "m.yaml"], capsys)
+    assert code == 2
+    (line,) = err.splitlines()
+    assert line.startswith("harness: error: m.yaml:2: kernels.0: ")
