@@ -38,7 +38,7 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _parser() -> argparse.ArgumentParser:
-    common = argparse.ArgumentParser(add_help=False)
+    common = _Parser(add_help=False)
     common.add_argument("--cache", type=Path, help="cache directory (default: HARNESS_CACHE or ~/.cache/harness)")
     common.add_argument("--mirror", help="Debian mirror URL (default: HARNESS_DEBIAN_MIRROR or the host's apt sources)")
     common.add_argument("--insecure", action="store_true", help="accept unverified indexes and packages")
