@@ -22,6 +22,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import paramiko
+
 from harness import __version__, archive, guest, image, kernels, matrix, modules, report, verdict, vm
 from harness.aptsources import mirror_from
 from harness.cache import secret
@@ -157,10 +159,9 @@ def run_boot(
     plan: matrix.BootPlan,
     prepared: Prepared,
     result: BootResult,
-    probe: Probe,
     expectations: verdict.Expectations,
     accel: vm.Accelerator,
-    key: Any,
+    key: paramiko.PKey,
     run_dir: Path,
     writer: report.RunWriter,
     live: Live,
@@ -176,6 +177,7 @@ def run_boot(
     serial.parent.mkdir(parents=True, exist_ok=True)
     result.serial_log = str(serial.relative_to(run_dir))
     config = vm.VMConfig(kernel.vmlinux or kernel.image, img.path, plan.ram_mb, accel.name, 0)
+    result.qemu_argv = config.argv()  # port 0 until QEMU has one; kept for boots that never come up
     ctx = verdict.RunContext(verdict.kernel_version(kernel.release), False)
     done: list[matrix.RunPlan] = []
     if live.cancelled.is_set():
@@ -193,7 +195,7 @@ def run_boot(
                 for run_plan in plan.runs:
                     if live.cancelled.is_set():
                         raise Cancelled()
-                    _probe_run(session, run_plan, plan, result, probe, expectations, ctx, writer, machine)
+                    _probe_run(session, run_plan, plan, result, expectations, ctx, writer, machine)
                     done.append(run_plan)
                 result.timings["probe"] = round(time.monotonic() - machine.started, 3)
     except vm.BootFailure as e:
@@ -240,7 +242,6 @@ def _probe_run(
     run_plan: matrix.RunPlan,
     plan: matrix.BootPlan,
     result: BootResult,
-    probe: Probe,
     expectations: verdict.Expectations,
     ctx: verdict.RunContext,
     writer: report.RunWriter,
@@ -357,7 +358,7 @@ def execute(
     with ThreadPoolExecutor(max_workers=options.jobs, thread_name_prefix="boot") as pool:
         try:
             for p in plans:
-                fut = pool.submit(run_boot, p, prepared[p.kernel], results[p.id], probe, expectations,
+                fut = pool.submit(run_boot, p, prepared[p.kernel], results[p.id], expectations,
                                   accel, key, run_dir, writer, live)  # fmt: skip
                 futures[fut] = p.id
             pending = set(futures)
@@ -427,8 +428,3 @@ def manifest(
         "host": {"kernel": platform.release(), "python": platform.python_version()},
     }
 
-
-def check_user_input(mx: matrix.Matrix) -> None:
-    """Errors that need no download: path kernels exist (checked at parse) and names are sane."""
-    if not mx.kernels:
-        raise UserError(f"{mx.source}: kernels: list at least one kernel")
