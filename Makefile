@@ -1,7 +1,7 @@
 # Two commands set everything up on a fresh Debian machine: `make run` and `make test`.
 SHELL := /bin/bash
 APT_PACKAGES := qemu-system-x86 busybox-static dropbear-bin cpio gcc libc6-dev make gpgv \
-                debian-archive-keyring xz-utils zstd python3 python3-venv
+                debian-archive-keyring xz-utils zstd e2fsprogs python3 python3-venv
 VENV := .venv
 BIN := $(VENV)/bin
 

@@ -67,6 +67,7 @@ def main() -> int:
     key = guest.client_key(cache)
     base = image.base_entries(probe.path, guest.public_line(key))
     accel = vm.accelerator()
+    disk = image.disk_image(cache / "images")
     console = Console(width=160)
     console.print(f"accelerator: {accel.name} ({accel.reason}); {args.repeat} rounds; {len(probe.names)} cases")
 
@@ -76,8 +77,8 @@ def main() -> int:
         table.add_column(header, justify="left" if header in ("kernel", "release", "boot via") else "right")
     for spec in dict.fromkeys(mx.kernels):
         kernel = source.fetch(spec, source.resolve(spec))
-        img = image.build(base, run.nic_modules(kernel), secret(cache, "guest-host-key"), cache / "images")
-        config = vm.VMConfig(kernel.vmlinux or kernel.image, img.path, mx.ram_mb[0], accel.name, 0)
+        img = image.build(base, run.guest_modules(kernel), secret(cache, "guest-host-key"), cache / "images")
+        config = vm.VMConfig(kernel.vmlinux or kernel.image, img.path, mx.ram_mb[0], accel.name, 0, disk)
         floors, runs = [], []
         for _ in range(args.repeat):
             floors.append(floor(config, 300))

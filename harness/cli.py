@@ -134,7 +134,7 @@ def cmd_image(args: argparse.Namespace, console: Console) -> int:
     source = run.Kernels(options, console.print)
     for spec in dict.fromkeys(mx.kernels):
         k = source.fetch(spec, source.resolve(spec))
-        img = image.build(base, run.nic_modules(k), secret(cache, "guest-host-key"), cache / "images")
+        img = image.build(base, run.guest_modules(k), secret(cache, "guest-host-key"), cache / "images")
         _line(console, spec.label, k.release, str(img.path), " ".join(img.modules))
     return 0
 

@@ -15,6 +15,7 @@ import os
 import re
 import stat
 import subprocess
+import tempfile
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -155,6 +156,48 @@ def module_entries(modules: Sequence[tuple[str, bytes]]) -> list[Entry]:
     return [file("etc/harness/modules", order)] + [
         file(f"lib/modules/harness/{name}.ko", data) for name, data in modules
     ]
+
+
+# --- the data disk ----------------------------------------------------------------------------
+
+DISK_FILE = "data.bin"  # what the probe maps from the disk: /mnt/disk/data.bin in the guest
+DISK_FILE_SIZE = 4 << 20
+DISK_SIZE = "16M"
+_DISK_UUID = "6861726e-6573-4d41-5000-4c4f434b4544"  # fixed: the image must not vary between builds
+
+
+def disk_image(out_dir: Path) -> Path:
+    """A small read-only ext4 disk holding one file, for cases that need major faults.
+
+    An initramfs is tmpfs, where nothing is ever read from a device. No journal and no
+    metadata_csum, so the guest needs only ext4's hard dependencies. Fixed UUID, hash seed and
+    timestamps make the image byte-identical on every build.
+    """
+    path = out_dir / "disk-ext4-v1.img"
+    if path.exists():
+        return path
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="harness-disk-", dir=out_dir) as tmp:
+        root = Path(tmp, "root")
+        root.mkdir(mode=0o755)
+        data = Path(root, DISK_FILE)
+        data.write_bytes(bytes(i % 251 for i in range(256)) * (DISK_FILE_SIZE // 256))
+        data.chmod(0o644)
+        for made in (data, root):
+            os.utime(made, (1, 1))  # mkfs copies the source's times into the image
+        img = Path(tmp, "disk.img")
+        argv = ["mkfs.ext4", "-q", "-F", "-L", "harness", "-U", _DISK_UUID, "-b", "4096", "-N", "32",
+                "-O", "^metadata_csum,^has_journal,^64bit", "-E", f"hash_seed={_DISK_UUID},root_owner=0:0",
+                "-d", str(root), str(img), DISK_SIZE]  # fmt: skip
+        env = {**os.environ, "E2FSPROGS_FAKE_TIME": "1", "SOURCE_DATE_EPOCH": "1"}
+        try:
+            subprocess.run(argv, check=True, capture_output=True, text=True, env=env)
+        except FileNotFoundError as e:
+            raise InfraError("mkfs.ext4 is missing; install e2fsprogs") from e
+        except subprocess.CalledProcessError as e:
+            raise InfraError(f"mkfs.ext4 failed: {e.stderr.strip()}") from e
+        os.replace(img, path)
+    return path
 
 
 # --- host key ---------------------------------------------------------------------------------

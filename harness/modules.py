@@ -22,6 +22,12 @@ from harness.errors import InfraError
 # The guest NIC: load the PCI transport explicitly (no udev in the guest); depends= pulls in virtio,
 # virtio_ring, virtio_pci_*_dev, failover, net_failover as each kernel needs (pitfall 2).
 NIC_MODULES = ("virtio_pci", "virtio_net")
+# The data disk: virtio-blk and ext4 (its depends= brings jbd2, mbcache, crc16).
+DISK_MODULES = ("virtio_blk", "ext4")
+GUEST_MODULES = NIC_MODULES + DISK_MODULES
+# ext4 asks the crypto API for "crc32c" when it mounts (a softdep, not a depends=, and 5.10 asks even
+# without metadata_csum); the module that provides it is named differently across kernels.
+CRC32C_PROVIDERS = ("crc32c_generic", "crc32c_cryptoapi")
 
 SUFFIXES = (".ko.xz", ".ko.zst", ".ko.gz", ".ko")
 
@@ -131,11 +137,12 @@ def load_order(
     return order
 
 
-def resolve(wanted: Sequence[str], modules_dir: Path) -> list[Path]:
-    """Files to load for `wanted` from a lib/modules/<release> tree, in load order."""
+def resolve(wanted: Sequence[str], modules_dir: Path, optional: Sequence[str] = ()) -> list[Path]:
+    """Files to load for `wanted` (and for those of `optional` this kernel has) in load order."""
     release = modules_dir.name
     builtin = read_builtin(modules_dir)
     files = index_modules(modules_dir)
+    wanted = [*(m for m in optional if m.replace("-", "_") in files), *wanted]
     graph: dict[str, list[str]] = {}
     pending = [m.replace("-", "_") for m in wanted]
     # Read .modinfo only for the closure: a kernel has thousands of modules and we need a handful.

@@ -116,10 +116,10 @@ class Kernels:
         return kernels.fetch(resolved, self.archive(), self.options.cache)
 
 
-def nic_modules(kernel: kernels.Kernel) -> list[tuple[str, bytes]]:
+def guest_modules(kernel: kernels.Kernel) -> list[tuple[str, bytes]]:
     if kernel.modules_dir is None:
         return []  # a self-made kernel may have virtio built in; the boot will tell
-    paths = modules.resolve(modules.NIC_MODULES, kernel.modules_dir)
+    paths = modules.resolve(modules.GUEST_MODULES, kernel.modules_dir, modules.CRC32C_PROVIDERS)
     return [(modules.module_name(p), modules.decompress_module(p)) for p in paths]
 
 
@@ -162,6 +162,7 @@ def run_boot(
     expectations: verdict.Expectations,
     accel: vm.Accelerator,
     key: paramiko.PKey,
+    disk: Path,
     run_dir: Path,
     writer: report.RunWriter,
     live: Live,
@@ -176,7 +177,7 @@ def run_boot(
     serial = run_dir / "serial" / f"{plan.id}.log"
     serial.parent.mkdir(parents=True, exist_ok=True)
     result.serial_log = str(serial.relative_to(run_dir))
-    config = vm.VMConfig(kernel.vmlinux or kernel.image, img.path, plan.ram_mb, accel.name, 0)
+    config = vm.VMConfig(kernel.vmlinux or kernel.image, img.path, plan.ram_mb, accel.name, 0, disk)
     result.qemu_argv = config.argv()  # port 0 until QEMU has one; kept for boots that never come up
     ctx = verdict.RunContext(verdict.kernel_version(kernel.release), False)
     done: list[matrix.RunPlan] = []
@@ -338,12 +339,13 @@ def execute(
     key = guest.client_key(options.cache)
     base = image.base_entries(probe.path, guest.public_line(key))
     seed = secret(options.cache, "guest-host-key")
+    disk = image.disk_image(options.cache / "images")
     prepared: dict[matrix.KernelSpec, Prepared] = {}
     for spec, res in resolved.items():
         prep = Prepared()
         try:
             prep.kernel = source.fetch(spec, res)
-            prep.image = image.build(base, nic_modules(prep.kernel), seed, options.cache / "images")
+            prep.image = image.build(base, guest_modules(prep.kernel), seed, options.cache / "images")
             log(f"kernel {spec.label}: {prep.kernel.release} ({prep.kernel.version or prep.kernel.source})")
         except InfraError as e:
             prep.error = str(e)
@@ -352,14 +354,14 @@ def execute(
     for p in plans:
         k = prepared[p.kernel].kernel
         results[p.id].kernel = k.info() if k else None
-    writer.write_manifest(manifest(mx, matrix_text, options, accel, probe, prepared, plans, results))
+    writer.write_manifest(manifest(mx, matrix_text, options, accel, probe, prepared, plans, results, disk))
 
     futures: dict[Future[None], str] = {}
     with ThreadPoolExecutor(max_workers=options.jobs, thread_name_prefix="boot") as pool:
         try:
             for p in plans:
                 fut = pool.submit(run_boot, p, prepared[p.kernel], results[p.id], expectations,
-                                  accel, key, run_dir, writer, live)  # fmt: skip
+                                  accel, key, disk, run_dir, writer, live)  # fmt: skip
                 futures[fut] = p.id
             pending = set(futures)
             while pending:
@@ -380,7 +382,7 @@ def execute(
                 if live.cancelled.is_set():
                     results[p.id].error = results[p.id].error or "run interrupted"
             pool.shutdown(wait=True, cancel_futures=True)
-            writer.write_manifest(manifest(mx, matrix_text, options, accel, probe, prepared, plans, results))
+            writer.write_manifest(manifest(mx, matrix_text, options, accel, probe, prepared, plans, results, disk))
             writer.finish(now(), interrupted=live.cancelled.is_set())
     return run_dir, [results[p.id] for p in plans]
 
@@ -394,6 +396,7 @@ def manifest(
     prepared: dict[matrix.KernelSpec, Prepared],
     plans: Sequence[matrix.BootPlan],
     results: dict[str, BootResult],
+    disk: Path,
 ) -> dict[str, Any]:
     """Everything needed to reproduce the run."""
     kernels_out = []
@@ -418,6 +421,7 @@ def manifest(
         "probe": {"sha256": probe.sha256, "cases": [n for n, _ in probe.catalogue]},
         "expectations_sha256": hashlib.sha256(verdict.EXPECTATIONS.read_bytes()).hexdigest(),
         "kernels": kernels_out,
+        "disk": {"path": str(disk), "sha256": hashlib.sha256(disk.read_bytes()).hexdigest()},
         "boots": [
             {"id": p.id, "kernel": p.kernel.label, "ram_mb": p.ram_mb,
              "runs": [{"memlock": r.memlock_label, "user": r.user} for r in p.runs],

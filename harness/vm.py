@@ -7,6 +7,7 @@ virtio-net without its option ROM, user-mode networking forwarded to 127.0.0.1 o
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import os
 import re
@@ -119,7 +120,9 @@ class VMConfig:
     ram_mb: int
     accel: str
     port: int
-    cmdline: str = "console=ttyS0 panic=-1"
+    disk: Path | None = None  # attached read-only as virtio-blk (/dev/vda in the guest)
+    # hugepages: a small reserve for the hugetlb cases, taken at boot before memory fragments
+    cmdline: str = "console=ttyS0 panic=-1 hugepages=8"
 
     def argv(self) -> list[str]:
         """The QEMU command line; pure, printed shell-quoted so anyone can rerun the boot."""
@@ -138,7 +141,7 @@ class VMConfig:
             "-append", self.cmdline,
             "-netdev", f"user,id=n0,hostfwd=tcp:127.0.0.1:{self.port}-:22",
             "-device", "virtio-net-pci,netdev=n0,romfile=",
-        ]  # fmt: skip
+        ] + (["-drive", f"file={self.disk},format=raw,if=virtio,readonly=on"] if self.disk else [])  # fmt: skip
 
 
 def command_line(argv: list[str]) -> str:
@@ -302,4 +305,4 @@ def boot(config: VMConfig, serial_log: Path, timeout: float, port_tries: int = 5
 
 
 def _with_port(config: VMConfig, port: int) -> VMConfig:
-    return VMConfig(config.kernel, config.initrd, config.ram_mb, config.accel, port, config.cmdline)
+    return dataclasses.replace(config, port=port)

@@ -251,3 +251,14 @@ def test_dropbear_host_key_file_round_trips(tmp_path: Path) -> None:
     out = subprocess.run(["dropbearkey", "-y", "-f", str(path)], capture_output=True, text=True, check=True).stdout
     line = next(line for line in out.splitlines() if line.startswith("ssh-ed25519 "))
     assert line.split()[:2] == image.openssh_public(key).split()[:2]
+
+
+def test_disk_image_is_reproducible_and_holds_the_data_file(tmp_path: Path) -> None:
+    first = image.disk_image(tmp_path / "a")
+    second = image.disk_image(tmp_path / "b")
+    assert first.read_bytes() == second.read_bytes()
+    listing = subprocess.run(["debugfs", "-R", "ls -l", str(first)], capture_output=True, text=True, check=True).stdout
+    line = next(entry for entry in listing.splitlines() if entry.rstrip().endswith(image.DISK_FILE))
+    assert "100644" in line and str(image.DISK_FILE_SIZE) in line
+    features = subprocess.run(["dumpe2fs", "-h", str(first)], capture_output=True, text=True, check=True).stdout
+    assert "has_journal" not in features and "metadata_csum" not in features

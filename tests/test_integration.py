@@ -52,7 +52,7 @@ def bookworm() -> Prepared:
     kernel = source.fetch(spec, source.resolve(spec))
     probe = run.build_probe()
     key = guest.client_key(cache)
-    img = image.build(image.base_entries(probe.path, guest.public_line(key)), run.nic_modules(kernel),
+    img = image.build(image.base_entries(probe.path, guest.public_line(key)), run.guest_modules(kernel),
                       secret(cache, "guest-host-key"), cache / "images")  # fmt: skip
     return kernel, img, key
 

@@ -9,6 +9,7 @@ import zstandard
 
 from harness.errors import InfraError
 from harness.modules import (
+    CRC32C_PROVIDERS,
     NIC_MODULES,
     decompress_module,
     load_order,
@@ -180,3 +181,19 @@ def test_resolve_skips_builtin_transport(
         "net_failover.ko.xz",
         "virtio_net.ko.xz",
     ]
+
+
+@needs_gcc
+def test_optional_modules_load_first_when_the_kernel_has_them(
+    tmp_path: Path, build_ko: Callable[[str, Sequence[str]], bytes]
+) -> None:
+    """ext4's crc32c provider has a different name per kernel: whichever exists is loaded, none is an error."""
+    root = tmp_path / "6.1.0-50-amd64"
+    write_module(root / "kernel" / "fs" / "ext4" / "ext4.ko", build_ko("ext4", ["jbd2"]))
+    write_module(root / "kernel" / "fs" / "jbd2" / "jbd2.ko", build_ko("jbd2", []))
+    write_module(root / "kernel" / "crypto" / "crc32c_generic.ko", build_ko("crc32c_generic", []))
+    (root / "modules.builtin").write_text("")
+    names = [module_name(p) for p in resolve(["ext4"], root, CRC32C_PROVIDERS)]
+    assert names == ["crc32c_generic", "jbd2", "ext4"]
+    (root / "kernel" / "crypto" / "crc32c_generic.ko").unlink()
+    assert [module_name(p) for p in resolve(["ext4"], root, CRC32C_PROVIDERS)] == ["jbd2", "ext4"]
