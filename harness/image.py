@@ -173,7 +173,7 @@ def disk_image(out_dir: Path) -> Path:
     metadata_csum, so the guest needs only ext4's hard dependencies. Fixed UUID, hash seed and
     timestamps make the image byte-identical on every build.
     """
-    path = out_dir / "disk-ext4-v1.img"
+    path = out_dir / "disk-ext4-v2.img"
     if path.exists():
         return path
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -190,12 +190,18 @@ def disk_image(out_dir: Path) -> Path:
                 "-O", "^metadata_csum,^has_journal,^64bit", "-E", f"hash_seed={_DISK_UUID},root_owner=0:0",
                 "-d", str(root), str(img), DISK_SIZE]  # fmt: skip
         env = {**os.environ, "E2FSPROGS_FAKE_TIME": "1", "SOURCE_DATE_EPOCH": "1"}
+        # mke2fs 1.47.0 copies each source file's ctime (which utime cannot set) and stamps new
+        # inodes with the clock, so every time field is pinned afterwards with debugfs.
+        pin = "".join(f"set_inode_field {inode} {field} 1\n" for inode in ("/", "/lost+found", f"/{DISK_FILE}")
+                      for field in ("atime", "ctime", "mtime", "crtime"))  # fmt: skip
         try:
             subprocess.run(argv, check=True, capture_output=True, text=True, env=env)
+            subprocess.run(["debugfs", "-w", "-f", "-", str(img)], input=pin, check=True, capture_output=True,
+                           text=True, env=env)  # fmt: skip
         except FileNotFoundError as e:
-            raise InfraError("mkfs.ext4 is missing; install e2fsprogs") from e
+            raise InfraError(f"{e.filename} is missing; install e2fsprogs") from e
         except subprocess.CalledProcessError as e:
-            raise InfraError(f"mkfs.ext4 failed: {e.stderr.strip()}") from e
+            raise InfraError(f"{e.cmd[0]} failed: {e.stderr.strip()}") from e
         os.replace(img, path)
     return path
 

@@ -185,6 +185,7 @@ def _case_json(result: CaseResult) -> dict[str, Any]:
         "expected": result.expected,
         "citation": result.citation,
         "duration_s": result.duration_s,
+        "fingerprint": result.fingerprint,
         "observation": result.observation,
     }
 

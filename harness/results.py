@@ -44,6 +44,7 @@ class CaseResult:
     expected: dict[str, Any] = field(default_factory=dict)
     citation: str = ""
     duration_s: float = 0.0
+    fingerprint: str = ""  # verdict.fingerprint(): equal exactly when two kernels behaved alike
 
     @property
     def name(self) -> str:

@@ -266,7 +266,8 @@ def _probe_run(
             result.memtotal_kb = obs["memtotal_kb"]
         result.cases.append(
             CaseResult(plan.id, str(obs.get("case")), run_plan.memlock_label, run_plan.user, v.outcome,
-                       v.message, obs, v.expected, v.citation, (obs.get("duration_ms") or 0) / 1000)
+                       v.message, obs, v.expected, v.citation, (obs.get("duration_ms") or 0) / 1000,
+                       verdict.fingerprint(obs, expectations))
         )  # fmt: skip
         writer.update(result)
 

@@ -7,6 +7,7 @@ the first rule whose `when` matches the run gives the expected observations and 
 
 from __future__ import annotations
 
+import json
 import operator
 import re
 from collections.abc import Callable, Mapping
@@ -152,10 +153,7 @@ def judge(obs: Mapping[str, Any], ctx: RunContext, expectations: Expectations) -
     if status == "timeout":
         return Verdict(Outcome.TIMEOUT, f"case ran past its deadline ({obs.get('duration_ms')} ms)", {}, "")
     if status == "killed":
-        name = obs.get("signal_name") or f"signal {obs.get('signal')}"
-        if name == "SIGKILL":
-            return Verdict(Outcome.OOM_KILLED, "probe child killed by SIGKILL (OOM killer)", {}, "")
-        return Verdict(Outcome.DEVIATION, f"probe child died by {name}", {}, "")
+        return _killed(obs)
     if status != "ok":
         return Verdict(Outcome.INFRA_ERROR, f"probe child {status}: {obs.get('error', 'no record')}", {}, "")
     if obs.get("applicable") is False:
@@ -180,6 +178,38 @@ def judge(obs: Mapping[str, Any], ctx: RunContext, expectations: Expectations) -
     if problems:
         return Verdict(Outcome.DEVIATION, "; ".join(problems), expected, citation)
     return Verdict(Outcome.PASS, "as expected: " + _describe(expected, seen), expected, citation)
+
+
+def _killed(obs: Mapping[str, Any]) -> Verdict:
+    name = obs.get("signal_name") or f"signal {obs.get('signal')}"
+    oom = obs.get("oom_killed")
+    lines = [line for line in obs.get("kernel_log") or [] if "Killed process" in line or "oom-kill" in line]
+    evidence = ("; kernel: " + " | ".join(lines[-2:])) if lines else ""
+    # The probe reads the guest's kernel log after each case: trust it when it is there. Without it
+    # (no /dev/kmsg), a SIGKILL that the probe did not send can only have come from the OOM killer.
+    if oom is True or (oom is None and name == "SIGKILL"):
+        return Verdict(Outcome.OOM_KILLED, f"probe child killed by {name} from the OOM killer{evidence}", {}, "")
+    return Verdict(Outcome.DEVIATION, f"probe child died by {name}{evidence}", {}, "")
+
+
+# Normalised observations that say what a kernel did, without noise (timings, fault counts,
+# Mlocked batching): two kernels behave alike in a case exactly when these are equal.
+FINGERPRINT_FIELDS = (
+    "status", "signal_name", "oom_killed", "applicable", "result", "signals",
+    "residency", "locked", "touch_faults", "accounting_restored", "within_limit",
+)  # fmt: skip
+
+
+def fingerprint(obs: Mapping[str, Any], expectations: Expectations) -> str:
+    """A stable, canonical summary of a case record: the generic fields above, every field the
+    case's expectations name, and each call's outcome in order."""
+    seen = derived(obs)
+    named = {k for rule in expectations.cases.get(str(obs.get("case")), ()) for k in rule.expect}
+    doc: dict[str, Any] = {k: seen[k] for k in sorted(set(FINGERPRINT_FIELDS) | named) if k in seen}
+    calls = obs.get("calls")
+    if isinstance(calls, list):
+        doc["calls"] = [f"{c.get('call')}:{c.get('errno') or 'ok'}" for c in calls if isinstance(c, dict)]
+    return json.dumps(doc, sort_keys=True, separators=(",", ":"))
 
 
 def _describe(expected: Mapping[str, Any], seen: Mapping[str, Any]) -> str:

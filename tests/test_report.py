@@ -380,6 +380,7 @@ def test_results_json_round_trips_with_counts() -> None:
         "expected": {"errno": "EAGAIN"},
         "citation": "mm/mlock.c: can_do_mlock()",
         "duration_s": 1.5,
+        "fingerprint": "",
         "observation": {"errno": 0, "locked_kb": 64},
     }
     assert second["kernel"] is None and second["cases"] == [] and second["error"]

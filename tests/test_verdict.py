@@ -288,3 +288,31 @@ def test_golden_log_judged_with_the_wrong_user_deviates(expectations: Expectatio
     obs = next(o for o in golden_lines("host-nobody-64K.jsonl") if o["case"] == "map_locked_over")
     ctx = RunContext(kernel_version=(6, 18, 0), memlock_requested=True)
     assert verdict.judge({**obs, "cap_ipc_lock": True}, ctx, expectations).outcome is Outcome.DEVIATION
+
+
+# --- OOM kills and fingerprints ---------------------------------------------------------------
+
+
+def test_oom_kill_is_told_from_the_kernel_log(expectations: Expectations) -> None:
+    log = ["Out of memory: Killed process 321 (probe) total-vm:262144kB", "oom_reaper: reaped process 321"]
+    oom = parent_only("mlock_under", "killed", signal=9, signal_name="SIGKILL", oom_killed=True, kernel_log=log)
+    v = verdict.judge(oom, K61, expectations)
+    assert v.outcome is Outcome.OOM_KILLED
+    assert "Killed process 321" in v.message
+    other = parent_only("mlock_under", "killed", signal=9, signal_name="SIGKILL", oom_killed=False, kernel_log=[])
+    v = verdict.judge(other, K61, expectations)
+    assert v.outcome is Outcome.DEVIATION
+    assert "SIGKILL" in v.message
+
+
+def test_fingerprint_is_stable_and_ignores_noise(expectations: Expectations) -> None:
+    a = record("mlock_over", result="ENOMEM", vmlck_after_kb=0, resident_pages=0, minflt_call=3, duration_ms=7,
+               calls=[{"call": "mmap", "ret": 0, "errno": None}, {"call": "mlock", "ret": -1, "errno": "ENOMEM"}])
+    b = dict(a, minflt_call=11, duration_ms=900, memavailable_kb=123, smaps_rss_kb=4)
+    fa, fb = verdict.fingerprint(a, expectations), verdict.fingerprint(b, expectations)
+    assert fa == fb
+    doc = json.loads(fa)
+    assert doc["result"] == "ENOMEM" and doc["locked"] == "none"
+    assert doc["calls"] == ["mmap:ok", "mlock:ENOMEM"]
+    assert verdict.fingerprint(dict(a, result="EAGAIN"), expectations) != fa
+    assert verdict.fingerprint(dict(a, vmlck_end_kb=4), expectations) != fa  # accounting not restored
