@@ -99,6 +99,8 @@ def debian_source(spec: DebianKernel) -> str:
         text += f"/{spec.package}"
     if spec.abi:
         text += f"@{spec.abi}"
+    if spec.version:
+        text += f"@{spec.version}.*"
     return text
 
 
@@ -119,31 +121,46 @@ def resolve_in(spec: DebianKernel, indexes: Mapping[str, Sequence[Stanza]]) -> R
 
     if spec.abi:
         wanted = [f"linux-image-{spec.abi}", f"linux-image-{spec.abi}-unsigned"]
+    elif spec.version:
+        flavour = spec.package.removeprefix("linux-image-")
+        wanted = sorted({name for index in by_suite.values() for name in index
+                         if _abi_in_line(name, spec.version, flavour)})  # fmt: skip
     else:
         if spec.package.endswith("-dbg"):
             raise UserError(f"package {spec.package}: a debug-symbols package cannot boot; drop '-dbg'")
         wanted = [spec.package]
 
-    best: tuple[Version, str, Stanza] | None = None
+    candidates: list[tuple[Version, str, Stanza]] = []
     for suite in spec.suites:
         for name in wanted:
             stanza = _newest(by_suite[suite].get(name, []))
-            if stanza is not None and (best is None or Version(stanza["Version"]) > best[0]):
-                best = (Version(stanza["Version"]), suite, stanza)
             if stanza is not None:
-                break  # the signed linux-image-<abi> wins over -unsigned in the same suite
-    if best is None:
-        what = f"ABI {spec.abi}" if spec.abi else f"package {spec.package}"
+                candidates.append((Version(stanza["Version"]), suite, stanza))
+                if spec.abi:
+                    break  # the signed linux-image-<abi> wins over -unsigned in the same suite
+    if not candidates:
+        what = (f"ABI {spec.abi}" if spec.abi else f"version {spec.version}" if spec.version
+                else f"package {spec.package}")  # fmt: skip
         raise UserError(
             f"{what} is not in {'/'.join(spec.suites)}; available ABIs: "
             f"{', '.join(available_abis(by_suite)) or 'none'}"
         )
-    _, suite, start = best
-    index = by_suite[suite]
-    image = _concrete_image(start, index, spec)
-    abi = _abi_of(image["Package"])
-    debs = _payload(image, abi, index, suite)
-    return Resolved(spec, suite, abi, image["Version"], debs, image["Package"])
+    # Newest first; a backports index keeps old kernels' image packages after their modules are
+    # gone, so a line's newest kernel that cannot be assembled gives way to an older one.
+    candidates.sort(key=lambda c: c[0], reverse=True)
+    first_error: InfraError | None = None
+    for _, suite, start in candidates:
+        index = by_suite[suite]
+        try:
+            image = _concrete_image(start, index, spec)
+            abi = _abi_of(image["Package"])
+            debs = _payload(image, abi, index, suite)
+        except InfraError as e:
+            first_error = first_error or e
+            continue
+        return Resolved(spec, suite, abi, image["Version"], debs, image["Package"])
+    assert first_error is not None
+    raise first_error
 
 
 def available_abis(by_suite: Mapping[str, Mapping[str, Sequence[Stanza]]], limit: int = 6) -> list[str]:
@@ -198,6 +215,18 @@ def _abi_of(name: str) -> str:
     return m["abi"]
 
 
+_ABI_TAIL = re.compile(r"^(?:\.\d+)*(?:\+deb\d+(?:\.\d+)?)?(?:-\d+)?-(?P<flavour>[a-z0-9-]+?)$")
+
+
+def _abi_in_line(package: str, line: str, flavour: str) -> bool:
+    """linux-image-6.19.14+deb13-amd64 is in line "6.19" for flavour "amd64" (not cloud-amd64, not 6.1)."""
+    m = _IMAGE.match(package)
+    if not m or m["unsigned"] or not m["abi"].startswith(line):
+        return False
+    tail = _ABI_TAIL.match(m["abi"][len(line):])
+    return tail is not None and tail["flavour"] == flavour
+
+
 def _concrete_image(start: Stanza, index: Mapping[str, Sequence[Stanza]], spec: DebianKernel) -> Stanza:
     """Follow meta packages (linux-image-amd64 -> linux-image-<abi>) to the concrete image package."""
     stanza = start
@@ -241,7 +270,10 @@ def _payload(image: Stanza, abi: str, index: Mapping[str, Sequence[Stanza]], sui
     if binary is None:
         return (_deb(image, suite),)
     if modules is None:
-        raise InfraError(f"{image['Package']} in {suite} depends on no linux-modules-{abi}; index is odd")
+        raise InfraError(
+            f"{image['Package']} in {suite}: linux-modules-{abi} is not on the mirror (backports drop old "
+            "kernels' modules); choose a newer kernel"
+        )
     parts = [binary, modules] + ([base] if base is not None else [])
     return tuple(_deb(s, suite) for s in parts)
 

@@ -28,12 +28,14 @@ class DebianKernel:
     suites: tuple[str, ...]
     package: str = "linux-image-amd64"
     abi: str | None = None
+    version: str | None = None  # an upstream line such as "6.19": the newest kernel of that line
     origin: str = field(default="", compare=False)  # "file:line: kernels.N", for messages
 
     @property
     def label(self) -> str:
         base = "+".join(self.suites)
-        return f"{base}-{self.abi}" if self.abi else base
+        pinned = self.abi or self.version
+        return f"{base}-{pinned}" if pinned else base
 
 
 @dataclass(frozen=True)
@@ -251,8 +253,8 @@ def _kernel(where: _Where, path: tuple[object, ...], item: object) -> KernelSpec
     if not isinstance(value, dict):
         raise where.error((*path, "debian"), "expected a suite name or a mapping {suite, package, abi}")
     for key in value:
-        if key not in ("suite", "package", "abi"):
-            raise where.error((*path, "debian", key), "unknown key; allowed: suite, package, abi")
+        if key not in ("suite", "package", "abi", "version"):
+            raise where.error((*path, "debian", key), "unknown key; allowed: suite, package, abi, version")
     suites = value.get("suite")
     if isinstance(suites, str):
         suites = [suites]
@@ -260,10 +262,18 @@ def _kernel(where: _Where, path: tuple[object, ...], item: object) -> KernelSpec
         raise where.error((*path, "debian", "suite"), "give a Debian suite name such as bookworm, or a list")
     package = value.get("package", "linux-image-amd64")
     abi = value.get("abi")
+    version = value.get("version")
+    if version is not None:
+        if not isinstance(version, str):  # YAML reads 6.10 as the number 6.1: only text is exact
+            raise where.error((*path, "debian", "version"), 'quote it, e.g. version: "6.19" (YAML reads 6.10 as 6.1)')
+        if not re.fullmatch(r"\d+\.\d+", version):
+            raise where.error((*path, "debian", "version"), f"{version!r}: give an upstream line such as 6.19")
+        if abi is not None:
+            raise where.error((*path, "debian", "version"), "give either abi or version, not both")
     for key, v in (("package", package), ("abi", abi)):
         if v is not None and not (isinstance(v, str) and re.fullmatch(r"[a-z0-9][a-z0-9.+~-]*", v)):
             raise where.error((*path, "debian", key), f"{v!r} is not a Debian package or ABI name")
-    return DebianKernel(tuple(suites), package, abi, where.origin(path))
+    return DebianKernel(tuple(suites), package, abi, version, where.origin(path))
 
 
 def _path_kernel(where: _Where, path: tuple[object, ...], item: dict[str, Any]) -> PathKernel:

@@ -326,7 +326,12 @@ def execute(
     source = Kernels(options, log)
     specs = list(dict.fromkeys(p.kernel for p in plans))
     specs.sort(key=lambda s: not isinstance(s, matrix.PathKernel))  # local files first: bad input before downloads
-    resolved = {spec: source.resolve(spec) for spec in specs}
+    resolved: dict[matrix.KernelSpec, kernels.Resolved | InfraError | None] = {}
+    for spec in specs:
+        try:
+            resolved[spec] = source.resolve(spec)
+        except InfraError as e:  # this kernel's boots fail; the rest of the night goes on
+            resolved[spec] = e
     accel = options.accel or vm.accelerator()
     log(f"accelerator: {accel.name} ({accel.reason})")
 
@@ -345,6 +350,8 @@ def execute(
     for spec, res in resolved.items():
         prep = Prepared()
         try:
+            if isinstance(res, InfraError):
+                raise res
             prep.kernel = source.fetch(spec, res)
             prep.image = image.build(base, guest_modules(prep.kernel), seed, options.cache / "images")
             log(f"kernel {spec.label}: {prep.kernel.release} ({prep.kernel.version or prep.kernel.source})")

@@ -657,3 +657,35 @@ def test_fetch_redoes_a_tree_without_metadata(
 
 def test_list_cached_of_empty_cache(tmp_path: Path) -> None:
     assert list_cached(tmp_path) == []
+
+
+# --- `version:` lines --------------------------------------------------------------------------
+
+BACKPORTS = (
+    pre7("6.16.12+deb13-amd64", "6.16.12-1~bpo13+1")[1:]
+    + pre7("6.16.9+deb13-amd64", "6.16.9-1~bpo13+1")[1:]
+    + pre7("6.16.12+deb13-cloud-amd64", "6.16.12-1~bpo13+1")[1:]
+    + pre7("6.1.0-50-amd64", "6.1.176-1")[1:]
+    + split7("7.3.4+deb13-amd64", "7.3.4-1~bpo13+1")
+    # 7.0: the index still lists the image meta and binary, but its modules are gone
+    + [s for s in split7("7.0.13+deb13-amd64", "7.0.13-1~bpo13+1") if "modules" not in s["Package"]]
+    + [s for s in split7("7.0.12+deb13-amd64", "7.0.12-2~bpo13+1") if "modules" not in s["Package"]]
+)
+
+
+def test_version_picks_the_newest_kernel_of_that_line_and_flavour() -> None:
+    r = resolve_in(DebianKernel(("tb",), version="6.16"), {"tb": BACKPORTS})
+    assert r.abi == "6.16.12+deb13-amd64"  # not 6.16.9, not the cloud flavour
+    r = resolve_in(DebianKernel(("tb",), package="linux-image-cloud-amd64", version="6.16"), {"tb": BACKPORTS})
+    assert r.abi == "6.16.12+deb13-cloud-amd64"
+    r = resolve_in(DebianKernel(("tb",), version="6.1"), {"tb": BACKPORTS})
+    assert r.abi == "6.1.0-50-amd64"  # "6.1" is not a prefix match of 6.16
+    r = resolve_in(DebianKernel(("tb",), version="7.3"), {"tb": BACKPORTS})
+    assert [d.package for d in r.debs][:2] == ["linux-binary-7.3.4+deb13-amd64", "linux-modules-7.3.4+deb13-amd64"]
+
+
+def test_version_whose_modules_left_the_index_is_an_infrastructure_error() -> None:
+    with pytest.raises(InfraError, match=r"linux-modules-7\.0\.13\+deb13-amd64 is not on the mirror"):
+        resolve_in(DebianKernel(("tb",), version="7.0"), {"tb": BACKPORTS})
+    with pytest.raises(UserError, match="version 6.19 is not in tb"):
+        resolve_in(DebianKernel(("tb",), version="6.19"), {"tb": BACKPORTS})

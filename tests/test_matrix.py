@@ -264,3 +264,23 @@ def test_unknown_non_string_key_names_its_line(key: str) -> None:
     msg = parse_error(KERNEL + "ram: [256M]\n" + f"{key}: 1\n")
     assert msg.startswith("m.yaml:4: "), msg
     assert "unknown key" in msg
+
+
+def test_debian_version_line() -> None:
+    m = matrix.parse('kernels:\n  - debian: {suite: [trixie-backports, sid], version: "7.2"}\n', "m.yaml")
+    (k,) = m.kernels
+    assert isinstance(k, matrix.DebianKernel) and k.version == "7.2" and k.label == "trixie-backports+sid-7.2"
+    with pytest.raises(UserError, match=r'^m\.yaml:2: kernels\.0\.debian\.version: quote it'):
+        matrix.parse("kernels:\n  - debian: {suite: trixie, version: 6.10}\n", "m.yaml")
+    with pytest.raises(UserError, match="either abi or version"):
+        matrix.parse('kernels:\n  - debian: {suite: trixie, version: "6.12", abi: 6.12.1-amd64}\n', "m.yaml")
+    with pytest.raises(UserError, match="upstream line"):
+        matrix.parse('kernels:\n  - debian: {suite: trixie, version: "6"}\n', "m.yaml")
+
+
+def test_shipped_matrices_parse() -> None:
+    shipped = sorted((Path(__file__).resolve().parent.parent / "guest-tests" / "matrices").glob("*.yaml"))
+    assert shipped
+    for path in shipped:
+        m = matrix.load(path)
+        assert m.kernels and m.cases is None
