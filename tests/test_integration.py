@@ -67,7 +67,8 @@ def booted(bookworm: Prepared) -> Iterator[tuple[vm.VM, image.Image, paramiko.PK
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
-        config = vm.VMConfig(kernel.vmlinux or kernel.image, img.path, 256, vm.accelerator().name, port)
+        disk = image.disk_image(cache / "images")
+        config = vm.VMConfig(kernel.vmlinux or kernel.image, img.path, 256, vm.accelerator().name, port, disk)
         log = cache / "test-serial.log"
         log.unlink(missing_ok=True)
         with vm.boot(config, log, 240) as machine:
@@ -88,6 +89,18 @@ def test_panic_during_boot_fails_fast_with_excerpt(bookworm: Prepared, tmp_path:
     assert "Kernel panic" in failure.value.excerpt
     assert "Kernel panic" in (tmp_path / "serial.log").read_text()
     assert time.monotonic() - start < 120
+
+
+def test_guest_has_the_data_disk_and_huge_pages(booted: tuple[vm.VM, image.Image, paramiko.PKey]) -> None:
+    """What the file-backed and hugetlb cases stand on: a read-only ext4 disk and 8 reserved huge pages."""
+    machine, img, key = booted
+    with guest.Guest(guest.Endpoint(machine.config.port, img.host_key), "user", key) as g:
+        g.connect()
+        out = g.run(["sh", "-c", "wc -c < /mnt/disk/data.bin; grep -E '^HugePages_Total' /proc/meminfo; "
+                     "grep ' /mnt/disk ' /proc/mounts"], 30).stdout.split("\n")  # fmt: skip
+    assert out[0].strip() == str(image.DISK_FILE_SIZE)
+    assert out[1].split() == ["HugePages_Total:", "8"]
+    assert out[2].split()[:3] == ["/dev/vda", "/mnt/disk", "ext4"] and "ro" in out[2].split()[3].split(",")
 
 
 def test_unprivileged_user_logs_in(booted: tuple[vm.VM, image.Image, paramiko.PKey]) -> None:
