@@ -15,6 +15,7 @@ import os
 import re
 import tempfile
 import threading
+import time
 import xml.etree.ElementTree as ET
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
@@ -299,6 +300,8 @@ class RunWriter:
         self._boots: dict[str, BootResult] = {}
         self._seen: dict[str, int] = {}
         self._lock = threading.Lock()
+        self.min_interval = 1.0
+        self._last_write = 0.0
         try:
             run_dir.mkdir(parents=True, exist_ok=True)
         except OSError as e:
@@ -325,12 +328,18 @@ class RunWriter:
             self._store(snapshot)
             self._write_reports()
 
-    def update(self, result: BootResult) -> None:
-        """Replace what is known of this boot (adding it if new) and rewrite the reports."""
+    def update(self, result: BootResult, flush: bool = True) -> None:
+        """Replace what is known of this boot (adding it if new) and rewrite the reports.
+
+        With flush=False (a case just finished) the files are rewritten only if the last write is
+        older than `min_interval`: rendering every boot's results after every case grows with
+        the run, and a killed run then loses at most that interval.
+        """
         snapshot = _snapshot(result)
         with self._lock:
             self._store(snapshot)
-            self._write_reports()
+            if flush or time.monotonic() - self._last_write >= self.min_interval:
+                self._write_reports()
 
     def write_manifest(self, manifest: Mapping[str, Any]) -> None:
         text = json.dumps(manifest, indent=2, default=str) + "\n"
@@ -369,6 +378,7 @@ class RunWriter:
         junit = junit_xml(boots, self.run_id)
         atomic_write(self.results_path, results + "\n")
         atomic_write(self.junit_path, junit)
+        self._last_write = time.monotonic()
 
 
 # --- terminal summary --------------------------------------------------------------------------

@@ -198,6 +198,7 @@ def run_boot(
                         raise Cancelled()
                     _probe_run(session, run_plan, plan, result, expectations, ctx, writer, machine)
                     done.append(run_plan)
+                    writer.update(result)
                 result.timings["probe"] = round(time.monotonic() - machine.started, 3)
     except vm.BootFailure as e:
         if live.cancelled.is_set():
@@ -269,7 +270,7 @@ def _probe_run(
                        v.message, obs, v.expected, v.citation, (obs.get("duration_ms") or 0) / 1000,
                        verdict.fingerprint(obs, expectations))
         )  # fmt: skip
-        writer.update(result)
+        writer.update(result, flush=False)
 
     deadline = plan.timeouts.case * len(run_plan.cases) + 30
     try:

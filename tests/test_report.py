@@ -624,3 +624,21 @@ def boot_with(*outcomes: Outcome, error: str = "") -> BootResult:
 )
 def test_exit_code(boots: list[BootResult], code: int) -> None:
     assert exit_code(boots) == code
+
+
+def test_case_updates_are_throttled_and_flushes_are_not(tmp_path: Path) -> None:
+    """Per-case updates rewrite the files at most once per min_interval; a flush always writes."""
+    writer = RunWriter(tmp_path, RUN_ID, STARTED)
+    writer.min_interval = 3600.0
+    boot = full_boot()
+    first = dataclasses.replace(boot, cases=boot.cases[:1])
+    writer.update(first)  # a flush: written
+    writer.update(dataclasses.replace(boot, cases=boot.cases[:2]), flush=False)  # within the interval
+    on_disk = json.loads(writer.results_path.read_text())
+    assert len(on_disk["boots"][0]["cases"]) == 1
+    writer.update(boot)
+    on_disk = json.loads(writer.results_path.read_text())
+    assert len(on_disk["boots"][0]["cases"]) == len(boot.cases)
+    writer.min_interval = 0.0
+    writer.update(first, flush=False)
+    assert len(json.loads(writer.results_path.read_text())["boots"][0]["cases"]) == 1
