@@ -204,6 +204,7 @@ def _boot_json(boot: BootResult) -> dict[str, Any]:
         "serial_log": boot.serial_log,
         "timings": dict(boot.timings),
         "error": boot.error,
+        "reboots": boot.reboots,
         "cases": [_case_json(r) for r in boot.cases],
     }
 

@@ -76,4 +76,5 @@ class BootResult:
     serial_log: str = ""  # path relative to the run directory
     timings: dict[str, float] = field(default_factory=dict)  # marker, ssh, probe (seconds from start)
     error: str = ""  # infrastructure error that stopped the boot, if any
+    reboots: int = 0  # guests lost to a case (panic, hang, QEMU or SSH gone) and booted again
     cases: list[CaseResult] = field(default_factory=list)

@@ -155,6 +155,18 @@ class Live:
                 v.close()
 
 
+MAX_REBOOTS = 3  # guests lost in one boot plan before its remaining cases are given up
+
+
+class GuestLost(Exception):
+    """The guest stopped answering during a case: it panicked, QEMU went away, SSH dropped or hung."""
+
+    def __init__(self, outcome: Outcome, message: str) -> None:
+        super().__init__(message)
+        self.outcome = outcome
+        self.message = message
+
+
 def run_boot(
     plan: matrix.BootPlan,
     prepared: Prepared,
@@ -167,7 +179,11 @@ def run_boot(
     writer: report.RunWriter,
     live: Live,
 ) -> None:
-    """Boot one kernel, run every (limit, user) of the plan in it, and record as results arrive."""
+    """Boot one kernel and run every (limit, user) of the plan in it, recording as results arrive.
+
+    A case that kills the guest is recorded (panic, timeout or lost), the guest is booted again
+    and the remaining cases go on, up to MAX_REBOOTS times.
+    """
     if prepared.error or prepared.kernel is None or prepared.image is None:
         result.error = prepared.error or "kernel or image missing"
         _fill(result, plan, plan.runs, Outcome.INFRA_ERROR, result.error)
@@ -180,43 +196,71 @@ def run_boot(
     config = vm.VMConfig(kernel.vmlinux or kernel.image, img.path, plan.ram_mb, accel.name, 0, disk)
     result.qemu_argv = config.argv()  # port 0 until QEMU has one; kept for boots that never come up
     ctx = verdict.RunContext(verdict.kernel_version(kernel.release), False)
-    done: list[matrix.RunPlan] = []
-    if live.cancelled.is_set():
-        raise Cancelled()
     try:
-        with vm.boot(config, serial, plan.timeouts.boot, cancel=live.cancelled) as machine, live.track(machine):
-            result.qemu_argv = machine.config.argv()
-            result.timings["marker"] = round(machine.ready_after or 0.0, 3)
-            writer.update(result)
-            endpoint = guest.Endpoint(machine.config.port, img.host_key)
-            with guest.Guest(endpoint, "root", key) as session:
-                session.connect()
-                result.timings["ssh"] = round(time.monotonic() - machine.started, 3)
-                result.uname = session.run(["uname", "-r"], 30).stdout.strip()
-                for run_plan in plan.runs:
-                    if live.cancelled.is_set():
-                        raise Cancelled()
-                    _probe_run(session, run_plan, plan, result, expectations, ctx, writer, machine)
-                    done.append(run_plan)
-                    writer.update(result)
-                result.timings["probe"] = round(time.monotonic() - machine.started, 3)
+        while _pending_runs(result, plan):
+            if live.cancelled.is_set():
+                raise Cancelled()
+            try:
+                _boot_and_probe(plan, config, serial, img, key, result, expectations, ctx, writer, live)
+            except GuestLost as lost:
+                result.reboots += 1
+                if result.reboots > MAX_REBOOTS:
+                    result.error = f"gave up after losing the guest {result.reboots} times; last: {lost.message}"
+                    _fill(result, plan, plan.runs, Outcome.INFRA_ERROR, "not run: " + result.error)
+                    return
     except vm.BootFailure as e:
         if live.cancelled.is_set():
             raise Cancelled() from e
         result.error = f"{e}\n{e.excerpt}" if e.excerpt else str(e)
-        outcome = Outcome.PANIC if e.panicked else Outcome.INFRA_ERROR
-        _fill(result, plan, _rest(plan, done), outcome, str(e))
+        _fill(result, plan, plan.runs, Outcome.PANIC if e.panicked else Outcome.INFRA_ERROR, str(e))
     except InfraError as e:
         if live.cancelled.is_set():
             raise Cancelled() from e
         result.error = str(e)
-        _fill(result, plan, _rest(plan, done), Outcome.INFRA_ERROR, str(e))
+        _fill(result, plan, plan.runs, Outcome.INFRA_ERROR, str(e))
     finally:
         writer.update(result)
 
 
-def _rest(plan: matrix.BootPlan, done: Sequence[matrix.RunPlan]) -> list[matrix.RunPlan]:
-    return [r for r in plan.runs if r not in done]
+def _boot_and_probe(
+    plan: matrix.BootPlan,
+    config: vm.VMConfig,
+    serial: Path,
+    img: image.Image,
+    key: paramiko.PKey,
+    result: BootResult,
+    expectations: verdict.Expectations,
+    ctx: verdict.RunContext,
+    writer: report.RunWriter,
+    live: Live,
+) -> None:
+    """One guest: boot it and run every case that has no result yet. Raises GuestLost."""
+    with vm.boot(config, serial, plan.timeouts.boot, cancel=live.cancelled) as machine, live.track(machine):
+        result.qemu_argv = machine.config.argv()
+        result.timings.setdefault("marker", round(machine.ready_after or 0.0, 3))
+        writer.update(result)
+        endpoint = guest.Endpoint(machine.config.port, img.host_key)
+        with guest.Guest(endpoint, "root", key) as session:
+            session.connect()
+            result.timings.setdefault("ssh", round(time.monotonic() - machine.started, 3))
+            result.uname = session.run(["uname", "-r"], 30).stdout.strip()
+            for run_plan, cases in _pending_runs(result, plan):
+                if live.cancelled.is_set():
+                    raise Cancelled()
+                _probe_run(session, run_plan, cases, plan, result, expectations, ctx, writer, machine)
+                writer.update(result)
+            result.timings["probe"] = round(time.monotonic() - machine.started, 3)
+
+
+def _pending_runs(result: BootResult, plan: matrix.BootPlan) -> list[tuple[matrix.RunPlan, list[str]]]:
+    """Each run of the plan with the cases that have no result yet, in plan order."""
+    have = {(c.case, c.memlock, c.user) for c in result.cases}
+    out = []
+    for r in plan.runs:
+        cases = [c for c in r.cases if (c, r.memlock_label, r.user) not in have]
+        if cases:
+            out.append((r, cases))
+    return out
 
 
 def _fill(result: BootResult, plan: matrix.BootPlan, runs: Sequence[matrix.RunPlan],
@@ -242,6 +286,7 @@ def memlock_arg(limit: matrix.Memlock | None) -> str:
 def _probe_run(
     session: guest.Guest,
     run_plan: matrix.RunPlan,
+    cases: Sequence[str],
     plan: matrix.BootPlan,
     result: BootResult,
     expectations: verdict.Expectations,
@@ -252,8 +297,9 @@ def _probe_run(
     ctx = verdict.RunContext(ctx.kernel_version, run_plan.memlock is not None)
     argv = [
         PROBE_IN_GUEST, "run", "--memlock", memlock_arg(run_plan.memlock), "--user", run_plan.user,
-        "--timeout", f"{plan.timeouts.case:g}", *run_plan.cases,
+        "--timeout", f"{plan.timeouts.case:g}", *cases,
     ]  # fmt: skip
+    answered: set[str] = set()
 
     def on_line(line: str) -> None:
         try:
@@ -265,6 +311,7 @@ def _probe_run(
         v = verdict.judge(obs, ctx, expectations)
         if result.memtotal_kb is None and isinstance(obs.get("memtotal_kb"), int):
             result.memtotal_kb = obs["memtotal_kb"]
+        answered.add(str(obs.get("case")))
         result.cases.append(
             CaseResult(plan.id, str(obs.get("case")), run_plan.memlock_label, run_plan.user, v.outcome,
                        v.message, obs, v.expected, v.citation, (obs.get("duration_ms") or 0) / 1000,
@@ -272,22 +319,33 @@ def _probe_run(
         )  # fmt: skip
         writer.update(result, flush=False)
 
-    deadline = plan.timeouts.case * len(run_plan.cases) + 30
+    # The probe enforces each case's deadline itself; this one only catches a guest that hangs.
+    deadline = plan.timeouts.case * len(cases) + 30
     try:
         answer = session.run(argv, deadline, on_line)
-    except guest.CommandTimeout as e:
-        _fill(result, plan, [run_plan], Outcome.TIMEOUT, str(e))
-        return
     except InfraError as e:
-        if machine.panicked:
-            msg = "guest kernel panicked during the case:\n" + machine.excerpt(30)
-            _fill(result, plan, [run_plan], Outcome.PANIC, msg)
-            raise vm.BootFailure("guest kernel panicked", machine.excerpt(30), panicked=True) from e
-        raise
+        lost = _why_lost(e, machine)
+        culprit = next((c for c in cases if c not in answered), None)
+        if culprit is not None:
+            result.cases.append(CaseResult(plan.id, culprit, run_plan.memlock_label, run_plan.user,
+                                           lost.outcome, lost.message, None))  # fmt: skip
+        raise lost from e
     if answer.exit_code != 0:
         detail = answer.stderr.strip().splitlines()
         msg = f"probe exited {answer.exit_code}: {detail[-1] if detail else 'no message'}"
         _fill(result, plan, [run_plan], Outcome.INFRA_ERROR, msg)
+
+
+def _why_lost(error: InfraError, machine: vm.VM) -> GuestLost:
+    """Tell a panic from a hang from a vanished QEMU from a dropped connection."""
+    machine.wait_exit(5.0)  # a panicking guest ends QEMU (panic=-1); give the serial reader time
+    if machine.panicked:
+        return GuestLost(Outcome.PANIC, "the guest kernel panicked during this case:\n" + machine.excerpt(30))
+    if isinstance(error, guest.CommandTimeout):
+        return GuestLost(Outcome.TIMEOUT, f"the guest stopped answering during this case ({error})")
+    if not machine.alive:
+        return GuestLost(Outcome.INFRA_ERROR, f"QEMU exited during this case (status {machine.exit_status})")
+    return GuestLost(Outcome.INFRA_ERROR, f"lost the guest during this case: {error}")
 
 
 # --- the whole run ----------------------------------------------------------------------------

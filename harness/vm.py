@@ -229,6 +229,18 @@ class VM:
         return self._proc.popen.poll() is None
 
     @property
+    def exit_status(self) -> int | None:
+        status: int | None = self._proc.popen.poll()
+        return status
+
+    def wait_exit(self, timeout: float) -> None:
+        """Give a dying guest up to `timeout` seconds to end, and the serial reader to catch up."""
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self._proc.popen.wait(timeout=timeout)
+        if not self.alive:
+            self._serial.ended.wait(timeout=timeout)
+
+    @property
     def panicked(self) -> bool:
         return self._serial.panic
 

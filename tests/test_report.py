@@ -368,6 +368,7 @@ def test_results_json_round_trips_with_counts() -> None:
         "serial_log",
         "timings",
         "error",
+        "reboots",
         "cases",
     }
     deviation = first["cases"][1]
