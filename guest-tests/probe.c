@@ -1,12 +1,18 @@
 /*
- * probe: records how the running kernel treats mmap(MAP_LOCKED), mlock(2), mlock2(2) and
- * mlockall(2) against RLIMIT_MEMLOCK. One JSON line per case on stdout; README.md has the
- * CLI contract and the catalogue with the documented expectations.
+ * probe: records how the running kernel treats mmap(MAP_LOCKED), mlock(2), mlock2(2),
+ * mlockall(2) and their relatives against RLIMIT_MEMLOCK. One JSON line per case on stdout;
+ * README.md has the CLI contract, the record fields and the catalogue with the documented
+ * expectations (expectations.yaml).
+ *
+ * This file is the driver: the command line, the catalogue, one forked child per case with a
+ * timeout, and the kernel log around each case. The cases live in cases_*.c, the record and the
+ * measurement helpers in record.c.
  *
  * Built static (see Makefile) so the same binary runs in busybox initramfs guests from 5.10 on
  * and on the host. Nothing here may go through NSS: a static binary would try to dlopen it.
  */
-#define _GNU_SOURCE
+#include "cases.h"
+
 #include <ctype.h>
 #include <errno.h>
 #include <fcntl.h>
@@ -14,679 +20,18 @@
 #include <poll.h>
 #include <signal.h>
 #include <stdarg.h>
-#include <stdbool.h>
 #include <stdint.h>
-#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/mman.h>
 #include <sys/prctl.h>
-#include <sys/resource.h>
-#include <sys/syscall.h>
-#include <sys/types.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
 
-/* Older headers lack these; values are the kernel ABI (include/uapi/asm-generic/mman-common.h). */
-#ifndef MLOCK_ONFAULT
-#define MLOCK_ONFAULT 1
-#endif
-#ifndef MCL_ONFAULT
-#define MCL_ONFAULT 4
-#endif
-#ifndef SYS_mlock2
-#if defined(__x86_64__)
-#define SYS_mlock2 325
-#else
-#error "SYS_mlock2: add this architecture's number"
-#endif
-#endif
-
-#define CAP_IPC_LOCK_BIT 14 /* include/uapi/linux/capability.h */
-#define MIB (1024UL * 1024UL)
-#define MAX_CALLS 16
-
 #define EXIT_USAGE 2
 #define EXIT_SETUP 3
 
-/* ---- small file helpers ------------------------------------------------------------------- */
-
-/* Reads a whole (small) file into buf, NUL-terminated. /proc files are read with read(2) into a
- * static buffer rather than stdio so that measuring does not itself allocate or map memory. */
-static ssize_t read_file(const char *path, char *buf, size_t cap)
-{
-	int fd = open(path, O_RDONLY | O_CLOEXEC);
-	if (fd < 0)
-		return -1;
-	size_t len = 0;
-	while (len + 1 < cap) {
-		ssize_t n = read(fd, buf + len, cap - 1 - len);
-		if (n < 0 && errno == EINTR)
-			continue;
-		if (n <= 0)
-			break;
-		len += (size_t)n;
-	}
-	close(fd);
-	buf[len] = '\0';
-	return (ssize_t)len;
-}
-
-static bool write_all(int fd, const char *buf, size_t len)
-{
-	while (len > 0) {
-		ssize_t n = write(fd, buf, len);
-		if (n < 0 && errno == EINTR)
-			continue;
-		if (n <= 0)
-			return false;
-		buf += n;
-		len -= (size_t)n;
-	}
-	return true;
-}
-
-/* The value after "key:" on the line starting with key, or NULL. */
-static const char *find_field(const char *text, const char *key)
-{
-	size_t klen = strlen(key);
-	for (const char *line = text; line && *line; line = strchr(line, '\n'), line = line ? line + 1 : NULL) {
-		if (strncmp(line, key, klen) == 0 && line[klen] == ':')
-			return line + klen + 1;
-	}
-	return NULL;
-}
-
-static char procbuf[1 << 18];
-
-/* A "kB" figure from a /proc file such as /proc/self/status; -1 when the field is absent. */
-static long long proc_kb(const char *path, const char *key)
-{
-	if (read_file(path, procbuf, sizeof(procbuf)) < 0)
-		return -1;
-	const char *v = find_field(procbuf, key);
-	return v ? strtoll(v, NULL, 10) : -1;
-}
-
-static long long read_status_kb(const char *key)
-{
-	return proc_kb("/proc/self/status", key);
-}
-
-/* CAP_IPC_LOCK decides everything here (getrlimit(2): a privileged process is not limited), so
- * read the effective set rather than trusting the uid. */
-static bool has_cap_ipc_lock(void)
-{
-	if (read_file("/proc/self/status", procbuf, sizeof(procbuf)) < 0)
-		return false;
-	const char *v = find_field(procbuf, "CapEff");
-	return v && ((strtoull(v, NULL, 16) >> CAP_IPC_LOCK_BIT) & 1);
-}
-
-/* ---- names ------------------------------------------------------------------------------- */
-
-static const char *errno_name(int e, char *buf, size_t cap)
-{
-	static const struct {
-		int no;
-		const char *name;
-	} names[] = {
-		{EPERM, "EPERM"},   {ENOENT, "ENOENT"},       {EINTR, "EINTR"},   {EIO, "EIO"},
-		{E2BIG, "E2BIG"},   {EBADF, "EBADF"},         {EAGAIN, "EAGAIN"}, {ENOMEM, "ENOMEM"},
-		{EACCES, "EACCES"}, {EFAULT, "EFAULT"},       {EBUSY, "EBUSY"},   {EEXIST, "EEXIST"},
-		{ENODEV, "ENODEV"}, {EINVAL, "EINVAL"},       {ENFILE, "ENFILE"}, {EMFILE, "EMFILE"},
-		{EFBIG, "EFBIG"},   {ENOSPC, "ENOSPC"},       {EOVERFLOW, "EOVERFLOW"},
-		{ENOSYS, "ENOSYS"}, {EOPNOTSUPP, "EOPNOTSUPP"},
-	};
-	for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); i++)
-		if (names[i].no == e)
-			return names[i].name;
-	snprintf(buf, cap, "E%d", e);
-	return buf;
-}
-
-static const char *signal_name(int sig, char *buf, size_t cap)
-{
-	const char *abbrev = sigabbrev_np(sig); /* glibc 2.32+; NULL for real-time signals */
-	if (abbrev)
-		snprintf(buf, cap, "SIG%s", abbrev);
-	else
-		snprintf(buf, cap, "SIG%d", sig);
-	return buf;
-}
-
-/* ---- JSON emitter ------------------------------------------------------------------------ */
-
-struct json {
-	char *buf;
-	size_t cap, len;
-	bool overflow;
-	int depth;
-	bool need_comma[8];
-	bool after_key;
-};
-
-static void j_init(struct json *j, char *buf, size_t cap)
-{
-	memset(j, 0, sizeof(*j));
-	j->buf = buf;
-	j->cap = cap;
-	buf[0] = '\0';
-}
-
-static void j_raw(struct json *j, const char *s, size_t n)
-{
-	if (j->len + n + 1 > j->cap) {
-		j->overflow = true;
-		return;
-	}
-	memcpy(j->buf + j->len, s, n);
-	j->len += n;
-	j->buf[j->len] = '\0';
-}
-
-static void j_printf(struct json *j, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-static void j_printf(struct json *j, const char *fmt, ...)
-{
-	char tmp[64];
-	va_list ap;
-	va_start(ap, fmt);
-	int n = vsnprintf(tmp, sizeof(tmp), fmt, ap);
-	va_end(ap);
-	if (n < 0 || (size_t)n >= sizeof(tmp)) {
-		j->overflow = true;
-		return;
-	}
-	j_raw(j, tmp, (size_t)n);
-}
-
-/* Separator before a value: none right after a key, a comma between array/object members. */
-static void j_sep(struct json *j)
-{
-	if (j->after_key) {
-		j->after_key = false;
-		return;
-	}
-	if (j->need_comma[j->depth])
-		j_raw(j, ",", 1);
-	j->need_comma[j->depth] = true;
-}
-
-static void j_quoted(struct json *j, const char *s)
-{
-	j_raw(j, "\"", 1);
-	for (; *s; s++) {
-		unsigned char ch = (unsigned char)*s;
-		if (ch == '"' || ch == '\\') {
-			char esc[2] = {'\\', (char)ch};
-			j_raw(j, esc, 2);
-		} else if (ch < 0x20) {
-			j_printf(j, "\\u%04x", ch);
-		} else {
-			j_raw(j, (const char *)&ch, 1);
-		}
-	}
-	j_raw(j, "\"", 1);
-}
-
-static void j_open(struct json *j, char bracket)
-{
-	j_sep(j);
-	j_raw(j, &bracket, 1);
-	j->depth++;
-	j->need_comma[j->depth] = false;
-}
-
-static void j_close(struct json *j, char bracket)
-{
-	j_raw(j, &bracket, 1);
-	j->depth--;
-}
-
-/* Continue an object whose opening and members were written by someone else (the child). */
-static void j_continue_object(struct json *j)
-{
-	j->depth = 1;
-	j->need_comma[1] = true;
-}
-
-static void j_key(struct json *j, const char *k)
-{
-	j_sep(j);
-	j_quoted(j, k);
-	j_raw(j, ":", 1);
-	j->after_key = true;
-}
-
-static void j_str(struct json *j, const char *v)
-{
-	j_sep(j);
-	if (v)
-		j_quoted(j, v);
-	else
-		j_raw(j, "null", 4);
-}
-
-static void j_kstr(struct json *j, const char *k, const char *v) { j_key(j, k); j_str(j, v); }
-
-static void j_kint(struct json *j, const char *k, long long v)
-{
-	j_key(j, k);
-	j_sep(j);
-	j_printf(j, "%lld", v);
-}
-
-static void j_kbool(struct json *j, const char *k, bool v)
-{
-	j_key(j, k);
-	j_sep(j);
-	j_raw(j, v ? "true" : "false", v ? 4 : 5);
-}
-
-static void j_knull(struct json *j, const char *k)
-{
-	j_key(j, k);
-	j_sep(j);
-	j_raw(j, "null", 4);
-}
-
-/* ---- case record ------------------------------------------------------------------------- */
-
-/* A measured value or JSON null ("does not apply"). */
-typedef struct {
-	bool set;
-	long long v;
-} opt_t;
-
-static opt_t some(long long v) { return (opt_t){true, v}; }
-static const opt_t none = {false, 0};
-static opt_t some_if_valid(long long v) { return v >= 0 ? some(v) : none; }
-
-static void j_kopt(struct json *j, const char *k, opt_t o)
-{
-	if (o.set)
-		j_kint(j, k, o.v);
-	else
-		j_knull(j, k);
-}
-
-/* What the child sees; decides sizes and applicability. */
-struct ctx {
-	uid_t uid;
-	bool cap_ipc_lock;
-	rlim_t soft, hard;
-	size_t page;
-	long long memtotal_kb, memavail_kb;
-};
-
-struct call {
-	const char *name;
-	char args[128];
-	long ret;
-	int err; /* 0 when the call succeeded */
-};
-
-struct record {
-	bool applicable;
-	char reason[160];
-	opt_t size;
-	bool result_set;
-	int result; /* errno of the key call, 0 = "ok" */
-	struct call calls[MAX_CALLS];
-	int ncalls;
-	opt_t vmlck_before_kb, vmlck_after_kb, vmlck_end_kb;
-	opt_t resident_pages, total_pages;
-	opt_t minflt_call, majflt_call, minflt_touch;
-	opt_t smaps_locked_kb, smaps_rss_kb, smaps_size_kb;
-	int smaps_lo; /* -1 = null */
-	char smaps_vmflags[160];
-	bool smaps_found;
-};
-
-static void record_init(struct record *r)
-{
-	memset(r, 0, sizeof(*r));
-	r->applicable = true;
-	r->smaps_lo = -1;
-}
-
-static void not_applicable(struct record *r, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-static void not_applicable(struct record *r, const char *fmt, ...)
-{
-	va_list ap;
-	va_start(ap, fmt);
-	r->applicable = false;
-	vsnprintf(r->reason, sizeof(r->reason), fmt, ap);
-	va_end(ap);
-}
-
-static void note_call(struct record *r, const char *name, long ret, int err, const char *fmt, ...)
-	__attribute__((format(printf, 5, 6)));
-static void note_call(struct record *r, const char *name, long ret, int err, const char *fmt, ...)
-{
-	if (r->ncalls >= MAX_CALLS)
-		return;
-	struct call *c = &r->calls[r->ncalls++];
-	c->name = name;
-	c->ret = ret;
-	c->err = ret == -1 ? err : 0;
-	va_list ap;
-	va_start(ap, fmt);
-	vsnprintf(c->args, sizeof(c->args), fmt, ap);
-	va_end(ap);
-}
-
-static void set_result(struct record *r, int err)
-{
-	r->result_set = true;
-	r->result = err;
-}
-
-static void emit_record(struct json *j, const char *name, const struct ctx *c, const struct record *r)
-{
-	char nb[16];
-
-	j_open(j, '{');
-	j_kstr(j, "kind", "case");
-	j_kstr(j, "case", name);
-	j_kint(j, "uid", (long long)c->uid);
-	j_kbool(j, "cap_ipc_lock", c->cap_ipc_lock);
-	j_kopt(j, "rlimit_soft", c->soft == RLIM_INFINITY ? none : some((long long)c->soft));
-	j_kopt(j, "rlimit_hard", c->hard == RLIM_INFINITY ? none : some((long long)c->hard));
-	j_kint(j, "page_size", (long long)c->page);
-	j_kopt(j, "memtotal_kb", some_if_valid(c->memtotal_kb));
-	j_kopt(j, "memavailable_kb", some_if_valid(c->memavail_kb));
-
-	j_kbool(j, "applicable", r->applicable);
-	j_kstr(j, "reason", r->applicable ? NULL : r->reason);
-	j_kopt(j, "size", r->size);
-	j_kstr(j, "result", !r->result_set ? NULL : r->result == 0 ? "ok" : errno_name(r->result, nb, sizeof(nb)));
-
-	j_key(j, "calls");
-	j_open(j, '[');
-	for (int i = 0; i < r->ncalls; i++) {
-		const struct call *k = &r->calls[i];
-		j_open(j, '{');
-		j_kstr(j, "call", k->name);
-		j_kstr(j, "args", k->args);
-		j_kint(j, "ret", k->ret);
-		j_kstr(j, "errno", k->err ? errno_name(k->err, nb, sizeof(nb)) : NULL);
-		j_close(j, '}');
-	}
-	j_close(j, ']');
-
-	j_kopt(j, "vmlck_before_kb", r->vmlck_before_kb);
-	j_kopt(j, "vmlck_after_kb", r->vmlck_after_kb);
-	j_kopt(j, "vmlck_end_kb", r->vmlck_end_kb);
-	j_kopt(j, "resident_pages", r->resident_pages);
-	j_kopt(j, "total_pages", r->total_pages);
-	j_kopt(j, "minflt_call", r->minflt_call);
-	j_kopt(j, "majflt_call", r->majflt_call);
-	j_kopt(j, "minflt_touch", r->minflt_touch);
-	j_kopt(j, "smaps_locked_kb", r->smaps_locked_kb);
-	j_kopt(j, "smaps_rss_kb", r->smaps_rss_kb);
-	j_kopt(j, "smaps_size_kb", r->smaps_size_kb);
-	if (r->smaps_lo < 0)
-		j_knull(j, "smaps_lo");
-	else
-		j_kbool(j, "smaps_lo", r->smaps_lo);
-	j_kstr(j, "smaps_vmflags", r->smaps_found ? r->smaps_vmflags : NULL);
-	j_close(j, '}');
-}
-
-/* ---- measurements ------------------------------------------------------------------------ */
-
-/* mincore(2) is exact for anonymous memory: a page is either present or not. */
-static opt_t mincore_count(void *addr, size_t size, unsigned char *vec, size_t page)
-{
-	if (!vec || mincore(addr, size, vec) != 0)
-		return none;
-	long long n = 0;
-	for (size_t i = 0; i < size / page; i++)
-		n += vec[i] & 1;
-	return some(n);
-}
-
-struct faults {
-	long minflt, majflt;
-};
-
-static struct faults faults_now(void)
-{
-	struct rusage ru;
-	getrusage(RUSAGE_SELF, &ru);
-	return (struct faults){ru.ru_minflt, ru.ru_majflt};
-}
-
-/* The smaps entry that contains addr. smaps_size_kb is reported too: if the kernel merged the
- * mapping with a neighbour, Locked/Rss describe the merged VMA and Size shows it. */
-static void smaps_for(const void *addr, struct record *r)
-{
-	if (read_file("/proc/self/smaps", procbuf, sizeof(procbuf)) < 0)
-		return;
-	uintptr_t a = (uintptr_t)addr;
-	bool inside = false;
-	for (char *line = procbuf; line && *line;) {
-		char *nl = strchr(line, '\n');
-		if (nl)
-			*nl = '\0';
-		char *end;
-		unsigned long long start = strtoull(line, &end, 16);
-		if (end != line && *end == '-') { /* a header: "start-end perms offset dev inode path" */
-			unsigned long long stop = strtoull(end + 1, NULL, 16);
-			if (inside)
-				break;
-			inside = a >= start && a < stop;
-			if (inside)
-				r->smaps_found = true;
-		} else if (inside) {
-			const char *v;
-			if ((v = find_field(line, "Size")))
-				r->smaps_size_kb = some(strtoll(v, NULL, 10));
-			else if ((v = find_field(line, "Rss")))
-				r->smaps_rss_kb = some(strtoll(v, NULL, 10));
-			else if ((v = find_field(line, "Locked")))
-				r->smaps_locked_kb = some(strtoll(v, NULL, 10));
-			else if ((v = find_field(line, "VmFlags"))) {
-				while (*v == ' ' || *v == '\t')
-					v++;
-				snprintf(r->smaps_vmflags, sizeof(r->smaps_vmflags), "%s", v);
-				size_t n = strlen(r->smaps_vmflags);
-				while (n > 0 && isspace((unsigned char)r->smaps_vmflags[n - 1]))
-					r->smaps_vmflags[--n] = '\0';
-				char flags[160];
-				snprintf(flags, sizeof(flags), " %s ", r->smaps_vmflags);
-				r->smaps_lo = strstr(flags, " lo ") != NULL;
-			}
-		}
-		line = nl ? nl + 1 : NULL;
-	}
-}
-
-/* ---- sizes ------------------------------------------------------------------------------- */
-
-enum size_rule { SZ_UNDER, SZ_AT, SZ_OVER, SZ_POPULATE };
-
-/* The size rules of README.md, from the soft limit as this process sees it. False (with the
- * reason recorded) when the case cannot say anything under this limit or in this much RAM. */
-static bool case_size(const struct ctx *c, enum size_rule rule, size_t *size, struct record *r)
-{
-	bool unlimited = c->soft == RLIM_INFINITY;
-	size_t lim_pages = unlimited ? 0 : (size_t)(c->soft & ~(rlim_t)(c->page - 1));
-	size_t s = 0;
-
-	switch (rule) {
-	case SZ_UNDER:
-		s = unlimited ? MIB : (size_t)((c->soft / 2) & ~(rlim_t)(c->page - 1));
-		break;
-	case SZ_AT:
-		s = lim_pages;
-		break;
-	case SZ_OVER:
-		if (!unlimited && __builtin_add_overflow(lim_pages, c->page, &s)) {
-			not_applicable(r, "limit plus one page overflows");
-			return false;
-		}
-		break;
-	case SZ_POPULATE:
-		s = MIB;
-		if (!unlimited && !c->cap_ipc_lock) {
-			if (lim_pages < s)
-				s = lim_pages;
-			if (s < c->page) /* at limit 0 the call is still made, and must fail */
-				s = c->page;
-		}
-		break;
-	}
-	if (rule != SZ_UNDER && rule != SZ_POPULATE && unlimited) {
-		not_applicable(r, "no finite limit");
-		return false;
-	}
-	if (s == 0) {
-		not_applicable(r, "size rounds down to 0 pages");
-		return false;
-	}
-	r->size = some((long long)s);
-	/* Locking more than the guest can hold ends in the OOM killer, which is a separate scenario;
-	 * here it would only hide the limit behaviour. */
-	if (c->memavail_kb >= 0 && (unsigned long long)s > (unsigned long long)c->memavail_kb * 512) {
-		not_applicable(r, "does not fit in guest RAM (size %zu > MemAvailable/2)", s);
-		return false;
-	}
-	*size = s;
-	return true;
-}
-
-/* ---- cases ------------------------------------------------------------------------------- */
-
-enum lock_op { OP_NONE, OP_MLOCK, OP_MLOCK2_ONFAULT, OP_MLOCKALL };
-
-/* One mapping, optionally locked after the fact; the key call is mmap itself for OP_NONE. */
-struct lock_case {
-	enum size_rule size;
-	int mmap_flags;
-	enum lock_op op;
-	bool touch; /* populate family: write one byte per page after the call */
-};
-
-static const char *mmap_flags_str(int flags, char *buf, size_t cap)
-{
-	snprintf(buf, cap, "MAP_PRIVATE|MAP_ANONYMOUS%s%s", (flags & MAP_LOCKED) ? "|MAP_LOCKED" : "",
-		 (flags & MAP_POPULATE) ? "|MAP_POPULATE" : "");
-	return buf;
-}
-
-/* Returns the errno of the lock call (0 on success); captured before note_call can clobber it. */
-static int lock_op(struct record *r, enum lock_op op, void *p, size_t size)
-{
-	int ret = 0, err = 0;
-	switch (op) {
-	case OP_NONE:
-		break;
-	case OP_MLOCK:
-		ret = mlock(p, size);
-		err = ret ? errno : 0;
-		note_call(r, "mlock", ret, err, "len=%zu", size);
-		break;
-	case OP_MLOCK2_ONFAULT:
-		/* Via syscall(2): glibc's wrapper reports a kernel without mlock2 as EINVAL, and this
-		 * should show what the kernel itself says (ENOSYS before 4.4). */
-		ret = (int)syscall(SYS_mlock2, p, size, MLOCK_ONFAULT);
-		err = ret ? errno : 0;
-		note_call(r, "mlock2", ret, err, "MLOCK_ONFAULT len=%zu", size);
-		break;
-	case OP_MLOCKALL:
-		ret = mlockall(MCL_CURRENT);
-		err = ret ? errno : 0;
-		note_call(r, "mlockall", ret, err, "MCL_CURRENT");
-		break;
-	}
-	return err;
-}
-
-static void run_lock_case(const struct ctx *c, struct record *r, const void *arg)
-{
-	const struct lock_case *lc = arg;
-	char fb[96];
-	size_t size;
-
-	if (!case_size(c, lc->size, &size, r))
-		return;
-	size_t pages = size / c->page;
-	/* Allocated before the key call so its own faults stay outside the measured window. */
-	unsigned char *vec = malloc(pages);
-
-	r->vmlck_before_kb = some_if_valid(read_status_kb("VmLck"));
-
-	struct faults f0, f1;
-	char *p;
-	int err;
-	if (lc->op == OP_NONE) {
-		f0 = faults_now();
-		p = mmap(NULL, size, PROT_READ | PROT_WRITE, lc->mmap_flags, -1, 0);
-		err = p == MAP_FAILED ? errno : 0;
-		f1 = faults_now();
-		note_call(r, "mmap", p == MAP_FAILED ? -1 : 0, err, "%s len=%zu", mmap_flags_str(lc->mmap_flags, fb, sizeof(fb)), size);
-	} else {
-		p = mmap(NULL, size, PROT_READ | PROT_WRITE, lc->mmap_flags, -1, 0);
-		err = p == MAP_FAILED ? errno : 0;
-		note_call(r, "mmap", p == MAP_FAILED ? -1 : 0, err, "%s len=%zu", mmap_flags_str(lc->mmap_flags, fb, sizeof(fb)), size);
-		if (p == MAP_FAILED) {
-			char nb[16];
-			not_applicable(r, "setup mmap failed: %s", errno_name(err, nb, sizeof(nb)));
-			free(vec);
-			return;
-		}
-		f0 = faults_now();
-		err = lock_op(r, lc->op, p, size);
-		f1 = faults_now();
-	}
-	set_result(r, err);
-	r->minflt_call = some(f1.minflt - f0.minflt);
-	r->majflt_call = some(f1.majflt - f0.majflt);
-
-	if (p != MAP_FAILED) {
-		r->total_pages = some((long long)pages);
-		r->resident_pages = mincore_count(p, size, vec, c->page);
-		if (lc->touch && err == 0) {
-			volatile char *q = p;
-			f0 = faults_now();
-			for (size_t off = 0; off < size; off += c->page)
-				q[off] = 1;
-			f1 = faults_now();
-			r->minflt_touch = some(f1.minflt - f0.minflt);
-		}
-	}
-	/* Measured even after a failure: a failed call must leave the accounting as it was. */
-	r->vmlck_after_kb = some_if_valid(read_status_kb("VmLck"));
-	if (p != MAP_FAILED)
-		smaps_for(p, r);
-
-	/* munlockall only after a successful mlockall, so a failed one that leaked shows in vmlck_end. */
-	if (lc->op == OP_MLOCKALL && err == 0) {
-		int ret = munlockall();
-		note_call(r, "munlockall", ret, errno, "%s", "");
-	}
-	if (p != MAP_FAILED) {
-		int ret = munmap(p, size);
-		note_call(r, "munmap", ret, errno, "len=%zu", size);
-	}
-	r->vmlck_end_kb = some_if_valid(read_status_kb("VmLck"));
-	free(vec);
-}
-
-static void run_limits(const struct ctx *c, struct record *r, const void *arg)
-{
-	(void)c;
-	(void)arg;
-	struct rlimit rl;
-	int ret = getrlimit(RLIMIT_MEMLOCK, &rl);
-	int err = ret ? errno : 0;
-	note_call(r, "getrlimit", ret, err, "RLIMIT_MEMLOCK");
-	set_result(r, err);
-	r->vmlck_before_kb = some_if_valid(read_status_kb("VmLck"));
-}
+/* ---- the catalogue ----------------------------------------------------------------------- */
 
 /* Hidden cases that exercise the parent's killed/timeout/crashed paths for the harness tests. */
 static void run_selftest_kill(const struct ctx *c, struct record *r, const void *arg)
@@ -708,56 +53,43 @@ static void run_selftest_crash(const struct ctx *c, struct record *r, const void
 	_exit(1);
 }
 
-#define PRIV_ANON (MAP_PRIVATE | MAP_ANONYMOUS)
-
-static const struct lock_case
-	lc_map_locked_under = {SZ_UNDER, PRIV_ANON | MAP_LOCKED, OP_NONE, false},
-	lc_map_locked_at = {SZ_AT, PRIV_ANON | MAP_LOCKED, OP_NONE, false},
-	lc_map_locked_over = {SZ_OVER, PRIV_ANON | MAP_LOCKED, OP_NONE, false},
-	lc_mlock_under = {SZ_UNDER, PRIV_ANON, OP_MLOCK, false},
-	lc_mlock_at = {SZ_AT, PRIV_ANON, OP_MLOCK, false},
-	lc_mlock_over = {SZ_OVER, PRIV_ANON, OP_MLOCK, false},
-	lc_mlock2_onfault_over = {SZ_OVER, PRIV_ANON, OP_MLOCK2_ONFAULT, false},
-	lc_mlockall_over = {SZ_OVER, PRIV_ANON, OP_MLOCKALL, false},
-	lc_pop_map_locked = {SZ_POPULATE, PRIV_ANON | MAP_LOCKED, OP_NONE, true},
-	lc_pop_map_locked_populate = {SZ_POPULATE, PRIV_ANON | MAP_LOCKED | MAP_POPULATE, OP_NONE, true},
-	lc_pop_mmap_mlock = {SZ_POPULATE, PRIV_ANON, OP_MLOCK, true},
-	lc_pop_map_populate = {SZ_POPULATE, PRIV_ANON | MAP_POPULATE, OP_NONE, true};
-
-struct case_def {
-	const char *name;
-	const char *description;
-	void (*fn)(const struct ctx *, struct record *, const void *);
-	const void *arg;
-	bool hidden; /* not in --list, not in `all`; only by name */
-};
-
-/* Catalogue order is the --list order and the `all` order. */
-static const struct case_def cases[] = {
-	{"limits", "getrlimit(RLIMIT_MEMLOCK): the soft/hard limit the process runs with", run_limits, NULL, false},
-	{"map_locked_under", "mmap(MAP_LOCKED) of half the soft limit (1 MiB when unlimited)", run_lock_case, &lc_map_locked_under, false},
-	{"map_locked_at", "mmap(MAP_LOCKED) of exactly the soft limit", run_lock_case, &lc_map_locked_at, false},
-	{"map_locked_over", "mmap(MAP_LOCKED) of the soft limit plus one page", run_lock_case, &lc_map_locked_over, false},
-	{"mlock_under", "mmap, then mlock of half the soft limit (1 MiB when unlimited)", run_lock_case, &lc_mlock_under, false},
-	{"mlock_at", "mmap, then mlock of exactly the soft limit", run_lock_case, &lc_mlock_at, false},
-	{"mlock_over", "mmap, then mlock of the soft limit plus one page", run_lock_case, &lc_mlock_over, false},
-	{"mlock2_onfault_over", "mmap, then mlock2(MLOCK_ONFAULT) of the soft limit plus one page", run_lock_case, &lc_mlock2_onfault_over, false},
-	{"mlockall_over", "mmap of the soft limit plus one page, then mlockall(MCL_CURRENT)", run_lock_case, &lc_mlockall_over, false},
-	{"populate_map_locked", "mmap(MAP_LOCKED) of 1 MiB: residency and faults in the call and on touch", run_lock_case, &lc_pop_map_locked, false},
-	{"populate_map_locked_populate", "mmap(MAP_LOCKED|MAP_POPULATE) of 1 MiB: residency and faults in the call and on touch", run_lock_case, &lc_pop_map_locked_populate, false},
-	{"populate_mmap_mlock", "mmap, then mlock of 1 MiB: residency and faults in the call and on touch", run_lock_case, &lc_pop_mmap_mlock, false},
-	{"populate_map_populate", "mmap(MAP_POPULATE) of 1 MiB, no lock (the reference): residency and faults", run_lock_case, &lc_pop_map_populate, false},
+static const struct case_def selftests[] = {
 	{"_selftest_kill", "raise(SIGKILL) before sending a record", run_selftest_kill, NULL, true},
 	{"_selftest_hang", "sleep forever (per-case timeout)", run_selftest_hang, NULL, true},
 	{"_selftest_crash", "exit 1 without sending a record", run_selftest_crash, NULL, true},
 };
-#define NCASES (sizeof(cases) / sizeof(cases[0]))
+CASE_TABLE(cases_selftest, selftests);
+
+/* Catalogue order is the --list order and the `all` order: by area of MAP_LOCKED.md. */
+static const struct case_table *const catalogue[] = {
+	&cases_lock,    &cases_future, &cases_prot,      &cases_file,     &cases_huge,
+	&cases_account, &cases_mremap, &cases_oom,       &cases_droppable, &cases_selftest,
+};
+#define NTABLES (sizeof(catalogue) / sizeof(catalogue[0]))
+
+static size_t ncases(void)
+{
+	size_t n = 0;
+	for (size_t t = 0; t < NTABLES; t++)
+		n += catalogue[t]->n;
+	return n;
+}
+
+static const struct case_def *case_at(size_t i)
+{
+	for (size_t t = 0; t < NTABLES; t++) {
+		if (i < catalogue[t]->n)
+			return &catalogue[t]->cases[i];
+		i -= catalogue[t]->n;
+	}
+	return NULL;
+}
 
 static const struct case_def *find_case(const char *name)
 {
-	for (size_t i = 0; i < NCASES; i++)
-		if (strcmp(cases[i].name, name) == 0)
-			return &cases[i];
+	for (size_t i = 0; i < ncases(); i++)
+		if (strcmp(case_at(i)->name, name) == 0)
+			return case_at(i);
 	return NULL;
 }
 
@@ -772,11 +104,15 @@ static void read_ctx(struct ctx *c)
 	c->soft = rl.rlim_cur;
 	c->hard = rl.rlim_max;
 	c->page = (size_t)sysconf(_SC_PAGESIZE);
-	c->memtotal_kb = proc_kb("/proc/meminfo", "MemTotal");
-	c->memavail_kb = proc_kb("/proc/meminfo", "MemAvailable");
+	c->memtotal_kb = meminfo_kb("MemTotal");
+	c->memavail_kb = meminfo_kb("MemAvailable");
+	c->huge_total = meminfo_kb("HugePages_Total");
+	c->huge_free = meminfo_kb("HugePages_Free");
+	c->huge_page_kb = meminfo_kb("Hugepagesize");
 }
 
 static char child_out[1 << 16];
+static struct record child_record; /* static: too large for a comfortable stack frame */
 
 static _Noreturn void run_child(const struct case_def *cd, int wfd)
 {
@@ -788,17 +124,74 @@ static _Noreturn void run_child(const struct case_def *cd, int wfd)
 		close(fd);
 
 	struct ctx c;
-	struct record r;
+	struct record *r = &child_record;
 	read_ctx(&c);
-	record_init(&r);
-	cd->fn(&c, &r, cd->arg);
+	record_init(r);
+	cd->fn(&c, r, cd->arg);
 
 	struct json j;
 	j_init(&j, child_out, sizeof(child_out));
-	emit_record(&j, cd->name, &c, &r);
+	emit_record(&j, cd->name, &c, r);
 	if (j.overflow || !write_all(wfd, j.buf, j.len))
 		_exit(1);
 	_exit(0);
+}
+
+/* ---- the kernel log ---------------------------------------------------------------------- */
+
+/* /dev/kmsg is opened as root before the probe drops privileges and stays readable through the
+ * descriptor (reading needs the right at open time only). Each read returns one record,
+ * "prio,seq,ts,flags;text\n" followed by continuation lines " KEY=value"; EPIPE means records were
+ * overwritten before they were read, EAGAIN that none are left (Documentation/ABI/testing/dev-kmsg). */
+#define KMSG_KEEP 60
+#define KMSG_LINE 512
+
+static int kmsg_fd = -1;
+static char kmsg_lines[KMSG_KEEP][KMSG_LINE];
+
+static void kmsg_open(void)
+{
+	kmsg_fd = open("/dev/kmsg", O_RDONLY | O_NONBLOCK | O_CLOEXEC);
+	if (kmsg_fd >= 0 && lseek(kmsg_fd, 0, SEEK_END) < 0) {
+		close(kmsg_fd);
+		kmsg_fd = -1;
+	}
+}
+
+/* Reads every record since the last call; keeps the last KMSG_KEEP lines (oldest first in the
+ * returned order) and says whether the OOM killer chose pid. */
+static int kmsg_collect(pid_t pid, bool *oom_killed, int *first)
+{
+	char buf[8192];
+	int total = 0;
+	char killed1[48], killed2[48];
+	snprintf(killed1, sizeof(killed1), "Killed process %d ", (int)pid);
+	snprintf(killed2, sizeof(killed2), ",pid=%d,", (int)pid);
+	*oom_killed = false;
+	for (int guard = 0; guard < 100000; guard++) {
+		ssize_t n = read(kmsg_fd, buf, sizeof(buf) - 1);
+		if (n < 0) {
+			if (errno == EINTR || errno == EPIPE)
+				continue;
+			break; /* EAGAIN: nothing more */
+		}
+		if (n == 0)
+			break;
+		buf[n] = '\0';
+		char *text = strchr(buf, ';');
+		if (!text)
+			continue;
+		text++;
+		char *nl = strchr(text, '\n'); /* continuation lines follow the first newline */
+		if (nl)
+			*nl = '\0';
+		if (strstr(text, killed1) || (strstr(text, "oom-kill:") && strstr(text, killed2)))
+			*oom_killed = true;
+		snprintf(kmsg_lines[total % KMSG_KEEP], KMSG_LINE, "%s", text);
+		total++;
+	}
+	*first = total > KMSG_KEEP ? total % KMSG_KEEP : 0;
+	return total > KMSG_KEEP ? KMSG_KEEP : total;
 }
 
 /* ---- parent ------------------------------------------------------------------------------ */
@@ -811,7 +204,7 @@ static double now_s(void)
 }
 
 static char rec_buf[1 << 18];
-static char line_buf[1 << 18];
+static char line_buf[1 << 19];
 
 /* A record is usable if it is one complete object on one line; anything else counts as garbled. */
 static bool record_ok(const char *buf, size_t len, bool overflow)
@@ -835,6 +228,8 @@ static void run_case(const struct case_def *cd, double timeout_s)
 	}
 	if (pid == 0) {
 		close(fds[0]);
+		if (kmsg_fd >= 0)
+			close(kmsg_fd);
 		run_child(cd, fds[1]);
 	}
 	close(fds[1]);
@@ -909,6 +304,21 @@ static void run_case(const struct case_def *cd, double timeout_s)
 			j_kint(&j, "exit_code", WEXITSTATUS(status));
 	}
 	j_kint(&j, "duration_ms", duration_ms);
+	j_kint(&j, "child_pid", (long long)pid);
+	if (kmsg_fd >= 0) {
+		bool oom = false;
+		int first = 0;
+		int n = kmsg_collect(pid, &oom, &first);
+		j_key(&j, "kernel_log");
+		j_open(&j, '[');
+		for (int i = 0; i < n; i++)
+			j_str(&j, kmsg_lines[(first + i) % KMSG_KEEP]);
+		j_close(&j, ']');
+		j_kbool(&j, "oom_killed", oom);
+	} else {
+		j_knull(&j, "kernel_log");
+		j_knull(&j, "oom_killed");
+	}
 	j_close(&j, '}');
 	if (j.overflow) {
 		fprintf(stderr, "probe: %s: output line too long\n", cd->name);
@@ -1044,9 +454,9 @@ static void drop_to_user(const char *name)
 
 static int cmd_list(void)
 {
-	for (size_t i = 0; i < NCASES; i++)
-		if (!cases[i].hidden)
-			printf("%s\t%s\n", cases[i].name, cases[i].description);
+	for (size_t i = 0; i < ncases(); i++)
+		if (!case_at(i)->hidden)
+			printf("%s\t%s\n", case_at(i)->name, case_at(i)->description);
 	return 0;
 }
 
@@ -1054,7 +464,7 @@ static int cmd_run(int argc, char **argv)
 {
 	const char *memlock = "default", *user = NULL;
 	double timeout_s = 60.0;
-	const struct case_def **sel = calloc((size_t)argc * NCASES + 1, sizeof(*sel));
+	const struct case_def **sel = calloc((size_t)argc * ncases() + 1, sizeof(*sel));
 	size_t nsel = 0;
 	bool options_done = false;
 
@@ -1084,9 +494,9 @@ static int cmd_run(int argc, char **argv)
 			} else
 				bad_usage("unknown option %.*s", (int)klen, a);
 		} else if (strcmp(a, "all") == 0) {
-			for (size_t k = 0; k < NCASES; k++)
-				if (!cases[k].hidden)
-					sel[nsel++] = &cases[k];
+			for (size_t k = 0; k < ncases(); k++)
+				if (!case_at(k)->hidden)
+					sel[nsel++] = case_at(k);
 		} else {
 			const struct case_def *cd = find_case(a);
 			if (!cd)
@@ -1106,6 +516,11 @@ static int cmd_run(int argc, char **argv)
 			exit(EXIT_SETUP);
 		}
 	}
+	/* Before dropping privileges: reading /dev/kmsg needs them at open time. */
+	kmsg_open();
+	/* The parent must outlive any case: the children raise their own score to 1000, which an
+	 * unprivileged process may do from -1000 (proc(5), /proc/[pid]/oom_score_adj). Best effort. */
+	write_text("/proc/self/oom_score_adj", "-1000");
 	if (user)
 		drop_to_user(user);
 

@@ -121,8 +121,10 @@ class VMConfig:
     accel: str
     port: int
     disk: Path | None = None  # attached read-only as virtio-blk (/dev/vda in the guest)
-    # hugepages: a small reserve for the hugetlb cases, taken at boot before memory fragments
-    cmdline: str = "console=ttyS0 panic=-1 hugepages=8"
+    # hugepages: a small reserve for the hugetlb cases, taken at boot before memory fragments.
+    # cryptomgr.notests: Debian kernels self-test every crypto algorithm at boot, 1.3 s of a 5 s
+    # TCG boot (initcall_debug), and nothing the probe measures depends on it.
+    cmdline: str = "console=ttyS0 panic=-1 hugepages=8 cryptomgr.notests"
 
     def argv(self) -> list[str]:
         """The QEMU command line; pure, printed shell-quoted so anyone can rerun the boot."""

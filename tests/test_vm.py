@@ -83,7 +83,7 @@ def test_command_line_is_shell_quoted(tmp_path: Path) -> None:
     argv = config(tmp_path).argv()
     line = vm.command_line(argv)
     assert shlex.split(line) == argv
-    assert "'console=ttyS0 panic=-1 hugepages=8'" in line
+    assert "'console=ttyS0 panic=-1 hugepages=8 cryptomgr.notests'" in line
 
 
 def test_with_port_changes_only_the_port(tmp_path: Path) -> None:
