@@ -1,0 +1,122 @@
+/*
+ * cases_huge.c: area 9 of MAP_LOCKED.md, hugetlb. The guest reserves a few 2 MiB pages at boot
+ * (hugepages=8); without a pool (HugePages_Total 0) these cases are not applicable.
+ *
+ * What is documented or plain in the code:
+ * - An anonymous MAP_HUGETLB mapping reserves its huge pages at mmap time and fails when the pool
+ *   cannot cover it (Documentation/mm/hugetlbfs_reserv.rst: "reserve huge pages at mmap() time
+ *   ... if there were not enough huge pages to cover the mapping, the mmap() would fail").
+ * - With MAP_NORESERVE nothing is reserved; a fault with no free huge page gets SIGBUS (same
+ *   document: "If no huge page exists at page fault time, the task is sent a SIGBUS"; commit
+ *   4a6018f7f4f1 "hugetlbfs: kill applications that use MAP_NORESERVE with SIGBUS instead of
+ *   OOM-killer").
+ * - hugetlb VMAs are never VM_LOCKED and not counted in locked_vm: mmap's VM_LOCKED is cleared
+ *   for is_vm_hugetlb_page() (mm/mmap.c mmap_region(); mm/vma.c __mmap_complete() since 6.12),
+ *   and mlock_fixup() skips them ("don't set VM_LOCKED or VM_LOCKONFAULT and don't count").
+ *   The limit is still checked first (do_mmap(): can_do_mlock() and mlock_future_check()/
+ *   mlock_future_ok(); do_mlock()), so an unprivileged caller can be refused a lock that would
+ *   not have been counted.
+ */
+#include "cases.h"
+
+#include <errno.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <unistd.h>
+
+enum huge_kind { HUGE_MMAP, HUGE_MAP_LOCKED, HUGE_MLOCK };
+
+struct huge_case {
+	enum huge_kind kind;
+	int pages;      /* huge pages to map; 0 = twice the pool (beyond the reserve) */
+	bool noreserve; /* MAP_NORESERVE */
+};
+
+static void run_huge(const struct ctx *c, struct record *r, const void *arg)
+{
+	const struct huge_case *hc = arg;
+	if (c->huge_total <= 0 || c->huge_page_kb <= 0) {
+		not_applicable(r, "no huge pages reserved (HugePages_Total %lld)", c->huge_total);
+		return;
+	}
+	long long pages = hc->pages ? hc->pages : 2 * c->huge_total;
+	if (hc->pages && c->huge_free < hc->pages) {
+		not_applicable(r, "only %lld huge pages free", c->huge_free);
+		return;
+	}
+	size_t hp = (size_t)c->huge_page_kb * 1024;
+	size_t size = (size_t)pages * hp;
+	r->size = some((long long)size);
+	rec_int(r, "huge_pages", pages);
+	rec_int(r, "huge_page_kb", c->huge_page_kb);
+	long long free0 = meminfo_kb("HugePages_Free"), rsvd0 = meminfo_kb("HugePages_Rsvd");
+	rec_int(r, "hugepages_free_before", free0);
+	r->vmlck_before_kb = some_if_valid(status_kb("VmLck"));
+
+	int flags = PRIV_ANON | MAP_HUGETLB | (hc->noreserve ? MAP_NORESERVE : 0);
+	char *p;
+	int err;
+	if (hc->kind == HUGE_MLOCK) {
+		p = mmap(NULL, size, PROT_READ | PROT_WRITE, flags, -1, 0);
+		err = p == MAP_FAILED ? errno : 0;
+		note_call(r, "mmap", p == MAP_FAILED ? -1 : 0, err, "MAP_HUGETLB len=%zu", size);
+		if (p == MAP_FAILED) {
+			setup_failed(r, c, "mmap", err);
+			return;
+		}
+		key_begin(r);
+		int ret = mlock(p, size);
+		err = ret ? errno : 0;
+		key_end(r, err);
+		note_call(r, "mlock", ret, err, "len=%zu", size);
+	} else {
+		if (hc->kind == HUGE_MAP_LOCKED)
+			flags |= MAP_LOCKED;
+		key_begin(r);
+		p = mmap(NULL, size, PROT_READ | PROT_WRITE, flags, -1, 0);
+		err = p == MAP_FAILED ? errno : 0;
+		key_end(r, err);
+		note_call(r, "mmap", p == MAP_FAILED ? -1 : 0, err, "MAP_HUGETLB%s%s len=%zu",
+			  hc->kind == HUGE_MAP_LOCKED ? "|MAP_LOCKED" : "", hc->noreserve ? "|MAP_NORESERVE" : "", size);
+	}
+	long long free1 = meminfo_kb("HugePages_Free"), rsvd1 = meminfo_kb("HugePages_Rsvd");
+	rec_int(r, "hugepages_free_after", free1);
+	rec_int(r, "hugepages_free_delta", free1 - free0);
+	rec_int(r, "hugepages_rsvd_delta", rsvd1 - rsvd0);
+	if (p != MAP_FAILED) {
+		record_residency(r, p, size, c->page);
+		record_smaps(r, p);
+		/* One byte per huge page: past the pool a NORESERVE mapping gets SIGBUS. */
+		int sig = 0;
+		struct faults f = {0, 0};
+		size_t ok = touch_pages(r, p, size, hp, true, &sig, &f);
+		char sb[16];
+		rec_int(r, "huge_pages_touched", (long long)ok);
+		rec_str(r, "signal_touch", sig ? signal_name(sig, sb, sizeof(sb)) : NULL);
+		r->minflt_touch = some(f.minflt);
+		r->majflt_touch = some(f.majflt);
+		if (hc->kind == HUGE_MLOCK && err == 0) {
+			int ret = munlock(p, size);
+			note_call(r, "munlock", ret, errno, "len=%zu", size);
+		}
+		int ret = munmap(p, size);
+		note_call(r, "munmap", ret, errno, "len=%zu", size);
+	}
+	r->vmlck_end_kb = some_if_valid(status_kb("VmLck"));
+}
+
+static const struct huge_case
+	hc_mmap = {HUGE_MMAP, 2, false},
+	hc_map_locked_within = {HUGE_MAP_LOCKED, 2, false},
+	hc_map_locked_beyond = {HUGE_MAP_LOCKED, 0, false},
+	hc_map_locked_noreserve_beyond = {HUGE_MAP_LOCKED, 0, true},
+	hc_mlock = {HUGE_MLOCK, 2, false};
+
+static const struct case_def defs[] = {
+	{"huge_mmap", "mmap(MAP_HUGETLB) of 2 huge pages, no lock (the reference)", run_huge, &hc_mmap, false},
+	{"huge_map_locked_within", "mmap(MAP_HUGETLB|MAP_LOCKED) of 2 huge pages, within the reserved pool", run_huge, &hc_map_locked_within, false},
+	{"huge_map_locked_beyond", "mmap(MAP_HUGETLB|MAP_LOCKED) of twice the reserved pool", run_huge, &hc_map_locked_beyond, false},
+	{"huge_map_locked_noreserve_beyond", "mmap(MAP_HUGETLB|MAP_LOCKED|MAP_NORESERVE) of twice the pool, then touch every huge page", run_huge, &hc_map_locked_noreserve_beyond, false},
+	{"huge_mlock", "mmap(MAP_HUGETLB) of 2 huge pages, then mlock", run_huge, &hc_mlock, false},
+};
+CASE_TABLE(cases_huge, defs);

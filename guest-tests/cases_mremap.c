@@ -1,0 +1,237 @@
+/*
+ * cases_mremap.c: area 12 of MAP_LOCKED.md, mremap of locked mappings.
+ *
+ * mremap(2): "If the memory segment specified by old_address and old_size is locked (using
+ * mlock(2) or similar), then this lock is maintained when the segment is resized and/or
+ * relocated. As a consequence, the amount of memory locked by the process may change." ERRORS:
+ * "EAGAIN The caller tried to expand a memory segment that is locked, but this was not possible
+ * without exceeding the RLIMIT_MEMLOCK resource limit." NOTES: moving or expanding a locked area
+ * makes "a best effort to populate the new area".
+ *
+ * MREMAP_DONTUNMAP (since 5.7): private anonymous mappings only until 5.13 (the commit "mm: extend
+ * MREMAP_DONTUNMAP to non-anonymous mappings"), EINVAL otherwise; old_size must equal
+ * new_size. The old range stays mapped but loses VM_LOCKED (mm/mremap.c: "We always clear
+ * VM_LOCKED[ONFAULT] on the old vma ... Because we won't unmap we don't need to touch locked_vm").
+ *
+ * Every case unmaps everything it mapped before reading vmlck_end_kb, so the accounting_restored
+ * invariant checks that no remap leaked or lost locked pages.
+ */
+#include "cases.h"
+
+#include <errno.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <unistd.h>
+
+static char *map_locked(const struct ctx *c, struct record *r, size_t size)
+{
+	char *p = mmap(NULL, size, PROT_READ | PROT_WRITE, PRIV_ANON | MAP_LOCKED, -1, 0);
+	int err = p == MAP_FAILED ? errno : 0;
+	note_call(r, "mmap", p == MAP_FAILED ? -1 : 0, err, "MAP_PRIVATE|MAP_ANONYMOUS|MAP_LOCKED len=%zu", size);
+	if (p == MAP_FAILED)
+		setup_failed(r, c, "mmap(MAP_LOCKED)", err);
+	return p;
+}
+
+static void unmap(struct record *r, void *p, size_t len, const char *what)
+{
+	int ret = munmap(p, len);
+	note_call(r, "munmap", ret, errno, "%s len=%zu", what, len);
+}
+
+struct grow_case {
+	bool over; /* grow to the limit plus one page; else to within the limit */
+};
+
+static void run_grow(const struct ctx *c, struct record *r, const void *arg)
+{
+	const struct grow_case *gc = arg;
+	size_t old_len, new_len;
+	if (gc->over) {
+		if (c->soft == RLIM_INFINITY) {
+			not_applicable(r, "no finite limit");
+			return;
+		}
+		size_t lp = limit_pages(c);
+		old_len = (lp / 2 ? lp / 2 : 1) * c->page;
+		new_len = (lp + 1) * c->page;
+	} else {
+		new_len = small_size(c, 16);
+		old_len = new_len / c->page / 2 * c->page;
+		if (old_len == 0) {
+			if (c->soft == 0 && !c->cap_ipc_lock) {
+				old_len = c->page; /* refused at set-up: not applicable below */
+			} else {
+				not_applicable(r, "limit below two pages");
+				return;
+			}
+		}
+	}
+	if (c->memavail_kb >= 0 && (unsigned long long)new_len > (unsigned long long)c->memavail_kb * 512) {
+		not_applicable(r, "does not fit in guest RAM (size %zu > MemAvailable/2)", new_len);
+		return;
+	}
+	r->size = some((long long)new_len);
+	rec_int(r, "old_size", (long long)old_len);
+	r->vmlck_before_kb = some_if_valid(status_kb("VmLck"));
+	char *p = map_locked(c, r, old_len);
+	if (p == MAP_FAILED)
+		return;
+	long long v0 = status_kb("VmLck");
+	step_snapshot(r, c, "map_locked", 0, p, old_len);
+
+	key_begin(r);
+	char *q = mremap(p, old_len, new_len, MREMAP_MAYMOVE);
+	int err = q == MAP_FAILED ? errno : 0;
+	key_end(r, err);
+	note_call(r, "mremap", q == MAP_FAILED ? -1 : 0, err, "old=%zu new=%zu MREMAP_MAYMOVE", old_len, new_len);
+	char *cur = q == MAP_FAILED ? p : q;
+	size_t cur_len = q == MAP_FAILED ? old_len : new_len;
+	record_residency(r, cur, cur_len, c->page);
+	record_smaps(r, cur);
+	if (r->vmlck_after_kb.set)
+		rec_int(r, "vmlck_growth_kb", r->vmlck_after_kb.v - v0);
+	rec_int(r, "growth_kb", (long long)((new_len - old_len) / 1024));
+	step_snapshot(r, c, "mremap_grow", err, cur, cur_len);
+	unmap(r, cur, cur_len, "all");
+	r->vmlck_end_kb = some_if_valid(status_kb("VmLck"));
+}
+
+static void run_move(const struct ctx *c, struct record *r, const void *arg)
+{
+	(void)arg;
+	size_t size = small_size(c, 8);
+	r->size = some((long long)size);
+	r->vmlck_before_kb = some_if_valid(status_kb("VmLck"));
+	char *p = map_locked(c, r, size);
+	if (p == MAP_FAILED)
+		return;
+	memset(p, 7, size);
+	/* A reserved target away from the source (mmap(2) "Using MAP_FIXED safely"). */
+	char *target = mmap(NULL, size, PROT_NONE, PRIV_ANON | MAP_NORESERVE, -1, 0);
+	note_call(r, "mmap", target == MAP_FAILED ? -1 : 0, errno, "PROT_NONE target len=%zu", size);
+	if (target == MAP_FAILED) {
+		set_result(r, errno);
+		rec_str(r, "failed_setup", "target reservation");
+		unmap(r, p, size, "source");
+		r->vmlck_end_kb = some_if_valid(status_kb("VmLck"));
+		return;
+	}
+	long long v0 = status_kb("VmLck");
+	key_begin(r);
+	char *q = mremap(p, size, size, MREMAP_MAYMOVE | MREMAP_FIXED, target);
+	int err = q == MAP_FAILED ? errno : 0;
+	key_end(r, err);
+	note_call(r, "mremap", q == MAP_FAILED ? -1 : 0, err, "len=%zu MREMAP_MAYMOVE|MREMAP_FIXED", size);
+	char *cur = q == MAP_FAILED ? p : q;
+	record_residency(r, cur, size, c->page);
+	record_smaps(r, cur);
+	if (r->vmlck_after_kb.set)
+		rec_int(r, "vmlck_move_delta_kb", r->vmlck_after_kb.v - v0);
+	rec_bool(r, "contents_moved", q != MAP_FAILED && q[0] == 7 && q[size - 1] == 7);
+	step_snapshot(r, c, "mremap_move", err, cur, size);
+	if (q == MAP_FAILED) {
+		unmap(r, p, size, "source");
+		unmap(r, target, size, "target");
+	} else {
+		unmap(r, q, size, "moved");
+	}
+	r->vmlck_end_kb = some_if_valid(status_kb("VmLck"));
+}
+
+enum dontunmap_kind { DU_WHOLE, DU_PARTIAL, DU_SHARED };
+
+struct dontunmap_case {
+	enum dontunmap_kind kind;
+};
+
+static void run_dontunmap(const struct ctx *c, struct record *r, const void *arg)
+{
+	const struct dontunmap_case *dc = arg;
+	size_t size = small_size(c, 8);
+	if (dc->kind == DU_PARTIAL && size < 2 * c->page) {
+		if (c->soft == 0 && !c->cap_ipc_lock) {
+			size = 2 * c->page; /* refused at set-up: not applicable below */
+		} else {
+			not_applicable(r, "limit below two pages");
+			return;
+		}
+	}
+	size_t moved = dc->kind == DU_PARTIAL ? size / c->page / 2 * c->page : size;
+	r->size = some((long long)moved);
+	rec_int(r, "mapping_size", (long long)size);
+	r->vmlck_before_kb = some_if_valid(status_kb("VmLck"));
+
+	char *p;
+	int fd = -1;
+	if (dc->kind == DU_SHARED) {
+		fd = memfd_create("probe-dontunmap", MFD_CLOEXEC);
+		if (fd < 0 || ftruncate(fd, (off_t)size) != 0) {
+			not_applicable(r, "no memfd");
+			if (fd >= 0)
+				close(fd);
+			return;
+		}
+		p = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_LOCKED, fd, 0);
+		int err = p == MAP_FAILED ? errno : 0;
+		note_call(r, "mmap", p == MAP_FAILED ? -1 : 0, err, "memfd MAP_SHARED|MAP_LOCKED len=%zu", size);
+		if (p == MAP_FAILED) {
+			setup_failed(r, c, "mmap(MAP_SHARED|MAP_LOCKED)", err);
+			close(fd);
+			return;
+		}
+	} else {
+		p = map_locked(c, r, size);
+		if (p == MAP_FAILED)
+			return;
+	}
+	memset(p, 7, size);
+	long long v0 = status_kb("VmLck");
+	step_snapshot(r, c, "map_locked", 0, p, size);
+
+	key_begin(r);
+	char *q = mremap(p, moved, moved, MREMAP_MAYMOVE | MREMAP_DONTUNMAP, NULL);
+	int err = q == MAP_FAILED ? errno : 0;
+	key_end(r, err);
+	note_call(r, "mremap", q == MAP_FAILED ? -1 : 0, err, "len=%zu of %zu MREMAP_MAYMOVE|MREMAP_DONTUNMAP", moved, size);
+	if (r->vmlck_after_kb.set)
+		rec_int(r, "vmlck_remap_delta_kb", r->vmlck_after_kb.v - v0);
+	if (q != MAP_FAILED) {
+		record_residency(r, q, moved, c->page);
+		record_smaps(r, q);
+		struct smaps_info old, rest;
+		smaps_at(p, &old);
+		rec_bool(r, "old_range_lo", old.found && old.lo);
+		rec_opt(r, "old_range_resident_pages", resident_count(p, moved, c->page));
+		rec_bool(r, "new_range_lo", r->smaps.found && r->smaps.lo);
+		if (dc->kind == DU_PARTIAL) {
+			/* The half that was not moved: still locked? Still charged? */
+			smaps_at(p + moved, &rest);
+			rec_bool(r, "unmoved_range_lo", rest.found && rest.lo);
+			rec_opt(r, "unmoved_range_resident_pages", resident_count(p + moved, size - moved, c->page));
+		}
+		step_snapshot(r, c, "mremap_dontunmap_new", err, q, moved);
+		step_snapshot(r, c, "mremap_dontunmap_old", err, p, size);
+		unmap(r, q, moved, "new");
+		step_snapshot(r, c, "munmap_new", 0, NULL, 0);
+	} else {
+		step_snapshot(r, c, "mremap_dontunmap", err, p, size);
+	}
+	unmap(r, p, size, "old");
+	if (fd >= 0)
+		close(fd);
+	r->vmlck_end_kb = some_if_valid(status_kb("VmLck"));
+}
+
+static const struct grow_case gc_within = {false}, gc_over = {true};
+static const struct dontunmap_case du_whole = {DU_WHOLE}, du_partial = {DU_PARTIAL}, du_shared = {DU_SHARED};
+
+static const struct case_def defs[] = {
+	{"mremap_grow_within", "mmap(MAP_LOCKED) of 8 pages, mremap to 16 (capped to the limit): growth populated and charged", run_grow, &gc_within, false},
+	{"mremap_grow_over", "mmap(MAP_LOCKED) of half the soft limit, mremap to the limit plus one page", run_grow, &gc_over, false},
+	{"mremap_move", "mmap(MAP_LOCKED) of 8 pages, mremap(MREMAP_MAYMOVE|MREMAP_FIXED) elsewhere", run_move, NULL, false},
+	{"mremap_dontunmap_whole", "mmap(MAP_LOCKED) of 8 pages, mremap(MREMAP_DONTUNMAP) of all of it", run_dontunmap, &du_whole, false},
+	{"mremap_dontunmap_partial", "mmap(MAP_LOCKED) of 8 pages, mremap(MREMAP_DONTUNMAP) of the first half", run_dontunmap, &du_partial, false},
+	{"mremap_dontunmap_shared", "memfd mmap(MAP_SHARED|MAP_LOCKED) of 8 pages, mremap(MREMAP_DONTUNMAP) of all of it", run_dontunmap, &du_shared, false},
+};
+CASE_TABLE(cases_mremap, defs);
