@@ -284,9 +284,12 @@ static void run_case(const struct case_def *cd, double timeout_s)
 		j_raw(&j, rec_buf, len - 1); /* reopen the child's object to add the parent's fields */
 		j_continue_object(&j);
 	} else {
+		struct ctx c;
+		read_ctx(&c); /* the parent runs as the same user under the same limit as its child */
 		j_open(&j, '{');
 		j_kstr(&j, "kind", "case");
 		j_kstr(&j, "case", cd->name);
+		emit_context(&j, &c);
 	}
 
 	char sb[16];

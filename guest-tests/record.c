@@ -458,13 +458,8 @@ void record_signal(struct record *r, int sig)
 		r->sigs[r->nsigs++] = sig;
 }
 
-void emit_record(struct json *j, const char *name, const struct ctx *c, const struct record *r)
+void emit_context(struct json *j, const struct ctx *c)
 {
-	char nb[16];
-
-	j_open(j, '{');
-	j_kstr(j, "kind", "case");
-	j_kstr(j, "case", name);
 	j_kint(j, "uid", (long long)c->uid);
 	j_kbool(j, "cap_ipc_lock", c->cap_ipc_lock);
 	j_kopt(j, "rlimit_soft", c->soft == RLIM_INFINITY ? none : some((long long)c->soft));
@@ -472,6 +467,16 @@ void emit_record(struct json *j, const char *name, const struct ctx *c, const st
 	j_kint(j, "page_size", (long long)c->page);
 	j_kopt(j, "memtotal_kb", some_if_valid(c->memtotal_kb));
 	j_kopt(j, "memavailable_kb", some_if_valid(c->memavail_kb));
+}
+
+void emit_record(struct json *j, const char *name, const struct ctx *c, const struct record *r)
+{
+	char nb[16];
+
+	j_open(j, '{');
+	j_kstr(j, "kind", "case");
+	j_kstr(j, "case", name);
+	emit_context(j, c);
 
 	j_kbool(j, "applicable", r->applicable);
 	j_kstr(j, "reason", r->applicable ? NULL : r->reason);

@@ -169,6 +169,9 @@ void note_call(struct record *r, const char *name, long ret, int err, const char
 	__attribute__((format(printf, 5, 6)));
 void set_result(struct record *r, int err);
 void emit_record(struct json *j, const char *name, const struct ctx *c, const struct record *r);
+/* The context fields alone: for the parent's record of a child that left none (killed, crashed),
+ * so the verdict can still tell who ran under which limit. */
+void emit_context(struct json *j, const struct ctx *c);
 
 /* Case-specific top-level fields (the verdict engine compares top-level fields only). */
 void rec_int(struct record *r, const char *key, long long v);

@@ -28,6 +28,7 @@ class Rule:
     when: Mapping[str, Any]
     expect: Mapping[str, Any]
     cite: str
+    allow_oom: bool = False  # an OOM kill of the probe child is one of the documented outcomes
 
 
 @dataclass(frozen=True)
@@ -70,7 +71,10 @@ def load(path: Path = EXPECTATIONS) -> Expectations:
             unknown = set(r.get("when", {})) - set(_CONDITIONS)
             if unknown:
                 raise UserError(f"{path}: {where}[{i}].when: unknown condition {sorted(unknown)[0]!r}")
-            out.append(Rule(r.get("when", {}), r["expect"], str(r["cite"]).strip()))
+            unknown_keys = set(r) - {"when", "expect", "cite", "allow_oom"}
+            if unknown_keys:
+                raise UserError(f"{path}: {where}[{i}]: unknown key {sorted(unknown_keys)[0]!r}")
+            out.append(Rule(r.get("when", {}), r["expect"], str(r["cite"]).strip(), r.get("allow_oom") is True))
         return tuple(out)
 
     return Expectations(
@@ -133,7 +137,19 @@ _CONDITIONS: dict[str, Callable[[object, Mapping[str, Any], RunContext], bool]] 
     "limit": lambda v, obs, ctx: _limit_class(obs) == v,
     "memlock": lambda v, obs, ctx: ("set" if ctx.memlock_requested else "default") == v,
     "kernel": lambda v, obs, ctx: _version_cond(v, ctx.kernel_version),
+    "limit_at_least": lambda v, obs, ctx: _at_least(obs.get("rlimit_soft", 0), v),
 }
+
+
+def _at_least(soft: object, size: object) -> bool:
+    """The soft limit (None: unlimited) is at least `size` (e.g. "4M")."""
+    from harness.matrix import parse_size
+
+    try:
+        want = parse_size(size)
+    except ValueError as e:
+        raise UserError(f"expectations: limit_at_least: {e}") from None
+    return soft is None or (isinstance(soft, int) and soft >= want)
 
 
 def _matches(rule: Rule, obs: Mapping[str, Any], ctx: RunContext) -> bool:
@@ -153,15 +169,14 @@ def judge(obs: Mapping[str, Any], ctx: RunContext, expectations: Expectations) -
     if status == "timeout":
         return Verdict(Outcome.TIMEOUT, f"case ran past its deadline ({obs.get('duration_ms')} ms)", {}, "")
     if status == "killed":
-        return _killed(obs)
+        return _killed(obs, _rule(obs, ctx, expectations))
     if status != "ok":
         return Verdict(Outcome.INFRA_ERROR, f"probe child {status}: {obs.get('error', 'no record')}", {}, "")
     if obs.get("applicable") is False:
         return Verdict(Outcome.NOT_APPLICABLE, str(obs.get("reason", "not applicable here")), {}, "")
 
     seen = derived(obs)
-    rules = expectations.cases.get(str(obs.get("case")), ())
-    rule = next((r for r in rules if _matches(r, obs, ctx)), None)
+    rule = _rule(obs, ctx, expectations)
     expected: dict[str, Any] = dict(rule.expect) if rule else {}
     cites = [rule.cite] if rule else []
     problems = _differences(expected, seen)
@@ -180,7 +195,12 @@ def judge(obs: Mapping[str, Any], ctx: RunContext, expectations: Expectations) -
     return Verdict(Outcome.PASS, "as expected: " + _describe(expected, seen), expected, citation)
 
 
-def _killed(obs: Mapping[str, Any]) -> Verdict:
+def _rule(obs: Mapping[str, Any], ctx: RunContext, expectations: Expectations) -> Rule | None:
+    rules = expectations.cases.get(str(obs.get("case")), ())
+    return next((r for r in rules if _matches(r, obs, ctx)), None)
+
+
+def _killed(obs: Mapping[str, Any], rule: Rule | None) -> Verdict:
     name = obs.get("signal_name") or f"signal {obs.get('signal')}"
     oom = obs.get("oom_killed")
     lines = [line for line in obs.get("kernel_log") or [] if "Killed process" in line or "oom-kill" in line]
@@ -188,7 +208,10 @@ def _killed(obs: Mapping[str, Any]) -> Verdict:
     # The probe reads the guest's kernel log after each case: trust it when it is there. Without it
     # (no /dev/kmsg), a SIGKILL that the probe did not send can only have come from the OOM killer.
     if oom is True or (oom is None and name == "SIGKILL"):
-        return Verdict(Outcome.OOM_KILLED, f"probe child killed by {name} from the OOM killer{evidence}", {}, "")
+        message = f"probe child killed by {name} from the OOM killer{evidence}"
+        if rule is not None and rule.allow_oom:
+            return Verdict(Outcome.PASS, "as expected (allowed): " + message, {"oom_killed": True}, rule.cite)
+        return Verdict(Outcome.OOM_KILLED, message, {}, "")
     return Verdict(Outcome.DEVIATION, f"probe child died by {name}{evidence}", {}, "")
 
 
