@@ -53,10 +53,27 @@ static void run_selftest_crash(const struct ctx *c, struct record *r, const void
 	_exit(1);
 }
 
+/* Crash the whole guest (root only: sysrq 'c'), so the harness's reboot-and-go-on path can be
+ * tested against a real panic. Never listed, never part of `all`. */
+static void run_selftest_panic(const struct ctx *c, struct record *r, const void *arg)
+{
+	(void)c, (void)arg;
+	/* Only inside a harness guest: on a host this would take the machine down. */
+	if (access("/etc/harness/modules", F_OK) != 0) {
+		not_applicable(r, "not in a harness guest");
+		return;
+	}
+	int fd = open("/proc/sysrq-trigger", O_WRONLY | O_CLOEXEC);
+	if (fd >= 0 && write(fd, "c", 1) == 1)
+		pause(); /* not reached: the kernel is gone */
+	not_applicable(r, "cannot write /proc/sysrq-trigger (needs root): %s", strerror(errno));
+}
+
 static const struct case_def selftests[] = {
 	{"_selftest_kill", "raise(SIGKILL) before sending a record", run_selftest_kill, NULL, true},
 	{"_selftest_hang", "sleep forever (per-case timeout)", run_selftest_hang, NULL, true},
 	{"_selftest_crash", "exit 1 without sending a record", run_selftest_crash, NULL, true},
+	{"_selftest_panic", "crash the guest kernel through sysrq", run_selftest_panic, NULL, true},
 };
 CASE_TABLE(cases_selftest, selftests);
 

@@ -166,6 +166,7 @@ class _Serial:
     ready: threading.Event = field(default_factory=threading.Event)
     ended: threading.Event = field(default_factory=threading.Event)
     panic: bool = False
+    panic_context: list[str] = field(default_factory=list)  # the panic line and what led to it
     tail: list[str] = field(default_factory=list)
     ready_at: float | None = None
 
@@ -224,6 +225,8 @@ class VM:
             s.ready_at = time.monotonic() - self.started
             s.ready.set()
         if any(m in line for m in PANIC_MARKERS):
+            if not s.panic:
+                s.panic_context = s.tail[-12:]  # the stack trace that follows can push it out of the tail
             s.panic = True
 
     @property
@@ -251,7 +254,10 @@ class VM:
         return self._serial.ready_at
 
     def excerpt(self, lines: int = 25) -> str:
-        return "\n".join(self._serial.tail[-lines:])
+        """The last serial lines; after a panic, the lines that led to it first."""
+        tail = self._serial.tail[-lines:]
+        context = [line for line in self._serial.panic_context if line not in tail]
+        return "\n".join([*context, "...", *tail] if context else tail)
 
     def stderr_text(self) -> str:
         self._stderr.seek(0)

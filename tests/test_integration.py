@@ -19,9 +19,9 @@ from pathlib import Path
 import paramiko
 import pytest
 
-from harness import guest, image, kernels, matrix, run, vm
+from harness import guest, image, kernels, matrix, report, run, verdict, vm
 from harness.cache import cache_dir, secret
-from harness.results import Outcome
+from harness.results import BootResult, Outcome
 
 pytestmark = pytest.mark.integration
 REPO = Path(__file__).resolve().parent.parent
@@ -239,3 +239,29 @@ def test_interrupt_keeps_finished_results(tmp_path: Path, signum: int) -> None:
     assert sum(1 for c in cases if c["outcome"] == "pass") >= done
     assert any(c["message"] == "interrupted before this case ran" for c in cases)
     assert qemu_pids() <= before, "an interrupted run left QEMU running"
+
+
+def test_a_case_that_panics_the_guest_is_recorded_and_the_rest_go_on(bookworm: Prepared, tmp_path: Path) -> None:
+    """A real panic mid-run (sysrq 'c' from the probe's hidden self-test): that case is PANIC with
+    the kernel's words, the guest is booted again, and the remaining cases of the boot still run."""
+    kernel, img, key = bookworm
+    cases = ("limits", "_selftest_panic", "map_locked_over")
+    plan = matrix.BootPlan("bookworm-panic", matrix.DebianKernel(("bookworm",)), 256,
+                           (matrix.RunPlan(None, "root", cases), matrix.RunPlan(None, "user", ("limits",))),
+                           matrix.Timeouts(boot=240, case=60))  # fmt: skip
+    result = BootResult(plan.id, kernel.info(), 256)
+    writer = report.RunWriter(tmp_path, "panic-test", run.now(), [plan.id])
+    cache = cache_dir()
+    run.run_boot(plan, run.Prepared(kernel, img), result, verdict.load(), vm.accelerator(), key,
+                 image.disk_image(cache / "images"), tmp_path, writer, run.Live())  # fmt: skip
+
+    got = {(c.case, c.user): c for c in result.cases}
+    assert [c.case for c in result.cases] == ["limits", "_selftest_panic", "map_locked_over", "limits"]
+    assert got["_selftest_panic", "root"].outcome is Outcome.PANIC
+    assert "Kernel panic" in got["_selftest_panic", "root"].message
+    assert got["map_locked_over", "root"].outcome is Outcome.PASS
+    assert got["limits", "user"].outcome is Outcome.PASS
+    assert result.reboots == 1 and result.error == ""
+    assert (tmp_path / result.serial_log).read_text().count("HARNESS-READY") == 2
+    saved = json.loads((tmp_path / "results.json").read_text())
+    assert saved["boots"][0]["reboots"] == 1
