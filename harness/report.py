@@ -205,6 +205,7 @@ def _boot_json(boot: BootResult) -> dict[str, Any]:
         "timings": dict(boot.timings),
         "error": boot.error,
         "reboots": boot.reboots,
+        "retries": boot.retries,
         "cases": [_case_json(r) for r in boot.cases],
     }
 

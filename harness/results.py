@@ -77,4 +77,5 @@ class BootResult:
     timings: dict[str, float] = field(default_factory=dict)  # marker, ssh, probe (seconds from start)
     error: str = ""  # infrastructure error that stopped the boot, if any
     reboots: int = 0  # guests lost to a case (panic, hang, QEMU or SSH gone) and booted again
+    retries: int = 0  # boots tried again after an infrastructure failure (not a kernel panic)
     cases: list[CaseResult] = field(default_factory=list)

@@ -156,6 +156,7 @@ class Live:
 
 
 MAX_REBOOTS = 3  # guests lost in one boot plan before its remaining cases are given up
+INFRA_RETRIES = 2  # boots that fail for the machinery's sake (not a kernel panic) are tried again
 
 
 class GuestLost(Exception):
@@ -208,6 +209,13 @@ def run_boot(
                     result.error = f"gave up after losing the guest {result.reboots} times; last: {lost.message}"
                     _fill(result, plan, plan.runs, Outcome.INFRA_ERROR, "not run: " + result.error)
                     return
+            except InfraError as e:
+                # A boot that failed on the machinery (QEMU, SSH) is tried again; a kernel that
+                # panics while booting has given its answer. Verdicts are never retried.
+                panicked = isinstance(e, vm.BootFailure) and e.panicked
+                if panicked or live.cancelled.is_set() or result.retries >= INFRA_RETRIES:
+                    raise
+                result.retries += 1
     except vm.BootFailure as e:
         if live.cancelled.is_set():
             raise Cancelled() from e

@@ -234,6 +234,10 @@ class VM:
         return self._proc.popen.poll() is None
 
     @property
+    def pid(self) -> int:
+        return self._proc.popen.pid
+
+    @property
     def exit_status(self) -> int | None:
         status: int | None = self._proc.popen.poll()
         return status

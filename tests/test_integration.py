@@ -11,9 +11,10 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import xml.etree.ElementTree as ET
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import paramiko
@@ -265,3 +266,90 @@ def test_a_case_that_panics_the_guest_is_recorded_and_the_rest_go_on(bookworm: P
     assert (tmp_path / result.serial_log).read_text().count("HARNESS-READY") == 2
     saved = json.loads((tmp_path / "results.json").read_text())
     assert saved["boots"][0]["reboots"] == 1
+
+
+def test_a_guest_without_its_nic_driver_is_an_infrastructure_error_after_bounded_retries(
+    bookworm: Prepared, tmp_path: Path
+) -> None:
+    """An image without the NIC's modules boots but can never be reached: every case is an
+    infrastructure error naming the cause, the boot is tried 1 + INFRA_RETRIES times, no QEMU stays."""
+    kernel, _, key = bookworm
+    cache = cache_dir()
+    base = image.base_entries(run.build_probe().path, guest.public_line(key))
+    deaf = image.build(base, [], secret(cache, "guest-host-key"), tmp_path / "images")
+    plan = matrix.BootPlan("bookworm-deaf", matrix.DebianKernel(("bookworm",)), 256,
+                           (matrix.RunPlan(None, "root", ("limits", "mlock_over")),),
+                           matrix.Timeouts(boot=120, case=30))  # fmt: skip
+    result = BootResult(plan.id, kernel.info(), 256)
+    writer = report.RunWriter(tmp_path, "deaf-test", run.now(), [plan.id])
+    before = qemu_pids()
+    run.run_boot(plan, run.Prepared(kernel, deaf), result, verdict.load(), vm.accelerator(), key,
+                 image.disk_image(cache / "images"), tmp_path, writer, run.Live())  # fmt: skip
+    assert [c.outcome for c in result.cases] == [Outcome.INFRA_ERROR, Outcome.INFRA_ERROR]
+    assert "cannot reach root@[127.0.0.1]" in result.error
+    assert result.retries == run.INFRA_RETRIES and result.reboots == 0
+    assert (tmp_path / result.serial_log).read_text().count("HARNESS-READY") == 1 + run.INFRA_RETRIES
+    assert qemu_pids() <= before
+
+
+def _inject_during_next_case(result: BootResult, live: run.Live, after: str, fault: Callable[[vm.VM], None]) -> None:
+    """Once `after` has a result (so the hanging self-test has started), inject the fault."""
+
+    def watch() -> None:
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline:
+            if any(c.case == after for c in result.cases) and live.vms:
+                time.sleep(1.0)
+                fault(next(iter(live.vms)))
+                return
+            time.sleep(0.1)
+
+    threading.Thread(target=watch, daemon=True).start()
+
+
+def _run_with_fault(bookworm: Prepared, tmp_path: Path, fault: Callable[[vm.VM], None]) -> BootResult:
+    kernel, img, key = bookworm
+    plan = matrix.BootPlan("bookworm-fault", matrix.DebianKernel(("bookworm",)), 256,
+                           (matrix.RunPlan(None, "root", ("limits", "_selftest_hang", "map_locked_over")),),
+                           matrix.Timeouts(boot=240, case=120))  # fmt: skip
+    result = BootResult(plan.id, kernel.info(), 256)
+    writer = report.RunWriter(tmp_path, "fault-test", run.now(), [plan.id])
+    live = run.Live()
+    _inject_during_next_case(result, live, "limits", fault)
+    run.run_boot(plan, run.Prepared(kernel, img), result, verdict.load(), vm.accelerator(), key,
+                 image.disk_image(cache_dir() / "images"), tmp_path, writer, live)  # fmt: skip
+    return result
+
+
+def test_qemu_killed_from_outside_mid_case(bookworm: Prepared, tmp_path: Path) -> None:
+    """SIGKILL to QEMU during a case: that case is an infrastructure error naming QEMU's exit,
+    the guest is booted again and the next case passes."""
+    before = qemu_pids()
+    result = _run_with_fault(bookworm, tmp_path, lambda machine: os.kill(machine.pid, signal.SIGKILL))
+    got = {c.case: c for c in result.cases}
+    assert got["limits"].outcome is Outcome.PASS
+    assert got["_selftest_hang"].outcome is Outcome.INFRA_ERROR
+    assert "QEMU exited during this case" in got["_selftest_hang"].message
+    assert got["map_locked_over"].outcome is Outcome.PASS
+    assert result.reboots == 1 and result.error == ""
+    assert qemu_pids() <= before
+
+
+def test_ssh_connection_dropped_mid_case(bookworm: Prepared, tmp_path: Path) -> None:
+    """The guest's dropbear process serving the probe run is killed (a real dropped connection):
+    the case is an infrastructure error, the guest is booted again and the next case passes."""
+    _, img, key = bookworm
+
+    def drop_ssh(machine: vm.VM) -> None:
+        with guest.Guest(guest.Endpoint(machine.config.port, img.host_key), "root", key) as g:
+            g.connect()
+            # every dropbear but the listener and the one serving this very command
+            g.run(["sh", "-c", 'for p in $(pidof dropbear); do [ "$p" = "$PPID" ] || '
+                   '[ "$p" = "$(cat /tmp/dropbear.pid)" ] || kill -9 "$p"; done'], 30)  # fmt: skip
+
+    result = _run_with_fault(bookworm, tmp_path, drop_ssh)
+    got = {c.case: c for c in result.cases}
+    assert got["_selftest_hang"].outcome is Outcome.INFRA_ERROR
+    assert "lost the guest during this case" in got["_selftest_hang"].message
+    assert got["map_locked_over"].outcome is Outcome.PASS
+    assert result.reboots == 1

@@ -369,6 +369,7 @@ def test_results_json_round_trips_with_counts() -> None:
         "timings",
         "error",
         "reboots",
+        "retries",
         "cases",
     }
     deviation = first["cases"][1]
