@@ -235,7 +235,8 @@ class VM:
 
     @property
     def pid(self) -> int:
-        return self._proc.popen.pid
+        pid: int = self._proc.popen.pid
+        return pid
 
     @property
     def exit_status(self) -> int | None:
