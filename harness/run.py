@@ -14,6 +14,7 @@ import os
 import platform
 import secrets
 import subprocess
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -359,6 +360,17 @@ def _why_lost(error: InfraError, machine: vm.VM) -> GuestLost:
 # --- the whole run ----------------------------------------------------------------------------
 
 
+def check_writable(results: Path) -> None:
+    """Before anything is downloaded or booted: can results be written there at all?"""
+    try:
+        results.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=results, prefix=".harness-check-"):
+            pass
+    except OSError as e:
+        raise InfraError(f"{results}: results cannot be written there: {e.strerror}; give --results a "
+                         "writable directory") from e  # fmt: skip
+
+
 def new_run_dir(results: Path) -> tuple[str, Path]:
     stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ")
     run_id = f"{stamp}-{secrets.token_hex(2)}"
@@ -387,6 +399,7 @@ def execute(
 ) -> tuple[Path, list[BootResult]]:
     """Run a matrix end to end; returns the run directory and the boot results (also on disk)."""
     live = live or Live()
+    check_writable(options.results)
     probe = build_probe()
     plans = matrix.expand(mx, probe.names)
     expectations = verdict.load()

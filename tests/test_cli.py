@@ -142,3 +142,14 @@ def test_truncated_kernel_is_bad_input(tmp_path: Path, capsys: pytest.CaptureFix
     assert code == 2
     (line,) = err.splitlines()
     assert line.startswith("harness: error: m.yaml:2: kernels.0: ")
+
+
+def test_unwritable_results_directory_fails_before_anything_starts(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (tmp_path / "m.yaml").write_text("kernels:\n  - debian: bookworm\n")
+    (tmp_path / "taken").write_text("a file where the results directory should be")
+    code, _, err = run(["run", "--matrix", "m.yaml", "--results", "taken/results"], capsys)
+    assert code == 3
+    (line,) = err.splitlines()
+    assert line.startswith("harness: infrastructure error: taken/results: results cannot be written there")

@@ -353,3 +353,30 @@ def test_ssh_connection_dropped_mid_case(bookworm: Prepared, tmp_path: Path) -> 
     assert "lost the guest during this case" in got["_selftest_hang"].message
     assert got["map_locked_over"].outcome is Outcome.PASS
     assert result.reboots == 1
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="mounting a small tmpfs needs root")
+def test_results_disk_filling_up_mid_run(tmp_path: Path) -> None:
+    """The results file system fills up mid-run (a real 320 KiB tmpfs): exit 3 with one line naming
+    the file and ENOSPC, the reports on disk stay valid (the last complete write), no QEMU stays."""
+    m = tmp_path / "m.yaml"
+    m.write_text("kernels: [{debian: bookworm}]\nmemlock: [default, 64K, 0, unlimited]\nusers: [root, user]\n")
+    results = tmp_path / "small"
+    results.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=320k", "tmpfs", str(results)], check=True)
+    try:
+        before = qemu_pids()
+        proc = subprocess.run(
+            [sys.executable, "-m", "harness", "run", "--matrix", str(m), "--results", str(results)],
+            capture_output=True, text=True, cwd=REPO, timeout=900,
+        )  # fmt: skip
+        assert proc.returncode == 3, proc.stdout + proc.stderr
+        (line,) = proc.stderr.splitlines()
+        assert line.startswith("harness: infrastructure error: ") and "ENOSPC" in line
+        run_dir = (results / "latest").resolve()
+        data = json.loads((run_dir / "results.json").read_text())
+        assert data["boots"][0]["cases"], "what finished before the disk filled up is kept"
+        ET.parse(run_dir / "junit.xml")
+        assert qemu_pids() <= before
+    finally:
+        subprocess.run(["umount", str(results)], check=False)

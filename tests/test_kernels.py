@@ -4,9 +4,11 @@ import http.server
 import lzma
 import os
 import shutil
+import socket
 import struct
 import subprocess
 import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -689,3 +691,15 @@ def test_version_whose_modules_left_the_index_is_an_infrastructure_error() -> No
         resolve_in(DebianKernel(("tb",), version="7.0"), {"tb": BACKPORTS})
     with pytest.raises(UserError, match="version 6.19 is not in tb"):
         resolve_in(DebianKernel(("tb",), version="6.19"), {"tb": BACKPORTS})
+
+
+def test_unreachable_mirror_is_an_infrastructure_error_after_bounded_retries(tmp_path: Path) -> None:
+    """Nothing listens on the port: a few quick retries, then one InfraError naming the URL."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # closed again: connections are refused
+    a = Archive(f"http://127.0.0.1:{port}/debian", tmp_path / "cache", retry_delay=0.01)
+    start = time.monotonic()
+    with pytest.raises(InfraError, match=rf"127\.0\.0\.1:{port}/debian/dists/bookworm/InRelease"):
+        a.packages("bookworm")
+    assert time.monotonic() - start < 10
