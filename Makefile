@@ -5,7 +5,7 @@ APT_PACKAGES := qemu-system-x86 busybox-static dropbear-bin cpio gcc libc6-dev m
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: run test bench deps venv probe lint unit clean
+.PHONY: run test bench soak deps venv probe lint unit clean
 
 run: deps venv probe
 	$(BIN)/harness run $(ARGS)
@@ -22,6 +22,9 @@ unit: venv probe
 
 bench: deps venv probe
 	$(BIN)/python bench/bench.py $(ARGS)
+
+soak: deps venv probe
+	$(BIN)/python bench/soak.py $(ARGS)
 
 # Installs what is missing as root; otherwise prints the one command that would, and stops.
 deps:
