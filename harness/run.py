@@ -14,7 +14,6 @@ import os
 import platform
 import secrets
 import subprocess
-import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -361,14 +360,15 @@ def _why_lost(error: InfraError, machine: vm.VM) -> GuestLost:
 
 
 def check_writable(results: Path) -> None:
-    """Before anything is downloaded or booted: can results be written there at all?"""
-    try:
-        results.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=results, prefix=".harness-check-"):
-            pass
-    except OSError as e:
-        raise InfraError(f"{results}: results cannot be written there: {e.strerror}; give --results a "
-                         "writable directory") from e  # fmt: skip
+    """Before anything is downloaded or booted: could results be written there? (Creates nothing.)"""
+    existing = results
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    problem = ("is not a directory" if not existing.is_dir()
+               else "is not writable" if not os.access(existing, os.W_OK | os.X_OK) else "")  # fmt: skip
+    if problem:
+        raise InfraError(f"{results}: results cannot be written there ({existing} {problem}); give --results "
+                         "a writable directory")
 
 
 def new_run_dir(results: Path) -> tuple[str, Path]:
@@ -465,11 +465,11 @@ def execute(
                 fut.cancel()
             raise
         finally:
+            pool.shutdown(wait=True, cancel_futures=True)  # first: no boot thread may still be adding cases
             for p in plans:
                 _fill(results[p.id], p, p.runs, Outcome.INFRA_ERROR, "interrupted before this case ran")
                 if live.cancelled.is_set():
                     results[p.id].error = results[p.id].error or "run interrupted"
-            pool.shutdown(wait=True, cancel_futures=True)
             writer.write_manifest(manifest(mx, matrix_text, options, accel, probe, prepared, plans, results, disk))
             writer.finish(now(), interrupted=live.cancelled.is_set())
     return run_dir, [results[p.id] for p in plans]
