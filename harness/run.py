@@ -470,6 +470,7 @@ def execute(
                 _fill(results[p.id], p, p.runs, Outcome.INFRA_ERROR, "interrupted before this case ran")
                 if live.cancelled.is_set():
                     results[p.id].error = results[p.id].error or "run interrupted"
+                writer.update(results[p.id], flush=False)
             writer.write_manifest(manifest(mx, matrix_text, options, accel, probe, prepared, plans, results, disk))
             writer.finish(now(), interrupted=live.cancelled.is_set())
     return run_dir, [results[p.id] for p in plans]
