@@ -499,8 +499,8 @@ def from_path(spec: PathKernel, cache: Path) -> Kernel:
     elif is_bzimage(data):
         try:
             bzimage_payload(data)
-        except ValueError:
-            raise not_kernel from None
+        except ValueError as e:
+            raise UserError(f"path {path}: a bzImage header, but not a whole kernel ({e})") from None
         found = bzimage_version(data)
         elf = vmlinux_from_image(data)
         if elf is not None:
