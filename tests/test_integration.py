@@ -380,3 +380,22 @@ def test_results_disk_filling_up_mid_run(tmp_path: Path) -> None:
         assert qemu_pids() <= before
     finally:
         subprocess.run(["umount", str(results)], check=False)
+
+
+def test_an_oom_killed_case_is_told_from_the_kernel_log(bookworm: Prepared, tmp_path: Path) -> None:
+    """A case that locks more than MemAvailable: the OOM killer takes the probe child (and not
+    sshd or the guest), the kernel's own lines say so, and the next case runs in the same guest."""
+    kernel, img, key = bookworm
+    plan = matrix.BootPlan("bookworm-oom", matrix.DebianKernel(("bookworm",)), 256,
+                           (matrix.RunPlan(None, "root", ("oom_map_locked_between", "limits")),),
+                           matrix.Timeouts(boot=240, case=120))  # fmt: skip
+    result = BootResult(plan.id, kernel.info(), 256)
+    writer = report.RunWriter(tmp_path, "oom-test", run.now(), [plan.id])
+    run.run_boot(plan, run.Prepared(kernel, img), result, verdict.load(), vm.accelerator(), key,
+                 image.disk_image(cache_dir() / "images"), tmp_path, writer, run.Live())  # fmt: skip
+    oom, limits = result.cases
+    assert oom.observation is not None and oom.observation["status"] == "killed"
+    assert oom.observation["oom_killed"] is True
+    assert any(f"Killed process {oom.observation['child_pid']} " in line for line in oom.observation["kernel_log"])
+    assert oom.outcome is Outcome.PASS and "OOM killer" in oom.message  # the rule allows it: documented
+    assert limits.outcome is Outcome.PASS and result.reboots == 0
