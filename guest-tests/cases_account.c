@@ -37,56 +37,39 @@ static void run_relock_overlap(const struct ctx *c, struct record *r, const void
 			return;
 		}
 	}
-	if (c->memavail_kb >= 0 && (unsigned long long)size > (unsigned long long)c->memavail_kb * 512) {
-		not_applicable(r, "does not fit in guest RAM (size %zu > MemAvailable/2)", size);
+	if (!fits_in_ram(c, r, size))
 		return;
-	}
 	r->size = some((long long)size);
 	size_t half = size / c->page / 2 * c->page;
-	r->vmlck_before_kb = some_if_valid(status_kb("VmLck"));
+	r->vmlck_before_kb = vmlck_now();
 
-	char *p = mmap(NULL, size, PROT_READ | PROT_WRITE, PRIV_ANON, -1, 0);
-	int err = p == MAP_FAILED ? errno : 0;
-	note_call(r, "mmap", p == MAP_FAILED ? -1 : 0, err, "MAP_PRIVATE|MAP_ANONYMOUS len=%zu", size);
-	if (p == MAP_FAILED) {
-		setup_failed(r, c, "mmap", err);
+	char *p = setup_mmap(r, c, "mmap", size, PROT_READ | PROT_WRITE, PRIV_ANON, -1, "MAP_PRIVATE|MAP_ANONYMOUS len=%zu", size);
+	if (!p)
 		return;
-	}
-	int ret = mlock(p, half);
-	err = ret ? errno : 0;
-	note_call(r, "mlock", ret, err, "first half len=%zu", half);
+	int err = mlock_noted(r, p, half, "first half");
 	step_snapshot(r, c, "mlock_first_half", err, p, size);
 	if (err) {
 		setup_failed(r, c, "mlock of the first half", err);
 	} else {
-		key_begin(r);
-		ret = mlock(p, size);
-		err = ret ? errno : 0;
-		key_end(r, err);
-		note_call(r, "mlock", ret, err, "whole range, overlapping the locked half, len=%zu", size);
-		record_residency(r, p, size, c->page);
-		record_smaps(r, p);
+		err = key_mlock(r, p, size, "whole range, overlapping the locked half,");
+		record_mapping(r, p, size, c->page);
 		step_snapshot(r, c, "mlock_whole", err, p, size);
 
 		long long v1 = status_kb("VmLck");
-		ret = mlock(p, size);
-		int err2 = ret ? errno : 0;
-		note_call(r, "mlock", ret, err2, "whole range again len=%zu", size);
+		int err2 = mlock_noted(r, p, size, "whole range again");
 		long long v2 = status_kb("VmLck");
 		step_snapshot(r, c, "mlock_whole_again", err2, p, size);
 		rec_errno(r, "result_relock_again", err2);
 		rec_int(r, "vmlck_relock_delta_kb", v2 - v1);
 
-		ret = munlock(p, size);
-		note_call(r, "munlock", ret, errno, "once, whole range len=%zu", size);
+		int uerr = munlock_noted(r, p, size, "once, whole range");
 		long long v3 = status_kb("VmLck");
-		step_snapshot(r, c, "munlock_once", ret ? errno : 0, p, size);
+		step_snapshot(r, c, "munlock_once", uerr, p, size);
 		rec_int(r, "vmlck_after_single_munlock_kb", v3);
 		rec_bool(r, "single_munlock_unlocks", r->vmlck_before_kb.set && v3 == r->vmlck_before_kb.v);
 	}
-	ret = munmap(p, size);
-	note_call(r, "munmap", ret, errno, "len=%zu", size);
-	r->vmlck_end_kb = some_if_valid(status_kb("VmLck"));
+	munmap_noted(r, p, size, NULL);
+	r->vmlck_end_kb = vmlck_now();
 }
 
 static void run_munlock_middle(const struct ctx *c, struct record *r, const void *arg)
@@ -94,54 +77,43 @@ static void run_munlock_middle(const struct ctx *c, struct record *r, const void
 	(void)arg;
 	size_t third = small_size(c, 12) / c->page / 3;
 	if (third == 0) {
-		if (c->soft == 0 && !c->cap_ipc_lock) {
-			third = 1; /* the MAP_LOCKED set-up is refused: not applicable below */
-		} else {
+		if (!locks_refused(c)) {
 			not_applicable(r, "limit below three pages");
 			return;
 		}
+		third = 1; /* the MAP_LOCKED set-up is refused: not applicable below */
 	}
 	size_t t = third * c->page, size = 3 * t;
 	r->size = some((long long)size);
-	r->vmlck_before_kb = some_if_valid(status_kb("VmLck"));
-	char *p = mmap(NULL, size, PROT_READ | PROT_WRITE, PRIV_ANON | MAP_LOCKED, -1, 0);
-	int err = p == MAP_FAILED ? errno : 0;
-	note_call(r, "mmap", p == MAP_FAILED ? -1 : 0, err, "MAP_PRIVATE|MAP_ANONYMOUS|MAP_LOCKED len=%zu", size);
-	if (p == MAP_FAILED) {
-		setup_failed(r, c, "mmap(MAP_LOCKED)", err);
+	r->vmlck_before_kb = vmlck_now();
+	char *p = setup_map_locked(r, c, size);
+	if (!p)
 		return;
-	}
 	long long v0 = status_kb("VmLck");
 	step_snapshot(r, c, "map_locked", 0, p, size);
 
 	key_begin(r);
 	int ret = munlock(p + t, t);
-	err = ret ? errno : 0;
+	int err = ret ? errno : 0;
 	key_end(r, err);
 	note_call(r, "munlock", ret, err, "middle third len=%zu", t);
 	long long v1 = r->vmlck_after_kb.set ? r->vmlck_after_kb.v : -1;
 	/* The key call is an unlock: report the mapping's locked size as VmLck after minus before. */
-	record_residency(r, p, size, c->page);
-	record_smaps(r, p);
+	record_mapping(r, p, size, c->page);
 	rec_int(r, "vmlck_drop_kb", v0 - v1);
 	rec_bool(r, "vmlck_drop_is_middle", v0 - v1 == (long long)(t / 1024));
 	rec_int(r, "vma_count_after_munlock", vma_count(p, size));
-	struct smaps_info mid;
-	smaps_at(p + t, &mid);
-	rec_bool(r, "middle_lo", mid.found && mid.lo);
+	rec_bool(r, "middle_lo", smaps_lo_at(p + t));
 	step_snapshot(r, c, "munlock_middle", err, p + t, t);
 
-	ret = mlock(p + t, t);
-	int err2 = ret ? errno : 0;
-	note_call(r, "mlock", ret, err2, "middle third again len=%zu", t);
+	int err2 = mlock_noted(r, p + t, t, "middle third again");
 	rec_errno(r, "result_relock_middle", err2);
 	rec_int(r, "vma_count_after_relock", vma_count(p, size));
 	rec_int(r, "vmlck_after_relock_kb", status_kb("VmLck"));
 	step_snapshot(r, c, "mlock_middle_again", err2, p, size);
 
-	ret = munmap(p, size);
-	note_call(r, "munmap", ret, errno, "len=%zu", size);
-	r->vmlck_end_kb = some_if_valid(status_kb("VmLck"));
+	munmap_noted(r, p, size, NULL);
+	r->vmlck_end_kb = vmlck_now();
 }
 
 static void run_map_fixed_at_limit(const struct ctx *c, struct record *r, const void *arg)
@@ -150,34 +122,28 @@ static void run_map_fixed_at_limit(const struct ctx *c, struct record *r, const 
 	size_t size;
 	if (!case_size(c, SZ_AT, &size, r))
 		return;
-	r->vmlck_before_kb = some_if_valid(status_kb("VmLck"));
-	char *p = mmap(NULL, size, PROT_READ | PROT_WRITE, PRIV_ANON | MAP_LOCKED, -1, 0);
-	int err = p == MAP_FAILED ? errno : 0;
-	note_call(r, "mmap", p == MAP_FAILED ? -1 : 0, err, "MAP_PRIVATE|MAP_ANONYMOUS|MAP_LOCKED len=%zu", size);
-	if (p == MAP_FAILED) {
-		setup_failed(r, c, "mmap(MAP_LOCKED)", err);
+	r->vmlck_before_kb = vmlck_now();
+	char *p = setup_map_locked(r, c, size);
+	if (!p)
 		return;
-	}
 	p[0] = 42; /* to tell the old page from a fresh one afterwards */
 	long long v0 = status_kb("VmLck");
 	step_snapshot(r, c, "map_locked_at_limit", 0, p, size);
 
 	key_begin(r);
 	char *q = mmap(p, c->page, PROT_READ | PROT_WRITE, PRIV_ANON | MAP_FIXED | MAP_LOCKED, -1, 0);
-	err = q == MAP_FAILED ? errno : 0;
+	int err = q == MAP_FAILED ? errno : 0;
 	key_end(r, err);
 	note_call(r, "mmap", q == MAP_FAILED ? -1 : 0, err, "MAP_FIXED|MAP_LOCKED one page over the first locked page");
-	record_residency(r, p, size, c->page);
-	record_smaps(r, p);
+	record_mapping(r, p, size, c->page);
 	if (r->vmlck_after_kb.set)
 		rec_int(r, "vmlck_replace_delta_kb", r->vmlck_after_kb.v - v0);
 	/* After a failure the old page must still be there (mmap(2) fails before unmapping). */
 	rec_bool(r, "old_page_kept", p[0] == 42);
 	step_snapshot(r, c, "map_fixed_locked_page", err, p, size);
 
-	int ret = munmap(p, size);
-	note_call(r, "munmap", ret, errno, "len=%zu", size);
-	r->vmlck_end_kb = some_if_valid(status_kb("VmLck"));
+	munmap_noted(r, p, size, NULL);
+	r->vmlck_end_kb = vmlck_now();
 }
 
 /* ---- area 11 --------------------------------------------------------------------------- */
@@ -198,28 +164,21 @@ static void run_fork(const struct ctx *c, struct record *r, const void *arg)
 	const struct fork_case *fc = arg;
 	size_t size = small_size(c, 8);
 	r->size = some((long long)size);
-	r->vmlck_before_kb = some_if_valid(status_kb("VmLck"));
+	r->vmlck_before_kb = vmlck_now();
 	prefault_stack();
 
-	char *p = MAP_FAILED;
-	int err;
+	char *p = NULL;
 	if (fc->mcl_future) {
-		int ret = mlockall(MCL_FUTURE);
-		err = ret ? errno : 0;
-		note_call(r, "mlockall", ret, err, "MCL_FUTURE");
+		int err = mlockall_noted(r, MCL_FUTURE, "MCL_FUTURE");
 		if (err) {
 			setup_failed(r, c, "mlockall(MCL_FUTURE)", err);
-			r->vmlck_end_kb = some_if_valid(status_kb("VmLck"));
+			r->vmlck_end_kb = vmlck_now();
 			return;
 		}
 	} else {
-		p = mmap(NULL, size, PROT_READ | PROT_WRITE, PRIV_ANON | MAP_LOCKED, -1, 0);
-		err = p == MAP_FAILED ? errno : 0;
-		note_call(r, "mmap", p == MAP_FAILED ? -1 : 0, err, "MAP_PRIVATE|MAP_ANONYMOUS|MAP_LOCKED len=%zu", size);
-		if (p == MAP_FAILED) {
-			setup_failed(r, c, "mmap(MAP_LOCKED)", err);
+		p = setup_map_locked(r, c, size);
+		if (!p)
 			return;
-		}
 		memset(p, 1, size);
 	}
 
@@ -231,7 +190,7 @@ static void run_fork(const struct ctx *c, struct record *r, const void *arg)
 	}
 	key_begin(r);
 	pid_t pid = fork();
-	err = pid < 0 ? errno : 0;
+	int err = pid < 0 ? errno : 0;
 	key_end(r, err);
 	note_call(r, "fork", pid < 0 ? -1 : 0, err, "%s", "");
 	if (pid == 0) {
@@ -244,9 +203,7 @@ static void run_fork(const struct ctx *c, struct record *r, const void *arg)
 		}
 		rep.vmlck_kb = status_kb("VmLck");
 		if (m != MAP_FAILED) {
-			struct smaps_info si;
-			smaps_at(m, &si);
-			rep.lo = si.found && si.lo;
+			rep.lo = smaps_lo_at(m);
 			opt_t res = resident_count(m, size, c->page);
 			rep.resident = res.set ? res.v : -1;
 		}
@@ -281,25 +238,19 @@ static void run_fork(const struct ctx *c, struct record *r, const void *arg)
 
 	if (fc->mcl_future) {
 		/* The contrast: the parent's own later mapping is locked. */
-		char *m = mmap(NULL, size, PROT_READ | PROT_WRITE, PRIV_ANON, -1, 0);
-		int merr = m == MAP_FAILED ? errno : 0;
-		note_call(r, "mmap", m == MAP_FAILED ? -1 : 0, merr, "parent, after fork, len=%zu", size);
+		int merr;
+		char *m = mmap_noted(r, size, PROT_READ | PROT_WRITE, PRIV_ANON, -1, &merr, "parent, after fork, len=%zu", size);
 		rec_errno(r, "parent_result_mmap", merr);
-		if (m != MAP_FAILED) {
-			struct smaps_info si;
-			smaps_at(m, &si);
-			rec_bool(r, "parent_map_locked", si.found && si.lo);
+		if (m) {
+			rec_bool(r, "parent_map_locked", smaps_lo_at(m));
 			munmap(m, size);
 		}
-		int ret = munlockall();
-		note_call(r, "munlockall", ret, errno, "%s", "");
+		munlockall_noted(r);
 	} else {
-		record_residency(r, p, size, c->page);
-		record_smaps(r, p);
-		int ret = munmap(p, size);
-		note_call(r, "munmap", ret, errno, "len=%zu", size);
+		record_mapping(r, p, size, c->page);
+		munmap_noted(r, p, size, NULL);
 	}
-	r->vmlck_end_kb = some_if_valid(status_kb("VmLck"));
+	r->vmlck_end_kb = vmlck_now();
 }
 
 static const struct fork_case fk_locks = {false}, fk_future = {true};

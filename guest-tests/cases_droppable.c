@@ -25,10 +25,10 @@
 /* True when the kernel knows MAP_DROPPABLE; else the case is marked not applicable. */
 static bool droppable_supported(const struct ctx *c, struct record *r)
 {
-	void *p = mmap(NULL, c->page, PROT_READ | PROT_WRITE, DROP_FLAGS, -1, 0);
-	int err = p == MAP_FAILED ? errno : 0;
-	note_call(r, "mmap", p == MAP_FAILED ? -1 : 0, err, "MAP_DROPPABLE|MAP_ANONYMOUS len=%zu (support check)", c->page);
-	if (p == MAP_FAILED) {
+	int err;
+	void *p = mmap_noted(r, c->page, PROT_READ | PROT_WRITE, DROP_FLAGS, -1, &err,
+			     "MAP_DROPPABLE|MAP_ANONYMOUS len=%zu (support check)", c->page);
+	if (!p) {
 		char nb[16];
 		if (err == EINVAL)
 			not_applicable(r, "MAP_DROPPABLE not supported (before 6.11)");
@@ -61,54 +61,36 @@ static void run_droppable(const struct ctx *c, struct record *r, const void *arg
 	if (!droppable_supported(c, r))
 		return;
 	prefault_stack();
-	r->vmlck_before_kb = some_if_valid(status_kb("VmLck"));
+	r->vmlck_before_kb = vmlck_now();
 
 	int lerr = -1;
 	if (dc->kind == DROP_MCL_FUTURE) {
-		int ret = mlockall(MCL_FUTURE);
-		lerr = ret ? errno : 0;
-		note_call(r, "mlockall", ret, lerr, "MCL_FUTURE");
+		lerr = mlockall_noted(r, MCL_FUTURE, "MCL_FUTURE");
 		rec_errno(r, "result_mlockall", lerr);
 	}
 
 	char *p;
-	int err;
 	int flags = DROP_FLAGS | (dc->kind == DROP_MAP_LOCKED ? MAP_LOCKED : 0);
 	if (dc->kind == DROP_MLOCK) {
-		p = mmap(NULL, size, PROT_READ | PROT_WRITE, flags, -1, 0);
-		err = p == MAP_FAILED ? errno : 0;
-		note_call(r, "mmap", p == MAP_FAILED ? -1 : 0, err, "MAP_DROPPABLE|MAP_ANONYMOUS len=%zu", size);
-		if (p == MAP_FAILED) {
-			setup_failed(r, c, "mmap(MAP_DROPPABLE)", err);
+		p = setup_mmap(r, c, "mmap(MAP_DROPPABLE)", size, PROT_READ | PROT_WRITE, flags, -1,
+			       "MAP_DROPPABLE|MAP_ANONYMOUS len=%zu", size);
+		if (!p)
 			return;
-		}
-		key_begin(r);
-		int ret = mlock(p, size);
-		err = ret ? errno : 0;
-		key_end(r, err);
-		note_call(r, "mlock", ret, err, "len=%zu", size);
+		key_mlock(r, p, size, NULL);
 	} else {
-		key_begin(r);
-		p = mmap(NULL, size, PROT_READ | PROT_WRITE, flags, -1, 0);
-		err = p == MAP_FAILED ? errno : 0;
-		key_end(r, err);
-		note_call(r, "mmap", p == MAP_FAILED ? -1 : 0, err, "MAP_DROPPABLE|MAP_ANONYMOUS%s len=%zu",
-			  dc->kind == DROP_MAP_LOCKED ? "|MAP_LOCKED" : "", size);
+		p = key_mmap(r, size, PROT_READ | PROT_WRITE, flags, -1, NULL, "MAP_DROPPABLE|MAP_ANONYMOUS%s len=%zu",
+			     dc->kind == DROP_MAP_LOCKED ? "|MAP_LOCKED" : "", size);
 	}
-	if (p != MAP_FAILED) {
-		record_residency(r, p, size, c->page);
-		record_smaps(r, p);
+	if (p) {
+		record_mapping(r, p, size, c->page);
 		record_dp(r);
 		touch_key(r, p, size, c->page, true, NULL);
 		rec_opt(r, "resident_after_touch", resident_count(p, size, c->page));
-		int ret = munmap(p, size);
-		note_call(r, "munmap", ret, errno, "len=%zu", size);
+		munmap_noted(r, p, size, NULL);
 	}
-	if (lerr == 0) {
-		int ret = munlockall();
-		note_call(r, "munlockall", ret, errno, "%s", "");
-	}
-	r->vmlck_end_kb = some_if_valid(status_kb("VmLck"));
+	if (lerr == 0)
+		munlockall_noted(r);
+	r->vmlck_end_kb = vmlck_now();
 }
 
 static const struct drop_case dk_alone = {DROP_ALONE}, dk_map_locked = {DROP_MAP_LOCKED}, dk_mlock = {DROP_MLOCK},

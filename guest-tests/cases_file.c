@@ -74,34 +74,23 @@ static void run_past_eof(const struct ctx *c, struct record *r, const void *arg)
 		return;
 	}
 	rec_int(r, "file_size", (long long)flen);
-	r->vmlck_before_kb = some_if_valid(status_kb("VmLck"));
+	r->vmlck_before_kb = vmlck_now();
 
 	char *p;
 	int err;
 	if (ec->map_locked) {
-		key_begin(r);
-		p = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_LOCKED, fd, 0);
-		err = p == MAP_FAILED ? errno : 0;
-		key_end(r, err);
-		note_call(r, "mmap", p == MAP_FAILED ? -1 : 0, err, "MAP_SHARED|MAP_LOCKED len=%zu file=%zu", size, flen);
+		p = key_mmap(r, size, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_LOCKED, fd, &err,
+			     "MAP_SHARED|MAP_LOCKED len=%zu file=%zu", size, flen);
 	} else {
-		p = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
-		err = p == MAP_FAILED ? errno : 0;
-		note_call(r, "mmap", p == MAP_FAILED ? -1 : 0, err, "MAP_SHARED len=%zu file=%zu", size, flen);
-		if (p == MAP_FAILED) {
-			setup_failed(r, c, "mmap", err);
+		p = setup_mmap(r, c, "mmap", size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, "MAP_SHARED len=%zu file=%zu", size, flen);
+		if (!p) {
 			close(fd);
 			return;
 		}
-		key_begin(r);
-		int ret = mlock(p, size);
-		err = ret ? errno : 0;
-		key_end(r, err);
-		note_call(r, "mlock", ret, err, "len=%zu", size);
+		err = key_mlock(r, p, size, NULL);
 	}
-	if (p != MAP_FAILED) {
-		record_residency(r, p, size, c->page);
-		record_smaps(r, p);
+	if (p) {
+		record_mapping(r, p, size, c->page);
 		rec_opt(r, "resident_in_file_pages", resident_count(p, flen, c->page));
 		rec_opt(r, "resident_past_eof_pages", resident_count(p + flen, size - flen, c->page));
 		/* The in-file part first (no fault expected once populated), then the tail. */
@@ -110,22 +99,17 @@ static void run_past_eof(const struct ctx *c, struct record *r, const void *arg)
 		touch_pages(r, p, flen, c->page, true, &sig, &f);
 		rec_int(r, "minflt_touch_in_file", f.minflt);
 		size_t ok = touch_pages(r, p + flen, size - flen, c->page, true, &sig, NULL);
-		char sb[16];
-		rec_str(r, "signal_touch_past_eof", sig ? signal_name(sig, sb, sizeof(sb)) : NULL);
+		rec_signal(r, "signal_touch_past_eof", sig);
 		rec_int(r, "past_eof_pages_touched", (long long)ok);
 		if (!ec->map_locked && err != 0) {
 			/* mlock(2) RETURN VALUE: "On error ... no changes are made to any locks". */
-			struct smaps_info si;
-			smaps_at(p, &si);
-			rec_bool(r, "locked_after_failed_mlock", si.found && si.lo);
-			int ret = munlock(p, size);
-			note_call(r, "munlock", ret, errno, "len=%zu", size);
+			rec_bool(r, "locked_after_failed_mlock", smaps_lo_at(p));
+			munlock_noted(r, p, size, NULL);
 		}
-		int ret = munmap(p, size);
-		note_call(r, "munmap", ret, errno, "len=%zu", size);
+		munmap_noted(r, p, size, NULL);
 	}
 	close(fd);
-	r->vmlck_end_kb = some_if_valid(status_kb("VmLck"));
+	r->vmlck_end_kb = vmlck_now();
 }
 
 /* ---- disk-backed file --------------------------------------------------------------------- */
@@ -161,6 +145,24 @@ static opt_t mapped_pages(const void *p, size_t page)
 	return si.found ? some(si.rss_kb * 1024 / (long long)page) : none;
 }
 
+/* Disk reads around a call: pgmajfault() outermost, inblock() innermost. */
+struct disk_reads {
+	long long maj0, maj1;
+	long in0, in1;
+};
+
+static void reads_begin(struct disk_reads *d)
+{
+	d->maj0 = pgmajfault();
+	d->in0 = inblock();
+}
+
+static void reads_end(struct disk_reads *d)
+{
+	d->in1 = inblock();
+	d->maj1 = pgmajfault();
+}
+
 struct disk_case {
 	enum disk_kind kind;
 };
@@ -187,58 +189,42 @@ static void run_disk(const struct ctx *c, struct record *r, const void *arg)
 
 	struct stat st;
 	bool pagecache_visible = fstat(fd, &st) == 0 && (st.st_uid == geteuid() || c->uid == 0);
-	long long maj0 = -1, maj1 = -1;
-	long in0 = 0, in1 = 0;
 
 	/* Drop the file's clean pages so the mapping has to read them (posix_fadvise(2)). */
 	int ret = posix_fadvise(fd, 0, 0, POSIX_FADV_DONTNEED);
 	note_call(r, "posix_fadvise", ret ? -1 : 0, ret, "POSIX_FADV_DONTNEED");
-	r->vmlck_before_kb = some_if_valid(status_kb("VmLck"));
+	r->vmlck_before_kb = vmlck_now();
 
 	char *p;
 	int err;
+	struct disk_reads call;
 	if (dc->kind == DISK_MMAP_MLOCK) {
-		p = mmap(NULL, size, PROT_READ, MAP_PRIVATE, fd, 0);
-		err = p == MAP_FAILED ? errno : 0;
-		note_call(r, "mmap", p == MAP_FAILED ? -1 : 0, err, "PROT_READ MAP_PRIVATE %s len=%zu", DISK_FILE, size);
-		if (p == MAP_FAILED) {
-			setup_failed(r, c, "mmap", err);
+		p = setup_mmap(r, c, "mmap", size, PROT_READ, MAP_PRIVATE, fd, "PROT_READ MAP_PRIVATE %s len=%zu", DISK_FILE, size);
+		if (!p) {
 			close(fd);
 			return;
 		}
 		rec_opt(r, "mapped_before_call", mapped_pages(p, c->page));
 		if (pagecache_visible)
 			rec_opt(r, "pagecache_before_call", resident_count(p, size, c->page));
-		maj0 = pgmajfault();
-		in0 = inblock();
-		key_begin(r);
-		ret = mlock(p, size);
-		err = ret ? errno : 0;
-		key_end(r, err);
-		in1 = inblock();
-		maj1 = pgmajfault();
-		note_call(r, "mlock", ret, err, "len=%zu", size);
+		reads_begin(&call);
+		err = key_mlock(r, p, size, NULL);
+		reads_end(&call);
 	} else {
 		int flags = MAP_PRIVATE | (dc->kind == DISK_MAP_LOCKED ? MAP_LOCKED : 0);
-		maj0 = pgmajfault();
-		in0 = inblock();
-		key_begin(r);
-		p = mmap(NULL, size, PROT_READ, flags, fd, 0);
-		err = p == MAP_FAILED ? errno : 0;
-		key_end(r, err);
-		in1 = inblock();
-		maj1 = pgmajfault();
-		note_call(r, "mmap", p == MAP_FAILED ? -1 : 0, err, "PROT_READ MAP_PRIVATE%s %s len=%zu",
-			  dc->kind == DISK_MAP_LOCKED ? "|MAP_LOCKED" : "", DISK_FILE, size);
+		reads_begin(&call);
+		p = key_mmap(r, size, PROT_READ, flags, fd, &err, "PROT_READ MAP_PRIVATE%s %s len=%zu",
+			     dc->kind == DISK_MAP_LOCKED ? "|MAP_LOCKED" : "", DISK_FILE, size);
+		reads_end(&call);
 	}
 	if (r->majflt_call.set)
 		rec_str(r, "call_major_faults", r->majflt_call.v > 0 ? "some" : "none");
-	if (maj0 >= 0 && maj1 >= 0) {
-		rec_int(r, "pgmajfault_call", maj1 - maj0);
-		rec_bool(r, "call_read_disk", maj1 > maj0);
+	if (call.maj0 >= 0 && call.maj1 >= 0) {
+		rec_int(r, "pgmajfault_call", call.maj1 - call.maj0);
+		rec_bool(r, "call_read_disk", call.maj1 > call.maj0);
 	}
-	rec_int(r, "inblock_call", in1 - in0);
-	if (p != MAP_FAILED) {
+	rec_int(r, "inblock_call", call.in1 - call.in0);
+	if (p) {
 		/* resident_pages: mapped pages (see mapped_pages()); the page cache only where visible. */
 		r->total_pages = some((long long)(size / c->page));
 		r->resident_pages = mapped_pages(p, c->page);
@@ -246,25 +232,21 @@ static void run_disk(const struct ctx *c, struct record *r, const void *arg)
 			rec_opt(r, "pagecache_resident_pages", resident_count(p, size, c->page));
 		record_smaps(r, p);
 		if (err == 0) {
-			maj0 = pgmajfault();
-			in0 = inblock();
+			struct disk_reads touch;
+			reads_begin(&touch);
 			touch_key(r, p, size, c->page, false, NULL);
-			in1 = inblock();
-			maj1 = pgmajfault();
-			rec_int(r, "inblock_touch", in1 - in0);
+			reads_end(&touch);
+			rec_int(r, "inblock_touch", touch.in1 - touch.in0);
 			rec_str(r, "touch_major_faults", r->majflt_touch.v > 0 ? "some" : "none");
-			if (maj0 >= 0 && maj1 >= 0)
-				rec_bool(r, "touch_read_disk", maj1 > maj0);
+			if (touch.maj0 >= 0 && touch.maj1 >= 0)
+				rec_bool(r, "touch_read_disk", touch.maj1 > touch.maj0);
 		}
-		if (dc->kind == DISK_MMAP_MLOCK && err == 0) {
-			ret = munlock(p, size);
-			note_call(r, "munlock", ret, errno, "len=%zu", size);
-		}
-		ret = munmap(p, size);
-		note_call(r, "munmap", ret, errno, "len=%zu", size);
+		if (dc->kind == DISK_MMAP_MLOCK && err == 0)
+			munlock_noted(r, p, size, NULL);
+		munmap_noted(r, p, size, NULL);
 	}
 	close(fd);
-	r->vmlck_end_kb = some_if_valid(status_kb("VmLck"));
+	r->vmlck_end_kb = vmlck_now();
 }
 
 static const struct eof_case ec_map_locked = {true}, ec_mlock = {false};

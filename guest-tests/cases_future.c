@@ -25,20 +25,10 @@
  * the refusal (EPERM, can_do_mlock()) and the unlocked mapping that follows are the finding. */
 static int do_mlockall(struct record *r, int flags, const char *flags_str)
 {
-	int ret = mlockall(flags);
-	int err = ret ? errno : 0;
-	note_call(r, "mlockall", ret, err, "%s", flags_str);
+	int err = mlockall_noted(r, flags, flags_str);
 	rec_errno(r, "result_mlockall", err);
 	step_snapshot(r, NULL, "mlockall", err, NULL, 0);
 	return err;
-}
-
-static void undo_mlockall(struct record *r, int err)
-{
-	if (err == 0) {
-		int ret = munlockall();
-		note_call(r, "munlockall", ret, errno, "%s", "");
-	}
 }
 
 enum future_kind { FUT_MMAP, FUT_BRK, FUT_MREMAP };
@@ -55,23 +45,17 @@ static void run_future(const struct ctx *c, struct record *r, const void *arg)
 	if (!case_size(c, fc->size, &size, r))
 		return;
 	prefault_stack();
-	r->vmlck_before_kb = some_if_valid(status_kb("VmLck"));
+	r->vmlck_before_kb = vmlck_now();
 
 	/* mremap: the mapping to grow exists before MCL_FUTURE and is locked by it only if
 	 * created after; create it after, as a program that locks first and grows later would. */
 	int lerr = do_mlockall(r, MCL_FUTURE, "MCL_FUTURE");
 
 	if (fc->kind == FUT_MMAP) {
-		key_begin(r);
-		char *p = mmap(NULL, size, PROT_READ | PROT_WRITE, PRIV_ANON, -1, 0);
-		int err = p == MAP_FAILED ? errno : 0;
-		key_end(r, err);
-		note_call(r, "mmap", p == MAP_FAILED ? -1 : 0, err, "MAP_PRIVATE|MAP_ANONYMOUS len=%zu", size);
-		if (p != MAP_FAILED) {
-			record_residency(r, p, size, c->page);
-			record_smaps(r, p);
-			int ret = munmap(p, size);
-			note_call(r, "munmap", ret, errno, "len=%zu", size);
+		char *p = key_mmap(r, size, PROT_READ | PROT_WRITE, PRIV_ANON, -1, NULL, "MAP_PRIVATE|MAP_ANONYMOUS len=%zu", size);
+		if (p) {
+			record_mapping(r, p, size, c->page);
+			munmap_noted(r, p, size, NULL);
 		}
 	} else if (fc->kind == FUT_BRK) {
 		/* The heap grows from the current break; the new pages start at the page boundary
@@ -84,39 +68,32 @@ static void run_future(const struct ctx *c, struct record *r, const void *arg)
 		key_end(r, err);
 		note_call(r, "sbrk", ret == (void *)-1 ? -1 : 0, err, "increment=%zu", size);
 		if (err == 0) {
-			record_residency(r, (void *)start, size, c->page);
-			record_smaps(r, (void *)start);
+			record_mapping(r, (void *)start, size, c->page);
 			void *back = sbrk(-(intptr_t)size);
 			note_call(r, "sbrk", back == (void *)-1 ? -1 : 0, errno, "increment=-%zu", size);
 		}
 	} else {
-		char *p = mmap(NULL, c->page, PROT_READ | PROT_WRITE, PRIV_ANON, -1, 0);
-		int err = p == MAP_FAILED ? errno : 0;
-		note_call(r, "mmap", p == MAP_FAILED ? -1 : 0, err, "MAP_PRIVATE|MAP_ANONYMOUS len=%zu", c->page);
-		if (p == MAP_FAILED) {
-			undo_mlockall(r, lerr);
-			setup_failed(r, c, "mmap", err);
-			r->vmlck_end_kb = some_if_valid(status_kb("VmLck"));
+		char *p = setup_mmap(r, c, "mmap", c->page, PROT_READ | PROT_WRITE, PRIV_ANON, -1,
+				     "MAP_PRIVATE|MAP_ANONYMOUS len=%zu", c->page);
+		if (!p) {
+			if (lerr == 0)
+				munlockall_noted(r);
+			r->vmlck_end_kb = vmlck_now();
 			return;
 		}
 		long long before_grow = status_kb("VmLck");
 		rec_int(r, "vmlck_before_grow_kb", before_grow);
-		key_begin(r);
-		char *q = mremap(p, c->page, size, MREMAP_MAYMOVE);
-		err = q == MAP_FAILED ? errno : 0;
-		key_end(r, err);
-		note_call(r, "mremap", q == MAP_FAILED ? -1 : 0, err, "old=%zu new=%zu MREMAP_MAYMOVE", c->page, size);
+		char *q = key_mremap(r, p, c->page, size, MREMAP_MAYMOVE, NULL, NULL, "old=%zu new=%zu MREMAP_MAYMOVE", c->page, size);
 		if (r->vmlck_after_kb.set && before_grow >= 0)
 			rec_int(r, "vmlck_growth_kb", r->vmlck_after_kb.v - before_grow);
-		char *cur = q == MAP_FAILED ? p : q;
-		size_t cur_len = q == MAP_FAILED ? c->page : size;
-		record_residency(r, cur, cur_len, c->page);
-		record_smaps(r, cur);
-		int ret = munmap(cur, cur_len);
-		note_call(r, "munmap", ret, errno, "len=%zu", cur_len);
+		char *cur = q ? q : p;
+		size_t cur_len = q ? size : c->page;
+		record_mapping(r, cur, cur_len, c->page);
+		munmap_noted(r, cur, cur_len, NULL);
 	}
-	undo_mlockall(r, lerr);
-	r->vmlck_end_kb = some_if_valid(status_kb("VmLck"));
+	if (lerr == 0)
+		munlockall_noted(r);
+	r->vmlck_end_kb = vmlck_now();
 }
 
 /* On-fault locking: the whole range is charged up front, nothing is populated, and pages are
@@ -128,14 +105,13 @@ static void touch_half(const struct ctx *c, struct record *r, char *p, size_t si
 	size_t half = (size / c->page) / 2 * c->page;
 	touch_pages(r, p, half, c->page, true, NULL, NULL);
 	opt_t res = resident_count(p, size, c->page);
-	struct smaps_info si;
-	smaps_at(p, &si);
+	opt_t locked = smaps_locked_kb_at(p);
 	long long vmlck = status_kb("VmLck");
 	step_snapshot(r, c, "touch_first_half", 0, p, size);
 	rec_int(r, "touched_pages", (long long)(half / c->page));
 	rec_opt(r, "resident_after_touch", res);
 	rec_bool(r, "resident_after_touch_is_touched", res.set && res.v == (long long)(half / c->page));
-	rec_opt(r, "smaps_locked_after_touch_kb", si.found ? some(si.locked_kb) : none);
+	rec_opt(r, "smaps_locked_after_touch_kb", locked);
 	rec_int(r, "vmlck_after_touch_kb", vmlck);
 }
 
@@ -150,35 +126,31 @@ static void run_future_onfault_mmap(const struct ctx *c, struct record *r, const
 		return;
 	}
 	prefault_stack();
-	r->vmlck_before_kb = some_if_valid(status_kb("VmLck"));
+	r->vmlck_before_kb = vmlck_now();
 	int lerr = do_mlockall(r, MCL_FUTURE | MCL_ONFAULT, "MCL_FUTURE|MCL_ONFAULT");
-	key_begin(r);
-	char *p = mmap(NULL, size, PROT_READ | PROT_WRITE, PRIV_ANON, -1, 0);
-	int err = p == MAP_FAILED ? errno : 0;
-	key_end(r, err);
-	note_call(r, "mmap", p == MAP_FAILED ? -1 : 0, err, "MAP_PRIVATE|MAP_ANONYMOUS len=%zu", size);
-	if (p != MAP_FAILED) {
-		record_residency(r, p, size, c->page);
-		record_smaps(r, p);
+	char *p = key_mmap(r, size, PROT_READ | PROT_WRITE, PRIV_ANON, -1, NULL, "MAP_PRIVATE|MAP_ANONYMOUS len=%zu", size);
+	if (p) {
+		record_mapping(r, p, size, c->page);
 		touch_half(c, r, p, size);
-		int ret = munmap(p, size);
-		note_call(r, "munmap", ret, errno, "len=%zu", size);
+		munmap_noted(r, p, size, NULL);
 	}
-	undo_mlockall(r, lerr);
-	r->vmlck_end_kb = some_if_valid(status_kb("VmLck"));
+	if (lerr == 0)
+		munlockall_noted(r);
+	r->vmlck_end_kb = vmlck_now();
 }
 
 static void run_future_onfault_alone(const struct ctx *c, struct record *r, const void *arg)
 {
 	(void)c, (void)arg;
-	r->vmlck_before_kb = some_if_valid(status_kb("VmLck"));
+	r->vmlck_before_kb = vmlck_now();
 	key_begin(r);
 	int ret = mlockall(MCL_ONFAULT);
 	int err = ret ? errno : 0;
 	key_end(r, err);
 	note_call(r, "mlockall", ret, err, "MCL_ONFAULT");
-	undo_mlockall(r, err);
-	r->vmlck_end_kb = some_if_valid(status_kb("VmLck"));
+	if (err == 0)
+		munlockall_noted(r);
+	r->vmlck_end_kb = vmlck_now();
 }
 
 static void run_onfault_mlock2_touch(const struct ctx *c, struct record *r, const void *arg)
@@ -187,26 +159,20 @@ static void run_onfault_mlock2_touch(const struct ctx *c, struct record *r, cons
 	size_t size;
 	if (!case_size(c, SZ_POPULATE, &size, r))
 		return;
-	r->vmlck_before_kb = some_if_valid(status_kb("VmLck"));
-	char *p = mmap(NULL, size, PROT_READ | PROT_WRITE, PRIV_ANON, -1, 0);
-	int err = p == MAP_FAILED ? errno : 0;
-	note_call(r, "mmap", p == MAP_FAILED ? -1 : 0, err, "MAP_PRIVATE|MAP_ANONYMOUS len=%zu", size);
-	if (p == MAP_FAILED) {
-		setup_failed(r, c, "mmap", err);
+	r->vmlck_before_kb = vmlck_now();
+	char *p = setup_mmap(r, c, "mmap", size, PROT_READ | PROT_WRITE, PRIV_ANON, -1, "MAP_PRIVATE|MAP_ANONYMOUS len=%zu", size);
+	if (!p)
 		return;
-	}
 	key_begin(r);
 	int ret = (int)syscall(SYS_mlock2, p, size, MLOCK_ONFAULT);
-	err = ret ? errno : 0;
+	int err = ret ? errno : 0;
 	key_end(r, err);
 	note_call(r, "mlock2", ret, err, "MLOCK_ONFAULT len=%zu", size);
-	record_residency(r, p, size, c->page);
-	record_smaps(r, p);
+	record_mapping(r, p, size, c->page);
 	if (err == 0 && size >= 2 * c->page)
 		touch_half(c, r, p, size);
-	ret = munmap(p, size);
-	note_call(r, "munmap", ret, errno, "len=%zu", size);
-	r->vmlck_end_kb = some_if_valid(status_kb("VmLck"));
+	munmap_noted(r, p, size, NULL);
+	r->vmlck_end_kb = vmlck_now();
 }
 
 static const struct future_case

@@ -19,7 +19,6 @@
  */
 #include "cases.h"
 
-#include <errno.h>
 #include <string.h>
 #include <sys/mman.h>
 #include <unistd.h>
@@ -51,58 +50,38 @@ static void run_huge(const struct ctx *c, struct record *r, const void *arg)
 	rec_int(r, "huge_page_kb", c->huge_page_kb);
 	long long free0 = meminfo_kb("HugePages_Free"), rsvd0 = meminfo_kb("HugePages_Rsvd");
 	rec_int(r, "hugepages_free_before", free0);
-	r->vmlck_before_kb = some_if_valid(status_kb("VmLck"));
+	r->vmlck_before_kb = vmlck_now();
 
 	int flags = PRIV_ANON | MAP_HUGETLB | (hc->noreserve ? MAP_NORESERVE : 0);
 	char *p;
 	int err;
 	if (hc->kind == HUGE_MLOCK) {
-		p = mmap(NULL, size, PROT_READ | PROT_WRITE, flags, -1, 0);
-		err = p == MAP_FAILED ? errno : 0;
-		note_call(r, "mmap", p == MAP_FAILED ? -1 : 0, err, "MAP_HUGETLB len=%zu", size);
-		if (p == MAP_FAILED) {
-			setup_failed(r, c, "mmap", err);
+		p = setup_mmap(r, c, "mmap", size, PROT_READ | PROT_WRITE, flags, -1, "MAP_HUGETLB len=%zu", size);
+		if (!p)
 			return;
-		}
-		key_begin(r);
-		int ret = mlock(p, size);
-		err = ret ? errno : 0;
-		key_end(r, err);
-		note_call(r, "mlock", ret, err, "len=%zu", size);
+		err = key_mlock(r, p, size, NULL);
 	} else {
 		if (hc->kind == HUGE_MAP_LOCKED)
 			flags |= MAP_LOCKED;
-		key_begin(r);
-		p = mmap(NULL, size, PROT_READ | PROT_WRITE, flags, -1, 0);
-		err = p == MAP_FAILED ? errno : 0;
-		key_end(r, err);
-		note_call(r, "mmap", p == MAP_FAILED ? -1 : 0, err, "MAP_HUGETLB%s%s len=%zu",
-			  hc->kind == HUGE_MAP_LOCKED ? "|MAP_LOCKED" : "", hc->noreserve ? "|MAP_NORESERVE" : "", size);
+		p = key_mmap(r, size, PROT_READ | PROT_WRITE, flags, -1, &err, "MAP_HUGETLB%s%s len=%zu",
+			     hc->kind == HUGE_MAP_LOCKED ? "|MAP_LOCKED" : "", hc->noreserve ? "|MAP_NORESERVE" : "", size);
 	}
 	long long free1 = meminfo_kb("HugePages_Free"), rsvd1 = meminfo_kb("HugePages_Rsvd");
 	rec_int(r, "hugepages_free_after", free1);
 	rec_int(r, "hugepages_free_delta", free1 - free0);
 	rec_int(r, "hugepages_rsvd_delta", rsvd1 - rsvd0);
-	if (p != MAP_FAILED) {
-		record_residency(r, p, size, c->page);
-		record_smaps(r, p);
+	if (p) {
+		record_mapping(r, p, size, c->page);
 		/* One byte per huge page: past the pool a NORESERVE mapping gets SIGBUS. */
 		int sig = 0;
-		struct faults f = {0, 0};
-		size_t ok = touch_pages(r, p, size, hp, true, &sig, &f);
-		char sb[16];
+		size_t ok = touch_key(r, p, size, hp, true, &sig);
 		rec_int(r, "huge_pages_touched", (long long)ok);
-		rec_str(r, "signal_touch", sig ? signal_name(sig, sb, sizeof(sb)) : NULL);
-		r->minflt_touch = some(f.minflt);
-		r->majflt_touch = some(f.majflt);
-		if (hc->kind == HUGE_MLOCK && err == 0) {
-			int ret = munlock(p, size);
-			note_call(r, "munlock", ret, errno, "len=%zu", size);
-		}
-		int ret = munmap(p, size);
-		note_call(r, "munmap", ret, errno, "len=%zu", size);
+		rec_signal(r, "signal_touch", sig);
+		if (hc->kind == HUGE_MLOCK && err == 0)
+			munlock_noted(r, p, size, NULL);
+		munmap_noted(r, p, size, NULL);
 	}
-	r->vmlck_end_kb = some_if_valid(status_kb("VmLck"));
+	r->vmlck_end_kb = vmlck_now();
 }
 
 static const struct huge_case

@@ -51,29 +51,25 @@ static const char *mmap_flags_str(int flags, char *buf, size_t cap)
 /* Returns the errno of the lock call (0 on success); captured before note_call can clobber it. */
 static int lock_op(struct record *r, enum lock_op op, void *p, size_t size)
 {
-	int ret = 0, err = 0;
+	int err = 0;
 	switch (op) {
 	case OP_NONE:
 		break;
 	case OP_MLOCK:
-		ret = mlock(p, size);
-		err = ret ? errno : 0;
-		note_call(r, "mlock", ret, err, "len=%zu", size);
+		err = mlock_noted(r, p, size, NULL);
 		break;
 	case OP_MLOCK2:
 	case OP_MLOCK2_ONFAULT: {
 		/* Via syscall(2): glibc's wrapper reports a kernel without mlock2 as EINVAL, and this
 		 * should show what the kernel itself says (ENOSYS before 4.4). */
 		int flags = op == OP_MLOCK2_ONFAULT ? MLOCK_ONFAULT : 0;
-		ret = (int)syscall(SYS_mlock2, p, size, flags);
+		int ret = (int)syscall(SYS_mlock2, p, size, flags);
 		err = ret ? errno : 0;
 		note_call(r, "mlock2", ret, err, "%s len=%zu", flags ? "MLOCK_ONFAULT" : "0", size);
 		break;
 	}
 	case OP_MLOCKALL:
-		ret = mlockall(MCL_CURRENT);
-		err = ret ? errno : 0;
-		note_call(r, "mlockall", ret, err, "MCL_CURRENT");
+		err = mlockall_noted(r, MCL_CURRENT, "MCL_CURRENT");
 		break;
 	}
 	return err;
@@ -122,31 +118,28 @@ static void run_lock_case(const struct ctx *c, struct record *r, const void *arg
 		return;
 	}
 
-	r->vmlck_before_kb = some_if_valid(status_kb("VmLck"));
+	r->vmlck_before_kb = vmlck_now();
 
 	char *p;
 	int err;
 	if (lc->op == OP_NONE) {
-		key_begin(r);
-		p = mmap(NULL, size, PROT_READ | PROT_WRITE, lc->mmap_flags, -1, 0);
-		err = p == MAP_FAILED ? errno : 0;
-		key_end(r, err);
-		note_call(r, "mmap", p == MAP_FAILED ? -1 : 0, err, "%s len=%zu", mmap_flags_str(lc->mmap_flags, fb, sizeof(fb)), size);
+		p = key_mmap(r, size, PROT_READ | PROT_WRITE, lc->mmap_flags, -1, &err, "%s len=%zu",
+			     mmap_flags_str(lc->mmap_flags, fb, sizeof(fb)), size);
 	} else {
-		p = mmap(NULL, size, PROT_READ | PROT_WRITE, lc->mmap_flags, -1, 0);
-		err = p == MAP_FAILED ? errno : 0;
-		note_call(r, "mmap", p == MAP_FAILED ? -1 : 0, err, "%s len=%zu", mmap_flags_str(lc->mmap_flags, fb, sizeof(fb)), size);
-		if (p == MAP_FAILED) {
+		p = mmap_noted(r, size, PROT_READ | PROT_WRITE, lc->mmap_flags, -1, &err, "%s len=%zu",
+			       mmap_flags_str(lc->mmap_flags, fb, sizeof(fb)), size);
+		if (!p) {
 			char nb[16];
 			not_applicable(r, "setup mmap failed: %s", errno_name(err, nb, sizeof(nb)));
 			return;
 		}
+		/* lock_op notes its call inside the key window (key_mlock() notes it after key_end). */
 		key_begin(r);
 		err = lock_op(r, lc->op, p, size);
 		key_end(r, err);
 	}
 
-	if (p != MAP_FAILED) {
+	if (p) {
 		record_residency(r, p, size, c->page);
 		if (lc->touch && err == 0)
 			touch_key(r, p, size, c->page, true, NULL);
@@ -154,15 +147,11 @@ static void run_lock_case(const struct ctx *c, struct record *r, const void *arg
 	}
 
 	/* munlockall only after a successful mlockall, so a failed one that leaked shows in vmlck_end. */
-	if (lc->op == OP_MLOCKALL && err == 0) {
-		int ret = munlockall();
-		note_call(r, "munlockall", ret, errno, "%s", "");
-	}
-	if (p != MAP_FAILED) {
-		int ret = munmap(p, size);
-		note_call(r, "munmap", ret, errno, "len=%zu", size);
-	}
-	r->vmlck_end_kb = some_if_valid(status_kb("VmLck"));
+	if (lc->op == OP_MLOCKALL && err == 0)
+		munlockall_noted(r);
+	if (p)
+		munmap_noted(r, p, size, NULL);
+	r->vmlck_end_kb = vmlck_now();
 }
 
 static void run_limits(const struct ctx *c, struct record *r, const void *arg)
@@ -174,7 +163,7 @@ static void run_limits(const struct ctx *c, struct record *r, const void *arg)
 	int err = ret ? errno : 0;
 	note_call(r, "getrlimit", ret, err, "RLIMIT_MEMLOCK");
 	set_result(r, err);
-	r->vmlck_before_kb = some_if_valid(status_kb("VmLck"));
+	r->vmlck_before_kb = vmlck_now();
 }
 
 static const struct lock_case

@@ -18,26 +18,9 @@
  */
 #include "cases.h"
 
-#include <errno.h>
 #include <string.h>
 #include <sys/mman.h>
 #include <unistd.h>
-
-static char *map_locked(const struct ctx *c, struct record *r, size_t size)
-{
-	char *p = mmap(NULL, size, PROT_READ | PROT_WRITE, PRIV_ANON | MAP_LOCKED, -1, 0);
-	int err = p == MAP_FAILED ? errno : 0;
-	note_call(r, "mmap", p == MAP_FAILED ? -1 : 0, err, "MAP_PRIVATE|MAP_ANONYMOUS|MAP_LOCKED len=%zu", size);
-	if (p == MAP_FAILED)
-		setup_failed(r, c, "mmap(MAP_LOCKED)", err);
-	return p;
-}
-
-static void unmap(struct record *r, void *p, size_t len, const char *what)
-{
-	int ret = munmap(p, len);
-	note_call(r, "munmap", ret, errno, "%s len=%zu", what, len);
-}
 
 struct grow_case {
 	bool over; /* grow to the limit plus one page; else to within the limit */
@@ -59,42 +42,35 @@ static void run_grow(const struct ctx *c, struct record *r, const void *arg)
 		new_len = small_size(c, 16);
 		old_len = new_len / c->page / 2 * c->page;
 		if (old_len == 0) {
-			if (c->soft == 0 && !c->cap_ipc_lock) {
-				old_len = c->page; /* refused at set-up: not applicable below */
-			} else {
+			if (!locks_refused(c)) {
 				not_applicable(r, "limit below two pages");
 				return;
 			}
+			old_len = c->page; /* refused at set-up: not applicable below */
 		}
 	}
-	if (c->memavail_kb >= 0 && (unsigned long long)new_len > (unsigned long long)c->memavail_kb * 512) {
-		not_applicable(r, "does not fit in guest RAM (size %zu > MemAvailable/2)", new_len);
+	if (!fits_in_ram(c, r, new_len))
 		return;
-	}
 	r->size = some((long long)new_len);
 	rec_int(r, "old_size", (long long)old_len);
-	r->vmlck_before_kb = some_if_valid(status_kb("VmLck"));
-	char *p = map_locked(c, r, old_len);
-	if (p == MAP_FAILED)
+	r->vmlck_before_kb = vmlck_now();
+	char *p = setup_map_locked(r, c, old_len);
+	if (!p)
 		return;
 	long long v0 = status_kb("VmLck");
 	step_snapshot(r, c, "map_locked", 0, p, old_len);
 
-	key_begin(r);
-	char *q = mremap(p, old_len, new_len, MREMAP_MAYMOVE);
-	int err = q == MAP_FAILED ? errno : 0;
-	key_end(r, err);
-	note_call(r, "mremap", q == MAP_FAILED ? -1 : 0, err, "old=%zu new=%zu MREMAP_MAYMOVE", old_len, new_len);
-	char *cur = q == MAP_FAILED ? p : q;
-	size_t cur_len = q == MAP_FAILED ? old_len : new_len;
-	record_residency(r, cur, cur_len, c->page);
-	record_smaps(r, cur);
+	int err;
+	char *q = key_mremap(r, p, old_len, new_len, MREMAP_MAYMOVE, NULL, &err, "old=%zu new=%zu MREMAP_MAYMOVE", old_len, new_len);
+	char *cur = q ? q : p;
+	size_t cur_len = q ? new_len : old_len;
+	record_mapping(r, cur, cur_len, c->page);
 	if (r->vmlck_after_kb.set)
 		rec_int(r, "vmlck_growth_kb", r->vmlck_after_kb.v - v0);
 	rec_int(r, "growth_kb", (long long)((new_len - old_len) / 1024));
 	step_snapshot(r, c, "mremap_grow", err, cur, cur_len);
-	unmap(r, cur, cur_len, "all");
-	r->vmlck_end_kb = some_if_valid(status_kb("VmLck"));
+	munmap_noted(r, cur, cur_len, "all");
+	r->vmlck_end_kb = vmlck_now();
 }
 
 static void run_move(const struct ctx *c, struct record *r, const void *arg)
@@ -102,41 +78,38 @@ static void run_move(const struct ctx *c, struct record *r, const void *arg)
 	(void)arg;
 	size_t size = small_size(c, 8);
 	r->size = some((long long)size);
-	r->vmlck_before_kb = some_if_valid(status_kb("VmLck"));
-	char *p = map_locked(c, r, size);
-	if (p == MAP_FAILED)
+	r->vmlck_before_kb = vmlck_now();
+	char *p = setup_map_locked(r, c, size);
+	if (!p)
 		return;
 	memset(p, 7, size);
 	/* A reserved target away from the source (mmap(2) "Using MAP_FIXED safely"). */
-	char *target = mmap(NULL, size, PROT_NONE, PRIV_ANON | MAP_NORESERVE, -1, 0);
-	note_call(r, "mmap", target == MAP_FAILED ? -1 : 0, errno, "PROT_NONE target len=%zu", size);
-	if (target == MAP_FAILED) {
-		set_result(r, errno);
+	int terr;
+	char *target = mmap_noted(r, size, PROT_NONE, PRIV_ANON | MAP_NORESERVE, -1, &terr, "PROT_NONE target len=%zu", size);
+	if (!target) {
+		set_result(r, terr);
 		rec_str(r, "failed_setup", "target reservation");
-		unmap(r, p, size, "source");
-		r->vmlck_end_kb = some_if_valid(status_kb("VmLck"));
+		munmap_noted(r, p, size, "source");
+		r->vmlck_end_kb = vmlck_now();
 		return;
 	}
 	long long v0 = status_kb("VmLck");
-	key_begin(r);
-	char *q = mremap(p, size, size, MREMAP_MAYMOVE | MREMAP_FIXED, target);
-	int err = q == MAP_FAILED ? errno : 0;
-	key_end(r, err);
-	note_call(r, "mremap", q == MAP_FAILED ? -1 : 0, err, "len=%zu MREMAP_MAYMOVE|MREMAP_FIXED", size);
-	char *cur = q == MAP_FAILED ? p : q;
-	record_residency(r, cur, size, c->page);
-	record_smaps(r, cur);
+	int err;
+	char *q = key_mremap(r, p, size, size, MREMAP_MAYMOVE | MREMAP_FIXED, target, &err,
+			     "len=%zu MREMAP_MAYMOVE|MREMAP_FIXED", size);
+	char *cur = q ? q : p;
+	record_mapping(r, cur, size, c->page);
 	if (r->vmlck_after_kb.set)
 		rec_int(r, "vmlck_move_delta_kb", r->vmlck_after_kb.v - v0);
-	rec_bool(r, "contents_moved", q != MAP_FAILED && q[0] == 7 && q[size - 1] == 7);
+	rec_bool(r, "contents_moved", q && q[0] == 7 && q[size - 1] == 7);
 	step_snapshot(r, c, "mremap_move", err, cur, size);
-	if (q == MAP_FAILED) {
-		unmap(r, p, size, "source");
-		unmap(r, target, size, "target");
+	if (!q) {
+		munmap_noted(r, p, size, "source");
+		munmap_noted(r, target, size, "target");
 	} else {
-		unmap(r, q, size, "moved");
+		munmap_noted(r, q, size, "moved");
 	}
-	r->vmlck_end_kb = some_if_valid(status_kb("VmLck"));
+	r->vmlck_end_kb = vmlck_now();
 }
 
 enum dontunmap_kind { DU_WHOLE, DU_PARTIAL, DU_SHARED };
@@ -150,17 +123,16 @@ static void run_dontunmap(const struct ctx *c, struct record *r, const void *arg
 	const struct dontunmap_case *dc = arg;
 	size_t size = small_size(c, 8);
 	if (dc->kind == DU_PARTIAL && size < 2 * c->page) {
-		if (c->soft == 0 && !c->cap_ipc_lock) {
-			size = 2 * c->page; /* refused at set-up: not applicable below */
-		} else {
+		if (!locks_refused(c)) {
 			not_applicable(r, "limit below two pages");
 			return;
 		}
+		size = 2 * c->page; /* refused at set-up: not applicable below */
 	}
 	size_t moved = dc->kind == DU_PARTIAL ? size / c->page / 2 * c->page : size;
 	r->size = some((long long)moved);
 	rec_int(r, "mapping_size", (long long)size);
-	r->vmlck_before_kb = some_if_valid(status_kb("VmLck"));
+	r->vmlck_before_kb = vmlck_now();
 
 	char *p;
 	int fd = -1;
@@ -172,55 +144,47 @@ static void run_dontunmap(const struct ctx *c, struct record *r, const void *arg
 				close(fd);
 			return;
 		}
-		p = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_LOCKED, fd, 0);
-		int err = p == MAP_FAILED ? errno : 0;
-		note_call(r, "mmap", p == MAP_FAILED ? -1 : 0, err, "memfd MAP_SHARED|MAP_LOCKED len=%zu", size);
-		if (p == MAP_FAILED) {
-			setup_failed(r, c, "mmap(MAP_SHARED|MAP_LOCKED)", err);
+		p = setup_mmap(r, c, "mmap(MAP_SHARED|MAP_LOCKED)", size, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_LOCKED, fd,
+			       "memfd MAP_SHARED|MAP_LOCKED len=%zu", size);
+		if (!p) {
 			close(fd);
 			return;
 		}
 	} else {
-		p = map_locked(c, r, size);
-		if (p == MAP_FAILED)
+		p = setup_map_locked(r, c, size);
+		if (!p)
 			return;
 	}
 	memset(p, 7, size);
 	long long v0 = status_kb("VmLck");
 	step_snapshot(r, c, "map_locked", 0, p, size);
 
-	key_begin(r);
-	char *q = mremap(p, moved, moved, MREMAP_MAYMOVE | MREMAP_DONTUNMAP, NULL);
-	int err = q == MAP_FAILED ? errno : 0;
-	key_end(r, err);
-	note_call(r, "mremap", q == MAP_FAILED ? -1 : 0, err, "len=%zu of %zu MREMAP_MAYMOVE|MREMAP_DONTUNMAP", moved, size);
+	int err;
+	char *q = key_mremap(r, p, moved, moved, MREMAP_MAYMOVE | MREMAP_DONTUNMAP, NULL, &err,
+			     "len=%zu of %zu MREMAP_MAYMOVE|MREMAP_DONTUNMAP", moved, size);
 	if (r->vmlck_after_kb.set)
 		rec_int(r, "vmlck_remap_delta_kb", r->vmlck_after_kb.v - v0);
-	if (q != MAP_FAILED) {
-		record_residency(r, q, moved, c->page);
-		record_smaps(r, q);
-		struct smaps_info old, rest;
-		smaps_at(p, &old);
-		rec_bool(r, "old_range_lo", old.found && old.lo);
+	if (q) {
+		record_mapping(r, q, moved, c->page);
+		rec_bool(r, "old_range_lo", smaps_lo_at(p));
 		rec_opt(r, "old_range_resident_pages", resident_count(p, moved, c->page));
 		rec_bool(r, "new_range_lo", r->smaps.found && r->smaps.lo);
 		if (dc->kind == DU_PARTIAL) {
 			/* The half that was not moved: still locked? Still charged? */
-			smaps_at(p + moved, &rest);
-			rec_bool(r, "unmoved_range_lo", rest.found && rest.lo);
+			rec_bool(r, "unmoved_range_lo", smaps_lo_at(p + moved));
 			rec_opt(r, "unmoved_range_resident_pages", resident_count(p + moved, size - moved, c->page));
 		}
 		step_snapshot(r, c, "mremap_dontunmap_new", err, q, moved);
 		step_snapshot(r, c, "mremap_dontunmap_old", err, p, size);
-		unmap(r, q, moved, "new");
+		munmap_noted(r, q, moved, "new");
 		step_snapshot(r, c, "munmap_new", 0, NULL, 0);
 	} else {
 		step_snapshot(r, c, "mremap_dontunmap", err, p, size);
 	}
-	unmap(r, p, size, "old");
+	munmap_noted(r, p, size, "old");
 	if (fd >= 0)
 		close(fd);
-	r->vmlck_end_kb = some_if_valid(status_kb("VmLck"));
+	r->vmlck_end_kb = vmlck_now();
 }
 
 static const struct grow_case gc_within = {false}, gc_over = {true};

@@ -21,7 +21,6 @@
  */
 #include "cases.h"
 
-#include <errno.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
@@ -61,40 +60,31 @@ static void run_oom(const struct ctx *c, struct record *r, const void *arg)
 		not_applicable(r, "limit below the size");
 		return;
 	}
-	r->vmlck_before_kb = some_if_valid(status_kb("VmLck"));
+	r->vmlck_before_kb = vmlck_now();
 	int flags = PRIV_ANON | (oc->noreserve ? MAP_NORESERVE : 0);
 	char *p;
-	int err;
 	if (oc->map_locked) {
-		key_begin(r);
-		p = mmap(NULL, size, PROT_READ | PROT_WRITE, flags | MAP_LOCKED, -1, 0);
-		err = p == MAP_FAILED ? errno : 0;
-		key_end(r, err);
-		note_call(r, "mmap", p == MAP_FAILED ? -1 : 0, err, "MAP_LOCKED%s len=%zu", oc->noreserve ? "|MAP_NORESERVE" : "", size);
+		p = key_mmap(r, size, PROT_READ | PROT_WRITE, flags | MAP_LOCKED, -1, NULL, "MAP_LOCKED%s len=%zu",
+			     oc->noreserve ? "|MAP_NORESERVE" : "", size);
 	} else {
-		p = mmap(NULL, size, PROT_READ | PROT_WRITE, flags, -1, 0);
-		err = p == MAP_FAILED ? errno : 0;
-		note_call(r, "mmap", p == MAP_FAILED ? -1 : 0, err, "%s len=%zu", oc->noreserve ? "MAP_NORESERVE" : "plain", size);
-		if (p == MAP_FAILED) {
+		int err;
+		p = mmap_noted(r, size, PROT_READ | PROT_WRITE, flags, -1, &err, "%s len=%zu",
+			       oc->noreserve ? "MAP_NORESERVE" : "plain", size);
+		if (!p) {
+			/* Not setup_failed(): the case stays applicable whatever the errno, and reads VmLck. */
 			set_result(r, err);
 			rec_str(r, "failed_setup", "mmap");
-			r->vmlck_end_kb = some_if_valid(status_kb("VmLck"));
+			r->vmlck_end_kb = vmlck_now();
 			return;
 		}
-		key_begin(r);
-		int ret = mlock(p, size);
-		err = ret ? errno : 0;
-		key_end(r, err);
-		note_call(r, "mlock", ret, err, "len=%zu", size);
+		key_mlock(r, p, size, NULL);
 	}
-	if (p != MAP_FAILED) {
-		record_residency(r, p, size, c->page);
-		record_smaps(r, p);
+	if (p) {
+		record_mapping(r, p, size, c->page);
 		rec_opt(r, "memavailable_after_kb", some_if_valid(meminfo_kb("MemAvailable")));
-		int ret = munmap(p, size);
-		note_call(r, "munmap", ret, errno, "len=%zu", size);
+		munmap_noted(r, p, size, NULL);
 	}
-	r->vmlck_end_kb = some_if_valid(status_kb("VmLck"));
+	r->vmlck_end_kb = vmlck_now();
 }
 
 static const struct oom_case

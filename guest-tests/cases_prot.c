@@ -33,36 +33,24 @@ static void run_prot_none(const struct ctx *c, struct record *r, const void *arg
 	const struct prot_case *pc = arg;
 	size_t size = small_size(c, 8);
 	r->size = some((long long)size);
-	r->vmlck_before_kb = some_if_valid(status_kb("VmLck"));
+	r->vmlck_before_kb = vmlck_now();
 
 	char *p;
 	int err;
 	if (pc->map_locked) {
-		key_begin(r);
-		p = mmap(NULL, size, PROT_NONE, PRIV_ANON | MAP_LOCKED, -1, 0);
-		err = p == MAP_FAILED ? errno : 0;
-		key_end(r, err);
-		note_call(r, "mmap", p == MAP_FAILED ? -1 : 0, err, "PROT_NONE MAP_PRIVATE|MAP_ANONYMOUS|MAP_LOCKED len=%zu", size);
-		if (p == MAP_FAILED) {
-			r->vmlck_end_kb = some_if_valid(status_kb("VmLck"));
+		p = key_mmap(r, size, PROT_NONE, PRIV_ANON | MAP_LOCKED, -1, &err,
+			     "PROT_NONE MAP_PRIVATE|MAP_ANONYMOUS|MAP_LOCKED len=%zu", size);
+		if (!p) {
+			r->vmlck_end_kb = vmlck_now();
 			return;
 		}
 	} else {
-		p = mmap(NULL, size, PROT_NONE, PRIV_ANON, -1, 0);
-		err = p == MAP_FAILED ? errno : 0;
-		note_call(r, "mmap", p == MAP_FAILED ? -1 : 0, err, "PROT_NONE MAP_PRIVATE|MAP_ANONYMOUS len=%zu", size);
-		if (p == MAP_FAILED) {
-			setup_failed(r, c, "mmap", err);
+		p = setup_mmap(r, c, "mmap", size, PROT_NONE, PRIV_ANON, -1, "PROT_NONE MAP_PRIVATE|MAP_ANONYMOUS len=%zu", size);
+		if (!p)
 			return;
-		}
-		key_begin(r);
-		int ret = mlock(p, size);
-		err = ret ? errno : 0;
-		key_end(r, err);
-		note_call(r, "mlock", ret, err, "len=%zu", size);
+		err = key_mlock(r, p, size, NULL);
 	}
-	record_residency(r, p, size, c->page);
-	record_smaps(r, p);
+	record_mapping(r, p, size, c->page);
 	step_snapshot(r, c, pc->map_locked ? "mmap_locked_prot_none" : "mlock_prot_none", err, p, size);
 
 	int ret = mprotect(p, size, PROT_READ | PROT_WRITE);
@@ -72,10 +60,8 @@ static void run_prot_none(const struct ctx *c, struct record *r, const void *arg
 	opt_t res = resident_count(p, size, c->page);
 	rec_opt(r, "resident_after_mprotect", res);
 	rec_bool(r, "all_resident_after_mprotect", res.set && res.v == (long long)(size / c->page));
-	rec_opt(r, "vmlck_after_mprotect_kb", some_if_valid(status_kb("VmLck")));
-	struct smaps_info si;
-	smaps_at(p, &si);
-	rec_opt(r, "smaps_locked_after_mprotect_kb", si.found ? some(si.locked_kb) : none);
+	rec_opt(r, "vmlck_after_mprotect_kb", vmlck_now());
+	rec_opt(r, "smaps_locked_after_mprotect_kb", smaps_locked_kb_at(p));
 	step_snapshot(r, c, "mprotect_read_write", merr, p, size);
 	if (merr == 0) {
 		/* Populated by mprotect or not: touching shows how many faults remain. */
@@ -84,9 +70,8 @@ static void run_prot_none(const struct ctx *c, struct record *r, const void *arg
 		rec_int(r, "minflt_touch_after_mprotect", f.minflt);
 	}
 
-	ret = munmap(p, size);
-	note_call(r, "munmap", ret, errno, "len=%zu", size);
-	r->vmlck_end_kb = some_if_valid(status_kb("VmLck"));
+	munmap_noted(r, p, size, NULL);
+	r->vmlck_end_kb = vmlck_now();
 }
 
 /* ---- area 13 --------------------------------------------------------------------------- */
@@ -138,16 +123,12 @@ static void run_segv_map_fixed(const struct ctx *c, struct record *r, const void
 	}
 	size_t size = n * c->page;
 	r->size = some((long long)size);
-	r->vmlck_before_kb = some_if_valid(status_kb("VmLck"));
+	r->vmlck_before_kb = vmlck_now();
 	prefault_stack();
 
-	char *base = mmap(NULL, size, PROT_NONE, PRIV_ANON | MAP_NORESERVE, -1, 0);
-	int err = base == MAP_FAILED ? errno : 0;
-	note_call(r, "mmap", base == MAP_FAILED ? -1 : 0, err, "PROT_NONE reservation len=%zu", size);
-	if (base == MAP_FAILED) {
-		setup_failed(r, c, "mmap", err);
+	char *base = setup_mmap(r, c, "mmap", size, PROT_NONE, PRIV_ANON | MAP_NORESERVE, -1, "PROT_NONE reservation len=%zu", size);
+	if (!base)
 		return;
-	}
 
 	segv_base = (uintptr_t)base;
 	segv_end = (uintptr_t)base + size;
@@ -189,12 +170,10 @@ static void run_segv_map_fixed(const struct ctx *c, struct record *r, const void
 	rec_bool(r, "stopped_at_limit", c->soft != RLIM_INFINITY &&
 		 (size_t)segv_mapped == limit_pages(c) && handler_err != 0);
 	rec_opt(r, "mapped_kb", some((long long)segv_mapped * (long long)c->page / 1024));
-	record_residency(r, base, size, c->page);
-	record_smaps(r, base);
+	record_mapping(r, base, size, c->page);
 
-	int ret = munmap(base, size);
-	note_call(r, "munmap", ret, errno, "len=%zu", size);
-	r->vmlck_end_kb = some_if_valid(status_kb("VmLck"));
+	munmap_noted(r, base, size, NULL);
+	r->vmlck_end_kb = vmlck_now();
 }
 
 static const struct prot_case pc_mlock = {false}, pc_map_locked = {true};

@@ -324,7 +324,7 @@ void not_applicable(struct record *r, const char *fmt, ...)
 	va_end(ap);
 }
 
-void note_call(struct record *r, const char *name, long ret, int err, const char *fmt, ...)
+static void note_callv(struct record *r, const char *name, long ret, int err, const char *fmt, va_list ap)
 {
 	if (r->ncalls >= MAX_CALLS)
 		return;
@@ -332,9 +332,14 @@ void note_call(struct record *r, const char *name, long ret, int err, const char
 	c->name = name;
 	c->ret = ret;
 	c->err = ret == -1 ? err : 0;
+	vsnprintf(c->args, sizeof(c->args), fmt, ap);
+}
+
+void note_call(struct record *r, const char *name, long ret, int err, const char *fmt, ...)
+{
 	va_list ap;
 	va_start(ap, fmt);
-	vsnprintf(c->args, sizeof(c->args), fmt, ap);
+	note_callv(r, name, ret, err, fmt, ap);
 	va_end(ap);
 }
 
@@ -395,6 +400,12 @@ void rec_errno(struct record *r, const char *key, int err)
 	rec_str(r, key, err == 0 ? "ok" : errno_name(err, nb, sizeof(nb)));
 }
 
+void rec_signal(struct record *r, const char *key, int sig)
+{
+	char sb[16];
+	rec_str(r, key, sig ? signal_name(sig, sb, sizeof(sb)) : NULL);
+}
+
 struct step *step_new(struct record *r, const char *name, int err)
 {
 	if (r->nsteps >= MAX_STEPS)
@@ -437,7 +448,7 @@ struct step *step_snapshot(struct record *r, const struct ctx *c, const char *na
 			   const void *addr, size_t len)
 {
 	struct step *s = step_new(r, name, err);
-	step_opt(s, "vmlck_kb", some_if_valid(status_kb("VmLck")));
+	step_opt(s, "vmlck_kb", vmlck_now());
 	if (addr) {
 		step_opt(s, "resident_pages", resident_count(addr, len, c->page));
 		struct smaps_info si;
@@ -586,6 +597,12 @@ void record_residency(struct record *r, const void *addr, size_t len, size_t pag
 	r->resident_pages = resident_count(addr, len, page);
 }
 
+void record_mapping(struct record *r, const void *addr, size_t len, size_t page)
+{
+	record_residency(r, addr, len, page);
+	record_smaps(r, addr);
+}
+
 /* The smaps entry that contains addr. size_kb is reported too: if the kernel merged the mapping
  * with a neighbour, Locked/Rss describe the merged VMA and Size shows it. */
 void smaps_at(const void *addr, struct smaps_info *out)
@@ -634,6 +651,20 @@ void smaps_at(const void *addr, struct smaps_info *out)
 }
 
 void record_smaps(struct record *r, const void *addr) { smaps_at(addr, &r->smaps); }
+
+bool smaps_lo_at(const void *addr)
+{
+	struct smaps_info si;
+	smaps_at(addr, &si);
+	return si.found && si.lo;
+}
+
+opt_t smaps_locked_kb_at(const void *addr)
+{
+	struct smaps_info si;
+	smaps_at(addr, &si);
+	return si.found ? some(si.locked_kb) : none;
+}
 
 /* /proc/meminfo Mlocked and Unevictable are per-CPU batched (MAP_LOCKED.md: approximate). As root,
  * writing /proc/sys/vm/stat_refresh folds the per-CPU deltas first; unprivileged it fails and the
@@ -786,13 +817,20 @@ bool case_size(const struct ctx *c, enum size_rule rule, size_t *size, struct re
 		return false;
 	}
 	r->size = some((long long)s);
+	if (!fits_in_ram(c, r, s))
+		return false;
+	*size = s;
+	return true;
+}
+
+bool fits_in_ram(const struct ctx *c, struct record *r, size_t size)
+{
 	/* Locking more than the guest can hold ends in the OOM killer, which is a separate scenario
 	 * (the oom_* cases); here it would only hide the limit behaviour. */
-	if (c->memavail_kb >= 0 && (unsigned long long)s > (unsigned long long)c->memavail_kb * 512) {
-		not_applicable(r, "does not fit in guest RAM (size %zu > MemAvailable/2)", s);
+	if (c->memavail_kb >= 0 && (unsigned long long)size > (unsigned long long)c->memavail_kb * 512) {
+		not_applicable(r, "does not fit in guest RAM (size %zu > MemAvailable/2)", size);
 		return false;
 	}
-	*size = s;
 	return true;
 }
 
@@ -811,7 +849,7 @@ size_t small_size(const struct ctx *c, size_t want_pages)
 
 void setup_failed(struct record *r, const struct ctx *c, const char *what, int err)
 {
-	if (!c->cap_ipc_lock && c->soft == 0 && err == EPERM) {
+	if (locks_refused(c) && err == EPERM) {
 		not_applicable(r, "RLIMIT_MEMLOCK is 0: set-up %s refused (EPERM), as map_locked_over/mlock_over show", what);
 		return;
 	}
@@ -825,4 +863,136 @@ __attribute__((noinline)) void prefault_stack(void)
 	volatile char buf[256 * 1024];
 	for (size_t i = 0; i < sizeof(buf); i += 1024)
 		buf[i] = 0;
+}
+
+/* ---- memory calls, noted --------------------------------------------------------------------- */
+
+/* "len=N" or "LABEL len=N". */
+static void note_len(struct record *r, const char *name, int ret, int err, const char *label, size_t len)
+{
+	if (label)
+		note_call(r, name, ret, err, "%s len=%zu", label, len);
+	else
+		note_call(r, name, ret, err, "len=%zu", len);
+}
+
+static void *mmap_notedv(struct record *r, size_t len, int prot, int flags, int fd, int *err, const char *fmt,
+			 va_list ap)
+{
+	void *p = mmap(NULL, len, prot, flags, fd, 0);
+	*err = p == MAP_FAILED ? errno : 0;
+	note_callv(r, "mmap", p == MAP_FAILED ? -1 : 0, *err, fmt, ap);
+	return p == MAP_FAILED ? NULL : p;
+}
+
+void *mmap_noted(struct record *r, size_t len, int prot, int flags, int fd, int *err, const char *fmt, ...)
+{
+	int e;
+	va_list ap;
+	va_start(ap, fmt);
+	void *p = mmap_notedv(r, len, prot, flags, fd, &e, fmt, ap);
+	va_end(ap);
+	if (err)
+		*err = e;
+	return p;
+}
+
+void *setup_mmap(struct record *r, const struct ctx *c, const char *what, size_t len, int prot, int flags, int fd,
+		 const char *fmt, ...)
+{
+	int err;
+	va_list ap;
+	va_start(ap, fmt);
+	void *p = mmap_notedv(r, len, prot, flags, fd, &err, fmt, ap);
+	va_end(ap);
+	if (!p)
+		setup_failed(r, c, what, err);
+	return p;
+}
+
+void *setup_map_locked(struct record *r, const struct ctx *c, size_t len)
+{
+	return setup_mmap(r, c, "mmap(MAP_LOCKED)", len, PROT_READ | PROT_WRITE, PRIV_ANON | MAP_LOCKED, -1,
+			  "MAP_PRIVATE|MAP_ANONYMOUS|MAP_LOCKED len=%zu", len);
+}
+
+int mlock_noted(struct record *r, void *p, size_t len, const char *label)
+{
+	int ret = mlock(p, len);
+	int err = ret ? errno : 0;
+	note_len(r, "mlock", ret, err, label, len);
+	return err;
+}
+
+int munlock_noted(struct record *r, void *p, size_t len, const char *label)
+{
+	int ret = munlock(p, len);
+	int err = ret ? errno : 0;
+	note_len(r, "munlock", ret, err, label, len);
+	return err;
+}
+
+int munmap_noted(struct record *r, void *p, size_t len, const char *label)
+{
+	int ret = munmap(p, len);
+	int err = ret ? errno : 0;
+	note_len(r, "munmap", ret, err, label, len);
+	return err;
+}
+
+int mlockall_noted(struct record *r, int flags, const char *flags_str)
+{
+	int ret = mlockall(flags);
+	int err = ret ? errno : 0;
+	note_call(r, "mlockall", ret, err, "%s", flags_str);
+	return err;
+}
+
+int munlockall_noted(struct record *r)
+{
+	int ret = munlockall();
+	int err = ret ? errno : 0;
+	note_call(r, "munlockall", ret, err, "%s", "");
+	return err;
+}
+
+void *key_mmap(struct record *r, size_t len, int prot, int flags, int fd, int *err, const char *fmt, ...)
+{
+	key_begin(r);
+	void *p = mmap(NULL, len, prot, flags, fd, 0);
+	int e = p == MAP_FAILED ? errno : 0;
+	key_end(r, e);
+	va_list ap;
+	va_start(ap, fmt);
+	note_callv(r, "mmap", p == MAP_FAILED ? -1 : 0, e, fmt, ap);
+	va_end(ap);
+	if (err)
+		*err = e;
+	return p == MAP_FAILED ? NULL : p;
+}
+
+int key_mlock(struct record *r, void *p, size_t len, const char *label)
+{
+	key_begin(r);
+	int ret = mlock(p, len);
+	int err = ret ? errno : 0;
+	key_end(r, err);
+	note_len(r, "mlock", ret, err, label, len);
+	return err;
+}
+
+void *key_mremap(struct record *r, void *old, size_t old_len, size_t new_len, int flags, void *new_addr, int *err,
+		 const char *fmt, ...)
+{
+	key_begin(r);
+	void *q = mremap(old, old_len, new_len, flags, new_addr);
+	int e = q == MAP_FAILED ? errno : 0;
+	key_end(r, e);
+	va_list ap;
+	va_start(ap, fmt);
+	note_callv(r, "mremap", q == MAP_FAILED ? -1 : 0, e, fmt, ap);
+	va_end(ap);
+	if (err)
+		*err = e;
+	return q == MAP_FAILED ? NULL : q;
 }

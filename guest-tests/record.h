@@ -85,6 +85,8 @@ typedef struct {
 static inline opt_t some(long long v) { return (opt_t){true, v}; }
 static const opt_t none = {false, 0};
 static inline opt_t some_if_valid(long long v) { return v >= 0 ? some(v) : none; }
+/* VmLck of /proc/self/status now (vmlck_before_kb, vmlck_end_kb, ...). */
+static inline opt_t vmlck_now(void) { return some_if_valid(status_kb("VmLck")); }
 
 struct ctx {
 	uid_t uid;
@@ -98,6 +100,8 @@ struct ctx {
 /* Limited: an unprivileged process with a finite soft limit (getrlimit(2) RLIMIT_MEMLOCK). */
 static inline bool limited(const struct ctx *c) { return !c->cap_ipc_lock && c->soft != RLIM_INFINITY; }
 static inline size_t limit_pages(const struct ctx *c) { return c->soft == RLIM_INFINITY ? 0 : (size_t)(c->soft / c->page); }
+/* Unprivileged at limit 0: every lock is refused (EPERM, can_do_mlock()), so set-ups that lock are. */
+static inline bool locks_refused(const struct ctx *c) { return !c->cap_ipc_lock && c->soft == 0; }
 
 /* ---- the record ------------------------------------------------------------------------- */
 
@@ -179,6 +183,7 @@ void rec_opt(struct record *r, const char *key, opt_t v);
 void rec_bool(struct record *r, const char *key, bool v);
 void rec_str(struct record *r, const char *key, const char *v);
 void rec_errno(struct record *r, const char *key, int err); /* "ok" or the errno name */
+void rec_signal(struct record *r, const char *key, int sig); /* the signal name, null for 0 */
 
 /* Steps of a multi-step case. */
 struct step *step_new(struct record *r, const char *name, int err);
@@ -201,6 +206,10 @@ opt_t resident_count(const void *addr, size_t len, size_t page);
 void smaps_at(const void *addr, struct smaps_info *out);
 /* Fill the record's smaps_* fields from the entry containing addr. */
 void record_smaps(struct record *r, const void *addr);
+/* One value of the smaps entry containing addr: `lo` in VmFlags (false when there is no entry);
+ * Locked in kB (none when there is no entry). */
+bool smaps_lo_at(const void *addr);
+opt_t smaps_locked_kb_at(const void *addr);
 
 /* The key call: begin reads VmLck, the meminfo baseline and rusage; end sets result, minflt_call,
  * majflt_call, the meminfo deltas and vmlck_after_kb, and after a failure
@@ -211,6 +220,8 @@ void key_end(struct record *r, int err);
 
 /* Residency of the key mapping right after the key call: total_pages and resident_pages. */
 void record_residency(struct record *r, const void *addr, size_t len, size_t page);
+/* record_residency, then record_smaps at addr: the key mapping as the key call left it. */
+void record_mapping(struct record *r, const void *addr, size_t len, size_t page);
 
 /* Touch one byte per page of [p, p+len) (write or read) with SIGSEGV/SIGBUS caught: a fault is
  * recorded in `signals` and stops the walk. Returns the number of pages touched before the fault.
@@ -234,7 +245,40 @@ size_t small_size(const struct ctx *c, size_t want_pages);
  * unexpected and becomes the case's result, with `failed_setup` naming the call. */
 void setup_failed(struct record *r, const struct ctx *c, const char *what, int err);
 
+/* The case cannot say anything when size is more than half of MemAvailable: locking more than the
+ * guest can hold is the oom_* cases' scenario. False, with the reason recorded, then. */
+bool fits_in_ram(const struct ctx *c, struct record *r, size_t size);
+
 /* Every page of the touched stack is in the stack VMA before a case measures total_vm. */
 void prefault_stack(void);
+
+/* ---- memory calls, listed in `calls` as they are made ------------------------------------ *
+ * Each makes the call, reads errno at once and notes the call. mmap-like helpers return NULL (not
+ * MAP_FAILED) on failure and store the errno in *err when err is not NULL; the others return the
+ * errno, 0 on success. `label` (NULL for none) goes before "len=N" in the args: "LABEL len=N". */
+
+__attribute__((format(printf, 7, 8)))
+void *mmap_noted(struct record *r, size_t len, int prot, int flags, int fd, int *err, const char *fmt, ...);
+/* A set-up mmap: on failure setup_failed(r, c, what, errno) and NULL. */
+__attribute__((format(printf, 8, 9)))
+void *setup_mmap(struct record *r, const struct ctx *c, const char *what, size_t len, int prot, int flags, int fd,
+		 const char *fmt, ...);
+/* The usual set-up: mmap(MAP_PRIVATE|MAP_ANONYMOUS|MAP_LOCKED) of len, read-write. */
+void *setup_map_locked(struct record *r, const struct ctx *c, size_t len);
+int mlock_noted(struct record *r, void *p, size_t len, const char *label);
+int munlock_noted(struct record *r, void *p, size_t len, const char *label);
+int munmap_noted(struct record *r, void *p, size_t len, const char *label);
+int mlockall_noted(struct record *r, int flags, const char *flags_str);
+int munlockall_noted(struct record *r);
+
+/* Key calls: key_begin, the call, key_end, then the call is noted (in that order, so noting stays
+ * outside the measured window). */
+__attribute__((format(printf, 7, 8)))
+void *key_mmap(struct record *r, size_t len, int prot, int flags, int fd, int *err, const char *fmt, ...);
+int key_mlock(struct record *r, void *p, size_t len, const char *label);
+/* new_addr is passed on to mremap(2) (used with MREMAP_FIXED; NULL otherwise). */
+__attribute__((format(printf, 8, 9)))
+void *key_mremap(struct record *r, void *old, size_t old_len, size_t new_len, int flags, void *new_addr, int *err,
+		 const char *fmt, ...);
 
 #endif
