@@ -220,7 +220,8 @@ def run_boot(
         if live.cancelled.is_set():
             raise Cancelled() from e
         result.error = f"{e}\n{e.excerpt}" if e.excerpt else str(e)
-        _fill(result, plan, plan.runs, Outcome.PANIC if e.panicked else Outcome.INFRA_ERROR, str(e))
+        outcome = Outcome.PANIC if e.panicked else Outcome.TIMEOUT if e.timed_out else Outcome.INFRA_ERROR
+        _fill(result, plan, plan.runs, outcome, str(e))
     except InfraError as e:
         if live.cancelled.is_set():
             raise Cancelled() from e

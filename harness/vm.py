@@ -153,10 +153,11 @@ def command_line(argv: list[str]) -> str:
 class BootFailure(InfraError):
     """The guest never became ready: QEMU exited, the kernel panicked, or the deadline passed."""
 
-    def __init__(self, message: str, excerpt: str, panicked: bool = False) -> None:
+    def __init__(self, message: str, excerpt: str, panicked: bool = False, timed_out: bool = False) -> None:
         super().__init__(message)
         self.excerpt = excerpt
         self.panicked = panicked
+        self.timed_out = timed_out  # the guest neither came up nor died: a hang (or a very slow host)
 
 
 @dataclass
@@ -278,7 +279,7 @@ class VM:
                 raise BootFailure("boot cancelled: the run was interrupted", self.excerpt())
             if time.monotonic() > deadline:
                 raise BootFailure(
-                    f"no ready marker within {timeout:g}s (last serial lines below)", self.excerpt()
+                    f"no ready marker within {timeout:g}s (last serial lines below)", self.excerpt(), timed_out=True
                 )
         if self._serial.ready_at is not None and not self.panicked:
             return self._serial.ready_at
