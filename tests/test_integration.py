@@ -242,19 +242,29 @@ def test_interrupt_keeps_finished_results(tmp_path: Path, signum: int) -> None:
     assert qemu_pids() <= before, "an interrupted run left QEMU running"
 
 
+def boot_plan(bookworm: Prepared, tmp_path: Path, runs: tuple[matrix.RunPlan, ...], *, case_timeout: float = 60,
+              img: image.Image | None = None,
+              before: Callable[[BootResult, run.Live], None] | None = None) -> BootResult:
+    """One boot plan of bookworm through the runner's own path (run.run_boot), results in tmp_path."""
+    kernel, default_img, key = bookworm
+    plan = matrix.BootPlan("bookworm-test", matrix.DebianKernel(("bookworm",)), 256, runs,
+                           matrix.Timeouts(boot=240, case=case_timeout))  # fmt: skip
+    result = BootResult(plan.id, kernel.info(), 256)
+    writer = report.RunWriter(tmp_path, "test", run.now(), [plan.id])
+    live = run.Live()
+    if before is not None:
+        before(result, live)
+    run.run_boot(plan, run.Prepared(kernel, img or default_img), result, verdict.load(), vm.accelerator(), key,
+                 image.disk_image(cache_dir() / "images"), tmp_path, writer, live)  # fmt: skip
+    return result
+
+
 def test_a_case_that_panics_the_guest_is_recorded_and_the_rest_go_on(bookworm: Prepared, tmp_path: Path) -> None:
     """A real panic mid-run (sysrq 'c' from the probe's hidden self-test): that case is PANIC with
     the kernel's words, the guest is booted again, and the remaining cases of the boot still run."""
-    kernel, img, key = bookworm
     cases = ("limits", "_selftest_panic", "map_locked_over")
-    plan = matrix.BootPlan("bookworm-panic", matrix.DebianKernel(("bookworm",)), 256,
-                           (matrix.RunPlan(None, "root", cases), matrix.RunPlan(None, "user", ("limits",))),
-                           matrix.Timeouts(boot=240, case=60))  # fmt: skip
-    result = BootResult(plan.id, kernel.info(), 256)
-    writer = report.RunWriter(tmp_path, "panic-test", run.now(), [plan.id])
-    cache = cache_dir()
-    run.run_boot(plan, run.Prepared(kernel, img), result, verdict.load(), vm.accelerator(), key,
-                 image.disk_image(cache / "images"), tmp_path, writer, run.Live())  # fmt: skip
+    runs = (matrix.RunPlan(None, "root", cases), matrix.RunPlan(None, "user", ("limits",)))
+    result = boot_plan(bookworm, tmp_path, runs)
 
     got = {(c.case, c.user): c for c in result.cases}
     assert [c.case for c in result.cases] == ["limits", "_selftest_panic", "map_locked_over", "limits"]
@@ -273,18 +283,11 @@ def test_a_guest_without_its_nic_driver_is_an_infrastructure_error_after_bounded
 ) -> None:
     """An image without the NIC's modules boots but can never be reached: every case is an
     infrastructure error naming the cause, the boot is tried 1 + INFRA_RETRIES times, no QEMU stays."""
-    kernel, _, key = bookworm
-    cache = cache_dir()
+    _, _, key = bookworm
     base = image.base_entries(run.build_probe().path, guest.public_line(key))
-    deaf = image.build(base, [], secret(cache, "guest-host-key"), tmp_path / "images")
-    plan = matrix.BootPlan("bookworm-deaf", matrix.DebianKernel(("bookworm",)), 256,
-                           (matrix.RunPlan(None, "root", ("limits", "mlock_over")),),
-                           matrix.Timeouts(boot=120, case=30))  # fmt: skip
-    result = BootResult(plan.id, kernel.info(), 256)
-    writer = report.RunWriter(tmp_path, "deaf-test", run.now(), [plan.id])
+    deaf = image.build(base, [], secret(cache_dir(), "guest-host-key"), tmp_path / "images")
     before = qemu_pids()
-    run.run_boot(plan, run.Prepared(kernel, deaf), result, verdict.load(), vm.accelerator(), key,
-                 image.disk_image(cache / "images"), tmp_path, writer, run.Live())  # fmt: skip
+    result = boot_plan(bookworm, tmp_path, (matrix.RunPlan(None, "root", ("limits", "mlock_over")),), img=deaf)
     assert [c.outcome for c in result.cases] == [Outcome.INFRA_ERROR, Outcome.INFRA_ERROR]
     assert "cannot reach root@[127.0.0.1]" in result.error
     assert result.retries == run.INFRA_RETRIES and result.reboots == 0
@@ -308,17 +311,9 @@ def _inject_during_next_case(result: BootResult, live: run.Live, after: str, fau
 
 
 def _run_with_fault(bookworm: Prepared, tmp_path: Path, fault: Callable[[vm.VM], None]) -> BootResult:
-    kernel, img, key = bookworm
-    plan = matrix.BootPlan("bookworm-fault", matrix.DebianKernel(("bookworm",)), 256,
-                           (matrix.RunPlan(None, "root", ("limits", "_selftest_hang", "map_locked_over")),),
-                           matrix.Timeouts(boot=240, case=120))  # fmt: skip
-    result = BootResult(plan.id, kernel.info(), 256)
-    writer = report.RunWriter(tmp_path, "fault-test", run.now(), [plan.id])
-    live = run.Live()
-    _inject_during_next_case(result, live, "limits", fault)
-    run.run_boot(plan, run.Prepared(kernel, img), result, verdict.load(), vm.accelerator(), key,
-                 image.disk_image(cache_dir() / "images"), tmp_path, writer, live)  # fmt: skip
-    return result
+    runs = (matrix.RunPlan(None, "root", ("limits", "_selftest_hang", "map_locked_over")),)
+    return boot_plan(bookworm, tmp_path, runs, case_timeout=120,
+                     before=lambda result, live: _inject_during_next_case(result, live, "limits", fault))
 
 
 def test_qemu_killed_from_outside_mid_case(bookworm: Prepared, tmp_path: Path) -> None:
@@ -385,14 +380,8 @@ def test_results_disk_filling_up_mid_run(tmp_path: Path) -> None:
 def test_an_oom_killed_case_is_told_from_the_kernel_log(bookworm: Prepared, tmp_path: Path) -> None:
     """A case that locks more than MemAvailable: the OOM killer takes the probe child (and not
     sshd or the guest), the kernel's own lines say so, and the next case runs in the same guest."""
-    kernel, img, key = bookworm
-    plan = matrix.BootPlan("bookworm-oom", matrix.DebianKernel(("bookworm",)), 256,
-                           (matrix.RunPlan(None, "root", ("oom_map_locked_between", "limits")),),
-                           matrix.Timeouts(boot=240, case=120))  # fmt: skip
-    result = BootResult(plan.id, kernel.info(), 256)
-    writer = report.RunWriter(tmp_path, "oom-test", run.now(), [plan.id])
-    run.run_boot(plan, run.Prepared(kernel, img), result, verdict.load(), vm.accelerator(), key,
-                 image.disk_image(cache_dir() / "images"), tmp_path, writer, run.Live())  # fmt: skip
+    result = boot_plan(bookworm, tmp_path, (matrix.RunPlan(None, "root", ("oom_map_locked_between", "limits")),),
+                       case_timeout=120)
     oom, limits = result.cases
     assert oom.observation is not None and oom.observation["status"] == "killed"
     assert oom.observation["oom_killed"] is True
