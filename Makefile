@@ -7,8 +7,10 @@ BIN := $(VENV)/bin
 
 .PHONY: run test bench soak deps venv probe lint unit clean
 
+# Exit 1 means the run finished and some kernels deviate from the documentation: a result, not a
+# failure of `make run` (2 and 3 still are).
 run: deps venv probe
-	$(BIN)/harness run $(ARGS)
+	$(BIN)/harness run $(ARGS) || [ $$? -eq 1 ]
 
 test: deps venv probe lint
 	$(BIN)/pytest -v -rs $(PYTEST_ARGS)
