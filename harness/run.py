@@ -89,6 +89,7 @@ class Kernels:
         self.options = options
         self.log = log
         self._archive: archive.Archive | None = None
+        self._local: dict[matrix.PathKernel, kernels.Kernel] = {}
 
     def archive(self) -> archive.Archive:
         if self._archive is None:
@@ -98,22 +99,29 @@ class Kernels:
 
     def resolve(self, spec: matrix.KernelSpec) -> kernels.Resolved | None:
         """Resolution errors about the spec itself are the user's (exit 2) and surface here."""
-        if isinstance(spec, matrix.PathKernel):
-            self.fetch(spec, None)  # local and cheap: a bad file is bad input, found before any boot
-            return None
-        try:
+        with _from(spec):
+            if isinstance(spec, matrix.PathKernel):
+                # local and cheap: a bad file is bad input, found before any boot; kept for fetch()
+                self._local[spec] = kernels.from_path(spec, self.options.cache)
+                return None
             return kernels.resolve(spec, self.archive())
-        except UserError as e:
-            raise UserError(f"{spec.origin}: {e}" if spec.origin else str(e)) from e
 
     def fetch(self, spec: matrix.KernelSpec, resolved: kernels.Resolved | None) -> kernels.Kernel:
         if isinstance(spec, matrix.PathKernel):
-            try:
-                return kernels.from_path(spec, self.options.cache)
-            except UserError as e:
-                raise UserError(f"{spec.origin}: {e}" if spec.origin else str(e)) from e
+            if spec not in self._local:
+                self.resolve(spec)
+            return self._local[spec]
         assert resolved is not None
         return kernels.fetch(resolved, self.archive(), self.options.cache)
+
+
+@contextlib.contextmanager
+def _from(spec: matrix.KernelSpec) -> Iterator[None]:
+    """Bad input about a kernel names where the matrix gave it."""
+    try:
+        yield
+    except UserError as e:
+        raise UserError(f"{spec.origin}: {e}" if spec.origin else str(e)) from e
 
 
 def guest_modules(kernel: kernels.Kernel) -> list[tuple[str, bytes]]:
