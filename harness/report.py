@@ -28,8 +28,8 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from harness.errors import InfraError
-from harness.results import BootResult, CaseResult, Outcome
+from harness.errors import InfraError, UserError
+from harness.results import BootResult, CaseResult, KernelInfo, Outcome, RunRecord
 
 SCHEMA_VERSION = 1  # results.json "schema"; bump on any incompatible change
 JUNIT_FILE = "junit.xml"
@@ -230,6 +230,84 @@ def results_json(
         "counts": outcome_counts(boots),
         "boots": [_boot_json(boot) for boot in boots],
     }
+
+
+def _need(doc: Mapping[str, Any], key: str, kind: type | tuple[type, ...], where: str) -> Any:
+    value = doc.get(key)
+    if not isinstance(value, kind):
+        raise ValueError(f"{where}{key}: missing or not {getattr(kind, '__name__', 'of the right type')}")
+    return value
+
+
+def _case_from(doc: Mapping[str, Any], boot_id: str, where: str) -> CaseResult:
+    try:
+        outcome = Outcome(doc.get("outcome"))
+    except ValueError:
+        raise ValueError(f"{where}outcome: {doc.get('outcome')!r} is not one of the outcomes") from None
+    observation = doc.get("observation")
+    return CaseResult(
+        boot_id, _need(doc, "case", str, where), _need(doc, "memlock", str, where), _need(doc, "user", str, where),
+        outcome, str(doc.get("message") or ""), observation if isinstance(observation, dict) else None,
+        dict(doc.get("expected") or {}), str(doc.get("citation") or ""), float(doc.get("duration_s") or 0.0),
+        str(doc.get("fingerprint") or ""),
+    )  # fmt: skip
+
+
+def _boot_from(doc: Mapping[str, Any], where: str) -> BootResult:
+    boot_id = _need(doc, "boot_id", str, where)
+    k = doc.get("kernel")
+    kernel = None
+    if isinstance(k, dict):
+        kw = f"{where}kernel."
+        kernel = KernelInfo(_need(k, "label", str, kw), str(k.get("release") or ""), k.get("package"),
+                            k.get("version"), str(k.get("sha256") or ""), str(k.get("source") or ""))  # fmt: skip
+    cases = _need(doc, "cases", list, where)
+    return BootResult(
+        boot_id, kernel, int(_need(doc, "ram_mb", int, where)), str(doc.get("accelerator") or ""),
+        str(doc.get("qemu_version") or ""), doc.get("memtotal_kb"), str(doc.get("uname") or ""),
+        [str(a) for a in doc.get("qemu_argv") or []], str(doc.get("serial_log") or ""),
+        {str(a): float(b) for a, b in (doc.get("timings") or {}).items()}, str(doc.get("error") or ""),
+        int(doc.get("reboots") or 0), int(doc.get("retries") or 0),
+        [_case_from(c, boot_id, f"{where}cases[{i}].") for i, c in enumerate(cases)],
+    )  # fmt: skip
+
+
+def read_results(path: Path) -> RunRecord:
+    """Read a results.json (or the run directory holding one) back into records.
+
+    Raises UserError naming the file and the field when it is not a results.json this harness wrote.
+    """
+    file = path / RESULTS_FILE if path.is_dir() else path
+    try:
+        doc = json.loads(file.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise UserError(f"{file}: no such file; give a run directory (results/<run-id>) or its results.json") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise UserError(f"{file}: cannot read it as JSON ({e}); give a results.json the harness wrote") from None
+    try:
+        if not isinstance(doc, dict):
+            raise ValueError("top level: not an object")
+        if doc.get("schema") != SCHEMA_VERSION:
+            raise ValueError(f"schema: {doc.get('schema')!r}, this harness reads schema {SCHEMA_VERSION}")
+        boots = [_boot_from(b, f"boots[{i}].") for i, b in enumerate(_need(doc, "boots", list, ""))]
+        return RunRecord(_need(doc, "run_id", str, ""), str(doc.get("started") or ""), doc.get("finished"),
+                         bool(doc.get("interrupted")), boots)  # fmt: skip
+    except (ValueError, TypeError, AttributeError) as e:
+        raise UserError(f"{file}: {e}; give a results.json the harness wrote") from None
+
+
+def read_manifest(run_dir: Path) -> dict[str, Any]:
+    """The run's manifest.json ({} when the run has none, as a run killed before writing it)."""
+    file = run_dir / MANIFEST_FILE
+    try:
+        doc = json.loads(file.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return {}
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise UserError(f"{file}: cannot read it as JSON ({e})") from None
+    if not isinstance(doc, dict):
+        raise UserError(f"{file}: top level is not an object")
+    return doc
 
 
 # --- files -------------------------------------------------------------------------------------

@@ -79,3 +79,18 @@ class BootResult:
     reboots: int = 0  # guests lost to a case (panic, hang, QEMU or SSH gone) and booted again
     retries: int = 0  # boots tried again after an infrastructure failure (not a kernel panic)
     cases: list[CaseResult] = field(default_factory=list)
+
+
+@dataclass
+class RunRecord:
+    """A whole run as results.json holds it: what report writers, history, compare and merge share."""
+
+    run_id: str
+    started: str
+    finished: str | None  # None while running or when the run was killed
+    interrupted: bool
+    boots: list[BootResult]
+
+    @property
+    def complete(self) -> bool:
+        return self.finished is not None and not self.interrupted

@@ -16,8 +16,8 @@ import pytest
 import xmlschema
 from rich.console import Console
 
-from harness.errors import InfraError
-from harness.report import RunWriter, exit_code, junit_xml, print_summary, results_json
+from harness.errors import InfraError, UserError
+from harness.report import RunWriter, exit_code, junit_xml, print_summary, read_results, results_json
 from harness.results import BootResult, CaseResult, KernelInfo, Outcome
 
 RUN_ID = "20261126T185300Z-ab12"
@@ -395,6 +395,35 @@ def test_results_json_empty_run() -> None:
     doc = results_json([], RUN_ID, STARTED, None)
     assert doc["boots"] == [] and sum(doc["counts"].values()) == 0
 
+
+
+def test_read_results_gives_back_the_records(tmp_path: Path) -> None:
+    boots = [full_boot(), failed_boot()]
+    (tmp_path / "results.json").write_text(json.dumps(results_json(boots, RUN_ID, STARTED, "2026-11-26T19:10:00Z")))
+    run = read_results(tmp_path)
+    assert (run.run_id, run.started, run.finished, run.complete) == (RUN_ID, STARTED, "2026-11-26T19:10:00Z", True)
+    assert run.boots == boots
+
+
+@pytest.mark.parametrize(
+    ("text", "says"),
+    [
+        ("{", "cannot read it as JSON"),
+        ("[]", "top level"),
+        ('{"schema": 99, "run_id": "r", "boots": []}', "schema: 99"),
+        ('{"schema": 1, "boots": []}', "run_id: missing"),
+        ('{"schema": 1, "run_id": "r", "boots": [{"boot_id": "b", "ram_mb": 1, "cases": [{"case": "c", '
+         '"memlock": "0", "user": "u", "outcome": "great"}]}]}', "boots[0].cases[0].outcome: 'great'"),
+    ],
+)  # fmt: skip
+def test_read_results_names_file_and_field(tmp_path: Path, text: str, says: str) -> None:
+    file = tmp_path / "results.json"
+    file.write_text(text)
+    with pytest.raises(UserError) as e:
+        read_results(file)
+    assert str(e.value).startswith(f"{file}: ") and says in str(e.value)
+    with pytest.raises(UserError, match="no such file"):
+        read_results(tmp_path / "elsewhere")
 
 # --- RunWriter ---------------------------------------------------------------------------------
 
