@@ -2,17 +2,19 @@
 SHELL := /bin/bash
 APT_PACKAGES := qemu-system-x86 busybox-static dropbear-bin cpio gcc libc6-dev make gpgv \
                 debian-archive-keyring xz-utils zstd e2fsprogs python3 python3-venv
+# Only the tests need a browser (report.html is checked in headless chromium).
+TEST_APT_PACKAGES := chromium
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: run test bench soak deps venv probe lint unit clean
+.PHONY: run test bench soak deps test-deps venv probe lint unit clean
 
 # Exit 1 means the run finished and some kernels deviate from the documentation: a result, not a
 # failure of `make run` (2 and 3 still are).
 run: deps venv probe
 	$(BIN)/harness run $(ARGS) || [ $$? -eq 1 ]
 
-test: deps venv probe lint
+test: test-deps venv probe lint
 	$(BIN)/pytest -v -rs $(PYTEST_ARGS)
 
 lint: venv
@@ -29,8 +31,10 @@ soak: deps venv probe
 	$(BIN)/python bench/soak.py $(ARGS)
 
 # Installs what is missing as root; otherwise prints the one command that would, and stops.
-deps:
-	@missing=$$(for p in $(APT_PACKAGES); do \
+deps test-deps: PACKAGES = $(APT_PACKAGES)
+test-deps: PACKAGES += $(TEST_APT_PACKAGES)
+deps test-deps:
+	@missing=$$(for p in $(PACKAGES); do \
 	    dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q '^install ok installed' || echo $$p; \
 	  done | tr '\n' ' '); \
 	if [ -z "$$missing" ]; then exit 0; fi; \
