@@ -117,14 +117,15 @@ def _limit_class(obs: Mapping[str, Any]) -> str | None:
     return "zero" if soft == 0 else "finite" if isinstance(soft, int) else None
 
 
-def _version_cond(spec: object, version: tuple[int, ...]) -> bool:
+def kernel_in(spec: object, version: tuple[int, ...]) -> bool:
+    """`version` is in the range `spec` ('>=5.16', '>=4.4,<5.16'); ValueError on a malformed range."""
     ops: dict[str, Callable[[Any, Any], bool]] = {
         ">=": operator.ge, "<=": operator.le, ">": operator.gt, "<": operator.lt, "==": operator.eq,
     }  # fmt: skip
     for part in str(spec).split(","):
         m = re.fullmatch(r"\s*(>=|<=|>|<|==)\s*(\d+(?:\.\d+)*)\s*", part)
         if not m:
-            raise UserError(f"expectations: bad kernel condition {spec!r}; use e.g. '>=5.16' or '>=4.4,<5.16'")
+            raise ValueError(f"bad kernel range {spec!r}; use e.g. '>=5.16' or '>=4.4,<5.16'")
         want = tuple(int(x) for x in m.group(2).split("."))
         width = max(len(want), 2)
         if not ops[m.group(1)](version[:width], want):
@@ -136,9 +137,16 @@ _CONDITIONS: dict[str, Callable[[object, Mapping[str, Any], RunContext], bool]] 
     "privileged": lambda v, obs, ctx: obs.get("cap_ipc_lock") is v,
     "limit": lambda v, obs, ctx: _limit_class(obs) == v,
     "memlock": lambda v, obs, ctx: ("set" if ctx.memlock_requested else "default") == v,
-    "kernel": lambda v, obs, ctx: _version_cond(v, ctx.kernel_version),
+    "kernel": lambda v, obs, ctx: _kernel_cond(v, ctx.kernel_version),
     "limit_at_least": lambda v, obs, ctx: _at_least(obs.get("rlimit_soft", 0), v),
 }
+
+
+def _kernel_cond(spec: object, version: tuple[int, ...]) -> bool:
+    try:
+        return kernel_in(spec, version)
+    except ValueError as e:
+        raise UserError(f"expectations: {e}") from None
 
 
 def _at_least(soft: object, size: object) -> bool:

@@ -233,7 +233,7 @@ def test_kernel_version(release: str, version: tuple[int, ...]) -> None:
 @pytest.mark.parametrize("spec", ["about 5", "=>5.16", ">=5.16,", "5.16"])
 def test_bad_kernel_condition_is_user_error(spec: str) -> None:
     exp = Expectations({"limits": (Rule({"kernel": spec}, {"result": "ok"}, "cite"),)}, ())
-    with pytest.raises(UserError, match="bad kernel condition"):
+    with pytest.raises(UserError, match="bad kernel range"):
         verdict.judge(limits_record(65536), K61, exp)
 
 
