@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import signal
 import sys
 from collections.abc import Callable, Sequence
@@ -16,7 +17,7 @@ from types import FrameType
 
 from rich.console import Console
 
-from harness import guest, image, kernels, matrix, report, run
+from harness import compare, guest, history, image, kernels, matrix, merge, replay, report, run
 from harness.cache import cache_dir, secret
 from harness.errors import InfraError, UserError
 
@@ -50,6 +51,39 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--jobs", type=int, default=os.cpu_count() or 1, help="VMs at once (default: host cores)")
     run.add_argument("--results", type=Path, default=Path("results"), help="results directory (default: results)")
     run.add_argument("--print-default-matrix", action="store_true", help="print the embedded matrix and exit")
+    run.add_argument("--shard", type=_shard, metavar="I/N", help="run the I-th of N deterministic slices of the boots")
+    _history_option(run)
+
+    m = sub.add_parser("merge", help="merge the run directories of shards into one run", parents=[common])
+    m.add_argument("run_dirs", nargs="+", type=Path, metavar="DIR", help="run directories of `run --shard`")
+    m.add_argument("--results", type=Path, default=Path("results"), help="where the merged run goes (default: results)")
+    _history_option(m)
+
+    c = sub.add_parser("compare", help="what differs between two runs or two kernels; exit 1 on new deviations",
+                       parents=[common])  # fmt: skip
+    c.add_argument("baseline", help="run directory or run id (or a kernel in the history: version, release, package)")
+    c.add_argument("new", help="run directory or run id (or a kernel in the history)")
+    c.add_argument("--known", type=Path, default=compare.KNOWN_FILE,
+                   help="known deviations: expected failures (default: guest-tests/known-deviations.yaml)")
+    c.add_argument("--results", type=Path, default=Path("results"), help="where run ids are found (default: results)")
+    _history_option(c)
+
+    rp = sub.add_parser("replay", help="run boots of an earlier run again, from its manifest", parents=[common])
+    rp.add_argument("run", help="run directory or run id (e.g. latest)")
+    rp.add_argument("--boot", help="only this boot (default: every boot of the run)")
+    rp.add_argument("--jobs", type=int, default=os.cpu_count() or 1, help="VMs at once (default: host cores)")
+    rp.add_argument("--results", type=Path, default=Path("results"), help="results directory (default: results)")
+    _history_option(rp)
+
+    h = sub.add_parser("history", help="behaviour per kernel version, from the history database", parents=[common])
+    h.add_argument("--case", help="only this case (shows every kernel's behaviour in detail)")
+    h.add_argument("--kernel", help="only this kernel: 6.1 (any 6.1.x), a version, release, package or sha256 prefix")
+    h.add_argument("--changes", action="store_true", help="only rows whose behaviour changes between kernels")
+    _history_option(h)
+    hsub = h.add_subparsers(dest="action", parser_class=_Parser)
+    hi = hsub.add_parser("import", help="add existing run directories to the history", parents=[common])
+    hi.add_argument("run_dirs", nargs="+", type=Path, metavar="DIR")
+    _history_option(hi)
 
     k = sub.add_parser("kernels", help="resolve, fetch or list kernels")
     ksub = k.add_subparsers(dest="action", required=True, parser_class=_Parser)
@@ -68,6 +102,23 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
+def _shard(text: str) -> tuple[int, int]:
+    m = re.fullmatch(r"(\d+)/(\d+)", text)
+    if not m or not 1 <= int(m.group(1)) <= int(m.group(2)):
+        raise argparse.ArgumentTypeError(f"{text!r}: give I/N with 1 <= I <= N, e.g. 2/4")
+    return int(m.group(1)), int(m.group(2))
+
+
+def _history_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--history", type=Path, help="history database (default: <results>/history.sqlite)")
+
+
+def _history_path(args: argparse.Namespace) -> Path:
+    if args.history is not None:
+        return Path(args.history)
+    return getattr(args, "results", Path("results")) / history.DEFAULT_PATH.name
+
+
 def _matrix(path: Path | None) -> tuple[matrix.Matrix, str]:
     if path is None:
         return matrix.load_default(), matrix.default_text()
@@ -80,7 +131,8 @@ def _options(args: argparse.Namespace, cache: Path) -> run.Options:
     if jobs < 1:
         raise UserError(f"--jobs {jobs}: give at least 1")
     return run.Options(jobs=jobs, results=getattr(args, "results", Path("results")), cache=cache,
-                   mirror=args.mirror, insecure=args.insecure)  # fmt: skip
+                       mirror=args.mirror, insecure=args.insecure, shard=getattr(args, "shard", None),
+                       history=_history_path(args) if hasattr(args, "history") else None)  # fmt: skip
 
 
 def cmd_run(args: argparse.Namespace, console: Console) -> int:
@@ -98,6 +150,71 @@ def cmd_run(args: argparse.Namespace, console: Console) -> int:
     report.print_summary(boots, console)
     console.print(f"results: {run_dir}")
     return report.exit_code(boots)
+
+
+def cmd_merge(args: argparse.Namespace, console: Console) -> int:
+    run.check_writable(args.results)
+    run_id, run_dir = run.new_run_dir(args.results)
+    merged = merge.merge(args.run_dirs, run_id, run_dir, run.now())
+    run.record_history(_history_path(args), run_dir, lambda m: console.print(m, highlight=False))
+    report.print_summary(merged.boots, console)
+    console.print(f"results: {run_dir}")
+    return report.exit_code(merged.boots)
+
+
+def _side(ref: str, args: argparse.Namespace) -> compare.Side:
+    for candidate in (Path(ref), args.results / ref):
+        if (candidate / report.RESULTS_FILE).is_file() or (candidate.is_file() and candidate.suffix == ".json"):
+            return compare.run_side(report.read_results(candidate), f"run {candidate}")
+    path = _history_path(args)
+    if not path.is_file():
+        raise UserError(f"{ref}: not a run directory or run id in {args.results}, and there is no history "
+                        f"({path}) to look a kernel up in")  # fmt: skip
+    with history.History(path) as db:
+        kernel, results = db.kernel_results(ref)
+    return compare.kernel_side(kernel, results)
+
+
+def cmd_compare(args: argparse.Namespace, console: Console) -> int:
+    known = compare.load_known(args.known)
+    base, new = _side(args.baseline, args), _side(args.new, args)
+    diffs = compare.compare(base, new, known)
+    compare.render(diffs, base, new, console)
+    return compare.exit_code(diffs)
+
+
+def cmd_replay(args: argparse.Namespace, console: Console) -> int:
+    options = _options(args, _cache(args))
+    log = lambda m: console.print(m, highlight=False)  # noqa: E731
+    try:
+        done = replay.replay(replay.find_run(args.run, args.results), args.boot, options, log, run.Live())
+    except (KeyboardInterrupt, Interrupted):
+        console.print("[bold red]interrupted[/]: finished results were kept in results/latest")
+        raise
+    report.print_summary(done.boots, console)
+    if done.changes:
+        compare.render(done.changes, compare.Side(f"run {done.original.run_id}", {}),
+                       compare.Side(f"replay {done.run_dir.name}", {}), console)  # fmt: skip
+    else:
+        console.print(f"replay: every result behaved as in run {done.original.run_id}")
+    console.print(f"results: {done.run_dir}")
+    return report.exit_code(done.boots)
+
+
+def cmd_history(args: argparse.Namespace, console: Console) -> int:
+    path = _history_path(args)
+    if args.action == "import":
+        with history.History(path) as db:
+            for run_dir in args.run_dirs:
+                added = db.import_run(run_dir)
+                _line(console, str(run_dir), f"{added} results added" if added else "already in the history")
+        return 0
+    if not path.is_file():
+        raise UserError(f"{path}: no history yet; `harness run` writes it, `harness history import DIR` fills it")
+    with history.History(path) as db:
+        timelines = db.timelines(args.case, args.kernel)
+    history.render(timelines, console, detail=args.case is not None, only_changes=args.changes)
+    return 0
 
 
 def cmd_kernels(args: argparse.Namespace, console: Console) -> int:
@@ -165,6 +282,10 @@ HANDLERS: dict[str, Callable[[argparse.Namespace, Console], int]] = {
     "kernels": cmd_kernels,
     "image": cmd_image,
     "cases": cmd_cases,
+    "merge": cmd_merge,
+    "compare": cmd_compare,
+    "replay": cmd_replay,
+    "history": cmd_history,
 }
 
 

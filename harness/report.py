@@ -426,8 +426,9 @@ class RunWriter:
         with self._lock:
             atomic_write(self.manifest_path, text)
 
-    def finish(self, finished: str, interrupted: bool = False) -> None:
-        """Mark the run ended ("finished" set; "complete" unless interrupted) and write the reports once more."""
+    def finish(self, finished: str | None, interrupted: bool = False) -> None:
+        """Mark the run ended ("complete" when `finished` is set and it was not interrupted) and write
+        the reports once more. `finished` is None for a merge that lacks shards: it never completed."""
         with self._lock:
             self.finished = finished
             self.interrupted = interrupted

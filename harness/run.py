@@ -16,7 +16,7 @@ import secrets
 import subprocess
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -24,7 +24,7 @@ from typing import Any
 
 import paramiko
 
-from harness import __version__, archive, guest, image, kernels, matrix, modules, report, verdict, vm
+from harness import __version__, archive, guest, history, image, kernels, matrix, modules, report, verdict, vm
 from harness.aptsources import mirror_from
 from harness.cache import secret
 from harness.errors import InfraError, UserError
@@ -42,6 +42,9 @@ class Options:
     mirror: str | None = None
     insecure: bool = False
     accel: vm.Accelerator | None = None  # None: check KVM, else TCG
+    shard: tuple[int, int] | None = None  # (I, N): run the I-th of N deterministic slices of the boots
+    boots: tuple[str, ...] = ()  # run only these boot ids (replay); () for all
+    history: Path | None = None  # SQLite history the finished run is appended to; None: none
 
 
 @dataclass(frozen=True)
@@ -85,11 +88,14 @@ class Prepared:
 class Kernels:
     """Resolves and fetches each distinct kernel spec once per run."""
 
-    def __init__(self, options: Options, log: Callable[[str], None]) -> None:
+    def __init__(
+        self, options: Options, log: Callable[[str], None], pinned: Mapping[matrix.KernelSpec, kernels.Kernel] = {}
+    ) -> None:
         self.options = options
         self.log = log
         self._archive: archive.Archive | None = None
-        self._local: dict[matrix.PathKernel, kernels.Kernel] = {}
+        # Path kernels once read, and kernels a replay pins to exactly what an earlier run booted.
+        self._local: dict[matrix.KernelSpec, kernels.Kernel] = dict(pinned)
 
     def archive(self) -> archive.Archive:
         if self._archive is None:
@@ -99,6 +105,8 @@ class Kernels:
 
     def resolve(self, spec: matrix.KernelSpec) -> kernels.Resolved | None:
         """Resolution errors about the spec itself are the user's (exit 2) and surface here."""
+        if spec in self._local:
+            return None
         with _from(spec):
             if isinstance(spec, matrix.PathKernel):
                 # local and cheap: a bad file is bad input, found before any boot; kept for fetch()
@@ -107,7 +115,7 @@ class Kernels:
             return kernels.resolve(spec, self.archive())
 
     def fetch(self, spec: matrix.KernelSpec, resolved: kernels.Resolved | None) -> kernels.Kernel:
-        if isinstance(spec, matrix.PathKernel):
+        if spec in self._local or isinstance(spec, matrix.PathKernel):
             if spec not in self._local:
                 self.resolve(spec)
             return self._local[spec]
@@ -395,6 +403,25 @@ def new_run_dir(results: Path) -> tuple[str, Path]:
     return run_id, run_dir
 
 
+def select(plans: Sequence[matrix.BootPlan], options: Options) -> list[matrix.BootPlan]:
+    """The boots this process runs: a shard's slice, or the boots named (replay), else all.
+
+    Shard I of N takes every N-th boot starting at the I-th, in plan order: deterministic for one
+    matrix and probe, and kernels listed together (often of one age and boot time) spread over shards.
+    """
+    chosen = list(plans)
+    if options.boots:
+        ids = [p.id for p in plans]
+        unknown = [b for b in options.boots if b not in ids]
+        if unknown:
+            raise UserError(f"--boot {unknown[0]}: the run has no such boot; it has {', '.join(ids)}")
+        chosen = [p for p in chosen if p.id in options.boots]
+    if options.shard is not None:
+        index, count = options.shard
+        chosen = chosen[index - 1 :: count]
+    return chosen
+
+
 def now() -> str:
     return dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
 
@@ -405,14 +432,21 @@ def execute(
     log: Callable[[str], None],
     live: Live | None = None,
     matrix_text: str = "",
+    pinned: dict[matrix.KernelSpec, kernels.Kernel] | None = None,
+    provenance: dict[str, Any] | None = None,
 ) -> tuple[Path, list[BootResult]]:
-    """Run a matrix end to end; returns the run directory and the boot results (also on disk)."""
+    """Run a matrix end to end; returns the run directory and the boot results (also on disk).
+
+    `pinned` kernels are used as they are instead of being resolved (replay); `provenance` is
+    added to the manifest (what a replay reproduces).
+    """
     live = live or Live()
     check_writable(options.results)
     probe = build_probe()
-    plans = matrix.expand(mx, probe.names)
+    planned = matrix.expand(mx, probe.names)
+    plans = select(planned, options)
     expectations = verdict.load()
-    source = Kernels(options, log)
+    source = Kernels(options, log, pinned or {})
     specs = list(dict.fromkeys(p.kernel for p in plans))
     specs.sort(key=lambda s: not isinstance(s, matrix.PathKernel))  # local files first: bad input before downloads
     resolved: dict[matrix.KernelSpec, kernels.Resolved | InfraError | None] = {}
@@ -451,7 +485,8 @@ def execute(
     for p in plans:
         k = prepared[p.kernel].kernel
         results[p.id].kernel = k.info() if k else None
-    writer.write_manifest(manifest(mx, matrix_text, options, accel, probe, prepared, plans, results, disk))
+    setup = Setup(mx, matrix_text, options, accel, probe, prepared, planned, plans, disk, provenance or {})
+    writer.write_manifest(manifest(setup, results))
 
     futures: dict[Future[None], str] = {}
     with ThreadPoolExecutor(max_workers=options.jobs, thread_name_prefix="boot") as pool:
@@ -480,25 +515,44 @@ def execute(
                 if live.cancelled.is_set():
                     results[p.id].error = results[p.id].error or "run interrupted"
                 writer.update(results[p.id], flush=False)
-            writer.write_manifest(manifest(mx, matrix_text, options, accel, probe, prepared, plans, results, disk))
+            writer.write_manifest(manifest(setup, results))
             writer.finish(now(), interrupted=live.cancelled.is_set())
+            record_history(options.history, run_dir, log)
     return run_dir, [results[p.id] for p in plans]
 
 
-def manifest(
-    mx: matrix.Matrix,
-    matrix_text: str,
-    options: Options,
-    accel: vm.Accelerator,
-    probe: Probe,
-    prepared: dict[matrix.KernelSpec, Prepared],
-    plans: Sequence[matrix.BootPlan],
-    results: dict[str, BootResult],
-    disk: Path,
-) -> dict[str, Any]:
+def record_history(path: Path | None, run_dir: Path, log: Callable[[str], None]) -> None:
+    """Append a run to the history. A history that cannot be written never costs the run's files."""
+    if path is None:
+        return
+    try:
+        with history.History(path) as db:
+            added = db.import_run(run_dir)
+        log(f"history: {added} results added to {path}")
+    except (UserError, InfraError) as e:
+        log(f"history: not recorded ({e}); `harness history import {run_dir}` adds the run later")
+
+
+@dataclass(frozen=True)
+class Setup:
+    """How a run was set up: what its manifest records."""
+
+    mx: matrix.Matrix
+    matrix_text: str
+    options: Options
+    accel: vm.Accelerator
+    probe: Probe
+    prepared: dict[matrix.KernelSpec, Prepared]
+    planned: Sequence[matrix.BootPlan]  # every boot of the matrix
+    plans: Sequence[matrix.BootPlan]  # those this run ran (a shard's, or a replay's)
+    disk: Path
+    provenance: dict[str, Any]
+
+
+def manifest(setup: Setup, results: dict[str, BootResult]) -> dict[str, Any]:
     """Everything needed to reproduce the run."""
     kernels_out = []
-    for spec, prep in prepared.items():
+    for spec, prep in setup.prepared.items():
         entry: dict[str, Any] = {"spec": spec.label, "error": prep.error}
         if prep.kernel:
             k = prep.kernel
@@ -509,24 +563,27 @@ def manifest(
             entry["image"] = {"sha256": prep.image.sha256, "modules": list(prep.image.modules),
                               "host_key": prep.image.host_key}  # fmt: skip
         kernels_out.append(entry)
+    options, shard = setup.options, setup.options.shard
     return {
         "harness_version": __version__,
-        "matrix_source": mx.source,
-        "matrix_text": matrix_text,
+        "matrix_source": setup.mx.source,
+        "matrix_text": setup.matrix_text,
         "options": {"jobs": options.jobs, "mirror": options.mirror, "insecure": options.insecure},
-        "accelerator": {"name": accel.name, "reason": accel.reason},
+        "accelerator": {"name": setup.accel.name, "reason": setup.accel.reason},
         "qemu_version": vm.qemu_version(),
-        "probe": {"sha256": probe.sha256, "cases": [n for n, _ in probe.catalogue]},
+        "probe": {"sha256": setup.probe.sha256, "cases": [n for n, _ in setup.probe.catalogue]},
         "expectations_sha256": hashlib.sha256(verdict.EXPECTATIONS.read_bytes()).hexdigest(),
         "kernels": kernels_out,
-        "disk": {"path": str(disk), "sha256": hashlib.sha256(disk.read_bytes()).hexdigest()},
+        "disk": {"path": str(setup.disk), "sha256": hashlib.sha256(setup.disk.read_bytes()).hexdigest()},
+        "shard": None if shard is None else {"index": shard[0], "count": shard[1]},
+        "plan": [{"id": p.id, "kernel": p.kernel.label, "ram_mb": p.ram_mb} for p in setup.planned],
         "boots": [
             {"id": p.id, "kernel": p.kernel.label, "ram_mb": p.ram_mb,
              "runs": [{"memlock": r.memlock_label, "user": r.user} for r in p.runs],
              "qemu_argv": results[p.id].qemu_argv,
              "qemu_command": vm.command_line(results[p.id].qemu_argv) if results[p.id].qemu_argv else ""}
-            for p in plans
+            for p in setup.plans
         ],  # fmt: skip
         "host": {"kernel": platform.release(), "python": platform.python_version()},
+        **setup.provenance,
     }
-

@@ -1,0 +1,144 @@
+"""Merge the run directories of `harness run --shard I/N` into one run, as if one machine had run it all.
+
+Shards are checked to come from one nightly job (same matrix, probe and expectations); boots come
+out in the matrix's order, serial logs are copied, and every report (junit.xml, results.json,
+report.html, summary.md, manifest.json) is written anew. A shard that is missing does not make
+the merged run look clean: each of its boots is an infrastructure error naming the shard.
+"""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from harness import report
+from harness.errors import InfraError, UserError
+from harness.results import BootResult, RunRecord
+
+# What must be equal for shards to belong together; the rest (host, timing) may differ per machine.
+_SAME = (("matrix_text", "matrix"), ("probe", "probe"), ("expectations_sha256", "expectations"))
+
+
+@dataclass(frozen=True)
+class Shard:
+    run_dir: Path
+    run: RunRecord
+    manifest: Mapping[str, Any]
+
+    @property
+    def index(self) -> tuple[int, int] | None:
+        shard = self.manifest.get("shard")
+        if isinstance(shard, dict) and isinstance(shard.get("index"), int) and isinstance(shard.get("count"), int):
+            return shard["index"], shard["count"]
+        return None
+
+
+def load(run_dir: Path) -> Shard:
+    if not run_dir.is_dir():
+        raise UserError(f"{run_dir}: not a directory; give the run directories of the shards")
+    manifest = report.read_manifest(run_dir)
+    if not manifest:
+        raise UserError(f"{run_dir}: no manifest.json; merge needs the run directories `harness run` wrote")
+    return Shard(run_dir, report.read_results(run_dir), manifest)
+
+
+def check(shards: Sequence[Shard]) -> int:
+    """Raise UserError unless the shards can be merged; returns the shard count N."""
+    if not shards:
+        raise UserError("merge: give at least one run directory")
+    first = shards[0]
+    counts = {s.index[1] if s.index else None for s in shards}
+    for shard in shards[1:]:
+        for key, what in _SAME:
+            if shard.manifest.get(key) != first.manifest.get(key):
+                raise UserError(f"{shard.run_dir}: ran another {what} than {first.run_dir}; merge shards of one job")
+    if len(counts) != 1:
+        raise UserError(f"merge: the shards were cut {len(counts)} ways ({counts}); merge shards of one job")
+    count = counts.pop() or 1
+    seen: dict[int, Path] = {}
+    for shard in shards:
+        index = shard.index[0] if shard.index else 1
+        if index in seen:
+            raise UserError(f"{shard.run_dir}: shard {index}/{count} again (also {seen[index]}); give each shard once")
+        seen[index] = shard.run_dir
+    boot_ids: dict[str, Path] = {}
+    for shard in shards:
+        for boot in shard.run.boots:
+            if boot.boot_id in boot_ids:
+                raise UserError(f"{shard.run_dir}: boot {boot.boot_id} is also in {boot_ids[boot.boot_id]}")
+            boot_ids[boot.boot_id] = shard.run_dir
+    return count
+
+
+def merged_boots(shards: Sequence[Shard], count: int) -> list[BootResult]:
+    """Every boot of the matrix's plan in plan order; boots of missing shards become errors."""
+    plan = [p for p in shards[0].manifest.get("plan") or [] if isinstance(p, dict)]
+    have = {b.boot_id: b for s in shards for b in s.run.boots}
+    present = {s.index[0] if s.index else 1 for s in shards}
+    out: list[BootResult] = []
+    for position, entry in enumerate(plan):
+        boot_id = str(entry.get("id"))
+        if boot_id in have:
+            out.append(have.pop(boot_id))
+            continue
+        index = position % count + 1
+        why = f"shard {index}/{count} was not merged" if index not in present else "the shard did not run this boot"
+        out.append(BootResult(boot_id, None, int(entry.get("ram_mb") or 0), error=why))
+    out.extend(have.values())  # a plan-less manifest (older runs): keep the shards' own order
+    return out
+
+
+def _manifest(shards: Sequence[Shard], run: RunRecord) -> dict[str, Any]:
+    doc = dict(shards[0].manifest)
+    kernels: dict[str, Any] = {}
+    for shard in shards:
+        for entry in shard.manifest.get("kernels") or []:
+            kernels.setdefault(str(entry.get("spec")), entry)
+    doc.update(
+        kernels=list(kernels.values()),
+        boots=[b for s in shards for b in s.manifest.get("boots") or []],
+        shard=None,
+        merged_from=[{"run_id": s.run.run_id, "shard": s.manifest.get("shard"), "host": s.manifest.get("host")}
+                     for s in shards],  # fmt: skip
+    )
+    order = {b.boot_id: i for i, b in enumerate(run.boots)}
+    doc["boots"].sort(key=lambda b: order.get(str(b.get("id")), len(order)))
+    return doc
+
+
+def merge(run_dirs: Sequence[Path], run_id: str, out_dir: Path, started: str) -> RunRecord:
+    """Write the merged run into `out_dir` (created by the caller) and return it."""
+    shards = [load(d) for d in run_dirs]
+    count = check(shards)
+    boots = merged_boots(shards, count)
+    finished = [s.run.finished for s in shards]
+    run = RunRecord(
+        run_id,
+        min((s.run.started for s in shards), default=started),
+        None if None in finished or len(shards) < count else max(f for f in finished if f is not None),
+        any(s.run.interrupted for s in shards),
+        boots,
+    )
+    for shard in shards:
+        for boot in shard.run.boots:
+            if boot.serial_log:
+                _copy(shard.run_dir / boot.serial_log, out_dir / boot.serial_log)
+    writer = report.RunWriter(out_dir, run_id, run.started, [b.boot_id for b in boots])
+    for boot in boots:
+        writer.add_boot(boot)
+    writer.write_manifest(_manifest(shards, run))
+    writer.finish(run.finished, interrupted=run.interrupted)
+    return run
+
+
+def _copy(src: Path, dest: Path) -> None:
+    if not src.is_file():
+        return  # a boot that never started QEMU names a log that was never written
+    try:
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(src, dest)
+    except OSError as e:
+        raise InfraError(f"{dest}: cannot copy the serial log from {src}: {e.strerror}") from e
