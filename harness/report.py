@@ -28,6 +28,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
+from harness import overview
 from harness.errors import InfraError, UserError
 from harness.results import BootResult, CaseResult, KernelInfo, Outcome, RunRecord
 
@@ -157,8 +158,8 @@ def _conform(root: ET.Element, run_id: str) -> None:
         # str(float) sums such as 12.300000000000001 or 1e-05 break the schema's time pattern.
         element.set("time", f"{float(element.get('time', '0')):.3f}")
     for case in root.iter("testcase"):
-        if "time" in case.attrib:
-            case.set("time", f"{float(case.get('time', '0')):.3f}")  # junit_xml writes "%f"
+        # junit_xml writes "%f", and nothing at all for a zero duration, which Ant's schema requires.
+        case.set("time", f"{float(case.get('time', '0')):.3f}")
 
 
 def junit_xml(boots: Sequence[BootResult], run_id: str) -> str:
@@ -433,6 +434,9 @@ class RunWriter:
             self.finished = finished
             self.interrupted = interrupted
             self._write_reports()
+            # Only now: the page and summary are for people, and rendering a big run takes a second.
+            run = RunRecord(self.run_id, self.started, finished, interrupted, self._ordered())
+            overview.write(self.run_dir, run)
 
     def boots(self) -> list[BootResult]:
         """What has been reported so far, in report order (for the summary and the exit code)."""

@@ -13,7 +13,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import xmlschema
 from rich.console import Console
 
 from harness.errors import InfraError, UserError
@@ -22,90 +21,6 @@ from harness.results import BootResult, CaseResult, KernelInfo, Outcome
 
 RUN_ID = "20261126T185300Z-ab12"
 STARTED = "2026-11-26T18:53:00Z"
-
-# The constraints of Jenkins' junit-10.xsd (xunit plugin) for the elements and attributes this
-# harness writes, restated by hand: which attributes exist and are required, which children may
-# appear where, and the pattern `time` must match. No `disabled`, no unknown attributes.
-JUNIT_XSD = r"""<?xml version="1.0" encoding="UTF-8"?>
-<xs:schema xmlns:xs="http://www.w3.org/2001/XMLSchema">
-  <xs:simpleType name="time">
-    <xs:restriction base="xs:string">
-      <xs:pattern value="(([0-9]{0,3},)*[0-9]{3}|[0-9]{0,3})*(\.[0-9]*)?"/>
-    </xs:restriction>
-  </xs:simpleType>
-  <xs:complexType name="outcome" mixed="true">
-    <xs:attribute name="type" type="xs:string"/>
-    <xs:attribute name="message" type="xs:string"/>
-  </xs:complexType>
-  <xs:element name="failure" type="outcome"/>
-  <xs:element name="error" type="outcome"/>
-  <xs:element name="skipped" type="outcome"/>
-  <xs:element name="system-out" type="xs:string"/>
-  <xs:element name="system-err" type="xs:string"/>
-  <xs:element name="property">
-    <xs:complexType>
-      <xs:attribute name="name" type="xs:string" use="required"/>
-      <xs:attribute name="value" type="xs:string" use="required"/>
-    </xs:complexType>
-  </xs:element>
-  <xs:element name="properties">
-    <xs:complexType>
-      <xs:sequence><xs:element ref="property" minOccurs="0" maxOccurs="unbounded"/></xs:sequence>
-    </xs:complexType>
-  </xs:element>
-  <xs:element name="testcase">
-    <xs:complexType>
-      <xs:choice minOccurs="0" maxOccurs="unbounded">
-        <xs:element ref="skipped"/>
-        <xs:element ref="error"/>
-        <xs:element ref="failure"/>
-        <xs:element ref="system-out"/>
-        <xs:element ref="system-err"/>
-      </xs:choice>
-      <xs:attribute name="name" type="xs:string" use="required"/>
-      <xs:attribute name="time" type="xs:string"/>
-      <xs:attribute name="classname" type="xs:string"/>
-      <xs:attribute name="group" type="xs:string"/>
-    </xs:complexType>
-  </xs:element>
-  <xs:element name="testsuite">
-    <xs:complexType>
-      <xs:choice minOccurs="0" maxOccurs="unbounded">
-        <xs:element ref="testsuite"/>
-        <xs:element ref="properties"/>
-        <xs:element ref="testcase"/>
-        <xs:element ref="system-out"/>
-        <xs:element ref="system-err"/>
-      </xs:choice>
-      <xs:attribute name="name" type="xs:string" use="required"/>
-      <xs:attribute name="tests" type="xs:string" use="required"/>
-      <xs:attribute name="failures" type="xs:string" use="required"/>
-      <xs:attribute name="errors" type="xs:string" use="required"/>
-      <xs:attribute name="group" type="xs:string"/>
-      <xs:attribute name="time" type="time"/>
-      <xs:attribute name="skipped" type="xs:string"/>
-      <xs:attribute name="timestamp" type="xs:string"/>
-      <xs:attribute name="hostname" type="xs:string"/>
-      <xs:attribute name="id" type="xs:string"/>
-      <xs:attribute name="package" type="xs:string"/>
-      <xs:attribute name="file" type="xs:string"/>
-      <xs:attribute name="log" type="xs:string"/>
-      <xs:attribute name="url" type="xs:string"/>
-    </xs:complexType>
-  </xs:element>
-  <xs:element name="testsuites">
-    <xs:complexType>
-      <xs:sequence><xs:element ref="testsuite" minOccurs="0" maxOccurs="unbounded"/></xs:sequence>
-      <xs:attribute name="name" type="xs:string"/>
-      <xs:attribute name="time" type="time"/>
-      <xs:attribute name="tests" type="xs:string"/>
-      <xs:attribute name="failures" type="xs:string"/>
-      <xs:attribute name="errors" type="xs:string"/>
-    </xs:complexType>
-  </xs:element>
-</xs:schema>
-"""
-
 
 # --- fixtures ----------------------------------------------------------------------------------
 
@@ -330,17 +245,6 @@ def test_junit_multiline_message_survives() -> None:
     boot = BootResult("b", DEBIAN, 256, cases=[case("b", "c", Outcome.DEVIATION, message)])
     failure = ET.fromstring(junit_xml([boot], RUN_ID)).find("testsuite/testcase/failure")
     assert failure is not None and failure.get("message") == message
-
-
-def test_junit_validates_against_jenkins_schema() -> None:
-    schema = xmlschema.XMLSchema(JUNIT_XSD)
-    odd_times = full_boot("odd")
-    odd_times.cases = [
-        case("odd", "c", Outcome.PASS, duration_s=1e-5),
-        case("odd", "d", Outcome.PASS, duration_s=0.1),
-    ]
-    for boots in ([full_boot(), failed_boot(), odd_times], []):
-        schema.validate(junit_xml(boots, RUN_ID))
 
 
 # --- results.json ------------------------------------------------------------------------------
