@@ -153,9 +153,10 @@ def cmd_run(args: argparse.Namespace, console: Console) -> int:
 
 
 def cmd_merge(args: argparse.Namespace, console: Console) -> int:
+    shards = merge.load_all(args.run_dirs)
     run.check_writable(args.results)
     run_id, run_dir = run.new_run_dir(args.results)
-    merged = merge.merge(args.run_dirs, run_id, run_dir, run.now())
+    merged = merge.merge(shards, run_id, run_dir, run.now())
     run.record_history(_history_path(args), run_dir, lambda m: console.print(m, highlight=False))
     report.print_summary(merged.boots, console)
     console.print(f"results: {run_dir}")

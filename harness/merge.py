@@ -109,9 +109,15 @@ def _manifest(shards: Sequence[Shard], run: RunRecord) -> dict[str, Any]:
     return doc
 
 
-def merge(run_dirs: Sequence[Path], run_id: str, out_dir: Path, started: str) -> RunRecord:
-    """Write the merged run into `out_dir` (created by the caller) and return it."""
+def load_all(run_dirs: Sequence[Path]) -> list[Shard]:
+    """Read and check every shard before anything is written (bad input leaves no half-made run)."""
     shards = [load(d) for d in run_dirs]
+    check(shards)
+    return shards
+
+
+def merge(shards: Sequence[Shard], run_id: str, out_dir: Path, started: str) -> RunRecord:
+    """Write the merged run into `out_dir` and return it."""
     count = check(shards)
     boots = merged_boots(shards, count)
     finished = [s.run.finished for s in shards]

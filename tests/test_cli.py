@@ -4,14 +4,18 @@ from __future__ import annotations
 
 import io
 import os
+import re
+import shlex
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+import yaml
 from rich.console import Console
 
-from harness import cli, matrix
+from harness import cli, matrix, report
+from harness.results import BootResult, CaseResult, KernelInfo, Outcome
 
 BAD_MATRIX = "kernels:\n  - debian: bookworm\nram: [256M]\nmemlock:\n  - {soft: 1M, hard: 64K}\n"
 
@@ -153,3 +157,96 @@ def test_unwritable_results_directory_fails_before_anything_starts(
     assert code == 3
     (line,) = err.splitlines()
     assert line.startswith("harness: infrastructure error: taken/results: results cannot be written there")
+
+
+# --- shards, compare, replay, history, merge: bad input -----------------------------------------
+
+
+@pytest.mark.parametrize("shard", ["3/2", "0/2", "1", "a/b", "1/0"])
+def test_bad_shard_is_one_line(shard: str, capsys: pytest.CaptureFixture[str]) -> None:
+    code, _, err = run(["run", "--shard", shard], capsys)
+    assert code == 2
+    (line,) = err.splitlines()
+    assert f"argument --shard: {shard!r}: give I/N with 1 <= I <= N" in line
+
+
+def write_run(run_dir: Path, outcome: Outcome, fingerprint: str) -> Path:
+    """A run directory as `harness run` leaves it, with one boot and one case."""
+    kernel = KernelInfo("bookworm", "6.1.0-50-amd64", "linux-image-6.1.0-50-amd64", "6.1.176-1", "ab" * 32, "bookworm")
+    case = CaseResult("bookworm-256M", "protnone_mlock", "64K", "user", outcome, "locked after ENOMEM", {},
+                      fingerprint=fingerprint)  # fmt: skip
+    writer = report.RunWriter(run_dir, run_dir.name, "2026-11-26T00:00:00Z", ["bookworm-256M"])
+    writer.add_boot(BootResult("bookworm-256M", kernel, 256, "tcg", cases=[case]))
+    writer.write_manifest({"matrix_text": "kernels: [{debian: bookworm}]\n"})
+    writer.finish("2026-11-26T00:10:00Z")
+    return run_dir
+
+
+def test_compare_exit_codes_and_known_deviations(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    base = write_run(tmp_path / "results" / "night1", Outcome.PASS, '{"locked":"none"}')
+    new = write_run(tmp_path / "results" / "night2", Outcome.DEVIATION, '{"locked":"all"}')
+    code, out, _ = run(["compare", "night1", "night2", "--known", str(tmp_path / "none.yaml")], capsys)
+    assert code == 2  # the known-deviations file must exist
+    (tmp_path / "none.yaml").write_text("known: []\n")
+    code, out, _ = run(["compare", "night1", "night2", "--known", "none.yaml"], capsys)
+    assert code == 1 and "new deviation" in out and "locked after ENOMEM" in out
+    code, out, _ = run(["compare", str(base), str(new)], capsys)  # the shipped file knows protnone_mlock
+    assert code == 0 and "known deviation" in out
+    code, out, _ = run(["compare", "night2", "night1"], capsys)
+    assert code == 0 and "fixed" in out
+
+
+def test_compare_unknown_side_is_bad_input(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    write_run(tmp_path / "results" / "night1", Outcome.PASS, "{}")
+    code, _, err = run(["compare", "night1", "nightX"], capsys)
+    assert code == 2
+    (line,) = err.splitlines()
+    assert line.startswith("harness: error: nightX: not a run directory or run id in results")
+
+
+def test_history_import_and_views(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code, _, err = run(["history"], capsys)
+    assert code == 2 and "no history yet" in err
+    night = write_run(tmp_path / "results" / "night1", Outcome.PASS, '{"locked":"none"}')
+    code, out, _ = run(["history", "import", str(night), str(night)], capsys)
+    assert code == 0 and out.splitlines() == [f"{night}\t1 results added", f"{night}\talready in the history"]
+    code, out, _ = run(["history", "--case", "protnone_mlock"], capsys)
+    assert code == 0 and "6.1.176-1" in out and "locked=none" in out
+    code, _, err = run(["history", "--kernel", "9.9"], capsys)
+    assert code == 2 and "9.9" in err
+
+
+def test_replay_of_unknown_run_or_boot_is_bad_input(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code, _, err = run(["replay", "nope"], capsys)
+    assert code == 2 and "nope: no such run" in err
+    write_run(tmp_path / "results" / "night1", Outcome.PASS, "{}")
+    code, _, err = run(["replay", "night1", "--boot", "trixie-256M"], capsys)
+    assert code == 2
+    assert err.splitlines() == [
+        "harness: error: --boot trixie-256M: run night1 has no such boot; it has bookworm-256M"
+    ]
+
+
+def test_merge_of_a_non_run_is_bad_input(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "empty").mkdir()
+    code, _, err = run(["merge", "empty"], capsys)
+    assert code == 2 and err.splitlines() == [
+        "harness: error: empty: no manifest.json; merge needs the run directories `harness run` wrote"
+    ]
+    assert not (tmp_path / "results").exists()
+
+
+def test_ci_examples_use_only_commands_and_options_the_cli_has() -> None:
+    """docs/ci is copied into real pipelines: every `harness ...` line in it must parse."""
+    parser = cli._parser()
+    docs = Path(__file__).resolve().parent.parent / "docs" / "ci"
+    seen = 0
+    for path in sorted(docs.glob("*.yml")):
+        yaml.safe_load(path.read_text())
+        text = path.read_text().replace("\\\n", " ").replace("\n        --", " --")  # continued lines
+        text = re.sub(r"\$\(([^)]*)\)", "dir", text)  # command substitution: some directories
+        text = re.sub(r"\$\{\{[^}]*\}\}|\$[A-Z_]+", "1", text)  # CI variables
+        for m in re.finditer(r"\.venv/bin/harness ([^|;>\n]*)", text):
+            parser.parse_args(shlex.split(m.group(1)))
+            seen += 1
+    assert seen >= 7

@@ -235,7 +235,7 @@ def test_nightly_shards_merge_history_compare_and_replay(tmp_path: Path) -> None
 
     # What changed between 5.10 and 6.1 for this case set: the default limit's size only shows in
     # `limits`, and mremap_dontunmap_partial misaccounts on both.
-    proc = harness("history", "--results", str(results), "--case", "protnone_mlock")
+    proc = harness("history", "--history", str(results / "history.sqlite"), "--case", "protnone_mlock")
     assert proc.returncode == 0, proc.stderr
     assert "5.10." in proc.stdout and "6.1." in proc.stdout
     proc = harness("compare", str(merged), str(merged))

@@ -76,7 +76,7 @@ def write_shard(root: Path, index: int, count: int, matrix_text: str = MATRIX) -
 def test_merge_puts_boots_in_matrix_order_with_logs_and_fresh_reports(tmp_path: Path) -> None:
     shards = [write_shard(tmp_path, i, 3) for i in (3, 1, 2)]
     out = tmp_path / "merged"
-    run = merge.merge(shards, "merged-run", out, "2026-11-26T09:00:00Z")
+    run = merge.merge(merge.load_all(shards), "merged-run", out, "2026-11-26T09:00:00Z")
     assert [b.boot_id for b in run.boots] == [p.id for p in plans()]
     assert run.complete and run.started == "2026-11-26T01:00:00Z" and run.finished == "2026-11-26T03:30:00Z"
     assert report.read_results(out) == run
@@ -91,7 +91,7 @@ def test_merge_puts_boots_in_matrix_order_with_logs_and_fresh_reports(tmp_path: 
 
 def test_a_missing_shard_leaves_its_boots_as_errors_and_the_run_incomplete(tmp_path: Path) -> None:
     shards = [write_shard(tmp_path, i, 3) for i in (1, 3)]
-    run = merge.merge(shards, "merged-run", tmp_path / "merged", "2026-11-26T09:00:00Z")
+    run = merge.merge(merge.load_all(shards), "merged-run", tmp_path / "merged", "2026-11-26T09:00:00Z")
     missing = [b for b in run.boots if b.error]
     assert [b.boot_id for b in missing] == ["bullseye-256M", "trixie-128M"]
     assert {b.error for b in missing} == {"shard 2/3 was not merged"}
@@ -102,11 +102,11 @@ def test_merge_refuses_shards_of_different_jobs_and_repeats(tmp_path: Path) -> N
     one = write_shard(tmp_path / "a", 1, 2)
     other = write_shard(tmp_path / "b", 2, 2, MATRIX.replace("256M", "512M"))
     with pytest.raises(UserError, match=r"shard2: ran another matrix than .*shard1; merge shards of one job"):
-        merge.merge([one, other], "m", tmp_path / "m", "")
+        merge.merge(merge.load_all([one, other]), "m", tmp_path / "m", "")
     with pytest.raises(UserError, match=r"shard 1/2 again"):
-        merge.merge([one, one], "m", tmp_path / "m", "")
+        merge.merge(merge.load_all([one, one]), "m", tmp_path / "m", "")
     cut_otherwise = write_shard(tmp_path / "c", 2, 3)
     with pytest.raises(UserError, match="cut 2 ways"):
-        merge.merge([one, cut_otherwise], "m", tmp_path / "m", "")
+        merge.merge(merge.load_all([one, cut_otherwise]), "m", tmp_path / "m", "")
     with pytest.raises(UserError, match="not a directory"):
-        merge.merge([tmp_path / "nowhere"], "m", tmp_path / "m", "")
+        merge.merge(merge.load_all([tmp_path / "nowhere"]), "m", tmp_path / "m", "")
