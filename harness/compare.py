@@ -23,6 +23,7 @@ from rich.text import Text
 
 from harness import versions
 from harness.errors import UserError
+from harness.matrix import read_yaml
 from harness.results import CaseResult, KernelInfo, RunRecord
 from harness.verdict import kernel_in
 
@@ -65,13 +66,7 @@ def load_known(path: Path) -> list[Known]:
         text = path.read_text(encoding="utf-8")
     except OSError as e:
         raise UserError(f"{path}: cannot read the known-deviations file: {e.strerror}; give an existing file") from e
-    try:
-        root = yaml.compose(text, Loader=yaml.SafeLoader)
-        doc = yaml.safe_load(text)
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        line = f":{mark.line + 1}" if mark is not None else ""
-        raise UserError(f"{path}{line}: not valid YAML ({getattr(e, 'problem', e)}); fix the syntax") from None
+    root, doc = read_yaml(text, str(path))
     lines = _entry_lines(root)
     if doc is None:
         return []

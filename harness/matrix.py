@@ -195,15 +195,19 @@ def default_text() -> str:
     return resources.files("harness").joinpath(DEFAULT_MATRIX).read_text()
 
 
-def parse(text: str, source: str) -> Matrix:
+def read_yaml(text: str, source: str) -> tuple[yaml.Node | None, Any]:
+    """The node tree (for line numbers) and the data; bad YAML is one line naming source and line."""
     try:
-        root = yaml.compose(text, Loader=yaml.SafeLoader)
-        data = yaml.safe_load(text)
+        return yaml.compose(text, Loader=yaml.SafeLoader), yaml.safe_load(text)
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         line = f"{mark.line + 1}" if mark is not None else "1"
         problem = getattr(e, "problem", None) or str(e).splitlines()[0]
         raise UserError(f"{source}:{line}: invalid YAML: {problem}") from None
+
+
+def parse(text: str, source: str) -> Matrix:
+    root, data = read_yaml(text, source)
     where = _Where(source, root)
     if not isinstance(data, dict):
         raise where.error((), "a matrix file is a mapping with at least a 'kernels' list")

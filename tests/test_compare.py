@@ -130,7 +130,7 @@ def test_the_shipped_known_deviations_file_loads() -> None:
 @pytest.mark.parametrize(
     ("text", "says"),
     [
-        ("known: [\n", ":2: not valid YAML"),
+        ("known: [\n", ":2: invalid YAML"),
         ("other: []\n", ":1: known: missing"),
         ("known:\n  - case: x\n", ":2: known[0].reason: missing"),
         ("known:\n  - case: x\n    reason: y\n  - case: z\n    reason: w\n    kernels: '>=6'\n",
