@@ -28,7 +28,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from harness import history, overview, report  # noqa: E402
 
-
 FIRST_NIGHT = dt.datetime(2027, 1, 1, 2, 17, tzinfo=dt.UTC)
 
 
