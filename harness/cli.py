@@ -17,7 +17,7 @@ from types import FrameType
 
 from rich.console import Console
 
-from harness import compare, guest, history, image, kernels, matrix, merge, replay, report, run
+from harness import bisect, compare, guest, history, image, kernels, matrix, merge, replay, report, run
 from harness.cache import cache_dir, secret
 from harness.errors import InfraError, UserError
 
@@ -74,6 +74,22 @@ def _parser() -> argparse.ArgumentParser:
     rp.add_argument("--jobs", type=int, default=os.cpu_count() or 1, help="VMs at once (default: host cores)")
     rp.add_argument("--results", type=Path, default=Path("results"), help="results directory (default: results)")
     _history_option(rp)
+
+    bs = sub.add_parser("bisect", help="find the first commit where a case's behaviour changed", parents=[common])
+    bs.add_argument("--repo", type=Path, required=True, help="kernel git work tree (left as it is found)")
+    bs.add_argument("--good", required=True, help="a revision that behaves the old way")
+    bs.add_argument("--bad", required=True, help="a later revision that behaves otherwise")
+    bs.add_argument("--case", required=True, help="the probe case whose behaviour is compared")
+    bs.add_argument("--ram", default="256M", help="guest RAM (default: 256M)")
+    bs.add_argument("--memlock", default="default", help="RLIMIT_MEMLOCK, as in a matrix: 64K, 0, unlimited, default")
+    bs.add_argument("--user", default="root", help="guest account the case runs as (default: root)")
+    bs.add_argument("--config", type=Path, help="config fragment (default: images/kernel.config)")
+    bs.add_argument("--base", default="tinyconfig", choices=matrix.GIT_BASES, help="config the fragment is merged onto")
+    bs.add_argument("--tries", type=int, default=3, help="guests per commit at most, until two agree (default: 3)")
+    bs.add_argument("--results", type=Path, default=Path("results"), help="results directory (default: results)")
+
+    st = sub.add_parser("bisect-step", help="one step of `git bisect run` (called by harness bisect)", parents=[common])
+    st.add_argument("--state", type=Path, required=True, help="the bisect's state.json")
 
     h = sub.add_parser("history", help="behaviour per kernel version, from the history database", parents=[common])
     h.add_argument("--case", help="only this case (shows every kernel's behaviour in detail)")
@@ -202,6 +218,40 @@ def cmd_replay(args: argparse.Namespace, console: Console) -> int:
     return report.exit_code(done.boots)
 
 
+def cmd_bisect(args: argparse.Namespace, console: Console) -> int:
+    if args.tries < 1:
+        raise UserError(f"--tries {args.tries}: give at least 1")
+    settings = bisect.Settings(args.repo.resolve(), args.case, args.ram, args.memlock, args.user,
+                               args.config.resolve() if args.config else None, args.base, args.tries)  # fmt: skip
+    # The same checks a matrix gets, before anything is built: a bad case, size or limit is exit 2.
+    mx = matrix.parse(settings.matrix_text("HEAD"), "harness bisect options")
+    matrix.expand(mx, run.build_probe().names)
+    found = bisect.bisect(settings, args.good, args.bad, args.results, _cache(args),
+                          lambda m: console.print(m, highlight=False, markup=False))  # fmt: skip
+    console.print(f"first commit that changed {args.case}: {found.commit} {found.title}", markup=False)
+    for side, obs in (("before", found.good), ("after", found.bad)):
+        console.print(f"  {side} ({obs.commit[:12]}): {obs.outcome} {obs.behaviour}", markup=False)
+        console.print(f"    evidence: {', '.join(obs.run_dirs)}", markup=False)
+    console.print(f"  changed: {', '.join(found.fields)}; bisect record: {found.directory}", markup=False)
+    return 0
+
+
+def cmd_bisect_step(args: argparse.Namespace, console: Console) -> int:
+    """`git bisect run` reads the exit code: 0 good, 1 bad, 125 skip, 128 abort (a harness error)."""
+    err = Console(stderr=True, width=1000)
+    try:
+        return bisect.step(args.state, _cache(args), lambda m: console.print(m, highlight=False, markup=False))
+    except UserError as e:
+        err.print(f"harness bisect-step: error: {e}", markup=False, highlight=False, soft_wrap=True)
+        return bisect.ABORT
+    except InfraError as e:  # after the boot's own retries: this commit cannot answer
+        err.print(f"harness bisect-step: skip: {e}", markup=False, highlight=False, soft_wrap=True)
+        return bisect.SKIP
+    except Exception as e:  # noqa: BLE001 - any harness bug must abort the bisect, not mark a commit
+        err.print(f"harness bisect-step: internal error: {type(e).__name__}: {e}", markup=False, soft_wrap=True)
+        return bisect.ABORT
+
+
 def cmd_history(args: argparse.Namespace, console: Console) -> int:
     path = _history_path(args)
     if args.action == "import":
@@ -287,6 +337,8 @@ HANDLERS: dict[str, Callable[[argparse.Namespace, Console], int]] = {
     "compare": cmd_compare,
     "replay": cmd_replay,
     "history": cmd_history,
+    "bisect": cmd_bisect,
+    "bisect-step": cmd_bisect_step,
 }
 
 

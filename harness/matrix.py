@@ -51,7 +51,23 @@ class PathKernel:
         return self.path.name
 
 
-KernelSpec = DebianKernel | PathKernel
+@dataclass(frozen=True)
+class GitKernel:
+    """A kernel built from a git tree at `rev`, with a config fragment merged onto `base`."""
+
+    repo: Path
+    rev: str
+    config: Path | None = None  # fragment; None: images/kernel.config
+    base: str = "tinyconfig"  # or defconfig
+    origin: str = field(default="", compare=False)
+
+    @property
+    def label(self) -> str:
+        return f"{self.repo.name}@{self.rev}"
+
+
+KernelSpec = DebianKernel | PathKernel | GitKernel
+GIT_BASES = ("tinyconfig", "defconfig")
 
 
 @dataclass(frozen=True)
@@ -245,13 +261,16 @@ def _list(where: _Where, data: dict[str, Any], key: str, default: list[Any] | No
 
 
 def _kernel(where: _Where, path: tuple[object, ...], item: object) -> KernelSpec:
-    if not isinstance(item, dict) or len(item) != 1 or next(iter(item)) not in ("debian", "path"):
+    if not isinstance(item, dict) or len(item) != 1 or next(iter(item)) not in ("debian", "path", "git"):
         if isinstance(item, dict) and set(item) == {"path", "modules"}:
             return _path_kernel(where, path, item)
-        raise where.error(path, "each kernel is {debian: SUITE or {suite, package, abi}} or {path: FILE}")
+        raise where.error(path, "each kernel is {debian: SUITE or {suite, package, abi}}, {path: FILE} or "
+                                "{git: {repo, rev, config}}")  # fmt: skip
     kind, value = next(iter(item.items()))
     if kind == "path":
         return _path_kernel(where, path, item)
+    if kind == "git":
+        return _git_kernel(where, (*path, "git"), value)
     if isinstance(value, str):
         value = {"suite": value}
     if not isinstance(value, dict):
@@ -300,6 +319,33 @@ def _path_kernel(where: _Where, path: tuple[object, ...], item: dict[str, Any]) 
         if not mod_path.is_dir():
             raise where.error((*path, "modules"), f"{mod_path} is not a directory")
     return PathKernel(kernel, mod_path, where.origin(path))
+
+
+def _git_kernel(where: _Where, path: tuple[object, ...], value: object) -> GitKernel:
+    if not isinstance(value, dict):
+        raise where.error(path, "give {repo: DIR, rev: REV}, optionally config: FRAGMENT, base: tinyconfig|defconfig")
+    for key in value:
+        if key not in ("repo", "rev", "config", "base"):
+            raise where.error((*path, key), "unknown key; allowed: repo, rev, config, base")
+    base_dir = Path(where.source).parent if not where.source.startswith("<") else Path.cwd()
+    repo, rev = value.get("repo"), value.get("rev")
+    if not isinstance(repo, str) or not repo:
+        raise where.error((*path, "repo"), "give the directory of a kernel git tree")
+    repo_path = (base_dir / repo).expanduser()
+    if not (repo_path / ".git").exists():
+        raise where.error((*path, "repo"), f"{repo_path} is not a git work tree; give a kernel git checkout")
+    if not isinstance(rev, str) or not rev:
+        raise where.error((*path, "rev"), "give a revision: a commit, tag or branch (quote numbers: '1a2b3c')")
+    config = value.get("config")
+    config_path = None
+    if config is not None:
+        config_path = (base_dir / str(config)).expanduser()
+        if not config_path.is_file():
+            raise where.error((*path, "config"), f"{config_path} is not a file; give a config fragment")
+    base = value.get("base", "tinyconfig")
+    if base not in GIT_BASES:
+        raise where.error((*path, "base"), f"{base!r}: give one of {', '.join(GIT_BASES)}")
+    return GitKernel(repo_path.resolve(), rev, config_path, base, where.origin(path[:-1]))
 
 
 def _ram(where: _Where, path: tuple[object, ...], value: object) -> int:

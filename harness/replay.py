@@ -37,7 +37,11 @@ def _matrix(run_dir: Path, manifest: Mapping[str, Any]) -> matrix.Matrix:
 
 
 def pin_kernels(
-    mx: matrix.Matrix, manifest: Mapping[str, Any], cache: Path, fetch: Callable[[kernels.Resolved], kernels.Kernel]
+    mx: matrix.Matrix,
+    manifest: Mapping[str, Any],
+    cache: Path,
+    fetch: Callable[[kernels.Resolved], kernels.Kernel],
+    build: Callable[[matrix.GitKernel], kernels.Kernel] | None = None,
 ) -> dict[matrix.KernelSpec, kernels.Kernel]:
     """Each kernel the run booted, found again by its SHA-256: in the cache, else from its exact .debs."""
     by_label = {spec.label: spec for spec in mx.kernels}
@@ -55,7 +59,17 @@ def pin_kernels(
                                 f"{sha[:12]}); put the original file back to replay it")  # fmt: skip
         elif sha in cached:
             kernel = cached[sha]
+        elif isinstance(spec, matrix.GitKernel):
+            # Built from the commit the run built (a branch may have moved since), then checked by hash.
+            commit = str(entry.get("source") or "").rpartition("@")[2] or spec.rev
+            if build is None:
+                raise UserError(f"kernel {spec.label}: built from git, and this replay cannot build")
+            kernel = build(dataclasses.replace(spec, rev=commit))
+            if kernel.sha256 != sha:
+                raise UserError(f"kernel {spec.label}: commit {commit} now builds sha256 {kernel.sha256[:12]}, the "
+                                f"run booted {sha[:12]} (another compiler or config fragment?)")  # fmt: skip
         else:
+            assert isinstance(spec, matrix.DebianKernel)
             debs = tuple(Deb(**d) for d in entry.get("debs") or [])
             if not debs:
                 raise UserError(f"kernel {spec.label}: the manifest lists no .debs and it is not in the cache")
@@ -114,7 +128,8 @@ def replay(
     mx = _matrix(run_dir, manifest)
     chosen = boots_of(original, boot)
     source = run.Kernels(options, log)
-    pinned = pin_kernels(mx, manifest, options.cache, lambda r: source.fetch(r.spec, r))
+    pinned = pin_kernels(mx, manifest, options.cache, lambda r: source.fetch(r.spec, r),
+                         lambda spec: source.fetch(spec, None))  # fmt: skip
     accel = options.accel or vm.accelerator()
     probe = run.build_probe()
     diffs = differences(manifest, probe.sha256, accel.name)

@@ -24,7 +24,7 @@ from typing import Any
 
 import paramiko
 
-from harness import __version__, archive, guest, history, image, kernels, matrix, modules, report, verdict, vm
+from harness import __version__, archive, guest, history, image, kbuild, kernels, matrix, modules, report, verdict, vm
 from harness.aptsources import mirror_from
 from harness.cache import secret
 from harness.errors import InfraError, UserError
@@ -96,6 +96,7 @@ class Kernels:
         self._archive: archive.Archive | None = None
         # Path kernels once read, and kernels a replay pins to exactly what an earlier run booted.
         self._local: dict[matrix.KernelSpec, kernels.Kernel] = dict(pinned)
+        self._sources: dict[matrix.GitKernel, kbuild.Source] = {}
 
     def archive(self) -> archive.Archive:
         if self._archive is None:
@@ -112,6 +113,9 @@ class Kernels:
                 # local and cheap: a bad file is bad input, found before any boot; kept for fetch()
                 self._local[spec] = kernels.from_path(spec, self.options.cache)
                 return None
+            if isinstance(spec, matrix.GitKernel):
+                self._sources[spec] = kbuild.resolve(spec)  # a bad revision is bad input; building waits
+                return None
             return kernels.resolve(spec, self.archive())
 
     def fetch(self, spec: matrix.KernelSpec, resolved: kernels.Resolved | None) -> kernels.Kernel:
@@ -119,6 +123,11 @@ class Kernels:
             if spec not in self._local:
                 self.resolve(spec)
             return self._local[spec]
+        if isinstance(spec, matrix.GitKernel):
+            if spec not in self._sources:
+                self.resolve(spec)
+            with _from(spec):
+                return kbuild.build(self._sources[spec], self.options.cache, self.log, spec.label)
         assert resolved is not None
         return kernels.fetch(resolved, self.archive(), self.options.cache)
 
@@ -448,7 +457,7 @@ def execute(
     expectations = verdict.load()
     source = Kernels(options, log, pinned or {})
     specs = list(dict.fromkeys(p.kernel for p in plans))
-    specs.sort(key=lambda s: not isinstance(s, matrix.PathKernel))  # local files first: bad input before downloads
+    specs.sort(key=lambda s: isinstance(s, matrix.DebianKernel))  # local first: bad input before downloads
     resolved: dict[matrix.KernelSpec, kernels.Resolved | InfraError | None] = {}
     for spec in specs:
         try:

@@ -1,0 +1,252 @@
+"""Kernels built from a git tree: out of tree, a small config, cached by (tree, config, compiler).
+
+The user's work tree is never touched: each repository gets a shared clone in the cache
+(`git clone --shared`: the objects stay in the user's repository) that is checked out at the
+wanted commit, and one persistent out-of-tree build directory, so going from one commit to the
+next (as a bisect does) recompiles only what changed. The config is `base` (tinyconfig) with
+images/kernel.config merged on top and `make olddefconfig`; everything the guest needs is built
+in, so the guest loads no modules. ccache is used when it is installed.
+
+A finished build is stored under builds/<key>/, key = hash of (tree, base, fragment, compiler),
+with build.json saying what was built, how long it took and which config it used.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import tempfile
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from harness import bzimage, kernels
+from harness.errors import InfraError, UserError
+from harness.matrix import GitKernel
+
+FRAGMENT = Path(__file__).resolve().parent.parent / "images" / "kernel.config"
+BUILD_FILE = "build.json"
+LOG_TAIL = 25  # lines of a failed build's log in the error
+
+
+class BuildFailure(InfraError):
+    """The kernel did not build: for a bisect, a commit to skip; for a matrix run, that kernel's boots fail."""
+
+
+@dataclass(frozen=True)
+class Source:
+    """A git kernel spec resolved to a commit."""
+
+    spec: GitKernel
+    commit: str
+    tree: str
+    title: str
+
+
+def _git(repo: Path, *args: str) -> str:
+    proc = subprocess.run(["git", "-C", str(repo), *args], capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise subprocess.CalledProcessError(proc.returncode, args, proc.stdout, proc.stderr)
+    return proc.stdout.strip()
+
+
+def resolve(spec: GitKernel) -> Source:
+    """The commit and tree `spec.rev` names; a bad repository or revision is bad input."""
+    try:
+        commit = _git(spec.repo, "rev-parse", "--verify", "--quiet", f"{spec.rev}^{{commit}}")
+        tree = _git(spec.repo, "rev-parse", f"{commit}^{{tree}}")
+        title = _git(spec.repo, "log", "-1", "--format=%s", commit)
+    except FileNotFoundError:
+        raise InfraError("git is not installed; install git (make deps does)") from None
+    except subprocess.CalledProcessError:
+        raise UserError(f"git {spec.repo}: no commit {spec.rev!r}; give a commit, tag or branch of it") from None
+    return Source(spec, commit, tree, title)
+
+
+def fragment_text(spec: GitKernel) -> str:
+    path = spec.config or FRAGMENT
+    try:
+        return path.read_text()
+    except OSError as e:
+        raise UserError(f"{path}: cannot read the config fragment: {e.strerror}") from None
+
+
+def fragment_options(text: str) -> dict[str, str]:
+    """CONFIG_X=value lines and "# CONFIG_X is not set" lines of a fragment, as Kconfig writes them."""
+    out: dict[str, str] = {}
+    for line in text.splitlines():
+        if m := re.fullmatch(r"(CONFIG_\w+)=(.*)", line.strip()):
+            out[m.group(1)] = m.group(2)
+        elif m := re.fullmatch(r"# (CONFIG_\w+) is not set", line.strip()):
+            out[m.group(1)] = "n"
+    return out
+
+
+def missing_options(wanted: dict[str, str], config: str) -> list[str]:
+    """Fragment options the final .config does not have as asked (too old a kernel, a dependency off)."""
+    have = fragment_options(config)
+    return sorted(k for k, v in wanted.items() if have.get(k, "n") != v)
+
+
+def compiler() -> str:
+    """The compiler's identity, part of the cache key: another gcc makes another kernel."""
+    try:
+        out = subprocess.run(["gcc", "--version"], capture_output=True, text=True, check=True).stdout
+    except (OSError, subprocess.CalledProcessError):
+        raise InfraError("gcc is not installed; install gcc, make, flex, bison, bc, libelf-dev (make deps)") from None
+    return out.splitlines()[0].strip()
+
+
+def build_key(source: Source, fragment: str, cc: str) -> str:
+    doc = json.dumps({"tree": source.tree, "base": source.spec.base, "fragment": fragment, "compiler": cc},
+                     sort_keys=True)  # fmt: skip
+    return hashlib.sha256(doc.encode()).hexdigest()[:32]
+
+
+def _repo_id(repo: Path) -> str:
+    return hashlib.sha256(str(repo.resolve()).encode()).hexdigest()[:16]
+
+
+@contextlib.contextmanager
+def _locked(path: Path) -> Iterator[None]:
+    """One build per repository at a time (its clone and build directory are shared)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def _run(argv: Sequence[str], log: Path, env: dict[str, str], what: str) -> None:
+    """Run a build step in its own process group, output appended to `log`; killed with its children
+    on any exit (Ctrl-C included), so no compiler outlives the harness."""
+    with open(log, "ab") as out:
+        out.write(f"$ {' '.join(argv)}\n".encode())
+        out.flush()
+        proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+        try:
+            code = proc.wait()
+        except BaseException:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+            raise
+    if code != 0:
+        tail = log.read_text(errors="replace").splitlines()[-LOG_TAIL:]
+        raise BuildFailure(f"{what} failed (exit {code}); last lines of {log}:\n" + "\n".join(tail))
+
+
+def _checkout(source: Source, clone: Path, log: Path) -> None:
+    env = dict(os.environ)
+    if not (clone / ".git").exists():
+        clone.parent.mkdir(parents=True, exist_ok=True)
+        _run(["git", "clone", "--quiet", "--shared", "--no-checkout", str(source.spec.repo), str(clone)], log, env,
+             "git clone")  # fmt: skip
+    # Objects come from the user's repository (alternates), so any commit made there since is here.
+    _run(["git", "-C", str(clone), "checkout", "--quiet", "--force", "--detach", source.commit], log, env,
+         "git checkout")  # fmt: skip
+
+
+def build(source: Source, cache: Path, log: Callable[[str], None], label: str = "") -> kernels.Kernel:
+    """The kernel of `source`, built now or taken from the cache."""
+    fragment = fragment_text(source.spec)
+    cc = compiler()
+    key = build_key(source, fragment, cc)
+    root = cache / "builds"
+    done = root / key
+    if (done / BUILD_FILE).is_file():
+        return load(done, label or source.spec.label)
+    repo_id = _repo_id(source.spec.repo)
+    with _locked(root / f".{repo_id}.lock"):
+        if (done / BUILD_FILE).is_file():  # another process built it while this one waited
+            return load(done, label or source.spec.label)
+        log(f"building {source.commit[:12]} ({source.title}) from {source.spec.repo}; about 10 min the first "
+            "time, then only what changed")  # fmt: skip
+        return _build(source, fragment, cc, cache, root, key, repo_id, label)
+
+
+def _build(source: Source, fragment: str, cc: str, cache: Path, root: Path, key: str, repo_id: str,
+           label: str) -> kernels.Kernel:  # fmt: skip
+    clone = cache / "src" / repo_id
+    work = cache / "kbuild" / repo_id
+    work.mkdir(parents=True, exist_ok=True)
+    stage = Path(tempfile.mkdtemp(prefix=f".{key}.", dir=root))
+    try:
+        build_log = stage / "build.log"
+        started = time.monotonic()
+        _checkout(source, clone, build_log)
+        env = _build_env(cache, clone, source)
+        make = ["make", "-C", str(clone), f"O={work}", "ARCH=x86_64", f"-j{os.cpu_count() or 1}"]
+        if shutil.which("ccache"):
+            make.append("CC=ccache gcc")
+        (stage / "fragment.config").write_text(fragment)
+        _run([*make, source.spec.base], build_log, env, f"make {source.spec.base}")
+        _run([str(clone / "scripts" / "kconfig" / "merge_config.sh"), "-m", "-O", str(work), str(work / ".config"),
+              str(stage / "fragment.config")], build_log, env, "merging the config fragment")  # fmt: skip
+        _run([*make, "olddefconfig"], build_log, env, "make olddefconfig")
+        _run([*make, "bzImage"], build_log, env, "make bzImage")
+        seconds = round(time.monotonic() - started, 1)
+        release = subprocess.run([*make, "-s", "kernelrelease"], capture_output=True, text=True, env=env,
+                                 check=False).stdout.strip().splitlines()[-1:] or ["unknown"]  # fmt: skip
+        config = (work / ".config").read_text()
+        shutil.copyfile(work / "arch" / "x86" / "boot" / "bzImage", stage / "bzImage")
+        vmlinux = work / "vmlinux"
+        has_pvh = vmlinux.is_file() and bzimage.has_pvh_note(vmlinux.read_bytes())
+        if has_pvh:
+            shutil.copyfile(vmlinux, stage / "vmlinux")
+        (stage / "config").write_text(config)
+        meta = {
+            "repo": str(source.spec.repo), "rev": source.spec.rev, "commit": source.commit, "tree": source.tree,
+            "title": source.title, "base": source.spec.base, "fragment": fragment, "compiler": cc,
+            "ccache": shutil.which("ccache") is not None, "seconds": seconds, "release": release[0],
+            "config_sha256": hashlib.sha256(config.encode()).hexdigest(),
+            "missing_options": missing_options(fragment_options(fragment), config), "pvh": has_pvh,
+        }  # fmt: skip
+        (stage / BUILD_FILE).write_text(json.dumps(meta, indent=2) + "\n")
+        os.replace(stage, root / key)
+    except BaseException:
+        shutil.rmtree(stage, ignore_errors=True)
+        raise
+    return load(root / key, label or source.spec.label)
+
+
+def _build_env(cache: Path, clone: Path, source: Source) -> dict[str, str]:
+    env = dict(os.environ)
+    # Same commit, same compiler: the same bits, whoever builds it when.
+    stamp = _git(clone, "log", "-1", "--format=%cD", source.commit)
+    env.update(KBUILD_BUILD_TIMESTAMP=stamp, KBUILD_BUILD_USER="harness", KBUILD_BUILD_HOST="harness",
+               CCACHE_DIR=str(cache / "ccache"), CCACHE_BASEDIR=str(clone))  # fmt: skip
+    env.pop("MAKEFLAGS", None)  # a parent make's jobserver would serialise this one
+    return env
+
+
+def metadata(folder: Path) -> dict[str, Any]:
+    try:
+        doc = json.loads((folder / BUILD_FILE).read_text())
+    except (OSError, ValueError) as e:
+        raise InfraError(f"{folder / BUILD_FILE}: unreadable build record ({e}); delete {folder}") from None
+    if not isinstance(doc, dict):
+        raise InfraError(f"{folder / BUILD_FILE}: not a build record; delete {folder}")
+    return doc
+
+
+def load(folder: Path, label: str) -> kernels.Kernel:
+    meta = metadata(folder)
+    image = folder / "bzImage"
+    vmlinux = folder / "vmlinux"
+    return kernels.Kernel(
+        label, str(meta.get("release") or "unknown"), image, vmlinux if vmlinux.is_file() else None, None,
+        hashlib.sha256(image.read_bytes()).hexdigest(), None, None, (),
+        f"git:{meta.get('repo')}@{str(meta.get('commit'))[:12]}",
+    )  # fmt: skip
