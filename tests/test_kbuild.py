@@ -1,0 +1,88 @@
+"""harness/kbuild.py and `git:` matrix kernels, without compiling (tests/test_bisect_kernel.py builds)."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from harness import kbuild, matrix
+from harness.errors import UserError
+from harness.matrix import GitKernel
+
+
+def git(repo: Path, *args: str) -> str:
+    return subprocess.run(["git", "-C", str(repo), *args], check=True, capture_output=True, text=True).stdout.strip()
+
+
+@pytest.fixture
+def repo(tmp_path: Path) -> Path:
+    r = tmp_path / "linux"
+    r.mkdir()
+    git(r, "init", "-q")
+    for i in range(2):
+        (r / "Makefile").write_text(f"# {i}\n")
+        git(r, "add", "-A")
+        git(r, "-c", "user.name=t", "-c", "user.email=t@e", "commit", "-q", "-m", f"commit {i}")
+    return r
+
+
+def test_git_kernel_in_a_matrix(repo: Path, tmp_path: Path) -> None:
+    (tmp_path / "frag.config").write_text("CONFIG_X=y\n")
+    mx = matrix.parse("kernels:\n  - git: {repo: linux, rev: HEAD~1, config: frag.config, base: defconfig}\n",
+                      str(tmp_path / "m.yaml"))  # fmt: skip
+    (k,) = mx.kernels
+    assert k == GitKernel(repo, "HEAD~1", tmp_path / "frag.config", "defconfig")
+    assert k.label == "linux@HEAD~1" and k.origin.endswith("m.yaml:2: kernels.0")
+
+
+@pytest.mark.parametrize(
+    ("item", "says"),
+    [
+        ("{git: {repo: nowhere, rev: HEAD}}", "kernels.0.git.repo: "),
+        ("{git: {repo: linux}}", "kernels.0.git.rev: give a revision"),
+        ("{git: {repo: linux, rev: HEAD, base: allyesconfig}}", "kernels.0.git.base: 'allyesconfig': give one of"),
+        ("{git: {repo: linux, rev: HEAD, config: missing}}", "kernels.0.git.config: "),
+        ("{git: {repo: linux, rev: HEAD, branch: x}}", "kernels.0.git.branch: unknown key"),
+        ("{git: linux}", "kernels.0.git: give {repo: DIR, rev: REV}"),
+    ],
+)
+def test_bad_git_kernel_names_the_field(repo: Path, tmp_path: Path, item: str, says: str) -> None:
+    with pytest.raises(UserError) as e:
+        matrix.parse(f"kernels:\n  - {item}\n", str(tmp_path / "m.yaml"))
+    assert str(e.value).startswith(f"{tmp_path / 'm.yaml'}:2: ") and says in str(e.value)
+
+
+def test_resolve_gives_commit_tree_and_title_and_refuses_unknown_revisions(repo: Path) -> None:
+    source = kbuild.resolve(GitKernel(repo, "HEAD~1"))
+    assert source.commit == git(repo, "rev-parse", "HEAD~1") and source.title == "commit 0"
+    assert source.tree == git(repo, "rev-parse", "HEAD~1^{tree}")
+    with pytest.raises(UserError, match=r"no commit 'v9.9'; give a commit, tag or branch"):
+        kbuild.resolve(GitKernel(repo, "v9.9"))
+
+
+def test_the_cache_key_follows_tree_base_fragment_and_compiler(repo: Path) -> None:
+    one, two = kbuild.resolve(GitKernel(repo, "HEAD~1")), kbuild.resolve(GitKernel(repo, "HEAD"))
+    key = kbuild.build_key(one, "CONFIG_A=y\n", "gcc 12")
+    assert key == kbuild.build_key(one, "CONFIG_A=y\n", "gcc 12")
+    others = {
+        kbuild.build_key(two, "CONFIG_A=y\n", "gcc 12"),
+        kbuild.build_key(one, "CONFIG_A=n\n", "gcc 12"),
+        kbuild.build_key(one, "CONFIG_A=y\n", "gcc 13"),
+        kbuild.build_key(kbuild.resolve(GitKernel(repo, "HEAD~1", base="defconfig")), "CONFIG_A=y\n", "gcc 12"),
+    }
+    assert key not in others and len(others) == 4
+    # A commit that changes nothing in the tree (a revert of a revert) builds nothing new.
+    git(repo, "-c", "user.name=t", "-c", "user.email=t@e", "commit", "-q", "--allow-empty", "-m", "empty")
+    assert kbuild.build_key(kbuild.resolve(GitKernel(repo, "HEAD")), "", "g") == kbuild.build_key(two, "", "g")
+
+
+def test_the_shipped_fragment_is_checked_against_the_final_config() -> None:
+    wanted = kbuild.fragment_options(kbuild.FRAGMENT.read_text())
+    assert wanted["CONFIG_PVH"] == "y" and wanted["CONFIG_VIRTIO_NET"] == "y" and wanted["CONFIG_EXT4_FS"] == "y"
+    final = "CONFIG_PVH=y\n# CONFIG_VIRTIO_NET is not set\nCONFIG_EXT4_FS=m\n"
+    missing = kbuild.missing_options(wanted, final)
+    assert "CONFIG_VIRTIO_NET" in missing and "CONFIG_EXT4_FS" in missing and "CONFIG_PVH" not in missing
+    assert kbuild.fragment_options("# CONFIG_SWAP is not set\nCONFIG_HZ=250\n") == {"CONFIG_SWAP": "n",
+                                                                                   "CONFIG_HZ": "250"}
