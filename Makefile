@@ -1,13 +1,14 @@
 # Two commands set everything up on a fresh Debian machine: `make run` and `make test`.
 SHELL := /bin/bash
 APT_PACKAGES := qemu-system-x86 busybox-static dropbear-bin cpio gcc libc6-dev make gpgv \
-                debian-archive-keyring xz-utils zstd e2fsprogs python3 python3-venv
+                debian-archive-keyring xz-utils zstd e2fsprogs python3 python3-venv \
+                git flex bison bc libelf-dev ccache
 # Only the tests need a browser (report.html is checked in headless chromium).
 TEST_APT_PACKAGES := chromium
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: run test bench soak deps test-deps venv probe lint unit clean
+.PHONY: run test test-bisect bench soak deps test-deps venv probe lint unit clean
 
 # Exit 1 means the run finished and some kernels deviate from the documentation: a result, not a
 # failure of `make run` (2 and 3 still are).
@@ -15,7 +16,12 @@ run: deps venv probe
 	$(BIN)/harness run $(ARGS) || [ $$? -eq 1 ]
 
 test: test-deps venv probe lint
-	$(BIN)/pytest -v -rs $(PYTEST_ARGS)
+	$(BIN)/pytest -v -rs -m "not bisect" $(PYTEST_ARGS)
+
+# The full bisect: Debian's linux-source made a git tree, a kernel built and booted per step.
+# Not in `make test`: a fresh cache spends most of its time on the first kernel build.
+test-bisect: test-deps venv probe
+	$(BIN)/pytest -v -rs -s -m bisect $(PYTEST_ARGS)
 
 lint: venv
 	$(BIN)/ruff check harness tests bench

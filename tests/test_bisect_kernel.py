@@ -1,0 +1,126 @@
+"""The full bisect: a real kernel tree, real builds, real boots. `make test-bisect`; not in `make test`.
+
+The tree is Debian's linux-source-6.1 from the mirror, unpacked at test time into the harness
+cache (never committed here), made a git repository, and given four commits, one of which stops
+mlock() from enforcing RLIMIT_MEMLOCK. `harness bisect` must name that commit and leave the tree
+as it found it. Commits have fixed dates, so the tree and commit hashes are the same on every run
+and kernels already built are taken from the cache; on a fresh cache the first build is the slow
+part (see README: Bisect).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tarfile
+import time
+from pathlib import Path
+
+import pytest
+from debian.debian_support import Version
+
+from harness import archive, kernels
+from harness.aptsources import mirror_from
+from harness.cache import cache_dir
+
+pytestmark = [pytest.mark.integration, pytest.mark.bisect]
+REPO = Path(__file__).resolve().parent.parent
+SUITE = "bookworm"
+ENV = {"GIT_AUTHOR_NAME": "harness", "GIT_AUTHOR_EMAIL": "harness@example.org", "GIT_COMMITTER_NAME": "harness",
+       "GIT_COMMITTER_EMAIL": "harness@example.org"}  # fmt: skip
+
+# (title, file, old text, new text); the third is the behaviour change.
+SERIES = [
+    ("Documentation: say what the harness tree is", "README", "Linux kernel", "Linux kernel (harness bisect tree)"),
+    ("mm/mlock: say why the limit is checked twice", "mm/mlock.c", "\t/* check against resource limits */",
+     "\t/* check against resource limits (again: the VMA walk may have found locked pages) */"),
+    ("mm/mlock: stop enforcing RLIMIT_MEMLOCK in mlock()", "mm/mlock.c",
+     "\tlock_limit = rlimit(RLIMIT_MEMLOCK);\n\tlock_limit >>= PAGE_SHIFT;\n\tlocked = len >> PAGE_SHIFT;",
+     "\tlock_limit = RLIM_INFINITY;\n\tlock_limit >>= PAGE_SHIFT;\n\tlocked = len >> PAGE_SHIFT;"),
+    ("fork: a comment", "kernel/fork.c", "/*\n *  linux/kernel/fork.c", "/*\n *  linux/kernel/fork.c (harness)"),
+]
+
+
+def git(repo: Path, *args: str, date: int = 0) -> str:
+    env = {**os.environ, **ENV}
+    if date:
+        env["GIT_AUTHOR_DATE"] = env["GIT_COMMITTER_DATE"] = f"@{date} +0000"
+    return subprocess.run(["git", "-C", str(repo), *args], check=True, capture_output=True, text=True,
+                          env=env).stdout.strip()  # fmt: skip
+
+
+def source_deb(cache: Path) -> archive.Deb:
+    a = archive.Archive(mirror_from(None, os.environ, Path("/")), cache)
+    stanzas = [s for s in a.packages(SUITE, "linux-source-") if s["Package"].startswith("linux-source-6.")]
+    newest = max(stanzas, key=lambda s: Version(s["Version"]))
+    deb = kernels._deb(newest, SUITE)
+    a.fetch_deb(deb)
+    return deb
+
+
+def make_tree(cache: Path) -> Path:
+    """The git tree, made once per linux-source version and kept in the cache."""
+    deb = source_deb(cache)
+    root = cache / "bisect-test" / f"{deb.package}-{deb.version}"
+    repo = root / "linux"
+    if (root / "ready").exists():
+        return repo
+    shutil.rmtree(root, ignore_errors=True)
+    root.mkdir(parents=True)
+    started = time.monotonic()
+    with kernels._data_tar(cache / "debs" / f"{deb.sha256}.deb") as data:
+        member = next(m for m in data.getmembers() if m.name.endswith(".tar.xz"))
+        src = data.extractfile(member)
+        assert src is not None
+        with tarfile.open(fileobj=src, mode="r:xz") as inner:
+            inner.extractall(root, filter="data")
+    (top,) = [p for p in root.iterdir() if p.is_dir()]
+    top.rename(repo)
+    # Debian's tree ignores everything at the top level (its packaging is kept apart); a kernel
+    # developer's tree does not.
+    ignore = repo / ".gitignore"
+    ignore.write_text(ignore.read_text().replace("\n/*\n!/debian/\n", "\n"))
+    git(repo, "init", "-q", "-b", "master")
+    git(repo, "add", "-A")
+    git(repo, "commit", "-q", "-m", f"{deb.package} {deb.version} as Debian ships it", date=1_700_000_000)
+    for n, (title, name, old, new) in enumerate(SERIES, 1):
+        path = repo / name
+        text = path.read_text()
+        assert text.count(old) == 1, (name, old)
+        path.write_text(text.replace(old, new))
+        git(repo, "commit", "-q", "-am", title, date=1_700_000_000 + n * 3600)
+    (root / "ready").write_text(f"made in {time.monotonic() - started:.0f}s\n")
+    return repo
+
+
+def test_bisect_names_the_commit_that_stopped_enforcing_the_limit(tmp_path: Path) -> None:
+    cache = cache_dir()
+    started = time.monotonic()
+    repo = make_tree(cache)
+    made = time.monotonic() - started
+    head = git(repo, "rev-parse", "HEAD")
+    culprit = git(repo, "rev-parse", "HEAD~1")
+    results = tmp_path / "results"
+    proc = subprocess.run(
+        [sys.executable, "-m", "harness", "bisect", "--repo", str(repo), "--good", "HEAD~4", "--bad", "HEAD",
+         "--case", "mlock_over", "--memlock", "64K", "--user", "user", "--tries", "2", "--results", str(results)],
+        capture_output=True, text=True, cwd=REPO, timeout=5400, env={**os.environ, "COLUMNS": "200"},
+    )  # fmt: skip
+    took = time.monotonic() - started - made
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr
+    assert f"first commit that changed mlock_over: {culprit} mm/mlock: stop enforcing RLIMIT_MEMLOCK" in proc.stdout
+    (record,) = results.glob("bisect-*/bisect.json")
+    found = json.loads(record.read_text())
+    assert found["first_commit"] == culprit and "result" in found["changed_fields"]
+    assert json.loads(found["good"]["fingerprint"])["result"] == "ENOMEM"
+    assert json.loads(found["bad"]["fingerprint"])["result"] == "ok"
+    # The user's tree as it was found.
+    assert git(repo, "rev-parse", "HEAD") == head and git(repo, "status", "--porcelain") == ""
+    assert not (repo / ".git" / "BISECT_START").exists()
+    builds = [json.loads(p.read_text()) for p in (cache / "builds").glob("*/build.json")
+              if json.loads(p.read_text())["repo"] == str(repo)]  # fmt: skip
+    print(f"\ntree made in {made:.0f}s; bisect took {took:.0f}s; builds: "
+          + ", ".join(f"{b['commit'][:12]} {b['seconds']}s" for b in builds))  # fmt: skip
