@@ -16,7 +16,9 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import functools
 import json
+import os
 import re
 import secrets
 import subprocess
@@ -26,7 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from harness import compare, matrix, run
+from harness import compare, matrix, run, vm
 from harness.errors import InfraError, UserError
 from harness.results import Outcome
 
@@ -90,17 +92,17 @@ def _behaviour(outcome: Outcome, fingerprint: str) -> str:
 
 def observe_once(settings: Settings, commit: str, boots: int, options: run.Options,
                  log: Callable[[str], None]) -> list[Observation]:  # fmt: skip
-    """Build `commit` and run the case in `boots` guests at once; one observation per guest."""
+    """Build `commit` (once: the build is cached) and run the case in `boots` guests, one after the
+    other, each a run directory of its own; one observation per guest."""
     text = settings.matrix_text(commit)
-    ram = ", ".join([settings.ram] * boots)
-    text = text.replace(f"ram: [{settings.ram}]", f"ram: [{ram}]")
     mx = matrix.parse(text, f"<bisect of {settings.repo} at {commit[:12]}>")
-    run_dir, results = run.execute(mx, options, log, matrix_text=text)
     out = []
-    for boot in results:
-        for r in boot.cases:
-            out.append(Observation(commit, _behaviour(r.outcome, r.fingerprint), r.outcome.value,
-                                   boot.error or r.message, (str(run_dir),), r.fingerprint))  # fmt: skip
+    for _ in range(boots):
+        run_dir, results = run.execute(mx, options, log, matrix_text=text)
+        for boot in results:
+            for r in boot.cases:
+                out.append(Observation(commit, _behaviour(r.outcome, r.fingerprint), r.outcome.value,
+                                       boot.error or r.message, (str(run_dir),), r.fingerprint))  # fmt: skip
     return out
 
 
@@ -163,7 +165,14 @@ def step(state_path: Path, cache: Path, log: Callable[[str], None]) -> int:
 
 
 def _options(results: Path, cache: Path) -> run.Options:
-    return run.Options(jobs=2, results=results, cache=cache)
+    # The KVM check takes seconds and cannot change during a bisect: once per process, and the
+    # steps inherit the answer (HARNESS_ACCEL, set by bisect()).
+    return run.Options(jobs=1, results=results, cache=cache, accel=_accelerator())
+
+
+@functools.cache
+def _accelerator() -> vm.Accelerator:
+    return vm.accelerator()
 
 
 # --- the whole bisect ---------------------------------------------------------------------------
@@ -214,7 +223,8 @@ def bisect(settings: Settings, good_rev: str, bad_rev: str, results: Path, cache
     state.write_text(json.dumps({"settings": _settings_json(settings), "good": dataclasses.asdict(ends["good"]),
                                  "bad": dataclasses.asdict(ends["bad"])}, indent=2) + "\n")  # fmt: skip
     step_cmd = [sys.executable, "-m", "harness", "bisect-step", "--state", str(state), "--cache", str(cache)]
-    first = _run_bisect(repo, good, bad, step_cmd, directory, original, log)
+    env = {**os.environ, "HARNESS_ACCEL": _accelerator().name}  # every step uses the same
+    first = _run_bisect(repo, good, bad, step_cmd, directory, original, log, env)
     return _found(settings, first, ends, directory)
 
 
@@ -226,13 +236,13 @@ def _settings_json(settings: Settings) -> dict[str, Any]:
 
 
 def _run_bisect(repo: Path, good: str, bad: str, step_cmd: list[str], directory: Path, original: str,
-                log: Callable[[str], None]) -> str:  # fmt: skip
+                log: Callable[[str], None], env: dict[str, str] | None = None) -> str:  # fmt: skip
     """`git bisect start --no-checkout` + `run step_cmd` + `reset` on every way out; the first bad commit."""
     output: list[str] = []
     try:
         _git(repo, "bisect", "start", "--no-checkout", bad, good)
         proc = subprocess.Popen(["git", "-C", str(repo), "bisect", "run", *step_cmd], stdout=subprocess.PIPE,
-                                stderr=subprocess.STDOUT, text=True)  # fmt: skip
+                                stderr=subprocess.STDOUT, text=True, env=env)  # fmt: skip
         try:
             assert proc.stdout is not None
             for line in proc.stdout:
