@@ -56,8 +56,10 @@ class Settings:
         kernel: dict[str, str] = {"repo": str(self.repo), "rev": commit, "base": self.base}
         if self.config is not None:
             kernel["config"] = str(self.config)
+        # A tinyconfig kernel is at /init in about 2 s under TCG; a commit whose guest is not up in
+        # 90 s will not come up, and its retries should not cost the bisect 9 minutes.
         return (f"kernels:\n  - git: {json.dumps(kernel)}\nram: [{self.ram}]\nmemlock: [{json.dumps(self.memlock)}]\n"
-                f"users: [{self.user}]\ncases: [{self.case}]\n")  # fmt: skip
+                f"users: [{self.user}]\ncases: [{self.case}]\ntimeouts: {{boot: 90, case: 60}}\n")  # fmt: skip
 
 
 @dataclass(frozen=True)
