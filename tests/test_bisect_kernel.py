@@ -84,6 +84,7 @@ def make_tree(cache: Path) -> Path:
     ignore = repo / ".gitignore"
     ignore.write_text(ignore.read_text().replace("\n/*\n!/debian/\n", "\n"))
     git(repo, "init", "-q", "-b", "master")
+    git(repo, "config", "gc.auto", "0")  # a background repack of 80,000 objects would compete with the builds
     git(repo, "add", "-A")
     git(repo, "commit", "-q", "-m", f"{deb.package} {deb.version} as Debian ships it", date=1_700_000_000)
     for n, (title, name, old, new) in enumerate(SERIES, 1):
