@@ -1,8 +1,10 @@
 """History store: every run's results in one SQLite file, and views of behaviour across kernel versions.
 
 Runs are appended, never updated: a run_id already stored is skipped, so recording a run and later
-importing its directory (or importing twice) is harmless. The schema is versioned with
-`PRAGMA user_version` and upgraded by MIGRATIONS; docs/history.md describes tables and views.
+importing its directory (or importing twice) is harmless. Every append also updates `tallies`, one
+row per (case, RAM, kernel), which is what the views read: they take as long after years of nightly
+runs as after one. The schema is versioned with `PRAGMA user_version` and upgraded by MIGRATIONS;
+docs/history.md describes tables, views and figures.
 """
 
 from __future__ import annotations
@@ -12,7 +14,8 @@ import functools
 import json
 import re
 import sqlite3
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+import zlib
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -107,8 +110,121 @@ CREATE INDEX observations_boot ON observations (boot);
 CREATE INDEX boots_kernel ON boots (kernel);
 """
 
-# Append only: a released script never changes, because databases out there already ran it.
-MIGRATIONS: tuple[str, ...] = (_V1, _V2)
+_V3 = """
+-- Years of nightly runs repeat the same strings and nearly the same observations every night:
+-- schema 3 stores each repeated string once and each observation as a small zlib delta, and keeps
+-- what the views show per (case, RAM, kernel) up to date on every append, so that reading does not
+-- slow down night after night. _v3() runs this script, converts the rows in Python, then runs
+-- _V3_FINISH, all in the migration's transaction.
+
+-- started as a sortable UTC text (fixed width, '0001-01-01T00:00:00.000000+00:00' when
+-- unparseable), so that SQL can order runs by start as datetime comparison would.
+ALTER TABLE runs ADD COLUMN started_utc TEXT NOT NULL DEFAULT '';
+-- Fingerprints, messages, expectations and citations: few distinct values, repeated every night.
+CREATE TABLE texts (
+    id INTEGER PRIMARY KEY,
+    text TEXT NOT NULL UNIQUE
+);
+-- What a result is a result of: the case and the memlock and user it ran under.
+CREATE TABLE cases (
+    id INTEGER PRIMARY KEY,
+    case_name TEXT NOT NULL,
+    memlock TEXT NOT NULL,
+    user TEXT NOT NULL,
+    UNIQUE (case_name, memlock, user)
+);
+-- The first observation JSON stored for a (case, fingerprint, kernel), zlib-compressed. Later
+-- observations of that case, behaviour and kernel differ from it in a few numbers (timings, pids,
+-- free memory): each is stored as a raw deflate stream with this JSON as preset dictionary, which
+-- is little more than those numbers. kernel is null for a boot without one.
+CREATE TABLE dictionaries (
+    id INTEGER PRIMARY KEY,
+    case_id INTEGER NOT NULL REFERENCES cases (id),
+    fingerprint INTEGER NOT NULL REFERENCES texts (id),
+    kernel INTEGER REFERENCES kernels (id),
+    observation BLOB NOT NULL,
+    UNIQUE (case_id, fingerprint, kernel)
+);
+ALTER TABLE observations RENAME TO observations_v2;
+CREATE TABLE observations (
+    id INTEGER PRIMARY KEY,
+    boot INTEGER NOT NULL REFERENCES boots (id),
+    case_id INTEGER NOT NULL REFERENCES cases (id),
+    outcome TEXT NOT NULL,
+    fingerprint INTEGER NOT NULL REFERENCES texts (id),
+    message INTEGER NOT NULL REFERENCES texts (id),
+    expected INTEGER NOT NULL REFERENCES texts (id),
+    citation INTEGER NOT NULL REFERENCES texts (id),
+    duration_s REAL NOT NULL,
+    observation BLOB,
+    dictionary INTEGER REFERENCES dictionaries (id)
+);
+-- One row per (case, RAM, kernel identity) with observed behaviour, over the runs the views read
+-- (not a shard run whose merged run is stored): a timeline point, or a kernel_results result.
+-- Each append updates it; storing a merged run recomputes the rows of its shards' kernels.
+CREATE TABLE tallies (
+    case_id INTEGER NOT NULL REFERENCES cases (id),
+    ram_mb INTEGER NOT NULL,
+    -- the lowest kernels.id with the kernel's sha256 (the kernel's own id when it has none)
+    kernel INTEGER NOT NULL REFERENCES kernels (id),
+    runs INTEGER NOT NULL,
+    fingerprint INTEGER NOT NULL REFERENCES texts (id),
+    varies INTEGER NOT NULL,
+    first INTEGER NOT NULL REFERENCES observations (id),
+    earliest INTEGER NOT NULL REFERENCES observations (id),
+    latest INTEGER NOT NULL REFERENCES observations (id),
+    PRIMARY KEY (case_id, ram_mb, kernel)
+) WITHOUT ROWID;
+"""
+
+_V3_FINISH = """
+DROP TABLE observations_v2;
+-- Views read tallies, not these rows; recounting a kernel's tallies reads its boots' rows. No index
+-- by case any more: appending to one cost more than the rare question it answered (_check_case).
+CREATE INDEX observations_boot ON observations (boot);
+-- observations with its strings, for reading the history with the sqlite3 shell. A later migration
+-- that rebuilds a table this view reads drops the view first and creates it again.
+CREATE VIEW observations_text AS
+SELECT o.id, o.boot, c.case_name, c.memlock, c.user, o.outcome, f.text AS fingerprint, m.text AS message,
+       e.text AS expected, ci.text AS citation, o.duration_s
+FROM observations o JOIN cases c ON c.id = o.case_id JOIN texts f ON f.id = o.fingerprint
+JOIN texts m ON m.id = o.message JOIN texts e ON e.id = o.expected JOIN texts ci ON ci.id = o.citation;
+"""
+
+
+def _v3_convert(db: sqlite3.Connection) -> None:
+    """Schema 3's data step: sortable start times, interned strings, observations as zlib deltas.
+
+    Reads observations_v2 in id order and keeps every id, so catalogue order and "latest" are
+    unchanged; every observation JSON is kept, byte for byte.
+    """
+    starts = db.execute("SELECT id, started FROM runs").fetchall()
+    db.executemany("UPDATE runs SET started_utc = ? WHERE id = ?", [(_utc_key(s), pk) for pk, s in starts])
+    store = _Store(db)
+    rows = db.execute(
+        "SELECT o.id, o.boot, b.kernel, o.case_name, o.memlock, o.user, o.outcome, o.fingerprint, o.message,"
+        " o.expected, o.citation, o.duration_s, o.observation"
+        " FROM observations_v2 o LEFT JOIN boots b ON b.id = o.boot ORDER BY o.id"
+    )
+    while chunk := rows.fetchmany(10_000):
+        db.executemany(_INSERT_OBSERVATION, [store.observation(*row) for row in chunk])
+
+
+# Append only: a released migration never changes, because databases out there already ran it. A
+# migration is an SQL script, or a Python function for what SQL cannot do (v3 compresses); each
+# runs inside the migration's transaction and must not commit (see docs/history.md).
+Migration = str | Callable[[sqlite3.Connection], None]
+
+
+def _v3(db: sqlite3.Connection) -> None:
+    # _Store and _tally write schema 3; a later schema that changes them gives this a copy of them.
+    _script(db, _V3)
+    _v3_convert(db)
+    _script(db, _V3_FINISH)
+    _tally(db)
+
+
+MIGRATIONS: tuple[Migration, ...] = (_V1, _V2, _v3)
 SCHEMA_VERSION = len(MIGRATIONS)
 
 # SQLite primary result codes that mean "this file is not a usable database" (the user's to fix).
@@ -118,6 +234,7 @@ _SQLITE_NOTADB = 26
 _NUMERIC = re.compile(r"\d{1,3}(?:\.\d+){0,3}")  # a version, never an all-digit sha256 prefix
 _SHA_PREFIX = re.compile(r"[0-9a-fA-F]{8,64}")
 _KNOWN_SHOWN = 8
+_CHUNK = 500  # ids per IN (...): far below SQLite's limit on parameters
 
 
 @dataclass(frozen=True)
@@ -165,52 +282,175 @@ class _Kernel:
 
 
 @dataclass(frozen=True)
-class _Row:
-    obs: int
-    case: str
-    memlock: str
-    user: str
+class _Group:
+    """A tallies row: one (case, memlock, user, RAM) on one kernel identity."""
+
+    case: int  # cases.id
+    ram_mb: int
+    runs: int
+    varies: bool
+    first: int  # observations.id of the first stored row: catalogue order, and the kernel to sort by
+    earliest: int  # observations.id of the row of the run that started first
+    latest: int  # likewise, last
+
+
+@dataclass(frozen=True)
+class _Shown:
+    """One observation row a view shows, with its kernel as that row's boot named it."""
+
     outcome: str
     fingerprint: str
-    message: str
-    observation: str | None
-    expected: str
-    citation: str
-    duration_s: float
-    ram_mb: int
-    label: str
-    source: str
-    kernel: int
-    sha256: str
-    package: str
-    version: str
-    release: str
-    run: int
+    kernel: KernelInfo
     run_id: str
-    started: str
-
-    @property
-    def identity(self) -> str:
-        return _identity(self.sha256, self.kernel)
-
-    @property
-    def when(self) -> tuple[datetime, int, int]:
-        # Latest by when the run started, not by insertion: importing an old run must not
-        # make its results "latest".
-        return (_parse_time(self.started), self.run, self.obs)
-
-    def kernel_info(self) -> KernelInfo:
-        return KernelInfo(self.label, self.release, self.package or None, self.version or None, self.sha256,
-                          self.source)  # fmt: skip
+    when: tuple[str, int, int]  # (runs.started_utc, runs.id, observations.id): "latest" means largest
 
 
-_ROWS = """
-SELECT o.id, o.case_name, o.memlock, o.user, o.outcome, o.fingerprint, o.message, o.observation, o.expected,
-       o.citation, o.duration_s, b.ram_mb, b.label, b.source, k.id, k.sha256, k.package, k.version, k.release,
-       r.id, r.run_id, r.started
-FROM observations o JOIN boots b ON b.id = o.boot JOIN kernels k ON k.id = b.kernel JOIN runs r ON r.id = b.run
-WHERE o.fingerprint != '' AND r.run_id NOT IN (SELECT shard_run_id FROM merged_from)
+# A kernel's identity in SQL (see _identity): the lowest kernels.id with its sha256, else its own id.
+_IDENTITY = "CASE k.sha256 WHEN '' THEN k.id ELSE (SELECT MIN(id) FROM kernels WHERE sha256 = k.sha256) END"
+
+# tallies computed from the observation rows. `live` is the boots the views read: those of runs no
+# merged run replaced, with a kernel. `rank` orders runs by start, then id, so `rank * :span + o.id`
+# (:span above every observation id; far from 2**63 with 10**5 runs of 10**9 rows) orders rows as
+# (started_utc, run, id): its MIN and MAX name the earliest and latest row. A window function keeps
+# SQLite from flattening `live`: it is computed once, a few rows a run.
+_TALLY = f"""
+WITH live AS (
+    SELECT b.id AS boot, b.run AS run, b.ram_mb AS ram_mb, {_IDENTITY} AS kernel,
+           DENSE_RANK() OVER (ORDER BY r.started_utc, r.id) AS rank
+    FROM boots b JOIN kernels k ON k.id = b.kernel JOIN runs r ON r.id = b.run
+    WHERE r.run_id NOT IN (SELECT shard_run_id FROM merged_from)
+)
+INSERT INTO tallies (case_id, ram_mb, kernel, runs, fingerprint, varies, first, earliest, latest)
+SELECT o.case_id, l.ram_mb, l.kernel, COUNT(DISTINCT l.run), MIN(o.fingerprint),
+       MIN(o.fingerprint) != MAX(o.fingerprint), MIN(o.id),
+       MIN(l.rank * :span + o.id) % :span, MAX(l.rank * :span + o.id) % :span
+FROM live l JOIN observations o ON o.boot = l.boot
+WHERE o.fingerprint != :empty{{kernels}}
+GROUP BY o.case_id, l.ram_mb, l.kernel
 """
+
+# One run's rows (ids from :first) counted into tallies. Its rows share a start and a run, so its
+# earliest and latest are its lowest and highest id; each is compared, as (started_utc, run, id),
+# with the row the tally names.
+_WHEN = "(SELECT r.started_utc, r.id, x.id FROM observations x JOIN boots y ON y.id = x.boot" \
+        " JOIN runs r ON r.id = y.run WHERE x.id = tallies.{column})"  # fmt: skip
+_COUNT_RUN = f"""
+INSERT INTO tallies (case_id, ram_mb, kernel, runs, fingerprint, varies, first, earliest, latest)
+SELECT o.case_id, b.ram_mb, {_IDENTITY}, 1, MIN(o.fingerprint), MIN(o.fingerprint) != MAX(o.fingerprint),
+       MIN(o.id), MIN(o.id), MAX(o.id)
+FROM observations o JOIN boots b ON b.id = o.boot JOIN kernels k ON k.id = b.kernel
+WHERE o.id >= :first AND o.fingerprint != :empty
+GROUP BY 1, 2, 3
+ON CONFLICT (case_id, ram_mb, kernel) DO UPDATE SET
+    runs = runs + 1,
+    fingerprint = MIN(fingerprint, excluded.fingerprint),
+    varies = varies OR excluded.varies OR fingerprint != excluded.fingerprint,
+    first = MIN(first, excluded.first),
+    earliest = CASE WHEN (:started, :run, excluded.earliest) < {_WHEN.format(column="earliest")}
+               THEN excluded.earliest ELSE earliest END,
+    latest = CASE WHEN (:started, :run, excluded.latest) > {_WHEN.format(column="latest")}
+             THEN excluded.latest ELSE latest END
+"""
+
+_INSERT_OBSERVATION = (
+    "INSERT INTO observations (id, boot, case_id, outcome, fingerprint, message, expected, citation, duration_s,"
+    " observation, dictionary) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+)
+
+
+class _Store:
+    """Writes schema-3 observation rows: strings and cases stored once, observations as zlib deltas.
+
+    One per transaction, because its caches hold row ids a rollback would take back. The v3
+    migration uses it too: a later schema change to what it writes must give _v3_convert a copy of
+    this version.
+    """
+
+    def __init__(self, db: sqlite3.Connection) -> None:
+        self._db = db
+        self._texts: dict[str, int] = {}
+        self._cases: dict[tuple[str, str, str], int] = {}
+        self._dictionaries: dict[tuple[int, int, int | None], tuple[int, bytes]] = {}
+
+    def text(self, value: str) -> int:
+        pk = self._texts.get(value)
+        if pk is None:
+            row = self._db.execute("SELECT id FROM texts WHERE text = ?", (value,)).fetchone()
+            pk = int(row[0]) if row else _lastrowid(self._db.execute("INSERT INTO texts (text) VALUES (?)", (value,)))
+            self._texts[value] = pk
+        return pk
+
+    def case(self, name: str, memlock: str, user: str) -> int:
+        key = (name, memlock, user)
+        pk = self._cases.get(key)
+        if pk is None:
+            sql = "SELECT id FROM cases WHERE case_name = ? AND memlock = ? AND user = ?"
+            row = self._db.execute(sql, key).fetchone()
+            pk = int(row[0]) if row else _lastrowid(
+                self._db.execute("INSERT INTO cases (case_name, memlock, user) VALUES (?, ?, ?)", key)
+            )  # fmt: skip
+            self._cases[key] = pk
+        return pk
+
+    def pack(self, case: int, fingerprint: int, kernel: int | None, observation: str) -> tuple[int, bytes]:
+        """(dictionaries.id, the observation JSON deflated with that dictionary)."""
+        key = (case, fingerprint, kernel)
+        found = self._dictionaries.get(key)
+        if found is None:
+            sql = "SELECT id, observation FROM dictionaries WHERE case_id = ? AND fingerprint = ? AND kernel IS ?"
+            row = self._db.execute(sql, key).fetchone()
+            if row:
+                found = (int(row[0]), zlib.decompress(row[1]))
+            else:
+                text = observation.encode()
+                cursor = self._db.execute(
+                    "INSERT INTO dictionaries (case_id, fingerprint, kernel, observation) VALUES (?, ?, ?, ?)",
+                    (*key, zlib.compress(text, 9)),
+                )
+                found = (_lastrowid(cursor), text)
+            self._dictionaries[key] = found
+        pk, dictionary = found
+        packer = zlib.compressobj(9, zlib.DEFLATED, -zlib.MAX_WBITS, zdict=dictionary)
+        return pk, packer.compress(observation.encode()) + packer.flush()
+
+    def observation(
+        self, pk: int | None, boot: int, kernel: int | None, case: str, memlock: str, user: str, outcome: str,
+        fingerprint: str, message: str, expected: str, citation: str, duration_s: float, observation: str | None,
+    ) -> tuple[Any, ...]:  # fmt: skip
+        """The parameters of _INSERT_OBSERVATION for one result (pk None: the next id)."""
+        case_pk, fp_pk = self.case(case, memlock, user), self.text(fingerprint)
+        dictionary, packed = (None, None) if observation is None else self.pack(case_pk, fp_pk, kernel, observation)
+        return (pk, boot, case_pk, outcome, fp_pk, self.text(message), self.text(expected), self.text(citation),
+                duration_s, packed, dictionary)  # fmt: skip
+
+
+def _unpack(packed: bytes, dictionary: bytes) -> str:
+    unpacker = zlib.decompressobj(-zlib.MAX_WBITS, zdict=zlib.decompress(dictionary))
+    return (unpacker.decompress(packed) + unpacker.flush()).decode()
+
+
+def _lastrowid(cursor: sqlite3.Cursor) -> int:
+    assert cursor.lastrowid is not None
+    return cursor.lastrowid
+
+
+def _no_fingerprint(db: sqlite3.Connection) -> int:
+    """texts.id of '' (a result without observed behaviour); 0, no row, when none was stored."""
+    row = db.execute("SELECT id FROM texts WHERE text = ''").fetchone()
+    return int(row[0]) if row else 0
+
+
+def _tally(db: sqlite3.Connection, kernels: Collection[int] | None = None) -> None:
+    """Recompute tallies from the observation rows: every row, or those of these kernel identities."""
+    where = ""
+    if kernels is None:
+        db.execute("DELETE FROM tallies")
+    else:
+        ids = sorted(kernels)
+        where = f" AND l.kernel IN ({', '.join(str(int(pk)) for pk in ids)})"
+        db.execute(f"DELETE FROM tallies WHERE kernel IN ({', '.join('?' * len(ids))})", ids)
+    (span,) = db.execute("SELECT COALESCE(MAX(id), 0) + 1 FROM observations").fetchone()
+    db.execute(_TALLY.format(kernels=where), {"span": span, "empty": _no_fingerprint(db)})
 
 
 class History:
@@ -273,39 +513,41 @@ class History:
             # both see it missing.
             if db.execute("SELECT 1 FROM runs WHERE run_id = ?", (run.run_id,)).fetchone():
                 return 0
-            run_pk = db.execute(
+            started = _utc_key(run.started)
+            run_pk = _lastrowid(db.execute(
                 "INSERT INTO runs (run_id, started, finished, interrupted, harness_version, probe_sha256, recorded,"
-                " source) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                " source, started_utc) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (run.run_id, run.started, run.finished, int(run.interrupted),
-                 str(manifest.get("harness_version") or ""), probe_sha, recorded, source),
-            ).lastrowid  # fmt: skip
+                 str(manifest.get("harness_version") or ""), probe_sha, recorded, source, started),
+            ))  # fmt: skip
+            (first,) = db.execute("SELECT COALESCE(MAX(id), 0) + 1 FROM observations").fetchone()
+            store = _Store(db)
             added = 0
             for boot in run.boots:
                 k = boot.kernel
                 kernel_pk = None if k is None else self._kernel_pk(db, k)
-                boot_pk = db.execute(
+                boot_pk = _lastrowid(db.execute(
                     "INSERT INTO boots (run, boot_id, kernel, label, source, ram_mb, accelerator, qemu_version, uname,"
                     " memtotal_kb, error) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                     (run_pk, boot.boot_id, kernel_pk, "" if k is None else k.label, "" if k is None else k.source,
                      boot.ram_mb, boot.accelerator or default_accel, boot.qemu_version or default_qemu, boot.uname,
                      boot.memtotal_kb, boot.error),
-                ).lastrowid  # fmt: skip
+                ))  # fmt: skip
                 rows = [
-                    (boot_pk, r.case, r.memlock, r.user, r.outcome.value, r.fingerprint, r.message,
-                     None if r.observation is None else json.dumps(r.observation, sort_keys=True, default=str),
-                     json.dumps(r.expected, sort_keys=True, default=str), r.citation, r.duration_s)
+                    store.observation(
+                        None, boot_pk, kernel_pk, r.case, r.memlock, r.user, r.outcome.value, r.fingerprint, r.message,
+                        json.dumps(r.expected, sort_keys=True, default=str), r.citation, r.duration_s,
+                        None if r.observation is None else json.dumps(r.observation, sort_keys=True, default=str),
+                    )
                     for r in boot.cases
                 ]  # fmt: skip
-                db.executemany(
-                    "INSERT INTO observations (boot, case_name, memlock, user, outcome, fingerprint, message,"
-                    " observation, expected, citation, duration_s) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                    rows,
-                )
+                db.executemany(_INSERT_OBSERVATION, rows)
                 added += len(rows)
             db.executemany(
                 "INSERT OR IGNORE INTO merged_from (run, shard_run_id, shard) VALUES (?, ?, ?)",
                 [(run_pk, shard_id, shard) for shard_id, shard in _shards(manifest)],
             )
+            self._count(db, run_pk, run.run_id, started, first)
             return added
 
     def import_run(self, run_dir: Path) -> int:
@@ -332,17 +574,17 @@ class History:
                 matched = self._match(kernel)
                 kernel_ids = set().union(*(k.ids for k in matched))
             if case is not None:
-                sql = "SELECT DISTINCT case_name FROM observations WHERE fingerprint != '' ORDER BY case_name"
-                known = [c for (c,) in self._db.execute(sql)]
-                if case not in known:
-                    raise UserError(f"{self.path}: no observed case {case!r}; known: {_few(known)}")
-            rows = self._rows(case, kernel_ids)
-        if not rows and (case is not None or kernel is not None):
+                self._check_case(case)
+            groups = self._groups(case, kernel_ids)
+            shown = self._shown({g.first for g in groups} | {g.earliest for g in groups} | {g.latest for g in groups})
+            cases = {pk: (name, memlock, user) for pk, name, memlock, user in self._db.execute(
+                "SELECT id, case_name, memlock, user FROM cases")}  # fmt: skip
+        if not groups and (case is not None or kernel is not None):
             raise UserError(f"{self.path}: nothing observed for case {case or '(any)'} on kernel {kernel or '(any)'}")
-        groups: dict[tuple[str, str, str, int], list[_Row]] = {}
-        for row in sorted(rows, key=lambda r: r.obs):  # first stored order = the probe's catalogue order
-            groups.setdefault((row.case, row.memlock, row.user, row.ram_mb), []).append(row)
-        return [_timeline(key, group) for key, group in groups.items()]
+        rows: dict[tuple[int, int], list[_Group]] = {}
+        for group in sorted(groups, key=lambda g: g.first):  # first stored order = the probe's catalogue order
+            rows.setdefault((group.case, group.ram_mb), []).append(group)
+        return [_timeline((*cases[case_pk], ram_mb), row, shown) for (case_pk, ram_mb), row in rows.items()]
 
     def kernel_results(self, selector: str) -> tuple[KernelInfo, list[tuple[int, CaseResult]]]:
         """The latest observed result of every (case, memlock, user, RAM) on the one kernel `selector` names.
@@ -357,24 +599,14 @@ class History:
                 names = ", ".join(_describe(k.info) for k in self._ordered_kernels(matched))
                 raise UserError(f"{selector!r} matches {len(matched)} kernels ({names}); "
                                 "name one by release, Debian version or sha256 prefix")  # fmt: skip
-            rows = self._rows(None, matched[0].ids)
-        if not rows:
-            raise UserError(f"{self.path}: kernel {_describe(matched[0].info)} has no observed results")
-        latest: dict[tuple[int, str, str, str], _Row] = {}
-        first: dict[tuple[int, str, str, str], int] = {}
-        for row in rows:
-            key = (row.ram_mb, row.case, row.memlock, row.user)
-            first[key] = min(first.get(key, row.obs), row.obs)
-            if key not in latest or row.when > latest[key].when:
-                latest[key] = row
-        results = [
-            (r.ram_mb, CaseResult(f"{r.ram_mb}M", r.case, r.memlock, r.user, Outcome(r.outcome), r.message,
-                       None if r.observation is None else json.loads(r.observation), json.loads(r.expected),
-                       r.citation, r.duration_s, r.fingerprint))
-            for key, r in sorted(latest.items(), key=lambda kv: (kv[0][0], first[kv[0]]))
-        ]  # fmt: skip
-        newest = max(latest.values(), key=lambda r: r.when)
-        return newest.kernel_info(), results
+            # One kernel identity, so one group per (case, memlock, user, RAM).
+            groups = sorted(self._groups(None, matched[0].ids), key=lambda g: (g.ram_mb, g.first))
+            if not groups:
+                raise UserError(f"{self.path}: kernel {_describe(matched[0].info)} has no observed results")
+            results = self._results(g.latest for g in groups)
+            shown = self._shown(g.latest for g in groups)
+        newest = max(shown.values(), key=lambda s: s.when)
+        return newest.kernel, [(g.ram_mb, results[g.latest]) for g in groups]
 
     # --- internals -----------------------------------------------------------------------------
 
@@ -437,9 +669,19 @@ class History:
                     # would hide the mistake and write into a file the user meant for something else.
                     raise UserError(f"{self.path}: an SQLite database, but not a history database; give --history "
                                     "a file the harness wrote, or a new file name")  # fmt: skip
-                for statement in _statements(MIGRATIONS[target - 1]):
-                    db.execute(statement)
+                migration = MIGRATIONS[target - 1]
+                if isinstance(migration, str):
+                    _script(db, migration)
+                else:
+                    migration(db)
                 db.execute(f"PRAGMA user_version = {target}")
+        if 0 < version < 3:
+            # Schema 3 holds the same history in a small fraction of the pages, but an SQLite file
+            # keeps its size: the freed pages would only be reused by appends, for years. VACUUM
+            # (outside any transaction) writes it anew. Busy or out of room, the history is
+            # converted all the same and `sqlite3 FILE VACUUM` shrinks it later.
+            with contextlib.suppress(sqlite3.OperationalError):
+                self._db.execute("VACUUM")
 
     @staticmethod
     def _kernel_pk(db: sqlite3.Connection, k: KernelInfo) -> int:
@@ -450,16 +692,79 @@ class History:
         ).fetchone()
         return int(pk)
 
-    def _rows(self, case: str | None, kernel_ids: Iterable[int] | None) -> list[_Row]:
-        sql, args = _ROWS, list[Any]()
-        if case is not None:
-            sql += " AND o.case_name = ?"
-            args.append(case)
+    def _count(self, db: sqlite3.Connection, run_pk: int, run_id: str, started: str, first: int) -> None:
+        """Bring tallies up to date with the run just stored (its observation ids start at `first`)."""
+        if not db.execute("SELECT 1 FROM merged_from WHERE shard_run_id = ?", (run_id,)).fetchone():
+            params = {"first": first, "empty": _no_fingerprint(db), "started": started, "run": run_pk}
+            db.execute(_COUNT_RUN, params)
+        # A merged run hides its shard runs, which were counted if stored before it: count their
+        # kernels' tallies again from the rows.
+        replaced = db.execute(
+            f"SELECT DISTINCT {_IDENTITY} FROM boots b JOIN kernels k ON k.id = b.kernel JOIN runs r ON r.id = b.run"
+            " WHERE r.id != ? AND r.run_id IN (SELECT shard_run_id FROM merged_from WHERE run = ?)",
+            (run_pk, run_pk),
+        ).fetchall()  # fmt: skip
+        if replaced:
+            _tally(db, [pk for (pk,) in replaced])
+
+    def _check_case(self, case: str) -> None:
+        """A UserError listing the observed cases unless `case` is one."""
+        if self._db.execute("SELECT 1 FROM tallies t JOIN cases c ON c.id = t.case_id WHERE c.case_name = ?",
+                            (case,)).fetchone():  # fmt: skip
+            return  # the quick answer; the full one (a scan) also counts shard runs and boots without a kernel
+        sql = ("SELECT DISTINCT c.case_name FROM cases c WHERE c.id IN (SELECT DISTINCT case_id FROM observations"
+               " WHERE fingerprint != ?) ORDER BY c.case_name")  # fmt: skip
+        known = [c for (c,) in self._db.execute(sql, (_no_fingerprint(self._db),))]
+        if case not in known:
+            raise UserError(f"{self.path}: no observed case {case!r}; known: {_few(known)}")
+
+    def _groups(self, case: str | None, kernel_ids: Collection[int] | None) -> list[_Group]:
+        """The tallies of these kernels (all kernels of an identity, or more) and of this case name."""
+        sql, args = "SELECT case_id, ram_mb, runs, varies, first, earliest, latest FROM tallies WHERE 1", list[Any]()
         if kernel_ids is not None:
             ids = sorted(kernel_ids)
-            sql += f" AND k.id IN ({', '.join('?' * len(ids))})"
+            sql += f" AND kernel IN ({', '.join('?' * len(ids))})"
             args += ids
-        return [_Row(*row) for row in self._db.execute(sql, args)]
+        if case is not None:
+            sql += " AND case_id IN (SELECT id FROM cases WHERE case_name = ?)"
+            args.append(case)
+        return [_Group(c, ram, runs, bool(varies), first, earliest, latest)
+                for c, ram, runs, varies, first, earliest, latest in self._db.execute(sql, args)]  # fmt: skip
+
+    def _shown(self, ids: Iterable[int]) -> dict[int, _Shown]:
+        sql = ("SELECT o.id, o.outcome, f.text, b.label, b.source, k.sha256, k.package, k.version, k.release, r.run_id,"
+               " r.started_utc, r.id FROM observations o JOIN texts f ON f.id = o.fingerprint"
+               " JOIN boots b ON b.id = o.boot JOIN kernels k ON k.id = b.kernel JOIN runs r ON r.id = b.run"
+               " WHERE o.id IN ({ids})")  # fmt: skip
+        return {
+            pk: _Shown(outcome, fingerprint, KernelInfo(label, release, package or None, version or None, sha, source),
+                       run_id, (started, run, pk))
+            for pk, outcome, fingerprint, label, source, sha, package, version, release, run_id, started, run
+            in self._by_ids(sql, ids)
+        }  # fmt: skip
+
+    def _results(self, ids: Iterable[int]) -> dict[int, CaseResult]:
+        sql = ("SELECT o.id, b.ram_mb, c.case_name, c.memlock, c.user, o.outcome, m.text, o.observation, d.observation,"
+               " e.text, ci.text, o.duration_s, f.text"
+               " FROM observations o JOIN boots b ON b.id = o.boot JOIN cases c ON c.id = o.case_id"
+               " JOIN texts f ON f.id = o.fingerprint JOIN texts m ON m.id = o.message"
+               " JOIN texts e ON e.id = o.expected JOIN texts ci ON ci.id = o.citation"
+               " LEFT JOIN dictionaries d ON d.id = o.dictionary"
+               " WHERE o.id IN ({ids})")  # fmt: skip
+        return {
+            pk: CaseResult(f"{ram}M", case, memlock, user, Outcome(outcome), message,
+                           None if packed is None else json.loads(_unpack(packed, dictionary)), json.loads(expected),
+                           citation, duration_s, fingerprint)
+            for pk, ram, case, memlock, user, outcome, message, packed, dictionary, expected, citation, duration_s,
+            fingerprint in self._by_ids(sql, ids)
+        }  # fmt: skip
+
+    def _by_ids(self, sql: str, ids: Iterable[int]) -> Iterator[tuple[Any, ...]]:
+        """Rows of `sql`, whose `{ids}` is replaced by placeholders, for every id, a chunk at a time."""
+        wanted = sorted(set(ids))
+        for start in range(0, len(wanted), _CHUNK):
+            chunk = wanted[start : start + _CHUNK]
+            yield from self._db.execute(sql.format(ids=", ".join("?" * len(chunk))), chunk)
 
     def _kernels(self) -> dict[str, _Kernel]:
         found: dict[str, _Kernel] = {}
@@ -532,6 +837,21 @@ def _parse_time(text: str) -> datetime:
     return when if when.tzinfo is not None else when.replace(tzinfo=UTC)
 
 
+def _utc_key(started: str) -> str:
+    """`started` as fixed-width UTC text: text order is _parse_time's order (unparseable first)."""
+    when = _parse_time(started)
+    try:
+        when = when.astimezone(UTC)
+    except OverflowError:  # within a day of year 1 or 9999: clamp
+        when = (datetime.min if when.year == 1 else datetime.max).replace(tzinfo=UTC)
+    return when.isoformat(timespec="microseconds")
+
+
+def _script(db: sqlite3.Connection, script: str) -> None:
+    for statement in _statements(script):
+        db.execute(statement)
+
+
 def _statements(script: str) -> Iterator[str]:
     # executescript() would COMMIT first and end the migration's transaction, so statements are
     # executed one by one inside it.
@@ -572,28 +892,24 @@ def _changed_fields(before: str, after: str) -> tuple[str, ...]:
                         or (k in a) != (k in b)))  # fmt: skip
 
 
-def _timeline(key: tuple[str, str, str, int], rows: list[_Row]) -> Timeline:
-    per_kernel: dict[str, list[_Row]] = {}
-    for row in rows:
-        per_kernel.setdefault(row.identity, []).append(row)
+def _timeline(key: tuple[str, str, str, int], groups: list[_Group], shown: Mapping[int, _Shown]) -> Timeline:
     # Builds of one version (compare() == 0) stay in the order they were first run.
-    groups = sorted(per_kernel.values(), key=lambda g: min(r.when for r in g))
+    ordered = sorted(groups, key=lambda g: shown[g.earliest].when)
 
-    def by_version(a: list[_Row], b: list[_Row]) -> int:
-        return versions.compare(a[0].kernel_info(), b[0].kernel_info())
+    def by_version(a: _Group, b: _Group) -> int:
+        return versions.compare(shown[a.first].kernel, shown[b.first].kernel)
 
-    groups.sort(key=functools.cmp_to_key(by_version))
+    ordered.sort(key=functools.cmp_to_key(by_version))
     points: list[Point] = []
     first_change: int | None = None
-    for group in groups:
-        latest = max(group, key=lambda r: r.when)
+    for group in ordered:
+        latest = shown[group.latest]
         previous = points[-1].fingerprint if points else None
         changed = previous is not None and previous != latest.fingerprint
         if changed and first_change is None:
             first_change = len(points)
         points.append(Point(
-            latest.kernel_info(), Outcome(latest.outcome), latest.fingerprint, len({r.run for r in group}),
-            len({r.fingerprint for r in group}) > 1, changed,
+            latest.kernel, Outcome(latest.outcome), latest.fingerprint, group.runs, group.varies, changed,
             _changed_fields(previous, latest.fingerprint) if changed and previous is not None else (), latest.run_id,
         ))  # fmt: skip
     return Timeline(*key, tuple(points), first_change)

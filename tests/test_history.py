@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 from rich.console import Console
 
+from harness import history
 from harness.errors import InfraError, UserError
 from harness.history import MIGRATIONS, SCHEMA_VERSION, History, render
 from harness.report import RunWriter
@@ -48,6 +49,13 @@ C = fp(calls=["mmap:EAGAIN"], locked="none", result="EAGAIN")
 K510, K61, K69, K612 = kernel("5.10.223-1"), kernel("6.1.176-1"), kernel("6.9.7-1"), kernel("6.12.117-1")
 
 
+def script(version: int) -> str:
+    """The SQL of a released migration (those up to 2 are SQL scripts)."""
+    migration = MIGRATIONS[version - 1]
+    assert isinstance(migration, str)
+    return migration
+
+
 def versions_of(db: History, **filters: str) -> list[str | None]:
     (timeline,) = db.timelines(**filters)
     return [p.kernel.version for p in timeline.points]
@@ -56,7 +64,7 @@ def versions_of(db: History, **filters: str) -> list[str | None]:
 def test_v1_database_is_migrated_with_its_data(tmp_path: Path) -> None:
     path = tmp_path / "history.sqlite"
     con = sqlite3.connect(path)
-    con.executescript(MIGRATIONS[0])
+    con.executescript(script(1))
     con.executescript(f"""
         PRAGMA user_version = 1;
         INSERT INTO runs VALUES (1, 'old-run', '2026-01-01T00:00:00+00:00', NULL, 0, '0.0.1', 'p0', 'now');
@@ -78,8 +86,217 @@ def test_v1_database_is_migrated_with_its_data(tmp_path: Path) -> None:
     runs = con.execute("SELECT run_id, source FROM runs ORDER BY id").fetchall()
     assert runs == [("old-run", ""), ("new-run", "dir")]
     indexes = {name for (name,) in con.execute("SELECT name FROM sqlite_master WHERE type = 'index'")}
-    assert {"observations_case", "observations_boot", "boots_kernel"} <= indexes
+    assert {"observations_boot", "boots_kernel", "merged_from_shard"} <= indexes  # v3 dropped observations_case
     con.close()
+
+
+def record_v2(con: sqlite3.Connection, run: RunRecord, manifest: dict[str, Any], source: str = "") -> None:
+    """Append a run as the schema-2 harness did (its History.record, SQL for SQL)."""
+    probe = manifest.get("probe") or {}
+    run_pk = con.execute(
+        "INSERT INTO runs (run_id, started, finished, interrupted, harness_version, probe_sha256, recorded, source)"
+        " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+        (run.run_id, run.started, run.finished, int(run.interrupted), manifest.get("harness_version") or "",
+         probe.get("sha256") or "", "2026-12-01T00:00:00+00:00", source),
+    ).lastrowid  # fmt: skip
+    for boot in run.boots:
+        k = boot.kernel
+        kernel_pk = None
+        if k is not None:
+            key = (k.sha256, k.package or "", k.version or "", k.release)
+            con.execute("INSERT OR IGNORE INTO kernels (sha256, package, version, release) VALUES (?, ?, ?, ?)", key)
+            sql = "SELECT id FROM kernels WHERE sha256 = ? AND package = ? AND version = ? AND release = ?"
+            (kernel_pk,) = con.execute(sql, key).fetchone()
+        boot_pk = con.execute(
+            "INSERT INTO boots (run, boot_id, kernel, label, source, ram_mb, accelerator, qemu_version, uname,"
+            " memtotal_kb, error) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (run_pk, boot.boot_id, kernel_pk, "" if k is None else k.label, "" if k is None else k.source,
+             boot.ram_mb, boot.accelerator, boot.qemu_version or manifest.get("qemu_version") or "", boot.uname,
+             boot.memtotal_kb, boot.error),
+        ).lastrowid  # fmt: skip
+        con.executemany(
+            "INSERT INTO observations (boot, case_name, memlock, user, outcome, fingerprint, message, observation,"
+            " expected, citation, duration_s) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            [(boot_pk, r.case, r.memlock, r.user, r.outcome.value, r.fingerprint, r.message,
+              None if r.observation is None else json.dumps(r.observation, sort_keys=True, default=str),
+              json.dumps(r.expected, sort_keys=True, default=str), r.citation, r.duration_s) for r in boot.cases],
+        )  # fmt: skip
+    for entry in manifest.get("merged_from") or []:
+        shard = f"{entry['shard']['index']}/{entry['shard']['count']}"
+        con.execute("INSERT INTO merged_from VALUES (?, ?, ?)", (run_pk, entry["run_id"], shard))
+
+
+def observed(case: str, fingerprint: str, n: int, memlock: str = "default") -> CaseResult:
+    """A result whose observation, like a real one, differs from night to night in a few numbers."""
+    observation = {"case": case, "child_pid": 100 + n, "duration_ms": 7 * n, "calls": [{"call": "mmap"}] * 5}
+    return CaseResult("boot", case, memlock, "root", Outcome.PASS, f"{case}: as expected", observation,
+                      {"result": "ok"}, "mlock(2)", 0.25 * n, fingerprint)  # fmt: skip
+
+
+CUSTOM = KernelInfo("custom", "6.13.0-rc1", None, None, "", "path:/srv/bzImage")  # a kernel without a sha256
+MERGED = {**MANIFEST, "merged_from": [{"run_id": "shard1", "shard": {"index": 1, "count": 2}}]}
+# Recorded in this order: an old run imported last, a start time in another zone, a merged run.
+SCENARIO: list[tuple[RunRecord, dict[str, Any]]] = [
+    (run("r1", "2026-01-01T00:00:00Z", {
+        K61: [observed("a", A, 1), observed("b", B, 1, memlock="64K"),
+              CaseResult("boot", "c", "default", "root", Outcome.INFRA_ERROR, "guest lost", None)],
+        K612: [observed("a", B, 2)], CUSTOM: [observed("a", C, 3)]}), MANIFEST),
+    (run("r2", "2026-02-01T09:00:00+05:00", {K61: [observed("a", C, 4), observed("b", B, 5, memlock="64K")]}, 512),
+     MANIFEST),
+    (run("r3", "2026-02-01T05:00:00Z", {K61: [observed("a", A, 6)]}, 512), MANIFEST),
+    (run("shard1", "2026-03-01T00:00:00Z", {K612: [observed("a", C, 7)]}), MANIFEST),
+    (run("merged", "2026-03-01T01:00:00Z", {K612: [observed("a", C, 7)]}), MERGED),
+    (run("r0", "2025-12-01T00:00:00Z", {K510: [observed("a", A, 8)], K61: [observed("a", B, 9)]}), MANIFEST),
+]  # fmt: skip
+
+
+def every_view(db: History) -> dict[str, Any]:
+    views: dict[str, Any] = {"kernels": db.kernels(), "grid": db.timelines()}
+    for case in ("a", "b"):
+        views[f"case {case}"] = db.timelines(case=case)
+    for selector in ("6", "6.1", "5.10", "custom", K612.sha256[:8]):
+        views[f"kernel {selector}"] = db.timelines(kernel=selector)
+    for selector in ("6.1", "5.10", "6.12", "custom"):
+        views[f"results {selector}"] = db.kernel_results(selector)
+    return views
+
+
+def test_v2_database_with_data_is_converted_to_v3_with_the_same_answers(tmp_path: Path) -> None:
+    path = tmp_path / "v2.sqlite"
+    con = sqlite3.connect(path)
+    con.executescript(script(1))
+    con.executescript(script(2))
+    con.execute("PRAGMA user_version = 2")
+    for record, manifest in SCENARIO:
+        record_v2(con, record, manifest, source=f"results/{record.run_id}")
+    con.commit()
+    ids = con.execute("SELECT id, case_name, fingerprint FROM observations ORDER BY id").fetchall()
+    con.close()
+    with History(path) as migrated, History(tmp_path / "fresh.sqlite") as fresh:
+        assert migrated.version == SCHEMA_VERSION == 3
+        for record, manifest in SCENARIO:
+            fresh.record(record, manifest, source=f"results/{record.run_id}")
+        views = every_view(migrated)
+        assert views == every_view(fresh)
+        (a256, b64k, a512, b64k512) = views["grid"]  # the infra error has no behaviour to show
+        assert (a256.name, [(p.kernel.version or p.kernel.release, p.fingerprint, p.runs, p.varies, p.run_id)
+                            for p in a256.points]) == ("a[memlock=default,user=root] 256M", [
+            ("5.10.223-1", A, 1, False, "r0"), ("6.1.176-1", A, 2, True, "r1"), ("6.12.117-1", C, 2, True, "merged"),
+            ("6.13.0-rc1", C, 1, False, "r1")])  # fmt: skip
+        # 09:00+05:00 is 04:00Z, before r3's 05:00Z: r3 is the latest run on 512M.
+        assert [(p.fingerprint, p.run_id, p.runs) for p in a512.points] == [(A, "r3", 2)]
+        assert [(p.run_id, p.runs) for p in b64k.points + b64k512.points] == [("r1", 1), ("r2", 1)]
+        info, results = migrated.kernel_results("6.1")
+        assert info == K61
+        assert [(ram, r.case, r.memlock, r.fingerprint, r.observation, r.duration_s) for ram, r in results] == [
+            (256, "a", "default", A, observed("a", A, 1).observation, 0.25),
+            (256, "b", "64K", B, observed("b", B, 1).observation, 0.25),
+            (512, "a", "default", A, observed("a", A, 6).observation, 1.5),
+            (512, "b", "64K", B, observed("b", B, 5).observation, 1.25),
+        ]  # fmt: skip
+    con = sqlite3.connect(path)
+    # Ids (catalogue order) are kept; strings and observations moved to their tables.
+    assert con.execute("SELECT id, case_name, fingerprint FROM observations_text ORDER BY id").fetchall() == ids
+    tables = {name for (name,) in con.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    assert "observations_v2" not in tables and {"texts", "cases", "dictionaries", "tallies"} <= tables
+    assert con.execute("SELECT source FROM runs WHERE run_id = 'r0'").fetchone() == ("results/r0",)
+    con.close()
+
+
+def test_converting_a_v2_history_gives_its_space_back(tmp_path: Path) -> None:
+    path = tmp_path / "v2.sqlite"
+    con = sqlite3.connect(path)
+    con.executescript(script(1))
+    con.executescript(script(2))
+    con.execute("PRAGMA user_version = 2")
+    for night in range(1, 31):
+        cases = [observed(f"case{n}", fp(n=n), night) for n in range(50)]
+        record_v2(con, run(f"n{night}", f"2026-01-{night:02}T02:00:00Z", {K61: cases, K612: cases}), MANIFEST)
+    con.commit()
+    con.close()
+    before = path.stat().st_size
+    with History(path) as db:
+        assert db.version == 3
+    assert path.stat().st_size < before / 3
+
+
+def test_a_python_migration_step_runs_in_the_migration_transaction(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "h.sqlite"
+    with History(path) as db:
+        db.record(run("r1", "2026-01-01T00:00:00Z", {K61: [result("a", A)]}), MANIFEST)
+
+    def broken(con: sqlite3.Connection) -> None:
+        con.execute("CREATE TABLE half_done (x)")
+        raise RuntimeError("step failed")
+
+    monkeypatch.setattr(history, "MIGRATIONS", (*MIGRATIONS, broken))
+    monkeypatch.setattr(history, "SCHEMA_VERSION", SCHEMA_VERSION + 1)
+    with pytest.raises(RuntimeError, match="step failed"):
+        History(path)
+    con = sqlite3.connect(path)
+    assert con.execute("PRAGMA user_version").fetchone() == (SCHEMA_VERSION,)
+    assert not con.execute("SELECT 1 FROM sqlite_master WHERE name = 'half_done'").fetchone()
+    con.close()
+
+    def working(con: sqlite3.Connection) -> None:
+        con.execute("CREATE TABLE done (x)")
+        con.execute("INSERT INTO done SELECT count(*) FROM observations")
+
+    monkeypatch.setattr(history, "MIGRATIONS", (*MIGRATIONS, working))
+    with History(path) as db:
+        assert db.version == SCHEMA_VERSION + 1
+        assert [p.fingerprint for p in db.timelines()[0].points] == [A]
+    con = sqlite3.connect(path)
+    assert con.execute("SELECT x FROM done").fetchall() == [(1,)]
+    con.close()
+
+
+def test_tallies_kept_on_append_equal_tallies_counted_from_the_rows(tmp_path: Path) -> None:
+    with History(tmp_path / "h.sqlite") as db:
+        for record, manifest in SCENARIO:
+            db.record(record, manifest)
+        # A merged run stored before its shard: the shard is never counted.
+        db.record(run("m2", "2026-04-01T01:00:00Z", {K510: [observed("a", B, 10)]}),
+                  {**MANIFEST, "merged_from": [{"run_id": "s2", "shard": {"index": 1, "count": 2}}]})  # fmt: skip
+        db.record(run("s2", "2026-04-01T00:00:00Z", {K510: [observed("a", C, 11)]}), MANIFEST)
+        kept = db._db.execute("SELECT * FROM tallies ORDER BY 1, 2, 3").fetchall()
+        history._tally(db._db)
+        assert db._db.execute("SELECT * FROM tallies ORDER BY 1, 2, 3").fetchall() == kept
+        assert [(p.fingerprint, p.runs, p.varies, p.run_id) for p in db.timelines(kernel="5.10")[0].points] == [
+            (B, 2, True, "m2")
+        ]
+
+
+def test_nightly_repeats_store_strings_once_and_observations_as_small_deltas(tmp_path: Path) -> None:
+    path = tmp_path / "h.sqlite"
+    with History(path) as db:
+        for night in range(1, 21):
+            cases = [observed(f"case{n}", fp(n=n), night) for n in range(20)]
+            db.record(run(f"n{night}", f"2026-01-{night:02}T02:00:00Z", {K61: cases, K612: cases}), MANIFEST)
+        info, results = db.kernel_results("6.12")
+        # Lossless: the latest night's own observation, not the first one stored.
+        assert [r.observation for _, r in results] == [observed(f"case{n}", "", 20).observation for n in range(20)]
+        assert [r.duration_s for _, r in results] == [5.0] * 20
+    con = sqlite3.connect(path)
+    # fingerprints and messages (one per case), expected and citation: stored once, not each night
+    assert con.execute("SELECT count(*) FROM texts").fetchone() == (20 + 20 + 2,)
+    assert con.execute("SELECT count(*) FROM dictionaries").fetchone() == (40,)  # per case, behaviour, kernel
+    (text,) = con.execute("SELECT max(length(observation)) FROM dictionaries").fetchone()
+    (delta,) = con.execute("SELECT max(length(observation)) FROM observations").fetchone()
+    assert delta < 40 < text
+    con.close()
+
+
+def test_latest_is_by_start_instant_whatever_the_zone_or_text(tmp_path: Path) -> None:
+    with History(tmp_path / "h.sqlite") as db:
+        # As text "10:00+05:00" sorts after "06:00Z", but it is 05:00Z: an hour earlier.
+        db.record(run("utc", "2026-01-01T06:00:00Z", {K61: [result("a", A)]}), MANIFEST)
+        db.record(run("zoned", "2026-01-01T10:00:00+05:00", {K61: [result("a", B)]}), MANIFEST)
+        db.record(run("unknown", "not a time", {K61: [result("a", C)]}), MANIFEST)  # counts as the earliest
+        (point,) = db.timelines()[0].points
+        assert (point.fingerprint, point.run_id, point.runs, point.varies) == (A, "utc", 3, True)
 
 
 def test_newer_schema_is_refused_and_left_alone(tmp_path: Path) -> None:
@@ -210,6 +427,17 @@ def test_kernel_filter_by_version_components_and_names(tmp_path: Path) -> None:
         assert [(ram, r.boot_id, r.case, r.fingerprint, r.observation) for ram, r in results] == [
             (256, "256M", "a", C, {"case": "a"})
         ]
+
+
+def test_a_case_observed_only_on_a_boot_without_kernel_is_known_but_shows_nothing(tmp_path: Path) -> None:
+    with History(tmp_path / "h.sqlite") as db:
+        unresolved = BootResult("lost-256M", None, 256, cases=[result("z", A)])
+        db.record(RunRecord("r1", "2026-01-01T00:00:00Z", None, False, [unresolved]), MANIFEST)
+        db.record(run("r2", "2026-01-02T00:00:00Z", {K61: [result("a", A)]}), MANIFEST)
+        with pytest.raises(UserError, match=r"nothing observed for case z on kernel \(any\)"):
+            db.timelines(case="z")
+        with pytest.raises(UserError, match="no observed case 'y'; known: a, z"):
+            db.timelines(case="y")
 
 
 def test_import_run_directory_written_by_run_writer(tmp_path: Path) -> None:
