@@ -72,11 +72,13 @@ def make_tree(cache: Path) -> Path:
     root.mkdir(parents=True)
     started = time.monotonic()
     with kernels._data_tar(cache / "debs" / f"{deb.sha256}.deb") as data:
-        member = next(m for m in data.getmembers() if m.name.endswith(".tar.xz"))
-        src = data.extractfile(member)
-        assert src is not None
-        with tarfile.open(fileobj=src, mode="r:xz") as inner:
-            inner.extractall(root, filter="data")
+        for member in data:  # a stream: members in order, no seeking back
+            if member.name.endswith(".tar.xz"):
+                src = data.extractfile(member)
+                assert src is not None
+                with tarfile.open(fileobj=src, mode="r|xz") as inner:
+                    inner.extractall(root, filter="data")
+                break
     (top,) = [p for p in root.iterdir() if p.is_dir()]
     top.rename(repo)
     # Debian's tree ignores everything at the top level (its packaging is kept apart); a kernel
