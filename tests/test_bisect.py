@@ -13,33 +13,22 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import pytest
+from conftest import git
 
 from harness import bisect
 from harness.bisect import Observation, Settings
 from harness.errors import InfraError, UserError
 
 
-def git(repo: Path, *args: str) -> str:
-    return subprocess.run(["git", "-C", str(repo), *args], check=True, capture_output=True, text=True).stdout.strip()
-
-
 @pytest.fixture
-def repo(tmp_path: Path) -> Path:
+def repo(make_repo: Callable[[Sequence[tuple[str, dict[str, str]]]], Path]) -> Path:
     """Eight commits; from the fifth on, `behaviour` says "new"."""
-    r = tmp_path / "linux"
-    r.mkdir()
-    git(r, "init", "-q", "-b", "main")
-    git(r, "config", "user.email", "t@example.org")
-    git(r, "config", "user.name", "t")
-    for i in range(8):
-        (r / "behaviour").write_text("new\n" if i >= 4 else "old\n")
-        (r / "file").write_text(f"{i}\n")
-        git(r, "add", "-A")
-        git(r, "commit", "-q", "-m", f"commit {i}" + (": the change" if i == 4 else ""))
-    return r
+    return make_repo([(f"commit {i}" + (": the change" if i == 4 else ""),
+                       {"behaviour": "new\n" if i >= 4 else "old\n", "file": f"{i}\n"}) for i in range(8)])  # fmt: skip
 
 
 def script(tmp_path: Path, body: str) -> list[str]:

@@ -2,30 +2,20 @@
 
 from __future__ import annotations
 
-import subprocess
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import pytest
+from conftest import git
 
 from harness import kbuild, matrix
 from harness.errors import UserError
 from harness.matrix import GitKernel
 
 
-def git(repo: Path, *args: str) -> str:
-    return subprocess.run(["git", "-C", str(repo), *args], check=True, capture_output=True, text=True).stdout.strip()
-
-
 @pytest.fixture
-def repo(tmp_path: Path) -> Path:
-    r = tmp_path / "linux"
-    r.mkdir()
-    git(r, "init", "-q")
-    for i in range(2):
-        (r / "Makefile").write_text(f"# {i}\n")
-        git(r, "add", "-A")
-        git(r, "-c", "user.name=t", "-c", "user.email=t@e", "commit", "-q", "-m", f"commit {i}")
-    return r
+def repo(make_repo: Callable[[Sequence[tuple[str, dict[str, str]]]], Path]) -> Path:
+    return make_repo([(f"commit {i}", {"Makefile": f"# {i}\n"}) for i in range(2)])
 
 
 def test_git_kernel_in_a_matrix(repo: Path, tmp_path: Path) -> None:
@@ -74,7 +64,7 @@ def test_the_cache_key_follows_tree_base_fragment_and_compiler(repo: Path) -> No
     }
     assert key not in others and len(others) == 4
     # A commit that changes nothing in the tree (a revert of a revert) builds nothing new.
-    git(repo, "-c", "user.name=t", "-c", "user.email=t@e", "commit", "-q", "--allow-empty", "-m", "empty")
+    git(repo, "commit", "-q", "--allow-empty", "-m", "empty")
     assert kbuild.build_key(kbuild.resolve(GitKernel(repo, "HEAD")), "", "g") == kbuild.build_key(two, "", "g")
 
 
