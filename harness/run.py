@@ -568,6 +568,10 @@ def manifest(setup: Setup, results: dict[str, BootResult]) -> dict[str, Any]:
             entry.update(release=k.release, package=k.package, version=k.version, sha256=k.sha256,
                          source=k.source, pvh=k.vmlinux is not None,
                          debs=[asdict(d) for d in k.debs])  # fmt: skip
+            if isinstance(spec, matrix.GitKernel):
+                # How it was built: commit, compiler, seconds, the config (its digest and file).
+                build = {key: v for key, v in kbuild.metadata(k.image.parent).items() if key != "fragment"}
+                entry["build"] = {**build, "config_file": str(k.image.parent / "config")}
         if prep.image:
             entry["image"] = {"sha256": prep.image.sha256, "modules": list(prep.image.modules),
                               "host_key": prep.image.host_key}  # fmt: skip

@@ -120,6 +120,11 @@ def test_bisect_names_the_commit_that_stopped_enforcing_the_limit(tmp_path: Path
     assert found["first_commit"] == culprit and "result" in found["changed_fields"]
     assert json.loads(found["good"]["fingerprint"])["result"] == "ENOMEM"
     assert json.loads(found["bad"]["fingerprint"])["result"] == "ok"
+    # Every step's run directory says how its kernel was built.
+    manifest = sorted((record.parent / "steps" / culprit[:12]).glob("2*/manifest.json"))[0]  # run ids: the year
+    build = json.loads(manifest.read_text())["kernels"][0]["build"]
+    assert build["commit"] == culprit and build["seconds"] > 0 and build["missing_options"] == []
+    assert Path(build["config_file"]).read_text().count("CONFIG_PVH=y") == 1
     # The user's tree as it was found.
     assert git(repo, "rev-parse", "HEAD") == head and git(repo, "status", "--porcelain") == ""
     assert not (repo / ".git" / "BISECT_START").exists()
