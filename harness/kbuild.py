@@ -138,9 +138,16 @@ def _run(argv: Sequence[str], log: Path, env: dict[str, str], what: str) -> None
         try:
             code = proc.wait()
         except BaseException:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+            # SIGINT first: make then deletes the targets it was writing; a half-written object
+            # newer than its source would otherwise pass for built in the next, incremental, build.
+            for sig, grace in ((signal.SIGINT, 10.0), (signal.SIGKILL, None)):
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(proc.pid, sig)
+                try:
+                    proc.wait(timeout=grace)
+                    break
+                except subprocess.TimeoutExpired:
+                    continue
             raise
     if code != 0:
         tail = log.read_text(errors="replace").splitlines()[-LOG_TAIL:]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import signal
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -76,3 +78,35 @@ def test_the_shipped_fragment_is_checked_against_the_final_config() -> None:
     assert "CONFIG_VIRTIO_NET" in missing and "CONFIG_EXT4_FS" in missing and "CONFIG_PVH" not in missing
     assert kbuild.fragment_options("# CONFIG_SWAP is not set\nCONFIG_HZ=250\n") == {"CONFIG_SWAP": "n",
                                                                                    "CONFIG_HZ": "250"}
+
+
+def test_an_interrupted_build_step_stops_its_children_with_sigint_first(tmp_path: Path) -> None:
+    """make deletes a half-written target on SIGINT; SIGKILL alone would leave it to pass as built."""
+    target = tmp_path / "half.o"
+    child_pid = tmp_path / "pid"
+    argv = ["sh", "-c", f"trap 'rm -f {target}; exit 130' INT; echo $$ > {child_pid}; echo partial > {target}; "
+            "sleep 30 & wait"]  # fmt: skip
+
+    def interrupt(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGALRM, interrupt)
+    signal.setitimer(signal.ITIMER_REAL, 1.0)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            kbuild._run(argv, tmp_path / "build.log", dict(os.environ), "make")
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+    assert not target.exists()
+    pid = int(child_pid.read_text())
+    with pytest.raises(ProcessLookupError):
+        os.kill(pid, 0)
+
+
+def test_a_failed_build_step_names_its_log_and_last_lines(tmp_path: Path) -> None:
+    with pytest.raises(kbuild.BuildFailure) as e:
+        kbuild._run(["sh", "-c", "echo compiling; echo 'mm/mlock.c:42: error: boom' >&2; exit 2"],
+                    tmp_path / "build.log", dict(os.environ), "make bzImage")  # fmt: skip
+    assert str(e.value).startswith(f"make bzImage failed (exit 2); last lines of {tmp_path / 'build.log'}:")
+    assert str(e.value).endswith("mm/mlock.c:42: error: boom")
