@@ -19,6 +19,10 @@ from pathlib import Path
 
 import paramiko
 import pytest
+import xmlschema
+from junitparser import JUnitXml
+from test_junit_consumers import JENKINS_XSD, expected_counts, junitparser_counts, render_junit2html
+from test_overview import kernel_cells, matrix_rows, parse
 
 from harness import guest, image, kernels, matrix, report, run, verdict, vm
 from harness.cache import cache_dir, secret
@@ -198,6 +202,19 @@ def test_harness_run_end_to_end(tmp_path: Path) -> None:
         assert "HARNESS-READY" in (run_dir / b["serial_log"]).read_text()
     assert "pass" in proc.stdout  # the summary table
     assert qemu_pids() <= before, "the run left QEMU processes behind"
+
+    # What the run wrote, read the way its consumers read it.
+    xmlschema.XMLSchema(JENKINS_XSD).validate(str(run_dir / "junit.xml"))
+    record = report.read_results(run_dir)
+    assert junitparser_counts(JUnitXml.fromfile(str(run_dir / "junit.xml"))) == {
+        b.boot_id: expected_counts(b) for b in record.boots
+    }
+    assert "bookworm-256M" in render_junit2html(run_dir / "junit.xml", tmp_path / "junit.html")
+    page = parse((run_dir / "report.html").read_text())
+    ids = {n.attrs["id"] for n in page.iter() if "id" in n.attrs}
+    links = [a.attrs["href"] for row in matrix_rows(page) for td in kernel_cells(row) for a in td.iter("a")]
+    assert len(links) == sum(len(b.cases) for b in record.boots) and all(h[1:] in ids for h in links)
+    assert (run_dir / "summary.md").read_text().startswith(f"## Run {record.run_id}")
 
 
 def harness(*args: str, timeout: float = 600) -> subprocess.CompletedProcess[str]:

@@ -18,7 +18,7 @@ import xmlschema
 from junitparser import Error, Failure, JUnitXml, Skipped
 from markupsafe import escape
 
-from harness.report import junit_xml, outcome_counts, read_results, xml_safe
+from harness.report import junit_xml, outcome_counts, xml_safe
 from harness.results import BootResult, CaseResult, KernelInfo, Outcome
 
 DATA = Path(__file__).resolve().parent / "data"
@@ -32,7 +32,6 @@ JENKINS_XSD = DATA / "junit-10.xsd"
 # per-case evidence in every consumer. test_ant_schema_differences_are_only_the_known_ones pins
 # exactly which differences there are, so a new one does not creep in unnoticed.
 ANT_XSD = DATA / "JUnit.xsd"
-LATEST = Path(__file__).resolve().parent.parent / "results" / "latest"
 RUN_ID = "20261126T185300Z-ab12"
 
 KERNEL = KernelInfo(
@@ -239,21 +238,3 @@ def test_ant_schema_differences_are_only_the_known_ones() -> None:
         assert what is not None, f"new difference from Ant's schema at <{tag}>: {reason}"
         seen.add((tag, what))
     assert seen, "our junit.xml now satisfies Ant's schema: validate against it instead"
-
-
-# --- the real run in this checkout -------------------------------------------------------------
-
-
-def test_latest_real_run(tmp_path: Path, jenkins: xmlschema.XMLSchema) -> None:
-    """results/latest/junit.xml, when the checkout has one: a local extra, skipped elsewhere."""
-    junit = LATEST / "junit.xml"
-    if not junit.is_file() or not (LATEST / "results.json").is_file():
-        pytest.skip("no results/latest in this checkout")
-    jenkins.validate(str(junit))
-    run = read_results(LATEST)
-    xml = JUnitXml.fromfile(str(junit))
-    per_suite = junitparser_counts(xml)
-    assert per_suite == {xml_safe(b.boot_id): expected_counts(b) for b in run.boots}
-    page = render_junit2html(junit, tmp_path / "junit.html")
-    failing = [r.name for b in run.boots for r in b.cases if r.outcome.is_failure or r.outcome.is_error]
-    assert all(escape(name) in page for name in failing[:50])
