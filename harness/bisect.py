@@ -190,7 +190,8 @@ class Found:
     directory: Path
 
 
-def _start_checks(repo: Path) -> str:
+def check_repo(repo: Path) -> str:
+    """The branch (or commit) HEAD is on; bad input if `repo` is no work tree or is mid-bisect."""
     if not (repo / ".git").exists():
         raise UserError(f"--repo {repo}: not a git work tree; give a kernel git checkout")
     git_dir = Path(_git(repo, "rev-parse", "--absolute-git-dir"))
@@ -202,7 +203,7 @@ def _start_checks(repo: Path) -> str:
 def bisect(settings: Settings, good_rev: str, bad_rev: str, results: Path, cache: Path,
            log: Callable[[str], None]) -> Found:  # fmt: skip
     repo = settings.repo
-    original = _start_checks(repo)
+    original = check_repo(repo)
     good = _git(repo, "rev-parse", "--verify", f"{good_rev}^{{commit}}")
     bad = _git(repo, "rev-parse", "--verify", f"{bad_rev}^{{commit}}")
     if subprocess.run(["git", "-C", str(repo), "merge-base", "--is-ancestor", good, bad]).returncode != 0:

@@ -223,9 +223,13 @@ def cmd_bisect(args: argparse.Namespace, console: Console) -> int:
         raise UserError(f"--tries {args.tries}: give at least 1")
     settings = bisect.Settings(args.repo.resolve(), args.case, args.ram, args.memlock, args.user,
                                args.config.resolve() if args.config else None, args.base, args.tries)  # fmt: skip
-    # The same checks a matrix gets, before anything is built: a bad case, size or limit is exit 2.
-    mx = matrix.parse(settings.matrix_text("HEAD"), "harness bisect options")
-    matrix.expand(mx, run.build_probe().names)
+    bisect.check_repo(settings.repo)
+    # The same checks a matrix gets, before anything is built: a bad case, size or limit is exit 2,
+    # said of the option that was given.
+    try:
+        matrix.expand(matrix.parse(settings.matrix_text("HEAD"), _BISECT_SOURCE), run.build_probe().names)
+    except UserError as e:
+        raise UserError(_as_option(str(e))) from None
     found = bisect.bisect(settings, args.good, args.bad, args.results, _cache(args),
                           lambda m: console.print(m, highlight=False, markup=False))  # fmt: skip
     console.print(f"first commit that changed {args.case}: {found.commit} {found.title}", markup=False)
@@ -234,6 +238,19 @@ def cmd_bisect(args: argparse.Namespace, console: Console) -> int:
         console.print(f"    evidence: {', '.join(obs.run_dirs)}", markup=False)
     console.print(f"  changed: {', '.join(found.fields)}; bisect record: {found.directory}", markup=False)
     return 0
+
+
+_BISECT_SOURCE = "harness bisect options"
+_OPTION_OF = {"ram": "--ram", "memlock": "--memlock", "users": "--user", "cases": "--case",
+              "kernels.0.git.config": "--config"}  # fmt: skip
+
+
+def _as_option(message: str) -> str:
+    """'harness bisect options:4: memlock.0: ...' -> '--memlock: ...'."""
+    m = re.match(rf"{_BISECT_SOURCE}(?::\d+)?: ([\w.]+?)(?:\.\d+)?: (.*)", message)
+    if m and m.group(1) in _OPTION_OF:
+        return f"{_OPTION_OF[m.group(1)]}: {m.group(2)}"
+    return message
 
 
 def cmd_bisect_step(args: argparse.Namespace, console: Console) -> int:

@@ -108,11 +108,11 @@ def test_ctrl_c_mid_bisect_still_resets(repo: Path, tmp_path: Path) -> None:
 def test_a_bisect_already_in_progress_or_no_repo_is_bad_input(repo: Path, tmp_path: Path) -> None:
     git(repo, "bisect", "start")
     with pytest.raises(UserError, match="a bisect is already in progress there"):
-        bisect._start_checks(repo)
+        bisect.check_repo(repo)
     git(repo, "bisect", "reset")
-    assert bisect._start_checks(repo) == "main"
+    assert bisect.check_repo(repo) == "main"
     with pytest.raises(UserError, match="not a git work tree"):
-        bisect._start_checks(tmp_path)
+        bisect.check_repo(tmp_path)
 
 
 # --- agreement -----------------------------------------------------------------------------------

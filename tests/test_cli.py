@@ -9,6 +9,7 @@ import shlex
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -250,3 +251,30 @@ def test_ci_examples_use_only_commands_and_options_the_cli_has() -> None:
             parser.parse_args(shlex.split(m.group(1)))
             seen += 1
     assert seen >= 7
+
+
+@pytest.mark.parametrize(
+    ("args", "line"),
+    [
+        (["--case", "nope"], "--case: unknown case 'nope'; `harness cases` lists the"),
+        (["--case", "mlock_over", "--memlock", "lots"], "--memlock: 'lots' is not a size"),
+        (["--case", "mlock_over", "--ram", "1K"], "--ram: give guest RAM in whole megabytes"),
+        (["--case", "mlock_over", "--config", "/nope"], "--config: /nope is not a file"),
+        (["--case", "mlock_over", "--tries", "0"], "--tries 0: give at least 1"),
+        (["--case", "mlock_over", "--good", "HEAD", "--bad", "HEAD~1"], "--good HEAD is not an ancestor of --bad"),
+    ],
+)
+def test_bisect_bad_input_names_the_option(
+    args: list[str], line: str, make_repo: Any, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    repo = make_repo([("one", {"Makefile": "1\n"}), ("two", {"Makefile": "2\n"})])
+    ends = [] if "--good" in args else ["--good", "HEAD~1", "--bad", "HEAD"]
+    code, _, err = run(["bisect", "--repo", str(repo), *ends, *args], capsys)
+    assert code == 2
+    (got,) = err.splitlines()
+    assert got.startswith(f"harness: error: {line}"), got
+    assert not (tmp_path / "results").exists()  # nothing built, booted or written
+    code, _, err = run(["bisect", "--repo", str(tmp_path / "nowhere"), "--good", "a", "--bad", "b", "--case", "x"],
+                       capsys)  # fmt: skip
+    assert code == 2 and err.splitlines() == [f"harness: error: --repo {tmp_path / 'nowhere'}: not a git work tree; "
+                                               "give a kernel git checkout"]  # fmt: skip
