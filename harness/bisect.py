@@ -28,8 +28,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from harness import compare, matrix, run, vm
+from harness import matrix, run, verdict, vm
 from harness.errors import InfraError, UserError
+from harness.kbuild import git
 from harness.results import Outcome
 
 STATE_FILE = "state.json"
@@ -74,14 +75,6 @@ class Observation:
     @property
     def answered(self) -> bool:
         return bool(self.behaviour)
-
-
-def _git(repo: Path, *args: str, check: bool = True) -> str:
-    proc = subprocess.run(["git", "-C", str(repo), *args], capture_output=True, text=True)
-    if check and proc.returncode != 0:
-        detail = (proc.stderr or proc.stdout).strip().splitlines()
-        raise UserError(f"git -C {repo} {' '.join(args)}: {detail[-1] if detail else f'exit {proc.returncode}'}")
-    return proc.stdout.strip()
 
 
 def _behaviour(outcome: Outcome, fingerprint: str) -> str:
@@ -151,14 +144,14 @@ def read_state(path: Path) -> tuple[Settings, dict[str, Any]]:
 def step(state_path: Path, cache: Path, log: Callable[[str], None]) -> int:
     """One bisect step: 0 behaves like the good end, 1 otherwise, 125 no answer (skip)."""
     settings, doc = read_state(state_path)
-    head = _git(settings.repo, "rev-parse", "--verify", "--quiet", "BISECT_HEAD", check=False) or _git(
+    head = git(settings.repo, "rev-parse", "--verify", "--quiet", "BISECT_HEAD", check=False) or git(
         settings.repo, "rev-parse", "HEAD"
     )
     options = _options(state_path.parent / "steps" / head[:12], cache)
     obs = observe(settings, head, options, log)
     verdict = SKIP if not obs.answered else GOOD if obs.behaviour == doc["good"]["behaviour"] else BAD
     word = {GOOD: "good", BAD: "bad", SKIP: "skip"}[verdict]
-    title = _git(settings.repo, "log", "-1", "--format=%s", head)
+    title = git(settings.repo, "log", "-1", "--format=%s", head)
     record = {**dataclasses.asdict(obs), "verdict": word, "title": title}
     with open(state_path.parent / STEPS_FILE, "a") as f:
         f.write(json.dumps(record) + "\n")
@@ -194,18 +187,18 @@ def check_repo(repo: Path) -> str:
     """The branch (or commit) HEAD is on; bad input if `repo` is no work tree or is mid-bisect."""
     if not (repo / ".git").exists():
         raise UserError(f"--repo {repo}: not a git work tree; give a kernel git checkout")
-    git_dir = Path(_git(repo, "rev-parse", "--absolute-git-dir"))
+    git_dir = Path(git(repo, "rev-parse", "--absolute-git-dir"))
     if (git_dir / "BISECT_START").exists():
         raise UserError(f"--repo {repo}: a bisect is already in progress there; run `git bisect reset` first")
-    return _git(repo, "symbolic-ref", "--quiet", "--short", "HEAD", check=False) or _git(repo, "rev-parse", "HEAD")
+    return git(repo, "symbolic-ref", "--quiet", "--short", "HEAD", check=False) or git(repo, "rev-parse", "HEAD")
 
 
 def bisect(settings: Settings, good_rev: str, bad_rev: str, results: Path, cache: Path,
            log: Callable[[str], None]) -> Found:  # fmt: skip
     repo = settings.repo
     original = check_repo(repo)
-    good = _git(repo, "rev-parse", "--verify", f"{good_rev}^{{commit}}")
-    bad = _git(repo, "rev-parse", "--verify", f"{bad_rev}^{{commit}}")
+    good = git(repo, "rev-parse", "--verify", f"{good_rev}^{{commit}}")
+    bad = git(repo, "rev-parse", "--verify", f"{bad_rev}^{{commit}}")
     if subprocess.run(["git", "-C", str(repo), "merge-base", "--is-ancestor", good, bad]).returncode != 0:
         raise UserError(f"--good {good_rev} is not an ancestor of --bad {bad_rev}; give an older good revision")
     run.check_writable(results)
@@ -243,7 +236,7 @@ def _run_bisect(repo: Path, good: str, bad: str, step_cmd: list[str], directory:
     """`git bisect start --no-checkout` + `run step_cmd` + `reset` on every way out; the first bad commit."""
     output: list[str] = []
     try:
-        _git(repo, "bisect", "start", "--no-checkout", bad, good)
+        git(repo, "bisect", "start", "--no-checkout", bad, good)
         proc = subprocess.Popen(["git", "-C", str(repo), "bisect", "run", *step_cmd], stdout=subprocess.PIPE,
                                 stderr=subprocess.STDOUT, text=True, env=env)  # fmt: skip
         try:
@@ -260,7 +253,7 @@ def _run_bisect(repo: Path, good: str, bad: str, step_cmd: list[str], directory:
                 proc.kill()
                 proc.wait()
             raise
-        (directory / "bisect-log.txt").write_text(_git(repo, "bisect", "log", check=False) + "\n")
+        (directory / "bisect-log.txt").write_text(git(repo, "bisect", "log", check=False) + "\n")
     finally:
         # Every way out, Ctrl-C included: git's bisect state goes, HEAD is what it was.
         subprocess.run(["git", "-C", str(repo), "bisect", "reset", original], capture_output=True)
@@ -286,12 +279,12 @@ def _found(settings: Settings, first: str, ends: dict[str, Observation], directo
             doc["run_dirs"] = tuple(doc["run_dirs"])
             steps[doc["commit"]] = Observation(**doc)
     steps.setdefault(ends["bad"].commit, ends["bad"])
-    parent = _git(settings.repo, "rev-parse", f"{first}^", check=False)
+    parent = git(settings.repo, "rev-parse", f"{first}^", check=False)
     good = steps.get(parent) or ends["good"]
     bad = steps.get(first, ends["bad"])
-    fields = compare.fingerprint_fields(good.fingerprint, bad.fingerprint) if good.fingerprint and bad.fingerprint \
+    fields = verdict.changed_fields(good.fingerprint, bad.fingerprint) if good.fingerprint and bad.fingerprint \
         else ("outcome",)  # fmt: skip
-    title = _git(settings.repo, "log", "-1", "--format=%s", first)
+    title = git(settings.repo, "log", "-1", "--format=%s", first)
     found = Found(first, title, good, bad, fields, directory)
     (directory / RESULT_FILE).write_text(json.dumps({
         "first_commit": first, "title": title, "changed_fields": list(fields),

@@ -180,9 +180,9 @@ def cmd_merge(args: argparse.Namespace, console: Console) -> int:
 
 
 def _side(ref: str, args: argparse.Namespace) -> compare.Side:
-    for candidate in (Path(ref), args.results / ref):
-        if (candidate / report.RESULTS_FILE).is_file() or (candidate.is_file() and candidate.suffix == ".json"):
-            return compare.run_side(report.read_results(candidate), f"run {candidate}")
+    found = report.find_run(ref, args.results)
+    if found is not None:
+        return compare.run_side(report.read_results(found), f"run {found}")
     path = _history_path(args)
     if not path.is_file():
         raise UserError(f"{ref}: not a run directory or run id in {args.results}, and there is no history "

@@ -11,11 +11,9 @@ from __future__ import annotations
 
 import enum
 import fnmatch
-import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import yaml
 from rich.console import Console
@@ -25,7 +23,7 @@ from harness import versions
 from harness.errors import UserError
 from harness.matrix import read_yaml
 from harness.results import CaseResult, KernelInfo, RunRecord
-from harness.verdict import kernel_in
+from harness.verdict import changed_fields, kernel_in
 
 KNOWN_FILE = Path(__file__).resolve().parent.parent / "guest-tests" / "known-deviations.yaml"
 
@@ -158,20 +156,6 @@ class Difference:
         return self.key[1]
 
 
-def fingerprint_fields(a: str, b: str) -> tuple[str, ...]:
-    """Top-level fields of two canonical fingerprints that differ (all of them if one is missing)."""
-    da, db = _fields(a), _fields(b)
-    return tuple(k for k in sorted(set(da) | set(db)) if da.get(k) != db.get(k))
-
-
-def _fields(fp: str) -> dict[str, Any]:
-    try:
-        doc = json.loads(fp) if fp else {}
-    except json.JSONDecodeError:
-        return {"fingerprint": fp}
-    return doc if isinstance(doc, dict) else {"fingerprint": fp}
-
-
 def compare(base: Side, new: Side, known: Sequence[Known] = ()) -> list[Difference]:
     """Every result whose behaviour or outcome differs, in the new side's order (then baseline-only ones)."""
     if base.kind != new.kind:
@@ -194,7 +178,7 @@ def _classify(
     # Behaviour is compared only where both sides have a fingerprint: a case with no record (an
     # error) or a run from before fingerprints existed can only be compared by outcome.
     both = before is not None and bool(before.fingerprint) and bool(now.fingerprint)
-    fields = fingerprint_fields(before.fingerprint, now.fingerprint) if before is not None and both else ()
+    fields = changed_fields(before.fingerprint, now.fingerprint) if before is not None and both else ()
     alike = not fields
     if now.outcome.is_failure:
         if before is not None and before.outcome.is_failure and alike:

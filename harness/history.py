@@ -30,6 +30,7 @@ from rich.text import Text
 from harness import report, versions
 from harness.errors import InfraError, UserError
 from harness.results import CaseResult, KernelInfo, Outcome, RunRecord
+from harness.verdict import changed_fields
 
 DEFAULT_PATH = Path("results") / "history.sqlite"
 # Two runs on one machine may append at the same moment; each append is one short transaction,
@@ -876,22 +877,6 @@ def _describe(kernel: KernelInfo) -> str:
     return f"{versions.name(kernel)} ({kernel.release}, sha256 {kernel.sha256[:12]})"
 
 
-def _canonical(value: Any) -> str:
-    return json.dumps(value, sort_keys=True, separators=(",", ":"))
-
-
-def _changed_fields(before: str, after: str) -> tuple[str, ...]:
-    try:
-        a, b = json.loads(before), json.loads(after)
-    except json.JSONDecodeError:
-        return ()  # not a verdict.fingerprint document: the change is real but cannot be itemised
-    if not isinstance(a, dict) or not isinstance(b, dict):
-        return ()
-    # Compare canonical text, not Python values: true == 1 in Python, not in a fingerprint.
-    return tuple(sorted(k for k in a.keys() | b.keys() if _canonical(a.get(k)) != _canonical(b.get(k))
-                        or (k in a) != (k in b)))  # fmt: skip
-
-
 def _timeline(key: tuple[str, str, str, int], groups: list[_Group], shown: Mapping[int, _Shown]) -> Timeline:
     # Builds of one version (compare() == 0) stay in the order they were first run.
     ordered = sorted(groups, key=lambda g: shown[g.earliest].when)
@@ -910,7 +895,7 @@ def _timeline(key: tuple[str, str, str, int], groups: list[_Group], shown: Mappi
             first_change = len(points)
         points.append(Point(
             latest.kernel, Outcome(latest.outcome), latest.fingerprint, group.runs, group.varies, changed,
-            _changed_fields(previous, latest.fingerprint) if changed and previous is not None else (), latest.run_id,
+            changed_fields(previous, latest.fingerprint) if changed and previous is not None else (), latest.run_id,
         ))  # fmt: skip
     return Timeline(*key, tuple(points), first_change)
 

@@ -52,22 +52,25 @@ class Source:
     title: str
 
 
-def _git(repo: Path, *args: str) -> str:
-    proc = subprocess.run(["git", "-C", str(repo), *args], capture_output=True, text=True)
-    if proc.returncode != 0:
-        raise subprocess.CalledProcessError(proc.returncode, args, proc.stdout, proc.stderr)
+def git(repo: Path, *args: str, check: bool = True) -> str:
+    """`git -C repo ARGS`, its output stripped; with `check`, a failure is bad input quoting git."""
+    try:
+        proc = subprocess.run(["git", "-C", str(repo), *args], capture_output=True, text=True)
+    except FileNotFoundError:
+        raise InfraError("git is not installed; install git (make deps does)") from None
+    if check and proc.returncode != 0:
+        detail = (proc.stderr or proc.stdout).strip().splitlines()
+        raise UserError(f"git -C {repo} {' '.join(args)}: {detail[-1] if detail else f'exit {proc.returncode}'}")
     return proc.stdout.strip()
 
 
 def resolve(spec: GitKernel) -> Source:
     """The commit and tree `spec.rev` names; a bad repository or revision is bad input."""
     try:
-        commit = _git(spec.repo, "rev-parse", "--verify", "--quiet", f"{spec.rev}^{{commit}}")
-        tree = _git(spec.repo, "rev-parse", f"{commit}^{{tree}}")
-        title = _git(spec.repo, "log", "-1", "--format=%s", commit)
-    except FileNotFoundError:
-        raise InfraError("git is not installed; install git (make deps does)") from None
-    except subprocess.CalledProcessError:
+        commit = git(spec.repo, "rev-parse", "--verify", "--quiet", f"{spec.rev}^{{commit}}")
+        tree = git(spec.repo, "rev-parse", f"{commit}^{{tree}}")
+        title = git(spec.repo, "log", "-1", "--format=%s", commit)
+    except UserError:
         raise UserError(f"git {spec.repo}: no commit {spec.rev!r}; give a commit, tag or branch of it") from None
     return Source(spec, commit, tree, title)
 
@@ -231,7 +234,7 @@ def _build(source: Source, fragment: str, cc: str, cache: Path, root: Path, key:
 def _build_env(cache: Path, clone: Path, source: Source) -> dict[str, str]:
     env = dict(os.environ)
     # Same commit, same compiler: the same bits, whoever builds it when.
-    stamp = _git(clone, "log", "-1", "--format=%cD", source.commit)
+    stamp = git(clone, "log", "-1", "--format=%cD", source.commit)
     env.update(KBUILD_BUILD_TIMESTAMP=stamp, KBUILD_BUILD_USER="harness", KBUILD_BUILD_HOST="harness",
                CCACHE_DIR=str(cache / "ccache"), CCACHE_BASEDIR=str(clone))  # fmt: skip
     env.pop("MAKEFLAGS", None)  # a parent make's jobserver would serialise this one

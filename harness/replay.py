@@ -9,7 +9,6 @@ before the replay starts and recorded in the new run's manifest.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -22,9 +21,9 @@ from harness.results import BootResult, RunRecord
 
 def find_run(ref: str, results: Path) -> Path:
     """A run given as a directory, or as a run id (or "latest") under the results directory."""
-    for candidate in (Path(ref), results / ref):
-        if (candidate / report.RESULTS_FILE).is_file():
-            return candidate
+    found = report.find_run(ref, results)
+    if found is not None:
+        return found
     raise UserError(f"{ref}: no such run (neither a run directory nor a run id in {results}); "
                     "give results/<run-id>")  # fmt: skip
 
@@ -88,8 +87,7 @@ def differences(manifest: Mapping[str, Any], probe_sha: str, accel: str) -> list
     then = (manifest.get("probe") or {}).get("sha256")
     if then and then != probe_sha:
         out.append(f"probe: the run used {then[:12]}, guest-tests/probe is now {probe_sha[:12]}")
-    expectations = hashlib.sha256(verdict.EXPECTATIONS.read_bytes()).hexdigest()
-    if manifest.get("expectations_sha256") not in (None, expectations):
+    if manifest.get("expectations_sha256") not in (None, verdict.expectations_sha256()):
         out.append("expectations: guest-tests/expectations.yaml changed since the run (verdicts may differ)")
     qemu = vm.qemu_version()
     if manifest.get("qemu_version") not in (None, qemu):

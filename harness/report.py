@@ -297,6 +297,16 @@ def read_results(path: Path) -> RunRecord:
         raise UserError(f"{file}: {e}; give a results.json the harness wrote") from None
 
 
+def find_run(ref: str, results: Path) -> Path | None:
+    """A run given as a directory (or its results.json), or as a run id or "latest" under `results`."""
+    for candidate in (Path(ref), results / ref):
+        if (candidate / RESULTS_FILE).is_file():
+            return candidate
+        if candidate.name == RESULTS_FILE and candidate.is_file():
+            return candidate.parent
+    return None
+
+
 def read_manifest(run_dir: Path) -> dict[str, Any]:
     """The run's manifest.json ({} when the run has none, as a run killed before writing it)."""
     file = run_dir / MANIFEST_FILE

@@ -585,7 +585,7 @@ def manifest(setup: Setup, results: dict[str, BootResult]) -> dict[str, Any]:
         "accelerator": {"name": setup.accel.name, "reason": setup.accel.reason},
         "qemu_version": vm.qemu_version(),
         "probe": {"sha256": setup.probe.sha256, "cases": [n for n, _ in setup.probe.catalogue]},
-        "expectations_sha256": hashlib.sha256(verdict.EXPECTATIONS.read_bytes()).hexdigest(),
+        "expectations_sha256": verdict.expectations_sha256(),
         "kernels": kernels_out,
         "disk": {"path": str(setup.disk), "sha256": hashlib.sha256(setup.disk.read_bytes()).hexdigest()},
         "shard": None if shard is None else {"index": shard[0], "count": shard[1]},

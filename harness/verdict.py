@@ -7,6 +7,7 @@ the first rule whose `when` matches the run gives the expected observations and 
 
 from __future__ import annotations
 
+import hashlib
 import json
 import operator
 import re
@@ -51,6 +52,11 @@ class Verdict:
     message: str
     expected: dict[str, Any]
     citation: str
+
+
+def expectations_sha256(path: Path = EXPECTATIONS) -> str:
+    """What a run's manifest records, and a replay checks, of the expectations it judged by."""
+    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def load(path: Path = EXPECTATIONS) -> Expectations:
@@ -243,7 +249,30 @@ def fingerprint(obs: Mapping[str, Any], expectations: Expectations) -> str:
     calls = obs.get("calls")
     if isinstance(calls, list):
         doc["calls"] = [f"{c.get('call')}:{c.get('errno') or 'ok'}" for c in calls if isinstance(c, dict)]
-    return json.dumps(doc, sort_keys=True, separators=(",", ":"))
+    return _canonical(doc)
+
+
+def changed_fields(before: str, after: str) -> tuple[str, ...]:
+    """Top-level fields of two fingerprints that differ, sorted; ("fingerprint",) when either is not
+    a fingerprint document and they differ. Canonical text is compared, not Python values: true == 1
+    in Python, not in a fingerprint."""
+    a, b = _document(before), _document(after)
+    if a is None or b is None:
+        return () if before == after else ("fingerprint",)
+    return tuple(sorted(k for k in a.keys() | b.keys()
+                        if (k in a) != (k in b) or _canonical(a.get(k)) != _canonical(b.get(k))))  # fmt: skip
+
+
+def _document(fingerprint: str) -> dict[str, Any] | None:
+    try:
+        doc = json.loads(fingerprint)
+    except json.JSONDecodeError:
+        return None
+    return doc if isinstance(doc, dict) else None
+
+
+def _canonical(value: Any) -> str:
+    return json.dumps(value, sort_keys=True, separators=(",", ":"))
 
 
 def _describe(expected: Mapping[str, Any], seen: Mapping[str, Any]) -> str:
