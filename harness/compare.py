@@ -23,7 +23,7 @@ from harness import versions
 from harness.errors import UserError
 from harness.matrix import read_yaml
 from harness.results import CaseResult, KernelInfo, RunRecord
-from harness.verdict import changed_fields, kernel_in
+from harness.verdict import changed_fields
 
 KNOWN_FILE = Path(__file__).resolve().parent.parent / "guest-tests" / "known-deviations.yaml"
 
@@ -52,7 +52,7 @@ class Known:
             return False
         if not self.kernel:
             return True
-        return kernel is not None and kernel_in(self.kernel, versions.upstream(kernel))
+        return kernel is not None and versions.in_range(self.kernel, versions.upstream(kernel))
 
 
 _KNOWN_KEYS = {"case", "reason", "link", "kernel", "memlock", "user"}
@@ -87,7 +87,7 @@ def load_known(path: Path) -> list[Known]:
         )  # fmt: skip
         if known.kernel:
             try:
-                kernel_in(known.kernel, (0,))
+                versions.in_range(known.kernel, (0,))
             except ValueError as e:
                 raise UserError(f"{where}.kernel: {e}") from None
         out.append(known)

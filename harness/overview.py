@@ -119,17 +119,12 @@ class _Matrix:
     ram_sizes: tuple[int, ...]
 
 
-def _by_version(a: BootResult, b: BootResult) -> int:
-    if a.kernel is None or b.kernel is None:
-        return (a.kernel is None) - (b.kernel is None)  # unresolved kernels have no place in the order: last
-    return versions.compare(a.kernel, b.kernel)
-
-
 def _matrix(run: RunRecord) -> _Matrix:
     ram_sizes = tuple(sorted({b.ram_mb for b in run.boots}))
     boots: list[BootResult] = []
     for ram in ram_sizes:
-        boots += sorted((b for b in run.boots if b.ram_mb == ram), key=functools.cmp_to_key(_by_version))
+        # Unresolved kernels have no place in the order: last.
+        boots += versions.ordered_by((b for b in run.boots if b.ram_mb == ram), lambda b: b.kernel)
     columns = tuple(
         _Column(
             i,

@@ -24,7 +24,21 @@ from typing import Any
 
 import paramiko
 
-from harness import __version__, archive, guest, history, image, kbuild, kernels, matrix, modules, report, verdict, vm
+from harness import (
+    __version__,
+    archive,
+    guest,
+    history,
+    image,
+    kbuild,
+    kernels,
+    matrix,
+    modules,
+    report,
+    verdict,
+    versions,
+    vm,
+)
 from harness.aptsources import mirror_from
 from harness.cache import secret
 from harness.errors import InfraError, UserError
@@ -221,7 +235,7 @@ def run_boot(
     result.serial_log = str(serial.relative_to(run_dir))
     config = vm.VMConfig(kernel.vmlinux or kernel.image, img.path, plan.ram_mb, accel.name, 0, disk)
     result.qemu_argv = config.argv()  # port 0 until QEMU has one; kept for boots that never come up
-    ctx = verdict.RunContext(verdict.kernel_version(kernel.release), False)
+    ctx = verdict.RunContext(versions.release_version(kernel.release), False)
     try:
         while _pending_runs(result, plan):
             if live.cancelled.is_set():

@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import operator
-import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +16,7 @@ from typing import Any
 
 import yaml
 
+from harness import versions
 from harness.errors import UserError
 from harness.results import Outcome
 
@@ -89,11 +88,6 @@ def load(path: Path = EXPECTATIONS) -> Expectations:
     )
 
 
-def kernel_version(release: str) -> tuple[int, ...]:
-    m = re.match(r"(\d+)\.(\d+)(?:\.(\d+))?", release)
-    return tuple(int(x) for x in m.groups(default="0")) if m else (0,)
-
-
 def derived(obs: Mapping[str, Any]) -> dict[str, Any]:
     """Normalised observations that expectations can name, next to the raw record's fields."""
     out = dict(obs)
@@ -123,22 +117,6 @@ def _limit_class(obs: Mapping[str, Any]) -> str | None:
     return "zero" if soft == 0 else "finite" if isinstance(soft, int) else None
 
 
-def kernel_in(spec: object, version: tuple[int, ...]) -> bool:
-    """`version` is in the range `spec` ('>=5.16', '>=4.4,<5.16'); ValueError on a malformed range."""
-    ops: dict[str, Callable[[Any, Any], bool]] = {
-        ">=": operator.ge, "<=": operator.le, ">": operator.gt, "<": operator.lt, "==": operator.eq,
-    }  # fmt: skip
-    for part in str(spec).split(","):
-        m = re.fullmatch(r"\s*(>=|<=|>|<|==)\s*(\d+(?:\.\d+)*)\s*", part)
-        if not m:
-            raise ValueError(f"bad kernel range {spec!r}; use e.g. '>=5.16' or '>=4.4,<5.16'")
-        want = tuple(int(x) for x in m.group(2).split("."))
-        width = max(len(want), 2)
-        if not ops[m.group(1)](version[:width], want):
-            return False
-    return True
-
-
 _CONDITIONS: dict[str, Callable[[object, Mapping[str, Any], RunContext], bool]] = {
     "privileged": lambda v, obs, ctx: obs.get("cap_ipc_lock") is v,
     "limit": lambda v, obs, ctx: _limit_class(obs) == v,
@@ -150,7 +128,7 @@ _CONDITIONS: dict[str, Callable[[object, Mapping[str, Any], RunContext], bool]] 
 
 def _kernel_cond(spec: object, version: tuple[int, ...]) -> bool:
     try:
-        return kernel_in(spec, version)
+        return versions.in_range(spec, version)
     except ValueError as e:
         raise UserError(f"expectations: {e}") from None
 

@@ -221,15 +221,6 @@ def test_limits_with_a_set_limit_only_expects_ok(expectations: Expectations) -> 
     assert v.expected == {"result": "ok"}
 
 
-@pytest.mark.parametrize(
-    ("release", "version"),
-    [("6.12.117+deb13-amd64", (6, 12, 117)), ("7.3.4+deb13-amd64", (7, 3, 4)), ("6.1.0-50-amd64", (6, 1, 0)),
-     ("5.10", (5, 10, 0)), ("garbage", (0,))],
-)  # fmt: skip
-def test_kernel_version(release: str, version: tuple[int, ...]) -> None:
-    assert verdict.kernel_version(release) == version
-
-
 @pytest.mark.parametrize("spec", ["about 5", "=>5.16", ">=5.16,", "5.16"])
 def test_bad_kernel_condition_is_user_error(spec: str) -> None:
     exp = Expectations({"limits": (Rule({"kernel": spec}, {"result": "ok"}, "cite"),)}, ())

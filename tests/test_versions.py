@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import pytest
+
+from harness import versions
 from harness.results import KernelInfo
 from harness.versions import name, ordered, upstream
 
@@ -32,3 +35,12 @@ def test_order_is_by_version_not_by_text_or_date() -> None:
 def test_packaged_before_self_built_of_the_same_version_and_stable() -> None:
     a, b, c = k(None, "6.1.176", "a"), k("6.1.176-1", "6.1.0-50-amd64"), k(None, "6.1.176", "c")
     assert ordered([a, b, c]) == [b, a, c]
+
+
+@pytest.mark.parametrize(
+    ("release", "version"),
+    [("6.12.117+deb13-amd64", (6, 12, 117)), ("7.3.4+deb13-amd64", (7, 3, 4)), ("6.1.0-50-amd64", (6, 1, 0)),
+     ("5.10", (5, 10, 0)), ("garbage", (0,))],
+)  # fmt: skip
+def test_kernel_version(release: str, version: tuple[int, ...]) -> None:
+    assert versions.release_version(release) == version
