@@ -5,7 +5,10 @@
 #ifndef PROBE_CASES_H
 #define PROBE_CASES_H
 
+/* Every helper header, so that a case file (and probe.c) includes this one only. */
 #include "record.h"
+#include "calls.h"
+#include "measure.h"
 
 struct case_def {
 	const char *name; /* stable identifier: lowercase, underscores */

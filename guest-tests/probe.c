@@ -5,8 +5,9 @@
  * expectations (expectations.yaml).
  *
  * This file is the driver: the command line, the catalogue, one forked child per case with a
- * timeout, and the kernel log around each case. The cases live in cases_*.c, the record and the
- * measurement helpers in record.c.
+ * timeout, and the kernel log around each case. The cases live in cases_*.c, the record in
+ * record.c, its JSON in json.c, the /proc readers in procfs.c, the measurements in measure.c and
+ * the noted system calls in calls.c.
  *
  * Built static (see Makefile) so the same binary runs in busybox initramfs guests from 5.10 on
  * and on the host. Nothing here may go through NSS: a static binary would try to dlopen it.

@@ -1,12 +1,18 @@
 /*
- * record.h: what a case sees (struct ctx), what it reports (struct record), and the measurement
- * helpers every case shares: /proc readers, mincore, rusage, smaps, signal-safe touching, the
- * JSON emitter. README.md documents every field a record carries.
+ * record.h: what a case sees (struct ctx) and what it reports (struct record): its fields, steps
+ * and noted calls, and the JSON line it becomes. README.md documents every field a record carries.
+ * The helpers every case shares have headers of their own: json.h (the JSON emitter), procfs.h
+ * (/proc readers, names), measure.h (mincore, rusage, smaps, signal-safe touching, sizes), calls.h
+ * (the memory calls, noted); cases.h includes them all.
  */
 #ifndef PROBE_RECORD_H
 #define PROBE_RECORD_H
 
 #define _GNU_SOURCE
+#include "json.h"
+#include "procfs.h"
+
+#include <stdarg.h>
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdio.h>
@@ -34,45 +40,6 @@
 #define MIB (1024UL * 1024UL)
 #define KIB 1024UL
 #define PRIV_ANON (MAP_PRIVATE | MAP_ANONYMOUS)
-
-/* ---- JSON emitter ----------------------------------------------------------------------- */
-
-struct json {
-	char *buf;
-	size_t cap, len;
-	bool overflow;
-	int depth;
-	bool need_comma[8];
-	bool after_key;
-};
-
-void j_init(struct json *j, char *buf, size_t cap);
-void j_raw(struct json *j, const char *s, size_t n);
-void j_open(struct json *j, char bracket);
-void j_close(struct json *j, char bracket);
-void j_continue_object(struct json *j);
-void j_key(struct json *j, const char *k);
-void j_str(struct json *j, const char *v);
-void j_kstr(struct json *j, const char *k, const char *v);
-void j_kint(struct json *j, const char *k, long long v);
-void j_kbool(struct json *j, const char *k, bool v);
-void j_knull(struct json *j, const char *k);
-
-/* ---- names ------------------------------------------------------------------------------ */
-
-const char *errno_name(int e, char *buf, size_t cap);
-const char *signal_name(int sig, char *buf, size_t cap);
-
-/* ---- /proc ------------------------------------------------------------------------------ */
-
-ssize_t read_file(const char *path, char *buf, size_t cap);
-bool write_all(int fd, const char *buf, size_t len);
-bool write_text(const char *path, const char *text);
-long long proc_kb(const char *path, const char *key);
-long long status_kb(const char *key);  /* /proc/self/status, -1 when absent */
-long long meminfo_kb(const char *key); /* /proc/meminfo (HugePages_* are counts, not kB) */
-bool has_cap_ipc_lock(void);
-int vma_count(const void *start, size_t len); /* /proc/self/maps entries overlapping the range */
 
 /* ---- what the child sees ---------------------------------------------------------------- */
 
@@ -134,13 +101,6 @@ struct step {
 	struct field f[MAX_STEP_FIELDS];
 };
 
-struct smaps_info {
-	bool found;
-	long long size_kb, rss_kb, locked_kb;
-	bool lo, lf;
-	char vmflags[160];
-};
-
 struct record {
 	bool applicable;
 	char reason[160];
@@ -171,6 +131,8 @@ void record_init(struct record *r);
 void not_applicable(struct record *r, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 void note_call(struct record *r, const char *name, long ret, int err, const char *fmt, ...)
 	__attribute__((format(printf, 5, 6)));
+/* note_call with a va_list, for the wrappers in calls.c that pass their caller's format on. */
+void note_callv(struct record *r, const char *name, long ret, int err, const char *fmt, va_list ap);
 void set_result(struct record *r, int err);
 void emit_record(struct json *j, const char *name, const struct ctx *c, const struct record *r);
 /* The context fields alone: for the parent's record of a child that left none (killed, crashed),
@@ -193,92 +155,4 @@ void step_bool(struct step *s, const char *key, bool v);
  * smaps entry at addr (Locked, Rss, lo, lf). addr NULL: VmLck only. */
 struct step *step_snapshot(struct record *r, const struct ctx *c, const char *name, int err,
 			   const void *addr, size_t len);
-
-/* ---- measurements ----------------------------------------------------------------------- */
-
-struct faults {
-	long minflt, majflt;
-};
-struct faults faults_now(void);
-
-/* mincore(2) over [addr, addr+len): resident pages, or none when mincore fails (e.g. a hole). */
-opt_t resident_count(const void *addr, size_t len, size_t page);
-void smaps_at(const void *addr, struct smaps_info *out);
-/* Fill the record's smaps_* fields from the entry containing addr. */
-void record_smaps(struct record *r, const void *addr);
-/* One value of the smaps entry containing addr: `lo` in VmFlags (false when there is no entry);
- * Locked in kB (none when there is no entry). */
-bool smaps_lo_at(const void *addr);
-opt_t smaps_locked_kb_at(const void *addr);
-
-/* The key call: begin reads VmLck, the meminfo baseline and rusage; end sets result, minflt_call,
- * majflt_call, the meminfo deltas and vmlck_after_kb, and after a failure
- * failed_call_kept_accounting (VmLck right after == right before; mlock(2) RETURN VALUE: "On
- * error ... no changes are made to any locks"). */
-void key_begin(struct record *r);
-void key_end(struct record *r, int err);
-
-/* Residency of the key mapping right after the key call: total_pages and resident_pages. */
-void record_residency(struct record *r, const void *addr, size_t len, size_t page);
-/* record_residency, then record_smaps at addr: the key mapping as the key call left it. */
-void record_mapping(struct record *r, const void *addr, size_t len, size_t page);
-
-/* Touch one byte per page of [p, p+len) (write or read) with SIGSEGV/SIGBUS caught: a fault is
- * recorded in `signals` and stops the walk. Returns the number of pages touched before the fault.
- * *sig is the signal (0 when none). Faults taken are added to *flt when non-NULL. */
-size_t touch_pages(struct record *r, void *p, size_t len, size_t page, bool write, int *sig, struct faults *flt);
-/* touch_pages over the key mapping, filling minflt_touch and majflt_touch. */
-size_t touch_key(struct record *r, void *p, size_t len, size_t page, bool write, int *sig);
-void record_signal(struct record *r, int sig);
-
-/* ---- sizes and set-up ------------------------------------------------------------------- */
-
-enum size_rule { SZ_UNDER, SZ_AT, SZ_OVER, SZ_POPULATE };
-bool case_size(const struct ctx *c, enum size_rule rule, size_t *size, struct record *r);
-
-/* want_pages, capped for a limited process to what its limit allows (at least one page, so the
- * call is still made at limit 0 and fails there). */
-size_t small_size(const struct ctx *c, size_t want_pages);
-
-/* A set-up call (not the key call) failed. Unprivileged at limit 0 a lock is refused by design
- * (EPERM, shown by map_locked_over/mlock_over): the case is not applicable. Anything else is
- * unexpected and becomes the case's result, with `failed_setup` naming the call. */
-void setup_failed(struct record *r, const struct ctx *c, const char *what, int err);
-
-/* The case cannot say anything when size is more than half of MemAvailable: locking more than the
- * guest can hold is the oom_* cases' scenario. False, with the reason recorded, then. */
-bool fits_in_ram(const struct ctx *c, struct record *r, size_t size);
-
-/* Every page of the touched stack is in the stack VMA before a case measures total_vm. */
-void prefault_stack(void);
-
-/* ---- memory calls, listed in `calls` as they are made ------------------------------------ *
- * Each makes the call, reads errno at once and notes the call. mmap-like helpers return NULL (not
- * MAP_FAILED) on failure and store the errno in *err when err is not NULL; the others return the
- * errno, 0 on success. `label` (NULL for none) goes before "len=N" in the args: "LABEL len=N". */
-
-__attribute__((format(printf, 7, 8)))
-void *mmap_noted(struct record *r, size_t len, int prot, int flags, int fd, int *err, const char *fmt, ...);
-/* A set-up mmap: on failure setup_failed(r, c, what, errno) and NULL. */
-__attribute__((format(printf, 8, 9)))
-void *setup_mmap(struct record *r, const struct ctx *c, const char *what, size_t len, int prot, int flags, int fd,
-		 const char *fmt, ...);
-/* The usual set-up: mmap(MAP_PRIVATE|MAP_ANONYMOUS|MAP_LOCKED) of len, read-write. */
-void *setup_map_locked(struct record *r, const struct ctx *c, size_t len);
-int mlock_noted(struct record *r, void *p, size_t len, const char *label);
-int munlock_noted(struct record *r, void *p, size_t len, const char *label);
-int munmap_noted(struct record *r, void *p, size_t len, const char *label);
-int mlockall_noted(struct record *r, int flags, const char *flags_str);
-int munlockall_noted(struct record *r);
-
-/* Key calls: key_begin, the call, key_end, then the call is noted (in that order, so noting stays
- * outside the measured window). */
-__attribute__((format(printf, 7, 8)))
-void *key_mmap(struct record *r, size_t len, int prot, int flags, int fd, int *err, const char *fmt, ...);
-int key_mlock(struct record *r, void *p, size_t len, const char *label);
-/* new_addr is passed on to mremap(2) (used with MREMAP_FIXED; NULL otherwise). */
-__attribute__((format(printf, 8, 9)))
-void *key_mremap(struct record *r, void *old, size_t old_len, size_t new_len, int flags, void *new_addr, int *err,
-		 const char *fmt, ...);
-
 #endif

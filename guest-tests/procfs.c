@@ -1,0 +1,214 @@
+/*
+ * procfs.c: small file helpers, the /proc readers (status, meminfo, maps, smaps) and the errno and
+ * signal names.
+ *
+ * Measuring must not disturb what is measured: /proc files are read with read(2) into a static
+ * buffer (no stdio, no malloc), so reading one neither maps memory (which mlockall(MCL_FUTURE)
+ * would lock and charge) nor takes faults inside the window around a key call.
+ */
+#include "procfs.h"
+
+#include <ctype.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+/* ---- small file helpers ------------------------------------------------------------------ */
+
+ssize_t read_file(const char *path, char *buf, size_t cap)
+{
+	int fd = open(path, O_RDONLY | O_CLOEXEC);
+	if (fd < 0)
+		return -1;
+	size_t len = 0;
+	while (len + 1 < cap) {
+		ssize_t n = read(fd, buf + len, cap - 1 - len);
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n <= 0)
+			break;
+		len += (size_t)n;
+	}
+	close(fd);
+	buf[len] = '\0';
+	return (ssize_t)len;
+}
+
+bool write_all(int fd, const char *buf, size_t len)
+{
+	while (len > 0) {
+		ssize_t n = write(fd, buf, len);
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n <= 0)
+			return false;
+		buf += n;
+		len -= (size_t)n;
+	}
+	return true;
+}
+
+bool write_text(const char *path, const char *text)
+{
+	int fd = open(path, O_WRONLY | O_CLOEXEC);
+	if (fd < 0)
+		return false;
+	bool ok = write_all(fd, text, strlen(text));
+	close(fd);
+	return ok;
+}
+
+/* The value after "key:" on the line starting with key, or NULL. */
+static const char *find_field(const char *text, const char *key)
+{
+	size_t klen = strlen(key);
+	for (const char *line = text; line && *line; line = strchr(line, '\n'), line = line ? line + 1 : NULL) {
+		if (strncmp(line, key, klen) == 0 && line[klen] == ':')
+			return line + klen + 1;
+	}
+	return NULL;
+}
+
+static char procbuf[1 << 18];
+
+long long proc_kb(const char *path, const char *key)
+{
+	if (read_file(path, procbuf, sizeof(procbuf)) < 0)
+		return -1;
+	const char *v = find_field(procbuf, key);
+	return v ? strtoll(v, NULL, 10) : -1;
+}
+
+long long status_kb(const char *key) { return proc_kb("/proc/self/status", key); }
+long long meminfo_kb(const char *key) { return proc_kb("/proc/meminfo", key); }
+
+/* CAP_IPC_LOCK decides everything here (getrlimit(2): a privileged process is not limited), so
+ * read the effective set rather than trusting the uid. */
+bool has_cap_ipc_lock(void)
+{
+	if (read_file("/proc/self/status", procbuf, sizeof(procbuf)) < 0)
+		return false;
+	const char *v = find_field(procbuf, "CapEff");
+	return v && ((strtoull(v, NULL, 16) >> 14) & 1); /* CAP_IPC_LOCK, include/uapi/linux/capability.h */
+}
+
+int vma_count(const void *start, size_t len)
+{
+	if (read_file("/proc/self/maps", procbuf, sizeof(procbuf)) < 0)
+		return -1;
+	uintptr_t a = (uintptr_t)start, b = a + len;
+	int n = 0;
+	for (char *line = procbuf; line && *line;) {
+		char *end;
+		unsigned long long lo = strtoull(line, &end, 16);
+		if (end != line && *end == '-') {
+			unsigned long long hi = strtoull(end + 1, NULL, 16);
+			if (lo < b && hi > a)
+				n++;
+		}
+		line = strchr(line, '\n');
+		line = line ? line + 1 : NULL;
+	}
+	return n;
+}
+
+/* ---- smaps, meminfo's locked counters ---------------------------------------------------- */
+
+/* The smaps entry that contains addr. size_kb is reported too: if the kernel merged the mapping
+ * with a neighbour, Locked/Rss describe the merged VMA and Size shows it. */
+void smaps_at(const void *addr, struct smaps_info *out)
+{
+	memset(out, 0, sizeof(*out));
+	if (read_file("/proc/self/smaps", procbuf, sizeof(procbuf)) < 0)
+		return;
+	uintptr_t a = (uintptr_t)addr;
+	bool inside = false;
+	for (char *line = procbuf; line && *line;) {
+		char *nl = strchr(line, '\n');
+		if (nl)
+			*nl = '\0';
+		char *end;
+		unsigned long long start = strtoull(line, &end, 16);
+		if (end != line && *end == '-') { /* a header: "start-end perms offset dev inode path" */
+			unsigned long long stop = strtoull(end + 1, NULL, 16);
+			if (inside)
+				break;
+			inside = a >= start && a < stop;
+			if (inside)
+				out->found = true;
+		} else if (inside) {
+			const char *v;
+			if ((v = find_field(line, "Size")))
+				out->size_kb = strtoll(v, NULL, 10);
+			else if ((v = find_field(line, "Rss")))
+				out->rss_kb = strtoll(v, NULL, 10);
+			else if ((v = find_field(line, "Locked")))
+				out->locked_kb = strtoll(v, NULL, 10);
+			else if ((v = find_field(line, "VmFlags"))) {
+				while (*v == ' ' || *v == '\t')
+					v++;
+				snprintf(out->vmflags, sizeof(out->vmflags), "%s", v);
+				size_t n = strlen(out->vmflags);
+				while (n > 0 && isspace((unsigned char)out->vmflags[n - 1]))
+					out->vmflags[--n] = '\0';
+				char flags[168];
+				snprintf(flags, sizeof(flags), " %s ", out->vmflags);
+				out->lo = strstr(flags, " lo ") != NULL;
+				out->lf = strstr(flags, " lf ") != NULL;
+			}
+		}
+		line = nl ? nl + 1 : NULL;
+	}
+}
+
+/* /proc/meminfo Mlocked and Unevictable are per-CPU batched (MAP_LOCKED.md: approximate). As root,
+ * writing /proc/sys/vm/stat_refresh folds the per-CPU deltas first; unprivileged it fails and the
+ * figures stay approximate. */
+void meminfo_locked(long long *mlocked, long long *unevict)
+{
+	write_text("/proc/sys/vm/stat_refresh", "1");
+	if (read_file("/proc/meminfo", procbuf, sizeof(procbuf)) < 0) {
+		*mlocked = *unevict = -1;
+		return;
+	}
+	const char *v = find_field(procbuf, "Mlocked");
+	*mlocked = v ? strtoll(v, NULL, 10) : -1;
+	v = find_field(procbuf, "Unevictable");
+	*unevict = v ? strtoll(v, NULL, 10) : -1;
+}
+
+/* ---- names ------------------------------------------------------------------------------- */
+
+const char *errno_name(int e, char *buf, size_t cap)
+{
+	static const struct {
+		int no;
+		const char *name;
+	} names[] = {
+		{EPERM, "EPERM"},   {ENOENT, "ENOENT"},       {EINTR, "EINTR"},   {EIO, "EIO"},
+		{E2BIG, "E2BIG"},   {EBADF, "EBADF"},         {EAGAIN, "EAGAIN"}, {ENOMEM, "ENOMEM"},
+		{EACCES, "EACCES"}, {EFAULT, "EFAULT"},       {EBUSY, "EBUSY"},   {EEXIST, "EEXIST"},
+		{ENODEV, "ENODEV"}, {EINVAL, "EINVAL"},       {ENFILE, "ENFILE"}, {EMFILE, "EMFILE"},
+		{EFBIG, "EFBIG"},   {ENOSPC, "ENOSPC"},       {EOVERFLOW, "EOVERFLOW"},
+		{ENOSYS, "ENOSYS"}, {EOPNOTSUPP, "EOPNOTSUPP"},
+	};
+	for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); i++)
+		if (names[i].no == e)
+			return names[i].name;
+	snprintf(buf, cap, "E%d", e);
+	return buf;
+}
+
+const char *signal_name(int sig, char *buf, size_t cap)
+{
+	const char *abbrev = sigabbrev_np(sig); /* glibc 2.32+; NULL for real-time signals */
+	if (abbrev)
+		snprintf(buf, cap, "SIG%s", abbrev);
+	else
+		snprintf(buf, cap, "SIG%d", sig);
+	return buf;
+}

@@ -1,0 +1,41 @@
+/*
+ * procfs.h: small file helpers, the /proc readers every measurement goes through, and the errno and
+ * signal names records carry. The readers share one static buffer (procfs.c says why).
+ */
+#ifndef PROBE_PROCFS_H
+#define PROBE_PROCFS_H
+
+#define _GNU_SOURCE
+#include <stdbool.h>
+#include <stddef.h>
+#include <sys/types.h>
+
+/* ---- names ------------------------------------------------------------------------------ */
+
+const char *errno_name(int e, char *buf, size_t cap);
+const char *signal_name(int sig, char *buf, size_t cap);
+
+/* ---- /proc ------------------------------------------------------------------------------ */
+
+ssize_t read_file(const char *path, char *buf, size_t cap);
+bool write_all(int fd, const char *buf, size_t len);
+bool write_text(const char *path, const char *text);
+long long proc_kb(const char *path, const char *key);
+long long status_kb(const char *key);  /* /proc/self/status, -1 when absent */
+long long meminfo_kb(const char *key); /* /proc/meminfo (HugePages_* are counts, not kB) */
+bool has_cap_ipc_lock(void);
+int vma_count(const void *start, size_t len); /* /proc/self/maps entries overlapping the range */
+
+struct smaps_info {
+	bool found;
+	long long size_kb, rss_kb, locked_kb;
+	bool lo, lf;
+	char vmflags[160];
+};
+
+void smaps_at(const void *addr, struct smaps_info *out);
+/* Mlocked and Unevictable of /proc/meminfo in kB, -1 when absent. Writes /proc/sys/vm/stat_refresh
+ * first (procfs.c says why). */
+void meminfo_locked(long long *mlocked, long long *unevict);
+
+#endif
