@@ -21,8 +21,8 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from harness import guest, image, matrix, run, vm
-from harness.cache import cache_dir, secret
+from harness import guest, image, kit, matrix, sources, vm
+from harness.cache import cache_dir
 
 
 def floor(config: vm.VMConfig, timeout: float) -> float:
@@ -49,7 +49,7 @@ def harness_path(config: vm.VMConfig, img: image.Image, key: object, cases: list
         with guest.Guest(endpoint, "root", key) as session:  # type: ignore[arg-type]
             session.connect()
             ssh = time.monotonic() - machine.started
-            session.run([run.PROBE_IN_GUEST, "run", *cases], 600)
+            session.run([kit.PROBE_IN_GUEST, "run", *cases], 600)
             done = time.monotonic() - machine.started
     return {"marker": marker, "ssh": ssh, "done": done}
 
@@ -61,13 +61,10 @@ def main() -> int:
     args = parser.parse_args()
     mx = matrix.load(args.matrix) if args.matrix else matrix.load_default()
     cache = cache_dir()
-    options = run.Options(jobs=1, results=cache / "unused", cache=cache)
-    source = run.Kernels(options, print)
-    probe = run.build_probe()
-    key = guest.client_key(cache)
-    base = image.base_entries(probe.path, guest.public_line(key))
+    source = sources.Kernels(sources.Context(cache))
+    guests = kit.assemble(cache)
+    probe, key, disk = guests.probe, guests.key, guests.disk
     accel = vm.accelerator()
-    disk = image.disk_image(cache / "images")
     console = Console(width=160)
     console.print(f"accelerator: {accel.name} ({accel.reason}); {args.repeat} rounds; {len(probe.names)} cases")
 
@@ -76,8 +73,8 @@ def main() -> int:
                    "probe done", "overhead"):  # fmt: skip
         table.add_column(header, justify="left" if header in ("kernel", "release", "boot via") else "right")
     for spec in dict.fromkeys(mx.kernels):
-        kernel = source.fetch(spec, source.resolve(spec))
-        img = image.build(base, run.guest_modules(kernel), secret(cache, "guest-host-key"), cache / "images")
+        kernel = source.fetch(spec)
+        img = guests.image(kernel)
         config = vm.VMConfig(kernel.vmlinux or kernel.image, img.path, mx.ram_mb[0], accel.name, 0, disk)
         floors, runs = [], []
         for _ in range(args.repeat):

@@ -26,7 +26,8 @@ from rich.console import Console
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from harness import history, overview, report  # noqa: E402
+from harness import history, report_html, rundir, summary_md  # noqa: E402
+from harness.manifest import Manifest  # noqa: E402
 
 FIRST_NIGHT = dt.datetime(2027, 1, 1, 2, 17, tzinfo=dt.UTC)
 
@@ -42,8 +43,8 @@ def main() -> None:
     p.add_argument("run_dir", nargs="?", type=Path, default=Path("results/latest"))
     p.add_argument("--nights", type=int, default=30)
     args = p.parse_args()
-    run = report.read_results(args.run_dir)
-    manifest = report.read_manifest(args.run_dir)
+    run = rundir.read_results(args.run_dir)
+    manifest = rundir.read_manifest(args.run_dir) or Manifest()
     results = sum(len(b.cases) for b in run.boots)
     print(f"run {run.run_id}: {len(run.boots)} boots, {results} results; {args.nights} nights")
 
@@ -71,8 +72,8 @@ def main() -> None:
           f"({len(timelines)} rows), one case {case_s:.2f}s, one kernel {kernel_s:.2f}s, "
           f"kernel results for compare {pair_s:.2f}s, grid render {render_s:.2f}s")  # fmt: skip
     print(f"database: {size / 1e6:.1f} MB ({size / (args.nights * results):.0f} bytes per result)")
-    html_s, page = timed(lambda: overview.html(run))
-    md_s, summary = timed(lambda: overview.markdown(run))
+    html_s, page = timed(lambda: report_html.html(run))
+    md_s, summary = timed(lambda: summary_md.markdown(run))
     print(f"report.html: {len(page.encode()) / 1e6:.1f} MB in {html_s:.2f}s; "
           f"summary.md: {len(summary.encode()) / 1e3:.0f} kB in {md_s:.2f}s")
 

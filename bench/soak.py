@@ -2,7 +2,7 @@
 
     python bench/soak.py [--boots 100] [--suite bookworm]
 
-Each boot runs a few probe cases through run.run_boot, the runner's own path, with one of these:
+Each boot runs a few probe cases through boot.run_boot, the runner's own path, with one of these:
   good        nothing injected
   panic       a case crashes the guest kernel (sysrq), the rest must still run after a reboot
   qemu-kill   QEMU is SIGKILLed from outside during a hanging case
@@ -27,9 +27,10 @@ from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 
-from harness import guest, image, matrix, report, run, verdict, vm
-from harness.cache import cache_dir, secret
+from harness import boot, guest, image, kit, matrix, rundir, sources, verdict, vm
+from harness.cache import cache_dir
 from harness.results import BootResult
+from harness.sources.debian import DebianKernel
 
 SCENARIOS = ("good", "panic", "qemu-kill", "ssh-drop", "boot-panic")
 
@@ -53,7 +54,7 @@ def open_fds() -> int:
     return len(os.listdir("/proc/self/fd"))
 
 
-def inject(result: BootResult, live: run.Live, fault: Callable[[vm.VM], None]) -> None:
+def inject(result: BootResult, live: boot.Live, fault: Callable[[vm.VM], None]) -> None:
     """Once the first case has a result (the hanging one has started), inject the fault."""
 
     def watch() -> None:
@@ -75,14 +76,10 @@ def main() -> int:
     args = parser.parse_args()
 
     cache = cache_dir()
-    source = run.Kernels(run.Options(jobs=1, results=cache / "unused", cache=cache), print)
-    spec = matrix.DebianKernel((args.suite,))
-    kernel = source.fetch(spec, source.resolve(spec))
-    probe = run.build_probe()
-    key = guest.client_key(cache)
-    img = image.build(image.base_entries(probe.path, guest.public_line(key)), run.guest_modules(kernel),
-                      secret(cache, "guest-host-key"), cache / "images")  # fmt: skip
-    disk = image.disk_image(cache / "images")
+    spec = DebianKernel((args.suite,))
+    kernel = sources.Kernels(sources.Context(cache)).fetch(spec)
+    guests = kit.assemble(cache)
+    img, key, disk = guests.image(kernel), guests.key, guests.disk
     expectations = verdict.load()
     accel = vm.accelerator()
 
@@ -102,14 +99,14 @@ def main() -> int:
                                    matrix.Timeouts(boot=120, case=60))  # fmt: skip
             result = BootResult(plan.id, kernel.info(), ram)
             run_dir = Path(out, plan.id)
-            writer = report.RunWriter(run_dir, plan.id, run.now(), [plan.id])
-            live = run.Live()
+            writer = rundir.RunWriter(run_dir, plan.id, rundir.now(), [plan.id])
+            live = boot.Live()
             if scenario == "qemu-kill":
                 inject(result, live, lambda machine: os.kill(machine.pid, signal.SIGKILL))
             elif scenario == "ssh-drop":
                 inject(result, live, lambda machine: drop_ssh(machine, img, key))
-            run.run_boot(plan, run.Prepared(kernel, img), result, expectations, accel, key, disk, run_dir, writer,
-                         live)  # fmt: skip
+            ctx = boot.BootContext(plan, kernel, img, disk, key, accel.name, expectations, run_dir)
+            boot.run_boot(ctx, result, writer.update, live)
             saved = json.loads((run_dir / "results.json").read_text())
             have = {c["case"] for c in saved["boots"][0]["cases"]}
             lost += len(set(cases) - have)

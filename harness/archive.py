@@ -23,18 +23,20 @@ import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, TypeVar
 
 from debian.deb822 import Packages, Release
 
-from harness.cache import atomic_write
 from harness.errors import InfraError, UserError
+from harness.files import atomic_write
 
 DEFAULT_KEYRING = Path("/usr/share/keyrings/debian-archive-keyring.gpg")
 ARCH = "amd64"
 COMPONENT = "main"
 TIMEOUT_S = 60.0
 RETRIES = 3  # after the first attempt, for transient network errors only
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -96,21 +98,20 @@ class Archive:
 
     # -- network
 
-    def _open(self, url: str) -> Any:
-        """urlopen with retries on transient errors; 404 -> _NotFound; else InfraError."""
+    def _fetch(self, url: str, read: Callable[[Any], T]) -> T:
+        """GET `url` and hand the response to `read`, trying again with exponential backoff when opening
+        or reading fails transiently; 404/410 (or a missing file: URL) is _NotFound, the rest InfraError."""
         for attempt in range(RETRIES + 1):
             try:
-                return urllib.request.urlopen(url, timeout=TIMEOUT_S)
+                with urllib.request.urlopen(url, timeout=TIMEOUT_S) as response:
+                    return read(response)
             except urllib.error.HTTPError as e:
                 if e.code in (404, 410):
                     raise _NotFound(url) from None
                 if not _transient(e) or attempt == RETRIES:
                     raise InfraError(f"GET {url}: HTTP {e.code} {e.reason}") from None
             except urllib.error.URLError as e:
-                if (
-                    isinstance(e.reason, FileNotFoundError)
-                    or getattr(e.reason, "errno", None) == errno.ENOENT
-                ):
+                if isinstance(e.reason, FileNotFoundError) or getattr(e.reason, "errno", None) == errno.ENOENT:
                     raise _NotFound(url) from None
                 if attempt == RETRIES:
                     raise InfraError(f"GET {url}: {e.reason}") from None
@@ -121,34 +122,22 @@ class Archive:
         raise AssertionError("unreachable")
 
     def _get(self, url: str) -> bytes:
-        for attempt in range(RETRIES + 1):
-            with self._open(url) as r:
-                try:
-                    return bytes(r.read())
-                except (TimeoutError, ConnectionError, http.client.HTTPException, OSError) as e:
-                    if attempt == RETRIES:
-                        raise InfraError(f"GET {url}: {e}") from None
-            time.sleep(self.retry_delay * (2**attempt))
-        raise AssertionError("unreachable")
+        return self._fetch(url, lambda response: bytes(response.read()))
 
     def _download(self, url: str, dest: IO[bytes]) -> tuple[int, str]:
-        """Stream url into dest (truncated first on retry); returns (size, sha256)."""
-        for attempt in range(RETRIES + 1):
+        """Stream url into dest (truncated first on every try); returns (size, sha256)."""
+
+        def stream(response: Any) -> tuple[int, str]:
             dest.seek(0)
             dest.truncate()
             h, size = hashlib.sha256(), 0
-            with self._open(url) as r:
-                try:
-                    for block in iter(lambda: r.read(1 << 20), b""):
-                        h.update(block)
-                        dest.write(block)
-                        size += len(block)
-                    return size, h.hexdigest()
-                except (TimeoutError, ConnectionError, http.client.HTTPException, OSError) as e:
-                    if attempt == RETRIES:
-                        raise InfraError(f"GET {url}: {e}") from None
-            time.sleep(self.retry_delay * (2**attempt))
-        raise AssertionError("unreachable")
+            for block in iter(lambda: response.read(1 << 20), b""):
+                h.update(block)
+                dest.write(block)
+                size += len(block)
+            return size, h.hexdigest()
+
+        return self._fetch(url, stream)
 
     # -- Release
 

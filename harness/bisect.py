@@ -23,15 +23,18 @@ import re
 import secrets
 import subprocess
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from harness import matrix, run, verdict, vm
+import yaml
+
+from harness import matrix, run, rundir, verdict, vm
 from harness.errors import InfraError, UserError
 from harness.kbuild import git
 from harness.results import Outcome
+from harness.yamlfile import FieldError, Where
 
 STATE_FILE = "state.json"
 STEPS_FILE = "steps.jsonl"
@@ -53,14 +56,37 @@ class Settings:
     base: str = "tinyconfig"
     tries: int = 3
 
-    def matrix_text(self, commit: str) -> str:
+    def matrix_data(self, commit: str) -> dict[str, Any]:
+        """The one-boot matrix of a step, as data: each option one value, whatever it contains."""
         kernel: dict[str, str] = {"repo": str(self.repo), "rev": commit, "base": self.base}
         if self.config is not None:
             kernel["config"] = str(self.config)
         # A tinyconfig kernel is at /init in about 2 s under TCG; a commit whose guest is not up in
         # 90 s will not come up, and its retries should not cost the bisect 9 minutes.
-        return (f"kernels:\n  - git: {json.dumps(kernel)}\nram: [{self.ram}]\nmemlock: [{json.dumps(self.memlock)}]\n"
-                f"users: [{self.user}]\ncases: [{self.case}]\ntimeouts: {{boot: 90, case: 60}}\n")  # fmt: skip
+        return {"kernels": [{"git": kernel}], "ram": [self.ram], "memlock": [self.memlock], "users": [self.user],
+                "cases": [self.case], "timeouts": {"boot": 90, "case": 60}}  # fmt: skip
+
+    def matrix(self, commit: str) -> tuple[matrix.Matrix, str]:
+        """The step's matrix, and its text for the run's manifest (what a replay of the step reads)."""
+        data = self.matrix_data(commit)
+        mx = matrix.from_data(data, Where(f"<bisect of {self.repo} at {commit[:12]}>", None))
+        return mx, yaml.safe_dump(data, sort_keys=False)
+
+
+# Where each option of `harness bisect` lands in the step's matrix, to name the option in errors.
+_OPTION_OF = {"ram": "--ram", "memlock": "--memlock", "users": "--user", "cases": "--case", "repo": "--repo",
+              "config": "--config", "base": "--base"}  # fmt: skip
+
+
+def check(settings: Settings, catalogue: Sequence[str]) -> None:
+    """The checks a matrix gets, before anything is built: a bad case, size or limit is bad input
+    naming the option that was given."""
+    try:
+        matrix.expand(matrix.from_data(settings.matrix_data("HEAD"), Where("harness bisect options", None)), catalogue)
+    except FieldError as e:
+        # ("memlock", 0) is --memlock, ("kernels", 0, "git", "config") is --config
+        options = [_OPTION_OF[str(key)] for key in e.path if str(key) in _OPTION_OF]
+        raise UserError(f"{options[-1]}: {e.reason}" if options else str(e)) from None
 
 
 @dataclass(frozen=True)
@@ -89,8 +115,7 @@ def observe_once(settings: Settings, commit: str, boots: int, options: run.Optio
                  log: Callable[[str], None]) -> list[Observation]:  # fmt: skip
     """Build `commit` (once: the build is cached) and run the case in `boots` guests, one after the
     other, each a run directory of its own; one observation per guest."""
-    text = settings.matrix_text(commit)
-    mx = matrix.parse(text, f"<bisect of {settings.repo} at {commit[:12]}>")
+    mx, text = settings.matrix(commit)
     out = []
     for _ in range(boots):
         run_dir, results = run.execute(mx, options, log, matrix_text=text)
@@ -201,7 +226,7 @@ def bisect(settings: Settings, good_rev: str, bad_rev: str, results: Path, cache
     bad = git(repo, "rev-parse", "--verify", f"{bad_rev}^{{commit}}")
     if subprocess.run(["git", "-C", str(repo), "merge-base", "--is-ancestor", good, bad]).returncode != 0:
         raise UserError(f"--good {good_rev} is not an ancestor of --bad {bad_rev}; give an older good revision")
-    run.check_writable(results)
+    rundir.check_writable(results)
     stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ")
     directory = results / f"bisect-{stamp}-{secrets.token_hex(2)}"
     directory.mkdir(parents=True)

@@ -17,12 +17,10 @@ from types import FrameType
 
 from rich.console import Console
 
-from harness import bisect, compare, guest, history, image, kernels, matrix, merge, replay, report, run
-from harness.cache import cache_dir, secret
-from harness.errors import InfraError, UserError
-
-EXIT_USAGE = 2
-EXIT_INFRA = 3
+from harness import bisect, boot, compare, history, kernels, kit, matrix, merge, replay, run, rundir, sources, terminal
+from harness.cache import cache_dir
+from harness.errors import EXIT_INFRA, EXIT_USAGE, InfraError, UserError
+from harness.results import exit_code
 
 
 class Interrupted(BaseException):
@@ -84,7 +82,8 @@ def _parser() -> argparse.ArgumentParser:
     bs.add_argument("--memlock", default="default", help="RLIMIT_MEMLOCK, as in a matrix: 64K, 0, unlimited, default")
     bs.add_argument("--user", default="root", help="guest account the case runs as (default: root)")
     bs.add_argument("--config", type=Path, help="config fragment (default: images/kernel.config)")
-    bs.add_argument("--base", default="tinyconfig", choices=matrix.GIT_BASES, help="config the fragment is merged onto")
+    bs.add_argument("--base", default="tinyconfig", choices=sources.git.BASES,
+                    help="config the fragment is merged onto")  # fmt: skip
     bs.add_argument("--tries", type=int, default=3, help="guests per commit at most, until two agree (default: 3)")
     bs.add_argument("--results", type=Path, default=Path("results"), help="results directory (default: results)")
 
@@ -157,32 +156,32 @@ def cmd_run(args: argparse.Namespace, console: Console) -> int:
         return 0
     mx, text = _matrix(args.matrix)
     options = _options(args, _cache(args))
-    live = run.Live()
+    live = boot.Live()
     try:
         run_dir, boots = run.execute(mx, options, lambda m: console.print(m, highlight=False), live, text)
     except (KeyboardInterrupt, Interrupted):
         console.print("[bold red]interrupted[/]: finished results were kept in results/latest")
         raise
-    report.print_summary(boots, console)
+    terminal.print_summary(boots, console)
     console.print(f"results: {run_dir}")
-    return report.exit_code(boots)
+    return exit_code(boots)
 
 
 def cmd_merge(args: argparse.Namespace, console: Console) -> int:
     shards = merge.load_all(args.run_dirs)
-    run.check_writable(args.results)
-    run_id, run_dir = run.new_run_dir(args.results)
-    merged = merge.merge(shards, run_id, run_dir, run.now())
+    rundir.check_writable(args.results)
+    run_id, run_dir = rundir.create(args.results)
+    merged = merge.merge(shards, run_id, run_dir, rundir.now())
     run.record_history(_history_path(args), run_dir, lambda m: console.print(m, highlight=False))
-    report.print_summary(merged.boots, console)
+    terminal.print_summary(merged.boots, console)
     console.print(f"results: {run_dir}")
-    return report.exit_code(merged.boots)
+    return exit_code(merged.boots)
 
 
 def _side(ref: str, args: argparse.Namespace) -> compare.Side:
-    found = report.find_run(ref, args.results)
+    found = rundir.find_run(ref, args.results)
     if found is not None:
-        return compare.run_side(report.read_results(found), f"run {found}")
+        return compare.run_side(rundir.read_results(found), f"run {found}")
     path = _history_path(args)
     if not path.is_file():
         raise UserError(f"{ref}: not a run directory or run id in {args.results}, and there is no history "
@@ -204,18 +203,18 @@ def cmd_replay(args: argparse.Namespace, console: Console) -> int:
     options = _options(args, _cache(args))
     log = lambda m: console.print(m, highlight=False)  # noqa: E731
     try:
-        done = replay.replay(replay.find_run(args.run, args.results), args.boot, options, log, run.Live())
+        done = replay.replay(rundir.locate(args.run, args.results), args.boot, options, log, boot.Live())
     except (KeyboardInterrupt, Interrupted):
         console.print("[bold red]interrupted[/]: finished results were kept in results/latest")
         raise
-    report.print_summary(done.boots, console)
+    terminal.print_summary(done.boots, console)
     if done.changes:
         compare.render(done.changes, compare.Side(f"run {done.original.run_id}", {}),
                        compare.Side(f"replay {done.run_dir.name}", {}), console)  # fmt: skip
     else:
         console.print(f"replay: every result behaved as in run {done.original.run_id}")
     console.print(f"results: {done.run_dir}")
-    return report.exit_code(done.boots)
+    return exit_code(done.boots)
 
 
 def cmd_bisect(args: argparse.Namespace, console: Console) -> int:
@@ -224,12 +223,7 @@ def cmd_bisect(args: argparse.Namespace, console: Console) -> int:
     settings = bisect.Settings(args.repo.resolve(), args.case, args.ram, args.memlock, args.user,
                                args.config.resolve() if args.config else None, args.base, args.tries)  # fmt: skip
     bisect.check_repo(settings.repo)
-    # The same checks a matrix gets, before anything is built: a bad case, size or limit is exit 2,
-    # said of the option that was given.
-    try:
-        matrix.expand(matrix.parse(settings.matrix_text("HEAD"), _BISECT_SOURCE), run.build_probe().names)
-    except UserError as e:
-        raise UserError(_as_option(str(e))) from None
+    bisect.check(settings, kit.build_probe().names)
     found = bisect.bisect(settings, args.good, args.bad, args.results, _cache(args),
                           lambda m: console.print(m, highlight=False, markup=False))  # fmt: skip
     console.print(f"first commit that changed {args.case}: {found.commit} {found.title}", markup=False)
@@ -238,19 +232,6 @@ def cmd_bisect(args: argparse.Namespace, console: Console) -> int:
         console.print(f"    evidence: {', '.join(obs.run_dirs)}", markup=False)
     console.print(f"  changed: {', '.join(found.fields)}; bisect record: {found.directory}", markup=False)
     return 0
-
-
-_BISECT_SOURCE = "harness bisect options"
-_OPTION_OF = {"ram": "--ram", "memlock": "--memlock", "users": "--user", "cases": "--case",
-              "kernels.0.git.config": "--config"}  # fmt: skip
-
-
-def _as_option(message: str) -> str:
-    """'harness bisect options:4: memlock.0: ...' -> '--memlock: ...'."""
-    m = re.match(rf"{_BISECT_SOURCE}(?::\d+)?: ([\w.]+?)(?:\.\d+)?: (.*)", message)
-    if m and m.group(1) in _OPTION_OF:
-        return f"{_OPTION_OF[m.group(1)]}: {m.group(2)}"
-    return message
 
 
 def cmd_bisect_step(args: argparse.Namespace, console: Console) -> int:
@@ -292,18 +273,12 @@ def cmd_kernels(args: argparse.Namespace, console: Console) -> int:
             _line(console, k.label, k.release, k.version or "-", k.sha256[:16], k.source)
         return 0
     mx, _ = _matrix(args.matrix)
-    options = _options(args, cache)
-    source = run.Kernels(options, console.print)
+    source = sources.Kernels(_options(args, cache).sources(console.print))
     for spec in dict.fromkeys(mx.kernels):
-        resolved = source.resolve(spec)
         if args.action == "resolve":
-            if resolved is None:
-                _line(console, spec.label, "path", str(spec))
-            else:
-                debs = ", ".join(f"{d.package}={d.version}" for d in resolved.debs)
-                _line(console, spec.label, resolved.suite, resolved.abi, debs)
+            _line(console, spec.label, *source.describe(spec))
         else:
-            k = source.fetch(spec, resolved)
+            k = source.fetch(spec)
             pvh = "PVH vmlinux" if k.vmlinux else "bzImage only"
             _line(console, spec.label, k.release, k.version or "-", k.sha256[:16], pvh)
     return 0
@@ -312,20 +287,17 @@ def cmd_kernels(args: argparse.Namespace, console: Console) -> int:
 def cmd_image(args: argparse.Namespace, console: Console) -> int:
     cache = _cache(args)
     mx, _ = _matrix(args.matrix)
-    options = _options(args, cache)
-    probe = run.build_probe()
-    key = guest.client_key(cache)
-    base = image.base_entries(probe.path, guest.public_line(key))
-    source = run.Kernels(options, console.print)
+    source = sources.Kernels(_options(args, cache).sources(console.print))
+    guests = kit.assemble(cache)
     for spec in dict.fromkeys(mx.kernels):
-        k = source.fetch(spec, source.resolve(spec))
-        img = image.build(base, run.guest_modules(k), secret(cache, "guest-host-key"), cache / "images")
+        k = source.fetch(spec)
+        img = guests.image(k)
         _line(console, spec.label, k.release, str(img.path), " ".join(img.modules))
     return 0
 
 
 def cmd_cases(args: argparse.Namespace, console: Console) -> int:
-    for name, description in run.build_probe().catalogue:
+    for name, description in kit.build_probe().catalogue:
         _line(console, name, description)
     return 0
 

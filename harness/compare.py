@@ -19,9 +19,8 @@ import yaml
 from rich.console import Console
 from rich.text import Text
 
-from harness import versions
+from harness import versions, yamlfile
 from harness.errors import UserError
-from harness.matrix import read_yaml
 from harness.results import CaseResult, KernelInfo, RunRecord
 from harness.verdict import changed_fields
 
@@ -64,7 +63,7 @@ def load_known(path: Path) -> list[Known]:
         text = path.read_text(encoding="utf-8")
     except OSError as e:
         raise UserError(f"{path}: cannot read the known-deviations file: {e.strerror}; give an existing file") from e
-    root, doc = read_yaml(text, str(path))
+    root, doc = yamlfile.read(text, str(path))
     lines = _entry_lines(root)
     if doc is None:
         return []

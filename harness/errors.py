@@ -1,4 +1,10 @@
-"""The two failure families. Only the CLI turns them into exit codes and one-line messages."""
+"""The two failure families and the exit codes. Only the CLI turns failures into exit codes and
+one-line messages; a finished run's exit code comes from its results (results.exit_code)."""
+
+EXIT_OK = 0  # every observation as expected
+EXIT_FINDINGS = 1  # some deviated (or a probe child was OOM-killed, or a guest panicked)
+EXIT_USAGE = 2  # bad input
+EXIT_INFRA = 3  # the machinery failed, or some cases have no answer
 
 
 class UserError(Exception):

@@ -7,7 +7,6 @@ switched off here: a guest that is not ours must fail the connection, not be rem
 from __future__ import annotations
 
 import base64
-import os
 import shlex
 import time
 from collections.abc import Callable, Sequence
@@ -22,6 +21,7 @@ from fabric import Config, Connection
 from invoke.exceptions import CommandTimedOut
 
 from harness.errors import InfraError
+from harness.files import write_private
 
 
 class SSHFailure(InfraError):
@@ -40,13 +40,8 @@ def client_key(cache: Path) -> paramiko.PKey:
     """
     path = cache / "keys" / "id_ed25519"
     if not path.exists():
-        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        pem = Ed25519PrivateKey.generate().private_bytes(Encoding.PEM, PrivateFormat.OpenSSH, NoEncryption())
-        tmp = path.with_suffix(".tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "wb") as f:
-            f.write(pem)
-        os.replace(tmp, path)
+        write_private(path, Ed25519PrivateKey.generate().private_bytes(Encoding.PEM, PrivateFormat.OpenSSH,
+                                                                       NoEncryption()))  # fmt: skip
     return paramiko.Ed25519Key.from_private_key_file(str(path))
 
 

@@ -24,6 +24,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from harness.errors import InfraError
+from harness.files import atomic_write
 
 IMAGES_DIR = Path(__file__).resolve().parent.parent / "images"
 BUSYBOX = Path("/bin/busybox")
@@ -251,9 +252,6 @@ def build(base: Sequence[Entry], modules: Sequence[tuple[str, bytes]], secret: b
     digest = hashlib.sha256(data).hexdigest()
     path = out_dir / f"{digest}.cpio"
     if not path.exists():
-        out_dir.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(f".tmp{os.getpid()}")
-        tmp.write_bytes(data)
-        os.replace(tmp, path)
+        atomic_write(path, data)
     return Image(path, digest, openssh_public(key), tuple(n for n, _ in modules))
 

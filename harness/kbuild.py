@@ -27,11 +27,10 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from harness import bzimage, kernels
 from harness.errors import InfraError, UserError
-from harness.matrix import GitKernel
 
 FRAGMENT = Path(__file__).resolve().parent.parent / "images" / "kernel.config"
 BUILD_FILE = "build.json"
@@ -42,11 +41,30 @@ class BuildFailure(InfraError):
     """The kernel did not build: for a bisect, a commit to skip; for a matrix run, that kernel's boots fail."""
 
 
+class Tree(Protocol):
+    """What to build: a matrix's `git:` kernel spec."""
+
+    @property
+    def repo(self) -> Path: ...
+
+    @property
+    def rev(self) -> str: ...
+
+    @property
+    def config(self) -> Path | None: ...  # fragment; None: images/kernel.config
+
+    @property
+    def base(self) -> str: ...  # tinyconfig or defconfig
+
+    @property
+    def label(self) -> str: ...
+
+
 @dataclass(frozen=True)
 class Source:
     """A git kernel spec resolved to a commit."""
 
-    spec: GitKernel
+    spec: Tree
     commit: str
     tree: str
     title: str
@@ -64,7 +82,7 @@ def git(repo: Path, *args: str, check: bool = True) -> str:
     return proc.stdout.strip()
 
 
-def resolve(spec: GitKernel) -> Source:
+def resolve(spec: Tree) -> Source:
     """The commit and tree `spec.rev` names; a bad repository or revision is bad input."""
     try:
         commit = git(spec.repo, "rev-parse", "--verify", "--quiet", f"{spec.rev}^{{commit}}")
@@ -75,7 +93,7 @@ def resolve(spec: GitKernel) -> Source:
     return Source(spec, commit, tree, title)
 
 
-def fragment_text(spec: GitKernel) -> str:
+def fragment_text(spec: Tree) -> str:
     path = spec.config or FRAGMENT
     try:
         return path.read_text()

@@ -12,62 +12,14 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-import yaml
-
+from harness import sources, yamlfile
 from harness.errors import UserError
+from harness.sources import KernelSpec
+from harness.yamlfile import FieldError, KeyPath, Where
 
 USERS = ("root", "user")  # the accounts the guest image has
 MIN_RAM_MB = 96  # Debian kernels panic unpacking the initramfs below this (PROTOTYPE pitfall 11)
 DEFAULT_MATRIX = "default-matrix.yaml"
-
-
-@dataclass(frozen=True)
-class DebianKernel:
-    """A kernel from Debian's archive: the newest `package` across `suites`, or the concrete `abi`."""
-
-    suites: tuple[str, ...]
-    package: str = "linux-image-amd64"
-    abi: str | None = None
-    version: str | None = None  # an upstream line such as "6.19": the newest kernel of that line
-    origin: str = field(default="", compare=False)  # "file:line: kernels.N", for messages
-
-    @property
-    def label(self) -> str:
-        base = "+".join(self.suites)
-        pinned = self.abi or self.version
-        return f"{base}-{pinned}" if pinned else base
-
-
-@dataclass(frozen=True)
-class PathKernel:
-    """A kernel image on disk (bzImage, vmlinuz or vmlinux), with an optional modules tree."""
-
-    path: Path
-    modules: Path | None = None
-    origin: str = field(default="", compare=False)
-
-    @property
-    def label(self) -> str:
-        return self.path.name
-
-
-@dataclass(frozen=True)
-class GitKernel:
-    """A kernel built from a git tree at `rev`, with a config fragment merged onto `base`."""
-
-    repo: Path
-    rev: str
-    config: Path | None = None  # fragment; None: images/kernel.config
-    base: str = "tinyconfig"  # or defconfig
-    origin: str = field(default="", compare=False)
-
-    @property
-    def label(self) -> str:
-        return f"{self.repo.name}@{self.rev}"
-
-
-KernelSpec = DebianKernel | PathKernel | GitKernel
-GIT_BASES = ("tinyconfig", "defconfig")
 
 
 @dataclass(frozen=True)
@@ -159,39 +111,6 @@ def format_size(n: int | None) -> str:
 # --- loading -----------------------------------------------------------------------------------
 
 
-class _Where:
-    """Maps a key path in the parsed document to its line, from YAML's node tree."""
-
-    def __init__(self, source: str, root: yaml.Node | None) -> None:
-        self.source = source
-        self.lines: dict[tuple[object, ...], int] = {}
-        if root is not None:
-            self._walk(root, ())
-
-    def _walk(self, node: yaml.Node, path: tuple[object, ...]) -> None:
-        self.lines[path] = node.start_mark.line + 1
-        if isinstance(node, yaml.MappingNode):
-            for k, v in node.value:
-                # errors look keys up as parsed (123, True), not as written ("123", "yes")
-                key = yaml.SafeLoader("").construct_object(k) if isinstance(k, yaml.ScalarNode) else k.value
-                self.lines[(*path, key)] = k.start_mark.line + 1
-                self._walk(v, (*path, key))
-                self.lines[(*path, key)] = k.start_mark.line + 1
-        elif isinstance(node, yaml.SequenceNode):
-            for i, item in enumerate(node.value):
-                self._walk(item, (*path, i))
-
-    def origin(self, path: tuple[object, ...]) -> str:
-        probe = path
-        while probe and probe not in self.lines:
-            probe = probe[:-1]
-        key = ".".join(str(p) for p in path) or "(top level)"
-        return f"{self.source}:{self.lines.get(probe, 1)}: {key}"
-
-    def error(self, path: tuple[object, ...], message: str) -> UserError:
-        return UserError(f"{self.origin(path)}: {message}")
-
-
 _TOP_KEYS = {"kernels", "ram", "memlock", "users", "cases", "timeouts"}
 
 
@@ -211,20 +130,13 @@ def default_text() -> str:
     return resources.files("harness").joinpath(DEFAULT_MATRIX).read_text()
 
 
-def read_yaml(text: str, source: str) -> tuple[yaml.Node | None, Any]:
-    """The node tree (for line numbers) and the data; bad YAML is one line naming source and line."""
-    try:
-        return yaml.compose(text, Loader=yaml.SafeLoader), yaml.safe_load(text)
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        line = f"{mark.line + 1}" if mark is not None else "1"
-        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
-        raise UserError(f"{source}:{line}: invalid YAML: {problem}") from None
-
-
 def parse(text: str, source: str) -> Matrix:
-    root, data = read_yaml(text, source)
-    where = _Where(source, root)
+    root, data = yamlfile.read(text, source)
+    return from_data(data, Where(source, root))
+
+
+def from_data(data: object, where: Where) -> Matrix:
+    """A matrix from its parsed document; errors are FieldErrors naming `where`'s source, line and key."""
     if not isinstance(data, dict):
         raise where.error((), "a matrix file is a mapping with at least a 'kernels' list")
     for key in data:
@@ -233,7 +145,7 @@ def parse(text: str, source: str) -> Matrix:
     if "kernels" not in data:
         raise where.error((), "missing 'kernels': list at least one kernel")
 
-    kernels = tuple(_kernel(where, ("kernels", i), k) for i, k in enumerate(_list(where, data, "kernels")))
+    kernels = tuple(sources.parse(k, where, ("kernels", i)) for i, k in enumerate(_list(where, data, "kernels")))
     ram = tuple(_ram(where, ("ram", i), v) for i, v in enumerate(_list(where, data, "ram", ["256M"])))
     memlocks = tuple(
         _memlock(where, ("memlock", i), v) for i, v in enumerate(_list(where, data, "memlock", ["default"]))
@@ -244,10 +156,10 @@ def parse(text: str, source: str) -> Matrix:
     for name, axis in (("ram", ram), ("memlock", memlocks), ("users", users), ("cases", cases or ())):
         if len(set(axis)) != len(axis):
             raise where.error((name,), "lists the same value twice; remove the duplicate")
-    return Matrix(source, kernels, ram, memlocks, users, cases, timeouts)
+    return Matrix(where.source, kernels, ram, memlocks, users, cases, timeouts)
 
 
-def _list(where: _Where, data: dict[str, Any], key: str, default: list[Any] | None = None) -> list[Any]:
+def _list(where: Where, data: dict[str, Any], key: str, default: list[Any] | None = None) -> list[Any]:
     if key not in data:
         if default is None:
             raise where.error((key,), "missing")
@@ -260,95 +172,7 @@ def _list(where: _Where, data: dict[str, Any], key: str, default: list[Any] | No
     return value
 
 
-def _kernel(where: _Where, path: tuple[object, ...], item: object) -> KernelSpec:
-    if not isinstance(item, dict) or len(item) != 1 or next(iter(item)) not in ("debian", "path", "git"):
-        if isinstance(item, dict) and set(item) == {"path", "modules"}:
-            return _path_kernel(where, path, item)
-        raise where.error(path, "each kernel is {debian: SUITE or {suite, package, abi}}, {path: FILE} or "
-                                "{git: {repo, rev, config}}")  # fmt: skip
-    kind, value = next(iter(item.items()))
-    if kind == "path":
-        return _path_kernel(where, path, item)
-    if kind == "git":
-        return _git_kernel(where, (*path, "git"), value)
-    if isinstance(value, str):
-        value = {"suite": value}
-    if not isinstance(value, dict):
-        raise where.error((*path, "debian"), "expected a suite name or a mapping {suite, package, abi}")
-    for key in value:
-        if key not in ("suite", "package", "abi", "version"):
-            raise where.error((*path, "debian", key), "unknown key; allowed: suite, package, abi, version")
-    suites = value.get("suite")
-    if isinstance(suites, str):
-        suites = [suites]
-    if not suites or not all(isinstance(s, str) and re.fullmatch(r"[a-z0-9][a-z0-9.+-]*", s) for s in suites):
-        raise where.error((*path, "debian", "suite"), "give a Debian suite name such as bookworm, or a list")
-    package = value.get("package", "linux-image-amd64")
-    abi = value.get("abi")
-    version = value.get("version")
-    if version is not None:
-        if not isinstance(version, str):  # YAML reads 6.10 as the number 6.1: only text is exact
-            raise where.error((*path, "debian", "version"), 'quote it, e.g. version: "6.19" (YAML reads 6.10 as 6.1)')
-        if not re.fullmatch(r"\d+\.\d+", version):
-            raise where.error((*path, "debian", "version"), f"{version!r}: give an upstream line such as 6.19")
-        if abi is not None:
-            raise where.error((*path, "debian", "version"), "give either abi or version, not both")
-    for key, v in (("package", package), ("abi", abi)):
-        if v is not None and not (isinstance(v, str) and re.fullmatch(r"[a-z0-9][a-z0-9.+~-]*", v)):
-            raise where.error((*path, "debian", key), f"{v!r} is not a Debian package or ABI name")
-    return DebianKernel(tuple(suites), package, abi, version, where.origin(path))
-
-
-def _path_kernel(where: _Where, path: tuple[object, ...], item: dict[str, Any]) -> PathKernel:
-    for key in item:
-        if key not in ("path", "modules"):
-            raise where.error((*path, key), "unknown key; a path kernel has 'path' and optional 'modules'")
-    file = item.get("path")
-    if not isinstance(file, str) or not file:
-        raise where.error((*path, "path"), "give the file name of a bzImage, vmlinuz or vmlinux")
-    base = Path(where.source).parent if not where.source.startswith("<") else Path.cwd()
-    kernel = (base / file).expanduser()
-    if not kernel.is_file():
-        raise where.error((*path, "path"), f"{kernel} is not a file; give an existing kernel image")
-    modules = item.get("modules")
-    mod_path = None
-    if modules is not None:
-        if not isinstance(modules, str):
-            raise where.error((*path, "modules"), "give a directory such as /lib/modules/6.1.0-50-amd64")
-        mod_path = (base / modules).expanduser()
-        if not mod_path.is_dir():
-            raise where.error((*path, "modules"), f"{mod_path} is not a directory")
-    return PathKernel(kernel, mod_path, where.origin(path))
-
-
-def _git_kernel(where: _Where, path: tuple[object, ...], value: object) -> GitKernel:
-    if not isinstance(value, dict):
-        raise where.error(path, "give {repo: DIR, rev: REV}, optionally config: FRAGMENT, base: tinyconfig|defconfig")
-    for key in value:
-        if key not in ("repo", "rev", "config", "base"):
-            raise where.error((*path, key), "unknown key; allowed: repo, rev, config, base")
-    base_dir = Path(where.source).parent if not where.source.startswith("<") else Path.cwd()
-    repo, rev = value.get("repo"), value.get("rev")
-    if not isinstance(repo, str) or not repo:
-        raise where.error((*path, "repo"), "give the directory of a kernel git tree")
-    repo_path = (base_dir / repo).expanduser()
-    if not (repo_path / ".git").exists():
-        raise where.error((*path, "repo"), f"{repo_path} is not a git work tree; give a kernel git checkout")
-    if not isinstance(rev, str) or not rev:
-        raise where.error((*path, "rev"), "give a revision: a commit, tag or branch (quote numbers: '1a2b3c')")
-    config = value.get("config")
-    config_path = None
-    if config is not None:
-        config_path = (base_dir / str(config)).expanduser()
-        if not config_path.is_file():
-            raise where.error((*path, "config"), f"{config_path} is not a file; give a config fragment")
-    base = value.get("base", "tinyconfig")
-    if base not in GIT_BASES:
-        raise where.error((*path, "base"), f"{base!r}: give one of {', '.join(GIT_BASES)}")
-    return GitKernel(repo_path.resolve(), rev, config_path, base, where.origin(path[:-1]))
-
-
-def _ram(where: _Where, path: tuple[object, ...], value: object) -> int:
+def _ram(where: Where, path: KeyPath, value: object) -> int:
     try:
         size = parse_size(value)
     except ValueError as e:
@@ -361,7 +185,7 @@ def _ram(where: _Where, path: tuple[object, ...], value: object) -> int:
     return mb
 
 
-def _limit(where: _Where, path: tuple[object, ...], value: object) -> int | None:
+def _limit(where: Where, path: KeyPath, value: object) -> int | None:
     if isinstance(value, str) and value.strip().lower() in ("unlimited", "infinity"):
         return None
     try:
@@ -370,7 +194,7 @@ def _limit(where: _Where, path: tuple[object, ...], value: object) -> int | None
         raise where.error(path, f"{e}; a limit is a size such as 64K, 0 or 'unlimited'") from None
 
 
-def _memlock(where: _Where, path: tuple[object, ...], value: object) -> Memlock | None:
+def _memlock(where: Where, path: KeyPath, value: object) -> Memlock | None:
     if value == "default":
         return None
     if isinstance(value, dict):
@@ -388,13 +212,13 @@ def _memlock(where: _Where, path: tuple[object, ...], value: object) -> Memlock 
     return Memlock(limit, limit)
 
 
-def _user(where: _Where, path: tuple[object, ...], value: object) -> str:
+def _user(where: Where, path: KeyPath, value: object) -> str:
     if value not in USERS:
         raise where.error(path, f"{value!r} is not a guest user; the image has: {', '.join(USERS)}")
     return str(value)
 
 
-def _cases(where: _Where, value: object) -> tuple[str, ...] | None:
+def _cases(where: Where, value: object) -> tuple[str, ...] | None:
     if value == "all":
         return None
     names = [value] if isinstance(value, str) else value
@@ -403,7 +227,7 @@ def _cases(where: _Where, value: object) -> tuple[str, ...] | None:
     return tuple(names)
 
 
-def _timeouts(where: _Where, value: object) -> Timeouts:
+def _timeouts(where: Where, value: object) -> Timeouts:
     if not isinstance(value, dict):
         raise where.error(("timeouts",), "expected a mapping such as {boot: 180, case: 60}")
     out: dict[str, float] = {}
@@ -426,10 +250,8 @@ def expand(matrix: Matrix, catalogue: Sequence[str]) -> list[BootPlan]:
     else:
         unknown = [c for c in matrix.cases if c not in catalogue]
         if unknown:
-            raise UserError(
-                f"{matrix.source}: cases: unknown case {unknown[0]!r}; "
-                f"`harness cases` lists the {len(catalogue)} the probe has"
-            )
+            reason = f"unknown case {unknown[0]!r}; `harness cases` lists the {len(catalogue)} the probe has"
+            raise FieldError(f"{matrix.source}: cases", ("cases",), reason)
         cases = matrix.cases
     runs = tuple(RunPlan(m, u, cases) for m in matrix.memlocks for u in matrix.users)
     boots: list[BootPlan] = []

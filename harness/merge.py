@@ -8,14 +8,15 @@ the merged run look clean: each of its boots is an infrastructure error naming t
 
 from __future__ import annotations
 
+import dataclasses
 import shutil
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
-from harness import report
+from harness import manifest, rundir
 from harness.errors import InfraError, UserError
+from harness.manifest import Manifest
 from harness.results import BootResult, RunRecord
 
 # What must be equal for shards to belong together; the rest (host, timing) may differ per machine.
@@ -26,23 +27,21 @@ _SAME = (("matrix_text", "matrix"), ("probe", "probe"), ("expectations_sha256", 
 class Shard:
     run_dir: Path
     run: RunRecord
-    manifest: Mapping[str, Any]
+    manifest: Manifest
 
     @property
     def index(self) -> tuple[int, int] | None:
-        shard = self.manifest.get("shard")
-        if isinstance(shard, dict) and isinstance(shard.get("index"), int) and isinstance(shard.get("count"), int):
-            return shard["index"], shard["count"]
-        return None
+        shard = self.manifest.shard
+        return None if shard is None else (shard.index, shard.count)
 
 
 def load(run_dir: Path) -> Shard:
     if not run_dir.is_dir():
         raise UserError(f"{run_dir}: not a directory; give the run directories of the shards")
-    manifest = report.read_manifest(run_dir)
-    if not manifest:
+    recorded = rundir.read_manifest(run_dir)
+    if recorded is None:
         raise UserError(f"{run_dir}: no manifest.json; merge needs the run directories `harness run` wrote")
-    return Shard(run_dir, report.read_results(run_dir), manifest)
+    return Shard(run_dir, rundir.read_results(run_dir), recorded)
 
 
 def check(shards: Sequence[Shard]) -> int:
@@ -53,7 +52,7 @@ def check(shards: Sequence[Shard]) -> int:
     counts = {s.index[1] if s.index else None for s in shards}
     for shard in shards[1:]:
         for key, what in _SAME:
-            if shard.manifest.get(key) != first.manifest.get(key):
+            if getattr(shard.manifest, key) != getattr(first.manifest, key):
                 raise UserError(f"{shard.run_dir}: ran another {what} than {first.run_dir}; merge shards of one job")
     if len(counts) != 1:
         raise UserError(f"merge: the shards were cut {len(counts)} ways ({counts}); merge shards of one job")
@@ -75,38 +74,31 @@ def check(shards: Sequence[Shard]) -> int:
 
 def merged_boots(shards: Sequence[Shard], count: int) -> list[BootResult]:
     """Every boot of the matrix's plan in plan order; boots of missing shards become errors."""
-    plan = [p for p in shards[0].manifest.get("plan") or [] if isinstance(p, dict)]
     have = {b.boot_id: b for s in shards for b in s.run.boots}
     present = {s.index[0] if s.index else 1 for s in shards}
     out: list[BootResult] = []
-    for position, entry in enumerate(plan):
-        boot_id = str(entry.get("id"))
+    for position, entry in enumerate(shards[0].manifest.plan):
+        boot_id = entry.id
         if boot_id in have:
             out.append(have.pop(boot_id))
             continue
         index = position % count + 1
         why = f"shard {index}/{count} was not merged" if index not in present else "the shard did not run this boot"
-        out.append(BootResult(boot_id, None, int(entry.get("ram_mb") or 0), error=why))
+        out.append(BootResult(boot_id, None, entry.ram_mb, error=why))
     out.extend(have.values())  # a plan-less manifest (older runs): keep the shards' own order
     return out
 
 
-def _manifest(shards: Sequence[Shard], run: RunRecord) -> dict[str, Any]:
-    doc = dict(shards[0].manifest)
-    kernels: dict[str, Any] = {}
-    for shard in shards:
-        for entry in shard.manifest.get("kernels") or []:
-            kernels.setdefault(str(entry.get("spec")), entry)
-    doc.update(
-        kernels=list(kernels.values()),
-        boots=[b for s in shards for b in s.manifest.get("boots") or []],
-        shard=None,
-        merged_from=[{"run_id": s.run.run_id, "shard": s.manifest.get("shard"), "host": s.manifest.get("host")}
-                     for s in shards],  # fmt: skip
-    )
+def _manifest(shards: Sequence[Shard], run: RunRecord) -> Manifest:
     order = {b.boot_id: i for i, b in enumerate(run.boots)}
-    doc["boots"].sort(key=lambda b: order.get(str(b.get("id")), len(order)))
-    return doc
+    boots = sorted((b for s in shards for b in s.manifest.boots), key=lambda b: order.get(b.id, len(order)))
+    return dataclasses.replace(
+        shards[0].manifest,
+        kernels=tuple(manifest.kernels_by_spec([k for s in shards for k in s.manifest.kernels]).values()),
+        boots=tuple(boots),
+        shard=None,
+        merged_from=tuple(manifest.MergedShard(s.run.run_id, s.manifest.shard, s.manifest.host) for s in shards),
+    )
 
 
 def load_all(run_dirs: Sequence[Path]) -> list[Shard]:
@@ -132,7 +124,7 @@ def merge(shards: Sequence[Shard], run_id: str, out_dir: Path, started: str) -> 
         for boot in shard.run.boots:
             if boot.serial_log:
                 _copy(shard.run_dir / boot.serial_log, out_dir / boot.serial_log)
-    writer = report.RunWriter(out_dir, run_id, run.started, [b.boot_id for b in boots])
+    writer = rundir.RunWriter(out_dir, run_id, run.started, [b.boot_id for b in boots])
     for boot in boots:
         writer.add_boot(boot)
     writer.write_manifest(_manifest(shards, run))

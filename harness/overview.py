@@ -1,39 +1,28 @@
-"""Views of a run for people: report.html (kernel x case matrix with its evidence) and summary.md (CI job summary).
+"""A run seen as a kernel x case matrix: what both views for people show (report.html in `page`,
+summary.md in `summary`).
 
-Both are pure functions of a RunRecord. The page is one self-contained file (inline CSS, a line of
-inline JS, no external URLs) so it can be archived as a CI artifact and opened offline; it links
-only to the serial logs that sit next to it in the run directory.
+Columns are boots in kernel version order (grouped by RAM), rows are case x limit x user in the
+probe's catalogue order, and a cell whose behaviour differs from the previous kernel that
+answered is a change. Pure: a RunRecord in, records out; the run directory's owner (rundir)
+writes the views.
 """
 
 from __future__ import annotations
 
-import functools
-import json
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
-from json.encoder import encode_basestring
-from pathlib import Path
-from typing import Any
-from urllib.parse import quote
 
-import jinja2
-from markupsafe import Markup
-
-# The module, not its names: report may import this module while it is itself still initialising.
-from harness import report, versions
-from harness.results import BootResult, CaseResult, Outcome, RunRecord
+from harness import versions
+from harness.errors import EXIT_FINDINGS, EXIT_OK
+from harness.results import BootResult, CaseResult, Outcome, RunRecord, exit_code
 
 HTML_FILE = "report.html"
 SUMMARY_FILE = "summary.md"
 
-# summary.md goes into $GITHUB_STEP_SUMMARY, which GitHub refuses above 1 MiB; lists are cut well below.
-SUMMARY_MAX_ITEMS = 50
-SUMMARY_MAX_BOOTS = 200
-_MD_TEXT_MAX = 300
 
 # Short enough to fit a narrow matrix cell; the colour carries the rest.
-_LABEL = {
+LABEL = {
     Outcome.PASS: "ok",
     Outcome.DEVIATION: "dev",
     Outcome.NOT_APPLICABLE: "n/a",
@@ -42,7 +31,7 @@ _LABEL = {
     Outcome.TIMEOUT: "t/o",
     Outcome.INFRA_ERROR: "err",
 }
-_MEANING = {
+MEANING = {
     Outcome.PASS: "observed what the expectations say",
     Outcome.DEVIATION: "observed something else: a finding about the kernel",
     Outcome.NOT_APPLICABLE: "the case says nothing on this kernel, limit and user",
@@ -51,23 +40,14 @@ _MEANING = {
     Outcome.TIMEOUT: "the case did not finish in time: no answer",
     Outcome.INFRA_ERROR: "the harness could not get an answer (boot, SSH, QEMU)",
 }
-_COUNT_HEADERS = (
-    ("pass", Outcome.PASS),
-    ("deviation", Outcome.DEVIATION),
-    ("n/a", Outcome.NOT_APPLICABLE),
-    ("oom", Outcome.OOM_KILLED),
-    ("panic", Outcome.PANIC),
-    ("timeout", Outcome.TIMEOUT),
-    ("error", Outcome.INFRA_ERROR),
-)
-_QUIET = (Outcome.PASS, Outcome.NOT_APPLICABLE)
+QUIET = (Outcome.PASS, Outcome.NOT_APPLICABLE)
 
 
 # --- the matrix, shared by both views ----------------------------------------------------------
 
 
 @dataclass(frozen=True)
-class _Column:
+class Column:
     index: int
     boot: BootResult
     name: str  # the kernel's version as tables name it
@@ -80,18 +60,18 @@ class _Column:
 
 
 @dataclass(frozen=True)
-class _Cell:
+class Cell:
     result: CaseResult | None
-    changed_from: _Column | None  # the earlier kernel (same RAM) that behaved otherwise
+    changed_from: Column | None  # the earlier kernel (same RAM) that behaved otherwise
 
 
 @dataclass(frozen=True)
-class _Row:
+class Row:
     index: int
     case: str
     memlock: str
     user: str
-    cells: tuple[_Cell, ...]
+    cells: tuple[Cell, ...]
 
     @property
     def name(self) -> str:
@@ -100,33 +80,33 @@ class _Row:
     @property
     def interesting(self) -> bool:
         return any(
-            c.changed_from is not None or (c.result is not None and c.result.outcome not in _QUIET) for c in self.cells
+            c.changed_from is not None or (c.result is not None and c.result.outcome not in QUIET) for c in self.cells
         )
 
 
 @dataclass(frozen=True)
-class _Change:
-    row: _Row
-    before: _Column
-    after: _Column
+class Change:
+    row: Row
+    before: Column
+    after: Column
 
 
 @dataclass(frozen=True)
-class _Matrix:
-    columns: tuple[_Column, ...]
-    rows: tuple[_Row, ...]
-    changes: tuple[_Change, ...]
+class Matrix:
+    columns: tuple[Column, ...]
+    rows: tuple[Row, ...]
+    changes: tuple[Change, ...]
     ram_sizes: tuple[int, ...]
 
 
-def _matrix(run: RunRecord) -> _Matrix:
+def matrix(run: RunRecord) -> Matrix:
     ram_sizes = tuple(sorted({b.ram_mb for b in run.boots}))
     boots: list[BootResult] = []
     for ram in ram_sizes:
         # Unresolved kernels have no place in the order: last.
         boots += versions.ordered_by((b for b in run.boots if b.ram_mb == ram), lambda b: b.kernel)
     columns = tuple(
-        _Column(
+        Column(
             i,
             boot,
             versions.name(boot.kernel) if boot.kernel is not None else "unresolved kernel",
@@ -144,12 +124,12 @@ def _matrix(run: RunRecord) -> _Matrix:
     for column in columns:
         by_boot.append({(r.case, r.memlock, r.user): r for r in column.boot.cases})
 
-    rows: list[_Row] = []
-    changes: list[_Change] = []
+    rows: list[Row] = []
+    changes: list[Change] = []
     for index, key in enumerate(keys):
-        cells: list[_Cell] = []
-        found: list[tuple[_Column, _Column]] = []
-        last: tuple[str, _Column] | None = None  # (fingerprint, column) of the last kernel that answered
+        cells: list[Cell] = []
+        found: list[tuple[Column, Column]] = []
+        last: tuple[str, Column] | None = None  # (fingerprint, column) of the last kernel that answered
         for column in columns:
             if column.group_start:
                 last = None
@@ -162,14 +142,14 @@ def _matrix(run: RunRecord) -> _Matrix:
                     changed_from = last[1]
                     found.append((last[1], column))
                 last = (result.fingerprint, column)
-            cells.append(_Cell(result, changed_from))
-        row = _Row(index, *key, cells=tuple(cells))
+            cells.append(Cell(result, changed_from))
+        row = Row(index, *key, cells=tuple(cells))
         rows.append(row)
-        changes += [_Change(row, before, after) for before, after in found]
-    return _Matrix(columns, tuple(rows), tuple(changes), ram_sizes)
+        changes += [Change(row, before, after) for before, after in found]
+    return Matrix(columns, tuple(rows), tuple(changes), ram_sizes)
 
 
-def _status(run: RunRecord) -> str:
+def status(run: RunRecord) -> str:
     if run.complete:
         return "complete"
     if run.interrupted:
@@ -177,11 +157,11 @@ def _status(run: RunRecord) -> str:
     return "incomplete: still running, or the run was killed"
 
 
-def _verdict(boots: Sequence[BootResult]) -> str:
-    code = report.exit_code(boots)
-    if code == report.EXIT_OK:
+def verdict(boots: Sequence[BootResult]) -> str:
+    code = exit_code(boots)
+    if code == EXIT_OK:
         return "every case as documented"
-    if code == report.EXIT_FINDINGS:
+    if code == EXIT_FINDINGS:
         return "findings: some kernels deviate from the documentation"
     return "infrastructure problems: some cases have no answer"
 
@@ -190,381 +170,9 @@ def _verdict(boots: Sequence[BootResult]) -> str:
 _SURROGATE = re.compile("[\ud800-\udfff]")
 
 
-def _encodable(text: str) -> str:
+def encodable(text: str) -> str:
     try:
         text.encode("utf-8")  # a few times faster than the substitution, which is rarely needed
     except UnicodeEncodeError:
         return _SURROGATE.sub("\ufffd", text)
     return text
-
-
-# --- report.html -------------------------------------------------------------------------------
-
-
-# One encoder for all values: json.dumps builds a new one per call.
-_JSON = json.JSONEncoder(ensure_ascii=False, default=str)
-
-
-def _json_value(value: Any) -> str:
-    # Observations are mostly scalars; the encoder's per-call setup would be most of the page's render time.
-    if value is None:
-        return "null"
-    if value is True:
-        return "true"
-    if value is False:
-        return "false"
-    if type(value) is int:
-        return str(value)
-    if type(value) is str:
-        return encode_basestring(value)
-    return _JSON.encode(value)
-
-
-def _pretty(value: Any) -> str:
-    """Top-level keys one per line, nested values compact: readable, and a fraction of indent=2's size."""
-    if isinstance(value, dict) and value:
-        return "{\n" + ",\n".join(f" {encode_basestring(str(k))}: {_json_value(v)}" for k, v in value.items()) + "\n}"
-    return _JSON.encode(value)
-
-
-def _compact(value: Any) -> str:
-    return _JSON.encode(value) if value else ""
-
-
-def _text(value: object) -> Markup:
-    """`value` escaped for element content, where quotes need no escaping.
-
-    Autoescape turns every `"` into `&#34;`, and JSON evidence is full of them: on a 10-kernel run
-    that is a third of the page. Only text between tags may use this, never an attribute value.
-    """
-    return Markup(str(value).replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;"))
-
-
-def _href(path: str) -> str:
-    # Percent-encoding ':' makes any "scheme:" a harmless relative path.
-    return quote(path, safe="/")
-
-
-def _short(text: str, limit: int = 200) -> str:
-    return text if len(text) <= limit else text[: limit - 1] + "…"
-
-
-@dataclass(frozen=True)
-class _HtmlCell:
-    cls: str
-    href: str
-    title: str
-    label: str
-
-
-def _html_cell(row: _Row, column: _Column, cell: _Cell) -> _HtmlCell:
-    group = " g" if column.group_start else ""
-    r = cell.result
-    if r is None:
-        # Still a link, to the boot and its error: every cell leads to why it shows what it shows.
-        why = f"boot error: {column.boot.error}" if column.boot.error else "this boot has no result for this row"
-        return _HtmlCell("missing" + group, f"#{column.anchor}", _short(why), "·")
-    title = f"{r.outcome.value}: {r.message}" if r.message else r.outcome.value
-    cls = f"o-{r.outcome.value}{group}"
-    label = _LABEL[r.outcome]
-    if cell.changed_from is not None:
-        cls += " changed"
-        label = "Δ " + label
-        title = f"behaviour changed since {cell.changed_from.name} ({cell.changed_from.boot.boot_id}); {title}"
-    return _HtmlCell(cls, f"#e{column.index}-{row.index}", _short(title), label)
-
-
-_CSS = """
-body{font:14px/1.4 system-ui,sans-serif;margin:1em 2em;color:#222}
-h1 code{font-size:90%}
-table{border-collapse:collapse}
-th,td{border:1px solid #ccc;padding:2px 5px;text-align:left;vertical-align:top}
-dl.meta{display:grid;grid-template-columns:max-content auto;gap:0 1em}
-dl.meta dt{font-weight:bold}dl.meta dd{margin:0}
-.status{font-weight:bold;font-size:110%}
-.st-0{color:#185c18}.st-1{color:#b00}.st-3{color:#a35a00}
-.cell{display:inline-block;min-width:3.2em;padding:0 4px;text-align:center;border:1px solid #999}
-.o-pass{background:#c9ecc9}.o-deviation{background:#f4a0a0}.o-not_applicable{background:#e8e8e8;color:#555}
-.o-oom_killed{background:#f7c27f}.o-panic{background:#8e1b4f;color:#fff}.o-timeout{background:#f3e27a}
-.o-infra_error{background:#a8b6d8}.missing{background:#fff;color:#999}
-table.matrix td.o,table.matrix td.missing{padding:0;text-align:center}
-table.matrix td a{display:block;padding:1px 4px;color:inherit;text-decoration:none;min-width:3em}
-table.matrix td.changed a{outline:3px solid #111;outline-offset:-3px;font-weight:bold}
-table.matrix thead th{position:sticky;top:0;background:#f6f6f6;z-index:1}
-table.matrix thead tr.ram th{position:static}
-table.matrix .g{border-left:3px solid #444}
-table.matrix th.col a{color:inherit;text-decoration:none}
-.ver{font-weight:bold}.rel,.bid{font-size:85%;color:#555}
-.berr{display:block;margin-top:2px;padding:0 3px;font-size:85%}
-body.only tbody tr:not(.x){display:none}
-.ev{border:1px solid #ddd;margin:.6em 0;padding:.3em .8em}
-.ev:target,tr:target{outline:3px solid #0366d6}
-.ev h4{margin:.2em 0}
-.ev dl{display:grid;grid-template-columns:max-content auto;gap:0 1em;margin:.3em 0}
-.ev dt{font-weight:bold}.ev dd{margin:0;white-space:pre-wrap;overflow-wrap:anywhere}
-.ev pre{background:#f7f7f7;padding:.4em;max-height:24em;overflow:auto;margin:.3em 0}
-.chg{font-weight:bold}
-td.err{white-space:pre-wrap;max-width:40em}
-table.boots td{white-space:nowrap}table.boots td.err{white-space:pre-wrap}
-"""
-
-_TEMPLATE = """<!DOCTYPE html>
-<html lang="en">
-<head>
-<meta charset="utf-8">
-<meta name="viewport" content="width=device-width, initial-scale=1">
-<title>Run {{ run.run_id }}</title>
-<style>{{ css }}</style>
-</head>
-<body>
-<h1>Run <code>{{ run.run_id }}</code></h1>
-<p class="status st-{{ code }}" id="status">{{ status }}; {{ verdict }}</p>
-<dl class="meta">
-<dt>started</dt><dd>{{ run.started }}</dd>
-<dt>finished</dt><dd>{{ run.finished or "not finished" }}</dd>
-<dt>complete</dt><dd>{{ "yes" if run.complete else "no" }}</dd>
-<dt>interrupted</dt><dd>{{ "yes" if run.interrupted else "no" }}</dd>
-<dt>boots</dt><dd>{{ m.columns | length }} ({{ boot_errors }} with a boot error)</dd>
-</dl>
-
-<h2>Outcomes</h2>
-<table class="counts" id="counts">
-<tr>{% for o in outcomes %}<th class="o-{{ o.value }}">{{ o.value }}</th>{% endfor %}<th>boot errors</th></tr>
-<tr>{% for o in outcomes %}<td>{{ counts[o.value] }}</td>{% endfor %}<td>{{ boot_errors }}</td></tr>
-</table>
-
-<h2>Legend</h2>
-<ul class="legend" id="legend">
-{% for o in outcomes %}
-<li><span class="cell o-{{ o.value }}">{{ labels[o] }}</span> <b>{{ o.value }}</b>: {{ meanings[o] }}</li>
-{% endfor %}
-<li><span class="cell o-pass changed">Δ ok</span> <b>changed</b>: behaves otherwise than the previous kernel
-  version with the same RAM that has a result for the row (outlined)</li>
-<li><span class="cell missing">·</span> no result: the boot stopped before this case (see its error)</li>
-</ul>
-
-<h2>Boots</h2>
-<table class="boots" id="boots">
-<tr><th>boot</th><th>kernel</th><th>release</th><th>package</th><th>RAM</th><th>accel</th><th>QEMU</th>
-  <th>MemTotal</th><th>ready / ssh / done</th><th>reboots</th><th>retries</th><th>serial log</th><th>error</th></tr>
-{% for c in m.columns %}
-{% set b = c.boot %}
-<tr id="{{ c.anchor }}"><td>{{ b.boot_id }}</td><td>{{ c.name }}</td><td>{{ c.release }}</td>
-  <td>{{ b.kernel.package if b.kernel and b.kernel.package else "" }}</td>
-  <td>{{ b.ram_mb }} MiB</td><td>{{ b.accelerator }}</td><td>{{ b.qemu_version }}</td>
-  <td>{{ "%d kB" % b.memtotal_kb if b.memtotal_kb is not none else "" }}</td>
-  <td>{% for k in ("marker", "ssh", "probe") %}{{ "%.1fs" % b.timings[k] if k in b.timings else "-" }}
-    {{- " / " if not loop.last else "" }}{% endfor %}</td>
-  <td>{{ b.reboots }}</td><td>{{ b.retries }}</td>
-  <td>{% if b.serial_log %}<a href="{{ href(b.serial_log) }}">{{ b.serial_log }}</a>{% endif %}</td>
-  <td class="err{{ ' o-infra_error' if b.error else '' }}">{{ b.error }}</td></tr>
-{% endfor %}
-</table>
-
-<h2>Matrix</h2>
-<p>One column per boot, oldest kernel first{{ ", grouped by RAM" if m.ram_sizes | length > 1 else "" }};
-every cell links to its evidence below.
-<label><input type="checkbox" id="only" onchange="document.body.classList.toggle('only', this.checked)">
-only rows that change or fail</label></p>
-<table class="matrix" id="matrix">
-<thead>
-{% if m.ram_sizes | length > 1 %}
-<tr class="ram"><th colspan="3"></th>
-{%- for ram in m.ram_sizes %}<th class="g" colspan="{{ spans[ram] }}">{{ ram }} MiB</th>{% endfor %}</tr>
-{% endif %}
-<tr><th>case</th><th>memlock</th><th>user</th>
-{% for c in m.columns %}
-<th class="col{{ ' g' if c.group_start else '' }}" data-boot="{{ c.boot.boot_id }}"><a href="#{{ c.anchor }}">
-  <span class="ver">{{ c.name }}</span><br><span class="rel">{{ c.release }}</span><br>
-  <span class="bid">{{ c.boot.boot_id }}</span><br><span class="rel">{{ c.boot.ram_mb }} MiB</span></a>
-  {%- if c.boot.error %}<a class="berr o-infra_error" href="#{{ c.anchor }}" title="{{ short(c.boot.error) }}">
-  boot error</a>{% endif %}</th>
-{% endfor %}
-</tr>
-</thead>
-<tbody>
-{% for row in m.rows %}
-<tr id="r{{ row.index }}"{% if row.interesting %} class="x"{% endif %}>
-  {#- #}<th>{{ row.case }}</th><td>{{ row.memlock }}</td><td>{{ row.user }}</td>
-{%- for h in cells[row.index] %}<td class="o {{ h.cls }}"><a href="{{ h.href }}" title="{{ h.title }}">
-  {{- h.label }}</a></td>{% endfor %}</tr>
-{% endfor %}
-</tbody>
-</table>
-
-<h2>Evidence</h2>
-{% for c in m.columns %}
-<h3>{{ c.boot.boot_id }}: {{ c.name }} ({{ c.release }}, {{ c.boot.ram_mb }} MiB)</h3>
-{% for row in m.rows %}
-{% set cell = row.cells[c.index] %}
-{% set r = cell.result %}
-{% if r is not none %}
-<div class="ev" id="e{{ c.index }}-{{ row.index }}">
-<h4><span class="cell o-{{ r.outcome.value }}">{{ labels[r.outcome] }}</span> {{ row.name }} on {{ c.boot.boot_id }}
-  <a href="#r{{ row.index }}">matrix row</a></h4>
-{% if cell.changed_from is not none %}
-<p class="chg">Behaviour changed: {{ cell.changed_from.name }} ({{ cell.changed_from.boot.boot_id }})
-  behaved otherwise.</p>
-{% endif %}
-<dl><dt>outcome</dt><dd>{{ r.outcome.value }}</dd><dt>message</dt><dd>{{ r.message | t }}</dd>
-<dt>expected</dt><dd>{{ compact(r.expected) | t }}</dd><dt>citation</dt><dd>{{ r.citation | t }}</dd>
-<dt>fingerprint</dt><dd>{{ r.fingerprint | t }}</dd><dt>duration</dt><dd>{{ "%.3f" % r.duration_s }} s</dd>
-<dt>serial log</dt><dd>{% if c.boot.serial_log %}<a href="{{ href(c.boot.serial_log) }}">{{ c.boot.serial_log }}</a>
-  {%- else %}none{% endif %}</dd></dl>
-<pre>{{ pretty(r.observation) | t }}</pre>
-</div>
-{% endif %}
-{% endfor %}
-{% endfor %}
-</body>
-</html>
-"""
-
-
-@functools.cache
-def _template() -> jinja2.Template:
-    # Autoescape on: messages, observations and even kernel releases come from the guest.
-    env = jinja2.Environment(autoescape=True, undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True)
-    env.filters["t"] = _text
-    return env.from_string(_TEMPLATE)
-
-
-def html(run: RunRecord) -> str:
-    """report.html: status, counts, boots, the kernel x case matrix, and every cell's evidence."""
-    m = _matrix(run)
-    spans = {ram: sum(1 for c in m.columns if c.boot.ram_mb == ram) for ram in m.ram_sizes}
-    cells = [[_html_cell(row, m.columns[i], cell) for i, cell in enumerate(row.cells)] for row in m.rows]
-    page = _template().render(
-        run=run,
-        m=m,
-        css=_CSS,
-        status=_status(run),
-        verdict=_verdict(run.boots),
-        code=report.exit_code(run.boots),
-        counts=report.outcome_counts(run.boots),
-        boot_errors=sum(1 for b in run.boots if b.error),
-        outcomes=list(Outcome),
-        labels=_LABEL,
-        meanings=_MEANING,
-        spans=spans,
-        cells=cells,
-        href=_href,
-        short=_short,
-        pretty=_pretty,
-        compact=_compact,
-    )
-    return _encodable(page)
-
-
-# --- summary.md --------------------------------------------------------------------------------
-
-# Every ASCII punctuation character may be backslash-escaped in CommonMark. Inside a line these
-# are the ones that start emphasis, code, links, HTML, entities, table cells, strikethrough,
-# emoji (:x:), mentions or math ($) on GitHub; `!` and `(` are inert once `[` is escaped.
-_MD_INLINE = re.compile(r"([\\`*_\[\]|<>~&:@$])")
-# At the start of a list item these would open a block: a nested list or a heading.
-_MD_BLOCK_START = re.compile(r"^([-+#=]|\d{1,9}(?=[.)](?:\s|$)))")
-# C0/C1 controls (newlines included: one message is one table cell) and bidi overrides.
-_MD_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u200e\u200f\u202a-\u202e\u2066-\u2069]+")
-
-
-def md_escape(text: str, limit: int = _MD_TEXT_MAX) -> str:
-    """Guest-provided text as inert Markdown on one line: no markup, links, HTML or table breaks."""
-    text = " ".join(_MD_CONTROL.sub(" ", text).split())
-    if len(text) > limit:
-        text = text[: limit - 1] + "…"  # cut before escaping, never in the middle of an escape
-    text = _MD_INLINE.sub(r"\\\1", text)
-    m = _MD_BLOCK_START.match(text)
-    if m:  # escape the marker itself: "\-", "\#", or the "." of "1."
-        at = m.end() if m.group(1)[0].isdigit() else 0
-        text = text[:at] + "\\" + text[at:]
-    return text
-
-
-def _md_table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
-    lines = ["| " + " | ".join(headers) + " |", "|" + "|".join(" --- " for _ in headers) + "|"]
-    lines += ["| " + " | ".join(cell or " " for cell in row) + " |" for row in rows]
-    return lines
-
-
-def _more(n: int) -> str:
-    return f"… {n} more, see {HTML_FILE}"
-
-
-def markdown(run: RunRecord) -> str:
-    """summary.md: status, counts, a row per boot, deviations by case and behaviour changes, all capped."""
-    m = _matrix(run)
-    counts = report.outcome_counts(run.boots)
-    boot_errors = sum(1 for b in run.boots if b.error)
-    out = [f"## Run {md_escape(run.run_id)}", ""]
-    status = f"**{md_escape(_status(run))}**; {md_escape(_verdict(run.boots))}"
-    finished = md_escape(run.finished) if run.finished else "not finished"
-    out += [f"{status}. Started {md_escape(run.started)}, finished {finished}.", ""]
-
-    out += _md_table(
-        [h for h, _ in _COUNT_HEADERS] + ["boot errors"],
-        [[str(counts[o.value]) for _, o in _COUNT_HEADERS] + [str(boot_errors)]],
-    )
-    out.append("")
-
-    out += ["### Boots", ""]
-    boot_rows = []
-    for c in m.columns[:SUMMARY_MAX_BOOTS]:
-        bc = report.outcome_counts([c.boot])
-        boot_rows.append(
-            [md_escape(c.boot.boot_id), md_escape(c.name), md_escape(c.release), f"{c.boot.ram_mb} MiB"]
-            + [str(bc[o.value]) for _, o in _COUNT_HEADERS]
-            + [md_escape(c.boot.error, 150)]
-        )
-    out += _md_table(["boot", "kernel", "release", "RAM"] + [h for h, _ in _COUNT_HEADERS] + ["boot error"], boot_rows)
-    if len(m.columns) > SUMMARY_MAX_BOOTS:
-        out += ["", _more(len(m.columns) - SUMMARY_MAX_BOOTS)]
-    out.append("")
-
-    # In matrix order (catalogue order, then kernel version), so the list reads like the page.
-    problems: dict[str, list[tuple[_Column, CaseResult]]] = {}
-    for row in m.rows:
-        for column, cell in zip(m.columns, row.cells, strict=True):
-            if cell.result is not None and cell.result.outcome not in _QUIET:
-                problems.setdefault(row.case, []).append((column, cell.result))
-    total = sum(len(v) for v in problems.values())
-    out += [f"### Deviations and other problems ({total})", ""]
-    if not total:
-        out += ["None.", ""]
-    shown = 0
-    for case, items in problems.items():
-        if shown >= SUMMARY_MAX_ITEMS:
-            break
-        out.append(f"**{md_escape(case)}** ({len(items)})")
-        out.append("")
-        for c, r in items[: SUMMARY_MAX_ITEMS - shown]:
-            message = f": {md_escape(r.message)}" if r.message else ""
-            out.append(
-                f"- memlock={md_escape(r.memlock)}, user={md_escape(r.user)} on {md_escape(c.boot.boot_id)} "
-                f"({md_escape(c.name)}): **{r.outcome.value}**{message}"
-            )
-            shown += 1
-        out.append("")
-    if total > shown:
-        out += [_more(total - shown), ""]
-
-    several_rams = len(m.ram_sizes) > 1
-    out += [f"### Behaviour changes between adjacent kernel versions ({len(m.changes)})", ""]
-    if not m.changes:
-        out += ["None.", ""]
-    for change in m.changes[:SUMMARY_MAX_ITEMS]:
-        ram = f" ({change.after.boot.ram_mb} MiB)" if several_rams else ""
-        out.append(
-            f"- {md_escape(change.row.name)}: {md_escape(change.before.name)} → {md_escape(change.after.name)}{ram}"
-        )
-    if len(m.changes) > SUMMARY_MAX_ITEMS:
-        out += ["", _more(len(m.changes) - SUMMARY_MAX_ITEMS)]
-    out += ["", f"Every result with its evidence: {HTML_FILE} in the run directory."]
-    return _encodable("\n".join(out) + "\n")
-
-
-def write(run_dir: Path, run: RunRecord) -> None:
-    """Write report.html and summary.md into run_dir, each atomically."""
-    page, summary = html(run), markdown(run)  # both rendered before either is written
-    report.atomic_write(run_dir / HTML_FILE, page)
-    report.atomic_write(run_dir / SUMMARY_FILE, summary)

@@ -1,100 +1,45 @@
 """Re-run boots of an earlier run from its manifest, with the same inputs, and say what differs.
 
-The same inputs: the matrix text the run recorded, the kernels it booted (by SHA-256, from the
-cache or fetched again by the exact .debs its manifest lists), the same boots with their limits
-and users. What cannot be the same (a probe or expectations edited since, another QEMU) is named
-before the replay starts and recorded in the new run's manifest.
+The same inputs: the matrix text the run recorded, the kernels it booted (each found again by its
+SHA-256 through its own source: the cache, the exact .debs, the recorded commit, the same file),
+the same boots with their limits and users. What cannot be the same (a probe or expectations
+edited since, another QEMU) is named before the replay starts and recorded in the new run's
+manifest.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
-from harness import compare, kernels, matrix, report, run, verdict, vm
-from harness.archive import Deb
+from harness import compare, kit, manifest, matrix, run, rundir, sources, verdict, vm
+from harness.boot import Live
 from harness.errors import UserError
 from harness.results import BootResult, RunRecord
 
 
-def find_run(ref: str, results: Path) -> Path:
-    """A run given as a directory, or as a run id (or "latest") under the results directory."""
-    found = report.find_run(ref, results)
-    if found is not None:
-        return found
-    raise UserError(f"{ref}: no such run (neither a run directory nor a run id in {results}); "
-                    "give results/<run-id>")  # fmt: skip
+def _matrix(run_dir: Path, recorded: manifest.Manifest) -> matrix.Matrix:
+    where = f"{run_dir / rundir.MANIFEST_FILE}: matrix_text"
+    if not recorded.matrix_text:
+        raise UserError(f"{where}: missing; this run cannot be replayed")
+    return matrix.parse(recorded.matrix_text, where)
 
 
-def _matrix(run_dir: Path, manifest: Mapping[str, Any]) -> matrix.Matrix:
-    text = manifest.get("matrix_text")
-    if not isinstance(text, str) or not text:
-        raise UserError(f"{run_dir / report.MANIFEST_FILE}: matrix_text: missing; this run cannot be replayed")
-    return matrix.parse(text, f"{run_dir / report.MANIFEST_FILE}: matrix_text")
-
-
-def pin_kernels(
-    mx: matrix.Matrix,
-    manifest: Mapping[str, Any],
-    cache: Path,
-    fetch: Callable[[kernels.Resolved], kernels.Kernel],
-    build: Callable[[matrix.GitKernel], kernels.Kernel] | None = None,
-) -> dict[matrix.KernelSpec, kernels.Kernel]:
-    """Each kernel the run booted, found again by its SHA-256: in the cache, else from its exact .debs."""
-    by_label = {spec.label: spec for spec in mx.kernels}
-    cached = {k.sha256: k for k in kernels.list_cached(cache)}
-    pinned: dict[matrix.KernelSpec, kernels.Kernel] = {}
-    for entry in manifest.get("kernels") or []:
-        spec = by_label.get(str(entry.get("spec")))
-        sha = entry.get("sha256")
-        if spec is None or not sha:
-            continue  # a kernel that never resolved: the replay resolves it the way the run did
-        if isinstance(spec, matrix.PathKernel):
-            kernel = kernels.from_path(spec, cache)
-            if kernel.sha256 != sha:
-                raise UserError(f"{spec.path}: changed since the run (sha256 {kernel.sha256[:12]}, the run booted "
-                                f"{sha[:12]}); put the original file back to replay it")  # fmt: skip
-        elif sha in cached:
-            kernel = cached[sha]
-        elif isinstance(spec, matrix.GitKernel):
-            # Built from the commit the run built (a branch may have moved since), then checked by hash.
-            commit = str(entry.get("source") or "").rpartition("@")[2] or spec.rev
-            if build is None:
-                raise UserError(f"kernel {spec.label}: built from git, and this replay cannot build")
-            kernel = build(dataclasses.replace(spec, rev=commit))
-            if kernel.sha256 != sha:
-                raise UserError(f"kernel {spec.label}: commit {commit} now builds sha256 {kernel.sha256[:12]}, the "
-                                f"run booted {sha[:12]} (another compiler or config fragment?)")  # fmt: skip
-        else:
-            assert isinstance(spec, matrix.DebianKernel)
-            debs = tuple(Deb(**d) for d in entry.get("debs") or [])
-            if not debs:
-                raise UserError(f"kernel {spec.label}: the manifest lists no .debs and it is not in the cache")
-            kernel = fetch(kernels.Resolved(spec, debs[0].suite, str(entry.get("release")), str(entry.get("version")),
-                                            debs, str(entry.get("package") or "")))  # fmt: skip
-            if kernel.sha256 != sha:
-                raise UserError(f"kernel {spec.label}: the .debs now give sha256 {kernel.sha256[:12]}, the run "
-                                f"booted {sha[:12]}")  # fmt: skip
-        pinned[spec] = dataclasses.replace(kernel, label=spec.label)
-    return pinned
-
-
-def differences(manifest: Mapping[str, Any], probe_sha: str, accel: str) -> list[str]:
-    """Inputs that cannot be the same as the run's, one line each."""
+def differences(recorded: manifest.Manifest, probe_sha: str, accel: str) -> list[str]:
+    """Inputs that cannot be the same as the run's, one line each (what the run did not record is
+    not counted as different)."""
     out = []
-    then = (manifest.get("probe") or {}).get("sha256")
+    then = recorded.probe.sha256
     if then and then != probe_sha:
         out.append(f"probe: the run used {then[:12]}, guest-tests/probe is now {probe_sha[:12]}")
-    if manifest.get("expectations_sha256") not in (None, verdict.expectations_sha256()):
+    if recorded.expectations_sha256 not in ("", verdict.expectations_sha256()):
         out.append("expectations: guest-tests/expectations.yaml changed since the run (verdicts may differ)")
     qemu = vm.qemu_version()
-    if manifest.get("qemu_version") not in (None, qemu):
-        out.append(f"qemu: the run used {manifest.get('qemu_version')}, this host has {qemu}")
-    then_accel = (manifest.get("accelerator") or {}).get("name")
-    if then_accel not in (None, accel):
-        out.append(f"accelerator: the run used {then_accel}, this host uses {accel}")
+    if recorded.qemu_version not in ("", qemu):
+        out.append(f"qemu: the run used {recorded.qemu_version}, this host has {qemu}")
+    if recorded.accelerator.name not in ("", accel):
+        out.append(f"accelerator: the run used {recorded.accelerator.name}, this host uses {accel}")
     return out
 
 
@@ -117,26 +62,22 @@ class Replay:
 
 
 def replay(
-    run_dir: Path, boot: str | None, options: run.Options, log: Callable[[str], None], live: run.Live | None = None
+    run_dir: Path, boot: str | None, options: run.Options, log: Callable[[str], None], live: Live | None = None
 ) -> Replay:
-    manifest = report.read_manifest(run_dir)
-    if not manifest:
+    recorded = rundir.read_manifest(run_dir)
+    if recorded is None:
         raise UserError(f"{run_dir}: no manifest.json; only runs written by `harness run` can be replayed")
-    original = report.read_results(run_dir)
-    mx = _matrix(run_dir, manifest)
+    original = rundir.read_results(run_dir)
+    mx = _matrix(run_dir, recorded)
     chosen = boots_of(original, boot)
-    source = run.Kernels(options, log)
-    pinned = pin_kernels(mx, manifest, options.cache, lambda r: source.fetch(r.spec, r),
-                         lambda spec: source.fetch(spec, None))  # fmt: skip
+    pinned = sources.pin(mx.kernels, recorded.kernels, options.sources(log))
     accel = options.accel or vm.accelerator()
-    probe = run.build_probe()
-    diffs = differences(manifest, probe.sha256, accel.name)
+    diffs = differences(recorded, kit.build_probe().sha256, accel.name)
     for line in diffs:
         log(f"replay: not the same input: {line}")
     options = dataclasses.replace(options, boots=chosen, shard=None, accel=accel)
-    provenance = {"replay_of": {"run_id": original.run_id, "run_dir": str(run_dir), "boots": list(chosen),
-                                "differences": diffs}}  # fmt: skip
-    new_dir, boots = run.execute(mx, options, log, live, str(manifest["matrix_text"]), pinned, provenance)
+    replay_of = manifest.ReplayOf(original.run_id, str(run_dir), chosen, tuple(diffs))
+    new_dir, boots = run.execute(mx, options, log, live, recorded.matrix_text, pinned, replay_of)
     before = RunRecord(original.run_id, original.started, original.finished, original.interrupted,
                        [b for b in original.boots if b.boot_id in chosen])  # fmt: skip
     after = RunRecord(new_dir.name, "", None, False, boots)

@@ -1,13 +1,18 @@
 """Typed records of what a run found: one CaseResult per case x limit x user, one BootResult per boot.
 
-These flow from the runner to the writers (report) and are what results.json serialises.
+These flow from the boots to the writers (rundir, junit, overview, terminal) and are what
+results.json serialises; the counts and the exit code of a run are functions of them.
 """
 
 from __future__ import annotations
 
 import enum
+from collections import Counter
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
+
+from harness.errors import EXIT_FINDINGS, EXIT_INFRA, EXIT_OK
 
 
 class Outcome(enum.Enum):
@@ -30,6 +35,22 @@ class Outcome(enum.Enum):
     def is_error(self) -> bool:
         """No answer from the kernel (JUnit <error>)."""
         return self in (Outcome.TIMEOUT, Outcome.INFRA_ERROR)
+
+    @property
+    def header(self) -> str:
+        """Its column in count tables (the terminal summary, summary.md), in the enum's order."""
+        return _HEADERS[self]
+
+
+_HEADERS = {
+    Outcome.PASS: "pass",
+    Outcome.DEVIATION: "deviation",
+    Outcome.NOT_APPLICABLE: "n/a",
+    Outcome.OOM_KILLED: "oom",
+    Outcome.PANIC: "panic",
+    Outcome.TIMEOUT: "timeout",
+    Outcome.INFRA_ERROR: "error",
+}
 
 
 @dataclass(frozen=True)
@@ -94,3 +115,21 @@ class RunRecord:
     @property
     def complete(self) -> bool:
         return self.finished is not None and not self.interrupted
+
+
+def outcome_counts(boots: Iterable[BootResult]) -> dict[str, int]:
+    """Cases per outcome value, every outcome present (zeros included) so consumers need no defaults."""
+    seen = Counter(r.outcome for boot in boots for r in boot.cases)
+    return {o.value: seen[o] for o in Outcome}
+
+
+def exit_code(boots: Sequence[BootResult]) -> int:
+    """0 all pass or n/a; 1 findings (deviation, OOM kill, panic); 3 infrastructure problems."""
+    outcomes = [r.outcome for boot in boots for r in boot.cases]
+    # Infrastructure beats findings: with a boot or case unanswered the results are incomplete, and
+    # exit 1 would claim the rest of the matrix was checked and only the findings stood out.
+    if any(boot.error for boot in boots) or any(o.is_error for o in outcomes):
+        return EXIT_INFRA
+    if any(o.is_failure for o in outcomes):
+        return EXIT_FINDINGS
+    return EXIT_OK

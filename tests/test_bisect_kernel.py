@@ -25,6 +25,7 @@ from debian.debian_support import Version
 from harness import archive, kernels
 from harness.aptsources import mirror_from
 from harness.cache import cache_dir
+from harness.sources import debian
 
 pytestmark = [pytest.mark.integration, pytest.mark.bisect]
 REPO = Path(__file__).resolve().parent.parent
@@ -56,7 +57,7 @@ def source_deb(cache: Path) -> archive.Deb:
     a = archive.Archive(mirror_from(None, os.environ, Path("/")), cache)
     stanzas = [s for s in a.packages(SUITE, "linux-source-") if s["Package"].startswith("linux-source-6.")]
     newest = max(stanzas, key=lambda s: Version(s["Version"]))
-    deb = kernels._deb(newest, SUITE)
+    deb = debian._deb(newest, SUITE)
     a.fetch_deb(deb)
     return deb
 

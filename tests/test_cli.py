@@ -15,7 +15,8 @@ import pytest
 import yaml
 from rich.console import Console
 
-from harness import cli, matrix, report
+from harness import cli, matrix, rundir
+from harness.manifest import Manifest
 from harness.results import BootResult, CaseResult, KernelInfo, Outcome
 
 BAD_MATRIX = "kernels:\n  - debian: bookworm\nram: [256M]\nmemlock:\n  - {soft: 1M, hard: 64K}\n"
@@ -176,9 +177,9 @@ def write_run(run_dir: Path, outcome: Outcome, fingerprint: str) -> Path:
     kernel = KernelInfo("bookworm", "6.1.0-50-amd64", "linux-image-6.1.0-50-amd64", "6.1.176-1", "ab" * 32, "bookworm")
     case = CaseResult("bookworm-256M", "protnone_mlock", "64K", "user", outcome, "locked after ENOMEM", {},
                       fingerprint=fingerprint)  # fmt: skip
-    writer = report.RunWriter(run_dir, run_dir.name, "2026-11-26T00:00:00Z", ["bookworm-256M"])
+    writer = rundir.RunWriter(run_dir, run_dir.name, "2026-11-26T00:00:00Z", ["bookworm-256M"])
     writer.add_boot(BootResult("bookworm-256M", kernel, 256, "tcg", cases=[case]))
-    writer.write_manifest({"matrix_text": "kernels: [{debian: bookworm}]\n"})
+    writer.write_manifest(Manifest(matrix_text="kernels: [{debian: bookworm}]\n"))
     writer.finish("2026-11-26T00:10:00Z")
     return run_dir
 

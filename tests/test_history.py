@@ -16,10 +16,12 @@ from rich.console import Console
 from harness import history
 from harness.errors import InfraError, UserError
 from harness.history import MIGRATIONS, SCHEMA_VERSION, History, render
-from harness.report import RunWriter
+from harness.manifest import Manifest
 from harness.results import BootResult, CaseResult, KernelInfo, Outcome, RunRecord
+from harness.rundir import RunWriter
 
 MANIFEST = {"harness_version": "0.1.0", "probe": {"sha256": "probe-1"}, "qemu_version": "7.2.22"}
+RECORD = Manifest.from_json(MANIFEST)  # as the runner records it; MANIFEST as older harnesses stored it
 
 
 def kernel(version: str) -> KernelInfo:
@@ -80,8 +82,8 @@ def test_v1_database_is_migrated_with_its_data(tmp_path: Path) -> None:
         assert [(p.kernel, p.fingerprint, p.run_id) for p in timeline.points] == [
             (KernelInfo("bookworm", K61.release, K61.package, K61.version, K61.sha256, "debian:bookworm"), A, "old-run")
         ]
-        assert db.record(run("old-run", "2026-02-01T00:00:00Z", {K61: [result("mlock_at", B)]}), MANIFEST) == 0
-        assert db.record(run("new-run", "2026-02-01T00:00:00Z", {K612: [result("x", B)]}), MANIFEST, "dir") == 1
+        assert db.record(run("old-run", "2026-02-01T00:00:00Z", {K61: [result("mlock_at", B)]}), RECORD) == 0
+        assert db.record(run("new-run", "2026-02-01T00:00:00Z", {K612: [result("x", B)]}), RECORD, "dir") == 1
     con = sqlite3.connect(path)
     runs = con.execute("SELECT run_id, source FROM runs ORDER BY id").fetchall()
     assert runs == [("old-run", ""), ("new-run", "dir")]
@@ -175,7 +177,7 @@ def test_v2_database_with_data_is_converted_to_v3_with_the_same_answers(tmp_path
     with History(path) as migrated, History(tmp_path / "fresh.sqlite") as fresh:
         assert migrated.version == SCHEMA_VERSION == 3
         for record, manifest in SCENARIO:
-            fresh.record(record, manifest, source=f"results/{record.run_id}")
+            fresh.record(record, Manifest.from_json(manifest), source=f"results/{record.run_id}")
         views = every_view(migrated)
         assert views == every_view(fresh)
         (a256, b64k, a512, b64k512) = views["grid"]  # the infra error has no behaviour to show
@@ -225,14 +227,14 @@ def test_a_python_migration_step_runs_in_the_migration_transaction(
 ) -> None:
     path = tmp_path / "h.sqlite"
     with History(path) as db:
-        db.record(run("r1", "2026-01-01T00:00:00Z", {K61: [result("a", A)]}), MANIFEST)
+        db.record(run("r1", "2026-01-01T00:00:00Z", {K61: [result("a", A)]}), RECORD)
 
     def broken(con: sqlite3.Connection) -> None:
         con.execute("CREATE TABLE half_done (x)")
         raise RuntimeError("step failed")
 
-    monkeypatch.setattr(history, "MIGRATIONS", (*MIGRATIONS, broken))
-    monkeypatch.setattr(history, "SCHEMA_VERSION", SCHEMA_VERSION + 1)
+    monkeypatch.setattr(history.schema, "MIGRATIONS", (*MIGRATIONS, broken))
+    monkeypatch.setattr(history.schema, "SCHEMA_VERSION", SCHEMA_VERSION + 1)
     with pytest.raises(RuntimeError, match="step failed"):
         History(path)
     con = sqlite3.connect(path)
@@ -244,7 +246,7 @@ def test_a_python_migration_step_runs_in_the_migration_transaction(
         con.execute("CREATE TABLE done (x)")
         con.execute("INSERT INTO done SELECT count(*) FROM observations")
 
-    monkeypatch.setattr(history, "MIGRATIONS", (*MIGRATIONS, working))
+    monkeypatch.setattr(history.schema, "MIGRATIONS", (*MIGRATIONS, working))
     with History(path) as db:
         assert db.version == SCHEMA_VERSION + 1
         assert [p.fingerprint for p in db.timelines()[0].points] == [A]
@@ -256,13 +258,13 @@ def test_a_python_migration_step_runs_in_the_migration_transaction(
 def test_tallies_kept_on_append_equal_tallies_counted_from_the_rows(tmp_path: Path) -> None:
     with History(tmp_path / "h.sqlite") as db:
         for record, manifest in SCENARIO:
-            db.record(record, manifest)
+            db.record(record, Manifest.from_json(manifest))
         # A merged run stored before its shard: the shard is never counted.
-        db.record(run("m2", "2026-04-01T01:00:00Z", {K510: [observed("a", B, 10)]}),
-                  {**MANIFEST, "merged_from": [{"run_id": "s2", "shard": {"index": 1, "count": 2}}]})  # fmt: skip
-        db.record(run("s2", "2026-04-01T00:00:00Z", {K510: [observed("a", C, 11)]}), MANIFEST)
+        merged = Manifest.from_json({**MANIFEST, "merged_from": [{"run_id": "s2", "shard": {"index": 1, "count": 2}}]})
+        db.record(run("m2", "2026-04-01T01:00:00Z", {K510: [observed("a", B, 10)]}), merged)
+        db.record(run("s2", "2026-04-01T00:00:00Z", {K510: [observed("a", C, 11)]}), RECORD)
         kept = db._db.execute("SELECT * FROM tallies ORDER BY 1, 2, 3").fetchall()
-        history._tally(db._db)
+        history.store.tally(db._db)
         assert db._db.execute("SELECT * FROM tallies ORDER BY 1, 2, 3").fetchall() == kept
         assert [(p.fingerprint, p.runs, p.varies, p.run_id) for p in db.timelines(kernel="5.10")[0].points] == [
             (B, 2, True, "m2")
@@ -274,7 +276,7 @@ def test_nightly_repeats_store_strings_once_and_observations_as_small_deltas(tmp
     with History(path) as db:
         for night in range(1, 21):
             cases = [observed(f"case{n}", fp(n=n), night) for n in range(20)]
-            db.record(run(f"n{night}", f"2026-01-{night:02}T02:00:00Z", {K61: cases, K612: cases}), MANIFEST)
+            db.record(run(f"n{night}", f"2026-01-{night:02}T02:00:00Z", {K61: cases, K612: cases}), RECORD)
         info, results = db.kernel_results("6.12")
         # Lossless: the latest night's own observation, not the first one stored.
         assert [r.observation for _, r in results] == [observed(f"case{n}", "", 20).observation for n in range(20)]
@@ -292,9 +294,9 @@ def test_nightly_repeats_store_strings_once_and_observations_as_small_deltas(tmp
 def test_latest_is_by_start_instant_whatever_the_zone_or_text(tmp_path: Path) -> None:
     with History(tmp_path / "h.sqlite") as db:
         # As text "10:00+05:00" sorts after "06:00Z", but it is 05:00Z: an hour earlier.
-        db.record(run("utc", "2026-01-01T06:00:00Z", {K61: [result("a", A)]}), MANIFEST)
-        db.record(run("zoned", "2026-01-01T10:00:00+05:00", {K61: [result("a", B)]}), MANIFEST)
-        db.record(run("unknown", "not a time", {K61: [result("a", C)]}), MANIFEST)  # counts as the earliest
+        db.record(run("utc", "2026-01-01T06:00:00Z", {K61: [result("a", A)]}), RECORD)
+        db.record(run("zoned", "2026-01-01T10:00:00+05:00", {K61: [result("a", B)]}), RECORD)
+        db.record(run("unknown", "not a time", {K61: [result("a", C)]}), RECORD)  # counts as the earliest
         (point,) = db.timelines()[0].points
         assert (point.fingerprint, point.run_id, point.runs, point.varies) == (A, "utc", 3, True)
 
@@ -342,9 +344,9 @@ def test_a_history_that_cannot_be_created_is_an_infra_error(tmp_path: Path) -> N
 def test_runs_never_overwrite_each_other(tmp_path: Path) -> None:
     with History(tmp_path / "h.sqlite") as db:
         first = run("r1", "2026-01-01T00:00:00Z", {K61: [result("a", A), result("b", "", outcome=Outcome.TIMEOUT)]})
-        assert db.record(first, MANIFEST) == 2
+        assert db.record(first, RECORD) == 2
         again = run("r1", "2026-03-01T00:00:00Z", {K61: [result("a", B)]})
-        assert db.record(again, MANIFEST) == 0
+        assert db.record(again, RECORD) == 0
         (timeline,) = db.timelines()  # the timeout is stored but is no observed behaviour
         assert [(p.fingerprint, p.runs) for p in timeline.points] == [(A, 1)]
 
@@ -354,7 +356,7 @@ def _write_runs(path: str, prefix: str, barrier: Any) -> None:
     with History(Path(path)) as db:  # the default busy timeout is what runs get
         for i in range(10):
             cases = [result(f"case{n}", A) for n in range(100)]
-            assert db.record(run(f"{prefix}{i}", f"2026-01-01T00:00:{i:02}Z", {K61: cases}), MANIFEST) == 100
+            assert db.record(run(f"{prefix}{i}", f"2026-01-01T00:00:{i:02}Z", {K61: cases}), RECORD) == 100
 
 
 def test_concurrent_writers_both_land(tmp_path: Path) -> None:
@@ -377,8 +379,8 @@ def test_concurrent_writers_both_land(tmp_path: Path) -> None:
 def test_kernels_are_ordered_by_version_not_by_date_or_insertion(tmp_path: Path) -> None:
     with History(tmp_path / "h.sqlite") as db:
         # The newest kernel was run first, and 6.12 sorts before 6.9 as text.
-        db.record(run("r1", "2026-01-01T00:00:00Z", {K612: [result("a", A)]}), MANIFEST)
-        db.record(run("r2", "2026-02-01T00:00:00Z", {K69: [result("a", A)], K510: [result("a", A)]}), MANIFEST)
+        db.record(run("r1", "2026-01-01T00:00:00Z", {K612: [result("a", A)]}), RECORD)
+        db.record(run("r2", "2026-02-01T00:00:00Z", {K69: [result("a", A)], K510: [result("a", A)]}), RECORD)
         assert versions_of(db) == ["5.10.223-1", "6.9.7-1", "6.12.117-1"]
 
 
@@ -386,7 +388,7 @@ def test_first_change_and_changed_fields(tmp_path: Path) -> None:
     with History(tmp_path / "h.sqlite") as db:
         boots = {K510: [result("a", A)], K61: [result("a", A)], K69: [result("a", B)], K612: [result("a", C)]}
         boots[kernel("7.0.1-1")] = [result("a", "", outcome=Outcome.INFRA_ERROR)]
-        db.record(run("r1", "2026-01-01T00:00:00Z", boots), MANIFEST)
+        db.record(run("r1", "2026-01-01T00:00:00Z", boots), RECORD)
         (timeline,) = db.timelines()
         assert [p.kernel.version for p in timeline.points] == ["5.10.223-1", "6.1.176-1", "6.9.7-1", "6.12.117-1"]
         assert timeline.first_change == 2
@@ -397,8 +399,8 @@ def test_first_change_and_changed_fields(tmp_path: Path) -> None:
 def test_latest_run_wins_and_disagreeing_runs_are_marked(tmp_path: Path) -> None:
     with History(tmp_path / "h.sqlite") as db:
         # Recorded out of date order: "latest" means the run that started last.
-        db.record(run("late", "2026-03-01T00:00:00Z", {K61: [result("a", B)], K510: [result("a", A)]}), MANIFEST)
-        db.record(run("early", "2026-01-01T00:00:00Z", {K61: [result("a", A)], K510: [result("a", A)]}), MANIFEST)
+        db.record(run("late", "2026-03-01T00:00:00Z", {K61: [result("a", B)], K510: [result("a", A)]}), RECORD)
+        db.record(run("early", "2026-01-01T00:00:00Z", {K61: [result("a", A)], K510: [result("a", A)]}), RECORD)
         (timeline,) = db.timelines()
         (p510, p61) = timeline.points
         assert (p510.runs, p510.varies, p510.changed) == (2, False, False)
@@ -407,8 +409,8 @@ def test_latest_run_wins_and_disagreeing_runs_are_marked(tmp_path: Path) -> None
 
 def test_kernel_filter_by_version_components_and_names(tmp_path: Path) -> None:
     with History(tmp_path / "h.sqlite") as db:
-        db.record(run("r1", "2026-01-01T00:00:00Z", {K61: [result("a", A)], K612: [result("a", B)]}), MANIFEST)
-        db.record(run("r2", "2026-02-01T00:00:00Z", {K61: [result("a", C)]}), MANIFEST)
+        db.record(run("r1", "2026-01-01T00:00:00Z", {K61: [result("a", A)], K612: [result("a", B)]}), RECORD)
+        db.record(run("r2", "2026-02-01T00:00:00Z", {K61: [result("a", C)]}), RECORD)
         assert versions_of(db, kernel="6.1") == ["6.1.176-1"]
         assert versions_of(db, kernel="6.12") == ["6.12.117-1"]
         assert versions_of(db, kernel="6.1.176") == ["6.1.176-1"]
@@ -432,8 +434,8 @@ def test_kernel_filter_by_version_components_and_names(tmp_path: Path) -> None:
 def test_a_case_observed_only_on_a_boot_without_kernel_is_known_but_shows_nothing(tmp_path: Path) -> None:
     with History(tmp_path / "h.sqlite") as db:
         unresolved = BootResult("lost-256M", None, 256, cases=[result("z", A)])
-        db.record(RunRecord("r1", "2026-01-01T00:00:00Z", None, False, [unresolved]), MANIFEST)
-        db.record(run("r2", "2026-01-02T00:00:00Z", {K61: [result("a", A)]}), MANIFEST)
+        db.record(RunRecord("r1", "2026-01-01T00:00:00Z", None, False, [unresolved]), RECORD)
+        db.record(run("r2", "2026-01-02T00:00:00Z", {K61: [result("a", A)]}), RECORD)
         with pytest.raises(UserError, match=r"nothing observed for case z on kernel \(any\)"):
             db.timelines(case="z")
         with pytest.raises(UserError, match="no observed case 'y'; known: a, z"):
@@ -446,7 +448,7 @@ def test_import_run_directory_written_by_run_writer(tmp_path: Path) -> None:
     boot = BootResult("bookworm-512M", K61, 512, "kvm", "8.2.0", cases=[result("a", A), result("b", A, "64K")])
     writer.add_boot(boot)
     writer.add_boot(BootResult("broken-512M", None, 512, error="could not resolve the kernel"))
-    writer.write_manifest({**MANIFEST, "probe": {"sha256": "f4b4fe88"}})
+    writer.write_manifest(Manifest.from_json({**MANIFEST, "probe": {"sha256": "f4b4fe88"}}))
     writer.finish("2026-11-26T19:00:00Z")
     with History(tmp_path / "h.sqlite") as db:
         assert db.import_run(run_dir) == 2
@@ -467,8 +469,9 @@ def test_import_run_directory_written_by_run_writer(tmp_path: Path) -> None:
 
 def test_shard_runs_are_not_counted_again_once_merged(tmp_path: Path) -> None:
     with History(tmp_path / "h.sqlite") as db:
-        db.record(run("shard1", "2026-01-01T00:00:00Z", {K61: [result("a", A)]}), MANIFEST)
-        merged = {**MANIFEST, "merged_from": [{"run_id": "shard1", "shard": {"index": 1, "count": 2}}]}
+        db.record(run("shard1", "2026-01-01T00:00:00Z", {K61: [result("a", A)]}), RECORD)
+        merged = Manifest.from_json({**MANIFEST, "merged_from": [{"run_id": "shard1",
+                                                                  "shard": {"index": 1, "count": 2}}]})
         db.record(run("merged", "2026-01-01T01:00:00Z", {K61: [result("a", A)]}), merged)
         (timeline,) = db.timelines()
         assert [(p.runs, p.run_id) for p in timeline.points] == [(1, "merged")]
@@ -478,8 +481,8 @@ def test_render_grid_and_detail(tmp_path: Path) -> None:
     with History(tmp_path / "h.sqlite") as db:
         boots = {K510: [result("a", A), result("same", A)], K61: [result("a", A), result("same", A)],
                  K69: [result("a", B)], K612: [result("a", A), result("same", A)]}  # fmt: skip
-        db.record(run("r1", "2026-01-01T00:00:00Z", boots), MANIFEST)
-        db.record(run("r2", "2026-02-01T00:00:00Z", {K612: [result("a", C)]}), MANIFEST)
+        db.record(run("r1", "2026-01-01T00:00:00Z", boots), RECORD)
+        db.record(run("r2", "2026-02-01T00:00:00Z", {K612: [result("a", C)]}), RECORD)
         timelines = db.timelines()
         detail = db.timelines(case="a")
     console = Console(record=True, width=200)

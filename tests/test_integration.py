@@ -24,9 +24,10 @@ from junitparser import JUnitXml
 from test_junit_consumers import JENKINS_XSD, expected_counts, junitparser_counts, render_junit2html
 from test_overview import kernel_cells, matrix_rows, parse
 
-from harness import guest, image, kernels, matrix, report, run, verdict, vm
-from harness.cache import cache_dir, secret
+from harness import boot, guest, image, kernels, kit, matrix, rundir, sources, verdict, vm
+from harness.cache import cache_dir
 from harness.results import BootResult, Outcome
+from harness.sources.debian import DebianKernel
 
 pytestmark = pytest.mark.integration
 REPO = Path(__file__).resolve().parent.parent
@@ -51,15 +52,9 @@ Prepared = tuple[kernels.Kernel, image.Image, paramiko.PKey]
 def bookworm() -> Prepared:
     """Debian 12's kernel, fetched and verified from the mirror, and its guest image."""
     cache = cache_dir()
-    options = run.Options(jobs=1, results=cache / "unused", cache=cache)
-    source = run.Kernels(options, print)
-    spec = matrix.DebianKernel(("bookworm",))
-    kernel = source.fetch(spec, source.resolve(spec))
-    probe = run.build_probe()
-    key = guest.client_key(cache)
-    img = image.build(image.base_entries(probe.path, guest.public_line(key)), run.guest_modules(kernel),
-                      secret(cache, "guest-host-key"), cache / "images")  # fmt: skip
-    return kernel, img, key
+    kernel = sources.Kernels(sources.Context(cache)).fetch(DebianKernel(("bookworm",)))
+    guests = kit.assemble(cache)
+    return kernel, guests.image(kernel), guests.key
 
 
 @pytest.fixture(scope="module")
@@ -120,7 +115,7 @@ def test_probe_drops_privileges_and_applies_limit(booted: tuple[vm.VM, image.Ima
     lines: list[str] = []
     with guest.Guest(guest.Endpoint(machine.config.port, img.host_key), "root", key) as g:
         g.connect()
-        argv = [run.PROBE_IN_GUEST, "run", "--memlock", "65536:65536", "--user", "user",
+        argv = [kit.PROBE_IN_GUEST, "run", "--memlock", "65536:65536", "--user", "user",
                 "map_locked_over", "mlock_over"]  # fmt: skip
         result = g.run(argv, 120, lines.append)
     assert result.exit_code == 0
@@ -171,7 +166,7 @@ def test_harness_run_end_to_end(tmp_path: Path) -> None:
     )  # fmt: skip
     assert proc.returncode in (0, 1), proc.stdout + proc.stderr
     run_dir = (results / "latest").resolve()
-    cases = len(run.build_probe().names)
+    cases = len(kit.build_probe().names)
 
     suites = ET.parse(run_dir / "junit.xml").getroot().findall("testsuite")
     assert [s.get("name") for s in suites] == ["bookworm-256M", "sid+trixie-backports-256M"]
@@ -205,7 +200,7 @@ def test_harness_run_end_to_end(tmp_path: Path) -> None:
 
     # What the run wrote, read the way its consumers read it.
     xmlschema.XMLSchema(JENKINS_XSD).validate(str(run_dir / "junit.xml"))
-    record = report.read_results(run_dir)
+    record = rundir.read_results(run_dir)
     assert junitparser_counts(JUnitXml.fromfile(str(run_dir / "junit.xml"))) == {
         b.boot_id: expected_counts(b) for b in record.boots
     }
@@ -302,7 +297,7 @@ def test_interrupt_keeps_finished_results(tmp_path: Path, signum: int) -> None:
     data = json.loads((run_dir / "results.json").read_text())
     assert data["interrupted"] is True and data["complete"] is False
     cases = data["boots"][0]["cases"]
-    assert len(cases) == 8 * len(run.build_probe().names)
+    assert len(cases) == 8 * len(kit.build_probe().names)
     assert int(suite.get("tests", "0")) == len(cases) + 1  # and the errored "boot" testcase
     assert data["boots"][0]["error"] == "run interrupted"
     assert sum(1 for c in cases if c["outcome"] == "pass") >= done
@@ -312,18 +307,19 @@ def test_interrupt_keeps_finished_results(tmp_path: Path, signum: int) -> None:
 
 def boot_plan(bookworm: Prepared, tmp_path: Path, runs: tuple[matrix.RunPlan, ...], *, case_timeout: float = 60,
               img: image.Image | None = None,
-              before: Callable[[BootResult, run.Live], None] | None = None) -> BootResult:
-    """One boot plan of bookworm through the runner's own path (run.run_boot), results in tmp_path."""
+              before: Callable[[BootResult, boot.Live], None] | None = None) -> BootResult:
+    """One boot plan of bookworm through the runner's own path (boot.run_boot), results in tmp_path."""
     kernel, default_img, key = bookworm
-    plan = matrix.BootPlan("bookworm-test", matrix.DebianKernel(("bookworm",)), 256, runs,
+    plan = matrix.BootPlan("bookworm-test", DebianKernel(("bookworm",)), 256, runs,
                            matrix.Timeouts(boot=240, case=case_timeout))  # fmt: skip
     result = BootResult(plan.id, kernel.info(), 256)
-    writer = report.RunWriter(tmp_path, "test", run.now(), [plan.id])
-    live = run.Live()
+    writer = rundir.RunWriter(tmp_path, "test", rundir.now(), [plan.id])
+    live = boot.Live()
     if before is not None:
         before(result, live)
-    run.run_boot(plan, run.Prepared(kernel, img or default_img), result, verdict.load(), vm.accelerator(), key,
-                 image.disk_image(cache_dir() / "images"), tmp_path, writer, live)  # fmt: skip
+    ctx = boot.BootContext(plan, kernel, img or default_img, image.disk_image(cache_dir() / "images"), key,
+                           vm.accelerator().name, verdict.load(), tmp_path)  # fmt: skip
+    boot.run_boot(ctx, result, writer.update, live)
     return result
 
 
@@ -351,19 +347,18 @@ def test_a_guest_without_its_nic_driver_is_an_infrastructure_error_after_bounded
 ) -> None:
     """An image without the NIC's modules boots but can never be reached: every case is an
     infrastructure error naming the cause, the boot is tried 1 + INFRA_RETRIES times, no QEMU stays."""
-    _, _, key = bookworm
-    base = image.base_entries(run.build_probe().path, guest.public_line(key))
-    deaf = image.build(base, [], secret(cache_dir(), "guest-host-key"), tmp_path / "images")
+    guests = kit.assemble(cache_dir())
+    deaf = image.build(guests.base, [], guests.secret, tmp_path / "images")
     before = qemu_pids()
     result = boot_plan(bookworm, tmp_path, (matrix.RunPlan(None, "root", ("limits", "mlock_over")),), img=deaf)
     assert [c.outcome for c in result.cases] == [Outcome.INFRA_ERROR, Outcome.INFRA_ERROR]
     assert "cannot reach root@[127.0.0.1]" in result.error
-    assert result.retries == run.INFRA_RETRIES and result.reboots == 0
-    assert (tmp_path / result.serial_log).read_text().count("HARNESS-READY") == 1 + run.INFRA_RETRIES
+    assert result.retries == boot.INFRA_RETRIES and result.reboots == 0
+    assert (tmp_path / result.serial_log).read_text().count("HARNESS-READY") == 1 + boot.INFRA_RETRIES
     assert qemu_pids() <= before
 
 
-def _inject_during_next_case(result: BootResult, live: run.Live, after: str, fault: Callable[[vm.VM], None]) -> None:
+def _inject_during_next_case(result: BootResult, live: boot.Live, after: str, fault: Callable[[vm.VM], None]) -> None:
     """Once `after` has a result (so the hanging self-test has started), inject the fault."""
 
     def watch() -> None:

@@ -18,8 +18,8 @@ import xmlschema
 from junitparser import Error, Failure, JUnitXml, Skipped
 from markupsafe import escape
 
-from harness.report import junit_xml, outcome_counts, xml_safe
-from harness.results import BootResult, CaseResult, KernelInfo, Outcome
+from harness.junit import junit_xml, xml_safe
+from harness.results import BootResult, CaseResult, KernelInfo, Outcome, outcome_counts
 
 DATA = Path(__file__).resolve().parent / "data"
 # Jenkins xunit plugin's JUnit schema: what its strict validation (xunit >= 2.0) checks.

@@ -12,7 +12,7 @@ from conftest import git
 
 from harness import kbuild, matrix
 from harness.errors import UserError
-from harness.matrix import GitKernel
+from harness.sources.git import GitKernel
 
 
 @pytest.fixture

@@ -19,8 +19,9 @@ import zstandard
 from harness.archive import Archive, Deb, signature_ok
 from harness.bzimage import bzimage_version, decompress_payload, has_pvh_note, vmlinux_from_image
 from harness.errors import InfraError, UserError
-from harness.kernels import Kernel, fetch, from_path, list_cached, resolve, resolve_in
-from harness.matrix import DebianKernel, PathKernel
+from harness.kernels import Kernel, list_cached
+from harness.sources.debian import DebianKernel, fetch, resolve, resolve_in
+from harness.sources.path import PathKernel, from_path
 
 # --- synthetic stanzas -------------------------------------------------------------------------
 

@@ -9,7 +9,9 @@ import pytest
 
 from harness import matrix
 from harness.errors import UserError
-from harness.matrix import DebianKernel, Memlock, PathKernel, Timeouts
+from harness.matrix import Memlock, Timeouts
+from harness.sources.debian import DebianKernel
+from harness.sources.path import PathKernel
 
 KERNEL = "kernels:\n  - debian: bookworm\n"
 
@@ -269,7 +271,7 @@ def test_unknown_non_string_key_names_its_line(key: str) -> None:
 def test_debian_version_line() -> None:
     m = matrix.parse('kernels:\n  - debian: {suite: [trixie-backports, sid], version: "7.2"}\n', "m.yaml")
     (k,) = m.kernels
-    assert isinstance(k, matrix.DebianKernel) and k.version == "7.2" and k.label == "trixie-backports+sid-7.2"
+    assert isinstance(k, DebianKernel) and k.version == "7.2" and k.label == "trixie-backports+sid-7.2"
     with pytest.raises(UserError, match=r'^m\.yaml:2: kernels\.0\.debian\.version: quote it'):
         matrix.parse("kernels:\n  - debian: {suite: trixie, version: 6.10}\n", "m.yaml")
     with pytest.raises(UserError, match="either abi or version"):

@@ -8,9 +8,10 @@ from typing import Any
 
 import pytest
 
-from harness import matrix, merge, report
-from harness.errors import UserError
-from harness.results import BootResult, CaseResult, KernelInfo, Outcome
+from harness import matrix, merge, rundir
+from harness.errors import EXIT_INFRA, UserError
+from harness.manifest import Manifest
+from harness.results import BootResult, CaseResult, KernelInfo, Outcome, exit_code
 from harness.run import Options, select
 
 MATRIX = """kernels:
@@ -56,19 +57,19 @@ def write_shard(root: Path, index: int, count: int, matrix_text: str = MATRIX) -
     every = plans()
     mine = select(every, options(shard=(index, count)))
     run_dir = root / f"shard{index}"
-    writer = report.RunWriter(run_dir, f"run-{index}", f"2026-11-26T0{index}:00:00Z", [p.id for p in mine])
+    writer = rundir.RunWriter(run_dir, f"run-{index}", f"2026-11-26T0{index}:00:00Z", [p.id for p in mine])
     for p in mine:
         (run_dir / "serial").mkdir(parents=True, exist_ok=True)
         (run_dir / "serial" / f"{p.id}.log").write_text(f"log of {p.id}\n")
         cases = [CaseResult(p.id, c, "64K", "user", Outcome.PASS, "", {"case": c}, fingerprint="{}") for c in "ab"]
         writer.add_boot(BootResult(p.id, kernel(p.kernel.label), p.ram_mb, "tcg", serial_log=f"serial/{p.id}.log",
                                    cases=cases))  # fmt: skip
-    writer.write_manifest({
+    writer.write_manifest(Manifest.from_json({
         "matrix_text": matrix_text, "probe": {"sha256": "p" * 64}, "expectations_sha256": "e" * 64,
         "shard": {"index": index, "count": count},
         "plan": [{"id": p.id, "kernel": p.kernel.label, "ram_mb": p.ram_mb} for p in every],
         "kernels": [{"spec": p.kernel.label} for p in mine], "boots": [{"id": p.id} for p in mine],
-    })  # fmt: skip
+    }))  # fmt: skip
     writer.finish(f"2026-11-26T0{index}:30:00Z")
     return run_dir
 
@@ -79,14 +80,14 @@ def test_merge_puts_boots_in_matrix_order_with_logs_and_fresh_reports(tmp_path: 
     run = merge.merge(merge.load_all(shards), "merged-run", out, "2026-11-26T09:00:00Z")
     assert [b.boot_id for b in run.boots] == [p.id for p in plans()]
     assert run.complete and run.started == "2026-11-26T01:00:00Z" and run.finished == "2026-11-26T03:30:00Z"
-    assert report.read_results(out) == run
+    assert rundir.read_results(out) == run
     assert (out / "serial" / "trixie-256M.log").read_text() == "log of trixie-256M\n"
     junit = (out / "junit.xml").read_text()
     assert junit.count("<testsuite ") == 6 and 'tests="12"' in junit
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["shard"] is None and [m["run_id"] for m in manifest["merged_from"]] == ["run-3", "run-1", "run-2"]
     assert [b["id"] for b in manifest["boots"]] == [p.id for p in plans()]
-    assert report.exit_code(run.boots) == 0
+    assert exit_code(run.boots) == 0
 
 
 def test_a_missing_shard_leaves_its_boots_as_errors_and_the_run_incomplete(tmp_path: Path) -> None:
@@ -95,7 +96,7 @@ def test_a_missing_shard_leaves_its_boots_as_errors_and_the_run_incomplete(tmp_p
     missing = [b for b in run.boots if b.error]
     assert [b.boot_id for b in missing] == ["bullseye-256M", "trixie-128M"]
     assert {b.error for b in missing} == {"shard 2/3 was not merged"}
-    assert not run.complete and report.exit_code(run.boots) == report.EXIT_INFRA
+    assert not run.complete and exit_code(run.boots) == EXIT_INFRA
 
 
 def test_merge_refuses_shards_of_different_jobs_and_repeats(tmp_path: Path) -> None:

@@ -1,4 +1,5 @@
-"""report.html and summary.md: the matrix, its evidence, escaping of guest text, and what a real browser makes of it."""
+"""report.html and summary.md (overview, report_html, summary_md): the matrix, its evidence, escaping of guest
+text, and what a real browser makes of it."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ from typing import Any
 import pytest
 from markdown_it import MarkdownIt
 
-from harness import overview
+from harness import overview, report_html, rundir, summary_md
 from harness.results import BootResult, CaseResult, KernelInfo, Outcome, RunRecord
 
 RUN_ID = "20261126T185300Z-ab12"
@@ -235,12 +236,12 @@ def check_matrix(doc: Node) -> None:
 
 
 def test_html_matrix() -> None:
-    check_matrix(parse(overview.html(sample_run())))
+    check_matrix(parse(report_html.html(sample_run())))
 
 
 def test_html_evidence_holds_the_whole_record() -> None:
     run = sample_run()
-    doc = parse(overview.html(run))
+    doc = parse(report_html.html(run))
     deviation = run.boots[0].cases[2]
     evidence = doc.one("div", id="e2-2")  # trixie is column 2, lock_over_limit row 2
     fields = dict(zip([dt.text for dt in evidence.iter("dt")], [dd.text for dd in evidence.iter("dd")], strict=True))
@@ -257,7 +258,7 @@ def test_html_evidence_holds_the_whole_record() -> None:
 
 
 def test_html_escapes_guest_text() -> None:
-    page = overview.html(sample_run())
+    page = report_html.html(sample_run())
     assert "<script" not in page.lower()
     assert "&lt;script&gt;alert(1)&lt;/script&gt;" in page
     assert "&lt;/pre&gt;&lt;script&gt;alert(2)" in page
@@ -269,7 +270,7 @@ def test_html_escapes_guest_text() -> None:
 
 def test_html_header_counts_and_status() -> None:
     run = sample_run()
-    doc = parse(overview.html(run))
+    doc = parse(report_html.html(run))
     assert doc.one("title").text == f"Run {RUN_ID}"
     assert doc.one("h1").text == f"Run {RUN_ID}"
     status = doc.one("p", id="status").text
@@ -290,14 +291,14 @@ def test_html_header_counts_and_status() -> None:
     legend = doc.one("ul", id="legend").text
     assert all(o.value in legend for o in Outcome) and "changed" in legend
 
-    interrupted = parse(overview.html(sample_run(finished=None, interrupted=True)))
+    interrupted = parse(report_html.html(sample_run(finished=None, interrupted=True)))
     assert interrupted.one("p", id="status").text.startswith("interrupted")
-    running = parse(overview.html(sample_run(finished=None)))
+    running = parse(report_html.html(sample_run(finished=None)))
     assert running.one("p", id="status").text.startswith("incomplete")
 
 
 def test_html_ids_are_safe_and_unique() -> None:
-    doc = parse(overview.html(sample_run()))
+    doc = parse(report_html.html(sample_run()))
     ids = [n.attrs["id"] for n in doc.iter() if "id" in n.attrs]
     assert len(ids) == len(set(ids))
     assert all(re.fullmatch(r"[A-Za-z][A-Za-z0-9-]*", i) for i in ids), ids
@@ -308,7 +309,7 @@ def test_html_change_is_seen_across_a_boot_without_an_answer() -> None:
     run = sample_run()
     middle = next(b for b in run.boots if b.boot_id == "bookworm-256M")
     middle.cases = [c for c in middle.cases if c.case != "lock_over_limit"]
-    doc = parse(overview.html(run))
+    doc = parse(report_html.html(run))
     grid = [kernel_cells(r) for r in matrix_rows(doc)]
     assert "missing" in grid[2][1].classes
     assert "changed" in grid[2][2].classes
@@ -318,22 +319,22 @@ def test_html_change_is_seen_across_a_boot_without_an_answer() -> None:
 def test_html_single_ram_has_no_group_row() -> None:
     run = sample_run()
     run.boots = [b for b in run.boots if b.ram_mb == 256]
-    doc = parse(overview.html(run))
+    doc = parse(report_html.html(run))
     assert not doc.iter("tr", "ram")
     assert len(matrix_header(doc)) == 4
 
 
 def test_html_empty_run() -> None:
-    doc = parse(overview.html(RunRecord(RUN_ID, "2026-11-26T18:53:00Z", None, False, [])))
+    doc = parse(report_html.html(RunRecord(RUN_ID, "2026-11-26T18:53:00Z", None, False, [])))
     assert not matrix_header(doc) and not matrix_rows(doc)
 
 
 def test_write_puts_both_files_in_the_run_dir(tmp_path: Path) -> None:
     run = sample_run()
-    overview.write(tmp_path, run)
+    rundir.write_views(tmp_path, run)
     assert overview.HTML_FILE == "report.html" and overview.SUMMARY_FILE == "summary.md"
-    assert (tmp_path / "report.html").read_text(encoding="utf-8") == overview.html(run)
-    assert (tmp_path / "summary.md").read_text(encoding="utf-8") == overview.markdown(run)
+    assert (tmp_path / "report.html").read_text(encoding="utf-8") == report_html.html(run)
+    assert (tmp_path / "summary.md").read_text(encoding="utf-8") == summary_md.markdown(run)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["report.html", "summary.md"]  # no temporary left
 
 
@@ -345,7 +346,7 @@ def test_write_survives_undecodable_guest_output(tmp_path: Path) -> None:
         trixie.cases[2], message="bad byte \udcff here", observation={"raw": "\ud800"}
     )
     trixie.error = "lost \udc80"
-    overview.write(tmp_path, run)
+    rundir.write_views(tmp_path, run)
     page = (tmp_path / "report.html").read_text(encoding="utf-8")
     assert "bad byte \ufffd here" in page and "lost \ufffd" in page
     assert "lost \ufffd" in (tmp_path / "summary.md").read_text(encoding="utf-8")
@@ -384,7 +385,7 @@ def big_run(kernels: int = 10, rows: int = 490) -> RunRecord:
 def test_html_size_and_time_of_a_ten_kernel_run() -> None:
     run = big_run()
     start = time.perf_counter()
-    page = overview.html(run)
+    page = report_html.html(run)
     seconds = time.perf_counter() - start
     size = len(page.encode("utf-8"))
     print(f"report.html for 4900 results: {size / 1e6:.1f} MB in {seconds:.2f} s")
@@ -436,7 +437,7 @@ def test_html_in_headless_chromium(tmp_path: Path) -> None:
     for b in run.boots:
         if b.serial_log.startswith("serial/"):
             (run_dir / b.serial_log).write_text("console\n")
-    overview.write(run_dir, run)
+    rundir.write_views(run_dir, run)
     dom = dump_dom(run_dir / overview.HTML_FILE, tmp_path / "home")
     doc = parse(dom)
     check_matrix(doc)
@@ -459,7 +460,7 @@ def render(md: str) -> str:
 
 
 def test_markdown_tables() -> None:
-    md = overview.markdown(sample_run())
+    md = summary_md.markdown(sample_run())
     doc = parse(render(md))
     assert doc.one("h2").text == f"Run {RUN_ID}"
     assert doc.iter("strong")[0].text == "complete"
@@ -479,7 +480,7 @@ def test_markdown_tables() -> None:
 
 
 def test_markdown_deviations_and_changes() -> None:
-    md = overview.markdown(sample_run())
+    md = summary_md.markdown(sample_run())
     doc = parse(render(md))
     text = doc.text
     assert "Deviations and other problems (12)" in text
@@ -495,7 +496,7 @@ def test_markdown_escapes_guest_text() -> None:
     trixie = run.boots[0]
     trixie.cases[2] = dataclasses.replace(trixie.cases[2], message=evil)
     trixie.error = "pipe | in error\n| --- |"
-    md = overview.markdown(run)
+    md = summary_md.markdown(run)
     out = render(md)
     doc = parse(out)
     # Nothing became markup: no link, image, emphasis, code, raw HTML, or extra table cell.
@@ -508,21 +509,21 @@ def test_markdown_escapes_guest_text() -> None:
 
 @pytest.mark.parametrize("text", ["- item", "+ item", "# heading", "1. item", "7) item", "=== ", "> quote", "***"])
 def test_markdown_escape_never_opens_a_block(text: str) -> None:
-    out = parse(render(f"- {overview.md_escape(text)}"))
+    out = parse(render(f"- {summary_md.md_escape(text)}"))
     assert out.one("li").text == text.strip() and not out.one("li").iter()
-    assert overview.md_escape("x" * 400).endswith("x…") and len(overview.md_escape("x" * 400)) == 300
+    assert summary_md.md_escape("x" * 400).endswith("x…") and len(summary_md.md_escape("x" * 400)) == 300
 
 
 def test_markdown_caps_long_lists() -> None:
     run = big_run(kernels=10, rows=490)
-    md = overview.markdown(run)
+    md = summary_md.markdown(run)
     deviations = sum(1 for b in run.boots for c in b.cases if c.outcome is Outcome.DEVIATION)
-    assert deviations > overview.SUMMARY_MAX_ITEMS
+    assert deviations > summary_md.SUMMARY_MAX_ITEMS
     problems = md.split("### Deviations", 1)[1].split("### Behaviour", 1)[0]
-    assert problems.count("\n- ") == overview.SUMMARY_MAX_ITEMS
-    assert f"… {deviations - overview.SUMMARY_MAX_ITEMS} more, see report.html" in problems
+    assert problems.count("\n- ") == summary_md.SUMMARY_MAX_ITEMS
+    assert f"… {deviations - summary_md.SUMMARY_MAX_ITEMS} more, see report.html" in problems
     changes = md.split("### Behaviour", 1)[1]
-    assert changes.count("\n- ") == overview.SUMMARY_MAX_ITEMS and "more, see report.html" in changes
+    assert changes.count("\n- ") == summary_md.SUMMARY_MAX_ITEMS and "more, see report.html" in changes
 
 
 def test_markdown_stays_small_for_huge_runs() -> None:
@@ -540,6 +541,6 @@ def test_markdown_stays_small_for_huge_runs() -> None:
         )  # fmt: skip
         for i in range(400)
     ]
-    md = overview.markdown(RunRecord(RUN_ID, "s", None, False, boots))
+    md = summary_md.markdown(RunRecord(RUN_ID, "s", None, False, boots))
     assert len(md.encode("utf-8")) < 256 * 1024  # GitHub takes up to 1 MiB per step summary
-    assert f"… {400 - overview.SUMMARY_MAX_BOOTS} more, see report.html" in md
+    assert f"… {400 - summary_md.SUMMARY_MAX_BOOTS} more, see report.html" in md

@@ -1,4 +1,5 @@
-"""Report writers: junit.xml, results.json, RunWriter files, the terminal summary and exit codes."""
+"""A run's reports: junit.xml (junit), results.json and the RunWriter's files (rundir), the terminal summary
+(terminal) and exit codes (results)."""
 
 from __future__ import annotations
 
@@ -16,8 +17,11 @@ import pytest
 from rich.console import Console
 
 from harness.errors import InfraError, UserError
-from harness.report import RunWriter, exit_code, junit_xml, print_summary, read_results, results_json
-from harness.results import BootResult, CaseResult, KernelInfo, Outcome
+from harness.junit import junit_xml
+from harness.manifest import Manifest, Shard
+from harness.results import BootResult, CaseResult, KernelInfo, Outcome, exit_code
+from harness.rundir import RunWriter, read_manifest, read_results, results_json
+from harness.terminal import print_summary
 
 RUN_ID = "20261126T185300Z-ab12"
 STARTED = "2026-11-26T18:53:00Z"
@@ -385,12 +389,11 @@ def test_writer_add_boot_twice_is_a_bug(tmp_path: Path) -> None:
 
 def test_writer_manifest(tmp_path: Path) -> None:
     writer = RunWriter(tmp_path, RUN_ID, STARTED)
-    writer.write_manifest({"run_id": RUN_ID, "matrix": "default", "path": Path("/x")})
-    assert json.loads((tmp_path / "manifest.json").read_text()) == {
-        "run_id": RUN_ID,
-        "matrix": "default",
-        "path": "/x",
-    }
+    written = Manifest(matrix_source="default", matrix_text="kernels: [{debian: bookworm}]\n", shard=Shard(1, 2))
+    writer.write_manifest(written)
+    assert read_manifest(tmp_path) == written
+    doc = json.loads((tmp_path / "manifest.json").read_text())
+    assert doc["matrix_source"] == "default" and doc["shard"] == {"index": 1, "count": 2}
 
 
 def test_writer_run_dir_under_a_file_is_infra_error(tmp_path: Path) -> None:

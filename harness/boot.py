@@ -1,0 +1,335 @@
+"""One boot: a kernel started in QEMU and every (limit, user) of its plan run in it over SSH.
+
+A small state machine. The boot starts a guest, and the guest answers cases until every run of
+the plan has its results. When a case loses the guest (a panic, a hang, QEMU or SSH gone) the
+case is recorded and a new guest goes on with the rest; when the machinery fails (QEMU, SSH), the
+boot is tried again. `next_step` is that policy, a pure function of what happened so far; the
+guests come from `Seams`, which tests replace with fakes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import enum
+import json
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import AbstractContextManager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+import paramiko
+
+from harness import guest, verdict, versions, vm
+from harness.errors import InfraError
+from harness.image import Image
+from harness.kernels import Kernel
+from harness.kit import PROBE_IN_GUEST
+from harness.matrix import BootPlan, Memlock, RunPlan
+from harness.results import BootResult, CaseResult, Outcome
+
+MAX_REBOOTS = 3  # guests lost in one boot plan before its remaining cases are given up
+INFRA_RETRIES = 2  # boots that fail for the machinery's sake (not a kernel panic) are tried again
+
+Publish = Callable[[BootResult, bool], None]  # what is known of the boot now; True: write it out now
+
+
+@dataclass(frozen=True)
+class BootContext:
+    """Everything one boot needs, fixed before QEMU starts."""
+
+    plan: BootPlan
+    kernel: Kernel
+    image: Image
+    disk: Path  # the read-only data disk
+    key: paramiko.PKey  # the harness's SSH client key
+    accel: str  # kvm or tcg
+    expectations: verdict.Expectations
+    run_dir: Path  # the serial log goes to serial/<boot id>.log in it
+
+    @property
+    def serial_log(self) -> Path:
+        return self.run_dir / "serial" / f"{self.plan.id}.log"
+
+
+# --- the seams: what a boot needs of QEMU and of an SSH session --------------------------------
+
+
+class Machine(Protocol):
+    """A running guest (vm.VM)."""
+
+    config: vm.VMConfig
+    started: float
+
+    @property
+    def ready_after(self) -> float | None: ...
+
+    @property
+    def panicked(self) -> bool: ...
+
+    @property
+    def alive(self) -> bool: ...
+
+    @property
+    def exit_status(self) -> int | None: ...
+
+    def wait_exit(self, timeout: float) -> None: ...
+
+    def excerpt(self, lines: int = 25) -> str: ...
+
+    def close(self) -> None: ...
+
+
+class Session(Protocol):
+    """An SSH session to the guest (guest.Guest)."""
+
+    def connect(self) -> float: ...
+
+    def run(self, argv: Sequence[str], timeout: float, on_line: Callable[[str], None] | None = None) -> guest.Result:
+        ...
+
+
+def _boot_vm(config: vm.VMConfig, serial: Path, timeout: float,
+             cancel: threading.Event) -> AbstractContextManager[Machine]:  # fmt: skip
+    return vm.boot(config, serial, timeout, cancel=cancel)
+
+
+@dataclass(frozen=True)
+class Seams:
+    """How a boot starts guests and talks to them: QEMU and fabric, or a test's fakes."""
+
+    boot: Callable[[vm.VMConfig, Path, float, threading.Event], AbstractContextManager[Machine]] = _boot_vm
+    session: Callable[[guest.Endpoint, str, paramiko.PKey], AbstractContextManager[Session]] = guest.Guest
+
+
+REAL = Seams()
+
+
+class Cancelled(Exception):
+    """The run was interrupted; finished results are kept."""
+
+
+@dataclass
+class Live:
+    """Guests currently running, so an interrupt can stop them all at once."""
+
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    vms: set[Machine] = field(default_factory=set)
+    cancelled: threading.Event = field(default_factory=threading.Event)
+
+    @contextlib.contextmanager
+    def track(self, v: Machine) -> Iterator[None]:
+        with self.lock:
+            self.vms.add(v)
+        try:
+            yield
+        finally:
+            with self.lock:
+                self.vms.discard(v)
+
+    def cancel(self) -> None:
+        self.cancelled.set()
+        with self.lock:
+            for v in list(self.vms):
+                v.close()
+
+
+# --- the policy --------------------------------------------------------------------------------
+
+
+class GuestLost(Exception):
+    """The guest stopped answering during a case: it panicked, QEMU went away, SSH dropped or hung."""
+
+    def __init__(self, outcome: Outcome, message: str) -> None:
+        super().__init__(message)
+        self.outcome = outcome
+        self.message = message
+
+
+class Phase(enum.Enum):
+    BOOT = "boot"  # start a guest (again) for the cases that have no result yet
+    GIVEN_UP = "given up"  # too many guests lost: the rest is recorded as not run
+    FAILED = "failed"  # the boot itself failed for good: the rest gets the failure's outcome
+
+
+@dataclass(frozen=True)
+class Attempts:
+    reboots: int = 0  # guests lost to a case
+    retries: int = 0  # boots failed on the machinery
+
+
+@dataclass(frozen=True)
+class Step:
+    phase: Phase
+    attempts: Attempts
+    outcome: Outcome = Outcome.INFRA_ERROR  # what each unanswered case gets when the boot ends
+    error: str = ""  # the boot's error
+    message: str = ""  # each unanswered case's message
+
+
+def next_step(attempts: Attempts, event: GuestLost | InfraError) -> Step:
+    """What a boot does after losing a guest or failing to start one.
+
+    A lost guest is booted again, up to MAX_REBOOTS times. A boot that failed on the machinery
+    (QEMU, SSH) is tried again, up to INFRA_RETRIES times; a kernel that panics while booting has
+    given its answer, and verdicts are never retried.
+    """
+    if isinstance(event, GuestLost):
+        lost = Attempts(attempts.reboots + 1, attempts.retries)
+        if lost.reboots <= MAX_REBOOTS:
+            return Step(Phase.BOOT, lost)
+        error = f"gave up after losing the guest {lost.reboots} times; last: {event.message}"
+        return Step(Phase.GIVEN_UP, lost, Outcome.INFRA_ERROR, error, "not run: " + error)
+    panicked = isinstance(event, vm.BootFailure) and event.panicked
+    if not panicked and attempts.retries < INFRA_RETRIES:
+        return Step(Phase.BOOT, Attempts(attempts.reboots, attempts.retries + 1))
+    if isinstance(event, vm.BootFailure):
+        outcome = Outcome.PANIC if event.panicked else Outcome.TIMEOUT if event.timed_out else Outcome.INFRA_ERROR
+        error = f"{event}\n{event.excerpt}" if event.excerpt else str(event)
+        return Step(Phase.FAILED, attempts, outcome, error, str(event))
+    return Step(Phase.FAILED, attempts, Outcome.INFRA_ERROR, str(event), str(event))
+
+
+# --- the machine -------------------------------------------------------------------------------
+
+
+def run_boot(ctx: BootContext, result: BootResult, publish: Publish, live: Live, seams: Seams = REAL) -> None:
+    """Boot one kernel and run every (limit, user) of the plan in it, publishing results as they arrive.
+
+    `result` is filled in place (a watcher may read it meanwhile); it has a result for every planned
+    case when this returns. Raises Cancelled when the run is interrupted.
+    """
+    plan = ctx.plan
+    ctx.serial_log.parent.mkdir(parents=True, exist_ok=True)
+    result.serial_log = str(ctx.serial_log.relative_to(ctx.run_dir))
+    config = vm.VMConfig(ctx.kernel.vmlinux or ctx.kernel.image, ctx.image.path, plan.ram_mb, ctx.accel, 0, ctx.disk)
+    result.qemu_argv = config.argv()  # port 0 until QEMU has one; kept for boots that never come up
+    attempts = Attempts()
+    try:
+        while pending_runs(result, plan):
+            if live.cancelled.is_set():
+                raise Cancelled()
+            try:
+                _guest(ctx, config, result, publish, live, seams)
+                continue
+            except (GuestLost, InfraError) as event:
+                if live.cancelled.is_set():
+                    raise Cancelled() from event
+                step = next_step(attempts, event)
+            attempts = step.attempts
+            result.reboots, result.retries = attempts.reboots, attempts.retries
+            if step.phase is not Phase.BOOT:
+                result.error = step.error
+                fill(result, plan.runs, step.outcome, step.message)
+                return
+    finally:
+        publish(result, True)
+
+
+def _guest(ctx: BootContext, config: vm.VMConfig, result: BootResult, publish: Publish, live: Live,
+           seams: Seams) -> None:  # fmt: skip
+    """One guest: boot it and run every case that has no result yet. Raises GuestLost."""
+    with seams.boot(config, ctx.serial_log, ctx.plan.timeouts.boot, live.cancelled) as machine, live.track(machine):
+        result.qemu_argv = machine.config.argv()
+        result.timings.setdefault("marker", round(machine.ready_after or 0.0, 3))
+        publish(result, True)
+        endpoint = guest.Endpoint(machine.config.port, ctx.image.host_key)
+        with seams.session(endpoint, "root", ctx.key) as session:
+            session.connect()
+            result.timings.setdefault("ssh", round(time.monotonic() - machine.started, 3))
+            result.uname = session.run(["uname", "-r"], 30).stdout.strip()
+            for run_plan, cases in pending_runs(result, ctx.plan):
+                if live.cancelled.is_set():
+                    raise Cancelled()
+                _probe_run(ctx, session, machine, run_plan, cases, result, publish)
+                publish(result, True)
+            result.timings["probe"] = round(time.monotonic() - machine.started, 3)
+
+
+def pending_runs(result: BootResult, plan: BootPlan) -> list[tuple[RunPlan, list[str]]]:
+    """Each run of the plan with the cases that have no result yet, in plan order."""
+    have = {(c.case, c.memlock, c.user) for c in result.cases}
+    out = []
+    for r in plan.runs:
+        cases = [c for c in r.cases if (c, r.memlock_label, r.user) not in have]
+        if cases:
+            out.append((r, cases))
+    return out
+
+
+def fill(result: BootResult, runs: Sequence[RunPlan], outcome: Outcome, message: str) -> None:
+    """Give every case that got no answer a result, so reports count what was planned."""
+    have = {(c.case, c.memlock, c.user) for c in result.cases}
+    for r in runs:
+        for case in r.cases:
+            if (case, r.memlock_label, r.user) not in have:
+                result.cases.append(CaseResult(result.boot_id, case, r.memlock_label, r.user, outcome, message, None))
+
+
+def memlock_arg(limit: Memlock | None) -> str:
+    if limit is None:
+        return "default"
+
+    def one(v: int | None) -> str:
+        return "unlimited" if v is None else str(v)
+
+    return f"{one(limit.soft)}:{one(limit.hard)}"
+
+
+def _probe_run(ctx: BootContext, session: Session, machine: Machine, run_plan: RunPlan, cases: Sequence[str],
+               result: BootResult, publish: Publish) -> None:  # fmt: skip
+    plan = ctx.plan
+    judged = verdict.RunContext(versions.release_version(ctx.kernel.release), run_plan.memlock is not None)
+    argv = [
+        PROBE_IN_GUEST, "run", "--memlock", memlock_arg(run_plan.memlock), "--user", run_plan.user,
+        "--timeout", f"{plan.timeouts.case:g}", *cases,
+    ]  # fmt: skip
+    answered: set[str] = set()
+
+    def on_line(line: str) -> None:
+        try:
+            obs = json.loads(line)
+        except json.JSONDecodeError:
+            return  # not a record (the probe only prints records; anything else is noise)
+        if not isinstance(obs, dict) or obs.get("kind") != "case":
+            return
+        v = verdict.judge(obs, judged, ctx.expectations)
+        if result.memtotal_kb is None and isinstance(obs.get("memtotal_kb"), int):
+            result.memtotal_kb = obs["memtotal_kb"]
+        answered.add(str(obs.get("case")))
+        result.cases.append(
+            CaseResult(plan.id, str(obs.get("case")), run_plan.memlock_label, run_plan.user, v.outcome,
+                       v.message, obs, v.expected, v.citation, (obs.get("duration_ms") or 0) / 1000,
+                       verdict.fingerprint(obs, ctx.expectations))
+        )  # fmt: skip
+        publish(result, False)
+
+    # The probe enforces each case's deadline itself; this one only catches a guest that hangs.
+    deadline = plan.timeouts.case * len(cases) + 30
+    try:
+        answer = session.run(argv, deadline, on_line)
+    except InfraError as e:
+        lost = _why_lost(e, machine)
+        culprit = next((c for c in cases if c not in answered), None)
+        if culprit is not None:
+            result.cases.append(CaseResult(plan.id, culprit, run_plan.memlock_label, run_plan.user,
+                                           lost.outcome, lost.message, None))  # fmt: skip
+        raise lost from e
+    if answer.exit_code != 0:
+        detail = answer.stderr.strip().splitlines()
+        msg = f"probe exited {answer.exit_code}: {detail[-1] if detail else 'no message'}"
+        fill(result, [run_plan], Outcome.INFRA_ERROR, msg)
+
+
+def _why_lost(error: InfraError, machine: Machine) -> GuestLost:
+    """Tell a panic from a hang from a vanished QEMU from a dropped connection."""
+    machine.wait_exit(5.0)  # a panicking guest ends QEMU (panic=-1); give the serial reader time
+    if machine.panicked:
+        return GuestLost(Outcome.PANIC, "the guest kernel panicked during this case:\n" + machine.excerpt(30))
+    if isinstance(error, guest.CommandTimeout):
+        return GuestLost(Outcome.TIMEOUT, f"the guest stopped answering during this case ({error})")
+    if not machine.alive:
+        return GuestLost(Outcome.INFRA_ERROR, f"QEMU exited during this case (status {machine.exit_status})")
+    return GuestLost(Outcome.INFRA_ERROR, f"lost the guest during this case: {error}")

@@ -1,0 +1,64 @@
+"""Writing files so that a reader (another run, CI, a killed harness's successor) never sees half of one.
+
+One writer for the whole harness: run reports, cache entries, keys. Failures are InfraError naming
+the path and the errno, in one line; the previous file stays as it was.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import tempfile
+from pathlib import Path
+
+from harness.errors import InfraError
+
+
+def os_failure(action: str, path: Path, e: OSError) -> InfraError:
+    code = errno.errorcode.get(e.errno, f"errno {e.errno}") if e.errno is not None else type(e).__name__
+    reason = e.strerror or str(e)
+    return InfraError(f"{path}: {action}: {code} ({reason})".replace("\n", " "))
+
+
+def atomic_write(path: Path, data: bytes | str, mode: int = 0o644) -> None:
+    """Replace `path` with `data` (text is UTF-8) so readers see either the old file or the new one.
+
+    The parent directory is created if needed. `mode` 0o644: reports and cache entries are read by
+    CI and other users; keys and secrets use `write_private`.
+    """
+    raw = data.encode("utf-8") if isinstance(data, str) else data
+    tmp: str | None = None
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        with os.fdopen(fd, "wb") as f:
+            os.fchmod(f.fileno(), mode)  # mkstemp creates 0600
+            f.write(raw)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+        tmp = None
+    except OSError as e:
+        raise os_failure("cannot write", path, e) from e
+    finally:
+        if tmp is not None:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+    # The rename is already visible to readers; syncing the directory only makes it survive a
+    # power cut, and some filesystems refuse fsync on a directory, so failure here is not fatal.
+    with contextlib.suppress(OSError):
+        dir_fd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+
+
+def write_private(path: Path, data: bytes) -> None:
+    """A key or secret: mode 0600 in a 0700 directory, written atomically."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    except OSError as e:
+        raise os_failure("cannot create the directory", path.parent, e) from e
+    atomic_write(path, data, 0o600)

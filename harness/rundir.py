@@ -1,0 +1,332 @@
+"""The run directory: its one owner. Creating it (and `latest`), writing its files, reading them back.
+
+results/<run-id>/ holds junit.xml and results.json (rewritten atomically as results arrive, so a
+killed run leaves valid reports of everything finished), manifest.json (`harness.manifest`),
+report.html and summary.md (written when the run ends), and serial/<boot>.log (written by the
+boots). results.json's codec is here: `results_json` writes it and `read_results` reads it back
+for merge, compare, replay and history. docs/results-schema.md documents the files.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import json
+import os
+import secrets
+import threading
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from harness import manifest, overview, report_html, summary_md
+from harness.errors import InfraError, UserError
+from harness.files import atomic_write, os_failure
+from harness.junit import junit_xml
+from harness.results import BootResult, CaseResult, KernelInfo, Outcome, RunRecord, outcome_counts
+
+SCHEMA_VERSION = 1  # results.json "schema"; bump on any incompatible change
+JUNIT_FILE = "junit.xml"
+RESULTS_FILE = "results.json"
+MANIFEST_FILE = manifest.FILE
+HTML_FILE = overview.HTML_FILE
+SUMMARY_FILE = overview.SUMMARY_FILE
+
+
+# --- creating and finding runs -----------------------------------------------------------------
+
+
+def check_writable(results: Path) -> None:
+    """Before anything is downloaded or booted: could results be written there? (Creates nothing.)"""
+    existing = results
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    problem = ("is not a directory" if not existing.is_dir()
+               else "is not writable" if not os.access(existing, os.W_OK | os.X_OK) else "")  # fmt: skip
+    if problem:
+        raise InfraError(f"{results}: results cannot be written there ({existing} {problem}); give --results "
+                         "a writable directory")  # fmt: skip
+
+
+def create(results: Path) -> tuple[str, Path]:
+    """A new run directory under `results`, named by time and a random suffix; `latest` points at it."""
+    stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ")
+    run_id = f"{stamp}-{secrets.token_hex(2)}"
+    run_dir = results / run_id
+    try:
+        run_dir.mkdir(parents=True)
+        latest = results / "latest"
+        tmp = results / f".latest-{run_id}"
+        tmp.symlink_to(run_id)
+        os.replace(tmp, latest)
+    except OSError as e:
+        raise InfraError(f"{results}: cannot create the run directory: {e.strerror}") from e
+    return run_id, run_dir
+
+
+def now() -> str:
+    return dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
+
+
+def find_run(ref: str, results: Path) -> Path | None:
+    """A run given as a directory (or its results.json), or as a run id or "latest" under `results`."""
+    for candidate in (Path(ref), results / ref):
+        if (candidate / RESULTS_FILE).is_file():
+            return candidate
+        if candidate.name == RESULTS_FILE and candidate.is_file():
+            return candidate.parent
+    return None
+
+
+
+def locate(ref: str, results: Path) -> Path:
+    """find_run, or bad input saying what a run reference is."""
+    found = find_run(ref, results)
+    if found is not None:
+        return found
+    raise UserError(f"{ref}: no such run (neither a run directory nor a run id in {results}); "
+                    "give results/<run-id>")  # fmt: skip
+
+
+def read_manifest(run_dir: Path) -> manifest.Manifest | None:
+    """The run's manifest; None when it has none (a run killed before writing it)."""
+    return manifest.read(run_dir)
+
+
+# --- results.json ------------------------------------------------------------------------------
+
+def _case_json(result: CaseResult) -> dict[str, Any]:
+    return {
+        "case": result.case,
+        "memlock": result.memlock,
+        "user": result.user,
+        "outcome": result.outcome.value,
+        "message": result.message,
+        "expected": result.expected,
+        "citation": result.citation,
+        "duration_s": result.duration_s,
+        "fingerprint": result.fingerprint,
+        "observation": result.observation,
+    }
+
+
+def _boot_json(boot: BootResult) -> dict[str, Any]:
+    return {
+        "boot_id": boot.boot_id,
+        "kernel": None if boot.kernel is None else dataclasses.asdict(boot.kernel),
+        "ram_mb": boot.ram_mb,
+        "accelerator": boot.accelerator,
+        "qemu_version": boot.qemu_version,
+        "memtotal_kb": boot.memtotal_kb,
+        "uname": boot.uname,
+        "qemu_argv": list(boot.qemu_argv),
+        "serial_log": boot.serial_log,
+        "timings": dict(boot.timings),
+        "error": boot.error,
+        "reboots": boot.reboots,
+        "retries": boot.retries,
+        "cases": [_case_json(r) for r in boot.cases],
+    }
+
+
+def results_json(
+    boots: Sequence[BootResult], run_id: str, started: str, finished: str | None, interrupted: bool = False
+) -> dict[str, Any]:
+    """The results.json document; `finished` is None while the run is still going."""
+    return {
+        "schema": SCHEMA_VERSION,
+        "run_id": run_id,
+        "started": started,
+        "finished": finished,
+        "complete": finished is not None and not interrupted,
+        "interrupted": interrupted,
+        "counts": outcome_counts(boots),
+        "boots": [_boot_json(boot) for boot in boots],
+    }
+
+
+def _need(doc: Mapping[str, Any], key: str, kind: type | tuple[type, ...], where: str) -> Any:
+    value = doc.get(key)
+    if not isinstance(value, kind):
+        raise ValueError(f"{where}{key}: missing or not {getattr(kind, '__name__', 'of the right type')}")
+    return value
+
+
+def _case_from(doc: Mapping[str, Any], boot_id: str, where: str) -> CaseResult:
+    try:
+        outcome = Outcome(doc.get("outcome"))
+    except ValueError:
+        raise ValueError(f"{where}outcome: {doc.get('outcome')!r} is not one of the outcomes") from None
+    observation = doc.get("observation")
+    return CaseResult(
+        boot_id, _need(doc, "case", str, where), _need(doc, "memlock", str, where), _need(doc, "user", str, where),
+        outcome, str(doc.get("message") or ""), observation if isinstance(observation, dict) else None,
+        dict(doc.get("expected") or {}), str(doc.get("citation") or ""), float(doc.get("duration_s") or 0.0),
+        str(doc.get("fingerprint") or ""),
+    )  # fmt: skip
+
+
+def _boot_from(doc: Mapping[str, Any], where: str) -> BootResult:
+    boot_id = _need(doc, "boot_id", str, where)
+    k = doc.get("kernel")
+    kernel = None
+    if isinstance(k, dict):
+        kw = f"{where}kernel."
+        kernel = KernelInfo(_need(k, "label", str, kw), str(k.get("release") or ""), k.get("package"),
+                            k.get("version"), str(k.get("sha256") or ""), str(k.get("source") or ""))  # fmt: skip
+    cases = _need(doc, "cases", list, where)
+    return BootResult(
+        boot_id, kernel, int(_need(doc, "ram_mb", int, where)), str(doc.get("accelerator") or ""),
+        str(doc.get("qemu_version") or ""), doc.get("memtotal_kb"), str(doc.get("uname") or ""),
+        [str(a) for a in doc.get("qemu_argv") or []], str(doc.get("serial_log") or ""),
+        {str(a): float(b) for a, b in (doc.get("timings") or {}).items()}, str(doc.get("error") or ""),
+        int(doc.get("reboots") or 0), int(doc.get("retries") or 0),
+        [_case_from(c, boot_id, f"{where}cases[{i}].") for i, c in enumerate(cases)],
+    )  # fmt: skip
+
+
+def read_results(path: Path) -> RunRecord:
+    """Read a results.json (or the run directory holding one) back into records.
+
+    Raises UserError naming the file and the field when it is not a results.json this harness wrote.
+    """
+    file = path / RESULTS_FILE if path.is_dir() else path
+    try:
+        doc = json.loads(file.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise UserError(f"{file}: no such file; give a run directory (results/<run-id>) or its results.json") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise UserError(f"{file}: cannot read it as JSON ({e}); give a results.json the harness wrote") from None
+    try:
+        if not isinstance(doc, dict):
+            raise ValueError("top level: not an object")
+        if doc.get("schema") != SCHEMA_VERSION:
+            raise ValueError(f"schema: {doc.get('schema')!r}, this harness reads schema {SCHEMA_VERSION}")
+        boots = [_boot_from(b, f"boots[{i}].") for i, b in enumerate(_need(doc, "boots", list, ""))]
+        return RunRecord(_need(doc, "run_id", str, ""), str(doc.get("started") or ""), doc.get("finished"),
+                         bool(doc.get("interrupted")), boots)  # fmt: skip
+    except (ValueError, TypeError, AttributeError) as e:
+        raise UserError(f"{file}: {e}; give a results.json the harness wrote") from None
+
+
+# --- writing -----------------------------------------------------------------------------------
+
+def write_views(run_dir: Path, run: RunRecord) -> None:
+    """report.html and summary.md of a run, each written atomically."""
+    html, markdown = report_html.html(run), summary_md.markdown(run)  # both rendered before either is written
+    atomic_write(run_dir / HTML_FILE, html)
+    atomic_write(run_dir / SUMMARY_FILE, markdown)
+
+
+def _snapshot(boot: BootResult) -> BootResult:
+    # The runner keeps appending to its own BootResult; copying the mutable parts in the caller's
+    # thread means another thread's rewrite never iterates a dict that is changing under it.
+    return dataclasses.replace(
+        boot, qemu_argv=list(boot.qemu_argv), timings=dict(boot.timings), cases=list(boot.cases)
+    )
+
+
+class RunWriter:
+    """Writes a run directory's files: junit.xml and results.json as results arrive, manifest.json,
+    and at the end report.html and summary.md.
+
+    Every add_boot/update/finish rewrites both reports atomically under one lock, so boots running
+    in parallel threads can report case by case and a killed run still leaves valid files.
+    Boots are listed in `order` (the plan's boot ids); ids not in it follow in the order first seen.
+    """
+
+    def __init__(self, run_dir: Path, run_id: str, started: str, order: Sequence[str] = ()) -> None:
+        self.run_dir = run_dir
+        self.run_id = run_id
+        self.started = started
+        self.finished: str | None = None
+        self.interrupted = False
+        self._rank: dict[str, int] = {}
+        for boot_id in order:
+            self._rank.setdefault(boot_id, len(self._rank))
+        self._boots: dict[str, BootResult] = {}
+        self._seen: dict[str, int] = {}
+        self._lock = threading.Lock()
+        self.min_interval = 1.0
+        self._last_write = 0.0
+        try:
+            run_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise os_failure("cannot create run directory", run_dir, e) from e
+
+    @property
+    def junit_path(self) -> Path:
+        return self.run_dir / JUNIT_FILE
+
+    @property
+    def results_path(self) -> Path:
+        return self.run_dir / RESULTS_FILE
+
+    @property
+    def manifest_path(self) -> Path:
+        return self.run_dir / MANIFEST_FILE
+
+    def add_boot(self, result: BootResult) -> None:
+        """Register a new boot and rewrite the reports. A repeated id is a runner bug: ValueError."""
+        snapshot = _snapshot(result)
+        with self._lock:
+            if result.boot_id in self._boots:
+                raise ValueError(f"boot {result.boot_id!r} was already added; use update()")
+            self._store(snapshot)
+            self._write_reports()
+
+    def update(self, result: BootResult, flush: bool = True) -> None:
+        """Replace what is known of this boot (adding it if new) and rewrite the reports.
+
+        With flush=False (a case just finished) the files are rewritten only if the last write is
+        older than `min_interval`: rendering every boot's results after every case grows with
+        the run, and a killed run then loses at most that interval.
+        """
+        snapshot = _snapshot(result)
+        with self._lock:
+            self._store(snapshot)
+            if flush or time.monotonic() - self._last_write >= self.min_interval:
+                self._write_reports()
+
+    def write_manifest(self, record: manifest.Manifest) -> None:
+        text = manifest.write_text(record)
+        with self._lock:
+            atomic_write(self.manifest_path, text)
+
+    def finish(self, finished: str | None, interrupted: bool = False) -> None:
+        """Mark the run ended ("complete" when `finished` is set and it was not interrupted) and write
+        the reports once more. `finished` is None for a merge that lacks shards: it never completed."""
+        with self._lock:
+            self.finished = finished
+            self.interrupted = interrupted
+            self._write_reports()
+            # Only now: the page and summary are for people, and rendering a big run takes a second.
+            write_views(self.run_dir, RunRecord(self.run_id, self.started, finished, interrupted, self._ordered()))
+
+    def boots(self) -> list[BootResult]:
+        """What has been reported so far, in report order (for the summary and the exit code)."""
+        with self._lock:
+            return self._ordered()
+
+    def _store(self, boot: BootResult) -> None:
+        self._seen.setdefault(boot.boot_id, len(self._seen))
+        self._boots[boot.boot_id] = boot
+
+    def _ordered(self) -> list[BootResult]:
+        def key(boot: BootResult) -> tuple[int, int]:
+            rank = self._rank.get(boot.boot_id)
+            return (0, rank) if rank is not None else (1, self._seen[boot.boot_id])
+
+        return sorted(self._boots.values(), key=key)
+
+    def _write_reports(self) -> None:
+        boots = self._ordered()
+        # Render both before writing either: a rendering bug must not leave them disagreeing.
+        results = json.dumps(
+            results_json(boots, self.run_id, self.started, self.finished, self.interrupted), indent=2, default=str
+        )
+        junit = junit_xml(boots, self.run_id)
+        atomic_write(self.results_path, results + "\n")
+        atomic_write(self.junit_path, junit)
+        self._last_write = time.monotonic()

@@ -1,0 +1,291 @@
+"""harness/boot.py: the reboot/retry/give-up policy, and the boot loop driven through fake guests.
+
+The VM and the SSH session are fakes here (boot.Seams): what is tested is how the loop reacts to
+each way a guest can fail, which a real QEMU can only show one slow boot at a time. The same
+faults on real guests are in tests/test_integration.py (panic, QEMU killed, SSH dropped, no NIC).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+
+import pytest
+
+from harness import boot, guest, vm
+from harness.boot import Attempts, Phase, next_step
+from harness.errors import InfraError
+from harness.image import Image
+from harness.kernels import Kernel
+from harness.matrix import BootPlan, Memlock, RunPlan, Timeouts
+from harness.results import BootResult, Outcome
+from harness.sources.debian import DebianKernel
+from harness.verdict import Expectations, Rule
+
+CASES = ("a", "b", "c")
+EXPECT = Expectations({c: (Rule({}, {"result": "ok"}, "cite"),) for c in CASES}, ())
+
+
+# --- the policy, pure --------------------------------------------------------------------------
+
+
+def test_a_lost_guest_is_booted_again_until_max_reboots() -> None:
+    lost = boot.GuestLost(Outcome.PANIC, "panicked")
+    step = next_step(Attempts(), lost)
+    assert (step.phase, step.attempts) == (Phase.BOOT, Attempts(1, 0))
+    step = next_step(Attempts(boot.MAX_REBOOTS, 1), lost)
+    assert step.phase is Phase.GIVEN_UP and step.attempts == Attempts(boot.MAX_REBOOTS + 1, 1)
+    assert step.error == f"gave up after losing the guest {boot.MAX_REBOOTS + 1} times; last: panicked"
+    assert step.message == "not run: " + step.error and step.outcome is Outcome.INFRA_ERROR
+
+
+def test_machinery_failures_are_retried_a_panic_while_booting_never() -> None:
+    qemu = vm.BootFailure("QEMU exited with status 1 before the guest was ready: x", "tail")
+    assert next_step(Attempts(), qemu) == boot.Step(Phase.BOOT, Attempts(0, 1))
+    final = next_step(Attempts(0, boot.INFRA_RETRIES), qemu)
+    assert (final.phase, final.outcome, final.error) == (Phase.FAILED, Outcome.INFRA_ERROR, f"{qemu}\ntail")
+    panic = vm.BootFailure("guest kernel panicked while booting", "Kernel panic", panicked=True)
+    step = next_step(Attempts(), panic)
+    assert (step.phase, step.outcome, step.message) == (Phase.FAILED, Outcome.PANIC, str(panic))
+    hang = vm.BootFailure("no ready marker within 9s", "", timed_out=True)
+    assert next_step(Attempts(0, boot.INFRA_RETRIES), hang).outcome is Outcome.TIMEOUT
+    ssh = guest.SSHFailure("cannot reach root@[127.0.0.1]:1: refused")
+    assert next_step(Attempts(0, boot.INFRA_RETRIES), ssh) == boot.Step(
+        Phase.FAILED, Attempts(0, boot.INFRA_RETRIES), Outcome.INFRA_ERROR, str(ssh), str(ssh)
+    )
+
+
+# --- the loop, through fakes -------------------------------------------------------------------
+
+# What a fake guest does when the probe reaches a case: answer it, or fail in one of these ways.
+PANIC, HANG, QEMU_GONE, DROP = "panic", "hang", "qemu gone", "ssh dropped"
+QUIT = "quit"  # the probe stops there and exits with the session's exit code
+
+
+class FakeMachine:
+    def __init__(self, config: vm.VMConfig) -> None:
+        self.config = vm.VMConfig(config.kernel, config.initrd, config.ram_mb, config.accel, 2222, config.disk)
+        self.started = 0.0
+        self.ready_after: float | None = 1.5
+        self.panicked = False
+        self.alive = True
+        self.exit_status: int | None = None
+        self.closed = False
+
+    def wait_exit(self, timeout: float) -> None:
+        pass
+
+    def excerpt(self, lines: int = 25) -> str:
+        return "Kernel panic - not syncing: sysrq triggered crash" if self.panicked else "last serial lines"
+
+    def close(self) -> None:
+        self.closed = True
+        self.alive = False
+
+
+class FakeSession:
+    def __init__(self, machine: FakeMachine, faults: dict[str, str], exit_code: int) -> None:
+        self.machine = machine
+        self.faults = faults
+        self.exit_code = exit_code
+        self.argvs: list[list[str]] = []
+
+    def connect(self) -> float:
+        return 0.1
+
+    def run(self, argv: Sequence[str], timeout: float, on_line: Callable[[str], None] | None = None) -> guest.Result:
+        self.argvs.append(list(argv))
+        if argv[0] == "uname":
+            return guest.Result(0, "6.1.0-50-amd64\n", "")
+        assert on_line is not None
+        for case in argv[argv.index("--timeout") + 2 :]:
+            fault = self.faults.pop(case, None)
+            if fault == PANIC:
+                self.machine.panicked, self.machine.alive = True, False
+                raise guest.SSHFailure("SSH connection to the guest broke while running /harness/probe: EOF")
+            if fault == HANG:
+                raise guest.CommandTimeout(f"/harness/probe did not finish within {timeout:g}s")
+            if fault == QEMU_GONE:
+                self.machine.alive, self.machine.exit_status = False, -9
+                raise guest.SSHFailure("SSH connection to the guest broke while running /harness/probe: EOF")
+            if fault == DROP:
+                raise guest.SSHFailure("SSH connection to the guest broke while running /harness/probe: reset")
+            if fault == QUIT:
+                return guest.Result(self.exit_code, "", "probe: cannot set the limit\n")
+            on_line(json.dumps({"kind": "case", "case": case, "status": "ok", "result": "ok", "memtotal_kb": 250000}))
+        return guest.Result(0, "", "")
+
+
+class Guests:
+    """Fake seams: each boot attempt takes the next entry of `boots` (an exception to fail with, or
+    None to come up); the probe meets `faults` (case -> fault, each once) in whatever guest runs it."""
+
+    def __init__(self, boots: Sequence[BaseException | None] = (), faults: dict[str, str] | None = None,
+                 exit_code: int = 0) -> None:  # fmt: skip
+        self.boots = list(boots)
+        self.faults = dict(faults or {})
+        self.exit_code = exit_code
+        self.started: list[FakeMachine] = []
+        self.sessions: list[FakeSession] = []
+
+    @contextlib.contextmanager
+    def boot(self, config: vm.VMConfig, serial: Path, timeout: float, cancel: threading.Event) -> Iterator[FakeMachine]:
+        failure = self.boots.pop(0) if self.boots else None
+        if failure is not None:
+            raise failure
+        machine = FakeMachine(config)
+        self.started.append(machine)
+        try:
+            yield machine
+        finally:
+            machine.close()
+
+    @contextlib.contextmanager
+    def session(self, endpoint: guest.Endpoint, user: str, key: object) -> Iterator[FakeSession]:
+        assert endpoint.port == 2222 and user == "root"
+        session = FakeSession(self.started[-1], self.faults, self.exit_code)
+        self.sessions.append(session)
+        yield session
+
+    def seams(self) -> boot.Seams:
+        return boot.Seams(self.boot, self.session)  # type: ignore[arg-type]
+
+
+def plan(*runs: RunPlan) -> BootPlan:
+    return BootPlan("k-256M", DebianKernel(("bookworm",)), 256, runs or (RunPlan(None, "root", CASES),),
+                    Timeouts(boot=10, case=5))  # fmt: skip
+
+
+def run_boot(tmp_path: Path, guests: Guests, p: BootPlan | None = None,
+             live: boot.Live | None = None) -> tuple[BootResult, list[tuple[int, bool]]]:  # fmt: skip
+    """Run one boot plan through the fakes; returns the result and (cases known, flushed) per publish."""
+    p = p or plan()
+    kernel = Kernel("bookworm", "6.1.0-50-amd64", tmp_path / "vmlinuz", None, None, "ab" * 32, None, None, (), "x")
+    image = Image(tmp_path / "image.cpio", "cd" * 32, "ssh-ed25519 AAAA", ())
+    ctx = boot.BootContext(p, kernel, image, tmp_path / "disk.img", None, "tcg", EXPECT, tmp_path)  # type: ignore[arg-type]
+    result = BootResult(p.id, None, p.ram_mb)
+    published: list[tuple[int, bool]] = []
+    boot.run_boot(ctx, result, lambda r, flush: published.append((len(r.cases), flush)), live or boot.Live(),
+                  guests.seams())  # fmt: skip
+    return result, published
+
+
+def outcomes(result: BootResult) -> list[tuple[str, str, Outcome]]:
+    return [(c.case, c.memlock, c.outcome) for c in result.cases]
+
+
+def test_every_case_in_one_guest(tmp_path: Path) -> None:
+    guests = Guests()
+    result, published = run_boot(tmp_path, guests)
+    assert outcomes(result) == [(c, "default", Outcome.PASS) for c in CASES]
+    assert (result.reboots, result.retries, result.error, result.uname) == (0, 0, "", "6.1.0-50-amd64")
+    assert result.serial_log == "serial/k-256M.log" and (tmp_path / "serial").is_dir()
+    assert result.memtotal_kb == 250000 and set(result.timings) == {"marker", "ssh", "probe"}
+    assert published[-1] == (3, True) and (1, False) in published  # each case as it arrives, flushed at the end
+    assert len(guests.started) == 1 and all(m.closed for m in guests.started)
+    (session,) = guests.sessions
+    assert session.argvs[1][:4] == ["/harness/probe", "run", "--memlock", "default"]
+
+
+@pytest.mark.parametrize(
+    ("fault", "outcome", "message"),
+    [
+        (PANIC, Outcome.PANIC, "the guest kernel panicked during this case:\nKernel panic"),
+        (HANG, Outcome.TIMEOUT, "the guest stopped answering during this case (/harness/probe did not finish"),
+        (QEMU_GONE, Outcome.INFRA_ERROR, "QEMU exited during this case (status -9)"),
+        (DROP, Outcome.INFRA_ERROR, "lost the guest during this case: SSH connection to the guest broke"),
+    ],
+)
+def test_a_case_that_loses_the_guest_is_recorded_and_a_new_guest_goes_on(
+    tmp_path: Path, fault: str, outcome: Outcome, message: str
+) -> None:
+    guests = Guests(faults={"b": fault})
+    result, _ = run_boot(tmp_path, guests)
+    assert [c.outcome for c in result.cases] == [Outcome.PASS, outcome, Outcome.PASS]
+    assert result.cases[1].message.startswith(message)
+    assert (result.reboots, result.retries, result.error) == (1, 0, "")
+    assert len(guests.started) == 2
+    # The second guest runs only what has no result yet.
+    assert guests.sessions[1].argvs[1][-1:] == ["c"]
+
+
+def test_losing_the_guest_too_often_gives_up_the_rest(tmp_path: Path) -> None:
+    cases = tuple(f"c{i}" for i in range(6))
+    guests = Guests(faults={c: PANIC for c in cases[:4]})
+    p = plan(RunPlan(None, "root", cases), RunPlan(Memlock(65536, 65536), "user", ("c5",)))
+    result, _ = run_boot(tmp_path, guests, p)
+    assert [c.outcome for c in result.cases[:4]] == [Outcome.PANIC] * 4
+    assert result.reboots == boot.MAX_REBOOTS + 1 and len(guests.started) == boot.MAX_REBOOTS + 1
+    assert result.error.startswith(f"gave up after losing the guest {boot.MAX_REBOOTS + 1} times; last: the guest")
+    rest = result.cases[4:]
+    assert [(c.case, c.memlock, c.user) for c in rest] == [("c4", "default", "root"), ("c5", "default", "root"),
+                                                           ("c5", "64K", "user")]  # fmt: skip
+    assert all(c.outcome is Outcome.INFRA_ERROR and c.message.startswith("not run: gave up") for c in rest)
+
+
+def test_a_boot_that_fails_on_the_machinery_is_tried_again(tmp_path: Path) -> None:
+    flaky = vm.BootFailure("QEMU exited with status 1 before the guest was ready: port taken", "")
+    guests = Guests(boots=[flaky, guest.SSHFailure("cannot reach root@[127.0.0.1]:2222: refused")])
+    result, _ = run_boot(tmp_path, guests)
+    assert [c.outcome for c in result.cases] == [Outcome.PASS] * 3
+    assert (result.retries, result.reboots, result.error) == (boot.INFRA_RETRIES, 0, "")
+
+
+def test_a_boot_that_keeps_failing_errs_every_case_after_the_retries(tmp_path: Path) -> None:
+    failures: list[BaseException | None] = [InfraError(f"attempt {i}") for i in range(boot.INFRA_RETRIES + 1)]
+    guests = Guests(boots=failures)
+    result, published = run_boot(tmp_path, guests)
+    assert not guests.boots and not guests.started  # every attempt used, no more
+    assert result.error == f"attempt {boot.INFRA_RETRIES}" and result.retries == boot.INFRA_RETRIES
+    assert outcomes(result) == [(c, "default", Outcome.INFRA_ERROR) for c in CASES]
+    assert published[-1] == (3, True)
+
+
+def test_a_kernel_that_panics_while_booting_is_not_tried_again(tmp_path: Path) -> None:
+    panic = vm.BootFailure("guest kernel panicked while booting", "Kernel panic - not syncing: VFS", panicked=True)
+    guests = Guests(boots=[panic, None])
+    result, _ = run_boot(tmp_path, guests)
+    assert guests.boots == [None]  # the second attempt was never made
+    assert [c.outcome for c in result.cases] == [Outcome.PANIC] * 3
+    assert result.error == "guest kernel panicked while booting\nKernel panic - not syncing: VFS"
+    assert result.cases[0].message == "guest kernel panicked while booting"
+
+
+def test_a_probe_that_exits_with_an_error_errs_the_rest_of_its_run_without_a_reboot(tmp_path: Path) -> None:
+    guests = Guests(faults={"b": QUIT}, exit_code=2)
+    p = plan(RunPlan(None, "root", CASES), RunPlan(None, "user", ("a",)))
+    result, _ = run_boot(tmp_path, guests, p)
+    assert [(c.case, c.user, c.outcome) for c in result.cases] == [
+        ("a", "root", Outcome.PASS), ("b", "root", Outcome.INFRA_ERROR), ("c", "root", Outcome.INFRA_ERROR),
+        ("a", "user", Outcome.PASS),
+    ]  # fmt: skip
+    assert result.cases[1].message == "probe exited 2: probe: cannot set the limit"
+    assert (result.reboots, result.retries, result.error) == (0, 0, "") and len(guests.started) == 1
+
+
+def test_an_interrupted_run_stops_the_boot(tmp_path: Path) -> None:
+    live = boot.Live()
+    live.cancel()
+    guests = Guests()
+    with pytest.raises(boot.Cancelled):
+        run_boot(tmp_path, guests, live=live)
+    assert not guests.started
+
+
+def test_an_interrupt_during_a_failed_boot_is_not_retried(tmp_path: Path) -> None:
+    live = boot.Live()
+
+    class Interrupting(Guests):
+        @contextlib.contextmanager
+        def boot(self, config: vm.VMConfig, serial: Path, timeout: float,
+                 cancel: threading.Event) -> Iterator[FakeMachine]:  # fmt: skip
+            live.cancel()
+            raise vm.BootFailure("boot cancelled: the run was interrupted", "")
+            yield  # pragma: no cover
+
+    guests = Interrupting()
+    with pytest.raises(boot.Cancelled):
+        run_boot(tmp_path, guests, live=live)
