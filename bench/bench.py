@@ -21,7 +21,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from harness import guest, image, kit, matrix, sources, vm
+from harness import guest, image, kit, matrix, probe, sources, vm
 from harness.cache import cache_dir
 
 
@@ -49,7 +49,7 @@ def harness_path(config: vm.VMConfig, img: image.Image, key: object, cases: list
         with guest.Guest(endpoint, "root", key) as session:  # type: ignore[arg-type]
             session.connect()
             ssh = time.monotonic() - machine.started
-            session.run([kit.PROBE_IN_GUEST, "run", *cases], 600)
+            session.run([probe.IN_GUEST, "run", *cases], 600)
             done = time.monotonic() - machine.started
     return {"marker": marker, "ssh": ssh, "done": done}
 
@@ -63,10 +63,10 @@ def main() -> int:
     cache = cache_dir()
     source = sources.Kernels(sources.Context(cache))
     guests = kit.assemble(cache)
-    probe, key, disk = guests.probe, guests.key, guests.disk
+    built, key, disk = guests.probe, guests.key, guests.disk
     accel = vm.accelerator()
     console = Console(width=160)
-    console.print(f"accelerator: {accel.name} ({accel.reason}); {args.repeat} rounds; {len(probe.names)} cases")
+    console.print(f"accelerator: {accel.name} ({accel.reason}); {args.repeat} rounds; {len(built.names)} cases")
 
     table = Table(title="Seconds from QEMU start (median)", title_justify="left")
     for header in ("kernel", "release", "boot via", "floor: marker", "harness: marker", "ssh ready",
@@ -79,7 +79,7 @@ def main() -> int:
         floors, runs = [], []
         for _ in range(args.repeat):
             floors.append(floor(config, 300))
-            runs.append(harness_path(config, img, key, probe.names))
+            runs.append(harness_path(config, img, key, built.names))
         med = {k: statistics.median(r[k] for r in runs) for k in ("marker", "ssh", "done")}
         f = statistics.median(floors)
         table.add_row(spec.label, kernel.release, "PVH vmlinux" if kernel.vmlinux else "bzImage",

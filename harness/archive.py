@@ -205,8 +205,7 @@ class Archive:
             except subprocess.TimeoutExpired:
                 raise InfraError(f"gpgv timed out checking InRelease of {suite}") from None
             if not signature_ok(proc.stdout, proc.returncode):
-                lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
-                detail = lines[-1].strip() if lines else f"gpgv exit {proc.returncode}"
+                detail = gpgv_reason(proc.stderr) or f"gpgv exit {proc.returncode}"
                 raise InfraError(
                     f"InRelease of suite {suite} from {self.mirror} failed signature check against "
                     f"{self.keyring}: {detail}"
@@ -310,6 +309,24 @@ class Archive:
                 os.unlink(tmp)
             raise
         return path
+
+
+# gpgv's stderr says first when and with which key a signature was made, then what it thinks of it;
+# the verdict is the line worth showing, the most telling first.
+_GPGV_VERDICTS = ("BAD signature", "no signature found", "not a detached signature", "Can't check signature",
+                  "verify signatures failed", "signature could not be verified")  # fmt: skip
+_GPGV_PREAMBLE = re.compile(r"gpgv:\s+(Signature made|using \S+ key|issuer|aka )")
+
+
+def gpgv_reason(stderr: str) -> str:
+    """The line of gpgv's stderr that says why it refused, without its "gpgv: " prefix."""
+    lines = [ln.strip() for ln in stderr.splitlines() if ln.strip()]
+    for verdict in _GPGV_VERDICTS:
+        found = next((ln for ln in lines if verdict.lower() in ln.lower()), None)
+        if found is not None:
+            return found.removeprefix("gpgv: ")
+    rest = [ln for ln in lines if not _GPGV_PREAMBLE.match(ln)]
+    return (rest or lines or [""])[-1].removeprefix("gpgv: ")
 
 
 def signature_ok(status: str, returncode: int) -> bool:

@@ -30,8 +30,9 @@ from typing import Any
 
 import yaml
 
-from harness import matrix, run, rundir, verdict, vm
+from harness import jsondoc, matrix, run, rundir, verdict, vm
 from harness.errors import InfraError, UserError
+from harness.jsondoc import Doc
 from harness.kbuild import git
 from harness.results import Outcome
 from harness.yamlfile import FieldError, Where
@@ -156,14 +157,18 @@ def observe(settings: Settings, commit: str, options: run.Options, log: Callable
 
 
 def read_state(path: Path) -> tuple[Settings, dict[str, Any]]:
-    try:
-        doc = json.loads(path.read_text())
-        s = doc["settings"]
-        settings = Settings(Path(s["repo"]), s["case"], s["ram"], s["memlock"], s["user"],
-                            Path(s["config"]) if s.get("config") else None, s["base"], int(s["tries"]))  # fmt: skip
-    except (OSError, ValueError, KeyError, TypeError) as e:
-        raise UserError(f"{path}: not a bisect state file ({e}); `harness bisect` writes it") from None
-    return settings, doc
+    what = "bisect state file `harness bisect` wrote"
+    top = Doc(jsondoc.load(path, 1 << 20, "bisect state file"), f"{path}: ", f"the {what}")
+    s = top.each("settings", lambda d: d, None)
+    if s is None:
+        raise UserError(f"{path}: settings: missing; give the {what}")
+    config = s.text("config")
+    settings = Settings(Path(s.text("repo", True)), s.text("case", True), s.text("ram", True), s.text("memlock", True),
+                        s.text("user", True), Path(config) if config else None, s.text("base", True),
+                        s.integer("tries", True))  # fmt: skip
+    for end in ("good", "bad"):
+        top.each(end, lambda d: d.text("behaviour", True), "")
+    return settings, top.doc
 
 
 def step(state_path: Path, cache: Path, log: Callable[[str], None]) -> int:

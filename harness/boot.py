@@ -11,24 +11,23 @@ from __future__ import annotations
 
 import contextlib
 import enum
-import json
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 import paramiko
 
-from harness import guest, verdict, versions, vm
+from harness import guest, probe, verdict, versions, vm
 from harness.errors import InfraError
 from harness.image import Image
 from harness.kernels import Kernel
-from harness.kit import PROBE_IN_GUEST
-from harness.matrix import BootPlan, Memlock, RunPlan
+from harness.matrix import BootPlan, RunPlan
 from harness.results import BootResult, CaseResult, Outcome
+from harness.streams import Line
 
 MAX_REBOOTS = 3  # guests lost in one boot plan before its remaining cases are given up
 INFRA_RETRIES = 2  # boots that fail for the machinery's sake (not a kernel panic) are tried again
@@ -87,7 +86,7 @@ class Session(Protocol):
 
     def connect(self) -> float: ...
 
-    def run(self, argv: Sequence[str], timeout: float, on_line: Callable[[str], None] | None = None) -> guest.Result:
+    def run(self, argv: Sequence[str], timeout: float, on_line: Callable[[Line], None] | None = None) -> guest.Result:
         ...
 
 
@@ -174,7 +173,8 @@ def next_step(attempts: Attempts, event: GuestLost | InfraError) -> Step:
 
     A lost guest is booted again, up to MAX_REBOOTS times. A boot that failed on the machinery
     (QEMU, SSH) is tried again, up to INFRA_RETRIES times; a kernel that panics while booting has
-    given its answer, and verdicts are never retried.
+    given its answer, verdicts are never retried, and neither is a guest that is not the one the
+    harness built (a wrong host key, its key refused): that is a security event.
     """
     if isinstance(event, GuestLost):
         lost = Attempts(attempts.reboots + 1, attempts.retries)
@@ -182,6 +182,9 @@ def next_step(attempts: Attempts, event: GuestLost | InfraError) -> Step:
             return Step(Phase.BOOT, lost)
         error = f"gave up after losing the guest {lost.reboots} times; last: {event.message}"
         return Step(Phase.GIVEN_UP, lost, Outcome.INFRA_ERROR, error, "not run: " + error)
+    if isinstance(event, guest.TrustFailure):  # not a flaky machine: someone else's guest, or not ours
+        error = f"security: {event}; not retried"
+        return Step(Phase.FAILED, attempts, Outcome.INFRA_ERROR, error, error)
     panicked = isinstance(event, vm.BootFailure) and event.panicked
     if not panicked and attempts.retries < INFRA_RETRIES:
         return Step(Phase.BOOT, Attempts(attempts.reboots, attempts.retries + 1))
@@ -268,59 +271,64 @@ def fill(result: BootResult, runs: Sequence[RunPlan], outcome: Outcome, message:
                 result.cases.append(CaseResult(result.boot_id, case, r.memlock_label, r.user, outcome, message, None))
 
 
-def memlock_arg(limit: Memlock | None) -> str:
-    if limit is None:
-        return "default"
-
-    def one(v: int | None) -> str:
-        return "unlimited" if v is None else str(v)
-
-    return f"{one(limit.soft)}:{one(limit.hard)}"
-
-
 def _probe_run(ctx: BootContext, session: Session, machine: Machine, run_plan: RunPlan, cases: Sequence[str],
                result: BootResult, publish: Publish) -> None:  # fmt: skip
+    """One probe invocation: each case's record judged as it arrives.
+
+    Every line is read by `probe.parse`. A line that is not a record this run asked for (malformed,
+    or for a case not asked for) is the error of the case it names, or else of the case the probe
+    was running (the next unanswered one); a second answer for a case changes nothing. Once the
+    probe exits, every case without a result is an error saying how it exited.
+    """
     plan = ctx.plan
     judged = verdict.RunContext(versions.release_version(ctx.kernel.release), run_plan.memlock is not None)
-    argv = [
-        PROBE_IN_GUEST, "run", "--memlock", memlock_arg(run_plan.memlock), "--user", run_plan.user,
-        "--timeout", f"{plan.timeouts.case:g}", *cases,
-    ]  # fmt: skip
-    answered: set[str] = set()
+    pending = list(cases)
 
-    def on_line(line: str) -> None:
-        try:
-            obs = json.loads(line)
-        except json.JSONDecodeError:
-            return  # not a record (the probe only prints records; anything else is noise)
-        if not isinstance(obs, dict) or obs.get("kind") != "case":
+    def record(case: str, outcome: Outcome, message: str, obs: dict[str, Any] | None = None) -> None:
+        pending.remove(case)
+        if obs is None:
+            result.cases.append(CaseResult(plan.id, case, run_plan.memlock_label, run_plan.user, outcome, message,
+                                           None))  # fmt: skip
             return
         v = verdict.judge(obs, judged, ctx.expectations)
-        if result.memtotal_kb is None and isinstance(obs.get("memtotal_kb"), int):
-            result.memtotal_kb = obs["memtotal_kb"]
-        answered.add(str(obs.get("case")))
         result.cases.append(
-            CaseResult(plan.id, str(obs.get("case")), run_plan.memlock_label, run_plan.user, v.outcome,
-                       v.message, obs, v.expected, v.citation, (obs.get("duration_ms") or 0) / 1000,
-                       verdict.fingerprint(obs, ctx.expectations))
+            CaseResult(plan.id, case, run_plan.memlock_label, run_plan.user, v.outcome, v.message, obs, v.expected,
+                       v.citation, obs.get("duration_ms", 0) / 1000, verdict.fingerprint(obs, ctx.expectations))
         )  # fmt: skip
-        publish(result, False)
+
+    def on_line(line: Line) -> None:
+        parsed = probe.parse(line)
+        if parsed is None:
+            return
+        if isinstance(parsed, dict):
+            if parsed["case"] in pending:
+                if result.memtotal_kb is None and isinstance(parsed.get("memtotal_kb"), int):
+                    result.memtotal_kb = parsed["memtotal_kb"]
+                record(parsed["case"], Outcome.PASS, "", parsed)
+                publish(result, False)
+                return
+            if parsed["case"] in cases:
+                return  # answered already (by an error in its place, say): the first answer stands
+            parsed = probe.Malformed(f"a record for case {parsed['case']!r}, which was not asked for")
+        if pending:
+            culprit = parsed.case if parsed.case in pending else pending[0]
+            record(culprit, Outcome.INFRA_ERROR, f"malformed probe output: {parsed.reason}")
+            publish(result, False)
 
     # The probe enforces each case's deadline itself; this one only catches a guest that hangs.
     deadline = plan.timeouts.case * len(cases) + 30
+    argv = probe.argv(run_plan.memlock, run_plan.user, plan.timeouts.case, cases)
     try:
         answer = session.run(argv, deadline, on_line)
     except InfraError as e:
         lost = _why_lost(e, machine)
-        culprit = next((c for c in cases if c not in answered), None)
-        if culprit is not None:
-            result.cases.append(CaseResult(plan.id, culprit, run_plan.memlock_label, run_plan.user,
-                                           lost.outcome, lost.message, None))  # fmt: skip
+        if pending:
+            record(pending[0], lost.outcome, lost.message)
         raise lost from e
-    if answer.exit_code != 0:
+    if pending:
         detail = answer.stderr.strip().splitlines()
-        msg = f"probe exited {answer.exit_code}: {detail[-1] if detail else 'no message'}"
-        fill(result, [run_plan], Outcome.INFRA_ERROR, msg)
+        why = f": {detail[-1][:300]}" if detail else " without a record for this case"
+        fill(result, [run_plan], Outcome.INFRA_ERROR, f"probe exited {answer.exit_code}{why}")
 
 
 def _why_lost(error: InfraError, machine: Machine) -> GuestLost:

@@ -1,25 +1,44 @@
 """Command line: arguments -> request -> handler. The only place that maps exceptions to exit codes.
 
 Exit codes: 0 every observation as expected, 1 some deviated, 2 bad input, 3 infrastructure
-error, 130/143 interrupted by SIGINT/SIGTERM (finished results kept).
+error, 70 internal error (a bug; the traceback is in a file named on stderr), 130/143 interrupted
+by SIGINT/SIGTERM (finished results kept).
 """
 
 from __future__ import annotations
 
 import argparse
+import datetime as dt
 import os
 import re
 import signal
 import sys
+import tempfile
+import traceback
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import FrameType
 
 from rich.console import Console
 
-from harness import bisect, boot, compare, history, kernels, kit, matrix, merge, replay, run, rundir, sources, terminal
+from harness import (
+    bisect,
+    boot,
+    compare,
+    history,
+    kernels,
+    kit,
+    matrix,
+    merge,
+    probe,
+    replay,
+    run,
+    rundir,
+    sources,
+    terminal,
+)
 from harness.cache import cache_dir
-from harness.errors import EXIT_INFRA, EXIT_USAGE, InfraError, UserError
+from harness.errors import EXIT_INFRA, EXIT_INTERNAL, EXIT_USAGE, InfraError, UserError
 from harness.results import exit_code
 
 
@@ -157,14 +176,19 @@ def cmd_run(args: argparse.Namespace, console: Console) -> int:
     mx, text = _matrix(args.matrix)
     options = _options(args, _cache(args))
     live = boot.Live()
+    say = terminal.printer(console)
     try:
-        run_dir, boots = run.execute(mx, options, lambda m: console.print(m, highlight=False), live, text)
+        run_dir, boots = run.execute(mx, options, say, live, text)
     except (KeyboardInterrupt, Interrupted):
-        console.print("[bold red]interrupted[/]: finished results were kept in results/latest")
+        _interrupted(console)
         raise
     terminal.print_summary(boots, console)
-    console.print(f"results: {run_dir}")
+    say(f"results: {run_dir}")
     return exit_code(boots)
+
+
+def _interrupted(console: Console) -> None:
+    console.print("[bold red]interrupted[/]: finished results were kept in results/latest")
 
 
 def cmd_merge(args: argparse.Namespace, console: Console) -> int:
@@ -172,9 +196,10 @@ def cmd_merge(args: argparse.Namespace, console: Console) -> int:
     rundir.check_writable(args.results)
     run_id, run_dir = rundir.create(args.results)
     merged = merge.merge(shards, run_id, run_dir, rundir.now())
-    run.record_history(_history_path(args), run_dir, lambda m: console.print(m, highlight=False))
+    say = terminal.printer(console)
+    run.record_history(_history_path(args), run_dir, say)
     terminal.print_summary(merged.boots, console)
-    console.print(f"results: {run_dir}")
+    say(f"results: {run_dir}")
     return exit_code(merged.boots)
 
 
@@ -201,19 +226,19 @@ def cmd_compare(args: argparse.Namespace, console: Console) -> int:
 
 def cmd_replay(args: argparse.Namespace, console: Console) -> int:
     options = _options(args, _cache(args))
-    log = lambda m: console.print(m, highlight=False)  # noqa: E731
+    say = terminal.printer(console)
     try:
-        done = replay.replay(rundir.locate(args.run, args.results), args.boot, options, log, boot.Live())
+        done = replay.replay(rundir.locate(args.run, args.results), args.boot, options, say, boot.Live())
     except (KeyboardInterrupt, Interrupted):
-        console.print("[bold red]interrupted[/]: finished results were kept in results/latest")
+        _interrupted(console)
         raise
     terminal.print_summary(done.boots, console)
     if done.changes:
         compare.render(done.changes, compare.Side(f"run {done.original.run_id}", {}),
                        compare.Side(f"replay {done.run_dir.name}", {}), console)  # fmt: skip
     else:
-        console.print(f"replay: every result behaved as in run {done.original.run_id}")
-    console.print(f"results: {done.run_dir}")
+        say(f"replay: every result behaved as in run {done.original.run_id}")
+    say(f"results: {done.run_dir}")
     return exit_code(done.boots)
 
 
@@ -223,30 +248,30 @@ def cmd_bisect(args: argparse.Namespace, console: Console) -> int:
     settings = bisect.Settings(args.repo.resolve(), args.case, args.ram, args.memlock, args.user,
                                args.config.resolve() if args.config else None, args.base, args.tries)  # fmt: skip
     bisect.check_repo(settings.repo)
-    bisect.check(settings, kit.build_probe().names)
-    found = bisect.bisect(settings, args.good, args.bad, args.results, _cache(args),
-                          lambda m: console.print(m, highlight=False, markup=False))  # fmt: skip
-    console.print(f"first commit that changed {args.case}: {found.commit} {found.title}", markup=False)
+    bisect.check(settings, probe.build().names)
+    say = terminal.printer(console)
+    found = bisect.bisect(settings, args.good, args.bad, args.results, _cache(args), say)
+    say(f"first commit that changed {args.case}: {found.commit} {found.title}")
     for side, obs in (("before", found.good), ("after", found.bad)):
-        console.print(f"  {side} ({obs.commit[:12]}): {obs.outcome} {obs.behaviour}", markup=False)
-        console.print(f"    evidence: {', '.join(obs.run_dirs)}", markup=False)
-    console.print(f"  changed: {', '.join(found.fields)}; bisect record: {found.directory}", markup=False)
+        say(f"  {side} ({obs.commit[:12]}): {obs.outcome} {obs.behaviour}")
+        say(f"    evidence: {', '.join(obs.run_dirs)}")
+    say(f"  changed: {', '.join(found.fields)}; bisect record: {found.directory}")
     return 0
 
 
 def cmd_bisect_step(args: argparse.Namespace, console: Console) -> int:
     """`git bisect run` reads the exit code: 0 good, 1 bad, 125 skip, 128 abort (a harness error)."""
-    err = Console(stderr=True, width=1000)
+    err = terminal.printer(Console(stderr=True, width=1000))
     try:
-        return bisect.step(args.state, _cache(args), lambda m: console.print(m, highlight=False, markup=False))
+        return bisect.step(args.state, _cache(args), terminal.printer(console))
     except UserError as e:
-        err.print(f"harness bisect-step: error: {e}", markup=False, highlight=False, soft_wrap=True)
+        err(f"harness bisect-step: error: {e}")
         return bisect.ABORT
     except InfraError as e:  # after the boot's own retries: this commit cannot answer
-        err.print(f"harness bisect-step: skip: {e}", markup=False, highlight=False, soft_wrap=True)
+        err(f"harness bisect-step: skip: {e}")
         return bisect.SKIP
     except Exception as e:  # noqa: BLE001 - any harness bug must abort the bisect, not mark a commit
-        err.print(f"harness bisect-step: internal error: {type(e).__name__}: {e}", markup=False, soft_wrap=True)
+        err(f"harness bisect-step: internal error: {type(e).__name__}: {e}; traceback in {_crash_report()}")
         return bisect.ABORT
 
 
@@ -258,6 +283,8 @@ def cmd_history(args: argparse.Namespace, console: Console) -> int:
                 added = db.import_run(run_dir)
                 _line(console, str(run_dir), f"{added} results added" if added else "already in the history")
         return 0
+    if path.is_dir():
+        raise UserError(f"{path}: a directory; give --history the history file (results/history.sqlite)")
     if not path.is_file():
         raise UserError(f"{path}: no history yet; `harness run` writes it, `harness history import DIR` fills it")
     with history.History(path) as db:
@@ -273,7 +300,7 @@ def cmd_kernels(args: argparse.Namespace, console: Console) -> int:
             _line(console, k.label, k.release, k.version or "-", k.sha256[:16], k.source)
         return 0
     mx, _ = _matrix(args.matrix)
-    source = sources.Kernels(_options(args, cache).sources(console.print))
+    source = sources.Kernels(_options(args, cache).sources(terminal.printer(console)))
     for spec in dict.fromkeys(mx.kernels):
         if args.action == "resolve":
             _line(console, spec.label, *source.describe(spec))
@@ -287,7 +314,7 @@ def cmd_kernels(args: argparse.Namespace, console: Console) -> int:
 def cmd_image(args: argparse.Namespace, console: Console) -> int:
     cache = _cache(args)
     mx, _ = _matrix(args.matrix)
-    source = sources.Kernels(_options(args, cache).sources(console.print))
+    source = sources.Kernels(_options(args, cache).sources(terminal.printer(console)))
     guests = kit.assemble(cache)
     for spec in dict.fromkeys(mx.kernels):
         k = source.fetch(spec)
@@ -297,14 +324,14 @@ def cmd_image(args: argparse.Namespace, console: Console) -> int:
 
 
 def cmd_cases(args: argparse.Namespace, console: Console) -> int:
-    for name, description in kit.build_probe().catalogue:
+    for name, description in probe.build().catalogue:
         _line(console, name, description)
     return 0
 
 
 def _line(console: Console, *fields: str) -> None:
     """Tab-separated listings go out as plain text, so `cut -f1` works (rich would expand tabs)."""
-    console.file.write("\t".join(fields) + "\n")
+    console.file.write("\t".join(terminal.safe(f).replace("\t", "\\t").replace("\n", "\\n") for f in fields) + "\n")
 
 
 def _cache(args: argparse.Namespace) -> Path:
@@ -338,23 +365,50 @@ def _on_sigterm(signum: int, frame: FrameType | None) -> None:
 def main(argv: Sequence[str] | None = None, console: Console | None = None) -> int:
     # Logs (CI, files) have no width; rich would assume 80 columns and squeeze the tables.
     console = console or (Console() if sys.stdout.isatty() else Console(width=160))
-    err = Console(stderr=True, width=1000)
+    err = terminal.printer(Console(stderr=True, width=1000))
     previous = signal.signal(signal.SIGTERM, _on_sigterm)
     try:
         args = _parser().parse_args(argv)
         return HANDLERS[args.command](args, console)
     except UserError as e:
-        err.print(f"harness: error: {e}", highlight=False, markup=False, soft_wrap=True)
+        err("harness: error: " + " ".join(str(e).split("\n")))  # one line, whatever the message holds
         return EXIT_USAGE
     except InfraError as e:
-        err.print(f"harness: infrastructure error: {e}", highlight=False, markup=False, soft_wrap=True)
+        err(f"harness: infrastructure error: {e}")
         return EXIT_INFRA
     except KeyboardInterrupt:
         return 128 + signal.SIGINT
     except Interrupted as e:
         return 128 + e.signum
+    except Exception as e:  # noqa: BLE001 - a bug: one line, the traceback in a file, its own exit code
+        err(f"harness: internal error (a bug in the harness, please report it): {type(e).__name__}: {e}; "
+            f"traceback in {_crash_report()}")  # fmt: skip
+        return EXIT_INTERNAL
     finally:
         signal.signal(signal.SIGTERM, previous)
+
+
+def _crash_report() -> Path:
+    """The exception being handled, with its traceback, in a new file under the cache's crashes/."""
+    text = traceback.format_exc()
+    for folder in (_crash_dir(), Path(tempfile.gettempdir())):
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            fd, name = tempfile.mkstemp(prefix=f"harness-crash-{dt.datetime.now(dt.UTC):%Y%m%dT%H%M%SZ}-",
+                                        suffix=".txt", dir=folder)  # fmt: skip
+            with os.fdopen(fd, "w") as f:
+                f.write(text)
+            return Path(name)
+        except OSError:
+            continue
+    return Path("(nowhere: no writable directory)")
+
+
+def _crash_dir() -> Path:
+    try:
+        return cache_dir() / "crashes"
+    except OSError:
+        return Path(tempfile.gettempdir())
 
 
 if __name__ == "__main__":

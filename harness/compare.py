@@ -19,8 +19,9 @@ import yaml
 from rich.console import Console
 from rich.text import Text
 
-from harness import versions, yamlfile
+from harness import terminal, versions, yamlfile
 from harness.errors import UserError
+from harness.files import read_text
 from harness.results import CaseResult, KernelInfo, RunRecord
 from harness.verdict import changed_fields
 
@@ -59,11 +60,7 @@ _KNOWN_KEYS = {"case", "reason", "link", "kernel", "memlock", "user"}
 
 def load_known(path: Path) -> list[Known]:
     """Read a known-deviations file; every mistake is one line naming the file, line and field."""
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as e:
-        raise UserError(f"{path}: cannot read the known-deviations file: {e.strerror}; give an existing file") from e
-    root, doc = yamlfile.read(text, str(path))
+    root, doc = yamlfile.read(read_text(path, 1 << 20, "known-deviations file"), str(path))
     lines = _entry_lines(root)
     if doc is None:
         return []
@@ -220,25 +217,27 @@ def _outcome(r: CaseResult | None) -> str:
 
 def render(diffs: Sequence[Difference], base: Side, new: Side, console: Console) -> None:
     """The differences grouped by case, then one line of totals."""
-    console.print(Text(f"baseline: {base.name}\nnew:      {new.name}"))
+    console.print(terminal.text(f"baseline: {base.name}\nnew:      {new.name}"))
     by_case: dict[str, list[Difference]] = {}
     for d in diffs:
         by_case.setdefault(d.case, []).append(d)
     for case, group in by_case.items():
-        console.print(Text(case, style="bold"))
+        console.print(terminal.text(case, style="bold"))
         for d in group:
             where, _, memlock, user = d.key
             line = Text("  ")
             line.append(f"{d.change.value:<17}", style=_STYLE[d.change])
-            line.append(f" {where} memlock={memlock} user={user}  {_outcome(d.base)} -> {_outcome(d.new)}")
+            outcomes = f"{_outcome(d.base)} -> {_outcome(d.new)}"
+            line.append(terminal.text(f" {where} memlock={memlock} user={user}  {outcomes}"))
             if d.fields:
-                line.append(f"  changed: {', '.join(d.fields)}")
+                line.append(terminal.text(f"  changed: {', '.join(d.fields)}"))
             console.print(line)
             detail = d.new or d.base
             if d.known is not None:
-                console.print(Text(f"      known: {d.known.reason}" + (f" ({d.known.link})" if d.known.link else "")))
+                link = f" ({d.known.link})" if d.known.link else ""
+                console.print(terminal.text(f"      known: {d.known.reason}{link}"))
             elif detail is not None and detail.message and d.change is not Change.ONLY_BASELINE:
-                console.print(Text(f"      {detail.message.splitlines()[0]}"))
+                console.print(terminal.text(f"      {detail.message.splitlines()[0]}"))
     counts = {c: sum(1 for d in diffs if d.change is c) for c in Change}
     total = ", ".join(f"{n} {c.value}" for c, n in counts.items() if n) or "no differences"
-    console.print(Text(f"{len(new.results)} results compared with {len(base.results)}: {total}"))
+    console.print(terminal.text(f"{len(new.results)} results compared with {len(base.results)}: {total}"))

@@ -5,6 +5,7 @@ EXIT_OK = 0  # every observation as expected
 EXIT_FINDINGS = 1  # some deviated (or a probe child was OOM-killed, or a guest panicked)
 EXIT_USAGE = 2  # bad input
 EXIT_INFRA = 3  # the machinery failed, or some cases have no answer
+EXIT_INTERNAL = 70  # a bug in the harness (sysexits' EX_SOFTWARE): never a finding, never the input's fault
 
 
 class UserError(Exception):

@@ -12,7 +12,7 @@ import os
 import tempfile
 from pathlib import Path
 
-from harness.errors import InfraError
+from harness.errors import InfraError, UserError
 
 
 def os_failure(action: str, path: Path, e: OSError) -> InfraError:
@@ -62,3 +62,26 @@ def write_private(path: Path, data: bytes) -> None:
     except OSError as e:
         raise os_failure("cannot create the directory", path.parent, e) from e
     atomic_write(path, data, 0o600)
+
+
+def read_text(path: Path, limit: int, what: str) -> str:
+    """A text file someone gave the harness (`what`: "matrix file"): at most `limit` bytes of UTF-8,
+    or bad input saying why. Read with a bound, so /dev/zero or a runaway file costs `limit` bytes."""
+    try:
+        with open(path, "rb") as f:
+            data = f.read(limit + 1)
+    except IsADirectoryError:
+        raise UserError(f"{path}: a directory, not a {what}") from None
+    except OSError as e:
+        raise UserError(f"{path}: cannot read {what}: {e.strerror or e}; give an existing file") from None
+    if len(data) > limit:
+        raise UserError(f"{path}: larger than {_size(limit)}, more than any {what} holds")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = data[: e.start].count(b"\n") + 1
+        raise UserError(f"{path}:{line}: not UTF-8 text (byte {e.start}); a {what} is UTF-8 text") from None
+
+
+def _size(n: int) -> str:
+    return f"{n >> 20} MiB" if n >= 1 << 20 else f"{n >> 10} KiB"

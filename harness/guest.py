@@ -7,21 +7,21 @@ switched off here: a guest that is not ours must fail the connection, not be rem
 from __future__ import annotations
 
 import base64
+import select
 import shlex
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import paramiko
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption, PrivateFormat
 from fabric import Config, Connection
-from invoke.exceptions import CommandTimedOut
 
 from harness.errors import InfraError
 from harness.files import write_private
+from harness.streams import Line, Lines, Tail
 
 
 class SSHFailure(InfraError):
@@ -30,6 +30,15 @@ class SSHFailure(InfraError):
 
 class CommandTimeout(InfraError):
     """A command in the guest ran past its deadline."""
+
+
+class TrustFailure(SSHFailure):
+    """The guest is not the one the harness built: a wrong host key, or its refusal of the harness's key.
+    A security event: never retried, reported as such."""
+
+
+MAX_LINE = 1 << 20  # a probe record is a few kB; a longer line is not one
+KEEP = 1 << 20  # of each of a command's streams, the last this many bytes are kept
 
 
 def client_key(cache: Path) -> paramiko.PKey:
@@ -104,56 +113,76 @@ class Guest:
         self.conn.close()
 
     def connect(self, attempts: int = 5, delay: float = 0.5) -> float:
-        """Open the session; seconds it took. Never retries a refused key or a wrong host key."""
+        """Open the session; seconds it took. A refused key or a wrong host key is never retried."""
         start = time.monotonic()
+        name = self.endpoint.known_hosts_name
         for attempt in range(attempts):
             try:
                 self.conn.open()
                 return time.monotonic() - start
             except paramiko.AuthenticationException as e:
-                raise SSHFailure(f"guest refused the harness key for {self.user}: {e}") from e
+                raise TrustFailure(f"the guest at {name} refused the harness key for {self.user}: the image is not "
+                                   f"the one the harness built ({e})") from e  # fmt: skip
             except paramiko.BadHostKeyException as e:
-                raise SSHFailure(f"{self.endpoint.known_hosts_name} presented an unexpected host key") from e
+                raise TrustFailure(f"{name} presented a host key that is not the image's: something else answers "
+                                   "on the guest's port") from e  # fmt: skip
             except paramiko.SSHException as e:
                 if "not found in known_hosts" in str(e):
-                    raise SSHFailure(f"{self.endpoint.known_hosts_name}: host key not pinned: {e}") from e
+                    raise TrustFailure(f"{name}: host key not pinned: {e}") from e
                 last: Exception = e
             except (OSError, EOFError) as e:
                 last = e
             self.conn.close()
             if attempt + 1 < attempts:
                 time.sleep(delay * (attempt + 1))
-        raise SSHFailure(f"cannot reach {self.user}@{self.endpoint.known_hosts_name}: {last}")
+        raise SSHFailure(f"cannot reach {self.user}@{name}: {last}")
 
-    def run(self, argv: Sequence[str], timeout: float, on_line: Callable[[str], None] | None = None) -> Result:
-        """Run argv (quoted for the guest's shell) and stream stdout lines to on_line as they arrive."""
+    def run(self, argv: Sequence[str], timeout: float, on_line: Callable[[Line], None] | None = None) -> Result:
+        """Run argv (quoted for the guest's shell), handing each stdout line to `on_line` as it arrives.
+
+        Read on a channel of fabric's connection, not with fabric's `run`, which keeps all output in
+        memory and runs callbacks in threads of its own: here a line is at most MAX_LINE bytes (a
+        longer one is cut, and marked), and only the last KEEP bytes of each stream are kept for the
+        Result, however much the guest writes.
+        """
         command = shlex.join(argv)
-        stream = _LineStream(on_line)
+        deadline = time.monotonic() + timeout
+        lines, out, err = Lines(MAX_LINE), Tail(KEEP), Tail(KEEP)
         try:
-            result: Any = self.conn.run(command, hide=True, warn=True, timeout=timeout, out_stream=stream)
-        except CommandTimedOut as e:
-            raise CommandTimeout(f"{argv[0]} did not finish within {timeout:g}s") from e
+            transport = self.conn.client.get_transport()
+            if transport is None or not transport.is_active():
+                raise SSHFailure(f"no SSH connection to the guest to run {argv[0]}")
+            with transport.open_session(timeout=min(timeout, 30.0)) as channel:
+                channel.exec_command(command)
+                ready = channel.fileno()
+                while True:
+                    while channel.recv_ready():
+                        data = channel.recv(1 << 16)
+                        out.feed(data)
+                        for line in lines.feed(data):
+                            if on_line is not None:
+                                on_line(line)
+                    while channel.recv_stderr_ready():
+                        err.feed(channel.recv_stderr(1 << 16))
+                    if channel.exit_status_ready() and (channel.eof_received or channel.closed):
+                        break
+                    if channel.closed or not transport.is_active():
+                        raise SSHFailure(f"SSH session ended without an exit status while running {argv[0]}")
+                    left = deadline - time.monotonic()
+                    if left <= 0:
+                        raise CommandTimeout(f"{argv[0]} did not finish within {timeout:g}s")
+                    if channel.eof_received:  # the output is complete; the exit status is on its way
+                        channel.status_event.wait(min(left, 1.0))
+                    else:  # readable when either stream has data, or at EOF
+                        select.select([ready], [], [], min(left, 1.0))
+                status = channel.recv_exit_status()
+        except InfraError:
+            raise
         except (TimeoutError, paramiko.SSHException, OSError, EOFError) as e:
             raise SSHFailure(f"SSH connection to the guest broke while running {argv[0]}: {e}") from e
-        if result.exited is None or result.exited < 0:
+        rest = lines.end()
+        if rest is not None and on_line is not None:
+            on_line(rest)
+        if status < 0:
             raise SSHFailure(f"SSH session ended without an exit status while running {argv[0]}")
-        return Result(result.exited, result.stdout, result.stderr)
-
-
-class _LineStream:
-    """A file-like sink for fabric's out_stream that hands complete lines to a callback."""
-
-    def __init__(self, on_line: Callable[[str], None] | None) -> None:
-        self.on_line = on_line
-        self.pending = ""
-
-    def write(self, data: str) -> int:
-        self.pending += data
-        *lines, self.pending = self.pending.split("\n")
-        if self.on_line:
-            for line in lines:
-                self.on_line(line)
-        return len(data)
-
-    def flush(self) -> None:
-        """A partial last line is an unfinished record: it is never handed on as complete."""
+        return Result(status, out.text(), err.text())

@@ -251,7 +251,21 @@ def build(base: Sequence[Entry], modules: Sequence[tuple[str, bytes]], secret: b
     data = cpio([*entries, file("etc/dropbear/host_key", dropbear_ed25519(key), 0o600)])
     digest = hashlib.sha256(data).hexdigest()
     path = out_dir / f"{digest}.cpio"
-    if not path.exists():
-        atomic_write(path, data)
+    # The image holds the guest's private host key: whoever can read it can pose as the guest to
+    # the harness. Only the cache's owner may (images written 0644 before are closed up too).
+    private(out_dir)
+    if path.exists():
+        path.chmod(0o600)
+    else:
+        atomic_write(path, data, 0o600)
     return Image(path, digest, openssh_public(key), tuple(n for n, _ in modules))
+
+
+def private(folder: Path) -> None:
+    """`folder`, made if missing, readable by its owner only."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+        folder.chmod(0o700)
+    except OSError as e:
+        raise InfraError(f"{folder}: cannot make it private to its owner: {e.strerror}") from e
 

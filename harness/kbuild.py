@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-from harness import bzimage, kernels
+from harness import bzimage, kernels, vm
 from harness.errors import InfraError, UserError
 
 FRAGMENT = Path(__file__).resolve().parent.parent / "images" / "kernel.config"
@@ -149,13 +149,16 @@ def _locked(path: Path) -> Iterator[None]:
             fcntl.flock(f, fcntl.LOCK_UN)
 
 
-def _run(argv: Sequence[str], log: Path, env: dict[str, str], what: str) -> None:
+def _run(argv: Sequence[str], log: Path, env: dict[str, str], what: str, kept: Path | None = None) -> None:
     """Run a build step in its own process group, output appended to `log`; killed with its children
-    on any exit (Ctrl-C included), so no compiler outlives the harness."""
+    on any exit (Ctrl-C included), so no compiler outlives the harness. A failure names `kept`, where
+    the caller keeps the log of a failed build (`log` itself, when None)."""
     with open(log, "ab") as out:
         out.write(f"$ {' '.join(argv)}\n".encode())
         out.flush()
-        proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+        # SIGINT, as below, if the harness dies: make then deletes the targets it was writing.
+        proc = subprocess.Popen([*vm.lifeline("INT"), *argv], stdout=out, stderr=subprocess.STDOUT, env=env,
+                                start_new_session=True)  # fmt: skip
         try:
             code = proc.wait()
         except BaseException:
@@ -172,18 +175,18 @@ def _run(argv: Sequence[str], log: Path, env: dict[str, str], what: str) -> None
             raise
     if code != 0:
         tail = log.read_text(errors="replace").splitlines()[-LOG_TAIL:]
-        raise BuildFailure(f"{what} failed (exit {code}); last lines of {log}:\n" + "\n".join(tail))
+        raise BuildFailure(f"{what} failed (exit {code}); last lines of {kept or log}:\n" + "\n".join(tail))
 
 
-def _checkout(source: Source, clone: Path, log: Path) -> None:
+def _checkout(source: Source, clone: Path, log: Path, kept: Path) -> None:
     env = dict(os.environ)
     if not (clone / ".git").exists():
         clone.parent.mkdir(parents=True, exist_ok=True)
         _run(["git", "clone", "--quiet", "--shared", "--no-checkout", str(source.spec.repo), str(clone)], log, env,
-             "git clone")  # fmt: skip
+             "git clone", kept)  # fmt: skip
     # Objects come from the user's repository (alternates), so any commit made there since is here.
     _run(["git", "-C", str(clone), "checkout", "--quiet", "--force", "--detach", source.commit], log, env,
-         "git checkout")  # fmt: skip
+         "git checkout", kept)  # fmt: skip
 
 
 def build(source: Source, cache: Path, log: Callable[[str], None], label: str = "") -> kernels.Kernel:
@@ -212,18 +215,19 @@ def _build(source: Source, fragment: str, cc: str, cache: Path, root: Path, key:
     stage = Path(tempfile.mkdtemp(prefix=f".{key}.", dir=root))
     try:
         build_log = stage / "build.log"
+        failed = root / f"{key}.failed.log"  # a failed build's log stays here; its stage is deleted
         started = time.monotonic()
-        _checkout(source, clone, build_log)
+        _checkout(source, clone, build_log, failed)
         env = _build_env(cache, clone, source)
         make = ["make", "-C", str(clone), f"O={work}", "ARCH=x86_64", f"-j{os.cpu_count() or 1}"]
         if shutil.which("ccache"):
             make.append("CC=ccache gcc")
         (stage / "fragment.config").write_text(fragment)
-        _run([*make, source.spec.base], build_log, env, f"make {source.spec.base}")
+        _run([*make, source.spec.base], build_log, env, f"make {source.spec.base}", failed)
         _run([str(clone / "scripts" / "kconfig" / "merge_config.sh"), "-m", "-O", str(work), str(work / ".config"),
-              str(stage / "fragment.config")], build_log, env, "merging the config fragment")  # fmt: skip
-        _run([*make, "olddefconfig"], build_log, env, "make olddefconfig")
-        _run([*make, "bzImage"], build_log, env, "make bzImage")
+              str(stage / "fragment.config")], build_log, env, "merging the config fragment", failed)  # fmt: skip
+        _run([*make, "olddefconfig"], build_log, env, "make olddefconfig", failed)
+        _run([*make, "bzImage"], build_log, env, "make bzImage", failed)
         seconds = round(time.monotonic() - started, 1)
         release = subprocess.run([*make, "-s", "kernelrelease"], capture_output=True, text=True, env=env,
                                  check=False).stdout.strip().splitlines()[-1:] or ["unknown"]  # fmt: skip
@@ -243,7 +247,10 @@ def _build(source: Source, fragment: str, cc: str, cache: Path, root: Path, key:
         }  # fmt: skip
         (stage / BUILD_FILE).write_text(json.dumps(meta, indent=2) + "\n")
         os.replace(stage, root / key)
-    except BaseException:
+    except BaseException as e:
+        if isinstance(e, BuildFailure):
+            with contextlib.suppress(OSError):
+                os.replace(build_log, failed)
         shutil.rmtree(stage, ignore_errors=True)
         raise
     return load(root / key, label or source.spec.label)

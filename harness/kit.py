@@ -1,53 +1,22 @@
 """The guest kit: what every guest image and boot of a command shares, assembled in one place.
 
-The probe (built, with its catalogue and digest), the harness's SSH client key, the image base
-(busybox, dropbear, accounts, the probe), the per-cache secret the guests' host keys derive from,
-and the read-only data disk. `run`, the CLI, the benchmarks and the tests all take it from here,
+The probe (built by `harness.probe`, with its catalogue and digest), the harness's SSH client key,
+the image base (busybox, dropbear, accounts, the probe), the per-cache secret the guests' host keys
+derive from, and the read-only data disk. `run`, the CLI, the benchmarks and the tests all take it from here,
 and ask it for each kernel's image.
 """
 
 from __future__ import annotations
 
-import hashlib
-import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
 import paramiko
 
-from harness import guest, image, modules
+from harness import guest, image, modules, probe
 from harness.cache import secret
-from harness.errors import InfraError
 from harness.kernels import Kernel
-
-GUEST_TESTS = Path(__file__).resolve().parent.parent / "guest-tests"
-PROBE_IN_GUEST = "/" + image.PROBE_PATH
-
-
-@dataclass(frozen=True)
-class Probe:
-    path: Path
-    sha256: str
-    catalogue: tuple[tuple[str, str], ...]  # (name, description)
-
-    @property
-    def names(self) -> list[str]:
-        return [n for n, _ in self.catalogue]
-
-
-def build_probe(source: Path = GUEST_TESTS) -> Probe:
-    """Build the static probe (make is a no-op when it is current) and read its catalogue."""
-    try:
-        subprocess.run(["make", "-s", "-C", str(source)], check=True, capture_output=True, text=True)
-        listing = subprocess.run([str(source / "probe"), "--list"], check=True, capture_output=True, text=True)
-    except FileNotFoundError as e:
-        raise InfraError(f"cannot build the probe: {e.filename} is missing; install make and gcc") from e
-    except subprocess.CalledProcessError as e:
-        detail = (e.stderr or "").strip().splitlines()
-        raise InfraError(f"building the probe in {source} failed: {detail[-1] if detail else e}") from e
-    catalogue = tuple(tuple(line.split("\t", 1)) for line in listing.stdout.splitlines() if "\t" in line)
-    path = source / "probe"
-    return Probe(path, hashlib.sha256(path.read_bytes()).hexdigest(), catalogue)  # type: ignore[arg-type]
+from harness.probe import Probe
 
 
 @dataclass(frozen=True)
@@ -64,13 +33,13 @@ class Kit:
         return image.build(self.base, guest_modules(kernel), self.secret, self.images)
 
 
-def assemble(cache: Path, probe: Probe | None = None) -> Kit:
+def assemble(cache: Path, built: Probe | None = None) -> Kit:
     """The kit of this cache: the probe built (unless given), keys made once, the disk made once."""
-    probe = probe or build_probe()
+    built = built or probe.build()
     key = guest.client_key(cache)
-    base = tuple(image.base_entries(probe.path, guest.public_line(key)))
+    base = tuple(image.base_entries(built.path, guest.public_line(key)))
     images = cache / "images"
-    return Kit(probe, key, base, secret(cache, "guest-host-key"), image.disk_image(images), images)
+    return Kit(built, key, base, secret(cache, "guest-host-key"), image.disk_image(images), images)
 
 
 def guest_modules(kernel: Kernel) -> list[tuple[str, bytes]]:

@@ -10,15 +10,16 @@ is bad input naming the file and the key. The JSON keeps the order and shape it 
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
 from harness.archive import Deb
-from harness.errors import UserError
+from harness.jsondoc import Doc, load
 
 FILE = "manifest.json"
+MAX_BYTES = 64 << 20  # a 10-kernel run writes 50 kB; thousands of boots stay far below
 
 T = TypeVar("T")
 
@@ -156,7 +157,7 @@ class Manifest:
     def from_json(cls, doc: object, where: str = FILE) -> Manifest:
         """The record of a manifest document; UserError naming `where` and the key when a value is not
         of its type."""
-        top = _Doc(doc, f"{where}: ")
+        top = Doc(doc, f"{where}: ", "a manifest.json the harness wrote")
         return cls(
             top.text("harness_version"), top.text("matrix_source"), top.text("matrix_text"), top.mapping("options"),
             top.each("accelerator", lambda d: Accelerator(d.text("name"), d.text("reason")), Accelerator()),
@@ -180,15 +181,9 @@ def write_text(manifest: Manifest) -> str:
 def read(run_dir: Path) -> Manifest | None:
     """A run directory's manifest; None when it has none (a run killed before writing it)."""
     file = run_dir / FILE
-    try:
-        doc = json.loads(file.read_text(encoding="utf-8"))
-    except FileNotFoundError:
+    if not file.exists():
         return None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise UserError(f"{file}: cannot read it as JSON ({e})") from None
-    if not isinstance(doc, dict):
-        raise UserError(f"{file}: top level is not an object")
-    return Manifest.from_json(doc, str(file))
+    return Manifest.from_json(load(file, MAX_BYTES, "manifest.json"), str(file))
 
 
 # --- the kernels' entries ----------------------------------------------------------------------
@@ -207,7 +202,7 @@ def _kernel_json(k: Kernel) -> dict[str, Any]:
     return entry
 
 
-def _kernel(d: _Doc) -> Kernel:
+def _kernel(d: Doc) -> Kernel:
     booted = None
     if d.has("sha256") or d.has("release"):
         details = {k: v for k, v in d.doc.items() if k not in (*_BOOTED_KEYS, "spec", "error", "image")}
@@ -217,12 +212,13 @@ def _kernel(d: _Doc) -> Kernel:
     return Kernel(d.text("spec"), d.text("error"), booted, image)
 
 
-def _deb(d: _Doc) -> Deb:
-    return Deb(d.text("package"), d.text("version"), d.text("filename"), d.text("sha256"), d.integer("size"),
-               d.text("suite"))  # fmt: skip
+def _deb(d: Doc) -> Deb:
+    # Every field: a replay downloads by them.
+    return Deb(d.text("package", True), d.text("version", True), d.text("filename", True), d.text("sha256", True),
+               d.integer("size", True), d.text("suite", True))  # fmt: skip
 
 
-def _shard(d: _Doc) -> Shard:
+def _shard(d: Doc) -> Shard:
     return Shard(d.integer("index"), d.integer("count"))
 
 
@@ -232,83 +228,10 @@ def _boot_json(b: Boot) -> dict[str, Any]:
             "qemu_argv": list(b.qemu_argv), "qemu_command": b.qemu_command}  # fmt: skip
 
 
-def _boot(d: _Doc) -> Boot:
+def _boot(d: Doc) -> Boot:
     runs = tuple(d.items("runs", lambda r: (r.text("memlock"), r.text("user"))))
     return Boot(d.text("id"), d.text("kernel"), d.integer("ram_mb"), runs, tuple(d.texts("qemu_argv")),
                 d.text("qemu_command"))  # fmt: skip
-
-
-# --- reading with types checked ----------------------------------------------------------------
-
-
-class _Doc:
-    """A JSON object being read; every accessor checks the value's type and names its key when wrong."""
-
-    def __init__(self, doc: object, where: str) -> None:
-        if not isinstance(doc, dict):
-            raise UserError(f"{where.rstrip(': .')}: not an object")
-        self.doc: dict[str, Any] = doc
-        self.where = where
-
-    def _bad(self, key: str, kind: str) -> UserError:
-        return UserError(f"{self.where}{key}: not {kind}; give a manifest.json the harness wrote")
-
-    def has(self, key: str) -> bool:
-        return self.doc.get(key) is not None
-
-    def text(self, key: str) -> str:
-        value = self.doc.get(key)
-        if value is None:
-            return ""
-        if not isinstance(value, str):
-            raise self._bad(key, "a string")
-        return value
-
-    def opt_text(self, key: str) -> str | None:
-        return self.text(key) if self.has(key) else None
-
-    def integer(self, key: str) -> int:
-        value = self.doc.get(key)
-        if value is None:
-            return 0
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise self._bad(key, "an integer")
-        return value
-
-    def flag(self, key: str) -> bool:
-        value = self.doc.get(key)
-        if value is not None and not isinstance(value, bool):
-            raise self._bad(key, "true or false")
-        return bool(value)
-
-    def mapping(self, key: str) -> dict[str, Any]:
-        value = self.doc.get(key)
-        if value is None:
-            return {}
-        if not isinstance(value, dict):
-            raise self._bad(key, "an object")
-        return value
-
-    def texts(self, key: str) -> list[str]:
-        values = self._list(key)
-        if not all(isinstance(v, str) for v in values):
-            raise self._bad(key, "a list of strings")
-        return values
-
-    def items(self, key: str, read: Callable[[_Doc], T]) -> list[T]:
-        return [read(_Doc(v, f"{self.where}{key}[{i}].")) for i, v in enumerate(self._list(key))]
-
-    def each(self, key: str, read: Callable[[_Doc], T], default: T) -> T:
-        value = self.doc.get(key)
-        return default if value is None else read(_Doc(value, f"{self.where}{key}."))
-
-    def _list(self, key: str) -> list[Any]:
-        value = self.doc.get(key)
-        if value is None:
-            return []
-        if not isinstance(value, list):
-            raise self._bad(key, "a list")
-        return value
 
 
 def kernels_by_spec(kernels: Sequence[Kernel]) -> dict[str, Kernel]:

@@ -13,13 +13,17 @@ from pathlib import Path
 from typing import Any
 
 from harness import sources, yamlfile
-from harness.errors import UserError
+from harness.files import read_text
 from harness.sources import KernelSpec
 from harness.yamlfile import FieldError, KeyPath, Where
 
 USERS = ("root", "user")  # the accounts the guest image has
 MIN_RAM_MB = 96  # Debian kernels panic unpacking the initramfs below this (PROTOTYPE pitfall 11)
+MAX_RAM_MB = 1 << 20  # 1 TiB: far above any guest this harness boots; a run also checks the host's memory
+MAX_LIMIT = 1 << 62  # RLIMIT_MEMLOCK in bytes; anything near 2**64 is RLIM_INFINITY's territory: 'unlimited'
+MAX_TIMEOUT = 86_400.0  # seconds
 DEFAULT_MATRIX = "default-matrix.yaml"
+MAX_BYTES = 1 << 20  # every Debian build of every line fits in a few kB
 
 
 @dataclass(frozen=True)
@@ -115,11 +119,7 @@ _TOP_KEYS = {"kernels", "ram", "memlock", "users", "cases", "timeouts"}
 
 
 def load(path: Path) -> Matrix:
-    try:
-        text = path.read_text()
-    except OSError as e:
-        raise UserError(f"{path}: cannot read matrix file: {e.strerror}; give an existing YAML file") from e
-    return parse(text, str(path))
+    return parse(read_text(path, MAX_BYTES, "matrix file"), str(path))
 
 
 def load_default() -> Matrix:
@@ -153,6 +153,9 @@ def from_data(data: object, where: Where) -> Matrix:
     users = tuple(_user(where, ("users", i), v) for i, v in enumerate(_list(where, data, "users", ["root"])))
     cases = _cases(where, data.get("cases", "all"))
     timeouts = _timeouts(where, data.get("timeouts", {}))
+    for i, kernel in enumerate(kernels):
+        if kernel in kernels[:i]:
+            raise where.error(("kernels", i), f"the same kernel as kernels.{kernels.index(kernel)}; remove one")
     for name, axis in (("ram", ram), ("memlock", memlocks), ("users", users), ("cases", cases or ())):
         if len(set(axis)) != len(axis):
             raise where.error((name,), "lists the same value twice; remove the duplicate")
@@ -182,6 +185,8 @@ def _ram(where: Where, path: KeyPath, value: object) -> int:
         raise where.error(path, "give guest RAM in whole megabytes with a unit, such as 256M")
     if mb < MIN_RAM_MB:
         raise where.error(path, f"{value} is too small: Debian kernels need at least {MIN_RAM_MB}M to boot")
+    if mb > MAX_RAM_MB:
+        raise where.error(path, f"{value} is more than {format_size(MAX_RAM_MB << 20)}; give guest RAM such as 256M")
     return mb
 
 
@@ -189,9 +194,12 @@ def _limit(where: Where, path: KeyPath, value: object) -> int | None:
     if isinstance(value, str) and value.strip().lower() in ("unlimited", "infinity"):
         return None
     try:
-        return parse_size(value)
+        limit = parse_size(value)
     except ValueError as e:
         raise where.error(path, f"{e}; a limit is a size such as 64K, 0 or 'unlimited'") from None
+    if limit > MAX_LIMIT:
+        raise where.error(path, f"{value} is more than {format_size(MAX_LIMIT)}; give 'unlimited' for no limit")
+    return limit
 
 
 def _memlock(where: Where, path: KeyPath, value: object) -> Memlock | None:
@@ -234,8 +242,8 @@ def _timeouts(where: Where, value: object) -> Timeouts:
     for key, v in value.items():
         if key not in ("boot", "case"):
             raise where.error(("timeouts", key), "unknown key; allowed: boot, case")
-        if isinstance(v, bool) or not isinstance(v, int | float) or v <= 0:
-            raise where.error(("timeouts", key), "give a positive number of seconds")
+        if isinstance(v, bool) or not isinstance(v, int | float) or not 0 < v <= MAX_TIMEOUT:
+            raise where.error(("timeouts", key), f"give a positive number of seconds, at most {MAX_TIMEOUT:g}")
         out[key] = float(v)
     return Timeouts(**out)
 

@@ -123,7 +123,7 @@ def merge(shards: Sequence[Shard], run_id: str, out_dir: Path, started: str) -> 
     for shard in shards:
         for boot in shard.run.boots:
             if boot.serial_log:
-                _copy(shard.run_dir / boot.serial_log, out_dir / boot.serial_log)
+                _copy(shard.run_dir, out_dir, boot.serial_log)
     writer = rundir.RunWriter(out_dir, run_id, run.started, [b.boot_id for b in boots])
     for boot in boots:
         writer.add_boot(boot)
@@ -132,7 +132,12 @@ def merge(shards: Sequence[Shard], run_id: str, out_dir: Path, started: str) -> 
     return run
 
 
-def _copy(src: Path, dest: Path) -> None:
+def _copy(shard_dir: Path, out_dir: Path, name: str) -> None:
+    """A shard's serial log into the merged run, only ever from inside the one to inside the other
+    (read_results refuses other names already; a link in the shard must not lead out either)."""
+    src, dest = (shard_dir / name).resolve(), (out_dir / name).resolve()
+    if not (src.is_relative_to(shard_dir.resolve()) and dest.is_relative_to(out_dir.resolve())):
+        raise UserError(f"{shard_dir}: serial log {name!r} is outside the run directory; merge runs the harness wrote")
     if not src.is_file():
         return  # a boot that never started QEMU names a log that was never written
     try:

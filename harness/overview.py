@@ -9,7 +9,6 @@ writes the views.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -166,13 +165,3 @@ def verdict(boots: Sequence[BootResult]) -> str:
     return "infrastructure problems: some cases have no answer"
 
 
-# Guest output decoded with surrogateescape keeps lone surrogates, which UTF-8 cannot encode.
-_SURROGATE = re.compile("[\ud800-\udfff]")
-
-
-def encodable(text: str) -> str:
-    try:
-        text.encode("utf-8")  # a few times faster than the substitution, which is rarely needed
-    except UnicodeEncodeError:
-        return _SURROGATE.sub("\ufffd", text)
-    return text

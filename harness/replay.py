@@ -13,7 +13,7 @@ import dataclasses
 from collections.abc import Callable
 from pathlib import Path
 
-from harness import compare, kit, manifest, matrix, run, rundir, sources, verdict, vm
+from harness import compare, manifest, matrix, probe, run, rundir, sources, verdict, vm
 from harness.boot import Live
 from harness.errors import UserError
 from harness.results import BootResult, RunRecord
@@ -72,7 +72,7 @@ def replay(
     chosen = boots_of(original, boot)
     pinned = sources.pin(mx.kernels, recorded.kernels, options.sources(log))
     accel = options.accel or vm.accelerator()
-    diffs = differences(recorded, kit.build_probe().sha256, accel.name)
+    diffs = differences(recorded, probe.build().sha256, accel.name)
     for line in diffs:
         log(f"replay: not the same input: {line}")
     options = dataclasses.replace(options, boots=chosen, shard=None, accel=accel)

@@ -19,6 +19,7 @@ import jinja2
 from markupsafe import Markup
 
 from harness import overview
+from harness.jsondoc import encodable
 from harness.results import Outcome, RunRecord, exit_code, outcome_counts
 
 # One encoder for all values: json.dumps builds a new one per call.
@@ -273,4 +274,4 @@ def html(run: RunRecord) -> str:
         pretty=_pretty,
         compact=_json_or_blank,
     )
-    return overview.encodable(page)
+    return encodable(page)

@@ -14,7 +14,7 @@ from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from pathlib import Path
 
-from harness import __version__, boot, history, kit, manifest, matrix, rundir, sources, verdict, vm
+from harness import __version__, boot, history, kit, manifest, matrix, probe, rundir, sources, verdict, vm
 from harness.boot import Cancelled, Live
 from harness.errors import InfraError, UserError
 from harness.image import Image
@@ -67,6 +67,19 @@ def select(plans: Sequence[matrix.BootPlan], options: Options) -> list[matrix.Bo
     return chosen
 
 
+def check_memory(mx: matrix.Matrix, meminfo: Path = Path("/proc/meminfo")) -> None:
+    """Guest RAM this host does not have fails before anything is downloaded, not after a boot."""
+    try:
+        lines = meminfo.read_text().splitlines()
+        total_kb = next(int(line.split()[1]) for line in lines if line.startswith("MemTotal:"))
+    except (OSError, StopIteration, ValueError, IndexError):
+        return  # not Linux, or an odd /proc: QEMU will say
+    for ram in mx.ram_mb:
+        if ram << 10 > total_kb:
+            raise UserError(f"{mx.source}: ram: {ram}M is more than this host's memory ({total_kb >> 10}M); give a "
+                            "smaller size")  # fmt: skip
+
+
 def prepare(specs: Sequence[KernelSpec], unresolved: Mapping[KernelSpec, InfraError], source: sources.Kernels,
             guests: kit.Kit, log: Callable[[str], None]) -> dict[KernelSpec, Prepared]:  # fmt: skip
     """Fetch every kernel and build its image; a kernel that cannot be had fails only its own boots."""
@@ -100,8 +113,9 @@ def execute(
     """
     live = live or Live()
     rundir.check_writable(options.results)
-    probe = kit.build_probe()
-    planned = matrix.expand(mx, probe.names)
+    check_memory(mx)
+    built = probe.build()
+    planned = matrix.expand(mx, built.names)
     plans = select(planned, options)
     expectations = verdict.load()
     source = sources.Kernels(options.sources(log), pinned)
@@ -124,7 +138,7 @@ def execute(
     for r in results.values():
         writer.add_boot(r)
 
-    guests = kit.assemble(options.cache, probe)
+    guests = kit.assemble(options.cache, built)
     prepared = prepare(specs, unresolved, source, guests, log)
     for p in plans:
         k = prepared[p.kernel].kernel

@@ -16,13 +16,14 @@ import os
 import secrets
 import threading
 import time
-from collections.abc import Mapping, Sequence
-from pathlib import Path
+from collections.abc import Sequence
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 from harness import manifest, overview, report_html, summary_md
 from harness.errors import InfraError, UserError
 from harness.files import atomic_write, os_failure
+from harness.jsondoc import Doc, load
 from harness.junit import junit_xml
 from harness.results import BootResult, CaseResult, KernelInfo, Outcome, RunRecord, outcome_counts
 
@@ -32,6 +33,7 @@ RESULTS_FILE = "results.json"
 MANIFEST_FILE = manifest.FILE
 HTML_FILE = overview.HTML_FILE
 SUMMARY_FILE = overview.SUMMARY_FILE
+MAX_RESULTS_BYTES = 512 << 20  # a 10-kernel run writes 12 MB
 
 
 # --- creating and finding runs -----------------------------------------------------------------
@@ -45,8 +47,8 @@ def check_writable(results: Path) -> None:
     problem = ("is not a directory" if not existing.is_dir()
                else "is not writable" if not os.access(existing, os.W_OK | os.X_OK) else "")  # fmt: skip
     if problem:
-        raise InfraError(f"{results}: results cannot be written there ({existing} {problem}); give --results "
-                         "a writable directory")  # fmt: skip
+        raise UserError(f"{results}: results cannot be written there ({existing} {problem}); give --results "
+                        "a writable directory")  # fmt: skip
 
 
 def create(results: Path) -> tuple[str, Path]:
@@ -146,44 +148,41 @@ def results_json(
     }
 
 
-def _need(doc: Mapping[str, Any], key: str, kind: type | tuple[type, ...], where: str) -> Any:
-    value = doc.get(key)
-    if not isinstance(value, kind):
-        raise ValueError(f"{where}{key}: missing or not {getattr(kind, '__name__', 'of the right type')}")
-    return value
-
-
-def _case_from(doc: Mapping[str, Any], boot_id: str, where: str) -> CaseResult:
+def _case_from(d: Doc, boot_id: str) -> CaseResult:
     try:
-        outcome = Outcome(doc.get("outcome"))
+        outcome = Outcome(d.doc.get("outcome"))
     except ValueError:
-        raise ValueError(f"{where}outcome: {doc.get('outcome')!r} is not one of the outcomes") from None
-    observation = doc.get("observation")
+        raise UserError(f"{d.where}outcome: {d.doc.get('outcome')!r} is not one of the outcomes; "
+                        f"give {d.what}") from None  # fmt: skip
+    observation = d.doc.get("observation")
     return CaseResult(
-        boot_id, _need(doc, "case", str, where), _need(doc, "memlock", str, where), _need(doc, "user", str, where),
-        outcome, str(doc.get("message") or ""), observation if isinstance(observation, dict) else None,
-        dict(doc.get("expected") or {}), str(doc.get("citation") or ""), float(doc.get("duration_s") or 0.0),
-        str(doc.get("fingerprint") or ""),
+        boot_id, d.text("case", True), d.text("memlock", True), d.text("user", True), outcome, d.text("message"),
+        observation if isinstance(observation, dict) else None, d.mapping("expected"), d.text("citation"),
+        d.number("duration_s"), d.text("fingerprint"),
     )  # fmt: skip
 
 
-def _boot_from(doc: Mapping[str, Any], where: str) -> BootResult:
-    boot_id = _need(doc, "boot_id", str, where)
-    k = doc.get("kernel")
-    kernel = None
-    if isinstance(k, dict):
-        kw = f"{where}kernel."
-        kernel = KernelInfo(_need(k, "label", str, kw), str(k.get("release") or ""), k.get("package"),
-                            k.get("version"), str(k.get("sha256") or ""), str(k.get("source") or ""))  # fmt: skip
-    cases = _need(doc, "cases", list, where)
+def _boot_from(d: Doc) -> BootResult:
+    boot_id = d.text("boot_id", True)
+    kernel = d.each("kernel", lambda k: KernelInfo(k.text("label", True), k.text("release"), k.opt_text("package"),
+                                                   k.opt_text("version"), k.text("sha256"), k.text("source")), None)
+    timings = d.mapping("timings")
     return BootResult(
-        boot_id, kernel, int(_need(doc, "ram_mb", int, where)), str(doc.get("accelerator") or ""),
-        str(doc.get("qemu_version") or ""), doc.get("memtotal_kb"), str(doc.get("uname") or ""),
-        [str(a) for a in doc.get("qemu_argv") or []], str(doc.get("serial_log") or ""),
-        {str(a): float(b) for a, b in (doc.get("timings") or {}).items()}, str(doc.get("error") or ""),
-        int(doc.get("reboots") or 0), int(doc.get("retries") or 0),
-        [_case_from(c, boot_id, f"{where}cases[{i}].") for i, c in enumerate(cases)],
+        boot_id, kernel, d.integer("ram_mb", True), d.text("accelerator"), d.text("qemu_version"),
+        d.opt_integer("memtotal_kb"), d.text("uname"), d.texts("qemu_argv"), _inside(d, "serial_log"),
+        {k: Doc(timings, f"{d.where}timings.", d.what).number(k) for k in timings}, d.text("error"),
+        d.integer("reboots"), d.integer("retries"), d.items("cases", lambda c: _case_from(c, boot_id), required=True),
     )  # fmt: skip
+
+
+def _inside(d: Doc, key: str) -> str:
+    """A path in the run directory, as results.json names it: relative, and never out of the directory
+    (merge copies the file it names; report.html links to it)."""
+    value = d.text(key)
+    parts = PurePosixPath(value).parts
+    if value and (value.startswith("/") or ".." in parts or "\0" in value or not parts):
+        raise UserError(f"{d.where}{key}: {value[:100]!r} is not a path inside the run directory; give {d.what}")
+    return value
 
 
 def read_results(path: Path) -> RunRecord:
@@ -192,22 +191,16 @@ def read_results(path: Path) -> RunRecord:
     Raises UserError naming the file and the field when it is not a results.json this harness wrote.
     """
     file = path / RESULTS_FILE if path.is_dir() else path
-    try:
-        doc = json.loads(file.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise UserError(f"{file}: no such file; give a run directory (results/<run-id>) or its results.json") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise UserError(f"{file}: cannot read it as JSON ({e}); give a results.json the harness wrote") from None
-    try:
-        if not isinstance(doc, dict):
-            raise ValueError("top level: not an object")
-        if doc.get("schema") != SCHEMA_VERSION:
-            raise ValueError(f"schema: {doc.get('schema')!r}, this harness reads schema {SCHEMA_VERSION}")
-        boots = [_boot_from(b, f"boots[{i}].") for i, b in enumerate(_need(doc, "boots", list, ""))]
-        return RunRecord(_need(doc, "run_id", str, ""), str(doc.get("started") or ""), doc.get("finished"),
-                         bool(doc.get("interrupted")), boots)  # fmt: skip
-    except (ValueError, TypeError, AttributeError) as e:
-        raise UserError(f"{file}: {e}; give a results.json the harness wrote") from None
+    what = "a results.json the harness wrote"
+    if not file.exists():
+        raise UserError(f"{file}: no such file; give a run directory (results/<run-id>) or its results.json")
+    top = Doc(load(file, MAX_RESULTS_BYTES, "results.json"), f"{file}: ", what)
+    if top.doc.get("schema") != SCHEMA_VERSION:
+        raise UserError(f"{file}: schema: {repr(top.doc.get('schema'))[:20]}, this harness reads schema "
+                        f"{SCHEMA_VERSION}; give {what}")  # fmt: skip
+    boots = top.items("boots", _boot_from, required=True)
+    return RunRecord(top.text("run_id", True), top.text("started"), top.opt_text("finished"), top.flag("interrupted"),
+                     boots)  # fmt: skip
 
 
 # --- writing -----------------------------------------------------------------------------------

@@ -8,6 +8,7 @@ import re
 from collections.abc import Sequence
 
 from harness import overview
+from harness.jsondoc import encodable
 from harness.results import CaseResult, Outcome, RunRecord, outcome_counts
 
 # summary.md goes into $GITHUB_STEP_SUMMARY, which GitHub refuses above 1 MiB; lists are cut well below.
@@ -117,4 +118,4 @@ def markdown(run: RunRecord) -> str:
     if len(m.changes) > SUMMARY_MAX_ITEMS:
         out += ["", _more(len(m.changes) - SUMMARY_MAX_ITEMS)]
     out += ["", f"Every result with its evidence: {overview.HTML_FILE} in the run directory."]
-    return overview.encodable("\n".join(out) + "\n")
+    return encodable("\n".join(out) + "\n")

@@ -1,13 +1,18 @@
-"""What a finished run prints on the terminal: a row per boot and the results that need a look.
+"""The terminal: the one place that makes text safe to print, and what a finished run prints.
 
-Guest text (messages, releases) goes into rich `Text`, never into markup strings, so a bracket in a
-message cannot restyle or break the table.
+Everything printed may hold what a guest or a file said: kernel messages, serial excerpts, paths,
+commit titles. Two rules keep it inert. `safe` shows control characters (ESC starts ANSI and OSC
+sequences: colours, cursor moves, window titles, hyperlinks), bidi overrides and lone surrogates as
+visible escapes, whether or not stdout is a terminal. And no such text is ever read as rich
+markup: it goes into `Text` (`text`) or is printed with markup off (`printer`), so a "[/]" in a
+path or a commit title is printed as it is.
 """
 
 from __future__ import annotations
 
+import re
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from rich import box
 from rich.console import Console
@@ -16,6 +21,35 @@ from rich.text import Text
 
 from harness.junit import BOOT_CASE
 from harness.results import BootResult, Outcome, outcome_counts
+
+# C0 controls but tab and newline, DEL, C1 controls, bidi embeddings/overrides/isolates, surrogates.
+_UNSAFE = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u200e\u200f\u202a-\u202e\u2066-\u2069\ud800-\udfff]")
+
+
+def _escape(m: re.Match[str]) -> str:
+    code = ord(m.group())
+    if 0xD800 <= code <= 0xDFFF:
+        return "\ufffd"  # a lone surrogate cannot be written as UTF-8 at all
+    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
+
+
+def safe(value: object) -> str:
+    """`value` as text that cannot change what a terminal shows beyond itself."""
+    return _UNSAFE.sub(_escape, str(value))
+
+
+def text(value: object, style: str = "") -> Text:
+    """A table cell or line of untrusted text: made safe, never read as markup."""
+    return Text(safe(value), style=style)
+
+
+def printer(console: Console) -> Callable[[str], None]:
+    """A log function for `console`: every line made safe, no markup, no highlighting."""
+
+    def say(line: str) -> None:
+        console.print(safe(line), markup=False, highlight=False, soft_wrap=True)
+
+    return say
 
 _OUTCOME_STYLE = {
     Outcome.PASS: "green",
@@ -54,7 +88,7 @@ def summary_table(boots: Sequence[BootResult]) -> Table:
     for boot in boots:
         release = (boot.kernel.release if boot.kernel is not None else "") or boot.uname or "-"
         counts = _boot_counts(boot)
-        cells: list[Text] = [Text(boot.boot_id), Text(release)]
+        cells: list[Text] = [text(boot.boot_id), text(release)]
         cells += [Text(_seconds(boot, key)) for key in ("marker", "ssh", "probe")]
         for outcome in Outcome:
             n = counts[outcome]
@@ -74,13 +108,13 @@ def problems_table(boots: Sequence[BootResult]) -> Table:
         if boot.error:
             style = _OUTCOME_STYLE[Outcome.INFRA_ERROR]
             table.add_row(
-                Text(boot.boot_id), Text(BOOT_CASE), Text(Outcome.INFRA_ERROR.value, style), Text(boot.error)
+                text(boot.boot_id), Text(BOOT_CASE), Text(Outcome.INFRA_ERROR.value, style), text(boot.error)
             )
         for r in boot.cases:
             if r.outcome in (Outcome.PASS, Outcome.NOT_APPLICABLE):
                 continue
             style = _OUTCOME_STYLE[r.outcome]
-            table.add_row(Text(boot.boot_id), Text(r.name), Text(r.outcome.value, style), Text(r.message))
+            table.add_row(text(boot.boot_id), text(r.name), Text(r.outcome.value, style), text(r.message))
     return table
 
 

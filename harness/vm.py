@@ -12,6 +12,7 @@ import functools
 import os
 import re
 import shlex
+import shutil
 import signal
 import socket
 import subprocess
@@ -23,11 +24,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from harness.errors import InfraError
+from harness.streams import Lines
 
 QEMU = os.environ.get("HARNESS_QEMU", "qemu-system-x86_64")
 READY_MARKER = "HARNESS-READY"  # printed by the guest's /init once port 22 listens
 PANIC_MARKERS = ("Kernel panic - not syncing", "---[ end Kernel panic")
 PORT_TAKEN = "Could not set up host forwarding rule"
+# A guest may print without end: the log on disk stops here, and a line is looked at up to this long.
+SERIAL_LOG_MAX = 64 << 20
+SERIAL_LINE_MAX = 4096
 
 
 @dataclass(frozen=True)
@@ -90,11 +95,13 @@ def qemu_version() -> str:
 
 
 class Process:
-    """A child in its own process group, killed with the whole group on every exit path."""
+    """A child in its own process group, killed with the whole group on every exit path, and by the
+    kernel when the thread that started it dies, however that happens (SIGKILL, the OOM killer)."""
 
     def __init__(self, argv: list[str], **popen_kwargs: object) -> None:
         self.argv = argv
-        self.popen = subprocess.Popen(argv, start_new_session=True, stdin=subprocess.DEVNULL, **popen_kwargs)  # type: ignore[call-overload]
+        self.popen = subprocess.Popen(lifeline("KILL") + argv, start_new_session=True, stdin=subprocess.DEVNULL,
+                                      **popen_kwargs)  # type: ignore[call-overload]
 
     def __enter__(self) -> Process:
         return self
@@ -111,6 +118,17 @@ class Process:
         for stream in (self.popen.stdout, self.popen.stderr):
             if stream is not None:
                 stream.close()
+
+
+@functools.cache
+def lifeline(signame: str) -> list[str]:
+    """A prefix for a child's argv: util-linux's setpriv sets the child's parent-death signal, then
+    execs it. When the thread that started it dies, with the harness however it died (SIGKILL, the
+    OOM killer), the kernel sends the child `signame`; a child in a session of its own is out of
+    reach of a job's process-group kill otherwise. Without setpriv, only the harness's own exit paths
+    stop its children."""
+    setpriv = shutil.which("setpriv")
+    return [setpriv, "--pdeathsig", signame, "--"] if setpriv else []
 
 
 @dataclass(frozen=True)
@@ -141,7 +159,9 @@ class VMConfig:
             "-kernel", str(self.kernel),
             "-initrd", str(self.initrd),
             "-append", self.cmdline,
-            "-netdev", f"user,id=n0,hostfwd=tcp:127.0.0.1:{self.port}-:22",
+            # restrict=on: the guest reaches nothing, neither the host's services nor beyond; the
+            # forward of the harness's own SSH connection into the guest still works.
+            "-netdev", f"user,id=n0,restrict=on,hostfwd=tcp:127.0.0.1:{self.port}-:22",
             "-device", "virtio-net-pci,netdev=n0,romfile=",
         ] + (["-drive", f"file={self.disk},format=raw,if=virtio,readonly=on"] if self.disk else [])  # fmt: skip
 
@@ -201,20 +221,24 @@ class VM:
     def _read(self) -> None:
         stdout = self._proc.popen.stdout
         assert stdout is not None
-        pending = b""
+        lines = Lines(SERIAL_LINE_MAX)
+        room = SERIAL_LOG_MAX
         try:
             for chunk in iter(lambda: stdout.read1(65536), b""):
-                self._log.write(chunk)
-                self._log.flush()
-                pending += chunk
-                *lines, pending = pending.split(b"\n")
-                for raw in lines:
-                    self._line(raw.decode(errors="replace").rstrip("\r"))
+                if room > 0:
+                    self._log.write(chunk[:room])
+                    room -= len(chunk)
+                    if room <= 0:
+                        self._log.write(f"\n[harness: serial log cut at {SERIAL_LOG_MAX >> 20} MiB]\n".encode())
+                    self._log.flush()
+                for line in lines.feed(chunk):
+                    self._line(line.data.decode(errors="replace").rstrip("\r"))
         except (OSError, ValueError):
             pass  # the pipe closed under us while the VM was being killed
         finally:
-            if pending:
-                self._line(pending.decode(errors="replace"))
+            rest = lines.end()
+            if rest is not None:
+                self._line(rest.data.decode(errors="replace"))
             self._serial.ended.set()
             self._serial.ready.set()  # wake a waiter: the guest can never become ready now
 

@@ -23,15 +23,47 @@ class FieldError(UserError):
         self.reason = reason
 
 
+MAX_NODES = 100_000  # a matrix of every Debian build is a few thousand
+
+
 def read(text: str, source: str) -> tuple[yaml.Node | None, Any]:
-    """The node tree (for line numbers) and the data; bad YAML is one line naming source and line."""
+    """The node tree (for line numbers) and the data; bad YAML is one line naming source and line.
+
+    Anchors and aliases are refused: a file of a few hundred bytes could otherwise expand to
+    billions of values (or to itself), and a matrix never needs them. Nesting deeper than Python
+    can follow is refused too.
+    """
     try:
-        return yaml.compose(text, Loader=yaml.SafeLoader), yaml.safe_load(text)
+        root = yaml.compose(text, Loader=yaml.SafeLoader)
+        _check_tree(root, source)
+        return root, yaml.safe_load(text)
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         line = f"{mark.line + 1}" if mark is not None else "1"
         problem = getattr(e, "problem", None) or str(e).splitlines()[0]
         raise UserError(f"{source}:{line}: invalid YAML: {problem}") from None
+    except RecursionError:
+        raise UserError(f"{source}: nested too deeply to be a matrix or known-deviations file") from None
+    except ValueError as e:  # a value YAML reads but Python will not hold, such as a 5000-digit number
+        raise UserError(f"{source}: invalid YAML: {str(e)[:200]}") from None
+
+
+def _check_tree(root: yaml.Node | None, source: str) -> None:
+    seen: set[int] = set()
+    stack = [root] if root is not None else []
+    while stack:
+        node = stack.pop()
+        if id(node) in seen:
+            line = node.start_mark.line + 1
+            raise UserError(f"{source}:{line}: anchors and aliases (&name, *name) are not supported; write the value "
+                            "out where it is used")  # fmt: skip
+        seen.add(id(node))
+        if len(seen) > MAX_NODES:
+            raise UserError(f"{source}: more than {MAX_NODES} values; not a file a person wrote")
+        if isinstance(node, yaml.MappingNode):
+            stack.extend(n for pair in node.value for n in pair)
+        elif isinstance(node, yaml.SequenceNode):
+            stack.extend(node.value)
 
 
 class Where:

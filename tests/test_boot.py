@@ -12,6 +12,7 @@ import json
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -23,6 +24,7 @@ from harness.kernels import Kernel
 from harness.matrix import BootPlan, Memlock, RunPlan, Timeouts
 from harness.results import BootResult, Outcome
 from harness.sources.debian import DebianKernel
+from harness.streams import Line
 from harness.verdict import Expectations, Rule
 
 CASES = ("a", "b", "c")
@@ -87,16 +89,20 @@ class FakeMachine:
 
 
 class FakeSession:
-    def __init__(self, machine: FakeMachine, faults: dict[str, str], exit_code: int) -> None:
+    def __init__(self, machine: FakeMachine, faults: dict[str, Any], exit_code: int,
+                 refuse: guest.SSHFailure | None = None) -> None:  # fmt: skip
         self.machine = machine
         self.faults = faults
         self.exit_code = exit_code
+        self.refuse = refuse
         self.argvs: list[list[str]] = []
 
     def connect(self) -> float:
+        if self.refuse is not None:
+            raise self.refuse
         return 0.1
 
-    def run(self, argv: Sequence[str], timeout: float, on_line: Callable[[str], None] | None = None) -> guest.Result:
+    def run(self, argv: Sequence[str], timeout: float, on_line: Callable[[Line], None] | None = None) -> guest.Result:
         self.argvs.append(list(argv))
         if argv[0] == "uname":
             return guest.Result(0, "6.1.0-50-amd64\n", "")
@@ -114,8 +120,13 @@ class FakeSession:
             if fault == DROP:
                 raise guest.SSHFailure("SSH connection to the guest broke while running /harness/probe: reset")
             if fault == QUIT:
-                return guest.Result(self.exit_code, "", "probe: cannot set the limit\n")
-            on_line(json.dumps({"kind": "case", "case": case, "status": "ok", "result": "ok", "memtotal_kb": 250000}))
+                return guest.Result(self.exit_code, "", "probe: cannot set the limit\n" if self.exit_code else "")
+            if isinstance(fault, list):  # what the probe prints instead of this case's record
+                for raw in fault:
+                    on_line(raw if isinstance(raw, Line) else Line(raw))
+                continue
+            record = {"kind": "case", "case": case, "status": "ok", "result": "ok", "memtotal_kb": 250000}
+            on_line(Line(json.dumps(record).encode()))
         return guest.Result(0, "", "")
 
 
@@ -123,11 +134,12 @@ class Guests:
     """Fake seams: each boot attempt takes the next entry of `boots` (an exception to fail with, or
     None to come up); the probe meets `faults` (case -> fault, each once) in whatever guest runs it."""
 
-    def __init__(self, boots: Sequence[BaseException | None] = (), faults: dict[str, str] | None = None,
-                 exit_code: int = 0) -> None:  # fmt: skip
+    def __init__(self, boots: Sequence[BaseException | None] = (), faults: dict[str, Any] | None = None,
+                 exit_code: int = 0, refuse: guest.SSHFailure | None = None) -> None:  # fmt: skip
         self.boots = list(boots)
         self.faults = dict(faults or {})
         self.exit_code = exit_code
+        self.refuse = refuse
         self.started: list[FakeMachine] = []
         self.sessions: list[FakeSession] = []
 
@@ -146,7 +158,7 @@ class Guests:
     @contextlib.contextmanager
     def session(self, endpoint: guest.Endpoint, user: str, key: object) -> Iterator[FakeSession]:
         assert endpoint.port == 2222 and user == "root"
-        session = FakeSession(self.started[-1], self.faults, self.exit_code)
+        session = FakeSession(self.started[-1], self.faults, self.exit_code, self.refuse)
         self.sessions.append(session)
         yield session
 
@@ -289,3 +301,48 @@ def test_an_interrupt_during_a_failed_boot_is_not_retried(tmp_path: Path) -> Non
     guests = Interrupting()
     with pytest.raises(boot.Cancelled):
         run_boot(tmp_path, guests, live=live)
+
+
+def record(case: str) -> bytes:
+    return json.dumps({"kind": "case", "case": case, "status": "ok", "result": "ok"}).encode()
+
+
+def test_malformed_output_is_the_error_of_the_case_it_belongs_to(tmp_path: Path) -> None:
+    hostile = {"b": [b'{"kind":"case","case":"b","duration_ms":"5"}', record("b")],
+               "c": [b"\x1b]0;junk\x07", record("c")]}  # fmt: skip
+    result, _ = run_boot(tmp_path, Guests(faults=hostile))
+    assert [(c.case, c.outcome) for c in result.cases] == [
+        ("a", Outcome.PASS), ("b", Outcome.INFRA_ERROR), ("c", Outcome.INFRA_ERROR),
+    ]  # fmt: skip
+    assert result.cases[1].message == "malformed probe output: duration_ms: a string, not int"
+    assert result.cases[2].message.startswith("malformed probe output: not a JSON record")
+    assert (result.reboots, result.error) == (0, "")  # the guest itself is fine: the next run goes on
+
+
+def test_records_the_run_did_not_ask_for_are_errors_not_rows(tmp_path: Path) -> None:
+    # A record for a case no one asked for, then b's own (too late); a second answer for a.
+    result, _ = run_boot(tmp_path, Guests(faults={"b": [record("zzz"), record("b")], "c": [record("a"), record("c")]}))
+    assert [(c.case, c.outcome) for c in result.cases] == [
+        ("a", Outcome.PASS), ("b", Outcome.INFRA_ERROR), ("c", Outcome.PASS),
+    ]  # fmt: skip
+    assert result.cases[1].message == "malformed probe output: a record for case 'zzz', which was not asked for"
+
+
+def test_a_stream_that_stops_mid_record_errs_the_case_and_the_probe_that_exits_errs_the_rest(tmp_path: Path) -> None:
+    guests = Guests(faults={"b": [Line(record("b")[:20], complete=False)], "c": QUIT}, exit_code=0)
+    result, _ = run_boot(tmp_path, guests)
+    assert [(c.case, c.outcome) for c in result.cases] == [
+        ("a", Outcome.PASS), ("b", Outcome.INFRA_ERROR), ("c", Outcome.INFRA_ERROR),
+    ]  # fmt: skip
+    assert "stopped in the middle of a line" in result.cases[1].message
+    assert result.cases[2].message == "probe exited 0 without a record for this case"
+    assert len(guests.started) == 1  # answered by an error, not booted again and again
+
+
+def test_a_guest_that_is_not_ours_is_a_security_event_never_retried(tmp_path: Path) -> None:
+    refused = guest.TrustFailure("[127.0.0.1]:2222 presented a host key that is not the image's")
+    guests = Guests(refuse=refused)
+    result, _ = run_boot(tmp_path, guests)
+    assert len(guests.started) == 1 and result.retries == 0
+    assert result.error == f"security: {refused}; not retried"
+    assert all(c.outcome is Outcome.INFRA_ERROR and c.message == result.error for c in result.cases)

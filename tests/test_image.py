@@ -219,6 +219,17 @@ def test_build_is_reproducible_and_content_addressed(base: list[Entry], tmp_path
     assert sorted(p.name for p in (tmp_path / "a").iterdir()) == [one.path.name]  # no temp file left
 
 
+def test_an_image_holds_a_private_key_and_only_its_owner_reads_it(base: list[Entry], tmp_path: Path) -> None:
+    images = tmp_path / "images"
+    images.mkdir(mode=0o755)
+    one = image.build(base, [], b"s" * 32, images)
+    assert one.path.stat().st_mode & 0o777 == 0o600 and images.stat().st_mode & 0o777 == 0o700
+    one.path.chmod(0o644)  # as an older harness wrote it
+    images.chmod(0o755)
+    again = image.build(base, [], b"s" * 32, images)
+    assert again == one and one.path.stat().st_mode & 0o777 == 0o600 and images.stat().st_mode & 0o777 == 0o700
+
+
 def test_build_different_secret_gives_different_host_key(base: list[Entry], tmp_path: Path) -> None:
     one = image.build(base, [], b"a" * 32, tmp_path)
     two = image.build(base, [], b"b" * 32, tmp_path)

@@ -24,7 +24,7 @@ from junitparser import JUnitXml
 from test_junit_consumers import JENKINS_XSD, expected_counts, junitparser_counts, render_junit2html
 from test_overview import kernel_cells, matrix_rows, parse
 
-from harness import boot, guest, image, kernels, kit, matrix, rundir, sources, verdict, vm
+from harness import boot, guest, image, kernels, kit, matrix, probe, rundir, sources, verdict, vm
 from harness.cache import cache_dir
 from harness.results import BootResult, Outcome
 from harness.sources.debian import DebianKernel
@@ -115,9 +115,9 @@ def test_probe_drops_privileges_and_applies_limit(booted: tuple[vm.VM, image.Ima
     lines: list[str] = []
     with guest.Guest(guest.Endpoint(machine.config.port, img.host_key), "root", key) as g:
         g.connect()
-        argv = [kit.PROBE_IN_GUEST, "run", "--memlock", "65536:65536", "--user", "user",
+        argv = [probe.IN_GUEST, "run", "--memlock", "65536:65536", "--user", "user",
                 "map_locked_over", "mlock_over"]  # fmt: skip
-        result = g.run(argv, 120, lines.append)
+        result = g.run(argv, 120, lambda line: lines.append(line.data.decode()))
     assert result.exit_code == 0
     records = {r["case"]: r for r in map(json.loads, lines) if r.get("kind") == "case"}
     assert records["map_locked_over"]["uid"] == 1000
@@ -166,7 +166,7 @@ def test_harness_run_end_to_end(tmp_path: Path) -> None:
     )  # fmt: skip
     assert proc.returncode in (0, 1), proc.stdout + proc.stderr
     run_dir = (results / "latest").resolve()
-    cases = len(kit.build_probe().names)
+    cases = len(probe.build().names)
 
     suites = ET.parse(run_dir / "junit.xml").getroot().findall("testsuite")
     assert [s.get("name") for s in suites] == ["bookworm-256M", "sid+trixie-backports-256M"]
@@ -297,7 +297,7 @@ def test_interrupt_keeps_finished_results(tmp_path: Path, signum: int) -> None:
     data = json.loads((run_dir / "results.json").read_text())
     assert data["interrupted"] is True and data["complete"] is False
     cases = data["boots"][0]["cases"]
-    assert len(cases) == 8 * len(kit.build_probe().names)
+    assert len(cases) == 8 * len(probe.build().names)
     assert int(suite.get("tests", "0")) == len(cases) + 1  # and the errored "boot" testcase
     assert data["boots"][0]["error"] == "run interrupted"
     assert sum(1 for c in cases if c["outcome"] == "pass") >= done
@@ -451,3 +451,98 @@ def test_an_oom_killed_case_is_told_from_the_kernel_log(bookworm: Prepared, tmp_
     assert any(f"Killed process {oom.observation['child_pid']} " in line for line in oom.observation["kernel_log"])
     assert oom.outcome is Outcome.PASS and "OOM killer" in oom.message  # the rule allows it: documented
     assert limits.outcome is Outcome.PASS and result.reboots == 0
+
+
+# --- a hostile guest, and a harness killed outright ---------------------------------------------
+
+HOSTILE_PROBE = REPO / "tests" / "data" / "hostile-probe.sh"
+# `harness run` with the probe in one kernel's image replaced by tests/data/hostile-probe.sh; the
+# other kernel's guests keep the real probe. Run as a child, so its peak memory can be read.
+HOSTILE_RUN = """
+import resource, sys
+from pathlib import Path
+from harness import cli, image, kit
+
+real = kit.Kit.image
+
+def image_for(self, kernel):
+    if not kernel.source.startswith("path:"):
+        return real(self, kernel)
+    hostile = image.file(image.PROBE_PATH, Path(sys.argv[1]).read_bytes(), 0o755)
+    base = [e for e in self.base if e.path != image.PROBE_PATH] + [hostile]
+    return image.build(base, kit.guest_modules(kernel), self.secret, self.images)
+
+kit.Kit.image = image_for
+try:
+    sys.exit(cli.main(sys.argv[3:]))
+finally:
+    Path(sys.argv[2]).write_text(str(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss))
+"""
+
+
+def test_a_hostile_guest_costs_only_its_own_cases(bookworm: Prepared, tmp_path: Path) -> None:
+    """One guest's probe writes what issue 11 found breaking the harness: wrong types, a 5000-digit
+    number, 200k-deep nesting, a lone surrogate with terminal escapes, random bytes, 100 MB without a
+    newline, a record cut off mid-line. The run completes; that boot's cases are errors with the
+    reason; the other boot's results are as always; memory stays bounded; the terminal sees no escape."""
+    kernel, _, _ = bookworm
+    assert kernel.modules_dir is not None
+    cases = ["limits", "map_locked_under", "map_locked_at", "map_locked_over", "mlock_under", "mlock_at",
+             "mlock_over", "mlock2_under"]  # fmt: skip
+    m = tmp_path / "m.yaml"
+    m.write_text(f"kernels:\n  - debian: bookworm\n  - {{path: {kernel.image}, modules: {kernel.modules_dir}}}\n"
+                 f"memlock: [64K]\nusers: [user]\ncases: [{', '.join(cases)}]\n")  # fmt: skip
+    results = tmp_path / "results"
+    before = qemu_pids()
+    peak = tmp_path / "peak-rss-kib"
+    proc = subprocess.run(
+        [sys.executable, "-c", HOSTILE_RUN, str(HOSTILE_PROBE), str(peak), "run", "--matrix", str(m), "--results",
+         str(results)], capture_output=True, cwd=REPO, timeout=1200,
+    )  # fmt: skip
+    peak_mib = int(peak.read_text()) / 1024
+    print(f"peak RSS of the harness with a hostile guest: {peak_mib:.0f} MiB")
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 3, out.decode(errors="replace")  # some cases have no answer: infrastructure
+    assert b"Traceback" not in out
+    assert not [esc for esc in (b"\x1b]", b"\x1b[2J", b"\x1b[31m", b"\x07") if esc in out]
+    assert peak_mib < 400  # the 100 MB line never sits in memory (a normal run peaks near 150 MiB here)
+
+    data = json.loads((results / "latest" / "results.json").read_text())
+    good, bad = data["boots"]
+    assert [c["case"] for c in bad["cases"]] == cases
+    reasons = [c["message"] for c in bad["cases"]]
+    assert all(c["outcome"] == "infra_error" for c in bad["cases"])
+    assert reasons[0] == "malformed probe output: duration_ms: a string, not int"
+    assert reasons[1] == "malformed probe output: kernel_log: an integer, not list or null"
+    assert reasons[2].startswith("malformed probe output: not a JSON record (Exceeds the limit")
+    assert reasons[3].startswith("malformed probe output: not a JSON record")
+    assert reasons[4].startswith("probe child weird\ufffd \x1b]0;owned")  # kept as evidence, printed escaped
+    assert reasons[5].startswith("malformed probe output: not a JSON record")
+    assert reasons[6] == "malformed probe output: a line of 100000000 bytes, longer than any record"
+    assert reasons[7].startswith("malformed probe output: the output stopped in the middle of a line")
+    assert {c["outcome"] for c in good["cases"]} <= {"pass", "deviation", "not_applicable"} and not good["error"]
+    assert qemu_pids() <= before
+
+
+def test_a_killed_harness_leaves_no_qemu(tmp_path: Path) -> None:
+    """SIGKILL (a CI job's timeout, the OOM killer) gives the harness no chance to clean up: the
+    kernel kills its QEMUs, which run in sessions of their own, through their parent-death signal."""
+    m = tmp_path / "m.yaml"
+    m.write_text("kernels: [{debian: bookworm}, {debian: trixie}]\nmemlock: [default]\nusers: [root]\n")
+    before = qemu_pids()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "harness", "run", "--matrix", str(m), "--results", str(tmp_path / "results")],
+        cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+    )  # fmt: skip
+    deadline = time.monotonic() + 600
+    while time.monotonic() < deadline and len(qemu_pids() - before) < 2 and proc.poll() is None:
+        time.sleep(0.2)
+    started = qemu_pids() - before
+    assert proc.poll() is None and len(started) == 2, "two guests should be running"
+    proc.kill()
+    proc.wait()
+    killed = time.monotonic()
+    while qemu_pids() & started and time.monotonic() - killed < 10:
+        time.sleep(0.05)
+    print(f"QEMUs gone {time.monotonic() - killed:.2f} s after SIGKILL of the harness")
+    assert not qemu_pids() & started, "QEMU outlived the harness"

@@ -110,3 +110,18 @@ def test_a_failed_build_step_names_its_log_and_last_lines(tmp_path: Path) -> Non
                     tmp_path / "build.log", dict(os.environ), "make bzImage")  # fmt: skip
     assert str(e.value).startswith(f"make bzImage failed (exit 2); last lines of {tmp_path / 'build.log'}:")
     assert str(e.value).endswith("mm/mlock.c:42: error: boom")
+
+
+def test_a_failed_build_keeps_the_log_it_names(repo: Path, tmp_path: Path) -> None:
+    """A tree whose Makefile is not a kernel's: the real build path fails at `make tinyconfig`, and the
+    log the error names is still there afterwards (the build's staging directory is not)."""
+    (repo / "Makefile").write_text("tinyconfig:\n\t@echo 'no kernel here' >&2; exit 2\n")
+    git(repo, "commit", "-qam", "not a kernel")
+    source = kbuild.resolve(GitKernel(repo, "HEAD"))
+    with pytest.raises(kbuild.BuildFailure) as e:
+        kbuild.build(source, tmp_path / "cache", lambda m: None)
+    named = Path(str(e.value).split("last lines of ", 1)[1].split(":\n", 1)[0])
+    assert named.parent == tmp_path / "cache" / "builds" and named.is_file()
+    kept = named.read_text()
+    assert "$ make -C" in kept and str(e.value).endswith(kept.splitlines()[-1])
+    assert [p.name for p in named.parent.iterdir() if p.name.startswith(".") and p.is_dir()] == []

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import zstandard
 
-from harness.archive import Archive, Deb, signature_ok
+from harness.archive import Archive, Deb, gpgv_reason, signature_ok
 from harness.bzimage import bzimage_version, decompress_payload, has_pvh_note, vmlinux_from_image
 from harness.errors import InfraError, UserError
 from harness.kernels import Kernel, list_cached
@@ -704,3 +704,32 @@ def test_unreachable_mirror_is_an_infrastructure_error_after_bounded_retries(tmp
     with pytest.raises(InfraError, match=rf"127\.0\.0\.1:{port}/debian/dists/bookworm/InRelease"):
         a.packages("bookworm")
     assert time.monotonic() - start < 10
+
+
+def test_a_refused_signature_says_why_in_gpgv_s_own_words(
+    mirror: Mirror, signer: Signer, debs: dict[str, tuple[str, bytes]], tmp_path: Path
+) -> None:
+    publish(mirror, debs, signer)
+    inrelease = mirror.root / "debian" / "dists" / "bookworm" / "InRelease"
+    inrelease.write_text(inrelease.read_text().replace("Codename: bookworm", "Codename: bookworm\nX-Evil: 1"))
+    with pytest.raises(InfraError) as refused:
+        archive(mirror, signer, tmp_path / "cache").packages("bookworm")
+    assert "failed signature check" in str(refused.value) and "BAD signature" in str(refused.value)
+    assert gpgv_reason("gpgv: Signature made Fri\ngpgv:                using RSA key ABCD\n"
+                       "gpgv: Can't check signature: No public key\n") == "Can't check signature: No public key"
+    assert gpgv_reason("gpgv: no signature found\ngpgv: the signature could not be verified.\n") == "no signature found"
+    assert gpgv_reason("gpgv: something new\n") == "something new"
+
+
+def test_insecure_says_so_in_the_log_not_as_a_python_warning(
+    mirror: Mirror, signer: Signer, debs: dict[str, tuple[str, bytes]], tmp_path: Path,
+    recwarn: pytest.WarningsRecorder,
+) -> None:  # fmt: skip
+    from harness.sources import Context, debian
+
+    publish(mirror, debs, None)
+    said: list[str] = []
+    ctx = Context(tmp_path / "cache", said.append, mirror.url, insecure=True)
+    resolved = debian.SOURCE.resolve(DebianKernel(("bookworm",)), ctx)
+    assert resolved.suite == "bookworm"
+    assert len(said) == 1 and "--insecure" in said[0] and not recwarn.list

@@ -13,6 +13,8 @@ from harness.manifest import Manifest
 
 # A real default run's manifest.json, written by the harness before the record was typed.
 REAL = Path(__file__).resolve().parent / "data" / "manifest-default-run.json"
+DEB = {"package": "linux-image-6.1.0-50-amd64", "version": "6.1.176-1", "filename": "pool/x.deb", "sha256": "ab" * 32,
+       "size": 1, "suite": "bookworm"}  # fmt: skip
 
 
 def test_a_real_manifest_reads_into_records_and_writes_back_byte_for_byte() -> None:
@@ -36,10 +38,12 @@ def test_what_an_older_run_did_not_record_reads_as_empty(tmp_path: Path) -> None
 @pytest.mark.parametrize(
     ("doc", "says"),
     [
-        ([], "manifest.json: not an object"),
+        ([], "manifest.json: top level: not an object"),
         ({"matrix_text": 5}, "manifest.json: matrix_text: not a string"),
         ({"kernels": {"spec": "x"}}, "manifest.json: kernels: not a list"),
-        ({"kernels": [{"spec": "x", "sha256": "ab", "debs": [{"bogus": 1, "size": "big"}]}]},
+        ({"kernels": [{"spec": "x", "sha256": "ab", "debs": [{"bogus": 1}]}]},
+         "manifest.json: kernels[0].debs[0].package: missing"),
+        ({"kernels": [{"spec": "x", "sha256": "ab", "debs": [{**DEB, "size": "big"}]}]},
          "manifest.json: kernels[0].debs[0].size: not an integer"),
         ({"shard": {"index": True, "count": 2}}, "manifest.json: shard.index: not an integer"),
         ({"boots": [{"id": "b", "qemu_argv": ["qemu", 1]}]},

@@ -78,10 +78,13 @@ def test_expand_unknown_case_names_it(catalogue: list[str]) -> None:
     assert len(str(info.value).splitlines()) == 1
 
 
-def test_same_kernel_twice_gets_unique_boot_ids() -> None:
-    mx = matrix.parse("kernels:\n  - debian: bookworm\n  - debian: bookworm\n  - debian: bookworm\n", "m.yaml")
-    boots = matrix.expand(mx, ["limits"])
-    assert [b.id for b in boots] == ["bookworm-256M", "bookworm-256M.2", "bookworm-256M.3"]
+def test_the_same_kernel_twice_is_refused() -> None:
+    """It used to boot twice, unasked (issue 11); the same kernel written two ways is the same kernel."""
+    for text in ("kernels:\n  - debian: bookworm\n  - debian: trixie\n  - debian: bookworm\n",
+                 "kernels:\n  - debian: bookworm\n  - debian: trixie\n  - {debian: {suite: bookworm, "
+                 "package: linux-image-amd64}}\n"):  # fmt: skip
+        with pytest.raises(UserError, match=r"^m.yaml:4: kernels.2: the same kernel as kernels.0; remove one$"):
+            matrix.parse(text, "m.yaml")
 
 
 def test_path_kernels_with_the_same_name_get_unique_boot_ids(tmp_path: Path) -> None:

@@ -6,7 +6,9 @@ import os
 import random
 import shlex
 import shutil
+import signal
 import subprocess
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -74,6 +76,7 @@ def test_argv_fast_path_and_safety(tmp_path: Path) -> None:
     assert device.split(",")[0] == "virtio-net-pci" and "romfile=" in device.split(",")
     (netdev,) = option(argv, "-netdev")
     assert "hostfwd=tcp:127.0.0.1:40123-:22" in netdev.split(",")
+    assert "restrict=on" in netdev.split(",")  # the guest reaches nothing on the host or beyond
     (append,) = option(argv, "-append")
     assert "panic=-1" in append.split() and "console=ttyS0" in append.split()
     assert option(argv, "-serial") == ["stdio"]
@@ -224,3 +227,44 @@ def test_boot_of_a_non_kernel_fails_fast_and_cleans_up(tmp_path: Path) -> None:
     assert info.value.panicked is False
     assert serial.exists()
     assert qemu_pids_with(kernel) == []
+
+
+def test_a_serial_flood_is_cut_on_disk_and_never_held_in_memory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """QEMU is replaced by a script that floods the serial console (a real guest needs minutes to
+    print 100 MB through an emulated UART): 100 MB without a newline, then the ready marker."""
+    fake = tmp_path / "qemu"
+    fake.write_text("#!/bin/sh\nhead -c 100000000 /dev/zero | tr '\\0' '\\033'\necho\necho HARNESS-READY\nsleep 30\n")
+    fake.chmod(0o755)
+    monkeypatch.setattr(vm, "QEMU", str(fake))
+    cfg = vm.VMConfig(tmp_path / "vmlinux", tmp_path / "initrd", 256, "tcg", 0)
+    with vm.VM(cfg, tmp_path / "serial.log") as machine:
+        assert machine.wait_ready(60) > 0
+        assert max(len(line) for line in machine._serial.tail) <= vm.SERIAL_LINE_MAX
+    log = (tmp_path / "serial.log").read_bytes()
+    assert len(log) < vm.SERIAL_LOG_MAX + 100 and log.endswith(b"[harness: serial log cut at 64 MiB]\n")
+
+
+def test_qemu_dies_with_the_thread_that_started_it() -> None:
+    """Every vm.Process runs under setpriv's parent-death signal: once the thread that started it is
+    gone (with the harness, however it died), the kernel kills it, though it is in a session of its own."""
+    started: list[vm.Process] = []
+
+    def start() -> None:
+        proc = vm.Process(["sleep", "30"], stdout=subprocess.DEVNULL)
+        started.append(proc)
+        # setpriv has set the signal once it has become `sleep`; a thread gone before that is a race
+        # the harness does not run (its boot threads outlive their QEMUs).
+        deadline = time.monotonic() + 5
+        while Path(f"/proc/{proc.popen.pid}/exe").resolve().name != "sleep" and time.monotonic() < deadline:
+            time.sleep(0.01)
+
+    thread = threading.Thread(target=start)
+    thread.start()
+    thread.join()
+    (proc,) = started
+    try:
+        assert proc.popen.wait(timeout=5) == -signal.SIGKILL
+    finally:
+        proc.kill()

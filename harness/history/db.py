@@ -54,6 +54,8 @@ class History:
 
     def __init__(self, path: Path = DEFAULT_PATH, timeout: float = BUSY_TIMEOUT_S) -> None:
         self.path = path
+        if path.is_dir():
+            raise UserError(f"{path}: a directory; give --history the history file (results/history.sqlite)")
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
         except OSError as e:

@@ -14,7 +14,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from harness import versions
+from harness import terminal, versions
 from harness.history.timeline import Timeline
 from harness.results import KernelInfo
 
@@ -84,7 +84,7 @@ def render(timelines: Sequence[Timeline], console: Console, detail: bool = False
         line += (f". Letters name the distinct behaviours within a row; {_FIRST} marks the first kernel whose "
                  f"behaviour changed, {_VARIES} a kernel whose runs disagreed (latest shown), {_NOT_SEEN} not "
                  "observed.")  # fmt: skip
-    console.print(Text(line))
+    console.print(terminal.text(line))
 
 
 def _grid(timelines: Sequence[Timeline]) -> Table:
@@ -100,7 +100,7 @@ def _grid(timelines: Sequence[Timeline]) -> Table:
     for header in ("case", "memlock", "user", "RAM"):
         table.add_column(header, overflow="fold")
     for header in headers:
-        table.add_column(header, justify="center", overflow="fold")
+        table.add_column(terminal.text(header), justify="center", overflow="fold")
     index = {_kernel_key(k): i for i, k in enumerate(columns)}
     for t in timelines:
         cells = [Text(_NOT_SEEN, style="dim") for _ in columns]
@@ -110,22 +110,25 @@ def _grid(timelines: Sequence[Timeline]) -> Table:
             cells[index[_kernel_key(p.kernel)]] = Text(
                 text, style=_FIRST_STYLE if first else "bold" if p.changed else ""
             )
-        table.add_row(Text(t.case), Text(t.memlock), Text(t.user), Text(f"{t.ram_mb}M"), *cells)
+        row = (terminal.text(t.case), terminal.text(t.memlock), terminal.text(t.user))
+        table.add_row(*row, Text(f"{t.ram_mb}M"), *cells)
     return table
 
 
 def _detail_table(timeline: Timeline) -> Table:
     # Text, not a str: rich would read "[memlock=…]" in the name as markup and drop it.
-    table = Table(title=Text(timeline.name, style="bold"), title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False)
+    table = Table(title=terminal.text(timeline.name, style="bold"), title_justify="left", box=box.SIMPLE_HEAD,
+                  pad_edge=False)  # fmt: skip
     for header in ("kernel", "release", "outcome", "runs", "behaviour"):
         table.add_column(header, overflow="fold", no_wrap=header in ("kernel", "outcome"))
     for n, (p, letter) in enumerate(zip(timeline.points, _letters(timeline), strict=True)):
         shown = f"{letter}: {behaviour(p.fingerprint)}" if n == 0 or p.changed else f"{letter}: as above"
         runs = f"{p.runs}, varies" if p.varies else str(p.runs)
-        text = Text(shown)
+        text = terminal.text(shown)
         if p.changed:
             marker = "first change" if n == timeline.first_change else "changed"
             fields = ", ".join(p.changed_fields) or "fingerprint"
             text.append(f"  ← {marker}: {fields}", style=_FIRST_STYLE if n == timeline.first_change else "bold")
-        table.add_row(Text(versions.name(p.kernel)), Text(p.kernel.release), Text(p.outcome.value), Text(runs), text)
+        table.add_row(terminal.text(versions.name(p.kernel)), terminal.text(p.kernel.release), Text(p.outcome.value),
+                      Text(runs), text)  # fmt: skip
     return table

@@ -78,9 +78,14 @@ class DebianSource:
         suites = value.get("suite")
         if isinstance(suites, str):
             suites = [suites]
-        if not suites or not all(isinstance(s, str) and re.fullmatch(r"[a-z0-9][a-z0-9.+-]*", s) for s in suites):
+        if not isinstance(suites, list) or not suites or not all(
+            isinstance(s, str) and re.fullmatch(r"[a-z0-9][a-z0-9.+-]{0,63}", s) for s in suites
+        ):
             raise where.error((*path, "debian", "suite"), "give a Debian suite name such as bookworm, or a list")
         package = value.get("package", "linux-image-amd64")
+        if not isinstance(package, str):
+            raise where.error((*path, "debian", "package"), f"{package!r}: give a package name such as "
+                                                              "linux-image-amd64")  # fmt: skip
         abi = value.get("abi")
         version = value.get("version")
         if version is not None:
@@ -140,7 +145,8 @@ def mirror(ctx: Context) -> Archive:
     """The run's one verifying view of the mirror (its indexes are read once per run)."""
 
     def make() -> Archive:
-        return Archive(mirror_from(ctx.mirror, os.environ, Path("/")), ctx.cache, insecure=ctx.insecure)
+        return Archive(mirror_from(ctx.mirror, os.environ, Path("/")), ctx.cache, insecure=ctx.insecure,
+                       warn=ctx.log)  # fmt: skip
 
     return ctx.shared("debian:archive", make)
 

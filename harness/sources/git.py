@@ -55,7 +55,7 @@ class GitSource:
         repo, rev = value.get("repo"), value.get("rev")
         if not isinstance(repo, str) or not repo:
             raise where.error((*path, "repo"), "give the directory of a kernel git tree")
-        repo_path = (where.base_dir / repo).expanduser()
+        repo_path = where.base_dir / Path(repo).expanduser()
         if not (repo_path / ".git").exists():
             raise where.error((*path, "repo"), f"{repo_path} is not a git work tree; give a kernel git checkout")
         if not isinstance(rev, str) or not rev:
@@ -63,7 +63,7 @@ class GitSource:
         config = value.get("config")
         config_path = None
         if config is not None:
-            config_path = (where.base_dir / str(config)).expanduser()
+            config_path = where.base_dir / Path(str(config)).expanduser()
             if not config_path.is_file():
                 raise where.error((*path, "config"), f"{config_path} is not a file; give a config fragment")
         base = value.get("base", "tinyconfig")

@@ -55,7 +55,7 @@ class PathSource:
         file = item.get("path")
         if not isinstance(file, str) or not file:
             raise where.error((*path, "path"), "give the file name of a bzImage, vmlinuz or vmlinux")
-        kernel = (where.base_dir / file).expanduser()
+        kernel = where.base_dir / Path(file).expanduser()
         if not kernel.is_file():
             raise where.error((*path, "path"), f"{kernel} is not a file; give an existing kernel image")
         modules = item.get("modules")
@@ -63,7 +63,7 @@ class PathSource:
         if modules is not None:
             if not isinstance(modules, str):
                 raise where.error((*path, "modules"), "give a directory such as /lib/modules/6.1.0-50-amd64")
-            mod_path = (where.base_dir / modules).expanduser()
+            mod_path = where.base_dir / Path(modules).expanduser()
             if not mod_path.is_dir():
                 raise where.error((*path, "modules"), f"{mod_path} is not a directory")
         return PathKernel(kernel, mod_path, where.origin(path))
