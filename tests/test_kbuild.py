@@ -125,3 +125,11 @@ def test_a_failed_build_keeps_the_log_it_names(repo: Path, tmp_path: Path) -> No
     kept = named.read_text()
     assert "$ make -C" in kept and str(e.value).endswith(kept.splitlines()[-1])
     assert [p.name for p in named.parent.iterdir() if p.name.startswith(".") and p.is_dir()] == []
+
+
+def test_a_git_kernel_s_repo_may_be_home_relative(repo: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HOME", str(tmp_path))
+    (tmp_path / "matrices").mkdir()
+    (tmp_path / "matrices" / "m.yaml").write_text("kernels:\n  - git: {repo: ~/linux, rev: HEAD}\n")
+    (k,) = matrix.load(tmp_path / "matrices" / "m.yaml").kernels
+    assert k == GitKernel(repo, "HEAD")

@@ -173,6 +173,20 @@ def test_relative_path_kernel_is_relative_to_the_matrix_file(tmp_path: Path) -> 
     assert matrix.load(tmp_path / "m.yaml").kernels == (PathKernel(tmp_path / "bzImage"),)
 
 
+def test_a_home_relative_path_is_the_user_s_wherever_the_matrix_is(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`~/...` in path: and git: {repo: ...} (the README writes `repo: ~/src/linux`) is expanded first,
+    not joined under the matrix's directory as a directory named "~"."""
+    home = tmp_path / "home"
+    (home / "src").mkdir(parents=True)
+    (home / "src" / "bzImage").write_bytes(b"x")
+    monkeypatch.setenv("HOME", str(home))
+    (tmp_path / "elsewhere").mkdir()
+    (tmp_path / "elsewhere" / "m.yaml").write_text("kernels:\n  - path: ~/src/bzImage\n")
+    assert matrix.load(tmp_path / "elsewhere" / "m.yaml").kernels == (PathKernel(home / "src" / "bzImage"),)
+
+
 def test_missing_path_kernel_rejected_with_the_path(tmp_path: Path) -> None:
     missing = tmp_path / "no" / "bzImage"
     msg = parse_error(f"ram: [256M]\nkernels:\n  - debian: bookworm\n  - path: {missing}\n")
