@@ -320,7 +320,7 @@ def _probe_run(ctx: BootContext, session: Session, machine: Machine, run_plan: R
     argv = probe.argv(run_plan.memlock, run_plan.user, plan.timeouts.case, cases)
     try:
         answer = session.run(argv, deadline, on_line)
-    except InfraError as e:
+    except (guest.SSHFailure, guest.CommandTimeout) as e:  # not a disk that filled up on this side
         lost = _why_lost(e, machine)
         if pending:
             record(pending[0], lost.outcome, lost.message)
@@ -331,7 +331,7 @@ def _probe_run(ctx: BootContext, session: Session, machine: Machine, run_plan: R
         fill(result, [run_plan], Outcome.INFRA_ERROR, f"probe exited {answer.exit_code}{why}")
 
 
-def _why_lost(error: InfraError, machine: Machine) -> GuestLost:
+def _why_lost(error: guest.SSHFailure | guest.CommandTimeout, machine: Machine) -> GuestLost:
     """Tell a panic from a hang from a vanished QEMU from a dropped connection."""
     machine.wait_exit(5.0)  # a panicking guest ends QEMU (panic=-1); give the serial reader time
     if machine.panicked:
