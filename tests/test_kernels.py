@@ -551,8 +551,9 @@ def test_tampered_inrelease_is_rejected(
     publish(mirror, debs, signer)
     inrelease = mirror.root / "debian" / "dists" / "bookworm" / "InRelease"
     inrelease.write_text(inrelease.read_text().replace("Codename: bookworm", "Codename: bookworm\nX-Evil: 1"))
-    with pytest.raises(InfraError, match="InRelease of suite bookworm .* failed signature check"):
+    with pytest.raises(InfraError, match="InRelease of suite bookworm .* failed signature check") as refused:
         archive(mirror, signer, tmp_path / "cache").packages("bookworm")
+    assert "BAD signature" in str(refused.value)  # gpgv's verdict, not its "Signature made ..." preamble
 
 
 def test_unsigned_inrelease_needs_insecure(
@@ -706,15 +707,7 @@ def test_unreachable_mirror_is_an_infrastructure_error_after_bounded_retries(tmp
     assert time.monotonic() - start < 10
 
 
-def test_a_refused_signature_says_why_in_gpgv_s_own_words(
-    mirror: Mirror, signer: Signer, debs: dict[str, tuple[str, bytes]], tmp_path: Path
-) -> None:
-    publish(mirror, debs, signer)
-    inrelease = mirror.root / "debian" / "dists" / "bookworm" / "InRelease"
-    inrelease.write_text(inrelease.read_text().replace("Codename: bookworm", "Codename: bookworm\nX-Evil: 1"))
-    with pytest.raises(InfraError) as refused:
-        archive(mirror, signer, tmp_path / "cache").packages("bookworm")
-    assert "failed signature check" in str(refused.value) and "BAD signature" in str(refused.value)
+def test_a_refused_signature_says_why_in_gpgv_s_own_words() -> None:
     assert gpgv_reason("gpgv: Signature made Fri\ngpgv:                using RSA key ABCD\n"
                        "gpgv: Can't check signature: No public key\n") == "Can't check signature: No public key"
     assert gpgv_reason("gpgv: no signature found\ngpgv: the signature could not be verified.\n") == "no signature found"
