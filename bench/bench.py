@@ -23,10 +23,11 @@ from rich.table import Table
 
 from harness import guest, image, kit, matrix, probe, sources, vm
 from harness.cache import cache_dir
+from harness.transports import net
 
 
 def floor(config: vm.VMConfig, timeout: float) -> float:
-    argv = vm.VMConfig(config.kernel, config.initrd, config.ram_mb, config.accel, vm.free_port()).argv()
+    argv = vm.VMConfig(config.kernel, config.initrd, config.ram_mb, config.accel, net.free_port()).argv()
     start = time.monotonic()
     with vm.Process(argv, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL) as proc:
         assert proc.popen.stdout is not None
@@ -45,7 +46,7 @@ def harness_path(config: vm.VMConfig, img: image.Image, key: object, cases: list
     with tempfile.TemporaryDirectory(prefix="harness-bench-") as tmp, \
             vm.boot(config, Path(tmp, "serial.log"), 300) as machine:  # fmt: skip
         marker = machine.ready_after or 0.0
-        endpoint = guest.Endpoint(machine.config.port, img.host_key)
+        endpoint = machine.endpoint(img.host_key)
         with guest.Guest(endpoint, "root", key) as session:  # type: ignore[arg-type]
             session.connect()
             ssh = time.monotonic() - machine.started

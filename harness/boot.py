@@ -47,6 +47,7 @@ class BootContext:
     accel: str  # kvm or tcg
     expectations: verdict.Expectations
     run_dir: Path  # the serial log goes to serial/<boot id>.log in it
+    transport: str = "net"  # how the harness reaches the guest (harness.transports), decided for `auto`
 
     @property
     def serial_log(self) -> Path:
@@ -77,6 +78,8 @@ class Machine(Protocol):
     def wait_exit(self, timeout: float) -> None: ...
 
     def excerpt(self, lines: int = 25) -> str: ...
+
+    def endpoint(self, host_key: str) -> guest.Endpoint: ...
 
     def close(self) -> None: ...
 
@@ -207,7 +210,9 @@ def run_boot(ctx: BootContext, result: BootResult, publish: Publish, live: Live,
     plan = ctx.plan
     ctx.serial_log.parent.mkdir(parents=True, exist_ok=True)
     result.serial_log = str(ctx.serial_log.relative_to(ctx.run_dir))
-    config = vm.VMConfig(ctx.kernel.vmlinux or ctx.kernel.image, ctx.image.path, plan.ram_mb, ctx.accel, 0, ctx.disk)
+    config = vm.VMConfig(ctx.kernel.vmlinux or ctx.kernel.image, ctx.image.path, plan.ram_mb, ctx.accel, 0, ctx.disk,
+                         transport=ctx.transport)  # fmt: skip
+    result.transport = ctx.transport
     result.qemu_argv = config.argv()  # port 0 until QEMU has one; kept for boots that never come up
     attempts = Attempts()
     try:
@@ -238,7 +243,7 @@ def _guest(ctx: BootContext, config: vm.VMConfig, result: BootResult, publish: P
         result.qemu_argv = machine.config.argv()
         result.timings.setdefault("marker", round(machine.ready_after or 0.0, 3))
         publish(result, True)
-        endpoint = guest.Endpoint(machine.config.port, ctx.image.host_key)
+        endpoint = machine.endpoint(ctx.image.host_key)
         with seams.session(endpoint, "root", ctx.key) as session:
             session.connect()
             result.timings.setdefault("ssh", round(time.monotonic() - machine.started, 3))

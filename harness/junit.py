@@ -57,6 +57,7 @@ def _properties(boot: BootResult, run_id: str) -> dict[str, str]:
         ("accelerator", boot.accelerator),
         ("qemu_version", boot.qemu_version),
         ("uname", boot.uname),
+        ("transport", boot.transport),
     ):
         if value:
             props[key] = value

@@ -284,4 +284,5 @@ def load(folder: Path, label: str) -> kernels.Kernel:
         label, str(meta.get("release") or "unknown"), image, vmlinux if vmlinux.is_file() else None, None,
         hashlib.sha256(image.read_bytes()).hexdigest(), None, None, (),
         f"git:{meta.get('repo')}@{str(meta.get('commit'))[:12]}",
+        folder / "config" if (folder / "config").is_file() else None,
     )  # fmt: skip

@@ -50,6 +50,7 @@ class Kernel:
     version: str | None
     debs: tuple[Deb, ...]
     source: str  # "debian:bookworm" or "path:/abs/file"
+    config: Path | None = None  # the kernel's .config, when known (a kernel built from git)
 
     def info(self) -> KernelInfo:
         return KernelInfo(self.label, self.release, self.package, self.version, self.sha256, self.source)

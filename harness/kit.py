@@ -15,6 +15,7 @@ import paramiko
 
 from harness import guest, image, modules, probe
 from harness.cache import secret
+from harness.errors import InfraError
 from harness.kernels import Kernel
 from harness.probe import Probe
 
@@ -43,8 +44,34 @@ def assemble(cache: Path, built: Probe | None = None) -> Kit:
 
 
 def guest_modules(kernel: Kernel) -> list[tuple[str, bytes]]:
-    """The NIC modules (and what they need) a kernel's guest loads, decompressed, in load order."""
-    if kernel.modules_dir is None:
-        return []  # a self-made kernel may have virtio built in; the boot will tell
-    paths = modules.resolve(modules.GUEST_MODULES, kernel.modules_dir, modules.CRC32C_PROVIDERS)
+    """The modules a kernel's guest loads (its NIC and data disk, and what they need), decompressed,
+    in load order; fewer or none when the kernel lacks them (the guest then goes without)."""
+    paths, _ = _modules(kernel)
     return [(modules.module_name(p), modules.decompress_module(p)) for p in paths]
+
+
+def has_nic(kernel: Kernel) -> bool:
+    """Can the guest drive its virtio-net NIC: loadable from the kernel's modules, or built in?"""
+    return _modules(kernel)[1]
+
+
+def _modules(kernel: Kernel) -> tuple[list[Path], bool]:
+    if kernel.modules_dir is None:
+        # A self-built kernel has its drivers built in, or not at all: its .config tells, when known.
+        return [], _built_in(kernel.config, ("CONFIG_VIRTIO_PCI", "CONFIG_VIRTIO_NET"))
+    for wanted, nic in ((modules.GUEST_MODULES, True), (modules.DISK_MODULES, False)):
+        try:
+            return modules.resolve(wanted, kernel.modules_dir, modules.CRC32C_PROVIDERS), nic
+        except InfraError:
+            continue  # without the NIC's modules, the disk's alone; without those too, nothing
+    return [], False
+
+
+def _built_in(config: Path | None, options: tuple[str, ...]) -> bool:
+    if config is None:
+        return False
+    try:
+        lines = set(config.read_text(errors="replace").splitlines())
+    except OSError:
+        return False
+    return all(f"{option}=y" in lines for option in options)

@@ -88,6 +88,8 @@ class Boot:
     runs: tuple[tuple[str, str], ...] = ()  # (memlock label, user)
     qemu_argv: tuple[str, ...] = ()
     qemu_command: str = ""  # qemu_argv shell-quoted, ready to paste
+    transport: str = ""  # net or serial; "" in runs made before there was a choice
+    transport_reason: str = ""  # why: asked for by the matrix, or what `auto` saw in the kernel
 
 
 @dataclass(frozen=True)
@@ -223,15 +225,17 @@ def _shard(d: Doc) -> Shard:
 
 
 def _boot_json(b: Boot) -> dict[str, Any]:
-    return {"id": b.id, "kernel": b.kernel, "ram_mb": b.ram_mb,
-            "runs": [{"memlock": m, "user": u} for m, u in b.runs],
-            "qemu_argv": list(b.qemu_argv), "qemu_command": b.qemu_command}  # fmt: skip
+    doc = {"id": b.id, "kernel": b.kernel, "ram_mb": b.ram_mb, "runs": [{"memlock": m, "user": u} for m, u in b.runs],
+           "qemu_argv": list(b.qemu_argv), "qemu_command": b.qemu_command}  # fmt: skip
+    if b.transport:
+        doc.update(transport=b.transport, transport_reason=b.transport_reason)
+    return doc
 
 
 def _boot(d: Doc) -> Boot:
     runs = tuple(d.items("runs", lambda r: (r.text("memlock"), r.text("user"))))
     return Boot(d.text("id"), d.text("kernel"), d.integer("ram_mb"), runs, tuple(d.texts("qemu_argv")),
-                d.text("qemu_command"))  # fmt: skip
+                d.text("qemu_command"), d.text("transport"), d.text("transport_reason"))  # fmt: skip
 
 
 def kernels_by_spec(kernels: Sequence[Kernel]) -> dict[str, Kernel]:

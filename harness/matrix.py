@@ -12,7 +12,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from harness import sources, yamlfile
+from harness import sources, transports, yamlfile
 from harness.files import read_text
 from harness.sources import KernelSpec
 from harness.yamlfile import FieldError, KeyPath, Where
@@ -55,6 +55,7 @@ class Matrix:
     users: tuple[str, ...]
     cases: tuple[str, ...] | None  # None = every case the probe has
     timeouts: Timeouts = field(default_factory=Timeouts)
+    transports: tuple[str, ...] = (transports.AUTO,)  # how the harness reaches each guest (harness.transports)
 
 
 @dataclass(frozen=True)
@@ -79,6 +80,7 @@ class BootPlan:
     ram_mb: int
     runs: tuple[RunPlan, ...]
     timeouts: Timeouts
+    transport: str = transports.AUTO  # as the matrix asked; a run chooses for `auto`
 
 
 # --- sizes -------------------------------------------------------------------------------------
@@ -115,7 +117,7 @@ def format_size(n: int | None) -> str:
 # --- loading -----------------------------------------------------------------------------------
 
 
-_TOP_KEYS = {"kernels", "ram", "memlock", "users", "cases", "timeouts"}
+_TOP_KEYS = {"kernels", "ram", "memlock", "users", "cases", "timeouts", "transport"}
 
 
 def load(path: Path) -> Matrix:
@@ -153,13 +155,17 @@ def from_data(data: object, where: Where) -> Matrix:
     users = tuple(_user(where, ("users", i), v) for i, v in enumerate(_list(where, data, "users", ["root"])))
     cases = _cases(where, data.get("cases", "all"))
     timeouts = _timeouts(where, data.get("timeouts", {}))
+    ways = tuple(_transport(where, ("transport", i), v)
+                 for i, v in enumerate(_list(where, data, "transport", [transports.AUTO])))  # fmt: skip
     for i, kernel in enumerate(kernels):
         if kernel in kernels[:i]:
             raise where.error(("kernels", i), f"the same kernel as kernels.{kernels.index(kernel)}; remove one")
-    for name, axis in (("ram", ram), ("memlock", memlocks), ("users", users), ("cases", cases or ())):
+    axes: tuple[tuple[str, tuple[object, ...]], ...] = (
+        ("ram", ram), ("memlock", memlocks), ("users", users), ("cases", cases or ()), ("transport", ways))
+    for name, axis in axes:
         if len(set(axis)) != len(axis):
             raise where.error((name,), "lists the same value twice; remove the duplicate")
-    return Matrix(where.source, kernels, ram, memlocks, users, cases, timeouts)
+    return Matrix(where.source, kernels, ram, memlocks, users, cases, timeouts, ways)
 
 
 def _list(where: Where, data: dict[str, Any], key: str, default: list[Any] | None = None) -> list[Any]:
@@ -235,6 +241,12 @@ def _cases(where: Where, value: object) -> tuple[str, ...] | None:
     return tuple(names)
 
 
+def _transport(where: Where, path: KeyPath, value: object) -> str:
+    if value not in transports.NAMES:
+        raise where.error(path, f"{value!r}: give one of {', '.join(transports.NAMES)}")
+    return str(value)
+
+
 def _timeouts(where: Where, value: object) -> Timeouts:
     if not isinstance(value, dict):
         raise where.error(("timeouts",), "expected a mapping such as {boot: 180, case: 60}")
@@ -252,7 +264,7 @@ def _timeouts(where: Where, value: object) -> Timeouts:
 
 
 def expand(matrix: Matrix, catalogue: Sequence[str]) -> list[BootPlan]:
-    """Boots in matrix order: one per (kernel, RAM); each runs every (limit, user) with all cases."""
+    """Boots in matrix order: one per (kernel, RAM, transport); each runs every (limit, user) with all cases."""
     if matrix.cases is None:
         cases = tuple(catalogue)
     else:
@@ -266,8 +278,10 @@ def expand(matrix: Matrix, catalogue: Sequence[str]) -> list[BootPlan]:
     seen: set[str] = set()
     for kernel in matrix.kernels:
         for ram in matrix.ram_mb:
-            boot_id = _unique(_slug(f"{kernel.label}-{ram}M"), seen)
-            boots.append(BootPlan(boot_id, kernel, ram, runs, matrix.timeouts))
+            for way in matrix.transports:
+                # A transport is named in the boot only when the matrix compares several.
+                name = f"{kernel.label}-{ram}M" + (f"-{way}" if len(matrix.transports) > 1 else "")
+                boots.append(BootPlan(_unique(_slug(name), seen), kernel, ram, runs, matrix.timeouts, way))
     return boots
 
 

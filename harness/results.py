@@ -100,6 +100,7 @@ class BootResult:
     reboots: int = 0  # guests lost to a case (panic, hang, QEMU or SSH gone) and booted again
     retries: int = 0  # boots tried again after an infrastructure failure (not a kernel panic)
     cases: list[CaseResult] = field(default_factory=list)
+    transport: str = ""  # how the harness reached the guest: net or serial ("" in runs before there was a choice)
 
 
 @dataclass

@@ -14,7 +14,7 @@ from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from pathlib import Path
 
-from harness import __version__, boot, history, kit, manifest, matrix, probe, rundir, sources, verdict, vm
+from harness import __version__, boot, history, kit, manifest, matrix, probe, rundir, sources, transports, verdict, vm
 from harness.boot import Cancelled, Live
 from harness.errors import InfraError, UserError
 from harness.image import Image
@@ -46,6 +46,11 @@ class Prepared:
     kernel: Kernel | None = None
     image: Image | None = None
     error: str = ""
+    nic: bool = False  # the guest can drive its NIC (`auto` then reaches it over net)
+
+    def transport(self, plan: matrix.BootPlan) -> tuple[str, str]:
+        """How this kernel's boot of `plan` reaches its guest, and why."""
+        return transports.choose(plan.transport, self.nic)
 
 
 def select(plans: Sequence[matrix.BootPlan], options: Options) -> list[matrix.BootPlan]:
@@ -89,7 +94,7 @@ def prepare(specs: Sequence[KernelSpec], unresolved: Mapping[KernelSpec, InfraEr
             if spec in unresolved:
                 raise unresolved[spec]
             kernel = source.fetch(spec)
-            prepared[spec] = Prepared(kernel, guests.image(kernel))
+            prepared[spec] = Prepared(kernel, guests.image(kernel), nic=kit.has_nic(kernel))
             log(f"kernel {spec.label}: {kernel.release} ({kernel.version or kernel.source})")
         except InfraError as e:
             prepared[spec] = Prepared(error=str(e))
@@ -153,8 +158,11 @@ def execute(
             boot.fill(result, plan.runs, Outcome.INFRA_ERROR, result.error)
             writer.update(result)
             return
+        way, why = prep.transport(plan)
+        if way != transports.PREFERRED:
+            log(f"boot {plan.id}: over {way} ({why})")
         ctx = boot.BootContext(plan, prep.kernel, prep.image, guests.disk, guests.key, accel.name, expectations,
-                               run_dir)  # fmt: skip
+                               run_dir, way)  # fmt: skip
         boot.run_boot(ctx, result, writer.update, live)
 
     futures: dict[Future[None], str] = {}
@@ -229,7 +237,7 @@ class Setup:
             disk={"path": str(disk), "sha256": hashlib.sha256(disk.read_bytes()).hexdigest()},
             shard=None if shard is None else manifest.Shard(*shard),
             plan=tuple(manifest.PlanEntry(p.id, p.kernel.label, p.ram_mb) for p in self.planned),
-            boots=tuple(_boot_entry(p, results[p.id]) for p in self.plans),
+            boots=tuple(_boot_entry(p, results[p.id], self.prepared[p.kernel]) for p in self.plans),
             host={"kernel": platform.release(), "python": platform.python_version()},
             replay_of=self.replay_of,
         )
@@ -246,7 +254,8 @@ def _kernel_entry(spec: KernelSpec, prep: Prepared) -> manifest.Kernel:
     return manifest.Kernel(spec.label, prep.error, booted, image)
 
 
-def _boot_entry(plan: matrix.BootPlan, result: BootResult) -> manifest.Boot:
+def _boot_entry(plan: matrix.BootPlan, result: BootResult, prep: Prepared) -> manifest.Boot:
     argv = tuple(result.qemu_argv)
+    way, why = prep.transport(plan) if prep.kernel is not None else ("", "")
     return manifest.Boot(plan.id, plan.kernel.label, plan.ram_mb, tuple((r.memlock_label, r.user) for r in plan.runs),
-                         argv, vm.command_line(list(argv)) if argv else "")  # fmt: skip
+                         argv, vm.command_line(list(argv)) if argv else "", way, why)  # fmt: skip

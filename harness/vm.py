@@ -14,7 +14,6 @@ import re
 import shlex
 import shutil
 import signal
-import socket
 import subprocess
 import tempfile
 import threading
@@ -23,13 +22,14 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from harness import transports
 from harness.errors import InfraError
+from harness.guest import Endpoint
 from harness.streams import Lines
 
 QEMU = os.environ.get("HARNESS_QEMU", "qemu-system-x86_64")
 READY_MARKER = "HARNESS-READY"  # printed by the guest's /init once port 22 listens
 PANIC_MARKERS = ("Kernel panic - not syncing", "---[ end Kernel panic")
-PORT_TAKEN = "Could not set up host forwarding rule"
 # A guest may print without end: the log on disk stops here, and a line is looked at up to this long.
 SERIAL_LOG_MAX = 64 << 20
 SERIAL_LINE_MAX = 4096
@@ -137,12 +137,19 @@ class VMConfig:
     initrd: Path
     ram_mb: int
     accel: str
-    port: int
+    port: int  # net: the host port forwarded to the guest's 22 (0 until placed)
     disk: Path | None = None  # attached read-only as virtio-blk (/dev/vda in the guest)
     # hugepages: a small reserve for the hugetlb cases, taken at boot before memory fragments.
     # cryptomgr.notests: Debian kernels self-test every crypto algorithm at boot, 1.3 s of a 5 s
     # TCG boot (initcall_debug), and nothing the probe measures depends on it.
     cmdline: str = "console=ttyS0 panic=-1 hugepages=8 cryptomgr.notests"
+    transport: str = "net"  # how the harness reaches the guest's sshd (harness.transports)
+    channel: Path | None = None  # serial: the Unix socket QEMU connects the guest's ttyS1 to
+
+    @property
+    def kernel_args(self) -> str:
+        extra = transports.get(self.transport).kernel_arg
+        return f"{self.cmdline} {extra}" if extra else self.cmdline
 
     def argv(self) -> list[str]:
         """The QEMU command line; pure, printed shell-quoted so anyone can rerun the boot."""
@@ -158,11 +165,8 @@ class VMConfig:
             "-serial", "stdio",
             "-kernel", str(self.kernel),
             "-initrd", str(self.initrd),
-            "-append", self.cmdline,
-            # restrict=on: the guest reaches nothing, neither the host's services nor beyond; the
-            # forward of the harness's own SSH connection into the guest still works.
-            "-netdev", f"user,id=n0,restrict=on,hostfwd=tcp:127.0.0.1:{self.port}-:22",
-            "-device", "virtio-net-pci,netdev=n0,romfile=",
+            "-append", self.kernel_args,
+            *transports.get(self.transport).qemu_args(self.port, self.channel),
         ] + (["-drive", f"file={self.disk},format=raw,if=virtio,readonly=on"] if self.disk else [])  # fmt: skip
 
 
@@ -193,18 +197,39 @@ class _Serial:
 
 
 class VM:
-    """A running guest. Use `boot()`; leaving the `with` block always kills QEMU's process group."""
+    """A running guest. Use `boot()`; leaving the `with` block always kills QEMU's process group.
+
+    A config not yet placed (port 0, no channel) gets its way in from its transport: a free port,
+    or a socket in the VM's own directory, which only this user can enter and which goes with it.
+    """
+
+    LINE_TIMEOUT = 10.0  # seconds for QEMU to open a serial line (it opens it before starting the guest)
 
     def __init__(self, config: VMConfig, serial_log: Path) -> None:
+        transport = transports.get(config.transport)
+        self._workdir = Path(tempfile.mkdtemp(prefix="harness-vm-"))
+        if not (config.port or config.channel):
+            port, channel = transport.place(self._workdir)
+            config = dataclasses.replace(config, port=port, channel=channel)
         self.config = config
         self.serial_log = serial_log
         self.started = time.monotonic()
         self._serial = _Serial()
+        self._link: transports.Link | None = None
         self._stderr = tempfile.TemporaryFile()  # noqa: SIM115 (closed by close(), like the process)
+        self._stderr_text = ""
         self._log = serial_log.open("ab")
         self._proc = Process(config.argv(), stdout=subprocess.PIPE, stderr=self._stderr)
         self._reader = threading.Thread(target=self._read, name=f"serial-{serial_log.stem}", daemon=True)
         self._reader.start()
+        try:
+            self._link = transport.open(config.port, config.channel, time.monotonic() + self.LINE_TIMEOUT)
+        except BaseException as e:
+            self.close()
+            if isinstance(e, InfraError) and not self.alive:
+                raise BootFailure(f"QEMU exited with status {self.exit_status} before the guest was ready: "
+                                  f"{self._last_error()}", self.excerpt()) from None  # fmt: skip
+            raise
 
     def __enter__(self) -> VM:
         return self
@@ -213,10 +238,21 @@ class VM:
         self.close()
 
     def close(self) -> None:
+        if self._stderr.closed:
+            return  # closed already (boot() closes a VM that failed, then leaves its `with`)
+        if self._link is not None:
+            self._link.close()
         self._proc.kill()
         self._reader.join(timeout=10)
         self._log.close()
+        self._stderr_text = self._read_stderr()
         self._stderr.close()
+        shutil.rmtree(self._workdir, ignore_errors=True)
+
+    def endpoint(self, host_key: str) -> Endpoint:
+        """Where the harness's SSH session reaches this guest, its host key pinned."""
+        assert self._link is not None, "the VM is closed"
+        return self._link.endpoint(host_key)
 
     def _read(self) -> None:
         stdout = self._proc.popen.stdout
@@ -290,8 +326,15 @@ class VM:
         return "\n".join([*context, "...", *tail] if context else tail)
 
     def stderr_text(self) -> str:
+        return self._stderr_text if self._stderr.closed else self._read_stderr()
+
+    def _read_stderr(self) -> str:
         self._stderr.seek(0)
         return self._stderr.read().decode(errors="replace")
+
+    def _last_error(self) -> str:
+        err = self.stderr_text().strip().splitlines()
+        return err[-1] if err else "no message"
 
     def wait_ready(self, timeout: float, cancel: threading.Event | None = None) -> float:
         """Seconds from start to the ready marker; BootFailure on panic, QEMU exit, deadline or cancel."""
@@ -311,38 +354,25 @@ class VM:
             raise BootFailure("guest kernel panicked while booting", self.excerpt(40), panicked=True)
         with contextlib.suppress(subprocess.TimeoutExpired):
             self._proc.popen.wait(timeout=5)
-        err = self.stderr_text().strip().splitlines()
-        detail = err[-1] if err else "no message"
         raise BootFailure(
-            f"QEMU exited with status {self._proc.popen.poll()} before the guest was ready: {detail}",
+            f"QEMU exited with status {self._proc.popen.poll()} before the guest was ready: {self._last_error()}",
             self.excerpt(),
         )
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
 @contextlib.contextmanager
-def boot(config: VMConfig, serial_log: Path, timeout: float, port_tries: int = 5,
+def boot(config: VMConfig, serial_log: Path, timeout: float, tries: int = 5,
          cancel: threading.Event | None = None) -> Iterator[VM]:  # fmt: skip
-    """Start QEMU and wait for the guest's ready marker, retrying when another VM took our port.
-
-    Choosing a free port and handing it to QEMU is racy with parallel VMs (pitfall 9), so the
-    race is resolved by retrying rather than by locking.
-    """
-    for attempt in range(port_tries):
-        cfg = config if attempt == 0 and config.port else _with_port(config, free_port())
-        vm = VM(cfg, serial_log)
+    """Start QEMU and wait for the guest's ready marker, placing the VM again when its transport
+    says the place was taken (another VM's port, with parallel VMs)."""
+    for attempt in range(tries):
+        vm = VM(config if attempt == 0 else dataclasses.replace(config, port=0, channel=None), serial_log)
         try:
             vm.wait_ready(timeout, cancel)
         except BootFailure:
-            port_taken = PORT_TAKEN in vm.stderr_text()
+            again = transports.get(vm.config.transport).retry_after(vm.stderr_text())
             vm.close()
-            if port_taken and attempt + 1 < port_tries:
+            if again and attempt + 1 < tries:
                 continue
             raise
         except BaseException:
@@ -352,7 +382,3 @@ def boot(config: VMConfig, serial_log: Path, timeout: float, port_tries: int = 5
             yield vm
         return
     raise AssertionError("unreachable")
-
-
-def _with_port(config: VMConfig, port: int) -> VMConfig:
-    return dataclasses.replace(config, port=port)

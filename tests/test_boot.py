@@ -83,6 +83,9 @@ class FakeMachine:
     def excerpt(self, lines: int = 25) -> str:
         return "Kernel panic - not syncing: sysrq triggered crash" if self.panicked else "last serial lines"
 
+    def endpoint(self, host_key: str) -> guest.Endpoint:
+        return guest.Endpoint(self.config.port, host_key)
+
     def close(self) -> None:
         self.closed = True
         self.alive = False

@@ -278,6 +278,7 @@ def test_results_json_round_trips_with_counts() -> None:
         "error",
         "reboots",
         "retries",
+        "transport",
         "cases",
     }
     deviation = first["cases"][1]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import random
 import shlex
@@ -16,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from harness import vm
+from harness.transports import net
 
 needs_qemu = pytest.mark.skipif(shutil.which(vm.QEMU) is None, reason=f"{vm.QEMU} is not installed")
 
@@ -89,16 +91,21 @@ def test_command_line_is_shell_quoted(tmp_path: Path) -> None:
     assert "'console=ttyS0 panic=-1 hugepages=8 cryptomgr.notests'" in line
 
 
-def test_with_port_changes_only_the_port(tmp_path: Path) -> None:
-    cfg = config(tmp_path, port=1)
-    moved = vm._with_port(cfg, 2)
-    assert moved.port == 2 and moved.argv() == [a.replace("127.0.0.1:1-", "127.0.0.1:2-") for a in cfg.argv()]
+def test_the_serial_transport_swaps_the_nic_for_a_second_uart(tmp_path: Path) -> None:
+    """No NIC, no forward: the guest's ttyS1 on a socket QEMU waits on, and /init told to relay it."""
+    net = config(tmp_path, port=1)
+    serial = dataclasses.replace(net, transport="serial", port=0, channel=tmp_path / "ssh.sock")
+    argv = serial.argv()
+    assert option(argv, "-serial") == ["stdio", f"unix:{tmp_path / 'ssh.sock'},server=on,wait=on"]
+    assert "-netdev" not in argv and "-device" not in argv
+    (append,) = option(argv, "-append")
+    assert append == option(net.argv(), "-append")[0] + " harness.transport=serial"
 
 
 def test_free_port_is_bindable() -> None:
     import socket
 
-    port = vm.free_port()
+    port = net.free_port()
     assert 1024 <= port < 65536
     with socket.socket() as s:
         s.bind(("127.0.0.1", port))
@@ -215,7 +222,7 @@ def test_boot_of_a_non_kernel_fails_fast_and_cleans_up(tmp_path: Path) -> None:
     initrd = tmp_path / "initrd"
     initrd.write_bytes(b"\0" * 512)
     serial = tmp_path / "serial.log"
-    cfg = vm.VMConfig(kernel, initrd, 128, "tcg", vm.free_port())
+    cfg = vm.VMConfig(kernel, initrd, 128, "tcg", net.free_port())
     started = time.monotonic()
     with pytest.raises(vm.BootFailure) as info, vm.boot(cfg, serial, timeout=30):
         pytest.fail("a random file booted")
