@@ -4,13 +4,15 @@ For every kernel of a matrix (default: the embedded one) it boots the same kerne
 twice, one after the other so each has a core to itself:
   floor    plain `qemu-system-x86_64` with the harness's argv, timed until the ready marker
            appears on the serial console (no reader thread, no SSH, no Python in the loop);
-  harness  vm.boot -> ready marker, SSH session open, the whole probe catalogue as root.
+  harness  vm.boot -> ready marker, SSH session open, the whole probe catalogue as root, once over
+           each transport (net: virtio-net; serial: the second UART), side by side.
 It prints medians over --repeat rounds. A script, not a test: figures, never assertions.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import statistics
 import subprocess
 import sys
@@ -70,23 +72,26 @@ def main() -> int:
     console.print(f"accelerator: {accel.name} ({accel.reason}); {args.repeat} rounds; {len(built.names)} cases")
 
     table = Table(title="Seconds from QEMU start (median)", title_justify="left")
-    for header in ("kernel", "release", "boot via", "floor: marker", "harness: marker", "ssh ready",
-                   "probe done", "overhead"):  # fmt: skip
+    for header in ("kernel", "release", "boot via", "floor: marker", "net: marker", "net: ssh ready",
+                   "net: probe done", "overhead", "serial: ssh ready", "serial: probe done"):  # fmt: skip
         table.add_column(header, justify="left" if header in ("kernel", "release", "boot via") else "right")
     for spec in dict.fromkeys(mx.kernels):
         kernel = source.fetch(spec)
         img = guests.image(kernel)
         config = vm.VMConfig(kernel.vmlinux or kernel.image, img.path, mx.ram_mb[0], accel.name, 0, disk)
-        floors, runs = [], []
+        serial = dataclasses.replace(config, transport="serial")
+        floors, runs, lines = [], [], []
         for _ in range(args.repeat):
             floors.append(floor(config, 300))
             runs.append(harness_path(config, img, key, built.names))
+            lines.append(harness_path(serial, img, key, built.names))
         med = {k: statistics.median(r[k] for r in runs) for k in ("marker", "ssh", "done")}
+        over = {k: statistics.median(r[k] for r in lines) for k in ("ssh", "done")}
         f = statistics.median(floors)
         table.add_row(spec.label, kernel.release, "PVH vmlinux" if kernel.vmlinux else "bzImage",
                       f"{f:.2f}", f"{med['marker']:.2f}", f"{med['ssh']:.2f}", f"{med['done']:.2f}",
-                      f"{med['marker'] - f:+.2f}")  # fmt: skip
-        console.print(f"{spec.label}: floor {floors}, harness {runs}", highlight=False)
+                      f"{med['marker'] - f:+.2f}", f"{over['ssh']:.2f}", f"{over['done']:.2f}")  # fmt: skip
+        console.print(f"{spec.label}: floor {floors}, net {runs}, serial {lines}", highlight=False)
     console.print(table)
     return 0
 
