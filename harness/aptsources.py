@@ -155,3 +155,31 @@ def mirror_from(setting: str | None, env: Mapping[str, str], root: Path = Path("
     if env.get(ENV_MIRROR):
         return check_mirror_url(env[ENV_MIRROR], ENV_MIRROR)
     return find_debian_mirror(root)
+
+
+ENV_SECURITY_MIRROR = "HARNESS_DEBIAN_SECURITY_MIRROR"
+
+
+def pick_security_mirror(entries: Iterable[SourceEntry]) -> str | None:
+    """The first binary Debian security archive: what serves `dists/<release>-security`."""
+    for e in entries:
+        if e.type == "deb" and e.suite.endswith("-security") and is_debian_suite(e.suite) \
+                and e.uri.startswith(_SCHEMES):  # fmt: skip
+            return e.uri
+    return None
+
+
+def security_mirror_from(setting: str | None, env: Mapping[str, str], root: Path = Path("/")) -> str | None:
+    """$HARNESS_DEBIAN_SECURITY_MIRROR, else the host's apt configuration, else the main mirror's
+    sibling by Debian's layout (http://HOST/debian -> http://HOST/debian-security); None if none."""
+    if env.get(ENV_SECURITY_MIRROR):
+        return check_mirror_url(env[ENV_SECURITY_MIRROR], ENV_SECURITY_MIRROR)
+    if not setting and not env.get(ENV_MIRROR):
+        found = pick_security_mirror(read_sources(root))
+        if found is not None:
+            return found
+    try:
+        main = mirror_from(setting, env, root)
+    except UserError:
+        return None
+    return main + "-security" if main.endswith("/debian") else None

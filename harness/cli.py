@@ -300,8 +300,9 @@ def cmd_kernels(args: argparse.Namespace, console: Console) -> int:
             _line(console, k.label, k.release, k.version or "-", k.sha256[:16], k.source)
         return 0
     mx, _ = _matrix(args.matrix)
-    source = sources.Kernels(_options(args, cache).sources(terminal.printer(console)))
-    for spec in dict.fromkeys(mx.kernels):
+    ctx = _options(args, cache).sources(terminal.printer(console))
+    source = sources.Kernels(ctx)
+    for spec in sources.expand(mx.kernels, ctx):
         if args.action == "resolve":
             _line(console, spec.label, *source.describe(spec))
         else:
@@ -314,9 +315,10 @@ def cmd_kernels(args: argparse.Namespace, console: Console) -> int:
 def cmd_image(args: argparse.Namespace, console: Console) -> int:
     cache = _cache(args)
     mx, _ = _matrix(args.matrix)
-    source = sources.Kernels(_options(args, cache).sources(terminal.printer(console)))
+    ctx = _options(args, cache).sources(terminal.printer(console))
+    source = sources.Kernels(ctx)
     guests = kit.assemble(cache)
-    for spec in dict.fromkeys(mx.kernels):
+    for spec in sources.expand(mx.kernels, ctx):
         k = source.fetch(spec)
         img = guests.image(k)
         _line(console, spec.label, k.release, str(img.path), " ".join(img.modules))

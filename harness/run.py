@@ -7,6 +7,7 @@ directory, `history` keeps the results across runs.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import platform
 from collections.abc import Callable, Mapping, Sequence
@@ -120,10 +121,13 @@ def execute(
     rundir.check_writable(options.results)
     check_memory(mx)
     built = probe.build()
+    ctx = options.sources(log)
+    # A spec of many builds stands for one kernel per build: the plan has a boot for each.
+    mx = dataclasses.replace(mx, kernels=sources.expand(mx.kernels, ctx))
     planned = matrix.expand(mx, built.names)
     plans = select(planned, options)
     expectations = verdict.load()
-    source = sources.Kernels(options.sources(log), pinned)
+    source = sources.Kernels(ctx, pinned)
     specs = list(dict.fromkeys(p.kernel for p in plans))
     # Kernels that need no network first: bad input is found before anything is downloaded.
     specs.sort(key=lambda s: not sources.source_of(s).local)

@@ -65,7 +65,11 @@ def line(text: str) -> tuple[int, ...] | None:
 
 def in_line(kernel: KernelInfo, wanted: tuple[int, ...]) -> bool:
     """Is the kernel of this line? Components compare as numbers, so 6.1 is not 6.12."""
-    return upstream(kernel)[: len(wanted)] == wanted
+    return in_line_of(upstream(kernel), wanted)
+
+
+def in_line_of(version: tuple[int, ...], wanted: tuple[int, ...]) -> bool:
+    return version[: len(wanted)] == wanted
 
 
 def in_range(spec: object, version: tuple[int, ...]) -> bool:

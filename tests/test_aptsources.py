@@ -4,6 +4,7 @@ import pytest
 
 from harness.aptsources import (
     ENV_MIRROR,
+    ENV_SECURITY_MIRROR,
     SourceEntry,
     find_debian_mirror,
     is_debian_suite,
@@ -11,6 +12,7 @@ from harness.aptsources import (
     parse_deb822,
     parse_one_line,
     pick_mirror,
+    security_mirror_from,
 )
 from harness.errors import UserError
 
@@ -141,3 +143,16 @@ def test_mirror_from_precedence(tmp_path: Path) -> None:
     assert mirror_from(None, {}, tmp_path) == "http://apt.example/debian"
     with pytest.raises(UserError, match="not a mirror URL"):
         mirror_from("mirror.example", {}, tmp_path)
+
+
+def test_the_security_archive_beside_the_mirror(tmp_path: Path) -> None:
+    """From apt's sources when they name it; else by Debian's layout beside the main mirror; a
+    setting beats both."""
+    write(tmp_path, "sources.list.d/debian.sources", DEB822.replace("example/debian-security", "example/sec"))
+    assert security_mirror_from(None, {}, tmp_path) == "http://mirror.example/sec"
+    assert security_mirror_from("http://flag.example/debian", {}, tmp_path) == "http://flag.example/debian-security"
+    assert security_mirror_from(None, {ENV_SECURITY_MIRROR: "http://s.example/x/"}, tmp_path) == "http://s.example/x"
+    write(tmp_path, "sources.list.d/debian.sources", "Types: deb\nURIs: http://only.example/debian\nSuites: sid\n")
+    assert security_mirror_from(None, {}, tmp_path) == "http://only.example/debian-security"
+    write(tmp_path, "sources.list.d/debian.sources", "Types: deb\nURIs: http://only.example/mirror\nSuites: sid\n")
+    assert security_mirror_from(None, {}, tmp_path) is None  # no layout to go by: said when a -security suite is asked

@@ -20,7 +20,9 @@ from harness.archive import Archive, Deb, gpgv_reason, signature_ok
 from harness.bzimage import bzimage_version, decompress_payload, has_pvh_note, vmlinux_from_image
 from harness.errors import InfraError, UserError
 from harness.kernels import Kernel, list_cached
+from harness.sources import debian
 from harness.sources.debian import DebianKernel, fetch, resolve, resolve_in
+from harness.sources.debian_index import Build, list_builds, newest_per_line
 from harness.sources.path import PathKernel, from_path
 
 # --- synthetic stanzas -------------------------------------------------------------------------
@@ -688,11 +690,53 @@ def test_version_picks_the_newest_kernel_of_that_line_and_flavour() -> None:
     assert [d.package for d in r.debs][:2] == ["linux-binary-7.3.4+deb13-amd64", "linux-modules-7.3.4+deb13-amd64"]
 
 
-def test_version_whose_modules_left_the_index_is_an_infrastructure_error() -> None:
-    with pytest.raises(InfraError, match=r"linux-modules-7\.0\.13\+deb13-amd64 is not on the mirror"):
-        resolve_in(DebianKernel(("tb",), version="7.0"), {"tb": BACKPORTS})
+def test_a_build_whose_modules_left_the_index_resolves_to_the_signed_kernel_alone() -> None:
+    """Its guest goes without modules, over the serial line: never an unverified module, never --insecure."""
+    r = resolve_in(DebianKernel(("tb",), version="7.0"), {"tb": BACKPORTS})
+    assert r.abi == "7.0.13+deb13-amd64"
+    assert [d.package for d in r.debs] == ["linux-binary-7.0.13+deb13-amd64", "linux-base-7.0.13+deb13-amd64"]
     with pytest.raises(UserError, match="version 6.19 is not in tb"):
         resolve_in(DebianKernel(("tb",), version="6.19"), {"tb": BACKPORTS})
+
+
+SECURITY = pre7("6.1.0-48-amd64", "6.1.180-1")[1:] + pre7("6.1.0-0.deb11.52-amd64", "6.1.158-1~deb11u1")[1:] \
+    + pre7("6.12.117+deb12-amd64", "6.12.117-1~deb12u1")[1:] + pre7("6.12.117+deb12-rt-amd64", "6.12.117-1~deb12u1")[1:]
+
+
+def abis(builds: list[Build]) -> list[str]:
+    return [b.abi for b in builds]
+
+
+def test_every_build_of_the_flavour_oldest_first_across_suites() -> None:
+    indexes = {"tb": BACKPORTS, "sec": SECURITY}
+    every = list_builds(DebianKernel(("tb", "sec"), builds="all"), indexes)
+    assert abis(every) == ["6.1.0-0.deb11.52-amd64", "6.1.0-50-amd64", "6.1.0-48-amd64", "6.12.117+deb12-amd64",
+                           "6.16.9+deb13-amd64", "6.16.12+deb13-amd64", "7.0.12+deb13-amd64", "7.0.13+deb13-amd64",
+                           "7.3.4+deb13-amd64"]  # fmt: skip
+    assert [b.suite for b in every][:3] == ["sec", "tb", "sec"]  # by Debian version: 6.1.158, 6.1.176, 6.1.180
+    cloud = list_builds(DebianKernel(("tb",), package="linux-image-cloud-amd64", builds="all"), indexes)
+    assert abis(cloud) == ["6.16.12+deb13-cloud-amd64"]
+    assert abis(newest_per_line(every)) == ["6.1.0-48-amd64", "6.12.117+deb12-amd64", "6.16.12+deb13-amd64",
+                                           "7.0.13+deb13-amd64", "7.3.4+deb13-amd64"]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("version", "expected"),
+    [("6.1", ["6.1.0-0.deb11.52-amd64", "6.1.0-50-amd64", "6.1.0-48-amd64"]),
+     (">=6.12,<7", ["6.12.117+deb12-amd64", "6.16.9+deb13-amd64", "6.16.12+deb13-amd64"]),
+     ("==7.0", ["7.0.12+deb13-amd64", "7.0.13+deb13-amd64"]), (">=7.3.5", [])],
+)  # fmt: skip
+def test_builds_in_a_line_or_a_range(version: str, expected: list[str]) -> None:
+    assert abis(list_builds(DebianKernel(("tb", "sec"), version=version, builds="all"),
+                            {"tb": BACKPORTS, "sec": SECURITY})) == expected  # fmt: skip
+
+
+def test_security_suites_come_from_the_security_archive(tmp_path: Path) -> None:
+    main, security = Archive("http://mirror/debian", tmp_path), Archive("http://mirror/debian-security", tmp_path)
+    of = debian.Mirrors(main, security)
+    assert of("bookworm") is main and of("bookworm-backports") is main and of("bookworm-security") is security
+    with pytest.raises(UserError, match="bookworm-security is in Debian's security archive, and no mirror of it"):
+        debian.Mirrors(main)("bookworm-security")
 
 
 def test_unreachable_mirror_is_an_infrastructure_error_after_bounded_retries(tmp_path: Path) -> None:

@@ -303,3 +303,18 @@ def test_shipped_matrices_parse() -> None:
     for path in shipped:
         m = matrix.load(path)
         assert m.kernels and m.cases is None
+
+
+def test_debian_builds_and_version_ranges() -> None:
+    text = ('kernels:\n  - debian: {suite: trixie-backports, builds: all}\n'
+            '  - debian: {suite: [bookworm, bookworm-security], version: ">=6.1,<6.2", builds: lines}\n')  # fmt: skip
+    every, lines = matrix.parse(text, "m.yaml").kernels
+    assert (every.builds, every.label) == ("all", "trixie-backports-all")
+    assert (lines.version, lines.builds) == (">=6.1,<6.2", "lines")
+    assert lines.label == "bookworm+bookworm-security->=6.1,<6.2-lines"
+    for bad, says in [
+        ("{suite: sid, builds: some}", "kernels.0.debian.builds: 'some': give one of newest, lines, all"),
+        ("{suite: sid, builds: all, abi: 7.2.13+deb14-amd64}", "kernels.0.debian.builds: an abi is one"),
+        ('{suite: sid, version: "about 7"}', "kernels.0.debian.version: 'about 7': give an upstream line"),
+    ]:
+        assert parse_error(f"kernels:\n  - debian: {bad}\n").startswith(f"m.yaml:2: {says}")

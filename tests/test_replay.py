@@ -46,7 +46,7 @@ def pin(mx: matrix.Matrix, doc: dict[str, Any], cache: Path, fetch: Callable[[de
         monkeypatch: pytest.MonkeyPatch) -> dict[sources.KernelSpec, kernels.Kernel]:
     """sources.pin with the mirror replaced: `fetch` stands in for downloading the recorded .debs, which
     no mirror reachable here still has."""
-    monkeypatch.setattr(debian, "mirror", lambda ctx: None)
+    monkeypatch.setattr(debian, "mirrors", lambda ctx: None)
     monkeypatch.setattr(debian, "fetch", lambda resolved, archive, cache: fetch(resolved))
     return sources.pin(mx.kernels, Manifest.from_json(doc).kernels, sources.Context(cache))
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 from harness import manifest
@@ -19,7 +19,7 @@ from harness.sources import debian, git, path
 from harness.sources.base import Context, KernelSpec, Source
 from harness.yamlfile import KeyPath, Where
 
-__all__ = ["SOURCES", "Context", "KernelSpec", "Kernels", "Source", "parse", "source_of"]
+__all__ = ["SOURCES", "Context", "KernelSpec", "Kernels", "Source", "expand", "parse", "source_of"]
 
 SOURCES: Mapping[str, Source] = {s.kind: s for s in (debian.SOURCE, path.SOURCE, git.SOURCE)}
 
@@ -36,6 +36,16 @@ def parse(item: object, where: Where, at: KeyPath) -> KernelSpec:
             return kinds[0].parse(item, where, at)
     forms = [s.syntax for s in SOURCES.values()]
     raise where.error(at, f"each kernel is {', '.join(forms[:-1])} or {forms[-1]}")
+
+
+def expand(specs: Sequence[KernelSpec], ctx: Context) -> tuple[KernelSpec, ...]:
+    """Every spec as the kernels it stands for (a spec of many builds, one per build), in order,
+    each once: a build two specs name is booted once."""
+    out: dict[KernelSpec, None] = {}
+    for spec in specs:
+        with _from(spec):
+            out.update(dict.fromkeys(source_of(spec).expand(spec, ctx)))
+    return tuple(out)
 
 
 class Kernels:

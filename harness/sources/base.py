@@ -8,7 +8,7 @@ for the run's manifest, and finds the very kernel a recorded run booted again fo
 
 from __future__ import annotations
 
-from collections.abc import Callable, Hashable
+from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
@@ -63,6 +63,11 @@ class Source(Protocol):
 
     def parse(self, item: dict[str, Any], where: Where, path: KeyPath) -> KernelSpec:
         """The spec of a matrix entry; FieldError (via `where`) naming the key that is wrong."""
+        ...
+
+    def expand(self, spec: Any, ctx: Context) -> Sequence[KernelSpec]:
+        """The specs this one stands for, one per kernel to boot (itself, for most): a spec of many
+        builds becomes one spec per build before the run is planned."""
         ...
 
     def resolve(self, spec: Any, ctx: Context) -> Any:

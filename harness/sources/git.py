@@ -8,6 +8,7 @@ was built, and a replay builds the recorded commit again (a branch may have move
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -15,7 +16,7 @@ from typing import Any
 from harness import kbuild, manifest
 from harness.errors import UserError
 from harness.kernels import Kernel
-from harness.sources.base import Context
+from harness.sources.base import Context, KernelSpec
 from harness.yamlfile import KeyPath, Where
 
 BASES = ("tinyconfig", "defconfig")
@@ -70,6 +71,9 @@ class GitSource:
         if base not in BASES:
             raise where.error((*path, "base"), f"{base!r}: give one of {', '.join(BASES)}")
         return GitKernel(repo_path.resolve(), rev, config_path, base, origin)
+
+    def expand(self, spec: GitKernel, ctx: Context) -> Sequence[KernelSpec]:
+        return [spec]
 
     def resolve(self, spec: GitKernel, ctx: Context) -> kbuild.Source:
         return kbuild.resolve(spec)  # a bad revision is bad input; building waits for fetch

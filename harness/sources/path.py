@@ -8,6 +8,7 @@ very file the run booted.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,7 +27,7 @@ from harness.bzimage import (
 from harness.errors import UserError
 from harness.files import atomic_write
 from harness.kernels import Kernel
-from harness.sources.base import Context
+from harness.sources.base import Context, KernelSpec
 from harness.yamlfile import KeyPath, Where
 
 
@@ -67,6 +68,9 @@ class PathSource:
             if not mod_path.is_dir():
                 raise where.error((*path, "modules"), f"{mod_path} is not a directory")
         return PathKernel(kernel, mod_path, where.origin(path))
+
+    def expand(self, spec: PathKernel, ctx: Context) -> Sequence[KernelSpec]:
+        return [spec]
 
     def resolve(self, spec: PathKernel, ctx: Context) -> Kernel:
         return from_path(spec, ctx.cache)
