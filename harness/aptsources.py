@@ -135,8 +135,9 @@ def find_debian_mirror(root: Path = Path("/")) -> str:
     if mirror is None:
         where = root / "etc" / "apt"
         raise UserError(
-            f"no Debian mirror in {where}/sources.list or {where}/sources.list.d/; "
-            f"set {ENV_MIRROR} or --mirror"
+            f"no Debian mirror in {where}/sources.list or {where}/sources.list.d/ (another "
+            f"distribution's archive, e.g. Ubuntu's, has no Debian kernels); set {ENV_MIRROR}=http://HOST/debian "
+            f"or --mirror, or run in a Debian container"
         )
     return mirror
 

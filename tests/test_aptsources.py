@@ -135,6 +135,20 @@ def test_no_mirror_is_a_user_error(tmp_path: Path) -> None:
         find_debian_mirror(tmp_path / "nowhere")
 
 
+def test_an_ubuntu_host_is_told_where_debian_kernels_come_from(tmp_path: Path) -> None:
+    """A GitHub runner's apt sources: Ubuntu suites only, none of which carries a Debian kernel."""
+    write(
+        tmp_path,
+        "sources.list.d/ubuntu.sources",
+        "Types: deb\nURIs: http://archive.example/ubuntu/\nSuites: noble noble-updates noble-security\n"
+        "Components: main universe\n",
+    )
+    with pytest.raises(UserError) as err:
+        find_debian_mirror(tmp_path)
+    (line,) = str(err.value).splitlines()
+    assert "Ubuntu" in line and f"{ENV_MIRROR}=http://HOST/debian" in line and "Debian container" in line
+
+
 def test_mirror_from_precedence(tmp_path: Path) -> None:
     write(tmp_path, "sources.list", "deb http://apt.example/debian bookworm main\n")
     env = {ENV_MIRROR: "http://env.example/debian/"}

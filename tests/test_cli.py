@@ -254,6 +254,29 @@ def test_ci_examples_use_only_commands_and_options_the_cli_has() -> None:
     assert seen >= 7
 
 
+def test_ci_examples_run_where_a_debian_mirror_is_known() -> None:
+    """Every job that runs the harness must find Debian kernels: a debian:* image (its apt sources
+    name a Debian mirror) or HARNESS_DEBIAN_MIRROR. A bare Ubuntu runner has neither."""
+    docs = Path(__file__).resolve().parent.parent / "docs" / "ci"
+    jobs = 0
+    for path in sorted(docs.glob("*.yml")):
+        doc = yaml.safe_load(path.read_text())
+        # GitHub keeps jobs under `jobs:`; GitLab at the top level, with `default:` for shared keys
+        default = doc.get("default", {}) if "jobs" not in doc else {}
+        for name, job in (doc.get("jobs") or {k: v for k, v in doc.items() if isinstance(v, dict)}).items():
+            text = yaml.safe_dump(job)
+            if "harness" not in text or name == "default":
+                continue
+            image = job.get("container") or job.get("image") or default.get("image") or ""
+            image = image.get("image", "") if isinstance(image, dict) else image
+            env = {**(default.get("variables") or {}), **(job.get("variables") or {}), **(job.get("env") or {})}
+            assert str(image).startswith("debian:") or "HARNESS_DEBIAN_MIRROR" in env, f"{path.name}: job {name}"
+            debian = str(image).startswith("debian:")
+            assert not (debian and "sudo" in text), f"{path.name}: {name} (a debian:* image has no sudo)"
+            jobs += 1
+    assert jobs >= 4
+
+
 @pytest.mark.parametrize(
     ("args", "line"),
     [
