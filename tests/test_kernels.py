@@ -699,12 +699,23 @@ def test_a_build_whose_modules_left_the_index_resolves_to_the_signed_kernel_alon
         resolve_in(DebianKernel(("tb",), version="6.19"), {"tb": BACKPORTS})
 
 
-SECURITY = pre7("6.1.0-48-amd64", "6.1.180-1")[1:] + pre7("6.1.0-0.deb11.52-amd64", "6.1.158-1~deb11u1")[1:] \
-    + pre7("6.12.117+deb12-amd64", "6.12.117-1~deb12u1")[1:] + pre7("6.12.117+deb12-rt-amd64", "6.12.117-1~deb12u1")[1:]
+SECURITY = [
+    *pre7("6.1.0-48-amd64", "6.1.180-1")[1:],
+    *pre7("6.1.0-0.deb11.52-amd64", "6.1.158-1~deb11u1")[1:],
+    *pre7("6.12.117+deb12-amd64", "6.12.117-1~deb12u1")[1:],
+    *pre7("6.12.117+deb12-rt-amd64", "6.12.117-1~deb12u1")[1:],
+    stanza("linux-image-6.12-amd64", "6.12.117-1~deb12u1", "linux-image-6.12.117+deb12-amd64 (= 6.12.117-1~deb12u1)"),
+]
 
 
 def abis(builds: list[Build]) -> list[str]:
     return [b.abi for b in builds]
+
+
+def test_a_line_meta_package_is_followed_to_its_build() -> None:
+    """linux-image-6.12-amd64 has an ABI-like name but is a meta over the line's newest build."""
+    r = resolve_in(DebianKernel(("sec",), package="linux-image-6.12-amd64"), {"sec": SECURITY})
+    assert (r.abi, r.package) == ("6.12.117+deb12-amd64", "linux-image-6.12.117+deb12-amd64")
 
 
 def test_every_build_of_the_flavour_oldest_first_across_suites() -> None:

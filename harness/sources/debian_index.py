@@ -197,7 +197,7 @@ def builds_in(spec: Wanted, by_suite: Mapping[str, Mapping[str, Sequence[Stanza]
         for name, stanzas in index.items():
             m = _IMAGE.match(name)
             newest = _newest(stanzas)
-            if not m or m["unsigned"] or newest is None or flavour_of(m["abi"]) != flavour:
+            if not m or m["unsigned"] or newest is None or flavour_of(m["abi"]) != flavour or _is_meta(newest):
                 continue
             build = Build(m["abi"], Version(newest["Version"]), suite)
             if in_versions(spec.version, build.abi, newest["Version"]) and (
@@ -205,6 +205,14 @@ def builds_in(spec: Wanted, by_suite: Mapping[str, Mapping[str, Sequence[Stanza]
             ):
                 found[build.abi] = build
     return sorted(found.values(), key=lambda b: (b.version, b.abi))
+
+
+def _is_meta(stanza: Stanza) -> bool:
+    """A line's meta package (linux-image-6.1-amd64 in bullseye-security) looks like a build of ABI
+    `6.1-amd64` but only depends on the concrete image of the line's newest build."""
+    m = _IMAGE.match(stanza["Package"])
+    return any((t := _IMAGE.match(name)) and not t["unsigned"] and m and t["abi"] != m["abi"]
+               for name, _ in _depends(stanza))  # fmt: skip
 
 
 def list_builds(spec: Wanted, indexes: Mapping[str, Sequence[Stanza]]) -> list[Build]:
@@ -225,7 +233,7 @@ def _concrete_image(start: Stanza, index: Mapping[str, Sequence[Stanza]], spec: 
     stanza = start
     for _ in range(4):  # metas nest at most once or twice; bound it against odd indexes
         m = _IMAGE.match(stanza["Package"])
-        if m and not m["abi"].endswith("-dbg"):
+        if m and not m["abi"].endswith("-dbg") and not _is_meta(stanza):
             return stanza
         step = None
         for name, exact in _depends(stanza):
