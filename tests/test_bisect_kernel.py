@@ -133,3 +133,37 @@ def test_bisect_names_the_commit_that_stopped_enforcing_the_limit(tmp_path: Path
               if json.loads(p.read_text())["repo"] == str(repo)]  # fmt: skip
     print(f"\ntree made in {made:.0f}s; bisect took {took:.0f}s; builds: "
           + ", ".join(f"{b['commit'][:12]} {b['seconds']}s" for b in builds))  # fmt: skip
+
+
+def test_a_tree_built_without_virtio_net_is_reached_over_the_serial_line(tmp_path: Path) -> None:
+    """The same tree with CONFIG_VIRTIO_NET off: `auto` sees it in the build's .config, boots the
+    guest without a NIC and gives the same answers over the second UART."""
+    cache = cache_dir()
+    repo = make_tree(cache)
+    fragment = tmp_path / "no-net.config"
+    text = (REPO / "images" / "kernel.config").read_text()
+    assert text.count("CONFIG_VIRTIO_NET=y\n") == 1
+    fragment.write_text(text.replace("CONFIG_VIRTIO_NET=y\n", "# CONFIG_VIRTIO_NET is not set\n"))
+    good = git(repo, "rev-parse", "HEAD~4")
+    (tmp_path / "m.yaml").write_text(
+        f"kernels:\n  - git: {{repo: {repo}, rev: {good}, config: no-net.config}}\n"
+        "memlock: [64K]\nusers: [user]\ncases: [mlock_over, map_locked_over, limits]\n"
+    )
+    results = tmp_path / "results"
+    proc = subprocess.run(
+        [sys.executable, "-m", "harness", "run", "--matrix", str(tmp_path / "m.yaml"), "--results", str(results),
+         "--jobs", "1"],
+        capture_output=True, text=True, cwd=REPO, timeout=5400, env={**os.environ, "COLUMNS": "200"},
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr
+    run_dir = (results / "latest").resolve()
+    (boot,) = json.loads((run_dir / "results.json").read_text())["boots"]
+    assert boot["transport"] == "serial" and boot["error"] == ""
+    assert {c["case"]: c["outcome"] for c in boot["cases"]} == {
+        "mlock_over": "pass", "map_locked_over": "pass", "limits": "pass"}  # fmt: skip
+    (entry,) = json.loads((run_dir / "manifest.json").read_text())["boots"]
+    assert entry["transport_reason"] == "the kernel has no virtio-net driver the guest can load"
+    (kernel,) = json.loads((run_dir / "manifest.json").read_text())["kernels"]
+    config = Path(kernel["build"]["config_file"]).read_text()
+    assert "# CONFIG_VIRTIO_NET is not set" in config and "CONFIG_SERIAL_8250=y" in config
+    assert "-netdev" not in " ".join(boot["qemu_argv"])  # no NIC at all, not a NIC nobody drives

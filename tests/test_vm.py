@@ -275,3 +275,20 @@ def test_qemu_dies_with_the_thread_that_started_it() -> None:
         assert proc.popen.wait(timeout=5) == -signal.SIGKILL
     finally:
         proc.kill()
+
+
+@needs_qemu
+def test_the_serial_socket_is_in_a_directory_only_this_user_enters_and_goes_with_the_vm(tmp_path: Path) -> None:
+    """Real QEMU, which waits on the socket before it even loads the kernel (none exists here, so
+    it exits once connected): whoever can reach the socket can speak SSH to the guest's dropbear."""
+    cfg = vm.VMConfig(tmp_path / "no-kernel", tmp_path / "no-initrd", 256, "tcg", 0, transport="serial")
+    machine = vm.VM(cfg, tmp_path / "serial.log")
+    try:
+        channel = machine.config.channel
+        assert channel is not None and channel.name == "ssh.sock" and machine.config.port == 0
+        folder = channel.parent
+        assert folder.stat().st_mode & 0o777 == 0o700 and folder.stat().st_uid == os.getuid()
+        assert "-netdev" not in machine.config.argv()
+    finally:
+        machine.close()
+    assert not folder.exists()
