@@ -500,3 +500,30 @@ def test_render_grid_and_detail(tmp_path: Path) -> None:
     assert "B: calls=[mmap:EAGAIN] locked=none result=ok  ← first change: calls, locked" in text
     assert "C: calls=[mmap:EAGAIN] locked=none result=EAGAIN  ← changed: result" in text
     assert "A: as above" in text and "2, varies" in text
+
+
+def test_changes_name_the_first_build_that_carries_each_within_a_line_and_between_lines(tmp_path: Path) -> None:
+    """Every build of two stable lines: a change in a point release is told from a new line's."""
+    builds = [kernel(v) for v in ("6.1.170-3", "6.1.172-1", "6.1.176-1", "6.12.90-1", "6.12.94-1")]
+    a, b = kernel("6.1.170-3"), kernel("6.1.172-1")
+    with History(tmp_path / "h.sqlite") as db:
+        seen = {k: [result("x", A), result("x", A, memlock="64K"), result("steady", A)] for k in builds}
+        seen[builds[1]] = [result("x", B), result("x", A, memlock="64K"), result("steady", A)]  # a stable update ...
+        seen[builds[2]] = [result("x", B), result("x", A, memlock="64K"), result("steady", A)]
+        seen[builds[3]] = [result("x", C), result("x", C, memlock="64K"), result("steady", A)]  # ... a new line
+        seen[builds[4]] = [result("x", C), result("x", C, memlock="64K"), result("steady", A)]
+        db.record(run("r1", "2026-01-01T00:00:00Z", seen), RECORD)
+        timelines = db.timelines()
+    console = Console(record=True, width=250)
+    render(timelines, console, only_changes=True)
+    text = console.export_text()
+    rows = [line.split() for line in text.splitlines()]
+    within, between = text.split("Behaviour changes within a line (1)")[1].split("Behaviour changes between lines")
+    assert between.startswith(" (1)") and "steady" not in text
+    assert ["6.1", "6.1.172-1", f"({b.release})", "6.1.170-3", f"({a.release})", "x", "default", "root", "256M",
+            "calls,", "locked"] in rows  # fmt: skip
+    assert "6.12.90-1" not in within
+    # one row per (build, case): the two limits that changed at 6.12 are one line, the whole case
+    (line,) = [r for r in rows if r[:2] == ["6.12", "6.12.90-1"]]
+    assert line[-6:] == ["x", "all", "2", "result,", "calls,", "locked"], line
+    assert "2 of 3 rows change between kernels" in text

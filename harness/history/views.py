@@ -5,8 +5,10 @@ Reads only Timeline and Point (timeline.py); nothing here touches the database.
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 from rich import box
@@ -74,17 +76,101 @@ def render(timelines: Sequence[Timeline], console: Console, detail: bool = False
     if detail:
         for timeline in shown:
             console.print(_detail_table(timeline))
+    elif only_changes:
+        for title, rows in _changes(shown).items():
+            if rows:
+                console.print(_changes_table(title, rows, _rows_per_case(timelines)))
     elif shown:
         console.print(_grid(shown))
     changing = sum(1 for t in timelines if t.first_change is not None)
     line = f"{changing} of {len(timelines)} rows change between kernels"
     if len(shown) < len(timelines):
         line += f"; {len(timelines) - len(shown)} rows that never change are hidden"
-    if not detail:
+    if only_changes and not detail:
+        line += (". Each change is named by the first kernel (in version order) that carries it; 'within "
+                 "a line': the kernel before it is of that upstream line too.")  # fmt: skip
+    elif not detail:
         line += (f". Letters name the distinct behaviours within a row; {_FIRST} marks the first kernel whose "
                  f"behaviour changed, {_VARIES} a kernel whose runs disagreed (latest shown), {_NOT_SEEN} not "
                  "observed.")  # fmt: skip
     console.print(terminal.text(line))
+
+
+@dataclass
+class _Change:
+    """One case's behaviour changing between two adjacent kernels, in every row where it does."""
+
+    before: KernelInfo
+    after: KernelInfo
+    case: str
+    where: list[str] = field(default_factory=list)  # "64K user 256M", one per row
+    fields: dict[str, None] = field(default_factory=dict)  # ordered set
+    varies: bool = False
+
+
+WITHIN = "within a line"
+BETWEEN = "between lines"
+
+
+def _changes(timelines: Sequence[Timeline]) -> dict[str, list[_Change]]:
+    """Every change, grouped by (kernel before, kernel after, case): where a stable update changed
+    behaviour, and where a new line did."""
+    found: dict[tuple[str, str, str], _Change] = {}
+    for t in timelines:
+        for before, after in zip(t.points, t.points[1:]):  # noqa: B905 (pairs)
+            if not after.changed:
+                continue
+            key = (_kernel_key(before.kernel), _kernel_key(after.kernel), t.case)
+            change = found.setdefault(key, _Change(before.kernel, after.kernel, t.case))
+            change.where.append(_row(t))
+            change.fields.update(dict.fromkeys(after.changed_fields or ("fingerprint",)))
+            change.varies |= before.varies or after.varies
+    grouped: dict[str, list[_Change]] = {WITHIN: [], BETWEEN: []}
+    for change in found.values():
+        same = versions.upstream(change.before)[:2] == versions.upstream(change.after)[:2]
+        grouped[WITHIN if same else BETWEEN].append(change)
+    for changes in grouped.values():
+        changes.sort(key=functools.cmp_to_key(lambda a, b: versions.compare(a.after, b.after) or
+                                              versions.compare(a.before, b.before)))  # fmt: skip
+    return grouped
+
+
+def _row(t: Timeline) -> str:
+    return f"{t.memlock} {t.user} {t.ram_mb}M"
+
+
+def _rows_per_case(timelines: Sequence[Timeline]) -> dict[str, list[str]]:
+    rows: dict[str, list[str]] = {}
+    for t in timelines:
+        rows.setdefault(t.case, []).append(_row(t))
+    return rows
+
+
+def _rows(where: Sequence[str], every: Sequence[str]) -> str:
+    """The rows a change is in, the shorter way round: "all", "all but 0 user 256M", or the list."""
+    missing = [r for r in every if r not in where]
+    if not missing:
+        return f"all {len(where)}" if len(where) > 1 else where[0]
+    return "all but " + "; ".join(missing) if len(missing) < len(where) else "; ".join(where)
+
+
+def _build(kernel: KernelInfo) -> str:
+    return f"{versions.name(kernel)} ({kernel.release})" if kernel.version else kernel.release
+
+
+def _changes_table(title: str, changes: Sequence[_Change], rows_of: dict[str, list[str]]) -> Table:
+    table = Table(title=f"Behaviour changes {title} ({len(changes)})", title_justify="left",
+                  box=box.SIMPLE_HEAD, pad_edge=False)  # fmt: skip
+    for header in ("line", "first build with the change", "build before it", "case", "rows (limit user RAM)",
+                   "what changed"):  # fmt: skip
+        table.add_column(header, overflow="fold")
+    for c in changes:
+        line = ".".join(map(str, versions.upstream(c.after)[:2]))
+        what = ", ".join(c.fields) + (" (runs disagreed)" if c.varies else "")
+        rows = _rows(c.where, rows_of.get(c.case, c.where))
+        table.add_row(Text(line), terminal.text(_build(c.after)), terminal.text(_build(c.before)),
+                      terminal.text(c.case), terminal.text(rows), terminal.text(what))  # fmt: skip
+    return table
 
 
 def _grid(timelines: Sequence[Timeline]) -> Table:
