@@ -25,7 +25,7 @@ from debian.debian_support import Version
 from harness import archive, kernels
 from harness.aptsources import mirror_from
 from harness.cache import cache_dir
-from harness.sources import debian
+from harness.sources import debian_index
 
 pytestmark = [pytest.mark.integration, pytest.mark.bisect]
 REPO = Path(__file__).resolve().parent.parent
@@ -57,7 +57,7 @@ def source_deb(cache: Path) -> archive.Deb:
     a = archive.Archive(mirror_from(None, os.environ, Path("/")), cache)
     stanzas = [s for s in a.packages(SUITE, "linux-source-") if s["Package"].startswith("linux-source-6.")]
     newest = max(stanzas, key=lambda s: Version(s["Version"]))
-    deb = debian._deb(newest, SUITE)
+    deb = debian_index.deb_of(newest, SUITE)
     a.fetch_deb(deb)
     return deb
 

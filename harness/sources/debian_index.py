@@ -270,14 +270,14 @@ def _payload(image: Stanza, abi: str, index: Mapping[str, Sequence[Stanza]], sui
         elif name == f"linux-base-{abi}":
             base = stanza
     if binary is None:
-        return (_deb(image, suite),)
+        return (deb_of(image, suite),)
     # Without its modules (a backports index drops them before the kernel), the signed kernel still
     # boots: its guest goes without (and is reached over the serial line).
     parts = [binary] + [p for p in (modules, base) if p is not None]
-    return tuple(_deb(s, suite) for s in parts)
+    return tuple(deb_of(s, suite) for s in parts)
 
 
-def _deb(stanza: Stanza, suite: str) -> Deb:
+def deb_of(stanza: Stanza, suite: str) -> Deb:
     try:
         return Deb(
             stanza["Package"],
