@@ -11,9 +11,10 @@ import json
 import re
 import xml.etree.ElementTree as ET
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
-from junit_xml import TestCase, TestSuite, to_xml_report_string
+from junit_xml import TestCase, TestSuite
 
 from harness.results import BootResult, CaseResult, Outcome
 
@@ -122,28 +123,70 @@ def _suite(boot: BootResult, run_id: str) -> TestSuite:
     )
 
 
-def _conform(root: ET.Element, run_id: str) -> None:
-    """Make junit_xml's output valid against Jenkins' junit-10.xsd, the strictest common consumer."""
-    root.set("name", xml_safe(run_id))
-    for element in (root, *root.iter("testsuite")):
-        # junit_xml always writes disabled="0", an attribute the schema does not declare.
-        element.attrib.pop("disabled", None)
-        for key in ("tests", "failures", "errors"):
-            element.set(key, element.get(key, "0"))
-        # str(float) sums such as 12.300000000000001 or 1e-05 break the schema's time pattern.
-        element.set("time", f"{float(element.get('time', '0')):.3f}")
-    for case in root.iter("testcase"):
+def _conform(suite: ET.Element) -> None:
+    """Make junit_xml's <testsuite> valid against Jenkins' junit-10.xsd, the strictest common consumer."""
+    # junit_xml always writes disabled="0", an attribute the schema does not declare.
+    suite.attrib.pop("disabled", None)
+    for key in ("tests", "failures", "errors"):
+        suite.set(key, suite.get(key, "0"))
+    # str(float) sums such as 12.300000000000001 or 1e-05 break the schema's time pattern.
+    suite.set("time", f"{float(suite.get('time', '0')):.3f}")
+    for case in suite.iter("testcase"):
         # junit_xml writes "%f", and nothing at all for a zero duration, which Ant's schema requires.
         case.set("time", f"{float(case.get('time', '0')):.3f}")
 
 
-def junit_xml(boots: Sequence[BootResult], run_id: str) -> str:
-    """One <testsuite> per boot, one <testcase> per CaseResult, plus a "boot" testcase for a boot error."""
-    suites = [_suite(boot, run_id) for boot in boots]
-    raw = to_xml_report_string(suites, prettyprint=False, encoding="utf-8")
-    root = ET.fromstring(raw)
-    _conform(root, run_id)
+@dataclass(frozen=True)
+class SuiteXml:
+    """One boot's <testsuite> as text, indented for its place in junit.xml, with the totals that
+    <testsuites> adds up. Rendered once per change of the boot, so a run rewriting junit.xml after
+    every case renders the boot that changed, not all of them."""
+
+    text: str
+    tests: int
+    failures: int
+    errors: int
+    time: float  # junit_xml's unrounded sum, so the document's total rounds as one sum would
+
+
+def suite_xml(boot: BootResult, run_id: str) -> SuiteXml:
+    built = _suite(boot, run_id).build_xml_doc(encoding="utf-8")
+    # Through text and back, as a whole document would go: the parser normalises (a lone \r in
+    # guest output reads back as \n), and the file must say what a reader of it will see.
+    suite = ET.fromstring(ET.tostring(built, encoding="utf-8"))
+    total = float(suite.get("time", 0))
+    _conform(suite)
     # Indent with ElementTree, not junit_xml's minidom pretty-printer: on Python 3.11 minidom
     # writes newlines inside attributes raw, so multi-line messages would read back as spaces.
-    ET.indent(root, space="  ")
-    return '<?xml version="1.0" encoding="utf-8"?>\n' + ET.tostring(root, encoding="unicode") + "\n"
+    ET.indent(suite, space="  ", level=1)
+    suite.tail = None
+    return SuiteXml(ET.tostring(suite, encoding="unicode"), int(suite.get("tests", 0)),
+                    int(suite.get("failures", 0)), int(suite.get("errors", 0)), total)  # fmt: skip
+
+
+def document(suites: Sequence[SuiteXml], run_id: str) -> str:
+    """junit.xml: the <testsuites> element around rendered suites, attributes in junit_xml's order."""
+    root = ET.Element("testsuites")
+    name = xml_safe(run_id)
+    if not suites:
+        for key, value in (("name", name), ("tests", "0"), ("failures", "0"), ("errors", "0"), ("time", "0.000")):
+            root.set(key, value)
+        body = ET.tostring(root, encoding="unicode")
+    else:
+        root.set("errors", str(sum(s.errors for s in suites)))
+        root.set("failures", str(sum(s.failures for s in suites)))
+        root.set("tests", str(sum(s.tests for s in suites)))
+        root.set("time", f"{sum(s.time for s in suites):.3f}")
+        root.set("name", name)
+        root.text = _MARK  # cannot occur in an attribute: xml_safe removed every control character
+        start, end = ET.tostring(root, encoding="unicode").split(_MARK)
+        body = start + "\n  " + "\n  ".join(s.text for s in suites) + "\n" + end
+    return '<?xml version="1.0" encoding="utf-8"?>\n' + body + "\n"
+
+
+_MARK = "\x01"
+
+
+def junit_xml(boots: Sequence[BootResult], run_id: str) -> str:
+    """One <testsuite> per boot, one <testcase> per CaseResult, plus a "boot" testcase for a boot error."""
+    return document([suite_xml(boot, run_id) for boot in boots], run_id)

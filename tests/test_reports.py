@@ -579,6 +579,50 @@ def test_case_updates_are_throttled_and_flushes_are_not(tmp_path: Path) -> None:
     writer.update(boot)
     on_disk = json.loads(writer.results_path.read_text())
     assert len(on_disk["boots"][0]["cases"]) == len(boot.cases)
+
+
+def test_the_files_written_case_by_case_are_what_one_rendering_of_the_final_boots_writes(tmp_path: Path) -> None:
+    """Boots are rendered once per change and kept: a boot that changes after the others were
+    rendered must be rendered again, and the assembled files must equal one whole rendering."""
+    writer = RunWriter(tmp_path, RUN_ID, STARTED, order=["a", "b", "c"])
     writer.min_interval = 0.0
-    writer.update(first, flush=False)
-    assert len(json.loads(writer.results_path.read_text())["boots"][0]["cases"]) == 1
+    a, b, c = full_boot("a"), failed_boot(), full_boot("c")
+    b = dataclasses.replace(b, boot_id="b")
+    for n in range(1, len(a.cases) + 1):  # two boots reporting case by case, interleaved
+        writer.update(dataclasses.replace(a, cases=a.cases[:n]), flush=False)
+        writer.update(dataclasses.replace(c, cases=c.cases[:n]), flush=False)
+    writer.update(b)
+    writer.update(dataclasses.replace(a, error="lost the guest"))
+    final = [dataclasses.replace(a, error="lost the guest"), b, c]
+    assert writer.results_path.read_text() == json.dumps(results_json(final, RUN_ID, STARTED, None), indent=2) + "\n"
+    assert writer.junit_path.read_text() == junit_xml(final, RUN_ID)
+    writer.finish("2026-11-26T19:10:00Z")
+    assert json.loads(writer.results_path.read_text()) == results_json(final, RUN_ID, STARTED, "2026-11-26T19:10:00Z")
+
+
+def test_case_updates_wait_ten_times_as_long_as_the_last_write_took(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A big run's files take seconds to write; per-case rewrites must not take the CPU the guests need."""
+    clock = [1000.0]
+    monkeypatch.setattr("harness.rundir.time.monotonic", lambda: clock[0])
+    real_write = __import__("harness.rundir", fromlist=["atomic_write"]).atomic_write
+
+    def slow_write(path: Path, data: str) -> None:
+        clock[0] += 2.5  # each of the two files: a write costs 5 s
+        real_write(path, data)
+
+    monkeypatch.setattr("harness.rundir.atomic_write", slow_write)
+    writer = RunWriter(tmp_path, RUN_ID, STARTED)
+    boot = full_boot()
+
+    def written() -> int:
+        return len(json.loads(writer.results_path.read_text())["boots"][0]["cases"])
+
+    writer.update(dataclasses.replace(boot, cases=boot.cases[:1]))  # a flush: written, took 5 s
+    clock[0] += 30
+    writer.update(dataclasses.replace(boot, cases=boot.cases[:2]), flush=False)
+    assert written() == 1  # 30 s after a 5 s write: too soon
+    clock[0] += 25
+    writer.update(dataclasses.replace(boot, cases=boot.cases[:3]), flush=False)
+    assert written() == 3
