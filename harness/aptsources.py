@@ -184,3 +184,28 @@ def security_mirror_from(setting: str | None, env: Mapping[str, str], root: Path
     except UserError:
         return None
     return main + "-security" if main.endswith("/debian") else None
+
+
+ENV_OLD_ARCHIVE = "HARNESS_DEBIAN_ARCHIVE"
+ENV_SNAPSHOT = "HARNESS_DEBIAN_SNAPSHOT"
+
+
+def old_archive_from(env: Mapping[str, str], root: Path = Path("/")) -> str | None:
+    """Debian's archive of old releases (etch ... buster): $HARNESS_DEBIAN_ARCHIVE, else a source in
+    the host's apt configuration whose path is its layout's (.../debian-archive/debian); None if none."""
+    if env.get(ENV_OLD_ARCHIVE):
+        return check_mirror_url(env[ENV_OLD_ARCHIVE], ENV_OLD_ARCHIVE)
+    return next((e.uri for e in read_sources(root) if e.type == "deb" and e.uri.endswith("/debian-archive/debian")),
+                None)  # fmt: skip
+
+
+def snapshot_from(env: Mapping[str, str], root: Path = Path("/")) -> str | None:
+    """Debian's snapshot service, the part before /archive/debian/<timestamp>: $HARNESS_DEBIAN_SNAPSHOT,
+    else taken from a snapshot source in the host's apt configuration; None if none."""
+    if env.get(ENV_SNAPSHOT):
+        return check_mirror_url(env[ENV_SNAPSHOT], ENV_SNAPSHOT)
+    for e in read_sources(root):
+        m = re.match(r"^(?P<base>.+)/archive/debian/\d{8}T\d{6}Z$", e.uri)
+        if e.type == "deb" and m:
+            return m["base"]
+    return None

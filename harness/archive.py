@@ -5,6 +5,7 @@ connections, retries them and runs gpgv, so every trust decision can be reviewed
 
 from __future__ import annotations
 
+import bz2
 import contextlib
 import errno
 import hashlib
@@ -13,24 +14,30 @@ import lzma
 import os
 import re
 import socket
-import subprocess
 import tempfile
 import time
 import urllib.error
 import urllib.request
 import warnings
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any, TypeVar
 
 from debian.deb822 import Packages, Release
 
+from harness import signatures
 from harness.errors import InfraError, UserError
 from harness.files import atomic_write
 
 DEFAULT_KEYRING = Path("/usr/share/keyrings/debian-archive-keyring.gpg")
+# Keys Debian signed its old releases with, expired since; only old releases and snapshots use it.
+REMOVED_KEYRING = Path("/usr/share/keyrings/debian-archive-removed-keys.gpg")
+# The digests a Release or Packages file may list, strongest first (Release field, Packages field,
+# hashlib name): SHA256 since lenny; etch's indexes have SHA1 and MD5 only.
+DIGESTS = (("SHA256", "SHA256", "sha256"), ("SHA1", "SHA1", "sha1"), ("MD5Sum", "MD5sum", "md5"))
+COMPRESSIONS = (".xz", ".bz2", ".gz", "")  # of Packages, preferred first; old releases lack .xz
 ARCH = "amd64"
 COMPONENT = "main"
 TIMEOUT_S = 60.0
@@ -46,13 +53,20 @@ class Deb:
     package: str
     version: str
     filename: str  # pool path relative to the mirror
-    sha256: str
+    sha256: str  # "" when the index lists no SHA256 (then `digest` holds the strongest it does)
     size: int
     suite: str
+    digest: str = ""  # "SHA1:hex" or "MD5Sum:hex": an old index's strongest digest, when it has no SHA256
+    signature: str = ""  # set when the index was signed by a key that has expired since (Signer.note)
+
+    @property
+    def key(self) -> str:
+        """What names the .deb in the cache: its SHA256, else the digest the signed index gives."""
+        return self.sha256 or self.digest.replace(":", "-")
 
 
-def _sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
+def _sha256_file(path: Path, algorithm: str = "sha256") -> str:
+    h = hashlib.new(algorithm)
     with path.open("rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
             h.update(block)
@@ -79,8 +93,10 @@ class Archive:
         mirror: str,
         cache: Path,
         insecure: bool = False,
-        keyring: Path = DEFAULT_KEYRING,
+        keyring: Path | Sequence[Path] = DEFAULT_KEYRING,
         *,
+        accept_expired: bool = False,  # old releases, snapshots: keys that expired after signing
+        indexes: Path | None = None,  # where its Release and Packages are kept (default: cache/indexes)
         max_age: float = 0.0,  # seconds a fetched InRelease is reused without asking the mirror again
         warn: Callable[[str], None] | None = None,
         retry_delay: float = 1.0,
@@ -88,7 +104,10 @@ class Archive:
         self.mirror = mirror.rstrip("/")
         self.cache = cache
         self.insecure = insecure
-        self.keyring = keyring
+        self.keyrings = (keyring,) if isinstance(keyring, Path) else tuple(keyring)
+        self.accept_expired = accept_expired
+        self.indexes = indexes or cache / "indexes"
+        self.signers: dict[str, signatures.Signer] = {}  # suite -> who signed its Release
         self.max_age = max_age
         self.retry_delay = retry_delay
         self._warn = warn or (lambda msg: warnings.warn(msg, stacklevel=3))
@@ -124,13 +143,13 @@ class Archive:
     def _get(self, url: str) -> bytes:
         return self._fetch(url, lambda response: bytes(response.read()))
 
-    def _download(self, url: str, dest: IO[bytes]) -> tuple[int, str]:
-        """Stream url into dest (truncated first on every try); returns (size, sha256)."""
+    def _download(self, url: str, dest: IO[bytes], algorithm: str = "sha256") -> tuple[int, str]:
+        """Stream url into dest (truncated first on every try); returns (size, digest)."""
 
         def stream(response: Any) -> tuple[int, str]:
             dest.seek(0)
             dest.truncate()
-            h, size = hashlib.sha256(), 0
+            h, size = hashlib.new(algorithm), 0
             for block in iter(lambda: response.read(1 << 20), b""):
                 h.update(block)
                 dest.write(block)
@@ -142,75 +161,67 @@ class Archive:
     # -- Release
 
     def release(self, suite: str) -> Release:
-        """The verified Release of `suite` (InRelease fetched afresh unless younger than max_age)."""
+        """The verified Release of `suite`: InRelease, or for old releases Release with its detached
+        Release.gpg (fetched afresh unless younger than max_age)."""
         if suite in self._releases:
             return self._releases[suite]
-        cached = self.cache / "indexes" / suite / "InRelease"
-        fresh = cached.is_file() and time.time() - cached.stat().st_mtime < self.max_age
-        if fresh:
-            data = cached.read_bytes()
-        else:
-            try:
-                data = self._get(f"{self.mirror}/dists/{suite}/InRelease")
-            except _NotFound:
-                raise UserError(
-                    f"suite {suite} is not on mirror {self.mirror}; use a Debian suite such as bookworm"
-                ) from None
-        body = self._verify(suite, data)
+        folder = self.indexes / suite
+        fetched: dict[str, bytes] = {}
+        for files in (("InRelease",), ("Release", "Release.gpg")):
+            cached = [folder / n for n in files]
+            if all(c.is_file() and time.time() - c.stat().st_mtime < self.max_age for c in cached):
+                fetched = {n: c.read_bytes() for n, c in zip(files, cached, strict=True)}
+                break
+        if not fetched:
+            fetched = self._signed_release(suite)
+        body = self._verify(suite, fetched)
         release = Release(body)
         names = {release.get("Suite", ""), release.get("Codename", "")}
         if suite not in names:
             raise InfraError(
                 f"mirror {self.mirror} answered dists/{suite} with the Release of {'/'.join(names)}"
             )
-        if not fresh:
-            atomic_write(cached, data)
+        for name, data in fetched.items():
+            path = folder / name
+            if not (path.is_file() and path.read_bytes() == data):
+                atomic_write(path, data)
         self._releases[suite] = release
         return release
 
-    def _verify(self, suite: str, data: bytes) -> str:
-        """The signed text of an InRelease; gpgv writes exactly what it checked, so nothing outside the
+    def _signed_release(self, suite: str) -> dict[str, bytes]:
+        base = f"{self.mirror}/dists/{suite}"
+        with contextlib.suppress(_NotFound):
+            return {"InRelease": self._get(f"{base}/InRelease")}
+        try:
+            release = self._get(f"{base}/Release")
+        except _NotFound:
+            raise UserError(
+                f"suite {suite} is not on mirror {self.mirror}; use a Debian suite such as bookworm"
+            ) from None
+        try:
+            return {"Release": release, "Release.gpg": self._get(f"{base}/Release.gpg")}
+        except _NotFound:
+            if self.insecure:
+                return {"Release": release}
+            raise InfraError(f"{base}/Release has no Release.gpg beside it (and there is no InRelease): "
+                             "unsigned; pass --insecure to use it anyway") from None  # fmt: skip
+
+    def _verify(self, suite: str, fetched: dict[str, bytes]) -> str:
+        """The signed text of the Release; gpgv writes exactly what it checked, so nothing outside the
         signature can slip into the parsed Release."""
+        clearsigned = "InRelease" in fetched
+        data = fetched["InRelease"] if clearsigned else fetched["Release"]
         if self.insecure:
             if not self._warned:
                 self._warn(f"--insecure: not checking the signature of {self.mirror} indexes")
                 self._warned = True
-            return _clearsigned_body(data.decode("utf-8", "replace"))
-        if not self.keyring.is_file():
-            raise UserError(
-                f"keyring {self.keyring} not found; install debian-archive-keyring or pass --insecure"
-            )
-        with tempfile.TemporaryDirectory(prefix="harness-gpgv-") as tmp:
-            signed, out = Path(tmp) / "InRelease", Path(tmp) / "body"
-            signed.write_bytes(data)
-            try:
-                proc = subprocess.run(
-                    [
-                        "gpgv",
-                        "--keyring",
-                        str(self.keyring),
-                        "--status-fd",
-                        "1",
-                        "--output",
-                        str(out),
-                        str(signed),
-                    ],
-                    capture_output=True,
-                    text=True,
-                    timeout=TIMEOUT_S,
-                    env={**os.environ, "LC_ALL": "C"},
-                )
-            except FileNotFoundError:
-                raise InfraError("gpgv not found: install gpgv (or pass --insecure)") from None
-            except subprocess.TimeoutExpired:
-                raise InfraError(f"gpgv timed out checking InRelease of {suite}") from None
-            if not signature_ok(proc.stdout, proc.returncode):
-                detail = gpgv_reason(proc.stderr) or f"gpgv exit {proc.returncode}"
-                raise InfraError(
-                    f"InRelease of suite {suite} from {self.mirror} failed signature check against "
-                    f"{self.keyring}: {detail}"
-                )
-            return out.read_text("utf-8", "replace")
+            text = data.decode("utf-8", "replace")
+            return _clearsigned_body(text) if clearsigned else text
+        what = f"{'InRelease' if clearsigned else 'Release'} of suite {suite} from {self.mirror}"
+        body, signer = signatures.verify(data, self.keyrings, what, detached=fetched.get("Release.gpg"),
+                                         accept_expired=self.accept_expired)  # fmt: skip
+        self.signers[suite] = signer
+        return body.decode("utf-8", "replace")
 
     # -- Packages
 
@@ -227,35 +238,39 @@ class Archive:
 
     def _packages_text(self, suite: str, prefix: str) -> str:
         release = self.release(suite)
-        listed = {e["name"]: e for e in release.get("SHA256", [])}
+        field, _, algorithm = next((d for d in DIGESTS if release.get(d[0])), DIGESTS[0])
+        listed = {e["name"]: e for e in release.get(field, [])}
         base = f"{COMPONENT}/binary-{ARCH}/Packages"
-        candidates = [base + ext for ext in (".xz", ".gz", "") if base + ext in listed]
+        candidates = [base + ext for ext in COMPRESSIONS if base + ext in listed]
         if not candidates:
             raise InfraError(
-                f"Release of {suite} lists no {base}[.xz|.gz]; is {ARCH}/{COMPONENT} on the mirror?"
+                f"Release of {suite} lists no {base}[.xz|.bz2|.gz]; is {ARCH}/{COMPONENT} on the mirror?"
             )
-        folder = self.cache / "indexes" / suite
+        folder = self.indexes / suite
         for name in candidates:
-            sha, size = listed[name]["sha256"].lower(), int(listed[name]["size"])
+            digest, size = listed[name][field.lower()].lower(), int(listed[name]["size"])
             ext = name[len(base) :]
             tag = re.sub(r"[^A-Za-z0-9._-]", "_", prefix) or "all"
-            filtered = folder / f"{sha}.{tag}.txt"
+            filtered = folder / f"{digest}.{tag}.txt"
             if filtered.is_file():
                 return filtered.read_text("utf-8", "replace")
-            raw = folder / f"{sha}{ext or '.plain'}"
-            if not (raw.is_file() and raw.stat().st_size == size and _sha256_file(raw) == sha):
-                data = self._fetch_index(suite, name, sha, release)
+            raw = folder / f"{digest}{ext or '.plain'}"
+            if not (raw.is_file() and raw.stat().st_size == size and _sha256_file(raw, algorithm) == digest):
+                data = self._fetch_index(suite, name, digest if field == "SHA256" else "", release)
                 if data is None:
                     continue
-                if len(data) != size or hashlib.sha256(data).hexdigest() != sha:
+                got = hashlib.new(algorithm, data).hexdigest()
+                if len(data) != size or got != digest:
                     raise InfraError(
-                        f"hash mismatch for {name} of {suite}: the signed Release says {sha} ({size} bytes), "
-                        f"got {hashlib.sha256(data).hexdigest()} ({len(data)} bytes)"
+                        f"hash mismatch for {name} of {suite}: the signed Release says {field} {digest} "
+                        f"({size} bytes), got {got} ({len(data)} bytes)"
                     )
                 atomic_write(raw, data)
                 # An index is replaced several times a day; drop the ones this Release no longer lists.
                 for old in folder.iterdir():
-                    if old.name != "InRelease" and not old.name.startswith((sha, ".")):
+                    if old.name not in ("InRelease", "Release", "Release.gpg") and not old.name.startswith(
+                        (digest, ".")
+                    ):
                         with contextlib.suppress(OSError):
                             old.unlink()
             text = _decompress_index(raw.read_bytes(), ext, f"{name} of {suite}")
@@ -264,11 +279,11 @@ class Archive:
                 text = filter_stanzas(text, prefix)
                 atomic_write(filtered, text.encode())
             return text
-        raise InfraError(f"{self.mirror}/dists/{suite}/{base}[.xz|.gz] listed in Release but not served")
+        raise InfraError(f"{self.mirror}/dists/{suite}/{base}[.xz|.bz2|.gz] listed in Release but not served")
 
     def _fetch_index(self, suite: str, name: str, sha: str, release: Release) -> bytes | None:
         urls = [f"{self.mirror}/dists/{suite}/{name}"]
-        if release.get("Acquire-By-Hash", "").lower() == "yes":
+        if sha and release.get("Acquire-By-Hash", "").lower() == "yes":
             # by-hash names stay valid while the mirror swaps in a newer index mid-download
             urls.insert(0, f"{self.mirror}/dists/{suite}/{name.rsplit('/', 1)[0]}/by-hash/SHA256/{sha}")
         for url in urls:
@@ -281,10 +296,12 @@ class Archive:
     # -- pool
 
     def fetch_deb(self, deb: Deb) -> Path:
-        """The .deb in the cache (content-addressed by its signed SHA256), downloading it if needed."""
+        """The .deb in the cache (content-addressed by its signed digest), downloading it if needed."""
         folder = self.cache / "debs"
-        path = folder / f"{deb.sha256}.deb"
-        if path.is_file() and path.stat().st_size == deb.size and _sha256_file(path) == deb.sha256:
+        path = folder / f"{deb.key}.deb"
+        field, want = ("SHA256", deb.sha256) if deb.sha256 else deb.digest.split(":", 1)
+        algorithm = next(a for f, _, a in DIGESTS if f == field)
+        if path.is_file() and path.stat().st_size == deb.size and _sha256_file(path, algorithm) == want:
             return path
         folder.mkdir(parents=True, exist_ok=True)
         url = f"{self.mirror}/{deb.filename}"
@@ -292,16 +309,16 @@ class Archive:
         try:
             with os.fdopen(fd, "w+b") as f:
                 try:
-                    size, sha = self._download(url, f)
+                    size, got = self._download(url, f, algorithm)
                 except _NotFound:
                     raise InfraError(
                         f"{deb.package} {deb.version}: {url} not found (mirror changed since the index?)"
                     ) from None
             # Hashes are checked even with --insecure: they cost nothing and keep the cache honest.
-            if sha != deb.sha256 or size != deb.size:
+            if got != want or size != deb.size:
                 raise InfraError(
-                    f"hash mismatch for {deb.package} {deb.version} from {url}: the index says {deb.sha256} "
-                    f"({deb.size} bytes), got {sha} ({size} bytes)"
+                    f"hash mismatch for {deb.package} {deb.version} from {url}: the index says {field} {want} "
+                    f"({deb.size} bytes), got {got} ({size} bytes)"
                 )
             os.replace(tmp, path)
         except BaseException:
@@ -311,36 +328,9 @@ class Archive:
         return path
 
 
-# gpgv's stderr says first when and with which key a signature was made, then what it thinks of it;
-# the verdict is the line worth showing, the most telling first.
-_GPGV_VERDICTS = ("BAD signature", "no signature found", "not a detached signature", "Can't check signature",
-                  "verify signatures failed", "signature could not be verified")  # fmt: skip
-_GPGV_PREAMBLE = re.compile(r"gpgv:\s+(Signature made|using \S+ key|issuer|aka )")
-
-
-def gpgv_reason(stderr: str) -> str:
-    """The line of gpgv's stderr that says why it refused, without its "gpgv: " prefix."""
-    lines = [ln.strip() for ln in stderr.splitlines() if ln.strip()]
-    for verdict in _GPGV_VERDICTS:
-        found = next((ln for ln in lines if verdict.lower() in ln.lower()), None)
-        if found is not None:
-            return found.removeprefix("gpgv: ")
-    rest = [ln for ln in lines if not _GPGV_PREAMBLE.match(ln)]
-    return (rest or lines or [""])[-1].removeprefix("gpgv: ")
-
-
-def signature_ok(status: str, returncode: int) -> bool:
-    """gpgv's verdict as apt reads it: at least one good, valid signature and no bad one. Extra signatures
-    from keys the keyring lacks (NO_PUBKEY, exit 2) are tolerated, as Debian signs with the keys of two
-    releases and an older keyring may know only one."""
-    words = [ln.split() for ln in status.splitlines() if ln.startswith("[GNUPG:] ")]
-    kinds = [w[1] for w in words if len(w) > 1]
-    if "GOODSIG" not in kinds or "VALIDSIG" not in kinds or "BADSIG" in kinds:
-        return False
-    if returncode == 0:
-        return True
-    errsigs = [w for w in words if len(w) > 7 and w[1] == "ERRSIG"]
-    return bool(errsigs) and all(w[7] == "9" for w in errsigs) and returncode in (1, 2)
+# What signatures are worth (and why gpgv refused one) is decided in harness.signatures.
+signature_ok = signatures.accepted
+gpgv_reason = signatures.gpgv_reason
 
 
 def _clearsigned_body(text: str) -> str:
@@ -363,9 +353,11 @@ def _decompress_index(data: bytes, ext: str, what: str) -> str:
     try:
         if ext == ".xz":
             data = lzma.decompress(data)
+        elif ext == ".bz2":
+            data = bz2.decompress(data)
         elif ext == ".gz":
             data = zlib.decompress(data, wbits=31)
-    except (lzma.LZMAError, zlib.error) as e:
+    except (lzma.LZMAError, zlib.error, OSError, ValueError) as e:
         raise InfraError(f"{what}: cannot decompress: {e}") from None
     return data.decode("utf-8", "replace")
 

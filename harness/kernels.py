@@ -63,7 +63,7 @@ _MODULE_FILES = ("modules.builtin", "modules.order", "modules.builtin.modinfo")
 
 
 def kernel_key(debs: Sequence[Deb]) -> str:
-    return hashlib.sha256("\n".join(sorted(d.sha256 for d in debs)).encode()).hexdigest()
+    return hashlib.sha256("\n".join(sorted(d.key for d in debs)).encode()).hexdigest()
 
 
 @dataclass(frozen=True)

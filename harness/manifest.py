@@ -198,7 +198,7 @@ def _kernel_json(k: Kernel) -> dict[str, Any]:
     if k.booted is not None:
         b = k.booted
         entry.update(release=b.release, package=b.package, version=b.version, sha256=b.sha256, source=b.source,
-                     pvh=b.pvh, debs=[asdict(d) for d in b.debs], **b.details)  # fmt: skip
+                     pvh=b.pvh, debs=[_deb_json(d) for d in b.debs], **b.details)  # fmt: skip
     if k.image is not None:
         entry["image"] = {"sha256": k.image.sha256, "modules": list(k.image.modules), "host_key": k.image.host_key}
     return entry
@@ -216,8 +216,15 @@ def _kernel(d: Doc) -> Kernel:
 
 def _deb(d: Doc) -> Deb:
     # Every field: a replay downloads by them.
-    return Deb(d.text("package", True), d.text("version", True), d.text("filename", True), d.text("sha256", True),
-               d.integer("size", True), d.text("suite", True))  # fmt: skip
+    digest = d.text("digest")
+    return Deb(d.text("package", True), d.text("version", True), d.text("filename", True),
+               d.text("sha256", not digest), d.integer("size", True), d.text("suite", True), digest,
+               d.text("signature"))  # fmt: skip
+
+
+def _deb_json(deb: Deb) -> dict[str, Any]:
+    """A .deb as the manifest lists it: what an old index lacks or adds only where it does."""
+    return {k: v for k, v in asdict(deb).items() if v != "" or k not in ("digest", "signature")}
 
 
 def _shard(d: Doc) -> Shard:

@@ -4,21 +4,25 @@ A spec is resolved against the suites' signed package indexes (`debian_index`, p
 .debs are downloaded, checked and unpacked into the cache. A spec may stand for many builds
 (`builds: all`, or the newest of each upstream line): it is expanded into one spec per build
 before the run is planned. Suites named `*-security` come from Debian's security archive, which
-the host's apt sources name beside the main mirror. `harness.archive` is the only network access.
+the host's apt sources name beside the main mirror; a suite the mirror no longer has (etch ...
+buster) from Debian's archive of old releases; `{snapshot: DATE, suite: SUITE}` from Debian's
+snapshot service as the suite was that day. Both are signed with keys that have expired since:
+accepted only for signatures made before the expiry (`harness.signatures`). `harness.archive` is
+the only network access.
 """
 
 from __future__ import annotations
 
+import datetime as dt
 import os
 import re
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from harness import kernels, manifest, versions
-from harness.aptsources import mirror_from, security_mirror_from
-from harness.archive import Archive, Deb
+from harness import aptsources, kernels, manifest, versions
+from harness.archive import DEFAULT_KEYRING, REMOVED_KEYRING, Archive, Deb
 from harness.errors import UserError
 from harness.kernels import Kernel
 from harness.sources.base import Context, KernelSpec
@@ -41,12 +45,13 @@ class DebianKernel:
     version: str | None = None  # an upstream line ("6.19") or a range (">=6.12,<7") the build is in
     origin: str = field(default="", compare=False)  # "file:line: kernels.N", for messages
     builds: str = "newest"
+    snapshot: str | None = None  # "20150429T235959Z": the suites as Debian's snapshot service kept them then
 
     kind = "debian"
 
     @property
     def label(self) -> str:
-        base = "+".join(self.suites)
+        base = "+".join(self.suites) + (f"-snapshot-{self.snapshot[:8]}" if self.snapshot else "")
         pinned = self.abi or self.version
         name = f"{base}-{pinned}" if pinned else base
         return name if self.builds == "newest" else f"{name}-{self.builds}"
@@ -54,18 +59,40 @@ class DebianKernel:
 
 @dataclass
 class Mirrors:
-    """Debian's main archive and, for `*-security` suites, its security archive (when one is known)."""
+    """Where each suite's indexes and .debs come from: Debian's main mirror; its security archive for
+    `*-security` suites; its archive of old releases for a suite the mirror lacks; its snapshot
+    service for a spec with a snapshot date. Each is known only when configured."""
 
     main: Archive
     security: Archive | None = None
+    old: Archive | None = None
+    snapshots: Callable[[str], Archive] | None = None  # timestamp -> the snapshot of that moment
+    _found: dict[str, Archive] = field(default_factory=dict)
 
-    def __call__(self, suite: str) -> Archive:
-        if not suite.endswith("-security"):
+    def __call__(self, suite: str, snapshot: str | None = None) -> Archive:
+        if snapshot is not None:
+            if self.snapshots is None:
+                raise UserError(f"suite {suite} as of {snapshot}: no snapshot service is known; set "
+                                f"{aptsources.ENV_SNAPSHOT}=http://HOST, the URL before /archive/debian/")
+            return self.snapshots(snapshot)
+        if suite.endswith("-security"):
+            if self.security is None:
+                raise UserError(f"suite {suite} is in Debian's security archive, and no mirror of it is known: "
+                                "name it in apt's sources, or set HARNESS_DEBIAN_SECURITY_MIRROR")  # fmt: skip
+            return self.security
+        if suite not in self._found:
+            self._found[suite] = self._locate(suite)
+        return self._found[suite]
+
+    def _locate(self, suite: str) -> Archive:
+        if self.old is None:
+            return self.main  # nowhere else to look: the mirror's own answer stands
+        try:
+            self.main.release(suite)
             return self.main
-        if self.security is None:
-            raise UserError(f"suite {suite} is in Debian's security archive, and no mirror of it is known: name it "
-                            "in apt's sources, or set HARNESS_DEBIAN_SECURITY_MIRROR")  # fmt: skip
-        return self.security
+        except UserError:
+            self.old.release(suite)
+            return self.old
 
 
 class DebianSource:
@@ -81,8 +108,8 @@ class DebianSource:
         if not isinstance(value, dict):
             raise where.error(at, "expected a suite name or a mapping {suite, package, abi}")
         for key in value:
-            if key not in ("suite", "package", "abi", "version", "builds"):
-                raise where.error((*at, key), "unknown key; allowed: suite, package, abi, version, builds")
+            if key not in ("suite", "package", "abi", "version", "builds", "snapshot"):
+                raise where.error((*at, key), "unknown key; allowed: suite, package, abi, version, builds, snapshot")
         suites = value.get("suite")
         if isinstance(suites, str):
             suites = [suites]
@@ -105,7 +132,8 @@ class DebianSource:
         for key, v in (("package", package), ("abi", abi)):
             if v is not None and not (isinstance(v, str) and re.fullmatch(r"[a-z0-9][a-z0-9.+~-]*", v)):
                 raise where.error((*at, key), f"{v!r} is not a Debian package or ABI name")
-        return DebianKernel(tuple(suites), package, abi, version, where.origin(path), builds)
+        snapshot = _snapshot(where, (*at, "snapshot"), value["snapshot"]) if "snapshot" in value else None
+        return DebianKernel(tuple(suites), package, abi, version, where.origin(path), builds, snapshot)
 
     def expand(self, spec: DebianKernel, ctx: Context) -> Sequence[KernelSpec]:
         """One spec per build the spec stands for, oldest first (itself, for the newest build)."""
@@ -163,18 +191,49 @@ def _check_version(where: Where, at: KeyPath, version: object) -> None:
                               "'>=6.12,<7'") from None  # fmt: skip
 
 
+def _snapshot(where: Where, at: KeyPath, value: object) -> str:
+    """A snapshot moment as the service names it: a day (its end) or a timestamp, never in the future."""
+    if isinstance(value, dt.datetime):
+        moment = value if value.tzinfo else value.replace(tzinfo=dt.UTC)
+    elif isinstance(value, dt.date):  # YAML reads 2015-04-29 as a date
+        moment = dt.datetime.combine(value, dt.time(23, 59, 59), dt.UTC)
+    elif isinstance(value, str) and re.fullmatch(r"\d{8}T\d{6}Z", value):
+        moment = dt.datetime.strptime(value, "%Y%m%dT%H%M%SZ").replace(tzinfo=dt.UTC)
+    else:
+        raise where.error(at, f"{value!r}: give a date such as 2015-04-29, or a timestamp such as 20150429T120000Z")
+    if moment > dt.datetime.now(dt.UTC) + dt.timedelta(days=1):
+        raise where.error(at, f"{moment:%Y-%m-%d} is in the future; give a past date")
+    return moment.astimezone(dt.UTC).strftime("%Y%m%dT%H%M%SZ")
+
+
 def _pinned(spec: DebianKernel, build: Build) -> DebianKernel:
-    return DebianKernel(spec.suites, spec.package, build.abi, None, spec.origin)
+    return DebianKernel(spec.suites, spec.package, build.abi, None, spec.origin, snapshot=spec.snapshot)
 
 
 def mirrors(ctx: Context) -> Mirrors:
     """The run's one verifying view of each archive (their indexes are read once per run)."""
 
     def make() -> Mirrors:
-        main = mirror_from(ctx.mirror, os.environ, Path("/"))
-        security = security_mirror_from(ctx.mirror, os.environ, Path("/"))
-        archive = Archive(main, ctx.cache, insecure=ctx.insecure, warn=ctx.log)
-        return Mirrors(archive, Archive(security, ctx.cache, insecure=ctx.insecure, warn=ctx.log) if security else None)
+        main = aptsources.mirror_from(ctx.mirror, os.environ, Path("/"))
+        security = aptsources.security_mirror_from(ctx.mirror, os.environ, Path("/"))
+        old, snapshots = aptsources.old_archive_from(os.environ), aptsources.snapshot_from(os.environ)
+        # Old releases and snapshots: signed by keys that have expired since, some now only in the
+        # removed-keys keyring.
+        keys = (DEFAULT_KEYRING, REMOVED_KEYRING)
+
+        def snapshot(stamp: str) -> Archive:
+            return ctx.shared(f"debian:snapshot:{stamp}", lambda: Archive(
+                f"{snapshots}/archive/debian/{stamp}", ctx.cache, insecure=ctx.insecure, keyring=keys,
+                accept_expired=True, warn=ctx.log, indexes=ctx.cache / "indexes" / "snapshot" / stamp))  # fmt: skip
+
+        return Mirrors(
+            Archive(main, ctx.cache, insecure=ctx.insecure, keyring=DEFAULT_KEYRING, warn=ctx.log),
+            Archive(security, ctx.cache, insecure=ctx.insecure, keyring=DEFAULT_KEYRING, warn=ctx.log)
+            if security else None,
+            Archive(old, ctx.cache, insecure=ctx.insecure, keyring=keys, accept_expired=True, warn=ctx.log,
+                    indexes=ctx.cache / "indexes" / "old") if old else None,
+            snapshot if snapshots else None,
+        )  # fmt: skip
 
     return ctx.shared("debian:mirrors", make)
 
@@ -183,7 +242,13 @@ def _indexes(spec: DebianKernel, archives: Mirrors | Archive) -> dict[str, Any]:
     # Kernel packages all start with "linux-"; parsing only those is 100x faster than a whole index.
     prefix = "linux-" if spec.package.startswith("linux-") else ""
     of = archives if isinstance(archives, Mirrors) else Mirrors(archives)
-    return {suite: of(suite).packages(suite, prefix) for suite in spec.suites}
+    try:
+        return {suite: of(suite, spec.snapshot).packages(suite, prefix) for suite in spec.suites}
+    except UserError as e:
+        if of.old is not None or spec.snapshot or "is not on mirror" not in str(e):
+            raise
+        raise UserError(f"{e}; an old release (etch ... buster) is in Debian's archive of old releases: set "
+                        f"{aptsources.ENV_OLD_ARCHIVE}=http://HOST/debian-archive/debian") from None  # fmt: skip
 
 
 def resolve(spec: DebianKernel, archives: Mirrors | Archive) -> Resolved:
@@ -196,14 +261,24 @@ def fetch(resolved: Resolved, archives: Mirrors | Archive, cache: Path) -> Kerne
     of = archives if isinstance(archives, Mirrors) else Mirrors(archives)
     spec = resolved.spec
     assert isinstance(spec, DebianKernel)
+    # An index signed by a key that has expired since: each of its .debs says so in the manifest.
+    debs = tuple(replace(d, signature=_signer_note(of(d.suite, spec.snapshot), d.suite)) for d in resolved.debs)
     packaged = kernels.Packaged(spec.label, resolved.abi, resolved.package or None, resolved.version,
-                                resolved.debs, debian_source(spec))  # fmt: skip
-    download: Callable[[Deb], Path] = lambda deb: of(deb.suite).fetch_deb(deb)  # noqa: E731
+                                debs, debian_source(spec))  # fmt: skip
+    download: Callable[[Deb], Path] = lambda deb: of(deb.suite, spec.snapshot).fetch_deb(deb)  # noqa: E731
     return kernels.unpacked(packaged, cache, download)
+
+
+def _signer_note(archive: Archive, suite: str) -> str:
+    archive.release(suite)  # read (and verified) once per run; a replay may not have read it yet
+    signer = archive.signers.get(suite)
+    return signer.note() if signer is not None else ""
 
 
 def debian_source(spec: DebianKernel) -> str:
     text = "debian:" + "+".join(spec.suites)
+    if spec.snapshot:
+        text += f"@snapshot={spec.snapshot}"
     if spec.package != "linux-image-amd64":
         text += f"/{spec.package}"
     if spec.abi:

@@ -18,7 +18,7 @@ from debian.deb822 import PkgRelation
 from debian.debian_support import Version
 
 from harness import versions
-from harness.archive import Deb
+from harness.archive import DIGESTS, Deb
 from harness.errors import InfraError, UserError
 from harness.results import KernelInfo
 
@@ -278,16 +278,14 @@ def _payload(image: Stanza, abi: str, index: Mapping[str, Sequence[Stanza]], sui
 
 
 def deb_of(stanza: Stanza, suite: str) -> Deb:
+    """The .deb a stanza lists, with its SHA256, or where an old index has none, its strongest digest."""
     try:
-        return Deb(
-            stanza["Package"],
-            stanza["Version"],
-            stanza["Filename"],
-            stanza["SHA256"].lower(),
-            int(stanza["Size"]),
-            suite,
-        )
-    except (KeyError, ValueError) as e:
+        sha256 = stanza.get("SHA256", "").lower()
+        digest = "" if sha256 else next(f"{release}:{stanza[field].lower()}" for release, field, _ in DIGESTS
+                                         if stanza.get(field))  # fmt: skip
+        return Deb(stanza["Package"], stanza["Version"], stanza["Filename"], sha256, int(stanza["Size"]), suite,
+                   digest)  # fmt: skip
+    except (KeyError, ValueError, StopIteration) as e:
         raise InfraError(
-            f"index entry for {stanza.get('Package', '?')} in {suite} is incomplete: {e}"
+            f"index entry for {stanza.get('Package', '?')} in {suite} is incomplete: {e or 'no digest'}"
         ) from None
