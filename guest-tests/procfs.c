@@ -8,6 +8,8 @@
  */
 #include "procfs.h"
 
+#include <signal.h>
+
 #include <ctype.h>
 #include <errno.h>
 #include <fcntl.h>
@@ -203,9 +205,26 @@ const char *errno_name(int e, char *buf, size_t cap)
 	return buf;
 }
 
+/* Our own table, not glibc's sigabbrev_np(): the probe also builds with musl for kernels older than
+ * glibc's minimum. Real-time signals have no name here, as they had none there. */
 const char *signal_name(int sig, char *buf, size_t cap)
 {
-	const char *abbrev = sigabbrev_np(sig); /* glibc 2.32+; NULL for real-time signals */
+	static const struct {
+		int no;
+		const char *name;
+	} names[] = {
+		{SIGHUP, "HUP"},   {SIGINT, "INT"},   {SIGQUIT, "QUIT"}, {SIGILL, "ILL"},   {SIGTRAP, "TRAP"},
+		{SIGABRT, "ABRT"}, {SIGBUS, "BUS"},   {SIGFPE, "FPE"},   {SIGKILL, "KILL"}, {SIGUSR1, "USR1"},
+		{SIGSEGV, "SEGV"}, {SIGUSR2, "USR2"}, {SIGPIPE, "PIPE"}, {SIGALRM, "ALRM"}, {SIGTERM, "TERM"},
+		{SIGSTKFLT, "STKFLT"}, {SIGCHLD, "CHLD"}, {SIGCONT, "CONT"}, {SIGSTOP, "STOP"}, {SIGTSTP, "TSTP"},
+		{SIGTTIN, "TTIN"}, {SIGTTOU, "TTOU"}, {SIGURG, "URG"},   {SIGXCPU, "XCPU"}, {SIGXFSZ, "XFSZ"},
+		{SIGVTALRM, "VTALRM"}, {SIGPROF, "PROF"}, {SIGWINCH, "WINCH"}, {SIGIO, "POLL"}, {SIGPWR, "PWR"},
+		{SIGSYS, "SYS"},
+	};
+	const char *abbrev = NULL;
+	for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); i++)
+		if (names[i].no == sig)
+			abbrev = names[i].name;
 	if (abbrev)
 		snprintf(buf, cap, "SIG%s", abbrev);
 	else

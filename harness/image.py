@@ -106,10 +106,14 @@ def busybox_entries(busybox: Path = BUSYBOX) -> list[Entry]:
 def shared_libraries(binary: Path) -> list[Path]:
     """The libraries ldd names for a binary, at the paths the dynamic linker will look for them."""
     try:
-        out = subprocess.run(["ldd", str(binary)], capture_output=True, text=True, check=True).stdout
-    except (OSError, subprocess.CalledProcessError) as e:
+        proc = subprocess.run(["ldd", str(binary)], capture_output=True, text=True)
+    except OSError as e:
         raise InfraError(f"ldd {binary}: {e}; install dropbear-bin") from e
-    return sorted({Path(m) for m in re.findall(r"(/\S+)\s+\(0x", out)})
+    if "not a dynamic executable" in proc.stdout + proc.stderr:
+        return []  # static (the musl userland): nothing to bring along
+    if proc.returncode != 0:
+        raise InfraError(f"ldd {binary}: exit {proc.returncode}; install dropbear-bin")
+    return sorted({Path(m) for m in re.findall(r"(/\S+)\s+\(0x", proc.stdout)})
 
 
 def dropbear_entries(dropbear: Path = DROPBEAR) -> list[Entry]:
@@ -139,7 +143,8 @@ def account_entries(client_public_key: str) -> list[Entry]:
     return entries
 
 
-def base_entries(probe: Path, client_public_key: str) -> list[Entry]:
+def base_entries(probe: Path, client_public_key: str, busybox: Path = BUSYBOX,
+                 dropbear: Path = DROPBEAR) -> list[Entry]:  # fmt: skip
     entries = [
         file("init", (IMAGES_DIR / "init").read_bytes(), 0o755),
         Entry("dev/console", stat.S_IFCHR | 0o600, rdev=(5, 1)),  # init's stdio before devtmpfs
@@ -148,12 +153,18 @@ def base_entries(probe: Path, client_public_key: str) -> list[Entry]:
         directory("etc/dropbear", 0o700),
         file(PROBE_PATH, probe.read_bytes(), 0o755),
     ]  # fmt: skip
-    return entries + busybox_entries() + dropbear_entries() + account_entries(client_public_key)
+    return entries + busybox_entries(busybox) + dropbear_entries(dropbear) + account_entries(client_public_key)
+
+
+# Parameters a module gets from insmod (busybox's insmod does not read them from /proc/cmdline, as
+# modprobe would): rng_core credits the host's virtio-rng as entropy only with a quality.
+MODULE_ARGS = {"rng_core": "default_quality=1000"}
 
 
 def module_entries(modules: Sequence[tuple[str, bytes]]) -> list[Entry]:
-    """Decompressed modules plus the load order /init follows."""
-    order = "".join(f"{name}\n" for name, _ in modules).encode()
+    """Decompressed modules plus the load order /init follows (a line: name, then its parameters)."""
+    order = "".join(f"{name} {MODULE_ARGS[name]}\n" if name in MODULE_ARGS else f"{name}\n"
+                    for name, _ in modules).encode()  # fmt: skip
     return [file("etc/harness/modules", order)] + [
         file(f"lib/modules/harness/{name}.ko", data) for name, data in modules
     ]

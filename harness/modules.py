@@ -28,6 +28,11 @@ GUEST_MODULES = NIC_MODULES + DISK_MODULES
 # ext4 asks the crypto API for "crc32c" when it mounts (a softdep, not a depends=, and 5.10 asks even
 # without metadata_csum); the module that provides it is named differently across kernels.
 CRC32C_PROVIDERS = ("crc32c_generic", "crc32c_cryptoapi")
+# The host's entropy (QEMU's virtio-rng, counted by rng_core.default_quality on the command line):
+# kernels before 4.19/5.4 never credit RDRAND, and their getrandom() would keep dropbear waiting.
+RNG_MODULES = ("virtio_rng",)
+# Loaded first where the kernel has them as modules; a kernel without them goes on without.
+OPTIONAL_MODULES = CRC32C_PROVIDERS + RNG_MODULES
 
 SUFFIXES = (".ko.xz", ".ko.zst", ".ko.gz", ".ko")
 

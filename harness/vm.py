@@ -142,7 +142,10 @@ class VMConfig:
     # hugepages: a small reserve for the hugetlb cases, taken at boot before memory fragments.
     # cryptomgr.notests: Debian kernels self-test every crypto algorithm at boot, 1.3 s of a 5 s
     # TCG boot (initcall_debug), and nothing the probe measures depends on it.
-    cmdline: str = "console=ttyS0 panic=-1 hugepages=8 cryptomgr.notests"
+    # rng_core.default_quality: kernels before 4.19 (RANDOM_TRUST_CPU) and 5.4 (jitter entropy) never
+    # credit RDRAND, so getrandom() blocks and dropbear waits for ever; the host's virtio-rng counts
+    # as entropy only with a quality. Kernels that load no virtio-rng driver ignore both.
+    cmdline: str = "console=ttyS0 panic=-1 hugepages=8 cryptomgr.notests rng_core.default_quality=1000"
     transport: str = "net"  # how the harness reaches the guest's sshd (harness.transports)
     channel: Path | None = None  # serial: the Unix socket QEMU connects the guest's ttyS1 to
 
@@ -166,6 +169,7 @@ class VMConfig:
             "-kernel", str(self.kernel),
             "-initrd", str(self.initrd),
             "-append", self.kernel_args,
+            "-device", "virtio-rng-pci",
             *transports.get(self.transport).qemu_args(self.port, self.channel),
         ] + (["-drive", f"file={self.disk},format=raw,if=virtio,readonly=on"] if self.disk else [])  # fmt: skip
 

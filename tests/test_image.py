@@ -275,3 +275,11 @@ def test_disk_image_is_reproducible_and_holds_the_data_file(tmp_path: Path) -> N
     assert "100644" in line and str(image.DISK_FILE_SIZE) in line
     features = subprocess.run(["dumpe2fs", "-h", str(first)], capture_output=True, text=True, check=True).stdout
     assert "has_journal" not in features and "metadata_csum" not in features
+
+
+def test_rng_core_is_loaded_with_a_quality_so_the_host_s_entropy_counts() -> None:
+    """/init passes each line's words after the name to insmod; only rng_core gets any."""
+    entries = {e.path: e for e in image.module_entries([("rng_core", b"R"), ("virtio_rng", b"V")])}
+    assert entries["etc/harness/modules"].data == b"rng_core default_quality=1000\nvirtio_rng\n"
+    init = (Path(__file__).resolve().parent.parent / "images" / "init").read_text()
+    assert 'while read -r mod args; do' in init and '"/lib/modules/harness/$mod.ko" $args' in init

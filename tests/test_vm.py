@@ -74,13 +74,16 @@ def test_argv_fast_path_and_safety(tmp_path: Path) -> None:
     assert "-no-reboot" in argv
     assert option(argv, "-kernel") == [str(cfg.kernel)]
     assert option(argv, "-initrd") == [str(cfg.initrd)]
-    (device,) = option(argv, "-device")
+    rng, device = option(argv, "-device")
     assert device.split(",")[0] == "virtio-net-pci" and "romfile=" in device.split(",")
+    # Entropy from the host, counted: kernels that never credit RDRAND (4.4) would block getrandom().
+    assert rng == "virtio-rng-pci"
     (netdev,) = option(argv, "-netdev")
     assert "hostfwd=tcp:127.0.0.1:40123-:22" in netdev.split(",")
     assert "restrict=on" in netdev.split(",")  # the guest reaches nothing on the host or beyond
     (append,) = option(argv, "-append")
     assert "panic=-1" in append.split() and "console=ttyS0" in append.split()
+    assert "rng_core.default_quality=1000" in append.split()
     assert option(argv, "-serial") == ["stdio"]
 
 
@@ -88,7 +91,7 @@ def test_command_line_is_shell_quoted(tmp_path: Path) -> None:
     argv = config(tmp_path).argv()
     line = vm.command_line(argv)
     assert shlex.split(line) == argv
-    assert "'console=ttyS0 panic=-1 hugepages=8 cryptomgr.notests'" in line
+    assert "'console=ttyS0 panic=-1 hugepages=8 cryptomgr.notests rng_core.default_quality=1000'" in line
 
 
 def test_the_serial_transport_swaps_the_nic_for_a_second_uart(tmp_path: Path) -> None:
@@ -97,7 +100,7 @@ def test_the_serial_transport_swaps_the_nic_for_a_second_uart(tmp_path: Path) ->
     serial = dataclasses.replace(net, transport="serial", port=0, channel=tmp_path / "ssh.sock")
     argv = serial.argv()
     assert option(argv, "-serial") == ["stdio", f"unix:{tmp_path / 'ssh.sock'},server=on,wait=on"]
-    assert "-netdev" not in argv and "-device" not in argv
+    assert "-netdev" not in argv and option(argv, "-device") == ["virtio-rng-pci"]
     (append,) = option(argv, "-append")
     assert append == option(net.argv(), "-append")[0] + " harness.transport=serial"
 

@@ -1,0 +1,82 @@
+"""Real boots of an old kernel: vanilla 4.4.178 (2019; the 4.4 line is from January 2016), built here.
+
+`../shared/kernels/` beside the project holds it (how it was built: its README). It has no PVH
+note, so QEMU boots it through the firmware; it never credits RDRAND, so without the host's
+virtio-rng dropbear would wait for entropy for ever; it comes without modules, so the harness
+reaches it over the serial line. Nothing is mocked.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from harness import probe
+
+pytestmark = pytest.mark.integration
+REPO = Path(__file__).resolve().parent.parent
+OLD_KERNELS = Path(os.environ.get("HARNESS_OLD_KERNELS", REPO.parent / "shared" / "kernels"))
+LINUX_4_4 = OLD_KERNELS / "linux-4.4.178"
+
+
+def harness(*args: str, timeout: float = 900) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "harness", *args], capture_output=True, text=True, cwd=REPO,
+                          timeout=timeout, env={**os.environ, "COLUMNS": "220"})  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def bzimage() -> Path:
+    image = LINUX_4_4 / "bzImage"
+    if not image.is_file():
+        pytest.skip(f"{image}: no such file (the old kernels beside the project; set HARNESS_OLD_KERNELS)")
+    sums = dict(reversed(line.split()) for line in (LINUX_4_4 / "SHA256SUMS").read_text().splitlines() if line)
+    assert hashlib.sha256(image.read_bytes()).hexdigest() == sums["bzImage"]
+    return image
+
+
+def test_linux_4_4_runs_the_whole_catalogue_and_joins_the_history_of_debian_kernels(
+    bzimage: Path, tmp_path: Path
+) -> None:
+    """4.4.178 beside Debian 12's 6.1 in one run: every case under every limit and user, none an
+    error, the era's documented behaviours judged by their own cited rules, one history for both."""
+    m = tmp_path / "m.yaml"
+    m.write_text(f"kernels:\n  - path: {bzimage}\n  - debian: bookworm\n"
+                 "memlock: [default, 64K, 0, unlimited]\nusers: [root, user]\n")  # fmt: skip
+    results = tmp_path / "results"
+    proc = harness("run", "--matrix", str(m), "--results", str(results), "--jobs", "2")
+    assert proc.returncode == 1, proc.stdout + proc.stderr  # both kernels deviate somewhere
+    run_dir = (results / "latest").resolve()
+    data = json.loads((run_dir / "results.json").read_text())
+    old = next(b for b in data["boots"] if b["uname"].startswith("4.4.178"))
+    assert old["error"] == "" and old["transport"] == "serial"
+    assert len(old["cases"]) == 4 * 2 * len(probe.build().names)
+    assert {c["outcome"] for c in old["cases"]} <= {"pass", "not_applicable", "deviation"}
+    booted = {b["boot_id"]: b for b in json.loads((run_dir / "manifest.json").read_text())["boots"]}[old["boot_id"]]
+    assert booted["pvh"] is False and booted["transport"] == "serial"
+    assert "virtio-rng-pci" in booted["qemu_command"]
+
+    def result(case: str, memlock: str, user: str) -> dict[str, object]:
+        return next(c for c in old["cases"] if (c["case"], c["memlock"], c["user"]) == (case, memlock, user))
+
+    # MREMAP_DONTUNMAP is from 5.7: not applicable, with the reason, never a deviation.
+    for case in ("mremap_dontunmap_whole", "mremap_dontunmap_partial", "mremap_dontunmap_shared"):
+        r = result(case, "unlimited", "root")
+        assert r["outcome"] == "not_applicable" and "before 5.7" in str(r["message"]), r
+    # mlockall(MCL_ONFAULT) alone succeeded until 5.2 (commit dedca63504a2)...
+    alone = result("future_onfault_alone", "default", "root")
+    assert alone["outcome"] == "pass" and alone["observation"]["result"] == "ok"  # type: ignore[index]
+    assert "dedca63504a2" in str(alone["citation"])
+    # ... and an overlapping mlock was charged twice until 4.9 (mlock(2) BUGS).
+    relock = result("account_relock_overlap", "64K", "user")
+    assert relock["outcome"] == "pass" and relock["observation"]["result"] == "ENOMEM"  # type: ignore[index]
+    assert "4.9" in str(relock["citation"])
+
+    proc = harness("history", "--history", str(results / "history.sqlite"), "--case", "future_onfault_alone")
+    assert proc.returncode == 0, proc.stderr
+    assert "4.4.178" in proc.stdout and "6.1." in proc.stdout, proc.stdout
