@@ -56,12 +56,15 @@ class Settings:
     config: Path | None = None
     base: str = "tinyconfig"
     tries: int = 3
+    compiler: str = "gcc"
 
     def matrix_data(self, commit: str) -> dict[str, Any]:
         """The one-boot matrix of a step, as data: each option one value, whatever it contains."""
         kernel: dict[str, str] = {"repo": str(self.repo), "rev": commit, "base": self.base}
         if self.config is not None:
             kernel["config"] = str(self.config)
+        if self.compiler != "gcc":
+            kernel["compiler"] = self.compiler
         # A tinyconfig kernel is at /init in about 2 s under TCG; a commit whose guest is not up in
         # 90 s will not come up, and its retries should not cost the bisect 9 minutes.
         return {"kernels": [{"git": kernel}], "ram": [self.ram], "memlock": [self.memlock], "users": [self.user],
@@ -76,7 +79,7 @@ class Settings:
 
 # Where each option of `harness bisect` lands in the step's matrix, to name the option in errors.
 _OPTION_OF = {"ram": "--ram", "memlock": "--memlock", "users": "--user", "cases": "--case", "repo": "--repo",
-              "config": "--config", "base": "--base"}  # fmt: skip
+              "config": "--config", "base": "--base", "compiler": "--compiler"}  # fmt: skip
 
 
 def check(settings: Settings, catalogue: Sequence[str]) -> None:
@@ -165,7 +168,7 @@ def read_state(path: Path) -> tuple[Settings, dict[str, Any]]:
     config = s.text("config")
     settings = Settings(Path(s.text("repo", True)), s.text("case", True), s.text("ram", True), s.text("memlock", True),
                         s.text("user", True), Path(config) if config else None, s.text("base", True),
-                        s.integer("tries", True))  # fmt: skip
+                        s.integer("tries", True), s.text("compiler") or "gcc")  # fmt: skip
     for end in ("good", "bad"):
         top.each(end, lambda d: d.text("behaviour", True), "")
     return settings, top.doc

@@ -101,6 +101,7 @@ def _parser() -> argparse.ArgumentParser:
     bs.add_argument("--memlock", default="default", help="RLIMIT_MEMLOCK, as in a matrix: 64K, 0, unlimited, default")
     bs.add_argument("--user", default="root", help="guest account the case runs as (default: root)")
     bs.add_argument("--config", type=Path, help="config fragment (default: images/kernel.config)")
+    bs.add_argument("--compiler", default="gcc", help="gcc, or a Debian gcc-N for an older tree (installed if missing)")
     bs.add_argument("--base", default="tinyconfig", choices=sources.git.BASES,
                     help="config the fragment is merged onto")  # fmt: skip
     bs.add_argument("--tries", type=int, default=3, help="guests per commit at most, until two agree (default: 3)")
@@ -246,7 +247,8 @@ def cmd_bisect(args: argparse.Namespace, console: Console) -> int:
     if args.tries < 1:
         raise UserError(f"--tries {args.tries}: give at least 1")
     settings = bisect.Settings(args.repo.resolve(), args.case, args.ram, args.memlock, args.user,
-                               args.config.resolve() if args.config else None, args.base, args.tries)  # fmt: skip
+                               args.config.resolve() if args.config else None, args.base, args.tries,
+                               args.compiler)  # fmt: skip
     bisect.check_repo(settings.repo)
     bisect.check(settings, probe.build().names)
     say = terminal.printer(console)

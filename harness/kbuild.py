@@ -57,6 +57,9 @@ class Tree(Protocol):
     def base(self) -> str: ...  # tinyconfig or defconfig
 
     @property
+    def compiler(self) -> str: ...  # gcc, or gcc-N (an older tree may need an older one)
+
+    @property
     def label(self) -> str: ...
 
 
@@ -118,13 +121,20 @@ def missing_options(wanted: dict[str, str], config: str) -> list[str]:
     return sorted(k for k, v in wanted.items() if have.get(k, "n") != v)
 
 
-def compiler() -> str:
+def compiler(cc: str = "gcc") -> str:
     """The compiler's identity, part of the cache key: another gcc makes another kernel."""
     try:
-        out = subprocess.run(["gcc", "--version"], capture_output=True, text=True, check=True).stdout
+        out = subprocess.run([cc, "--version"], capture_output=True, text=True, check=True).stdout
     except (OSError, subprocess.CalledProcessError):
-        raise InfraError("gcc is not installed; install gcc, make, flex, bison, bc, libelf-dev (make deps)") from None
+        raise InfraError(f"{cc} is not installed; install gcc, make, flex, bison, bc, libelf-dev (make deps)") from None
     return out.splitlines()[0].strip()
+
+
+def make_compiler(cc: str, ccache: bool) -> list[str]:
+    """make's CC (and HOSTCC: an old tree's host tools may not build with today's gcc either)."""
+    if cc == "gcc":
+        return ["CC=ccache gcc"] if ccache else []
+    return [f"CC=ccache {cc}" if ccache else f"CC={cc}", f"HOSTCC={cc}"]
 
 
 def build_key(source: Source, fragment: str, cc: str) -> str:
@@ -192,7 +202,7 @@ def _checkout(source: Source, clone: Path, log: Path, kept: Path) -> None:
 def build(source: Source, cache: Path, log: Callable[[str], None], label: str = "") -> kernels.Kernel:
     """The kernel of `source`, built now or taken from the cache."""
     fragment = fragment_text(source.spec)
-    cc = compiler()
+    cc = compiler(source.spec.compiler)
     key = build_key(source, fragment, cc)
     root = cache / "builds"
     done = root / key
@@ -219,9 +229,8 @@ def _build(source: Source, fragment: str, cc: str, cache: Path, root: Path, key:
         started = time.monotonic()
         _checkout(source, clone, build_log, failed)
         env = _build_env(cache, clone, source)
-        make = ["make", "-C", str(clone), f"O={work}", "ARCH=x86_64", f"-j{os.cpu_count() or 1}"]
-        if shutil.which("ccache"):
-            make.append("CC=ccache gcc")
+        make = ["make", "-C", str(clone), f"O={work}", "ARCH=x86_64", f"-j{os.cpu_count() or 1}",
+                *make_compiler(source.spec.compiler, shutil.which("ccache") is not None)]  # fmt: skip
         (stage / "fragment.config").write_text(fragment)
         _run([*make, source.spec.base], build_log, env, f"make {source.spec.base}", failed)
         _run([str(clone / "scripts" / "kconfig" / "merge_config.sh"), "-m", "-O", str(work), str(work / ".config"),
@@ -241,6 +250,7 @@ def _build(source: Source, fragment: str, cc: str, cache: Path, root: Path, key:
         meta = {
             "repo": str(source.spec.repo), "rev": source.spec.rev, "commit": source.commit, "tree": source.tree,
             "title": source.title, "base": source.spec.base, "fragment": fragment, "compiler": cc,
+            "cc": source.spec.compiler,
             "ccache": shutil.which("ccache") is not None, "seconds": seconds, "release": release[0],
             "config_sha256": hashlib.sha256(config.encode()).hexdigest(),
             "missing_options": missing_options(fragment_options(fragment), config), "pvh": has_pvh,

@@ -167,3 +167,31 @@ def test_a_tree_built_without_virtio_net_is_reached_over_the_serial_line(tmp_pat
     config = Path(kernel["build"]["config_file"]).read_text()
     assert "# CONFIG_VIRTIO_NET is not set" in config and "CONFIG_SERIAL_8250=y" in config
     assert "-netdev" not in " ".join(boot["qemu_argv"])  # no NIC at all, not a NIC nobody drives
+
+
+def test_an_older_compiler_builds_the_tree_and_the_manifest_says_which(tmp_path: Path) -> None:
+    """`compiler: gcc-10`: installed from bullseye through apt with a private source list when the
+    host lacks it (this test runs as root, as CI does), used as CC and HOSTCC, part of the build's
+    cache key, recorded in build.json and the manifest; the kernel boots and answers as gcc-12's."""
+    cache = cache_dir()
+    repo = make_tree(cache)
+    good = git(repo, "rev-parse", "HEAD~4")
+    (tmp_path / "m.yaml").write_text(
+        f"kernels:\n  - git: {{repo: {repo}, rev: {good}, compiler: gcc-10}}\n"
+        "memlock: [64K]\nusers: [user]\ncases: [mlock_over, map_locked_over, limits]\n"
+    )
+    results = tmp_path / "results"
+    proc = subprocess.run(
+        [sys.executable, "-m", "harness", "run", "--matrix", str(tmp_path / "m.yaml"), "--results", str(results),
+         "--jobs", "1"],
+        capture_output=True, text=True, cwd=REPO, timeout=5400, env={**os.environ, "COLUMNS": "200"},
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr
+    run_dir = (results / "latest").resolve()
+    (boot,) = json.loads((run_dir / "results.json").read_text())["boots"]
+    assert boot["error"] == "" and {c["outcome"] for c in boot["cases"]} == {"pass"}
+    (kernel,) = json.loads((run_dir / "manifest.json").read_text())["kernels"]
+    build = kernel["build"]
+    assert build["cc"] == "gcc-10" and build["compiler"].startswith("gcc-10 (Debian 10.")
+    assert shutil.which("gcc-10") is not None
+    print(f"\ngcc-10 build: {build['seconds']}s")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -10,7 +11,7 @@ from pathlib import Path
 import pytest
 from conftest import git
 
-from harness import kbuild, matrix
+from harness import kbuild, matrix, tools
 from harness.errors import UserError
 from harness.sources.git import GitKernel
 
@@ -38,12 +39,36 @@ def test_git_kernel_in_a_matrix(repo: Path, tmp_path: Path) -> None:
         ("{git: {repo: linux, rev: HEAD, config: missing}}", "kernels.0.git.config: "),
         ("{git: {repo: linux, rev: HEAD, branch: x}}", "kernels.0.git.branch: unknown key"),
         ("{git: linux}", "kernels.0.git: give {repo: DIR, rev: REV}"),
+        ("{git: {repo: linux, rev: HEAD, compiler: 'rm -rf /'}}", "kernels.0.git.compiler: 'rm -rf /': give gcc or"),
+        ("{git: {repo: linux, rev: HEAD, compiler: 9}}", "kernels.0.git.compiler: 9: give gcc or a Debian gcc-N"),
     ],
 )
 def test_bad_git_kernel_names_the_field(repo: Path, tmp_path: Path, item: str, says: str) -> None:
     with pytest.raises(UserError) as e:
         matrix.parse(f"kernels:\n  - {item}\n", str(tmp_path / "m.yaml"))
     assert str(e.value).startswith(f"{tmp_path / 'm.yaml'}:2: ") and says in str(e.value)
+
+
+def test_an_older_compiler_is_the_tree_s_cc_and_hostcc_and_names_the_kernel(repo: Path, tmp_path: Path) -> None:
+    mx = matrix.parse("kernels:\n  - git: {repo: linux, rev: HEAD, compiler: gcc-9}\n", str(tmp_path / "m.yaml"))
+    (k,) = mx.kernels
+    assert isinstance(k, GitKernel) and k.compiler == "gcc-9" and k.label == "linux@HEAD-gcc-9"
+    assert kbuild.make_compiler("gcc-9", ccache=True) == ["CC=ccache gcc-9", "HOSTCC=gcc-9"]
+    assert kbuild.make_compiler("gcc-9", ccache=False) == ["CC=gcc-9", "HOSTCC=gcc-9"]
+    assert kbuild.make_compiler("gcc", ccache=False) == []  # the tree's own default, as before
+
+
+def test_a_missing_compiler_is_installed_through_a_private_source_list(tmp_path: Path) -> None:
+    """apt reads only the harness's list and keeps its lists and downloads under the cache; the
+    host's sources are never read or written. (The install itself runs in `make test-bisect`.)"""
+    argv = tools.apt_argv(tmp_path / "apt", "bullseye")
+    options = dict(argv[i + 1].split("=", 1) for i in range(1, len(argv), 2) if argv[i] == "-o")
+    assert options["Dir::Etc::SourceList"] == str(tmp_path / "apt" / "sources.list")
+    assert options["Dir::Etc::SourceParts"] == "/dev/null"
+    assert options["Dir::State::Lists"].startswith(str(tmp_path)) and options["Dir::Cache::Archives"].startswith(
+        str(tmp_path))
+    assert tools.SUITE_OF["gcc-9"] == "bullseye"
+    assert tools.ensure_compiler("gcc", lambda: "http://unused/debian", tmp_path, print) == shutil.which("gcc")
 
 
 def test_resolve_gives_commit_tree_and_title_and_refuses_unknown_revisions(repo: Path) -> None:

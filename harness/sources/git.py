@@ -8,12 +8,13 @@ was built, and a replay builds the recorded commit again (a branch may have move
 from __future__ import annotations
 
 import dataclasses
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from harness import kbuild, manifest
+from harness import aptsources, kbuild, manifest, tools
 from harness.errors import UserError
 from harness.kernels import Kernel
 from harness.sources.base import Context, KernelSpec
@@ -31,12 +32,13 @@ class GitKernel:
     config: Path | None = None  # fragment; None: images/kernel.config
     base: str = "tinyconfig"  # or defconfig
     origin: str = field(default="", compare=False)
+    compiler: str = "gcc"  # or gcc-N, installed from an older Debian suite when the host lacks it
 
     kind = "git"
 
     @property
     def label(self) -> str:
-        return f"{self.repo.name}@{self.rev}"
+        return f"{self.repo.name}@{self.rev}" + (f"-{self.compiler}" if self.compiler != "gcc" else "")
 
 
 class GitSource:
@@ -49,10 +51,10 @@ class GitSource:
         value, origin, path = item["git"], where.origin(path), (*path, "git")
         if not isinstance(value, dict):
             raise where.error(path, "give {repo: DIR, rev: REV}, optionally config: FRAGMENT, "
-                                    "base: tinyconfig|defconfig")
+                                    "base: tinyconfig|defconfig, compiler: gcc-N")
         for key in value:
-            if key not in ("repo", "rev", "config", "base"):
-                raise where.error((*path, key), "unknown key; allowed: repo, rev, config, base")
+            if key not in ("repo", "rev", "config", "base", "compiler"):
+                raise where.error((*path, key), "unknown key; allowed: repo, rev, config, base, compiler")
         repo, rev = value.get("repo"), value.get("rev")
         if not isinstance(repo, str) or not repo:
             raise where.error((*path, "repo"), "give the directory of a kernel git tree")
@@ -70,7 +72,10 @@ class GitSource:
         base = value.get("base", "tinyconfig")
         if base not in BASES:
             raise where.error((*path, "base"), f"{base!r}: give one of {', '.join(BASES)}")
-        return GitKernel(repo_path.resolve(), rev, config_path, base, origin)
+        compiler = value.get("compiler", "gcc")
+        if not (isinstance(compiler, str) and tools.COMPILER.match(compiler)):
+            raise where.error((*path, "compiler"), f"{compiler!r}: give gcc or a Debian gcc-N, such as gcc-10")
+        return GitKernel(repo_path.resolve(), rev, config_path, base, origin, compiler)
 
     def expand(self, spec: GitKernel, ctx: Context) -> Sequence[KernelSpec]:
         return [spec]
@@ -82,6 +87,9 @@ class GitSource:
         return ["git", resolved.commit[:12], resolved.title]
 
     def fetch(self, resolved: kbuild.Source, ctx: Context) -> Kernel:
+        if resolved.spec.compiler != "gcc":
+            tools.ensure_compiler(resolved.spec.compiler, lambda: aptsources.mirror_from(ctx.mirror, os.environ),
+                                  ctx.cache, ctx.log)  # fmt: skip
         return kbuild.build(resolved, ctx.cache, ctx.log, resolved.spec.label)
 
     def record(self, kernel: Kernel) -> dict[str, Any]:
