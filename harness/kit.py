@@ -8,14 +8,16 @@ and ask it for each kernel's image.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import paramiko
 
-from harness import guest, image, modules, probe
+from harness import guest, image, modules, probe, userland
 from harness.cache import secret
 from harness.errors import InfraError
+from harness.image import Entry
 from harness.kernels import Kernel
 from harness.probe import Probe
 
@@ -24,14 +26,27 @@ from harness.probe import Probe
 class Kit:
     probe: Probe
     key: paramiko.PKey  # the harness's SSH client key; its public half is in every image
-    base: tuple[image.Entry, ...]  # what every image holds
+    base: tuple[Entry, ...]  # what every image holds
     secret: bytes  # the guests' host keys derive from it and the image content
     disk: Path  # the read-only ext4 data disk every guest gets
     images: Path  # where images are written (content-addressed)
+    cache: Path | None = None  # where the musl userland is built, when a kernel needs it
+    _bases: dict[str, tuple[Entry, ...]] = field(default_factory=dict, compare=False, repr=False)
 
-    def image(self, kernel: Kernel) -> image.Image:
-        """The guest image for `kernel`: the base and the kernel's NIC modules (built once, then reused)."""
-        return image.build(self.base, guest_modules(kernel), self.secret, self.images)
+    def image(self, kernel: Kernel, base: tuple[Entry, ...] | None = None) -> image.Image:
+        """The guest image for `kernel`: the base (glibc's unless given) and the kernel's NIC modules
+        (built once, then reused)."""
+        return image.build(self.base if base is None else base, guest_modules(kernel), self.secret, self.images)
+
+    def base_of(self, name: str, mirror: Callable[[], str], log: Callable[[str], None]) -> tuple[Entry, ...]:
+        """The image base with userland `name` (glibc or musl: built the first time it is asked for)."""
+        if name == userland.GLIBC:
+            return self.base
+        if name not in self._bases:
+            assert self.cache is not None, "a kit without a cache has only the glibc userland"
+            built = userland.musl(self.cache, mirror, log)
+            self._bases[name] = tuple(built.entries(guest.public_line(self.key)))
+        return self._bases[name]
 
 
 def assemble(cache: Path, built: Probe | None = None) -> Kit:
@@ -40,7 +55,7 @@ def assemble(cache: Path, built: Probe | None = None) -> Kit:
     key = guest.client_key(cache)
     base = tuple(image.base_entries(built.path, guest.public_line(key)))
     images = cache / "images"
-    return Kit(built, key, base, secret(cache, "guest-host-key"), image.disk_image(images), images)
+    return Kit(built, key, base, secret(cache, "guest-host-key"), image.disk_image(images), images, cache)
 
 
 def guest_modules(kernel: Kernel) -> list[tuple[str, bytes]]:
@@ -61,7 +76,7 @@ def _modules(kernel: Kernel) -> tuple[list[Path], bool]:
         return [], _built_in(kernel.config, ("CONFIG_VIRTIO_PCI", "CONFIG_VIRTIO_NET"))
     for wanted, nic in ((modules.GUEST_MODULES, True), (modules.DISK_MODULES, False)):
         try:
-            return modules.resolve(wanted, kernel.modules_dir, modules.CRC32C_PROVIDERS), nic
+            return modules.resolve(wanted, kernel.modules_dir, modules.OPTIONAL_MODULES), nic
         except InfraError:
             continue  # without the NIC's modules, the disk's alone; without those too, nothing
     return [], False

@@ -90,6 +90,8 @@ class Boot:
     qemu_command: str = ""  # qemu_argv shell-quoted, ready to paste
     transport: str = ""  # net or serial; "" in runs made before there was a choice
     transport_reason: str = ""  # why: asked for by the matrix, or what `auto` saw in the kernel
+    userland: str = ""  # glibc or musl (harness.userland); "" in runs made before there was a choice
+    userland_reason: str = ""
 
 
 @dataclass(frozen=True)
@@ -236,13 +238,16 @@ def _boot_json(b: Boot) -> dict[str, Any]:
            "qemu_argv": list(b.qemu_argv), "qemu_command": b.qemu_command}  # fmt: skip
     if b.transport:
         doc.update(transport=b.transport, transport_reason=b.transport_reason)
+    if b.userland and b.userland != "glibc":  # glibc goes unsaid: the manifests of earlier runs stay as they were
+        doc.update(userland=b.userland, userland_reason=b.userland_reason)
     return doc
 
 
 def _boot(d: Doc) -> Boot:
     runs = tuple(d.items("runs", lambda r: (r.text("memlock"), r.text("user"))))
     return Boot(d.text("id"), d.text("kernel"), d.integer("ram_mb"), runs, tuple(d.texts("qemu_argv")),
-                d.text("qemu_command"), d.text("transport"), d.text("transport_reason"))  # fmt: skip
+                d.text("qemu_command"), d.text("transport"), d.text("transport_reason"), d.text("userland") or "glibc",
+                d.text("userland_reason"))  # fmt: skip
 
 
 def kernels_by_spec(kernels: Sequence[Kernel]) -> dict[str, Kernel]:

@@ -12,7 +12,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from harness import sources, transports, yamlfile
+from harness import sources, transports, userland, yamlfile
 from harness.files import read_text
 from harness.sources import KernelSpec
 from harness.yamlfile import FieldError, KeyPath, Where
@@ -56,6 +56,7 @@ class Matrix:
     cases: tuple[str, ...] | None  # None = every case the probe has
     timeouts: Timeouts = field(default_factory=Timeouts)
     transports: tuple[str, ...] = (transports.AUTO,)  # how the harness reaches each guest (harness.transports)
+    userland: str = userland.AUTO  # the guest's programs: glibc, musl, or by kernel (harness.userland)
 
 
 @dataclass(frozen=True)
@@ -117,7 +118,7 @@ def format_size(n: int | None) -> str:
 # --- loading -----------------------------------------------------------------------------------
 
 
-_TOP_KEYS = {"kernels", "ram", "memlock", "users", "cases", "timeouts", "transport"}
+_TOP_KEYS = {"kernels", "ram", "memlock", "users", "cases", "timeouts", "transport", "userland"}
 
 
 def load(path: Path) -> Matrix:
@@ -165,7 +166,10 @@ def from_data(data: object, where: Where) -> Matrix:
     for name, axis in axes:
         if len(set(axis)) != len(axis):
             raise where.error((name,), "lists the same value twice; remove the duplicate")
-    return Matrix(where.source, kernels, ram, memlocks, users, cases, timeouts, ways)
+    libc = data.get("userland", userland.AUTO)
+    if libc not in userland.NAMES:
+        raise where.error(("userland",), f"{libc!r}: give one of {', '.join(userland.NAMES)}")
+    return Matrix(where.source, kernels, ram, memlocks, users, cases, timeouts, ways, libc)
 
 
 def _list(where: Where, data: dict[str, Any], key: str, default: list[Any] | None = None) -> list[Any]:

@@ -8,14 +8,32 @@ directory, `history` keeps the results across runs.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
+import os
 import platform
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from pathlib import Path
 
-from harness import __version__, boot, history, kit, manifest, matrix, probe, rundir, sources, transports, verdict, vm
+from harness import (
+    __version__,
+    aptsources,
+    boot,
+    history,
+    kit,
+    manifest,
+    matrix,
+    probe,
+    rundir,
+    sources,
+    transports,
+    userland,
+    verdict,
+    versions,
+    vm,
+)
 from harness.boot import Cancelled, Live
 from harness.errors import InfraError, UserError
 from harness.image import Image
@@ -48,6 +66,7 @@ class Prepared:
     image: Image | None = None
     error: str = ""
     nic: bool = False  # the guest can drive its NIC (`auto` then reaches it over net)
+    userland: tuple[str, str] = ("", "")  # the guest's programs (harness.userland), and why
 
     def transport(self, plan: matrix.BootPlan) -> tuple[str, str]:
         """How this kernel's boot of `plan` reaches its guest, and why."""
@@ -87,15 +106,21 @@ def check_memory(mx: matrix.Matrix, meminfo: Path = Path("/proc/meminfo")) -> No
 
 
 def prepare(specs: Sequence[KernelSpec], unresolved: Mapping[KernelSpec, InfraError], source: sources.Kernels,
-            guests: kit.Kit, log: Callable[[str], None]) -> dict[KernelSpec, Prepared]:  # fmt: skip
+            guests: kit.Kit, log: Callable[[str], None],
+            libc: str = userland.AUTO) -> dict[KernelSpec, Prepared]:  # fmt: skip
     """Fetch every kernel and build its image; a kernel that cannot be had fails only its own boots."""
     prepared: dict[KernelSpec, Prepared] = {}
+    mirror = functools.partial(aptsources.mirror_from, source.ctx.mirror, os.environ)
     for spec in specs:
         try:
             if spec in unresolved:
                 raise unresolved[spec]
             kernel = source.fetch(spec)
-            prepared[spec] = Prepared(kernel, guests.image(kernel), nic=kit.has_nic(kernel))
+            way = userland.choose(libc, versions.release_version(kernel.release))
+            image = guests.image(kernel, guests.base_of(way[0], mirror, log))
+            prepared[spec] = Prepared(kernel, image, nic=kit.has_nic(kernel), userland=way)
+            if way[0] != userland.GLIBC:
+                log(f"kernel {spec.label}: {way[0]} userland ({way[1]})")
             log(f"kernel {spec.label}: {kernel.release} ({kernel.version or kernel.source})")
         except InfraError as e:
             prepared[spec] = Prepared(error=str(e))
@@ -148,7 +173,7 @@ def execute(
         writer.add_boot(r)
 
     guests = kit.assemble(options.cache, built)
-    prepared = prepare(specs, unresolved, source, guests, log)
+    prepared = prepare(specs, unresolved, source, guests, log, mx.userland)
     for p in plans:
         k = prepared[p.kernel].kernel
         results[p.id].kernel = k.info() if k else None
@@ -262,4 +287,4 @@ def _boot_entry(plan: matrix.BootPlan, result: BootResult, prep: Prepared) -> ma
     argv = tuple(result.qemu_argv)
     way, why = prep.transport(plan) if prep.kernel is not None else ("", "")
     return manifest.Boot(plan.id, plan.kernel.label, plan.ram_mb, tuple((r.memlock_label, r.user) for r in plan.runs),
-                         argv, vm.command_line(list(argv)) if argv else "", way, why)  # fmt: skip
+                         argv, vm.command_line(list(argv)) if argv else "", way, why, *prep.userland)  # fmt: skip
