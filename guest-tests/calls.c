@@ -7,7 +7,34 @@
 
 #include <errno.h>
 #include <stdarg.h>
+#include <stdint.h>
 #include <sys/mman.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+void *sys_mmap(void *addr, size_t len, int prot, int flags, int fd, off_t off)
+{
+	long ret = syscall(SYS_mmap, addr, len, prot, flags, fd, off);
+	return ret == -1 ? MAP_FAILED : (void *)ret;
+}
+
+void *sys_sbrk(intptr_t increment)
+{
+#ifdef __GLIBC__
+	return sbrk(increment);
+#else
+	/* The kernel's brk returns the break it kept: the old one when it refused to move it. */
+	uintptr_t cur = (uintptr_t)syscall(SYS_brk, 0);
+	if (increment == 0)
+		return (void *)cur;
+	uintptr_t want = cur + (uintptr_t)increment;
+	if ((uintptr_t)syscall(SYS_brk, want) != want) {
+		errno = ENOMEM;
+		return (void *)-1;
+	}
+	return (void *)cur;
+#endif
+}
 
 /* "len=N" or "LABEL len=N". */
 static void note_len(struct record *r, const char *name, int ret, int err, const char *label, size_t len)
@@ -21,7 +48,7 @@ static void note_len(struct record *r, const char *name, int ret, int err, const
 static void *mmap_notedv(struct record *r, size_t len, int prot, int flags, int fd, int *err, const char *fmt,
 			 va_list ap)
 {
-	void *p = mmap(NULL, len, prot, flags, fd, 0);
+	void *p = sys_mmap(NULL, len, prot, flags, fd, 0);
 	*err = p == MAP_FAILED ? errno : 0;
 	note_callv(r, "mmap", p == MAP_FAILED ? -1 : 0, *err, fmt, ap);
 	return p == MAP_FAILED ? NULL : p;
@@ -101,7 +128,7 @@ int munlockall_noted(struct record *r)
 void *key_mmap(struct record *r, size_t len, int prot, int flags, int fd, int *err, const char *fmt, ...)
 {
 	key_begin(r);
-	void *p = mmap(NULL, len, prot, flags, fd, 0);
+	void *p = sys_mmap(NULL, len, prot, flags, fd, 0);
 	int e = p == MAP_FAILED ? errno : 0;
 	key_end(r, e);
 	va_list ap;

@@ -7,10 +7,22 @@
 
 #include "record.h"
 
+#include <stdint.h>
+#include <sys/types.h>
+
 /* ---- memory calls, listed in `calls` as they are made ------------------------------------ *
  * Each makes the call, reads errno at once and notes the call. mmap-like helpers return NULL (not
  * MAP_FAILED) on failure and store the errno in *err when err is not NULL; the others return the
  * errno, 0 on success. `label` (NULL for none) goes before "len=N" in the args: "LABEL len=N". */
+
+/*
+ * mmap(2) and brk(2) as the kernel answers them, whichever libc the probe is built with: musl's
+ * mmap() turns the kernel's EPERM for an anonymous mapping into ENOMEM ("Fixup incorrect EPERM
+ * from kernel"), and musl's sbrk() refuses every non-zero increment (its malloc owns the break).
+ * glibc's wrappers pass the kernel's answer on, so with glibc these are its own calls.
+ */
+void *sys_mmap(void *addr, size_t len, int prot, int flags, int fd, off_t off);
+void *sys_sbrk(intptr_t increment);
 
 __attribute__((format(printf, 7, 8)))
 void *mmap_noted(struct record *r, size_t len, int prot, int flags, int fd, int *err, const char *fmt, ...);

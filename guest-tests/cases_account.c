@@ -131,7 +131,7 @@ static void run_map_fixed_at_limit(const struct ctx *c, struct record *r, const 
 	step_snapshot(r, c, "map_locked_at_limit", 0, p, size);
 
 	key_begin(r);
-	char *q = mmap(p, c->page, PROT_READ | PROT_WRITE, PRIV_ANON | MAP_FIXED | MAP_LOCKED, -1, 0);
+	char *q = sys_mmap(p, c->page, PROT_READ | PROT_WRITE, PRIV_ANON | MAP_FIXED | MAP_LOCKED, -1, 0);
 	int err = q == MAP_FAILED ? errno : 0;
 	key_end(r, err);
 	note_call(r, "mmap", q == MAP_FAILED ? -1 : 0, err, "MAP_FIXED|MAP_LOCKED one page over the first locked page");
@@ -198,7 +198,7 @@ static void run_fork(const struct ctx *c, struct record *r, const void *arg)
 		struct child_report rep = {0, 0, -1, -1};
 		char *m = p;
 		if (fc->mcl_future) {
-			m = mmap(NULL, size, PROT_READ | PROT_WRITE, PRIV_ANON, -1, 0);
+			m = sys_mmap(NULL, size, PROT_READ | PROT_WRITE, PRIV_ANON, -1, 0);
 			rep.mmap_err = m == MAP_FAILED ? errno : 0;
 		}
 		rep.vmlck_kb = status_kb("VmLck");

@@ -60,16 +60,16 @@ static void run_future(const struct ctx *c, struct record *r, const void *arg)
 	} else if (fc->kind == FUT_BRK) {
 		/* The heap grows from the current break; the new pages start at the page boundary
 		 * above it (brk(2); the kernel maps whole pages). */
-		char *old = sbrk(0);
+		char *old = sys_sbrk(0);
 		uintptr_t start = ((uintptr_t)old + c->page - 1) & ~(uintptr_t)(c->page - 1);
 		key_begin(r);
-		void *ret = sbrk((intptr_t)size);
+		void *ret = sys_sbrk((intptr_t)size);
 		int err = ret == (void *)-1 ? errno : 0;
 		key_end(r, err);
 		note_call(r, "sbrk", ret == (void *)-1 ? -1 : 0, err, "increment=%zu", size);
 		if (err == 0) {
 			record_mapping(r, (void *)start, size, c->page);
-			void *back = sbrk(-(intptr_t)size);
+			void *back = sys_sbrk(-(intptr_t)size);
 			note_call(r, "sbrk", back == (void *)-1 ? -1 : 0, errno, "increment=-%zu", size);
 		}
 	} else {

@@ -100,7 +100,7 @@ static void segv_handler(int sig, siginfo_t *si, void *uc)
 		siglongjmp(segv_env, 1);
 	}
 	segv_last = a;
-	void *p = mmap((void *)a, segv_page, PROT_READ | PROT_WRITE, PRIV_ANON | MAP_FIXED | MAP_LOCKED, -1, 0);
+	void *p = sys_mmap((void *)a, segv_page, PROT_READ | PROT_WRITE, PRIV_ANON | MAP_FIXED | MAP_LOCKED, -1, 0);
 	if (p == MAP_FAILED) {
 		segv_errno = errno;
 		siglongjmp(segv_env, 1);

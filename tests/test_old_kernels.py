@@ -4,6 +4,9 @@
 note, so QEMU boots it through the firmware; it never credits RDRAND, so without the host's
 virtio-rng dropbear would wait for entropy for ever; it comes without modules, so the harness
 reaches it over the serial line. Nothing is mocked.
+
+The static musl userland that kernels older than glibc's minimum need is checked here too, on a
+kernel both userlands run on: same verdicts and fingerprints.
 """
 
 from __future__ import annotations
@@ -40,17 +43,23 @@ def bzimage() -> Path:
     return image
 
 
-def test_linux_4_4_runs_the_whole_catalogue_and_joins_the_history_of_debian_kernels(
-    bzimage: Path, tmp_path: Path
-) -> None:
-    """4.4.178 beside Debian 12's 6.1 in one run: every case under every limit and user, none an
-    error, the era's documented behaviours judged by their own cited rules, one history for both."""
-    m = tmp_path / "m.yaml"
-    m.write_text(f"kernels:\n  - path: {bzimage}\n  - debian: bookworm\n"
-                 "memlock: [default, 64K, 0, unlimited]\nusers: [root, user]\n")  # fmt: skip
-    results = tmp_path / "results"
-    proc = harness("run", "--matrix", str(m), "--results", str(results), "--jobs", "2")
+AXES = "memlock: [default, 64K, 0, unlimited]\nusers: [root, user]\n"
+
+
+@pytest.fixture(scope="module")
+def glibc_run(bzimage: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """4.4.178 beside Debian 12's 6.1 in one run, with today's (glibc) userland."""
+    tmp = tmp_path_factory.mktemp("old")
+    (tmp / "m.yaml").write_text(f"kernels:\n  - path: {bzimage}\n  - debian: bookworm\n{AXES}")
+    proc = harness("run", "--matrix", str(tmp / "m.yaml"), "--results", str(tmp / "results"), "--jobs", "2")
     assert proc.returncode == 1, proc.stdout + proc.stderr  # both kernels deviate somewhere
+    return tmp / "results"
+
+
+def test_linux_4_4_runs_the_whole_catalogue_and_joins_the_history_of_debian_kernels(glibc_run: Path) -> None:
+    """Every case under every limit and user, none an error, the era's documented behaviours judged
+    by their own cited rules, one history for both kernels."""
+    results = glibc_run
     run_dir = (results / "latest").resolve()
     data = json.loads((run_dir / "results.json").read_text())
     old = next(b for b in data["boots"] if b["uname"].startswith("4.4.178"))
@@ -80,3 +89,23 @@ def test_linux_4_4_runs_the_whole_catalogue_and_joins_the_history_of_debian_kern
     proc = harness("history", "--history", str(results / "history.sqlite"), "--case", "future_onfault_alone")
     assert proc.returncode == 0, proc.stderr
     assert "4.4.178" in proc.stdout and "6.1." in proc.stdout, proc.stdout
+
+
+def test_the_musl_userland_gives_the_glibc_userland_s_verdicts(glibc_run: Path, tmp_path: Path) -> None:
+    """Debian 12's kernel again with busybox, dropbear and the probe built static with musl (from
+    Debian's sources): every result's outcome and behaviour fingerprint as with glibc's."""
+    (tmp_path / "m.yaml").write_text(f"kernels:\n  - debian: bookworm\n{AXES}userland: musl\n")
+    proc = harness("run", "--matrix", str(tmp_path / "m.yaml"), "--results", str(tmp_path / "results"))
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    musl_dir = (tmp_path / "results" / "latest").resolve()
+    (entry,) = json.loads((musl_dir / "manifest.json").read_text())["boots"]
+    assert entry["userland"] == "musl" and entry["userland_reason"] == "asked for by the matrix"
+
+    def verdicts(run_dir: Path) -> dict[tuple[str, str, str], tuple[str, str]]:
+        boot = next(b for b in json.loads((run_dir / "results.json").read_text())["boots"]
+                    if b["boot_id"] == "bookworm-256M")  # fmt: skip
+        return {(c["case"], c["memlock"], c["user"]): (c["outcome"], c["fingerprint"]) for c in boot["cases"]}
+
+    glibc, musl = verdicts((glibc_run / "latest").resolve()), verdicts(musl_dir)
+    assert len(musl) == 4 * 2 * len(probe.build().names)
+    assert {k: (glibc[k], musl[k]) for k in glibc if glibc[k] != musl.get(k)} == {}
