@@ -465,11 +465,11 @@ from harness import cli, image, kit
 
 real = kit.Kit.image
 
-def image_for(self, kernel):
+def image_for(self, kernel, base=None):
     if not kernel.source.startswith("path:"):
-        return real(self, kernel)
+        return real(self, kernel, base)
     hostile = image.file(image.PROBE_PATH, Path(sys.argv[1]).read_bytes(), 0o755)
-    base = [e for e in self.base if e.path != image.PROBE_PATH] + [hostile]
+    base = [e for e in (base or self.base) if e.path != image.PROBE_PATH] + [hostile]
     return image.build(base, kit.guest_modules(kernel), self.secret, self.images)
 
 kit.Kit.image = image_for
