@@ -128,6 +128,8 @@ static void run_future_onfault_mmap(const struct ctx *c, struct record *r, const
 	prefault_stack();
 	r->vmlck_before_kb = vmlck_now();
 	int lerr = do_mlockall(r, MCL_FUTURE | MCL_ONFAULT, "MCL_FUTURE|MCL_ONFAULT");
+	if (lerr == EINVAL) /* valid flags since 4.4: only a kernel that predates MCL_ONFAULT refuses them */
+		not_applicable(r, "MCL_ONFAULT not supported (before 4.4)");
 	char *p = key_mmap(r, size, PROT_READ | PROT_WRITE, PRIV_ANON, -1, NULL, "MAP_PRIVATE|MAP_ANONYMOUS len=%zu", size);
 	if (p) {
 		record_mapping(r, p, size, c->page);
@@ -168,6 +170,8 @@ static void run_onfault_mlock2_touch(const struct ctx *c, struct record *r, cons
 	int err = ret ? errno : 0;
 	key_end(r, err);
 	note_call(r, "mlock2", ret, err, "MLOCK_ONFAULT len=%zu", size);
+	if (err == ENOSYS)
+		not_applicable(r, "mlock2 not supported (before 4.4)");
 	record_mapping(r, p, size, c->page);
 	if (err == 0 && size >= 2 * c->page)
 		touch_half(c, r, p, size);

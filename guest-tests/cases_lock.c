@@ -66,6 +66,8 @@ static int lock_op(struct record *r, enum lock_op op, void *p, size_t size)
 		int ret = (int)syscall(SYS_mlock2, p, size, flags);
 		err = ret ? errno : 0;
 		note_call(r, "mlock2", ret, err, "%s len=%zu", flags ? "MLOCK_ONFAULT" : "0", size);
+		if (err == ENOSYS)
+			not_applicable(r, "mlock2 not supported (before 4.4)");
 		break;
 	}
 	case OP_MLOCKALL:

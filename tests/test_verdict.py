@@ -345,3 +345,31 @@ def test_limit_at_least_condition() -> None:
     for soft, want in ((8 << 20, "ok"), (4 << 20, "ok"), (65536, "EAGAIN"), (None, "ok")):
         v = verdict.judge(record("c", rlimit_soft=soft, result=want, vmlck_after_kb=0, size=None), K61, rules)
         assert v.outcome is Outcome.PASS, (soft, v.message)
+
+
+@pytest.mark.parametrize(
+    ("version", "privileged", "soft", "result", "outcome"),
+    [
+        ((3, 16, 0), True, 65536, "EINVAL", Outcome.PASS),  # MCL_ONFAULT unknown before 4.4
+        ((4, 4, 178), True, 65536, "ok", Outcome.PASS),  # 4.4 .. 5.1: the call only drops locks
+        ((4, 4, 178), False, 0, "EPERM", Outcome.PASS),  # ... after can_do_mlock()
+        ((5, 1, 21), True, 65536, "EINVAL", Outcome.DEVIATION),
+        ((5, 2, 0), True, 65536, "EINVAL", Outcome.PASS),  # dedca63504a2
+        ((6, 1, 0), True, 65536, "ok", Outcome.DEVIATION),
+    ],
+)
+def test_mlockall_onfault_alone_is_judged_by_the_rule_of_its_era(
+    expectations: Expectations, version: tuple[int, ...], privileged: bool, soft: int, result: str, outcome: Outcome
+) -> None:
+    obs = record("future_onfault_alone", cap_ipc_lock=privileged, uid=0 if privileged else 1000, rlimit_soft=soft,
+                 rlimit_hard=soft, result=result, vmlck_after_kb=0, size=None, resident_pages=None, total_pages=None)
+    assert verdict.judge(obs, RunContext(version, True), expectations).outcome is outcome
+
+
+def test_an_overlapping_mlock_was_charged_twice_until_4_9(expectations: Expectations) -> None:
+    """mlock(2) BUGS: before 4.9 the locked half counted twice against the limit, so the whole-range
+    mlock at the limit failed with ENOMEM; from 4.9 it succeeds."""
+    before = record("account_relock_overlap", result="ENOMEM", result_relock_again="ENOMEM", vmlck_after_kb=32,
+                    size=65536, vmlck_relock_delta_kb=0, single_munlock_unlocks=True)
+    assert verdict.judge(before, RunContext((4, 4, 178), True), expectations).outcome is Outcome.PASS
+    assert verdict.judge(before, RunContext((4, 9, 0), True), expectations).outcome is Outcome.DEVIATION
