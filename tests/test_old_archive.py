@@ -52,7 +52,7 @@ class Keys:
 
 
 @pytest.fixture(scope="module")
-def keys(tmp_path_factory: pytest.TempPathFactory) -> Keys:
+def keys(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Keys]:
     """'etch' expires 2012-01-01 and signed in 2011; 'late' signed in 2013, then was given a 2012 expiry."""
     home = tmp_path_factory.mktemp("gnupg")
     home.chmod(0o700)
@@ -61,7 +61,9 @@ def keys(tmp_path_factory: pytest.TempPathFactory) -> Keys:
         k.gpg("--quick-gen-key", f"{user}@example.invalid>", "ed25519", "sign", expiry, at="20100101T000000")
     k.keyring.write_bytes(subprocess.run(["gpg", "--export"], check=True, capture_output=True,
                                          env={"GNUPGHOME": str(home), "PATH": "/usr/bin:/bin"}).stdout)  # fmt: skip
-    return k
+    yield k
+    subprocess.run(["gpgconf", "--kill", "gpg-agent"], env={"GNUPGHOME": str(home), "PATH": "/usr/bin:/bin"},
+                   capture_output=True)  # the agent gpg started for this home goes with it
 
 
 @pytest.fixture(scope="module")
