@@ -29,7 +29,7 @@ def ensure_compiler(name: str, mirror: Callable[[], str], cache: Path, log: Call
     if found:
         return found
     suite = SUITE_OF.get(name, "bookworm")
-    argv = apt_argv(cache / "apt", suite)
+    argv = apt_argv(cache / "apt")
     if os.geteuid() != 0:
         raise UserError(f"compiler {name} is not installed; as root run `harness` once, or install {name} from "
                         f"Debian {suite} (apt-get install {name}, with {suite} in a source list)")  # fmt: skip
@@ -50,9 +50,9 @@ def ensure_compiler(name: str, mirror: Callable[[], str], cache: Path, log: Call
     return found
 
 
-def apt_argv(folder: Path, suite: str) -> list[str]:
+def apt_argv(folder: Path) -> list[str]:
     """apt-get reading only the private source list and keeping its lists and downloads in `folder`;
     it installs into the host's own dpkg database, as any apt-get install does."""
     return ["apt-get", "-o", f"Dir::Etc::SourceList={folder / 'sources.list'}", "-o", "Dir::Etc::SourceParts=/dev/null",
-            "-o", f"Dir::State::Lists={folder / 'lists'}", "-o", f"Dir::Cache::Archives={folder / 'archives'}",
-            "-o", "APT::Get::List-Cleanup=false"]  # fmt: skip
+            "-o", f"Dir::State::Lists={folder / 'lists'}", "-o", f"Dir::Cache={folder}",
+            "-o", f"Dir::Cache::Archives={folder / 'archives'}", "-o", "APT::Get::List-Cleanup=false"]  # fmt: skip

@@ -112,7 +112,7 @@ def _sources(folder: Path, mirror: Callable[[], str], log: Callable[[str], None]
     (apt / "archives" / "partial").mkdir(parents=True, exist_ok=True)
     (apt / "sources.list").write_text(f"deb-src [signed-by={tools.KEYRING}] {mirror()} {SOURCE_SUITE} main\n")
     log(f"fetching the sources of busybox and dropbear from Debian {SOURCE_SUITE}")
-    argv = tools.apt_argv(apt, SOURCE_SUITE)
+    argv = tools.apt_argv(apt)
     for step in (["update", "-q"], ["source", "-q", "busybox", "dropbear"]):
         proc = subprocess.run([*argv, *step], capture_output=True, text=True, cwd=folder)
         if proc.returncode != 0:

@@ -61,7 +61,7 @@ def test_an_older_compiler_is_the_tree_s_cc_and_hostcc_and_names_the_kernel(repo
 def test_a_missing_compiler_is_installed_through_a_private_source_list(tmp_path: Path) -> None:
     """apt reads only the harness's list and keeps its lists and downloads under the cache; the
     host's sources are never read or written. (The install itself runs in `make test-bisect`.)"""
-    argv = tools.apt_argv(tmp_path / "apt", "bullseye")
+    argv = tools.apt_argv(tmp_path / "apt")
     options = dict(argv[i + 1].split("=", 1) for i in range(1, len(argv), 2) if argv[i] == "-o")
     assert options["Dir::Etc::SourceList"] == str(tmp_path / "apt" / "sources.list")
     assert options["Dir::Etc::SourceParts"] == "/dev/null"
