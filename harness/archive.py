@@ -65,7 +65,7 @@ class Deb:
         return self.sha256 or self.digest.replace(":", "-")
 
 
-def _sha256_file(path: Path, algorithm: str = "sha256") -> str:
+def _file_digest(path: Path, algorithm: str) -> str:
     h = hashlib.new(algorithm)
     with path.open("rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
@@ -255,7 +255,7 @@ class Archive:
             if filtered.is_file():
                 return filtered.read_text("utf-8", "replace")
             raw = folder / f"{digest}{ext or '.plain'}"
-            if not (raw.is_file() and raw.stat().st_size == size and _sha256_file(raw, algorithm) == digest):
+            if not (raw.is_file() and raw.stat().st_size == size and _file_digest(raw, algorithm) == digest):
                 data = self._fetch_index(suite, name, digest if field == "SHA256" else "", release)
                 if data is None:
                     continue
@@ -301,7 +301,7 @@ class Archive:
         path = folder / f"{deb.key}.deb"
         field, want = ("SHA256", deb.sha256) if deb.sha256 else deb.digest.split(":", 1)
         algorithm = next(a for f, _, a in DIGESTS if f == field)
-        if path.is_file() and path.stat().st_size == deb.size and _sha256_file(path, algorithm) == want:
+        if path.is_file() and path.stat().st_size == deb.size and _file_digest(path, algorithm) == want:
             return path
         folder.mkdir(parents=True, exist_ok=True)
         url = f"{self.mirror}/{deb.filename}"

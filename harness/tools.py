@@ -15,12 +15,12 @@ import subprocess
 from collections.abc import Callable
 from pathlib import Path
 
+from harness.archive import DEFAULT_KEYRING
 from harness.errors import InfraError, UserError
 
 # Where each compiler Debian no longer ships in bookworm lives on today's mirror.
 SUITE_OF = {"gcc-9": "bullseye", "gcc-10": "bullseye"}
 COMPILER = re.compile(r"^gcc(-\d{1,2})?$")
-KEYRING = Path("/usr/share/keyrings/debian-archive-keyring.gpg")
 
 
 def ensure_compiler(name: str, mirror: Callable[[], str], cache: Path, log: Callable[[str], None]) -> str:
@@ -29,25 +29,32 @@ def ensure_compiler(name: str, mirror: Callable[[], str], cache: Path, log: Call
     if found:
         return found
     suite = SUITE_OF.get(name, "bookworm")
-    argv = apt_argv(cache / "apt")
     if os.geteuid() != 0:
         raise UserError(f"compiler {name} is not installed; as root run `harness` once, or install {name} from "
                         f"Debian {suite} (apt-get install {name}, with {suite} in a source list)")  # fmt: skip
-    folder = cache / "apt"
-    (folder / "lists" / "partial").mkdir(parents=True, exist_ok=True)
-    (folder / "archives" / "partial").mkdir(parents=True, exist_ok=True)
-    (folder / "sources.list").write_text(f"deb [signed-by={KEYRING}] {mirror()} {suite} main\n")
-    log(f"installing {name} from Debian {suite} (apt, with a private source list in {folder})")
-    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    for step in (["update", "-q"], ["install", "-y", "-q", "--no-install-recommends", name]):
-        proc = subprocess.run([*argv, *step], capture_output=True, text=True, env=env)
-        if proc.returncode != 0:
-            last = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["no message"]
-            raise InfraError(f"apt-get {step[0]} for {name} from {suite} failed: {last[0]}")
+    log(f"installing {name} from Debian {suite} (apt, with a private source list in {cache / 'apt'})")
+    apt(cache / "apt", f"deb {mirror()} {suite}", ["install", "-y", "-q", "--no-install-recommends", name],
+        f"{name} from {suite}")  # fmt: skip
     found = shutil.which(name)
     if not found:
         raise InfraError(f"apt installed {name} from {suite}, yet there is no {name} on PATH")
     return found
+
+
+def apt(folder: Path, source: str, step: list[str], what: str, cwd: Path | None = None) -> None:
+    """`apt-get update`, then `apt-get STEP`, with `source` ("deb MIRROR SUITE" or "deb-src ...") as
+    the only source list and apt's lists and downloads in `folder`; InfraError naming `what` and
+    apt's last line when either fails. The packages are checked against the archive keyring."""
+    kind, rest = source.split(" ", 1)
+    (folder / "lists" / "partial").mkdir(parents=True, exist_ok=True)
+    (folder / "archives" / "partial").mkdir(parents=True, exist_ok=True)
+    (folder / "sources.list").write_text(f"{kind} [signed-by={DEFAULT_KEYRING}] {rest} main\n")
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    for argv in (["update", "-q"], step):
+        proc = subprocess.run([*apt_argv(folder), *argv], capture_output=True, text=True, env=env, cwd=cwd)
+        if proc.returncode != 0:
+            last = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["no message"]
+            raise InfraError(f"apt-get {argv[0]} for {what} failed: {last[0]}")
 
 
 def apt_argv(folder: Path) -> list[str]:

@@ -107,17 +107,9 @@ def _sources(folder: Path, mirror: Callable[[], str], log: Callable[[str], None]
     found = {name: sorted(folder.glob(f"{name}-[0-9]*/")) for name in ("busybox", "dropbear")}
     if all(found.values()):
         return {name: trees[-1] for name, trees in found.items()}
-    apt = folder / "apt"
-    (apt / "lists" / "partial").mkdir(parents=True, exist_ok=True)
-    (apt / "archives" / "partial").mkdir(parents=True, exist_ok=True)
-    (apt / "sources.list").write_text(f"deb-src [signed-by={tools.KEYRING}] {mirror()} {SOURCE_SUITE} main\n")
     log(f"fetching the sources of busybox and dropbear from Debian {SOURCE_SUITE}")
-    argv = tools.apt_argv(apt)
-    for step in (["update", "-q"], ["source", "-q", "busybox", "dropbear"]):
-        proc = subprocess.run([*argv, *step], capture_output=True, text=True, cwd=folder)
-        if proc.returncode != 0:
-            last = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["no message"]
-            raise InfraError(f"apt-get {step[0]} (sources of busybox, dropbear) failed: {last[0]}")
+    tools.apt(folder / "apt", f"deb-src {mirror()} {SOURCE_SUITE}", ["source", "-q", "busybox", "dropbear"],
+              "the sources of busybox and dropbear", cwd=folder)  # fmt: skip
     found = {name: sorted(folder.glob(f"{name}-[0-9]*/")) for name in ("busybox", "dropbear")}
     if not all(found.values()):
         raise InfraError(f"apt-get source left no busybox or dropbear tree in {folder}")

@@ -135,18 +135,12 @@ def test_bisect_names_the_commit_that_stopped_enforcing_the_limit(tmp_path: Path
           + ", ".join(f"{b['commit'][:12]} {b['seconds']}s" for b in builds))  # fmt: skip
 
 
-def test_a_tree_built_without_virtio_net_is_reached_over_the_serial_line(tmp_path: Path) -> None:
-    """The same tree with CONFIG_VIRTIO_NET off: `auto` sees it in the build's .config, boots the
-    guest without a NIC and gives the same answers over the second UART."""
-    cache = cache_dir()
-    repo = make_tree(cache)
-    fragment = tmp_path / "no-net.config"
-    text = (REPO / "images" / "kernel.config").read_text()
-    assert text.count("CONFIG_VIRTIO_NET=y\n") == 1
-    fragment.write_text(text.replace("CONFIG_VIRTIO_NET=y\n", "# CONFIG_VIRTIO_NET is not set\n"))
+def run_good_end(repo: Path, tmp_path: Path, option: str) -> Path:
+    """`harness run` of three cases on the tree's good end, built with one more `git:` option;
+    the run directory of a run that must pass."""
     good = git(repo, "rev-parse", "HEAD~4")
     (tmp_path / "m.yaml").write_text(
-        f"kernels:\n  - git: {{repo: {repo}, rev: {good}, config: no-net.config}}\n"
+        f"kernels:\n  - git: {{repo: {repo}, rev: {good}, {option}}}\n"
         "memlock: [64K]\nusers: [user]\ncases: [mlock_over, map_locked_over, limits]\n"
     )
     results = tmp_path / "results"
@@ -156,7 +150,19 @@ def test_a_tree_built_without_virtio_net_is_reached_over_the_serial_line(tmp_pat
         capture_output=True, text=True, cwd=REPO, timeout=5400, env={**os.environ, "COLUMNS": "200"},
     )  # fmt: skip
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr
-    run_dir = (results / "latest").resolve()
+    return (results / "latest").resolve()
+
+
+def test_a_tree_built_without_virtio_net_is_reached_over_the_serial_line(tmp_path: Path) -> None:
+    """The same tree with CONFIG_VIRTIO_NET off: `auto` sees it in the build's .config, boots the
+    guest without a NIC and gives the same answers over the second UART."""
+    cache = cache_dir()
+    repo = make_tree(cache)
+    fragment = tmp_path / "no-net.config"
+    text = (REPO / "images" / "kernel.config").read_text()
+    assert text.count("CONFIG_VIRTIO_NET=y\n") == 1
+    fragment.write_text(text.replace("CONFIG_VIRTIO_NET=y\n", "# CONFIG_VIRTIO_NET is not set\n"))
+    run_dir = run_good_end(repo, tmp_path, "config: no-net.config")
     (boot,) = json.loads((run_dir / "results.json").read_text())["boots"]
     assert boot["transport"] == "serial" and boot["error"] == ""
     assert {c["case"]: c["outcome"] for c in boot["cases"]} == {
@@ -175,19 +181,7 @@ def test_an_older_compiler_builds_the_tree_and_the_manifest_says_which(tmp_path:
     cache key, recorded in build.json and the manifest; the kernel boots and answers as gcc-12's."""
     cache = cache_dir()
     repo = make_tree(cache)
-    good = git(repo, "rev-parse", "HEAD~4")
-    (tmp_path / "m.yaml").write_text(
-        f"kernels:\n  - git: {{repo: {repo}, rev: {good}, compiler: gcc-10}}\n"
-        "memlock: [64K]\nusers: [user]\ncases: [mlock_over, map_locked_over, limits]\n"
-    )
-    results = tmp_path / "results"
-    proc = subprocess.run(
-        [sys.executable, "-m", "harness", "run", "--matrix", str(tmp_path / "m.yaml"), "--results", str(results),
-         "--jobs", "1"],
-        capture_output=True, text=True, cwd=REPO, timeout=5400, env={**os.environ, "COLUMNS": "200"},
-    )  # fmt: skip
-    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr
-    run_dir = (results / "latest").resolve()
+    run_dir = run_good_end(repo, tmp_path, "compiler: gcc-10")
     (boot,) = json.loads((run_dir / "results.json").read_text())["boots"]
     assert boot["error"] == "" and {c["outcome"] for c in boot["cases"]} == {"pass"}
     (kernel,) = json.loads((run_dir / "manifest.json").read_text())["kernels"]

@@ -306,19 +306,20 @@ def test_interrupt_keeps_finished_results(tmp_path: Path, signum: int) -> None:
 
 
 def boot_plan(bookworm: Prepared, tmp_path: Path, runs: tuple[matrix.RunPlan, ...], *, case_timeout: float = 60,
-              img: image.Image | None = None,
-              before: Callable[[BootResult, boot.Live], None] | None = None) -> BootResult:
+              img: image.Image | None = None, before: Callable[[BootResult, boot.Live], None] | None = None,
+              transport: str = "net") -> BootResult:  # fmt: skip
     """One boot plan of bookworm through the runner's own path (boot.run_boot), results in tmp_path."""
     kernel, default_img, key = bookworm
-    plan = matrix.BootPlan("bookworm-test", DebianKernel(("bookworm",)), 256, runs,
-                           matrix.Timeouts(boot=240, case=case_timeout))  # fmt: skip
+    plan = matrix.BootPlan("bookworm-test" if transport == "net" else f"bookworm-{transport}",
+                           DebianKernel(("bookworm",)), 256, runs, matrix.Timeouts(boot=240, case=case_timeout),
+                           transport)  # fmt: skip
     result = BootResult(plan.id, kernel.info(), 256)
     writer = rundir.RunWriter(tmp_path, "test", rundir.now(), [plan.id])
     live = boot.Live()
     if before is not None:
         before(result, live)
     ctx = boot.BootContext(plan, kernel, img or default_img, image.disk_image(cache_dir() / "images"), key,
-                           vm.accelerator().name, verdict.load(), tmp_path)  # fmt: skip
+                           vm.accelerator().name, verdict.load(), tmp_path, transport)  # fmt: skip
     boot.run_boot(ctx, result, writer.update, live)
     return result
 

@@ -14,12 +14,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from test_integration import REPO, Prepared, _inject_during_next_case, bookworm, qemu_pids  # noqa: F401
+from test_integration import REPO, Prepared, _inject_during_next_case, bookworm, boot_plan, qemu_pids  # noqa: F401
 
-from harness import boot, image, kit, matrix, probe, rundir, verdict, vm
+from harness import boot, image, kit, matrix, probe, vm
 from harness.cache import cache_dir
 from harness.results import BootResult, Outcome
-from harness.sources.debian import DebianKernel
 
 pytestmark = pytest.mark.integration
 DISK_CASES = {"file_disk_map_locked", "file_disk_mmap_mlock", "file_disk_mmap_touch"}
@@ -69,17 +68,8 @@ def test_results_do_not_depend_on_the_transport_and_a_kernel_without_modules_sti
 
 def serial_boot(bookworm: Prepared, tmp_path: Path, cases: tuple[str, ...], *, case_timeout: float = 60,  # noqa: F811
                 img: image.Image | None = None, before: Any = None) -> BootResult:  # fmt: skip
-    kernel, default_img, key = bookworm
-    plan = matrix.BootPlan("bookworm-serial", DebianKernel(("bookworm",)), 256, (matrix.RunPlan(None, "root", cases),),
-                           matrix.Timeouts(boot=240, case=case_timeout), "serial")  # fmt: skip
-    result = BootResult(plan.id, kernel.info(), 256)
-    writer = rundir.RunWriter(tmp_path, "test", rundir.now(), [plan.id])
-    live = boot.Live()
-    if before is not None:
-        before(result, live)
-    ctx = boot.BootContext(plan, kernel, img or default_img, image.disk_image(cache_dir() / "images"), key,
-                           vm.accelerator().name, verdict.load(), tmp_path, "serial")  # fmt: skip
-    boot.run_boot(ctx, result, writer.update, live)
+    result = boot_plan(bookworm, tmp_path, (matrix.RunPlan(None, "root", cases),), case_timeout=case_timeout, img=img,
+                       before=before, transport="serial")  # fmt: skip
     assert json.loads((tmp_path / "results.json").read_text())["boots"][0]["cases"], "results were written"
     return result
 
