@@ -21,7 +21,7 @@ from typing import Any, Protocol
 
 import paramiko
 
-from harness import guest, probe, verdict, versions, vm
+from harness import devices, guest, probe, verdict, versions, vm
 from harness.errors import InfraError
 from harness.image import Image
 from harness.kernels import Kernel
@@ -42,12 +42,13 @@ class BootContext:
     plan: BootPlan
     kernel: Kernel
     image: Image
-    disk: Path  # the read-only data disk
+    disk: Path | None  # the read-only data disk; None when the kernel can read none
     key: paramiko.PKey  # the harness's SSH client key
     accel: str  # kvm or tcg
     expectations: verdict.Expectations
     run_dir: Path  # the serial log goes to serial/<boot id>.log in it
     transport: str = "net"  # how the harness reaches the guest (harness.transports), decided for `auto`
+    devices: devices.Devices = devices.VIRTIO  # the guest's NIC and disk, as its kernel can drive them
 
     @property
     def serial_log(self) -> Path:
@@ -210,8 +211,10 @@ def run_boot(ctx: BootContext, result: BootResult, publish: Publish, live: Live,
     plan = ctx.plan
     ctx.serial_log.parent.mkdir(parents=True, exist_ok=True)
     result.serial_log = str(ctx.serial_log.relative_to(ctx.run_dir))
+    hw = ctx.devices
     config = vm.VMConfig(ctx.kernel.vmlinux or ctx.kernel.image, ctx.image.path, plan.ram_mb, ctx.accel, 0, ctx.disk,
-                         transport=ctx.transport)  # fmt: skip
+                         transport=ctx.transport, nic=(hw.nic or devices.NICS[0]).name,
+                         disk_bus=(hw.disk or devices.DISKS[0]).name)  # fmt: skip
     result.transport = ctx.transport
     result.qemu_argv = config.argv()  # port 0 until QEMU has one; kept for boots that never come up
     attempts = Attempts()

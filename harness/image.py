@@ -178,14 +178,20 @@ DISK_SIZE = "16M"
 _DISK_UUID = "6861726e-6573-4d41-5000-4c4f434b4544"  # fixed: the image must not vary between builds
 
 
-def disk_image(out_dir: Path) -> Path:
-    """A small read-only ext4 disk holding one file, for cases that need major faults.
+# mkfs options per filesystem: ext4 without journal, metadata_csum or 64bit, so the guest needs only
+# ext4's hard dependencies; ext2 as mke2fs makes it, which every 2.6 kernel reads.
+_DISK_FORMATS = {"ext4": ("disk-ext4-v2.img", ["-O", "^metadata_csum,^has_journal,^64bit"]),
+                 "ext2": ("disk-ext2-v1.img", [])}  # fmt: skip
 
-    An initramfs is tmpfs, where nothing is ever read from a device. No journal and no
-    metadata_csum, so the guest needs only ext4's hard dependencies. Fixed UUID, hash seed and
+
+def disk_image(out_dir: Path, fs: str = "ext4") -> Path:
+    """A small read-only disk holding one file, for cases that need major faults.
+
+    An initramfs is tmpfs, where nothing is ever read from a device. Fixed UUID, hash seed and
     timestamps make the image byte-identical on every build.
     """
-    path = out_dir / "disk-ext4-v2.img"
+    name, features = _DISK_FORMATS[fs]
+    path = out_dir / name
     if path.exists():
         return path
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -198,8 +204,8 @@ def disk_image(out_dir: Path) -> Path:
         for made in (data, root):
             os.utime(made, (1, 1))  # mkfs copies the source's times into the image
         img = Path(tmp, "disk.img")
-        argv = ["mkfs.ext4", "-q", "-F", "-L", "harness", "-U", _DISK_UUID, "-b", "4096", "-N", "32",
-                "-O", "^metadata_csum,^has_journal,^64bit", "-E", f"hash_seed={_DISK_UUID},root_owner=0:0",
+        argv = [f"mkfs.{fs}", "-q", "-F", "-L", "harness", "-U", _DISK_UUID, "-b", "4096", "-N", "32",
+                *features, "-E", f"hash_seed={_DISK_UUID},root_owner=0:0",
                 "-d", str(root), str(img), DISK_SIZE]  # fmt: skip
         env = {**os.environ, "E2FSPROGS_FAKE_TIME": "1", "SOURCE_DATE_EPOCH": "1"}
         # mke2fs 1.47.0 copies each source file's ctime (which utime cannot set) and stamps new
@@ -254,9 +260,13 @@ class Image:
     modules: tuple[str, ...]  # load order
 
 
-def build(base: Sequence[Entry], modules: Sequence[tuple[str, bytes]], secret: bytes, out_dir: Path) -> Image:
-    """Write the image for one kernel into out_dir (content-addressed; reused if present)."""
+def build(base: Sequence[Entry], modules: Sequence[tuple[str, bytes]], secret: bytes, out_dir: Path,
+          disk: tuple[str, str] | None = None) -> Image:  # fmt: skip
+    """Write the image for one kernel into out_dir (content-addressed; reused if present). `disk`:
+    the data disk's device node and filesystem in the guest, None when it has none."""
     entries = list(base) + module_entries(modules)
+    if disk is not None:
+        entries.append(file("etc/harness/disk", f"{disk[0]} {disk[1]}\n".encode()))
     content = hashlib.sha256(cpio(entries)).hexdigest()
     key = host_key(secret, content)
     data = cpio([*entries, file("etc/dropbear/host_key", dropbear_ed25519(key), 0o600)])

@@ -5,7 +5,9 @@ The user's work tree is never touched: each repository gets a shared clone in th
 wanted commit, and one persistent out-of-tree build directory, so going from one commit to the
 next (as a bisect does) recompiles only what changed. The config is `base` (tinyconfig) with
 images/kernel.config merged on top and `make olddefconfig`; everything the guest needs is built
-in, so the guest loads no modules. ccache is used when it is installed.
+in, so the guest loads no modules, unless a fragment asks for modules (`=m`): they are then built
+and installed into the build as plain .ko files, and the guest loads them as it loads a Debian
+kernel's. ccache is used when it is installed.
 
 A finished build is stored under builds/<key>/, key = hash of (tree, base, fragment, compiler),
 with build.json saying what was built, how long it took and which config it used.
@@ -237,10 +239,13 @@ def _build(source: Source, fragment: str, cc: str, cache: Path, root: Path, key:
               str(stage / "fragment.config")], build_log, env, "merging the config fragment", failed)  # fmt: skip
         _run([*make, "olddefconfig"], build_log, env, "make olddefconfig", failed)
         _run([*make, "bzImage"], build_log, env, "make bzImage", failed)
-        seconds = round(time.monotonic() - started, 1)
+        config = (work / ".config").read_text()
         release = subprocess.run([*make, "-s", "kernelrelease"], capture_output=True, text=True, env=env,
                                  check=False).stdout.strip().splitlines()[-1:] or ["unknown"]  # fmt: skip
-        config = (work / ".config").read_text()
+        module_count = 0
+        if has_modules(config):
+            module_count = _modules(make, stage, release[0], build_log, env, failed)
+        seconds = round(time.monotonic() - started, 1)
         shutil.copyfile(work / "arch" / "x86" / "boot" / "bzImage", stage / "bzImage")
         vmlinux = work / "vmlinux"
         has_pvh = vmlinux.is_file() and bzimage.has_pvh_note(vmlinux.read_bytes())
@@ -254,6 +259,7 @@ def _build(source: Source, fragment: str, cc: str, cache: Path, root: Path, key:
             "ccache": shutil.which("ccache") is not None, "seconds": seconds, "release": release[0],
             "config_sha256": hashlib.sha256(config.encode()).hexdigest(),
             "missing_options": missing_options(fragment_options(fragment), config), "pvh": has_pvh,
+            "modules": module_count,
         }  # fmt: skip
         (stage / BUILD_FILE).write_text(json.dumps(meta, indent=2) + "\n")
         os.replace(stage, root / key)
@@ -264,6 +270,24 @@ def _build(source: Source, fragment: str, cc: str, cache: Path, root: Path, key:
         shutil.rmtree(stage, ignore_errors=True)
         raise
     return load(root / key, label or source.spec.label)
+
+
+def has_modules(config: str) -> bool:
+    """Does the .config build anything as a module (a fragment that asks for `=m`)?"""
+    lines = config.splitlines()
+    return "CONFIG_MODULES=y" in lines and any(re.fullmatch(r"CONFIG_\w+=m", line) for line in lines)
+
+
+def _modules(make: list[str], stage: Path, release: str, log: Path, env: dict[str, str], failed: Path) -> int:
+    """Build the modules and install them, stripped and as plain .ko files, under stage/lib/modules/
+    <release>, with the modules.builtin the guest's module resolution reads; their number."""
+    _run([*make, "modules"], log, env, "make modules", failed)
+    _run([*make, f"INSTALL_MOD_PATH={stage}", "INSTALL_MOD_STRIP=1", "DEPMOD=true", "modules_install"], log, env,
+         "make modules_install", failed)  # fmt: skip
+    tree = stage / "lib" / "modules" / release
+    for link in ("build", "source"):  # into the build directory, which the next build changes
+        (tree / link).unlink(missing_ok=True)
+    return sum(1 for p in tree.rglob("*.ko*") if p.is_file())
 
 
 def _build_env(cache: Path, clone: Path, source: Source) -> dict[str, str]:
@@ -290,8 +314,10 @@ def load(folder: Path, label: str) -> kernels.Kernel:
     meta = metadata(folder)
     image = folder / "bzImage"
     vmlinux = folder / "vmlinux"
+    release = str(meta.get("release") or "unknown")
+    tree = folder / "lib" / "modules" / release
     return kernels.Kernel(
-        label, str(meta.get("release") or "unknown"), image, vmlinux if vmlinux.is_file() else None, None,
+        label, release, image, vmlinux if vmlinux.is_file() else None, tree if tree.is_dir() else None,
         hashlib.sha256(image.read_bytes()).hexdigest(), None, None, (),
         f"git:{meta.get('repo')}@{str(meta.get('commit'))[:12]}",
         folder / "config" if (folder / "config").is_file() else None,

@@ -14,9 +14,8 @@ from pathlib import Path
 
 import paramiko
 
-from harness import guest, image, modules, probe, userland
+from harness import devices, guest, image, modules, probe, userland
 from harness.cache import secret
-from harness.errors import InfraError
 from harness.image import Entry
 from harness.kernels import Kernel
 from harness.probe import Probe
@@ -34,9 +33,19 @@ class Kit:
     _bases: dict[str, tuple[Entry, ...]] = field(default_factory=dict, compare=False, repr=False)
 
     def image(self, kernel: Kernel, base: tuple[Entry, ...] | None = None) -> image.Image:
-        """The guest image for `kernel`: the base (glibc's unless given) and the kernel's NIC modules
-        (built once, then reused)."""
-        return image.build(self.base if base is None else base, guest_modules(kernel), self.secret, self.images)
+        """The guest image for `kernel`: the base (glibc's unless given), the modules of the devices
+        its guest gets, and where its data disk is (built once, then reused)."""
+        hardware = devices.choose(kernel)
+        files = [(modules.module_name(p), modules.decompress_module(p)) for p in hardware.modules]
+        disk = (hardware.disk.guest_dev, hardware.fs.name) if hardware.disk and hardware.fs else None
+        return image.build(self.base if base is None else base, files, self.secret, self.images, disk)
+
+    def disk_for(self, hardware: devices.Devices) -> Path | None:
+        """The data disk a guest with `hardware` gets: the ext4 disk, the same file on ext2 for a
+        kernel without ext4, or none when the kernel cannot read a disk."""
+        if hardware.disk is None or hardware.fs is None:
+            return None
+        return self.disk if hardware.fs.name == "ext4" else image.disk_image(self.images, hardware.fs.name)
 
     def base_of(self, name: str, mirror: Callable[[], str], log: Callable[[str], None]) -> tuple[Entry, ...]:
         """The image base with userland `name` (glibc or musl: built the first time it is asked for)."""
@@ -59,34 +68,6 @@ def assemble(cache: Path, built: Probe | None = None) -> Kit:
 
 
 def guest_modules(kernel: Kernel) -> list[tuple[str, bytes]]:
-    """The modules a kernel's guest loads (its NIC and data disk, and what they need), decompressed,
-    in load order; fewer or none when the kernel lacks them (the guest then goes without)."""
-    paths, _ = _modules(kernel)
-    return [(modules.module_name(p), modules.decompress_module(p)) for p in paths]
-
-
-def has_nic(kernel: Kernel) -> bool:
-    """Can the guest drive its virtio-net NIC: loadable from the kernel's modules, or built in?"""
-    return _modules(kernel)[1]
-
-
-def _modules(kernel: Kernel) -> tuple[list[Path], bool]:
-    if kernel.modules_dir is None:
-        # A self-built kernel has its drivers built in, or not at all: its .config tells, when known.
-        return [], _built_in(kernel.config, ("CONFIG_VIRTIO_PCI", "CONFIG_VIRTIO_NET"))
-    for wanted, nic in ((modules.GUEST_MODULES, True), (modules.DISK_MODULES, False)):
-        try:
-            return modules.resolve(wanted, kernel.modules_dir, modules.OPTIONAL_MODULES), nic
-        except InfraError:
-            continue  # without the NIC's modules, the disk's alone; without those too, nothing
-    return [], False
-
-
-def _built_in(config: Path | None, options: tuple[str, ...]) -> bool:
-    if config is None:
-        return False
-    try:
-        lines = set(config.read_text(errors="replace").splitlines())
-    except OSError:
-        return False
-    return all(f"{option}=y" in lines for option in options)
+    """The modules a kernel's guest loads (its NIC, data disk and filesystem, and what they need),
+    decompressed, in load order; fewer or none when the kernel lacks them (the guest goes without)."""
+    return [(modules.module_name(p), modules.decompress_module(p)) for p in devices.choose(kernel).modules]

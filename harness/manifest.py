@@ -92,6 +92,8 @@ class Boot:
     transport_reason: str = ""  # why: asked for by the matrix, or what `auto` saw in the kernel
     userland: str = ""  # glibc or musl (harness.userland); "" in runs made before there was a choice
     userland_reason: str = ""
+    # the guest's NIC, disk and filesystem (harness.devices) when not virtio-net, virtio-blk and ext4
+    devices: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -240,6 +242,8 @@ def _boot_json(b: Boot) -> dict[str, Any]:
         doc.update(transport=b.transport, transport_reason=b.transport_reason)
     if b.userland and b.userland != "glibc":  # glibc goes unsaid: the manifests of earlier runs stay as they were
         doc.update(userland=b.userland, userland_reason=b.userland_reason)
+    if b.devices:  # likewise virtio's devices
+        doc["devices"] = dict(b.devices)
     return doc
 
 
@@ -247,7 +251,11 @@ def _boot(d: Doc) -> Boot:
     runs = tuple(d.items("runs", lambda r: (r.text("memlock"), r.text("user"))))
     return Boot(d.text("id"), d.text("kernel"), d.integer("ram_mb"), runs, tuple(d.texts("qemu_argv")),
                 d.text("qemu_command"), d.text("transport"), d.text("transport_reason"), d.text("userland") or "glibc",
-                d.text("userland_reason"))  # fmt: skip
+                d.text("userland_reason"), d.each("devices", _devices, ()))  # fmt: skip
+
+
+def _devices(d: Doc) -> tuple[tuple[str, str], ...]:
+    return tuple((part, d.text(part)) for part in ("nic", "disk", "fs"))
 
 
 def kernels_by_spec(kernels: Sequence[Kernel]) -> dict[str, Kernel]:

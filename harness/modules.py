@@ -19,12 +19,6 @@ from elftools.elf.elffile import ELFFile
 
 from harness.errors import InfraError
 
-# The guest NIC: load the PCI transport explicitly (no udev in the guest); depends= pulls in virtio,
-# virtio_ring, virtio_pci_*_dev, failover, net_failover as each kernel needs (pitfall 2).
-NIC_MODULES = ("virtio_pci", "virtio_net")
-# The data disk: virtio-blk and ext4 (its depends= brings jbd2, mbcache, crc16).
-DISK_MODULES = ("virtio_blk", "ext4")
-GUEST_MODULES = NIC_MODULES + DISK_MODULES
 # ext4 asks the crypto API for "crc32c" when it mounts (a softdep, not a depends=, and 5.10 asks even
 # without metadata_csum); the module that provides it is named differently across kernels.
 CRC32C_PROVIDERS = ("crc32c_generic", "crc32c_cryptoapi")

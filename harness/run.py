@@ -21,6 +21,7 @@ from harness import (
     __version__,
     aptsources,
     boot,
+    devices,
     history,
     kit,
     manifest,
@@ -65,12 +66,13 @@ class Prepared:
     kernel: Kernel | None = None
     image: Image | None = None
     error: str = ""
-    nic: bool = False  # the guest can drive its NIC (`auto` then reaches it over net)
+    devices: devices.Devices | None = None  # the guest's NIC, disk and filesystem (harness.devices)
     userland: tuple[str, str] = ("", "")  # the guest's programs (harness.userland), and why
 
     def transport(self, plan: matrix.BootPlan) -> tuple[str, str]:
         """How this kernel's boot of `plan` reaches its guest, and why."""
-        return transports.choose(plan.transport, self.nic)
+        nic = self.devices.nic if self.devices else None
+        return transports.choose(plan.transport, nic.driver if nic else None)
 
 
 def select(plans: Sequence[matrix.BootPlan], options: Options) -> list[matrix.BootPlan]:
@@ -118,7 +120,7 @@ def prepare(specs: Sequence[KernelSpec], unresolved: Mapping[KernelSpec, InfraEr
             kernel = source.fetch(spec)
             way = userland.choose(libc, versions.release_version(kernel.release))
             image = guests.image(kernel, guests.base_of(way[0], mirror, log))
-            prepared[spec] = Prepared(kernel, image, nic=kit.has_nic(kernel), userland=way)
+            prepared[spec] = Prepared(kernel, image, devices=devices.choose(kernel), userland=way)
             if way[0] != userland.GLIBC:
                 log(f"kernel {spec.label}: {way[0]} userland ({way[1]})")
             log(f"kernel {spec.label}: {kernel.release} ({kernel.version or kernel.source})")
@@ -190,8 +192,9 @@ def execute(
         way, why = prep.transport(plan)
         if way != transports.PREFERRED:
             log(f"boot {plan.id}: over {way} ({why})")
-        ctx = boot.BootContext(plan, prep.kernel, prep.image, guests.disk, guests.key, accel.name, expectations,
-                               run_dir, way)  # fmt: skip
+        hw = prep.devices or devices.choose(prep.kernel)
+        ctx = boot.BootContext(plan, prep.kernel, prep.image, guests.disk_for(hw), guests.key, accel.name,
+                               expectations, run_dir, way, hw)  # fmt: skip
         boot.run_boot(ctx, result, writer.update, live)
 
     futures: dict[Future[None], str] = {}
@@ -287,4 +290,12 @@ def _boot_entry(plan: matrix.BootPlan, result: BootResult, prep: Prepared) -> ma
     argv = tuple(result.qemu_argv)
     way, why = prep.transport(plan) if prep.kernel is not None else ("", "")
     return manifest.Boot(plan.id, plan.kernel.label, plan.ram_mb, tuple((r.memlock_label, r.user) for r in plan.runs),
-                         argv, vm.command_line(list(argv)) if argv else "", way, why, *prep.userland)  # fmt: skip
+                         argv, vm.command_line(list(argv)) if argv else "", way, why, *prep.userland,
+                         _unusual(prep.devices))  # fmt: skip
+
+
+def _unusual(hardware: devices.Devices | None) -> tuple[tuple[str, str], ...]:
+    """The guest's devices for the manifest, when they are not virtio's (which go unsaid)."""
+    if hardware is None or hardware.describe() == devices.VIRTIO.describe():
+        return ()
+    return tuple(hardware.describe().items())

@@ -138,7 +138,7 @@ class VMConfig:
     ram_mb: int
     accel: str
     port: int  # net: the host port forwarded to the guest's 22 (0 until placed)
-    disk: Path | None = None  # attached read-only as virtio-blk (/dev/vda in the guest)
+    disk: Path | None = None  # the data disk, never written (/dev/vda or /dev/sda in the guest)
     # hugepages: a small reserve for the hugetlb cases, taken at boot before memory fragments.
     # cryptomgr.notests: Debian kernels self-test every crypto algorithm at boot, 1.3 s of a 5 s
     # TCG boot (initcall_debug), and nothing the probe measures depends on it.
@@ -148,6 +148,8 @@ class VMConfig:
     cmdline: str = "console=ttyS0 panic=-1 hugepages=8 cryptomgr.notests rng_core.default_quality=1000"
     transport: str = "net"  # how the harness reaches the guest's sshd (harness.transports)
     channel: Path | None = None  # serial: the Unix socket QEMU connects the guest's ttyS1 to
+    nic: str = "virtio-net-pci"  # net: the NIC model the guest's kernel drives (harness.devices)
+    disk_bus: str = "virtio"  # the data disk's drive interface: virtio, or ide for older kernels
 
     @property
     def kernel_args(self) -> str:
@@ -170,8 +172,14 @@ class VMConfig:
             "-initrd", str(self.initrd),
             "-append", self.kernel_args,
             "-device", "virtio-rng-pci",
-            *transports.get(self.transport).qemu_args(self.port, self.channel),
-        ] + (["-drive", f"file={self.disk},format=raw,if=virtio,readonly=on"] if self.disk else [])  # fmt: skip
+            *transports.get(self.transport).qemu_args(self.port, self.channel, self.nic),
+        ] + (self._drive() if self.disk else [])  # fmt: skip
+
+    def _drive(self) -> list[str]:
+        # QEMU's IDE disks cannot be read-only: snapshot=on sends the guest's writes (there are none,
+        # it mounts read-only) to a throwaway overlay, so the cached image is never written either.
+        mode = "readonly=on" if self.disk_bus == "virtio" else "snapshot=on"
+        return ["-drive", f"file={self.disk},format=raw,if={self.disk_bus},{mode}"]
 
 
 def command_line(argv: list[str]) -> str:

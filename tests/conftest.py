@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import gzip
+import lzma
 import subprocess
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import pytest
+import zstandard
 
 GUEST_TESTS = Path(__file__).resolve().parent.parent / "guest-tests"
 
@@ -50,3 +53,42 @@ def make_repo(tmp_path: Path) -> Callable[[Sequence[tuple[str, dict[str, str]]]]
         return repo
 
     return make
+
+
+# --- kernel modules: real ELF objects with a .modinfo section -------------------------------------
+
+
+@pytest.fixture(scope="session")
+def build_ko(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str, Sequence[str]], bytes]:
+    """gcc -c of a file with a .modinfo section, as a kernel module has."""
+    folder = tmp_path_factory.mktemp("ko")
+
+    def build(name: str, deps: Sequence[str]) -> bytes:
+        entries = [f"name={name}", f"depends={','.join(deps)}", "license=GPL", f"alias=pci:{name}"]
+        src = folder / f"{name}.c"
+        src.write_text(
+            "".join(
+                f'__attribute__((section(".modinfo"), used)) static const char m{i}[] = "{e}";\n'
+                for i, e in enumerate(entries)
+            )
+            + "int init_module(void) { return 0; }\n"
+        )
+        out = folder / f"{name}.o"
+        subprocess.run(["gcc", "-c", "-o", str(out), str(src)], check=True)
+        return out.read_bytes()
+
+    return build
+
+
+def write_module(path: Path, elf: bytes) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.name.endswith(".ko.gz"):
+        path.write_bytes(gzip.compress(elf, mtime=0))
+    elif path.name.endswith(".ko.xz"):
+        path.write_bytes(lzma.compress(elf))
+    elif path.name.endswith(".ko.zst"):
+        # like the zstd CLI in a pipe: no content size in the frame header
+        path.write_bytes(zstandard.ZstdCompressor(write_content_size=False).compress(elf))
+    else:
+        path.write_bytes(elf)
+    return path

@@ -18,11 +18,12 @@ import sys
 import tarfile
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 from debian.debian_support import Version
 
-from harness import archive, kernels
+from harness import archive, kernels, probe
 from harness.aptsources import mirror_from
 from harness.cache import cache_dir
 from harness.sources import debian_index
@@ -168,7 +169,7 @@ def test_a_tree_built_without_virtio_net_is_reached_over_the_serial_line(tmp_pat
     assert {c["case"]: c["outcome"] for c in boot["cases"]} == {
         "mlock_over": "pass", "map_locked_over": "pass", "limits": "pass"}  # fmt: skip
     (entry,) = json.loads((run_dir / "manifest.json").read_text())["boots"]
-    assert entry["transport_reason"] == "the kernel has no virtio-net driver the guest can load"
+    assert entry["transport_reason"] == "the kernel has no NIC driver the guest can load"
     (kernel,) = json.loads((run_dir / "manifest.json").read_text())["kernels"]
     config = Path(kernel["build"]["config_file"]).read_text()
     assert "# CONFIG_VIRTIO_NET is not set" in config and "CONFIG_SERIAL_8250=y" in config
@@ -189,3 +190,71 @@ def test_an_older_compiler_builds_the_tree_and_the_manifest_says_which(tmp_path:
     assert build["cc"] == "gcc-10" and build["compiler"].startswith("gcc-10 (Debian 10.")
     assert shutil.which("gcc-10") is not None
     print(f"\ngcc-10 build: {build['seconds']}s")
+
+
+# The tree's fragment turned into a kernel of the era before virtio and PVH: no PVH note (QEMU boots
+# it through the firmware), no virtio at all, and the hardware QEMU emulates for old kernels driven
+# by plain .ko modules (e1000; the PIIX IDE controller through libata, scsi_mod and sd_mod; ext2).
+LEGACY_OFF = ("CONFIG_PVH", "CONFIG_VIRTIO_MENU", "CONFIG_VIRTIO_PCI", "CONFIG_VIRTIO_NET", "CONFIG_VIRTIO_BLK",
+              "CONFIG_EXT4_FS")  # fmt: skip
+LEGACY_MODULES = """CONFIG_MODULES=y
+CONFIG_ETHERNET=y
+CONFIG_NET_VENDOR_INTEL=y
+CONFIG_E1000=m
+CONFIG_SCSI=m
+CONFIG_BLK_DEV_SD=m
+CONFIG_ATA=m
+CONFIG_ATA_SFF=y
+CONFIG_ATA_BMDMA=y
+CONFIG_ATA_PIIX=m
+CONFIG_EXT2_FS=m
+"""
+
+
+def test_a_kernel_without_pvh_and_virtio_runs_the_catalogue_on_emulated_hardware(tmp_path: Path) -> None:
+    """The tree's good end built twice, as the bisect builds it and as a kernel of the era before
+    virtio: the second boots through the firmware, loads its NIC, disk and filesystem as plain .ko
+    files, is reached over net through an e1000 and mounts its ext2 data disk from IDE. It runs the
+    whole catalogue under every limit and user, and every result is the first kernel's."""
+    cache = cache_dir()
+    repo = make_tree(cache)
+    text = (REPO / "images" / "kernel.config").read_text()
+    for option in LEGACY_OFF:
+        assert text.count(f"{option}=y\n") == 1, option
+        text = text.replace(f"{option}=y\n", f"# {option} is not set\n")
+    (tmp_path / "legacy.config").write_text(text + LEGACY_MODULES)
+    good = git(repo, "rev-parse", "HEAD~4")
+    spec = f"{{repo: {repo}, rev: {good}"
+    (tmp_path / "m.yaml").write_text(f"kernels:\n  - git: {spec}}}\n  - git: {spec}, config: legacy.config}}\n"
+                                     "memlock: [default, 64K, 0, unlimited]\nusers: [root, user]\n")  # fmt: skip
+    results = tmp_path / "results"
+    proc = subprocess.run(
+        [sys.executable, "-m", "harness", "run", "--matrix", str(tmp_path / "m.yaml"), "--results", str(results),
+         "--jobs", "2"],
+        capture_output=True, text=True, cwd=REPO, timeout=5400, env={**os.environ, "COLUMNS": "200"},
+    )  # fmt: skip
+    assert proc.returncode in (0, 1), proc.stdout[-4000:] + proc.stderr
+    run_dir = (results / "latest").resolve()
+    modern, legacy = json.loads((run_dir / "results.json").read_text())["boots"]
+    assert "+legacy" in legacy["boot_id"] and legacy["error"] == "" and legacy["transport"] == "net"
+    argv = " ".join(legacy["qemu_argv"])
+    assert "-device e1000,netdev=n0" in argv and "disk-ext2-v1.img,format=raw,if=ide,snapshot=on" in argv
+    assert "virtio-net" not in argv and "/bzImage" in argv  # the firmware boots the bzImage: no PVH vmlinux
+    manifest = json.loads((run_dir / "manifest.json").read_text())
+    entry = {b["id"]: b for b in manifest["boots"]}[legacy["boot_id"]]
+    assert entry["devices"] == {"nic": "e1000", "disk": "ide", "fs": "ext2"}
+    kernel = {k["spec"]: k for k in manifest["kernels"]}[entry["kernel"]]
+    assert kernel["pvh"] is False and kernel["build"]["missing_options"] == [] and kernel["build"]["modules"] >= 6
+    assert {"e1000", "scsi_mod", "libata", "ata_piix", "sd_mod", "ext2"} <= set(kernel["image"]["modules"])
+    assert {c["outcome"] for c in legacy["cases"]} <= {"pass", "not_applicable", "deviation"}
+    assert len(legacy["cases"]) == len(modern["cases"]) == 4 * 2 * len(probe.build().names)
+
+    def behaviour(boot: dict[str, Any]) -> dict[tuple[str, str, str], tuple[str, str]]:
+        return {(c["case"], c["memlock"], c["user"]): (c["outcome"], c["fingerprint"]) for c in boot["cases"]}
+
+    before, after = behaviour(modern), behaviour(legacy)
+    differ = {k: (v, after[k]) for k, v in before.items() if after[k] != v}
+    assert differ == {}
+    disk = [c for c in legacy["cases"] if c["case"].startswith("file_disk_")]
+    assert disk and "not_applicable" not in {c["outcome"] for c in disk if c["memlock"] != "0"}
+    print(f"\nlegacy build: {kernel['build']['seconds']}s, {kernel['build']['modules']} modules")

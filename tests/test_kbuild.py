@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import shutil
 import signal
@@ -27,7 +28,9 @@ def test_git_kernel_in_a_matrix(repo: Path, tmp_path: Path) -> None:
                       str(tmp_path / "m.yaml"))  # fmt: skip
     (k,) = mx.kernels
     assert k == GitKernel(repo, "HEAD~1", tmp_path / "frag.config", "defconfig")
-    assert k.label == "linux@HEAD~1" and k.origin.endswith("m.yaml:2: kernels.0")
+    assert k.label == "linux@HEAD~1+frag" and k.origin.endswith("m.yaml:2: kernels.0")
+    # The same commit with the default fragment is another kernel of the matrix, with another name.
+    assert dataclasses.replace(k, config=None).label == "linux@HEAD~1"
 
 
 @pytest.mark.parametrize(

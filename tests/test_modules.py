@@ -1,16 +1,14 @@
-import lzma
 import shutil
-import subprocess
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import pytest
-import zstandard
+from conftest import write_module
 
+from harness.devices import NICS
 from harness.errors import InfraError
 from harness.modules import (
     CRC32C_PROVIDERS,
-    NIC_MODULES,
     decompress_module,
     load_order,
     modinfo,
@@ -39,7 +37,7 @@ def test_builtin_modules_are_skipped_with_their_dependencies() -> None:
     # 6.16+: virtio_pci is built in, so only the net stack is loaded (PROTOTYPE pitfall 2)
     deps = {"virtio_net": ["net_failover"], "net_failover": ["failover"], "failover": []}
     builtin = {"virtio_pci", "virtio", "virtio_ring"}
-    assert load_order(NIC_MODULES, deps, builtin) == ["failover", "net_failover", "virtio_net"]
+    assert load_order(NICS[0].modules, deps, builtin) == ["failover", "net_failover", "virtio_net"]
 
 
 def test_dashes_and_underscores_are_the_same_module() -> None:
@@ -67,42 +65,8 @@ def test_module_name_and_parse_modinfo() -> None:
 # --- real ELF objects --------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def build_ko(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str, Sequence[str]], bytes]:
-    """gcc -c of a file with a .modinfo section, as a kernel module has."""
-    folder = tmp_path_factory.mktemp("ko")
-
-    def build(name: str, deps: Sequence[str]) -> bytes:
-        entries = [f"name={name}", f"depends={','.join(deps)}", "license=GPL", f"alias=pci:{name}"]
-        src = folder / f"{name}.c"
-        src.write_text(
-            "".join(
-                f'__attribute__((section(".modinfo"), used)) static const char m{i}[] = "{e}";\n'
-                for i, e in enumerate(entries)
-            )
-            + "int init_module(void) { return 0; }\n"
-        )
-        out = folder / f"{name}.o"
-        subprocess.run(["gcc", "-c", "-o", str(out), str(src)], check=True)
-        return out.read_bytes()
-
-    return build
-
-
-def write_module(path: Path, elf: bytes) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if path.name.endswith(".ko.xz"):
-        path.write_bytes(lzma.compress(elf))
-    elif path.name.endswith(".ko.zst"):
-        # like the zstd CLI in a pipe: no content size in the frame header
-        path.write_bytes(zstandard.ZstdCompressor(write_content_size=False).compress(elf))
-    else:
-        path.write_bytes(elf)
-    return path
-
-
 @needs_gcc
-@pytest.mark.parametrize("suffix", [".ko", ".ko.xz", ".ko.zst"])
+@pytest.mark.parametrize("suffix", [".ko", ".ko.gz", ".ko.xz", ".ko.zst"])
 def test_modinfo_reads_section_of_compressed_modules(
     tmp_path: Path, build_ko: Callable[[str, Sequence[str]], bytes], suffix: str
 ) -> None:
@@ -147,7 +111,7 @@ def test_resolve_follows_depends_in_a_tree_without_modules_dep(
         write_module(drivers / f"{name}{suffixes[i % 3]}", build_ko(name, deps))
     write_module(drivers / "unrelated.ko", build_ko("unrelated", ["missing_elsewhere"]))
     (root / "modules.builtin").write_text("kernel/drivers/block/loop.ko\n")
-    order = [module_name(p) for p in resolve(NIC_MODULES, root)]
+    order = [module_name(p) for p in resolve(NICS[0].modules, root)]
     assert order == [
         "virtio_ring",
         "virtio_pci_modern_dev",
@@ -176,7 +140,7 @@ def test_resolve_skips_builtin_transport(
     (root / "modules.builtin").write_text(
         "kernel/drivers/virtio/virtio.ko\nkernel/drivers/virtio/virtio_ring.ko\nkernel/drivers/virtio/virtio_pci.ko\n"
     )
-    assert [p.name for p in resolve(NIC_MODULES, root)] == [
+    assert [p.name for p in resolve(NICS[0].modules, root)] == [
         "failover.ko.xz",
         "net_failover.ko.xz",
         "virtio_net.ko.xz",

@@ -38,7 +38,9 @@ class GitKernel:
 
     @property
     def label(self) -> str:
-        return f"{self.repo.name}@{self.rev}" + (f"-{self.compiler}" if self.compiler != "gcc" else "")
+        # One commit built two ways (another fragment, another gcc) is two kernels of one matrix.
+        return (f"{self.repo.name}@{self.rev}" + (f"+{self.config.stem}" if self.config else "")
+                + (f"-{self.compiler}" if self.compiler != "gcc" else ""))  # fmt: skip
 
 
 class GitSource:

@@ -1,10 +1,10 @@
 """Transports: how the harness reaches the SSH server in a guest.
 
-`net` forwards a host port to the guest over a virtio-net NIC, which a Debian kernel has only as
-a module. `serial` carries the same SSH connection over the guest's second 8250 UART, which every
-x86 kernel has built in: the way in for a kernel without its NIC driver (a `path:` kernel without
-modules, a Debian build whose modules package left the index, a self-built kernel without
-virtio-net). Everything above the connection (dropbear, the pinned host key, paramiko, the probe)
+`net` forwards a host port to the guest over a NIC (virtio-net, or e1000 for older kernels), which
+a Debian kernel has only as a module. `serial` carries the same SSH connection over the guest's
+second 8250 UART, which every x86 kernel has built in: the way in for a kernel without a NIC
+driver (a `path:` kernel without modules, a Debian build whose modules package left the index, a
+self-built kernel without one). Everything above the connection (dropbear, the pinned host key, paramiko, the probe)
 is the same, so results do not depend on the transport. Each transport is one module here; this
 registry is the only place that lists them.
 """
@@ -28,10 +28,11 @@ def get(name: str) -> Transport:
     return TRANSPORTS[name]
 
 
-def choose(requested: str, has_nic: bool) -> tuple[str, str]:
-    """The transport a boot uses, and why: `auto` is net when the kernel can drive the NIC, else serial."""
+def choose(requested: str, nic: str | None) -> tuple[str, str]:
+    """The transport a boot uses, and why: `auto` is net when the kernel can drive one of the NICs
+    QEMU can give it (`nic`, harness.devices), else serial."""
     if requested != AUTO:
         return requested, "asked for by the matrix"
-    if has_nic:
-        return PREFERRED, "the kernel has its virtio-net driver"
-    return serial.TRANSPORT.name, "the kernel has no virtio-net driver the guest can load"
+    if nic is not None:
+        return PREFERRED, f"the kernel has its {nic} driver"
+    return serial.TRANSPORT.name, "the kernel has no NIC driver the guest can load"

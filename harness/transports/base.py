@@ -22,8 +22,9 @@ class Transport(Protocol):
     name: str
     kernel_arg: str  # appended to the guest's kernel command line: tells /init how to serve SSH
 
-    def qemu_args(self, port: int, channel: Path | None) -> list[str]:
-        """QEMU options for this way in; pure, so the printed command line reproduces the boot."""
+    def qemu_args(self, port: int, channel: Path | None, nic: str) -> list[str]:
+        """QEMU options for this way in (`nic`: the NIC model, for a transport that uses one); pure,
+        so the printed command line reproduces the boot."""
         ...
 
     def place(self, workdir: Path) -> tuple[int, Path | None]:

@@ -1,8 +1,9 @@
-"""`net`: a virtio-net NIC on QEMU's user-mode network, the guest's port 22 forwarded to 127.0.0.1:PORT.
+"""`net`: a NIC on QEMU's user-mode network, the guest's port 22 forwarded to 127.0.0.1:PORT.
 
-The fast way in (about 2.5 MiB/s under TCG here), for a kernel that can load or has built in
-virtio-net. `restrict=on`: the guest reaches nothing, neither the host's services nor beyond;
-the harness's own forward into the guest still works.
+The fast way in (about 2.5 MiB/s under TCG here), for a kernel that can load or has built in a
+driver for one of the NICs of `harness.devices` (virtio-net, else e1000). `restrict=on`: the
+guest reaches nothing, neither the host's services nor beyond; the harness's own forward into
+the guest still works.
 """
 
 from __future__ import annotations
@@ -31,9 +32,9 @@ class Net:
     name = "net"
     kernel_arg = ""  # /init serves SSH on eth0 unless told otherwise
 
-    def qemu_args(self, port: int, channel: Path | None) -> list[str]:
+    def qemu_args(self, port: int, channel: Path | None, nic: str) -> list[str]:
         return ["-netdev", f"user,id=n0,restrict=on,hostfwd=tcp:127.0.0.1:{port}-:22",
-                "-device", "virtio-net-pci,netdev=n0,romfile="]  # fmt: skip
+                "-device", f"{nic},netdev=n0,romfile="]  # fmt: skip
 
     def place(self, workdir: Path) -> tuple[int, Path | None]:
         return free_port(), None

@@ -38,7 +38,7 @@ class Serial:
     name = "serial"
     kernel_arg = "harness.transport=serial"
 
-    def qemu_args(self, port: int, channel: Path | None) -> list[str]:
+    def qemu_args(self, port: int, channel: Path | None, nic: str) -> list[str]:
         # The second UART: ttyS1. A VM not yet placed prints where its socket will be.
         return ["-serial", f"unix:{channel or 'ssh.sock'},server=on,wait=on"]
 
