@@ -103,7 +103,7 @@ static void run_munlock_middle(const struct ctx *c, struct record *r, const void
 	rec_int(r, "vmlck_drop_kb", v0 - v1);
 	rec_bool(r, "vmlck_drop_is_middle", v0 - v1 == (long long)(t / 1024));
 	rec_int(r, "vma_count_after_munlock", vma_count(p, size));
-	rec_bool(r, "middle_lo", smaps_lo_at(p + t));
+	rec_lo(r, "middle_lo", smaps_lo_at(p + t));
 	step_snapshot(r, c, "munlock_middle", err, p + t, t);
 
 	int err2 = mlock_noted(r, p + t, t, "middle third again");
@@ -227,7 +227,7 @@ static void run_fork(const struct ctx *c, struct record *r, const void *arg)
 	close(fds[0]);
 	if (got) {
 		rec_int(r, "child_vmlck_kb", rep.vmlck_kb);
-		rec_bool(r, "child_map_locked", rep.lo != 0);
+		rec_lo(r, "child_map_locked", rep.lo);
 		rec_int(r, "child_resident_pages", rep.resident);
 		if (fc->mcl_future) {
 			rec_errno(r, "child_result_mmap", rep.mmap_err);
@@ -242,7 +242,7 @@ static void run_fork(const struct ctx *c, struct record *r, const void *arg)
 		char *m = mmap_noted(r, size, PROT_READ | PROT_WRITE, PRIV_ANON, -1, &merr, "parent, after fork, len=%zu", size);
 		rec_errno(r, "parent_result_mmap", merr);
 		if (m) {
-			rec_bool(r, "parent_map_locked", smaps_lo_at(m));
+			rec_lo(r, "parent_map_locked", smaps_lo_at(m));
 			munmap(m, size);
 		}
 		munlockall_noted(r);

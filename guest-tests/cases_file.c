@@ -103,7 +103,7 @@ static void run_past_eof(const struct ctx *c, struct record *r, const void *arg)
 		rec_int(r, "past_eof_pages_touched", (long long)ok);
 		if (!ec->map_locked && err != 0) {
 			/* mlock(2) RETURN VALUE: "On error ... no changes are made to any locks". */
-			rec_bool(r, "locked_after_failed_mlock", smaps_lo_at(p));
+			rec_lo(r, "locked_after_failed_mlock", smaps_lo_at(p));
 			munlock_noted(r, p, size, NULL);
 		}
 		munmap_noted(r, p, size, NULL);

@@ -31,6 +31,22 @@ struct huge_case {
 	bool noreserve; /* MAP_NORESERVE */
 };
 
+/* mmap(2): "MAP_HUGETLB (since Linux 2.6.32)"; an older kernel ignores the unknown flag (private
+ * mappings ignore unknown flags) and maps small pages. A private hugetlb mapping reserves its page
+ * at mmap time, so a kernel that knows the flag shows it in HugePages_Rsvd or refuses the mapping.
+ * Asked only when the case's own mapping reserved and took nothing (a NORESERVE case, or a kernel
+ * that ignored the flag), and not noted: the case's record stays what it was. */
+static bool hugetlb_known(size_t hp)
+{
+	long long rsvd0 = meminfo_kb("HugePages_Rsvd");
+	void *p = mmap(NULL, hp, PROT_READ | PROT_WRITE, PRIV_ANON | MAP_HUGETLB, -1, 0);
+	if (p == MAP_FAILED)
+		return true;
+	long long rsvd1 = meminfo_kb("HugePages_Rsvd");
+	munmap(p, hp);
+	return rsvd1 != rsvd0;
+}
+
 static void run_huge(const struct ctx *c, struct record *r, const void *arg)
 {
 	const struct huge_case *hc = arg;
@@ -70,6 +86,8 @@ static void run_huge(const struct ctx *c, struct record *r, const void *arg)
 	rec_int(r, "hugepages_free_after", free1);
 	rec_int(r, "hugepages_free_delta", free1 - free0);
 	rec_int(r, "hugepages_rsvd_delta", rsvd1 - rsvd0);
+	if (p && free1 == free0 && rsvd1 == rsvd0 && !hugetlb_known(hp))
+		not_applicable(r, "MAP_HUGETLB not supported (before 2.6.32): the kernel mapped small pages");
 	if (p) {
 		record_mapping(r, p, size, c->page);
 		/* One byte per huge page: past the pool a NORESERVE mapping gets SIGBUS. */

@@ -189,12 +189,12 @@ static void run_dontunmap(const struct ctx *c, struct record *r, const void *arg
 		rec_int(r, "vmlck_remap_delta_kb", r->vmlck_after_kb.v - v0);
 	if (q) {
 		record_mapping(r, q, moved, c->page);
-		rec_bool(r, "old_range_lo", smaps_lo_at(p));
+		rec_lo(r, "old_range_lo", smaps_lo_at(p));
 		rec_opt(r, "old_range_resident_pages", resident_count(p, moved, c->page));
-		rec_bool(r, "new_range_lo", r->smaps.found && r->smaps.lo);
+		rec_lo(r, "new_range_lo", smaps_lo_of(&r->smaps));
 		if (dc->kind == DU_PARTIAL) {
 			/* The half that was not moved: still locked? Still charged? */
-			rec_bool(r, "unmoved_range_lo", smaps_lo_at(p + moved));
+			rec_lo(r, "unmoved_range_lo", smaps_lo_at(p + moved));
 			rec_opt(r, "unmoved_range_resident_pages", resident_count(p + moved, size - moved, c->page));
 		}
 		step_snapshot(r, c, "mremap_dontunmap_new", err, q, moved);

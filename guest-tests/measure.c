@@ -63,11 +63,11 @@ void record_mapping(struct record *r, const void *addr, size_t len, size_t page)
 
 void record_smaps(struct record *r, const void *addr) { smaps_at(addr, &r->smaps); }
 
-bool smaps_lo_at(const void *addr)
+int smaps_lo_at(const void *addr)
 {
 	struct smaps_info si;
 	smaps_at(addr, &si);
-	return si.found && si.lo;
+	return smaps_lo_of(&si);
 }
 
 opt_t smaps_locked_kb_at(const void *addr)

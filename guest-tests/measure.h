@@ -18,9 +18,9 @@ struct faults faults_now(void);
 opt_t resident_count(const void *addr, size_t len, size_t page);
 /* Fill the record's smaps_* fields from the entry containing addr. */
 void record_smaps(struct record *r, const void *addr);
-/* One value of the smaps entry containing addr: `lo` in VmFlags (false when there is no entry);
- * Locked in kB (none when there is no entry). */
-bool smaps_lo_at(const void *addr);
+/* One value of the smaps entry containing addr: `lo` as smaps_lo_of() says; Locked in kB (none
+ * when there is no entry). */
+int smaps_lo_at(const void *addr);
 opt_t smaps_locked_kb_at(const void *addr);
 
 /* The key call: begin reads VmLck, the meminfo baseline and rusage; end sets result, minflt_call,

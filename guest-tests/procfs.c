@@ -127,9 +127,14 @@ void smaps_at(const void *addr, struct smaps_info *out)
 	memset(out, 0, sizeof(*out));
 	if (read_file("/proc/self/smaps", procbuf, sizeof(procbuf)) < 0)
 		return;
-	uintptr_t a = (uintptr_t)addr;
+	smaps_parse(procbuf, (uintptr_t)addr, out);
+}
+
+void smaps_parse(char *text, uintptr_t a, struct smaps_info *out)
+{
+	memset(out, 0, sizeof(*out));
 	bool inside = false;
-	for (char *line = procbuf; line && *line;) {
+	for (char *line = text; line && *line;) {
 		char *nl = strchr(line, '\n');
 		if (nl)
 			*nl = '\0';
@@ -151,6 +156,7 @@ void smaps_at(const void *addr, struct smaps_info *out)
 			else if ((v = find_field(line, "Locked")))
 				out->locked_kb = strtoll(v, NULL, 10);
 			else if ((v = find_field(line, "VmFlags"))) {
+				out->flags = true;
 				while (*v == ' ' || *v == '\t')
 					v++;
 				snprintf(out->vmflags, sizeof(out->vmflags), "%s", v);
@@ -165,6 +171,13 @@ void smaps_at(const void *addr, struct smaps_info *out)
 		}
 		line = nl ? nl + 1 : NULL;
 	}
+}
+
+int smaps_lo_of(const struct smaps_info *si)
+{
+	if (!si->found)
+		return 0;
+	return si->flags ? si->lo : LO_UNKNOWN;
 }
 
 /* /proc/meminfo Mlocked and Unevictable are per-CPU batched (MAP_LOCKED.md: approximate). As root,

@@ -8,6 +8,7 @@
 #define _GNU_SOURCE
 #include <stdbool.h>
 #include <stddef.h>
+#include <stdint.h>
 #include <sys/types.h>
 
 /* ---- names ------------------------------------------------------------------------------ */
@@ -30,10 +31,16 @@ struct smaps_info {
 	bool found;
 	long long size_kb, rss_kb, locked_kb;
 	bool lo, lf;
+	bool flags; /* a VmFlags line was there (Linux 3.8 on): without it lo and lf are unknown */
 	char vmflags[160];
 };
 
 void smaps_at(const void *addr, struct smaps_info *out);
+/* The same from smaps text (modified: lines are cut in place). */
+void smaps_parse(char *text, uintptr_t addr, struct smaps_info *out);
+/* `lo` of the entry: 1 or 0 (0 when there is no entry), LO_UNKNOWN when the entry has no VmFlags. */
+#define LO_UNKNOWN (-1)
+int smaps_lo_of(const struct smaps_info *si);
 /* Mlocked and Unevictable of /proc/meminfo in kB, -1 when absent. Writes /proc/sys/vm/stat_refresh
  * first (procfs.c says why). */
 void meminfo_locked(long long *mlocked, long long *unevict);

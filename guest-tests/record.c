@@ -90,6 +90,20 @@ void rec_bool(struct record *r, const char *key, bool v)
 		f->i = v;
 }
 
+/* Why some fields are null: the verdict does not hold their absence against the kernel. */
+static const char NO_VMFLAGS[] = "/proc/PID/smaps has no VmFlags before Linux 3.8: whether a range is locked "
+				 "(lo) is unknown";
+
+void rec_lo(struct record *r, const char *key, int lo)
+{
+	if (lo == LO_UNKNOWN) {
+		new_field(r->extra, &r->nextra, MAX_EXTRA, key, F_NULL);
+		r->unknown = NO_VMFLAGS;
+	} else {
+		rec_bool(r, key, lo != 0);
+	}
+}
+
 void rec_str(struct record *r, const char *key, const char *v)
 {
 	struct field *f = new_field(r->extra, &r->nextra, MAX_EXTRA, key, v ? F_STR : F_NULL);
@@ -159,8 +173,10 @@ struct step *step_snapshot(struct record *r, const struct ctx *c, const char *na
 		if (si.found) {
 			step_int(s, "smaps_locked_kb", si.locked_kb);
 			step_int(s, "smaps_rss_kb", si.rss_kb);
-			step_bool(s, "lo", si.lo);
-			step_bool(s, "lf", si.lf);
+			if (si.flags) {
+				step_bool(s, "lo", si.lo);
+				step_bool(s, "lf", si.lf);
+			}
 		}
 	}
 	return s;
@@ -216,6 +232,8 @@ void emit_record(struct json *j, const char *name, const struct ctx *c, const st
 
 	j_kbool(j, "applicable", r->applicable);
 	j_kstr(j, "reason", r->applicable ? NULL : r->reason);
+	if (r->unknown || (r->smaps.found && !r->smaps.flags))
+		j_kstr(j, "unknown", r->unknown ? r->unknown : NO_VMFLAGS);
 	j_kopt(j, "size", r->size);
 	j_kstr(j, "result", !r->result_set ? NULL : r->result == 0 ? "ok" : errno_name(r->result, nb, sizeof(nb)));
 
@@ -247,14 +265,14 @@ void emit_record(struct json *j, const char *name, const struct ctx *c, const st
 	j_kopt(j, "smaps_locked_kb", s->found ? some(s->locked_kb) : none);
 	j_kopt(j, "smaps_rss_kb", s->found ? some(s->rss_kb) : none);
 	j_kopt(j, "smaps_size_kb", s->found ? some(s->size_kb) : none);
-	if (s->found) {
+	if (s->found && s->flags) {
 		j_kbool(j, "smaps_lo", s->lo);
 		j_kbool(j, "smaps_lf", s->lf);
 	} else {
 		j_knull(j, "smaps_lo");
 		j_knull(j, "smaps_lf");
 	}
-	j_kstr(j, "smaps_vmflags", s->found ? s->vmflags : NULL);
+	j_kstr(j, "smaps_vmflags", s->found && s->flags ? s->vmflags : NULL);
 
 	j_key(j, "signals");
 	j_open(j, '[');

@@ -104,6 +104,7 @@ struct step {
 struct record {
 	bool applicable;
 	char reason[160];
+	const char *unknown; /* why some observed fields are null on this kernel; NULL: none is */
 	opt_t size;
 	bool result_set;
 	int result; /* errno of the key call, 0 = "ok" */
@@ -143,6 +144,8 @@ void emit_context(struct json *j, const struct ctx *c);
 void rec_int(struct record *r, const char *key, long long v);
 void rec_opt(struct record *r, const char *key, opt_t v);
 void rec_bool(struct record *r, const char *key, bool v);
+/* A smaps `lo` (smaps_lo_at): true, false, or null with the record's `unknown` reason. */
+void rec_lo(struct record *r, const char *key, int lo);
 void rec_str(struct record *r, const char *key, const char *v);
 void rec_errno(struct record *r, const char *key, int err); /* "ok" or the errno name */
 void rec_signal(struct record *r, const char *key, int sig); /* the signal name, null for 0 */

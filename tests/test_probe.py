@@ -5,12 +5,16 @@ from __future__ import annotations
 
 import json
 import random
+import subprocess
+from pathlib import Path
 
 import pytest
 
 from harness import probe
 from harness.probe import Malformed
 from harness.streams import Line
+
+GUEST_TESTS = Path(__file__).resolve().parent.parent / "guest-tests"
 
 GOOD = {"kind": "case", "case": "mlock_over", "status": "ok", "duration_ms": 5, "result": "ENOMEM",
         "calls": [{"call": "mlock", "args": "len=69632", "ret": -1, "errno": "ENOMEM"}], "kernel_log": [],
@@ -84,3 +88,38 @@ def test_random_bytes_never_raise() -> None:
             data = b'{"kind":"case","case":"a",' + data + b"}"
         got = probe.parse(Line(data.replace(b"\n", b" "), complete=rng.random() < 0.9))
         assert got is None or isinstance(got, Malformed | dict)
+
+
+SMAPS = """7f0000000000-7f0000004000 rw-p 00000000 00:00 0
+Size:                 16 kB
+Rss:                  16 kB
+Locked:               16 kB
+{flags}7f0000004000-7f0000008000 rw-p 00000000 00:00 0
+Size:                 16 kB
+Locked:                0 kB
+"""
+
+
+@pytest.mark.parametrize(("flags", "lo"), [("VmFlags: rd wr mr mw me lo ac \n", 1), ("VmFlags: rd wr mr mw me ac\n", 0),
+                                           ("", -1)])  # fmt: skip
+def test_smaps_without_vmflags_leaves_lo_unknown(tmp_path: Path, flags: str, lo: int) -> None:
+    """The probe's own smaps parser (guest-tests/procfs.c) on the text of a kernel with VmFlags
+    (3.8 on) and of one without: `lo` is 1, 0, or unknown (-1), never false for want of the line."""
+    driver = tmp_path / "smaps.c"
+    driver.write_text(
+        '#include "procfs.h"\n#include <stdio.h>\n#include <stdlib.h>\n'
+        "int main(int argc, char **argv) {\n"
+        "    static char text[8192];\n    text[fread(text, 1, sizeof(text) - 1, stdin)] = 0;\n"
+        "    struct smaps_info si;\n    smaps_parse(text, strtoull(argv[argc - 1], NULL, 16), &si);\n"
+        '    printf("%d %d %d %lld\\n", si.found, si.flags, smaps_lo_of(&si), si.locked_kb);\n    return 0;\n}\n'
+    )
+    exe = tmp_path / "smaps"
+    subprocess.run(["gcc", "-Wall", "-Werror", "-I", str(GUEST_TESTS), "-o", str(exe), str(driver),
+                    str(GUEST_TESTS / "procfs.c")], check=True)  # fmt: skip
+
+    def parse(addr: str) -> str:
+        return subprocess.run([str(exe), addr], input=SMAPS.format(flags=flags), capture_output=True, text=True,
+                              check=True).stdout.strip()  # fmt: skip
+
+    assert parse("7f0000001000") == f"1 {int(bool(flags))} {lo} 16"
+    assert parse("7f0000009000") == "0 0 0 0"  # no entry: not locked, as before

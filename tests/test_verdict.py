@@ -373,3 +373,18 @@ def test_an_overlapping_mlock_was_charged_twice_until_4_9(expectations: Expectat
                     size=65536, vmlck_relock_delta_kb=0, single_munlock_unlocks=True)
     assert verdict.judge(before, RunContext((4, 4, 178), True), expectations).outcome is Outcome.PASS
     assert verdict.judge(before, RunContext((4, 9, 0), True), expectations).outcome is Outcome.DEVIATION
+
+
+def test_a_field_the_kernel_cannot_show_is_unknown_not_a_deviation(expectations: Expectations) -> None:
+    """Before 3.8 smaps has no VmFlags: the probe records `lo` as null with its reason. The rest of
+    the rule is judged as usual; the unknown field is named, never taken for false."""
+    why = "/proc/PID/smaps has no VmFlags before Linux 3.8: whether a range is locked (lo) is unknown"
+    fits = record("mlockall_under", smaps_lo=None, unknown=why)
+    v = verdict.judge(fits, K61, expectations)
+    assert v.outcome is Outcome.PASS and "smaps_lo" not in v.expected
+    assert v.message.endswith(f"; unknown: smaps_lo ({why})")
+    wrong = verdict.judge({**fits, "result": "ENOMEM"}, K61, expectations)
+    assert wrong.outcome is Outcome.DEVIATION and "result: expected 'ok'" in wrong.message
+    assert "unknown: smaps_lo" in wrong.message
+    # Without the probe's reason a null is what it was before: an observation that differs.
+    assert verdict.judge(record("mlockall_under", smaps_lo=None), K61, expectations).outcome is Outcome.DEVIATION
