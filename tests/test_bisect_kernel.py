@@ -195,8 +195,9 @@ def test_an_older_compiler_builds_the_tree_and_the_manifest_says_which(tmp_path:
 # The tree's fragment turned into a kernel of the era before virtio and PVH: no PVH note (QEMU boots
 # it through the firmware), no virtio at all, and the hardware QEMU emulates for old kernels driven
 # by plain .ko modules (e1000; the PIIX IDE controller through libata, scsi_mod and sd_mod; ext2).
+# No devtmpfs either (2.6.32 brought it): /init makes the device nodes with busybox's mdev.
 LEGACY_OFF = ("CONFIG_PVH", "CONFIG_VIRTIO_MENU", "CONFIG_VIRTIO_PCI", "CONFIG_VIRTIO_NET", "CONFIG_VIRTIO_BLK",
-              "CONFIG_EXT4_FS")  # fmt: skip
+              "CONFIG_EXT4_FS", "CONFIG_DEVTMPFS")  # fmt: skip
 LEGACY_MODULES = """CONFIG_MODULES=y
 CONFIG_ETHERNET=y
 CONFIG_NET_VENDOR_INTEL=y
@@ -213,9 +214,10 @@ CONFIG_EXT2_FS=m
 
 def test_a_kernel_without_pvh_and_virtio_runs_the_catalogue_on_emulated_hardware(tmp_path: Path) -> None:
     """The tree's good end built twice, as the bisect builds it and as a kernel of the era before
-    virtio: the second boots through the firmware, loads its NIC, disk and filesystem as plain .ko
-    files, is reached over net through an e1000 and mounts its ext2 data disk from IDE. It runs the
-    whole catalogue under every limit and user, and every result is the first kernel's."""
+    virtio: the second boots through the firmware, has no devtmpfs, loads its NIC, disk and
+    filesystem as plain .ko files, is reached over net through an e1000 and mounts its ext2 data
+    disk from IDE. It runs the whole catalogue under every limit and user, and every result is the
+    first kernel's."""
     cache = cache_dir()
     repo = make_tree(cache)
     text = (REPO / "images" / "kernel.config").read_text()
@@ -245,6 +247,7 @@ def test_a_kernel_without_pvh_and_virtio_runs_the_catalogue_on_emulated_hardware
     assert entry["devices"] == {"nic": "e1000", "disk": "ide", "fs": "ext2"}
     kernel = {k["spec"]: k for k in manifest["kernels"]}[entry["kernel"]]
     assert kernel["pvh"] is False and kernel["build"]["missing_options"] == [] and kernel["build"]["modules"] >= 6
+    assert "# CONFIG_DEVTMPFS is not set" in Path(kernel["build"]["config_file"]).read_text()
     assert {"e1000", "scsi_mod", "libata", "ata_piix", "sd_mod", "ext2"} <= set(kernel["image"]["modules"])
     assert {c["outcome"] for c in legacy["cases"]} <= {"pass", "not_applicable", "deviation"}
     assert len(legacy["cases"]) == len(modern["cases"]) == 4 * 2 * len(probe.build().names)
