@@ -35,6 +35,7 @@ class Rule:
 class Expectations:
     cases: Mapping[str, tuple[Rule, ...]]
     invariants: tuple[Rule, ...]
+    unjudged: tuple[Rule, ...] = ()  # runs no rule speaks for (an era before the rules' sources)
 
 
 @dataclass(frozen=True)
@@ -82,9 +83,13 @@ def load(path: Path = EXPECTATIONS) -> Expectations:
             out.append(Rule(r.get("when", {}), r["expect"], str(r["cite"]).strip(), r.get("allow_oom") is True))
         return tuple(out)
 
+    unjudged = data.get("unjudged", [])
+    if not isinstance(unjudged, list) or not all(isinstance(u, dict) and u.get("when") for u in unjudged):
+        raise UserError(f"{path}: unjudged: expected a list of rules with 'when' and 'cite'")
     return Expectations(
         {name: rules(f"cases.{name}", r) for name, r in data["cases"].items()},
         rules("invariants", data.get("invariants", [])),
+        rules("unjudged", [{"expect": {}, **u} for u in unjudged]),
     )
 
 
@@ -166,6 +171,9 @@ def judge(obs: Mapping[str, Any], ctx: RunContext, expectations: Expectations) -
         return Verdict(Outcome.INFRA_ERROR, f"probe child {status}: {obs.get('error', 'no record')}", {}, "")
     if obs.get("applicable") is False:
         return Verdict(Outcome.NOT_APPLICABLE, str(obs.get("reason", "not applicable here")), {}, "")
+    era = next((u for u in expectations.unjudged if _matches(u, obs, ctx)), None)
+    if era is not None:  # recorded and fingerprinted as ever; judged by no rule written for later kernels
+        return Verdict(Outcome.NOT_APPLICABLE, "no expectations for this kernel's era", {}, era.cite)
 
     seen = derived(obs)
     rule = _rule(obs, ctx, expectations)

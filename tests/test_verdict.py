@@ -388,3 +388,16 @@ def test_a_field_the_kernel_cannot_show_is_unknown_not_a_deviation(expectations:
     assert "unknown: smaps_lo" in wrong.message
     # Without the probe's reason a null is what it was before: an observation that differs.
     assert verdict.judge(record("mlockall_under", smaps_lo=None), K61, expectations).outcome is Outcome.DEVIATION
+
+
+def test_a_kernel_before_2_6_9_is_recorded_but_judged_by_no_rule(expectations: Expectations) -> None:
+    """Before 2.6.9 only a privileged process could lock memory, and the limit bound it (mlock(2)
+    "Limits and permissions"): every rule is of a later era. Such a run's cases are not applicable
+    with that citation, and their fingerprints are still what the record says."""
+    k268 = RunContext(kernel_version=(2, 6, 8), memlock_requested=True)
+    v = verdict.judge(record(result="EPERM", vmlck_after_kb=0), k268, expectations)
+    assert v.outcome is Outcome.NOT_APPLICABLE and v.message == "no expectations for this kernel's era"
+    assert "In Linux 2.6.8 and earlier" in v.citation
+    assert '"result":"EPERM"' in verdict.fingerprint(record(result="EPERM"), expectations)
+    k2618 = RunContext(kernel_version=(2, 6, 18), memlock_requested=True)
+    assert verdict.judge(record(), k2618, expectations).outcome is Outcome.PASS
