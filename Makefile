@@ -2,7 +2,7 @@
 SHELL := /bin/bash
 APT_PACKAGES := qemu-system-x86 busybox-static dropbear-bin cpio gcc libc6-dev make gpgv \
                 debian-archive-keyring xz-utils zstd e2fsprogs python3 python3-venv \
-                git flex bison bc libelf-dev ccache musl-tools dpkg-dev
+                git flex bison bc libelf-dev ccache musl-tools dpkg-dev libcap-dev
 # Only the tests need a browser (report.html is checked in headless chromium) and gpg (they sign
 # simulated archives with throwaway keys).
 TEST_APT_PACKAGES := chromium gnupg

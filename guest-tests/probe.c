@@ -357,6 +357,7 @@ static void usage(FILE *out)
 	fprintf(out,
 		"usage: probe --list\n"
 		"       probe run [--memlock default|SOFT:HARD] [--user NAME] [--timeout SECONDS] CASE...\n"
+		"       probe exec [--memlock default|SOFT:HARD] [--user NAME] -- PROGRAM [ARG...]\n"
 		"SOFT and HARD are decimal bytes or 'unlimited'; CASE may be 'all'.\n");
 }
 
@@ -553,6 +554,40 @@ static int cmd_run(int argc, char **argv)
 	return 0;
 }
 
+/* `exec`: another suite's program (a kernel selftest) under the same limit and user as the cases,
+ * in this process, so the caller's timeout and exit status are the program's own. */
+static int cmd_exec(int argc, char **argv)
+{
+	const char *memlock = "default", *user = NULL;
+	int i = 0;
+	for (; i < argc && strcmp(argv[i], "--") != 0; i += 2) {
+		if (i + 1 >= argc)
+			bad_usage("%s needs a value", argv[i]);
+		if (strcmp(argv[i], "--memlock") == 0)
+			memlock = argv[i + 1];
+		else if (strcmp(argv[i], "--user") == 0)
+			user = argv[i + 1];
+		else
+			bad_usage("unknown option %s", argv[i]);
+	}
+	if (i + 1 >= argc)
+		bad_usage("exec: give -- PROGRAM");
+	struct rlimit rl;
+	if (strcmp(memlock, "default") != 0) {
+		if (!parse_memlock(memlock, &rl))
+			bad_usage("--memlock: '%s' is not default or SOFT:HARD (bytes or unlimited, SOFT <= HARD)", memlock);
+		if (setrlimit(RLIMIT_MEMLOCK, &rl) != 0) {
+			fprintf(stderr, "probe: setrlimit(RLIMIT_MEMLOCK, %s): %s\n", memlock, strerror(errno));
+			exit(EXIT_SETUP);
+		}
+	}
+	if (user)
+		drop_to_user(user);
+	execv(argv[i + 1], argv + i + 1);
+	fprintf(stderr, "probe: exec %s: %s\n", argv[i + 1], strerror(errno));
+	exit(EXIT_SETUP);
+}
+
 int main(int argc, char **argv)
 {
 	if (argc >= 2 && (strcmp(argv[1], "--help") == 0 || strcmp(argv[1], "-h") == 0)) {
@@ -566,6 +601,8 @@ int main(int argc, char **argv)
 	}
 	if (argc >= 2 && strcmp(argv[1], "run") == 0)
 		return cmd_run(argc - 2, argv + 2);
+	if (argc >= 2 && strcmp(argv[1], "exec") == 0)
+		return cmd_exec(argc - 2, argv + 2);
 	if (argc < 2)
 		bad_usage("no command given");
 	bad_usage("unknown command '%s'", argv[1]);

@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import contextlib
 import enum
+import re
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,13 +22,14 @@ from typing import Any, Protocol
 
 import paramiko
 
-from harness import devices, guest, probe, verdict, versions, vm
+from harness import devices, guest, probe, suites, verdict, versions, vm
 from harness.errors import InfraError
 from harness.image import Image
 from harness.kernels import Kernel
 from harness.matrix import BootPlan, RunPlan
 from harness.results import BootResult, CaseResult, Outcome
 from harness.streams import Line
+from harness.suites import Built, Run
 
 MAX_REBOOTS = 3  # guests lost in one boot plan before its remaining cases are given up
 INFRA_RETRIES = 2  # boots that fail for the machinery's sake (not a kernel panic) are tried again
@@ -49,6 +51,7 @@ class BootContext:
     run_dir: Path  # the serial log goes to serial/<boot id>.log in it
     transport: str = "net"  # how the harness reaches the guest (harness.transports), decided for `auto`
     devices: devices.Devices = devices.VIRTIO  # the guest's NIC and disk, as its kernel can drive them
+    suites: Mapping[str, Built | str] = field(default_factory=dict)  # built for this kernel, or why not
 
     @property
     def serial_log(self) -> Path:
@@ -254,7 +257,14 @@ def _guest(ctx: BootContext, config: vm.VMConfig, result: BootResult, publish: P
             for run_plan, cases in pending_runs(result, ctx.plan):
                 if live.cancelled.is_set():
                     raise Cancelled()
-                _probe_run(ctx, session, machine, run_plan, cases, result, publish)
+                probe_cases = [c for c in cases if suites.split(c) is None]
+                if probe_cases:
+                    _probe_run(ctx, session, machine, run_plan, probe_cases, result, publish)
+                for case in cases:
+                    if case not in probe_cases:
+                        if live.cancelled.is_set():
+                            raise Cancelled()
+                        _suite_run(ctx, session, machine, run_plan, case, result, publish)
                 publish(result, True)
             result.timings["probe"] = round(time.monotonic() - machine.started, 3)
 
@@ -337,6 +347,58 @@ def _probe_run(ctx: BootContext, session: Session, machine: Machine, run_plan: R
         detail = answer.stderr.strip().splitlines()
         why = f": {detail[-1][:300]}" if detail else " without a record for this case"
         fill(result, [run_plan], Outcome.INFRA_ERROR, f"probe exited {answer.exit_code}{why}")
+
+
+# Around a suite's program: OOM kills the kernel logs during it, and how it ended ($?, 128+N for a
+# signal), on the last line; `cd /tmp`: a program that writes files writes them on tmpfs.
+_SUITE_SHELL = ('b=$(dmesg | grep -c "Killed process"); cd /tmp && "$@"; s=$?; '
+                'a=$(dmesg | grep -c "Killed process"); echo; echo "harness-exit $s $((a - b))"')  # fmt: skip
+_MARKER = re.compile(r"harness-exit (\d+) (-?\d+)")
+
+
+def _suite_run(ctx: BootContext, session: Session, machine: Machine, run_plan: RunPlan, case: str,
+               result: BootResult, publish: Publish) -> None:  # fmt: skip
+    """One program of a guest suite under the run's limit and user (the probe's `exec`), killed at the
+    suite's timeout; its result and its subtests' are recorded as they come."""
+    name, program = suites.split(case) or ("", "")
+    built = ctx.suites.get(name, f"suite {name} was not built for this kernel")
+
+    def record(outcome: Outcome, message: str, obs: dict[str, Any] | None = None, fingerprint: str = "",
+               seconds: float = 0.0, what: str = case) -> None:  # fmt: skip
+        result.cases.append(CaseResult(ctx.plan.id, what, run_plan.memlock_label, run_plan.user, outcome, message,
+                                       obs, duration_s=seconds, fingerprint=fingerprint))  # fmt: skip
+
+    if isinstance(built, str) or program not in built.programs:
+        why = built if isinstance(built, str) else built.missing.get(program, "not built")
+        record(Outcome.NOT_APPLICABLE if not isinstance(built, str) else Outcome.INFRA_ERROR, why)
+        publish(result, False)
+        return
+    if why := suites.get(name).applies(program, run_plan.user):
+        record(Outcome.NOT_APPLICABLE, why)
+        publish(result, False)
+        return
+    limit = ctx.plan.timeouts.case * suites.TIMEOUT_CASES
+    argv = ["sh", "-c", _SUITE_SHELL, "sh", "timeout", "-s", "KILL", f"{limit:g}", probe.IN_GUEST, "exec",
+            "--memlock", probe.memlock_arg(run_plan.memlock), "--user", run_plan.user, "--",
+            f"/{suites.GUEST_DIR}/{name}/{program}"]  # fmt: skip
+    started = time.monotonic()
+    try:
+        answer = session.run(argv, limit + 30)
+    except (guest.SSHFailure, guest.CommandTimeout) as e:
+        lost = _why_lost(e, machine)
+        record(lost.outcome, lost.message)
+        raise lost from e
+    seconds = time.monotonic() - started
+    lines = answer.stdout.rstrip("\n").split("\n")
+    marker = _MARKER.fullmatch(lines[-1].strip()) if lines else None
+    status, kills = (int(marker.group(1)), int(marker.group(2))) if marker else (None, 0)
+    output = "\n".join(lines[:-1] if marker else lines)
+    timed_out = status == 128 + 9 and kills <= 0 and seconds >= limit - 1
+    run = Run(output, status, max(kills, 0), seconds, timed_out, answer.stderr[-4000:])
+    for j in suites.get(name).judge(program, run):
+        obs = {**j.observation, "source": built.provenance} if j.case == case else j.observation
+        record(j.outcome, j.message, obs, j.fingerprint, seconds if j.case == case else 0.0, j.case)
+    publish(result, False)
 
 
 def _why_lost(error: guest.SSHFailure | guest.CommandTimeout, machine: Machine) -> GuestLost:

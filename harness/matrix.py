@@ -12,7 +12,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from harness import sources, transports, userland, yamlfile
+from harness import sources, suites, transports, userland, yamlfile
 from harness.files import read_text
 from harness.sources import KernelSpec
 from harness.yamlfile import FieldError, KeyPath, Where
@@ -57,6 +57,7 @@ class Matrix:
     timeouts: Timeouts = field(default_factory=Timeouts)
     transports: tuple[str, ...] = (transports.AUTO,)  # how the harness reaches each guest (harness.transports)
     userland: str = userland.AUTO  # the guest's programs: glibc, musl, or by kernel (harness.userland)
+    suites: tuple[str, ...] = (suites.PROBE,)  # what runs in each guest (harness.suites); the probe alone
 
 
 @dataclass(frozen=True)
@@ -118,7 +119,7 @@ def format_size(n: int | None) -> str:
 # --- loading -----------------------------------------------------------------------------------
 
 
-_TOP_KEYS = {"kernels", "ram", "memlock", "users", "cases", "timeouts", "transport", "userland"}
+_TOP_KEYS = {"kernels", "ram", "memlock", "users", "cases", "timeouts", "transport", "userland", "suites"}
 
 
 def load(path: Path) -> Matrix:
@@ -169,7 +170,13 @@ def from_data(data: object, where: Where) -> Matrix:
     libc = data.get("userland", userland.AUTO)
     if libc not in userland.NAMES:
         raise where.error(("userland",), f"{libc!r}: give one of {', '.join(userland.NAMES)}")
-    return Matrix(where.source, kernels, ram, memlocks, users, cases, timeouts, ways, libc)
+    names = _list(where, data, "suites", [suites.PROBE])
+    for i, name in enumerate(names):
+        if name not in suites.NAMES:
+            raise where.error(("suites", i), f"{name!r}: give one of {', '.join(suites.NAMES)}")
+    if len(set(names)) != len(names) or not names:
+        raise where.error(("suites",), "list each suite once, at least one")
+    return Matrix(where.source, kernels, ram, memlocks, users, cases, timeouts, ways, libc, tuple(names))
 
 
 def _list(where: Where, data: dict[str, Any], key: str, default: list[Any] | None = None) -> list[Any]:
@@ -241,7 +248,7 @@ def _cases(where: Where, value: object) -> tuple[str, ...] | None:
         return None
     names = [value] if isinstance(value, str) else value
     if not isinstance(names, list) or not names or not all(isinstance(n, str) for n in names):
-        raise where.error(("cases",), "give 'all' or a list of probe case names")
+        raise where.error(("cases",), "give 'all' or a list of case names (the probe's, or SUITE:PROGRAM)")
     return tuple(names)
 
 
@@ -269,12 +276,16 @@ def _timeouts(where: Where, value: object) -> Timeouts:
 
 def expand(matrix: Matrix, catalogue: Sequence[str]) -> list[BootPlan]:
     """Boots in matrix order: one per (kernel, RAM, transport); each runs every (limit, user) with all cases."""
+    # A suite's programs are cases named SUITE:PROGRAM; naming one in `cases` runs its suite.
+    programs = {n: tuple(suites.case_name(n, p) for p in suites.get(n).programs) for n in suites.SUITES}
     if matrix.cases is None:
-        cases = tuple(catalogue)
+        cases = tuple(c for n in matrix.suites for c in (catalogue if n == suites.PROBE else programs[n]))
     else:
-        unknown = [c for c in matrix.cases if c not in catalogue]
+        known = {*catalogue, *(c for group in programs.values() for c in group)}
+        unknown = [c for c in matrix.cases if c not in known]
         if unknown:
-            reason = f"unknown case {unknown[0]!r}; `harness cases` lists the {len(catalogue)} the probe has"
+            reason = (f"unknown case {unknown[0]!r}; `harness cases` lists the {len(catalogue)} the probe has, "
+                      f"and a suite's are SUITE:PROGRAM ({', '.join(programs[n][0] for n in programs)}...)")
             raise FieldError(f"{matrix.source}: cases", ("cases",), reason)
         cases = matrix.cases
     runs = tuple(RunPlan(m, u, cases) for m in matrix.memlocks for u in matrix.users)

@@ -29,15 +29,17 @@ from harness import (
     probe,
     rundir,
     sources,
+    suites,
     transports,
     userland,
     verdict,
     versions,
     vm,
 )
+from harness import image as image_mod
 from harness.boot import Cancelled, Live
 from harness.errors import InfraError, UserError
-from harness.image import Image
+from harness.image import Entry, Image
 from harness.kernels import Kernel
 from harness.results import BootResult, Outcome
 from harness.sources import KernelSpec
@@ -68,6 +70,7 @@ class Prepared:
     error: str = ""
     devices: devices.Devices | None = None  # the guest's NIC, disk and filesystem (harness.devices)
     userland: tuple[str, str] = ("", "")  # the guest's programs (harness.userland), and why
+    suites: Mapping[str, suites.Built | str] = dataclasses.field(default_factory=dict)  # built, or why not
 
     def transport(self, plan: matrix.BootPlan) -> tuple[str, str]:
         """How this kernel's boot of `plan` reaches its guest, and why."""
@@ -109,8 +112,9 @@ def check_memory(mx: matrix.Matrix, meminfo: Path = Path("/proc/meminfo")) -> No
 
 def prepare(specs: Sequence[KernelSpec], unresolved: Mapping[KernelSpec, InfraError], source: sources.Kernels,
             guests: kit.Kit, log: Callable[[str], None],
-            libc: str = userland.AUTO) -> dict[KernelSpec, Prepared]:  # fmt: skip
-    """Fetch every kernel and build its image; a kernel that cannot be had fails only its own boots."""
+            libc: str = userland.AUTO, wanted: Sequence[str] = ()) -> dict[KernelSpec, Prepared]:  # fmt: skip
+    """Fetch every kernel, build the guest suites `wanted` for it and its image; a kernel that cannot
+    be had fails only its own boots, a suite that cannot be built only its own cases."""
     prepared: dict[KernelSpec, Prepared] = {}
     mirror = functools.partial(aptsources.mirror_from, source.ctx.mirror, os.environ)
     for spec in specs:
@@ -119,8 +123,9 @@ def prepare(specs: Sequence[KernelSpec], unresolved: Mapping[KernelSpec, InfraEr
                 raise unresolved[spec]
             kernel = source.fetch(spec)
             way = userland.choose(libc, versions.release_version(kernel.release))
-            image = guests.image(kernel, guests.base_of(way[0], mirror, log))
-            prepared[spec] = Prepared(kernel, image, devices=devices.choose(kernel), userland=way)
+            built, extra = _suites(kernel, wanted, source.ctx, log)
+            image = guests.image(kernel, guests.base_of(way[0], mirror, log) + extra)
+            prepared[spec] = Prepared(kernel, image, devices=devices.choose(kernel), userland=way, suites=built)
             if way[0] != userland.GLIBC:
                 log(f"kernel {spec.label}: {way[0]} userland ({way[1]})")
             log(f"kernel {spec.label}: {kernel.release} ({kernel.version or kernel.source})")
@@ -128,6 +133,25 @@ def prepare(specs: Sequence[KernelSpec], unresolved: Mapping[KernelSpec, InfraEr
             prepared[spec] = Prepared(error=str(e))
             log(f"kernel {spec.label}: {e}")
     return prepared
+
+
+def _suites(kernel: Kernel, wanted: Sequence[str], ctx: sources.Context,
+            log: Callable[[str], None]) -> tuple[dict[str, suites.Built | str], tuple[Entry, ...]]:  # fmt: skip
+    """Each wanted suite's programs for `kernel` and the image entries that hold them."""
+    built: dict[str, suites.Built | str] = {}
+    entries: list[Entry] = []
+    for name in wanted:
+        try:
+            b = suites.get(name).build(kernel, ctx, log)
+        except InfraError as e:
+            built[name] = f"{name} could not be built for this kernel: {e}"
+            log(f"kernel {kernel.label}: {built[name]}")
+            continue
+        built[name] = b
+        entries += [image_mod.file(f"{suites.GUEST_DIR}/{name}/{p}", path.read_bytes(), 0o755)
+                    for p, path in sorted(b.programs.items())]  # fmt: skip
+        log(f"kernel {kernel.label}: {name} from {b.provenance.get('what')}, {len(b.programs)} programs")
+    return built, tuple(entries)
 
 
 def execute(
@@ -175,7 +199,8 @@ def execute(
         writer.add_boot(r)
 
     guests = kit.assemble(options.cache, built)
-    prepared = prepare(specs, unresolved, source, guests, log, mx.userland)
+    wanted = sorted({s[0] for p in plans for r in p.runs for c in r.cases if (s := suites.split(c))})
+    prepared = prepare(specs, unresolved, source, guests, log, mx.userland, wanted)
     for p in plans:
         k = prepared[p.kernel].kernel
         results[p.id].kernel = k.info() if k else None
@@ -194,7 +219,7 @@ def execute(
             log(f"boot {plan.id}: over {way} ({why})")
         hw = prep.devices or devices.choose(prep.kernel)
         ctx = boot.BootContext(plan, prep.kernel, prep.image, guests.disk_for(hw), guests.key, accel.name,
-                               expectations, run_dir, way, hw)  # fmt: skip
+                               expectations, run_dir, way, hw, prep.suites)  # fmt: skip
         boot.run_boot(ctx, result, writer.update, live)
 
     futures: dict[Future[None], str] = {}
