@@ -96,7 +96,8 @@ def _parser() -> argparse.ArgumentParser:
     bs.add_argument("--repo", type=Path, required=True, help="kernel git work tree (left as it is found)")
     bs.add_argument("--good", required=True, help="a revision that behaves the old way")
     bs.add_argument("--bad", required=True, help="a later revision that behaves otherwise")
-    bs.add_argument("--case", required=True, help="the probe case whose behaviour is compared")
+    bs.add_argument("--case", required=True, help="the case whose behaviour is compared: a probe case, or a "
+                    "suite's program as SUITE:PROGRAM (kselftest-mm:mlock2-tests)")
     bs.add_argument("--ram", default="256M", help="guest RAM (default: 256M)")
     bs.add_argument("--memlock", default="default", help="RLIMIT_MEMLOCK, as in a matrix: 64K, 0, unlimited, default")
     bs.add_argument("--user", default="root", help="guest account the case runs as (default: root)")

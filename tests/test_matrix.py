@@ -12,6 +12,7 @@ from harness.errors import UserError
 from harness.matrix import Memlock, Timeouts
 from harness.sources.debian import DebianKernel
 from harness.sources.path import PathKernel
+from harness.suites.kselftest import MM
 
 KERNEL = "kernels:\n  - debian: bookworm\n"
 
@@ -76,6 +77,25 @@ def test_expand_unknown_case_names_it(catalogue: list[str]) -> None:
     with pytest.raises(UserError, match=r"m\.yaml: cases: unknown case 'no_such_case'") as info:
         matrix.expand(mx, catalogue)
     assert len(str(info.value).splitlines()) == 1
+
+
+def test_suites_run_beside_the_probe_and_their_programs_are_cases(catalogue: list[str]) -> None:
+    both = matrix.expand(matrix.parse(KERNEL + "suites: [probe, kselftest-mm]\n", "m.yaml"), catalogue)
+    cases = both[0].runs[0].cases
+    assert cases[: len(catalogue)] == tuple(catalogue)
+    assert cases[len(catalogue) :] == tuple(f"kselftest-mm:{p}" for p in MM.programs)
+    alone = matrix.expand(matrix.parse(KERNEL + "suites: [kselftest-mm]\n", "m.yaml"), catalogue)
+    assert alone[0].runs[0].cases == cases[len(catalogue) :]
+    # Naming a suite's program among the cases (as `bisect --case` does) is enough to run it.
+    one = matrix.expand(matrix.parse(KERNEL + "cases: [kselftest-mm:on-fault-limit]\n", "m.yaml"), catalogue)
+    assert one[0].runs[0].cases == ("kselftest-mm:on-fault-limit",)
+    assert matrix.parse(KERNEL, "m.yaml").suites == ("probe",)
+    with pytest.raises(UserError, match=r"m\.yaml: cases: unknown case 'kselftest-mm:nope'"):
+        matrix.expand(matrix.parse(KERNEL + "cases: [kselftest-mm:nope]\n", "m.yaml"), catalogue)
+    for bad, says in (("[probe, ltp]", "suites.1: 'ltp': give one of probe, kselftest-mm"),
+                      ("[probe, probe]", "suites: list each suite once"), ("[]", "suites: is empty")):
+        with pytest.raises(UserError, match=re.escape(says)):
+            matrix.parse(KERNEL + f"suites: {bad}\n", "m.yaml")
 
 
 def test_the_same_kernel_twice_is_refused() -> None:
