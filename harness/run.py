@@ -304,8 +304,11 @@ def _kernel_entry(spec: KernelSpec, prep: Prepared) -> manifest.Kernel:
     booted = image = None
     if prep.kernel is not None:
         k = prep.kernel
+        # Which tree each guest suite came from (exact, or the nearest one packaged), or why none.
+        built = {n: b.provenance if isinstance(b, suites.Built) else {"error": b} for n, b in prep.suites.items()}
+        details = {**sources.source_of(spec).record(k), **({"suites": built} if built else {})}
         booted = manifest.Booted(k.release, k.package, k.version, k.sha256, k.source, k.vmlinux is not None, k.debs,
-                                 sources.source_of(spec).record(k))  # fmt: skip
+                                 details)  # fmt: skip
     if prep.image is not None:
         image = manifest.Image(prep.image.sha256, prep.image.modules, prep.image.host_key)
     return manifest.Kernel(spec.label, prep.error, booted, image)

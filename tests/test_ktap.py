@@ -114,3 +114,13 @@ def test_golden_outputs_from_guests_parse_as_they_were_judged(golden: Path) -> N
     doc = json.loads(golden.read_text())
     judged = judge("kselftest-mm", doc["program"], run(doc["output"], doc["exit_status"], errors=doc["stderr"]))
     assert {j.case: j.outcome.value for j in judged} == doc["results"]
+
+
+def test_a_golden_ktap_output_has_its_plan_and_every_result() -> None:
+    """7.3's mlock2-tests: 15 planned, 15 `ok`; 6.1's prints no KTAP and is read by its exit status."""
+    new = json.loads((GOLDEN / "7.3.4-mlock2-tests-root.json").read_text())
+    doc = ktap.parse(new["output"])
+    assert doc.version == "TAP version 13" and doc.plan == 15 and len(doc.results) == 15 and doc.missing == 0
+    assert {r.outcome for r in doc.results} == {"pass"} and doc.results[0].name == "test_mlock_lock: Locked"
+    old = json.loads((GOLDEN / "6.1.0-mlock2-tests-root.json").read_text())
+    assert ktap.parse(old["output"]).results == [] and old["results"] == {"kselftest-mm:mlock2-tests": "pass"}

@@ -51,6 +51,8 @@ def test_kselftest_mm_runs_beside_the_probe_and_reads_back_as_junit(tmp_path: Pa
     assert got[("kselftest-mm:on-fault-limit", "root")]["outcome"] == "not_applicable"
     source = got[("kselftest-mm:mlock2-tests", "root")]["observation"]["source"]
     assert source["package"] == "linux-source-6.1" and source["exact"] is True
+    (kernel,) = json.loads((run_dir / "manifest.json").read_text())["kernels"]
+    assert kernel["suites"]["kselftest-mm"] == source and kernel["version"] == source["version"]
     xml = junitparser.JUnitXml.fromfile(str(run_dir / "junit.xml"))
     names = {case.name for suite in xml for case in suite}
     assert "kselftest-mm:mlock2-tests[memlock=64K,user=root]" in names
