@@ -19,7 +19,6 @@ import os
 import re
 import shutil
 import subprocess
-import tarfile
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -90,13 +89,14 @@ def _tree(kernel: Kernel, ctx: Context) -> tuple[Callable[[Path], None], dict[st
         repo, commit, tree = Path(meta["repo"]), str(meta["commit"]), str(meta["tree"])
 
         def from_git(out: Path) -> None:
+            out.mkdir()
             with subprocess.Popen(["git", "-C", str(repo), "archive", "--format=tar", commit],
                                   stdout=subprocess.PIPE) as proc:  # fmt: skip
-                assert proc.stdout is not None
-                with tarfile.open(fileobj=proc.stdout, mode="r|") as archive:
-                    archive.extractall(out, filter="data")
-            if proc.returncode != 0:
-                raise InfraError(f"git archive {commit} of {repo} failed (exit {proc.returncode})")
+                untar = subprocess.run(["tar", "-x", "-C", str(out)], stdin=proc.stdout, capture_output=True,
+                                       check=False)  # fmt: skip
+            if proc.returncode != 0 or untar.returncode != 0:
+                raise InfraError(f"git archive {commit} of {repo} | tar failed (exit {proc.returncode}, "
+                                 f"{untar.returncode})")  # fmt: skip
 
         # What the build reads; a bisect's steps that change only mm/ share one build.
         parts = [subprocess.run(["git", "-C", str(repo), "rev-parse", f"{commit}:{p}"], capture_output=True,
