@@ -261,3 +261,24 @@ def test_a_kernel_without_pvh_and_virtio_runs_the_catalogue_on_emulated_hardware
     disk = [c for c in legacy["cases"] if c["case"].startswith("file_disk_")]
     assert disk and "not_applicable" not in {c["outcome"] for c in disk if c["memlock"] != "0"}
     print(f"\nlegacy build: {kernel['build']['seconds']}s, {kernel['build']['modules']} modules")
+
+
+def test_bisect_on_the_kernel_s_own_selftest_names_the_same_commit(tmp_path: Path) -> None:
+    """`--case kselftest-mm:mlock-random-test`: the kernel's own test of mlock() under RLIMIT_MEMLOCK,
+    built from each step's tree (once: the steps differ only in mm/), finds the commit the probe's
+    mlock_over finds."""
+    cache = cache_dir()
+    repo = make_tree(cache)
+    culprit = git(repo, "rev-parse", "HEAD~1")
+    results = tmp_path / "results"
+    proc = subprocess.run(
+        [sys.executable, "-m", "harness", "bisect", "--repo", str(repo), "--good", "HEAD~4", "--bad", "HEAD",
+         "--case", "kselftest-mm:mlock-random-test", "--user", "root", "--tries", "2", "--results", str(results)],
+        capture_output=True, text=True, cwd=REPO, timeout=5400, env={**os.environ, "COLUMNS": "200"},
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr
+    assert f"first commit that changed kselftest-mm:mlock-random-test: {culprit}" in proc.stdout
+    (record,) = results.glob("bisect-*/bisect.json")
+    found = json.loads(record.read_text())
+    assert json.loads(found["good"]["fingerprint"])["outcome"] == "pass"
+    assert json.loads(found["bad"]["fingerprint"])["outcome"] == "deviation"
