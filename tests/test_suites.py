@@ -53,6 +53,7 @@ def test_kselftest_mm_runs_beside_the_probe_and_reads_back_as_junit(tmp_path: Pa
     assert source["package"] == "linux-source-6.1" and source["exact"] is True
     (kernel,) = json.loads((run_dir / "manifest.json").read_text())["kernels"]
     assert kernel["suites"]["kselftest-mm"] == source and kernel["version"] == source["version"]
+    assert "kselftest-mm:mlock2-tests" in (run_dir / "report.html").read_text()
     xml = junitparser.JUnitXml.fromfile(str(run_dir / "junit.xml"))
     names = {case.name for suite in xml for case in suite}
     assert "kselftest-mm:mlock2-tests[memlock=64K,user=root]" in names
