@@ -373,7 +373,7 @@ def _suite_run(ctx: BootContext, session: Session, machine: Machine, run_plan: R
         record(Outcome.NOT_APPLICABLE if not isinstance(built, str) else Outcome.INFRA_ERROR, why)
         publish(result, False)
         return
-    if why := suites.get(name).applies(program, run_plan.user):
+    if why := suites.get(name).applies(program, run_plan.user, run_plan.memlock_label):
         record(Outcome.NOT_APPLICABLE, why)
         publish(result, False)
         return

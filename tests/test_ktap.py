@@ -105,9 +105,10 @@ def test_subtests_are_cases_of_their_own_and_a_failing_one_fails_its_program() -
 
 
 def test_each_program_runs_where_run_vmtests_runs_it() -> None:
-    assert MM.applies("on-fault-limit", "user") == "" and "nobody" in MM.applies("on-fault-limit", "root")
-    assert MM.applies("mlock2-tests", "root") == "" and "as root" in MM.applies("mlock2-tests", "user")
-    assert MM.applies("map_populate", "user") == MM.applies("map_populate", "root") == ""
+    assert MM.applies("on-fault-limit", "user", "64K") == "" and "nobody" in MM.applies("on-fault-limit", "root", "64K")
+    assert "refused (EPERM)" in MM.applies("on-fault-limit", "user", "0")
+    assert MM.applies("mlock2-tests", "root", "0") == "" and "as root" in MM.applies("mlock2-tests", "user", "64K")
+    assert MM.applies("map_populate", "user", "0") == MM.applies("map_populate", "root", "default") == ""
 
 
 @pytest.mark.parametrize("golden", sorted(GOLDEN.glob("*.json")), ids=lambda p: p.stem)

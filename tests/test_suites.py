@@ -95,7 +95,7 @@ class Misbehaving:
     def judge(self, program: str, run: Run) -> list[Judged]:
         return judge(self.name, program, run)
 
-    def applies(self, program: str, user: str) -> str:
+    def applies(self, program: str, user: str, memlock: str) -> str:
         return ""
 
 

@@ -56,6 +56,7 @@ class Suite(Protocol):
         """The program's result and its subtests' from what it printed and how it ended."""
         ...
 
-    def applies(self, program: str, user: str) -> str:
-        """"" when the program means something run as `user`; else why it is not applicable."""
+    def applies(self, program: str, user: str, memlock: str) -> str:
+        """"" when the program means something run as `user` under the limit labelled `memlock`
+        (default, 64K, 0, unlimited...); else why it is not applicable."""
         ...

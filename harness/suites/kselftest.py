@@ -68,12 +68,17 @@ class KselftestMM:
     def judge(self, program: str, run: Run) -> list[Judged]:
         return judge(self.name, program, run)
 
-    def applies(self, program: str, user: str) -> str:
-        """"" when `program` means something run as `user`, else why not."""
+    def applies(self, program: str, user: str, memlock: str) -> str:
+        """"" when `program` means something run as `user` under the limit labelled `memlock`, else
+        why not."""
         kind = RUN_AS.get(program)
-        if kind is None or (kind == AS_ROOT) == (user == "root"):
-            return ""
-        return f"run_vmtests.sh runs {program} {'as root' if kind == AS_ROOT else 'unprivileged (as nobody)'}"
+        if kind is not None and (kind == AS_ROOT) != (user == "root"):
+            return f"run_vmtests.sh runs {program} {'as root' if kind == AS_ROOT else 'unprivileged (as nobody)'}"
+        if program == "on-fault-limit" and memlock == "0":
+            # Its mlockall(MCL_ONFAULT | MCL_FUTURE) is refused first (mlock(2) EPERM: unprivileged,
+            # RLIMIT_MEMLOCK 0), before the limit it tests is reached.
+            return "at limit 0 its mlockall() is refused (EPERM) before it tests anything"
+        return ""
 
 
 MM = KselftestMM()
