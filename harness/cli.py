@@ -55,18 +55,30 @@ class _Parser(argparse.ArgumentParser):
         raise UserError(f"{self.prog}: {message} (see --help)")
 
 
+DESCRIPTION = """Boot Linux kernels in QEMU and record how each behaves for mmap(MAP_LOCKED), mlock,
+mlock2, mlockall and their relatives, under chosen RLIMIT_MEMLOCK limits and users.
+
+Start with `harness run`: it runs the embedded default matrix (four Debian kernels) and writes
+junit.xml, results.json, report.html and summary.md to results/<run-id>/. `harness run --matrix
+FILE` runs your own; `harness COMMAND --help` says more about each command."""
+EXIT_CODES = """exit codes: 0 every observation as expected, 1 some deviated, 2 bad input, 3 infrastructure
+error, 70 internal error (a bug), 130/143 interrupted (finished results are kept)"""
+
+
 def _parser() -> argparse.ArgumentParser:
     common = _Parser(add_help=False)
     common.add_argument("--cache", type=Path, help="cache directory (default: HARNESS_CACHE or ~/.cache/harness)")
     common.add_argument("--mirror", help="Debian mirror URL (default: HARNESS_DEBIAN_MIRROR or the host's apt sources)")
     common.add_argument("--insecure", action="store_true", help="accept unverified indexes and packages")
-    p = _Parser(prog="harness", description=__doc__.splitlines()[0] if __doc__ else None)
+    p = _Parser(prog="harness", description=DESCRIPTION, epilog=EXIT_CODES,
+                formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     run = sub.add_parser("run", help="boot the matrix and run the probe", parents=[common])
     run.add_argument("--matrix", type=Path, help="matrix YAML file (default: the embedded default matrix)")
     run.add_argument("--jobs", type=int, default=os.cpu_count() or 1, help="VMs at once (default: host cores)")
     run.add_argument("--results", type=Path, default=Path("results"), help="results directory (default: results)")
+    run.add_argument("--verbose", action="store_true", help="list every deviation and error, not one line per finding")
     run.add_argument("--print-default-matrix", action="store_true", help="print the embedded matrix and exit")
     run.add_argument("--shard", type=_shard, metavar="I/N", help="run the I-th of N deterministic slices of the boots")
     _history_option(run)
@@ -74,6 +86,7 @@ def _parser() -> argparse.ArgumentParser:
     m = sub.add_parser("merge", help="merge the run directories of shards into one run", parents=[common])
     m.add_argument("run_dirs", nargs="+", type=Path, metavar="DIR", help="run directories of `run --shard`")
     m.add_argument("--results", type=Path, default=Path("results"), help="where the merged run goes (default: results)")
+    m.add_argument("--verbose", action="store_true", help="list every deviation and error, not one line per finding")
     _history_option(m)
 
     c = sub.add_parser("compare", help="what differs between two runs or two kernels; exit 1 on new deviations",
@@ -90,6 +103,7 @@ def _parser() -> argparse.ArgumentParser:
     rp.add_argument("--boot", help="only this boot (default: every boot of the run)")
     rp.add_argument("--jobs", type=int, default=os.cpu_count() or 1, help="VMs at once (default: host cores)")
     rp.add_argument("--results", type=Path, default=Path("results"), help="results directory (default: results)")
+    rp.add_argument("--verbose", action="store_true", help="list every deviation and error, not one line per finding")
     _history_option(rp)
 
     bs = sub.add_parser("bisect", help="find the first commit where a case's behaviour changed", parents=[common])
@@ -184,7 +198,7 @@ def cmd_run(args: argparse.Namespace, console: Console) -> int:
     except (KeyboardInterrupt, Interrupted):
         _interrupted(console)
         raise
-    terminal.print_summary(boots, console)
+    terminal.print_summary(boots, console, args.verbose)
     say(f"results: {run_dir}")
     return exit_code(boots)
 
@@ -200,7 +214,7 @@ def cmd_merge(args: argparse.Namespace, console: Console) -> int:
     merged = merge.merge(shards, run_id, run_dir, rundir.now())
     say = terminal.printer(console)
     run.record_history(_history_path(args), run_dir, say)
-    terminal.print_summary(merged.boots, console)
+    terminal.print_summary(merged.boots, console, args.verbose)
     say(f"results: {run_dir}")
     return exit_code(merged.boots)
 
@@ -234,7 +248,7 @@ def cmd_replay(args: argparse.Namespace, console: Console) -> int:
     except (KeyboardInterrupt, Interrupted):
         _interrupted(console)
         raise
-    terminal.print_summary(done.boots, console)
+    terminal.print_summary(done.boots, console, args.verbose)
     if done.changes:
         compare.render(done.changes, compare.Side(f"run {done.original.run_id}", {}),
                        compare.Side(f"replay {done.run_dir.name}", {}), console)  # fmt: skip

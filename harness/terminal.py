@@ -118,9 +118,38 @@ def problems_table(boots: Sequence[BootResult]) -> Table:
     return table
 
 
-def print_summary(boots: Sequence[BootResult], console: Console) -> None:
+def grouped_problems_table(boots: Sequence[BootResult]) -> Table:
+    """The same results as problems_table, one row per (case, outcome, what was observed), with the
+    boots and the (limit, user) runs it covers: a finding seen on every kernel under every limit is
+    one line, not one per result."""
+    groups: dict[tuple[str, Outcome, str], tuple[list[str], list[str]]] = {}
+    for boot in boots:
+        for r in boot.cases:
+            if r.outcome in (Outcome.PASS, Outcome.NOT_APPLICABLE):
+                continue
+            where, runs = groups.setdefault((r.case, r.outcome, r.message), ([], []))
+            if boot.boot_id not in where:
+                where.append(boot.boot_id)
+            if (run := f"{r.memlock}/{r.user}") not in runs:
+                runs.append(run)
+    table = Table(title="Deviations and errors, grouped (--verbose: every result)", title_justify="left")
+    for column in ("case", "outcome", "message", "boots", "limit/user"):
+        table.add_column(column, overflow="fold")
+    for boot in boots:
+        if boot.error:
+            style = _OUTCOME_STYLE[Outcome.INFRA_ERROR]
+            table.add_row(Text(BOOT_CASE), Text(Outcome.INFRA_ERROR.value, style), text(boot.error), text(boot.boot_id),
+                          Text(""))  # fmt: skip
+    for (case, outcome, message), (where, runs) in groups.items():
+        shown = ", ".join(where[:3]) + (f" +{len(where) - 3}" if len(where) > 3 else "")
+        table.add_row(text(case), Text(outcome.value, _OUTCOME_STYLE[outcome]), text(message),
+                      text(f"{len(where)}: {shown}"), text(", ".join(runs)))  # fmt: skip
+    return table
+
+
+def print_summary(boots: Sequence[BootResult], console: Console, verbose: bool = False) -> None:
     console.print(summary_table(boots))
-    problems = problems_table(boots)
+    problems = problems_table(boots) if verbose else grouped_problems_table(boots)
     if problems.row_count:
         console.print(problems)
     totals = outcome_counts(boots)

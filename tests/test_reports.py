@@ -509,7 +509,7 @@ def row_cells(text: str, needle: str) -> list[str]:
 def test_summary_shows_kernels_counts_and_problems() -> None:
     out = io.StringIO()
     console = Console(file=out, width=200)
-    print_summary([full_boot(), failed_boot()], console)
+    print_summary([full_boot(), failed_boot()], console, verbose=True)
     text = out.getvalue()
     assert "bookworm-256M" in text and "6.1.0-28-amd64" in text
     assert "9.2" in text and "14.5" in text and "31.0" in text
@@ -524,6 +524,28 @@ def test_summary_shows_kernels_counts_and_problems() -> None:
     assert "lock_as_root[memlock=64K,user=user]" not in text
     assert "no login marker on the serial console after 180s" in text
     assert "2 boots: 1 pass, 1 deviation, 1 n/a, 1 oom, 1 panic, 1 timeout, 1 error; 1 boot error" in text
+
+
+def test_the_summary_groups_one_finding_seen_everywhere_into_one_line() -> None:
+    """The default run's 126 deviation rows were 4 findings repeated per kernel, limit and user: the
+    summary gives one row per (case, outcome, message) with the boots and runs it covers."""
+    boots = []
+    for kernel in ("bullseye-256M", "bookworm-256M", "trixie-256M", "sid-256M"):
+        cases = [CaseResult(kernel, "protnone_mlock", limit, user, Outcome.DEVIATION, "locked: expected 'none'", None)
+                 for limit in ("default", "64K") for user in ("root", "user")]  # fmt: skip
+        cases.append(CaseResult(kernel, "mlock_over", "64K", "user", Outcome.PASS, "as expected", None))
+        boots.append(BootResult(kernel, None, 256, cases=cases))
+    boots[0].cases.append(CaseResult("bullseye-256M", "limits", "default", "root", Outcome.DEVIATION, "other", None))
+    out = io.StringIO()
+    print_summary(boots, Console(file=out, width=250))
+    text = out.getvalue()
+    rows = [line for line in text.splitlines() if "protnone_mlock" in line]
+    assert len(rows) == 1 and "4: bullseye-256M, bookworm-256M, trixie-256M +1" in rows[0]
+    assert "default/root, default/user, 64K/root, 64K/user" in rows[0]
+    assert len([line for line in text.splitlines() if "│ limits" in line]) == 1
+    full = io.StringIO()
+    print_summary(boots, Console(file=full, width=250), verbose=True)
+    assert len([line for line in full.getvalue().splitlines() if "protnone_mlock" in line]) == 16
 
 
 def test_summary_of_clean_run_has_no_problem_table() -> None:
