@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 from harness.files import write_private
@@ -26,3 +27,68 @@ def secret(cache: Path, name: str, size: int = 32) -> bytes:
     if not path.exists():
         write_private(path, os.urandom(size))
     return path.read_bytes()
+
+
+# What each folder of the cache holds, for `harness cache`; a folder not listed is shown as it is.
+AREAS = {
+    "debs": ".debs as downloaded and verified (what a replay fetches again if they are gone)",
+    "kernels": "kernels unpacked from those .debs",
+    "builds": "kernels built from git trees",
+    "kbuild": "out-of-tree build directories (what makes the next commit's build incremental)",
+    "src": "shared clones of the git trees built from",
+    "ccache": "the compiler cache of those builds",
+    "images": "guest images and data disks",
+    "userland": "the musl userland for kernels before 3.2",
+    "suites": "guest suites' programs (kselftest) per tree",
+    "indexes": "verified package indexes",
+    "apt": "apt's own state for older compilers and Debian sources",
+    "vmlinux": "PVH vmlinux files taken out of path: kernels",
+    "keys": "the harness's SSH key and per-cache secrets",
+    "crashes": "tracebacks of internal errors (exit 70)",
+    "bisect-test": "the tree `make test-bisect` makes from Debian's linux-source",
+}
+
+
+@dataclass(frozen=True)
+class Area:
+    name: str
+    entries: int  # what the folder holds at its top level
+    bytes: int  # on disk (allocated blocks), links not followed
+    what: str
+
+
+def usage(cache: Path) -> list[Area]:
+    """Each folder (and loose file) of the cache with its size on disk, largest first."""
+    areas = []
+    for entry in sorted(cache.iterdir()):
+        if entry.is_dir() and not entry.is_symlink():
+            size, count = _disk_usage(entry), sum(1 for _ in entry.iterdir())
+        else:
+            size, count = _blocks(entry), 1
+        areas.append(Area(entry.name, count, size, AREAS.get(entry.name, "")))
+    return sorted(areas, key=lambda a: (-a.bytes, a.name))
+
+
+def _blocks(path: Path) -> int:
+    try:
+        return path.lstat().st_blocks * 512
+    except OSError:
+        return 0  # gone meanwhile (a run cleaning up its stage)
+
+
+def _disk_usage(folder: Path) -> int:
+    total = 0
+    stack = [folder]
+    while stack:
+        try:
+            with os.scandir(stack.pop()) as it:
+                for e in it:
+                    try:
+                        total += e.stat(follow_symlinks=False).st_blocks * 512
+                        if e.is_dir(follow_symlinks=False):
+                            stack.append(Path(e.path))
+                    except OSError:
+                        continue
+        except OSError:
+            continue
+    return total

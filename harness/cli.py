@@ -37,7 +37,7 @@ from harness import (
     sources,
     terminal,
 )
-from harness.cache import cache_dir
+from harness.cache import cache_dir, usage
 from harness.errors import EXIT_INFRA, EXIT_INTERNAL, EXIT_USAGE, InfraError, UserError
 from harness.results import exit_code
 
@@ -149,6 +149,7 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("--matrix", type=Path, help="matrix YAML file (default: the embedded default matrix)")
 
     sub.add_parser("cases", help="list the probe's cases", parents=[common])
+    sub.add_parser("cache", help="what the cache holds, folder by folder, and its size", parents=[common])
     return p
 
 
@@ -329,6 +330,24 @@ def cmd_kernels(args: argparse.Namespace, console: Console) -> int:
     return 0
 
 
+def cmd_cache(args: argparse.Namespace, console: Console) -> int:
+    cache = _cache(args)
+    areas = usage(cache)
+    for a in areas:
+        _line(console, a.name, _size(a.bytes), f"{a.entries} entries", a.what)
+    _line(console, "total", _size(sum(a.bytes for a in areas)), str(cache))
+    return 0
+
+
+def _size(n: int) -> str:
+    size = float(n)
+    for unit in ("B", "KiB", "MiB"):
+        if size < 1024:
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    return f"{size:.1f} GiB"
+
+
 def cmd_image(args: argparse.Namespace, console: Console) -> int:
     cache = _cache(args)
     mx, _ = _matrix(args.matrix)
@@ -368,6 +387,7 @@ HANDLERS: dict[str, Callable[[argparse.Namespace, Console], int]] = {
     "kernels": cmd_kernels,
     "image": cmd_image,
     "cases": cmd_cases,
+    "cache": cmd_cache,
     "merge": cmd_merge,
     "compare": cmd_compare,
     "replay": cmd_replay,
