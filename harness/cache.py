@@ -92,3 +92,13 @@ def _disk_usage(folder: Path) -> int:
         except OSError:
             continue
     return total
+
+
+def disk_size(n: int) -> str:
+    """1536 -> '1.5 KiB': what `harness cache` prints."""
+    size = float(n)
+    for unit in ("B", "KiB", "MiB"):
+        if size < 1024:
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    return f"{size:.1f} GiB"

@@ -37,7 +37,7 @@ from harness import (
     sources,
     terminal,
 )
-from harness.cache import cache_dir, usage
+from harness.cache import cache_dir, disk_size, usage
 from harness.errors import EXIT_INFRA, EXIT_INTERNAL, EXIT_USAGE, InfraError, UserError
 from harness.results import exit_code
 
@@ -334,18 +334,10 @@ def cmd_cache(args: argparse.Namespace, console: Console) -> int:
     cache = _cache(args)
     areas = usage(cache)
     for a in areas:
-        _line(console, a.name, _size(a.bytes), f"{a.entries} entries", a.what)
-    _line(console, "total", _size(sum(a.bytes for a in areas)), str(cache))
+        _line(console, a.name, disk_size(a.bytes), f"{a.entries} entries", a.what)
+    _line(console, "total", disk_size(sum(a.bytes for a in areas)), str(cache))
     return 0
 
-
-def _size(n: int) -> str:
-    size = float(n)
-    for unit in ("B", "KiB", "MiB"):
-        if size < 1024:
-            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
-        size /= 1024
-    return f"{size:.1f} GiB"
 
 
 def cmd_image(args: argparse.Namespace, console: Console) -> int:
