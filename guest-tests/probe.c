@@ -446,6 +446,20 @@ static bool lookup_user(const char *name, struct passwd_entry *pw)
 	return false;
 }
 
+/* --memlock: "default" leaves the login's limit; SOFT:HARD sets both. */
+static void set_memlock(const char *memlock)
+{
+	struct rlimit rl;
+	if (strcmp(memlock, "default") == 0)
+		return;
+	if (!parse_memlock(memlock, &rl))
+		bad_usage("--memlock: '%s' is not default or SOFT:HARD (bytes or unlimited, SOFT <= HARD)", memlock);
+	if (setrlimit(RLIMIT_MEMLOCK, &rl) != 0) {
+		fprintf(stderr, "probe: setrlimit(RLIMIT_MEMLOCK, %s): %s\n", memlock, strerror(errno));
+		exit(EXIT_SETUP);
+	}
+}
+
 static void drop_to_user(const char *name)
 {
 	struct passwd_entry pw;
@@ -529,15 +543,7 @@ static int cmd_run(int argc, char **argv)
 	if (nsel == 0)
 		bad_usage("no case given");
 
-	struct rlimit rl;
-	if (strcmp(memlock, "default") != 0) {
-		if (!parse_memlock(memlock, &rl))
-			bad_usage("--memlock: '%s' is not default or SOFT:HARD (bytes or unlimited, SOFT <= HARD)", memlock);
-		if (setrlimit(RLIMIT_MEMLOCK, &rl) != 0) {
-			fprintf(stderr, "probe: setrlimit(RLIMIT_MEMLOCK, %s): %s\n", memlock, strerror(errno));
-			exit(EXIT_SETUP);
-		}
-	}
+	set_memlock(memlock);
 	/* Before dropping privileges: reading /dev/kmsg needs them at open time. */
 	kmsg_open();
 	/* The parent must outlive any case: the children raise their own score to 1000, which an
@@ -572,15 +578,7 @@ static int cmd_exec(int argc, char **argv)
 	}
 	if (i + 1 >= argc)
 		bad_usage("exec: give -- PROGRAM");
-	struct rlimit rl;
-	if (strcmp(memlock, "default") != 0) {
-		if (!parse_memlock(memlock, &rl))
-			bad_usage("--memlock: '%s' is not default or SOFT:HARD (bytes or unlimited, SOFT <= HARD)", memlock);
-		if (setrlimit(RLIMIT_MEMLOCK, &rl) != 0) {
-			fprintf(stderr, "probe: setrlimit(RLIMIT_MEMLOCK, %s): %s\n", memlock, strerror(errno));
-			exit(EXIT_SETUP);
-		}
-	}
+	set_memlock(memlock);
 	if (user)
 		drop_to_user(user);
 	execv(argv[i + 1], argv + i + 1);
