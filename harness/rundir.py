@@ -224,9 +224,21 @@ def read_results(path: Path) -> RunRecord:
 # --- writing -----------------------------------------------------------------------------------
 
 def write_views(run_dir: Path, run: RunRecord) -> None:
-    """report.html and summary.md of a run, each written atomically."""
-    html, markdown = report_html.html(run), summary_md.markdown(run)  # both rendered before either is written
-    atomic_write(run_dir / HTML_FILE, html)
+    """report.html with its boot pages, and summary.md, each file written atomically.
+
+    Everything is rendered before anything is written, and report.html is written after the pages
+    it links to. A boot page no longer in the run (none today: a run only gains boots) is removed.
+    """
+    pages, markdown = report_html.pages(run), summary_md.markdown(run)
+    boot_dir = run_dir / report_html.BOOT_DIR
+    boot_dir.mkdir(exist_ok=True)
+    for path, text in pages.items():
+        if path != HTML_FILE:
+            atomic_write(run_dir / path, text)
+    for stale in boot_dir.glob("*.html"):
+        if f"{report_html.BOOT_DIR}/{stale.name}" not in pages:
+            stale.unlink()
+    atomic_write(run_dir / HTML_FILE, pages[HTML_FILE])
     atomic_write(run_dir / SUMMARY_FILE, markdown)
 
 

@@ -117,5 +117,5 @@ def markdown(run: RunRecord) -> str:
         )
     if len(m.changes) > SUMMARY_MAX_ITEMS:
         out += ["", _more(len(m.changes) - SUMMARY_MAX_ITEMS)]
-    out += ["", f"Every result with its evidence: {overview.HTML_FILE} in the run directory."]
+    out += ["", f"Every result: {overview.HTML_FILE} in the run directory (a click on a cell opens its evidence)."]
     return encodable("\n".join(out) + "\n")

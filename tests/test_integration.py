@@ -205,10 +205,15 @@ def test_harness_run_end_to_end(tmp_path: Path) -> None:
         b.boot_id: expected_counts(b) for b in record.boots
     }
     assert "bookworm-256M" in render_junit2html(run_dir / "junit.xml", tmp_path / "junit.html")
+    # Every cell of the matrix has its evidence on its boot's page, under its row's id.
     page = parse((run_dir / "report.html").read_text())
-    ids = {n.attrs["id"] for n in page.iter() if "id" in n.attrs}
-    links = [a.attrs["href"] for row in matrix_rows(page) for td in kernel_cells(row) for a in td.iter("a")]
-    assert len(links) == sum(len(b.cases) for b in record.boots) and all(h[1:] in ids for h in links)
+    rows = matrix_rows(page)
+    for j, b in enumerate(page.one("div", id="matrix").iter("th", "col")):
+        boot_page = parse((run_dir / f"boot/b{j}.html").read_text())
+        evidence = [div.attrs["id"] for div in boot_page.iter("div", "ev") if "No result" not in div.text]
+        assert len(evidence) == len(next(r for r in record.boots if r.boot_id == b.attrs["data-boot"]).cases)
+        assert all(rows[int(e[1:])].attrs["id"] == e for e in evidence)
+    assert sum(len(kernel_cells(row)) for row in rows) == len(rows) * len(record.boots)
     assert (run_dir / "summary.md").read_text().startswith(f"## Run {record.run_id}")
 
 

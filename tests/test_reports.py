@@ -369,7 +369,8 @@ def test_writer_files_valid_after_each_update(tmp_path: Path) -> None:
     assert [s.get("name") for s in junit.findall("testsuite")] == ["bookworm-256M", "trixie-96M", "zz-extra"]
     assert [b.boot_id for b in writer.boots()] == ["bookworm-256M", "trixie-96M", "zz-extra"]
     # The pages for people come with the end of the run, not with every update.
-    assert sorted(p.name for p in run_dir.iterdir()) == ["junit.xml", "report.html", "results.json", "summary.md"]
+    names = ["boot", "junit.xml", "report.html", "results.json", "summary.md"]
+    assert sorted(p.name for p in run_dir.iterdir()) == names
     assert (run_dir / "junit.xml").stat().st_mode & 0o777 == 0o644
 
 
