@@ -297,8 +297,8 @@ class Archive:
 
     def fetch_deb(self, deb: Deb) -> Path:
         """The .deb in the cache (content-addressed by its signed digest), downloading it if needed."""
-        folder = self.cache / "debs"
-        path = folder / f"{deb.key}.deb"
+        path = cached_deb(self.cache, deb)
+        folder = path.parent
         field, want = ("SHA256", deb.sha256) if deb.sha256 else deb.digest.split(":", 1)
         algorithm = next(a for f, _, a in DIGESTS if f == field)
         if path.is_file() and path.stat().st_size == deb.size and _file_digest(path, algorithm) == want:
@@ -326,6 +326,11 @@ class Archive:
                 os.unlink(tmp)
             raise
         return path
+
+
+def cached_deb(cache: Path, deb: Deb) -> Path:
+    """Where `fetch_deb` keeps a .deb in the cache."""
+    return cache / "debs" / f"{deb.key}.deb"
 
 
 # What signatures are worth (and why gpgv refused one) is decided in harness.signatures.

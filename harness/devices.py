@@ -48,6 +48,14 @@ FILESYSTEMS = (
 )
 
 
+# Every module a guest could load, whichever alternatives a kernel drives: what a kernel unpacked
+# into the cache keeps (with what these depend on) of its thousands.
+MODULE_ROOTS = (
+    *dict.fromkeys(m for group in (NICS, DISKS, FILESYSTEMS) for c in group for m in c.modules),
+    *modules.OPTIONAL_MODULES,
+)
+
+
 @dataclass(frozen=True)
 class Devices:
     """What one kernel's guest gets; None where the kernel has no driver for any alternative."""

@@ -27,9 +27,11 @@ import zstandard
 from debian.debfile import DebFile
 from debian.debian_support import Version
 
-from harness.archive import Deb
+from harness import modules
+from harness.archive import Deb, cached_deb
 from harness.bzimage import vmlinux_from_image
 from harness.errors import InfraError
+from harness.files import atomic_write
 from harness.results import KernelInfo
 
 META_FILE = "kernel.json"
@@ -78,19 +80,56 @@ class Packaged:
     source: str  # the spec as given, e.g. "debian:bookworm"
 
 
-def unpacked(kernel: Packaged, cache: Path, download: Callable[[Deb], Path]) -> Kernel:
-    """The kernel unpacked in the cache: downloaded (by `download`) and unpacked once, then only read."""
+def unpacked(kernel: Packaged, cache: Path, download: Callable[[Deb], Path], keep_modules: Sequence[str]) -> Kernel:
+    """The kernel unpacked in the cache: downloaded (by `download`) and unpacked once, then only read.
+
+    Of its modules the folder keeps `keep_modules` and what they depend on, and the .debs are deleted
+    once unpacked: a guest needs a few MB of the 300-500 MB (issue 15: every Debian build in 10 GB).
+    kernel.json keeps each .deb's name and digest (so does every run's manifest), so a replay or a
+    harness that wants another module fetches them again. A folder unpacked whole (before this) is
+    slimmed the first time it is used.
+    """
     folder = cache / "kernels" / kernel_key(kernel.debs)
-    if not ((folder / META_FILE).is_file() and load(folder).image.is_file()):
-        paths = [download(d) for d in kernel.debs]
-        _unpack(kernel, paths, folder)
+    meta = _meta(folder)
+    if meta is None or not load(folder).image.is_file() or not set(keep_modules) <= set(meta.get(_KEPT) or ()):
+        if meta is not None and meta.get(_KEPT) is None and load(folder).image.is_file():
+            _slim(folder, meta, keep_modules)
+        else:
+            paths = [download(d) for d in kernel.debs]
+            try:
+                _unpack(kernel, paths, folder, keep_modules)
+            except InfraError:
+                if _meta(folder) is None:
+                    raise
+                # another run unpacked it first, and deleted the .debs under this one
+        for deb in kernel.debs:
+            cached_deb(cache, deb).unlink(missing_ok=True)
+    with contextlib.suppress(OSError):
+        os.utime(folder)  # its last use, which `harness cache prune --older-than` reads
     found = load(folder)
     # The same packages can be reached from several specs: report the one asked for now.
     return Kernel(kernel.label, found.release, found.image, found.vmlinux, found.modules_dir, found.sha256,
                   kernel.package or found.package, kernel.version, kernel.debs, kernel.source)  # fmt: skip
 
 
-def _unpack(kernel: Packaged, debs: Sequence[Path], folder: Path) -> None:
+_KEPT = "modules_kept"  # in kernel.json: the module names its folder keeps (with their depends); absent: all
+
+
+def _meta(folder: Path) -> dict[str, Any] | None:
+    try:
+        meta = json.loads((folder / META_FILE).read_text())
+    except (OSError, ValueError):
+        return None
+    return meta if isinstance(meta, dict) else None
+
+
+def _slim(folder: Path, meta: dict[str, Any], keep_modules: Sequence[str]) -> None:
+    if meta.get("modules_dir"):
+        modules.slim(folder / meta["modules_dir"], keep_modules)
+    atomic_write(folder / META_FILE, json.dumps({**meta, _KEPT: sorted(keep_modules)}, indent=2) + "\n")
+
+
+def _unpack(kernel: Packaged, debs: Sequence[Path], folder: Path, keep_modules: Sequence[str]) -> None:
     folder.parent.mkdir(parents=True, exist_ok=True)
     if folder.exists():
         shutil.rmtree(folder)  # a tree without its metadata file is not ours to trust
@@ -109,19 +148,22 @@ def _unpack(kernel: Packaged, debs: Sequence[Path], folder: Path) -> None:
         vmlinux = vmlinux_from_image(data)
         if vmlinux is not None:
             (tmp / "vmlinux").write_bytes(vmlinux)
-        modules = tmp / "modules" / abi
+        modules_dir = tmp / "modules" / abi
+        if modules_dir.is_dir():
+            modules.slim(modules_dir, keep_modules)
         meta = {
             "format": META_FORMAT,
             "label": kernel.label,
             "release": abi,
             "image": "vmlinuz",
             "vmlinux": "vmlinux" if vmlinux is not None else None,
-            "modules_dir": f"modules/{abi}" if modules.is_dir() else None,
+            "modules_dir": f"modules/{abi}" if modules_dir.is_dir() else None,
             "sha256": hashlib.sha256(data).hexdigest(),
             "package": kernel.package or None,
             "version": kernel.version,
             "debs": [asdict(d) for d in kernel.debs],
             "source": kernel.source,
+            _KEPT: sorted(keep_modules),
         }
         # Written last, then the whole tree appears at once: a killed run leaves only a .tmp dir behind.
         (tmp / META_FILE).write_text(json.dumps(meta, indent=2) + "\n")

@@ -1,6 +1,7 @@
 import gzip
 import hashlib
 import http.server
+import json
 import lzma
 import os
 import shutil
@@ -9,17 +10,18 @@ import struct
 import subprocess
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
 import zstandard
 
+from harness import devices, kernels
 from harness.archive import Archive, Deb, gpgv_reason, signature_ok
 from harness.bzimage import bzimage_version, decompress_payload, has_pvh_note, vmlinux_from_image
 from harness.errors import InfraError, UserError
-from harness.kernels import Kernel, list_cached
+from harness.kernels import Kernel, kernel_key, list_cached
 from harness.sources import debian
 from harness.sources.debian import DebianKernel, fetch, resolve, resolve_in
 from harness.sources.debian_index import Build, list_builds, newest_per_line
@@ -352,8 +354,12 @@ OLD_ABI, NEW_ABI = "6.1.0-9-amd64", "7.3.4+deb13-amd64"
 
 
 @pytest.fixture(scope="module")
-def debs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[str, bytes]]:
-    """package -> (version, .deb bytes): one pre-7.x image package and the three 7.x parts."""
+def debs(
+    tmp_path_factory: pytest.TempPathFactory, build_ko: Callable[[str, Sequence[str]], bytes]
+) -> dict[str, tuple[str, bytes]]:
+    """package -> (version, .deb bytes): one pre-7.x image package and the three 7.x parts. Their
+    modules are real ELF objects: virtio_net with what it depends on, and a sound driver no guest
+    loads (the unpacked kernel keeps the first and not the second)."""
     work = tmp_path_factory.mktemp("debs")
     old_mods = f"lib/modules/{OLD_ABI}"
     new_mods = f"usr/lib/modules/{NEW_ABI}"
@@ -367,7 +373,9 @@ def debs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[str, bytes
                 {
                     f"boot/vmlinuz-{OLD_ABI}": bzimage(tiny_elf(), "xz", OLD_ABI),
                     f"boot/System.map-{OLD_ABI}": b"not needed\n",
-                    f"{old_mods}/kernel/drivers/net/virtio_net.ko": b"\x7fELF fake module",
+                    f"{old_mods}/kernel/drivers/net/virtio_net.ko": build_ko("virtio_net", ["failover"]),
+                    f"{old_mods}/kernel/net/core/failover.ko": build_ko("failover", []),
+                    f"{old_mods}/kernel/sound/pci/snd-hda-intel.ko": build_ko("snd_hda_intel", []),
                     f"{old_mods}/modules.builtin": b"kernel/drivers/block/loop.ko\n",
                     f"{old_mods}/modules.order": b"kernel/drivers/net/virtio_net.ko\n",
                     "usr/share/doc/x/changelog": b"not needed\n",
@@ -390,7 +398,10 @@ def debs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[str, bytes
                 work,
                 f"linux-modules-{NEW_ABI}",
                 "7.3.4-1",
-                {f"{new_mods}/kernel/drivers/net/virtio_net.ko.xz": lzma.compress(b"\x7fELF fake")},
+                {
+                    f"{new_mods}/kernel/drivers/net/virtio_net.ko.xz": lzma.compress(build_ko("virtio_net", [])),
+                    f"{new_mods}/kernel/sound/pci/snd-hda-intel.ko.xz": lzma.compress(build_ko("snd_hda_intel", [])),
+                },
                 compression="zstd",
             ),
         ),
@@ -610,7 +621,11 @@ def test_fetch_pre7_extracts_once(
     check_kernel(k, OLD_ABI, bzimage(tiny_elf(), "xz", OLD_ABI))
     assert k.modules_dir is not None
     files = sorted(str(p.relative_to(k.modules_dir)) for p in k.modules_dir.rglob("*") if p.is_file())
-    assert files == ["kernel/drivers/net/virtio_net.ko", "modules.builtin", "modules.order"]
+    # What a guest could load and what it depends on; the sound driver is gone, and so are the .debs.
+    assert files == ["kernel/drivers/net/virtio_net.ko", "kernel/net/core/failover.ko", "modules.builtin",
+                     "modules.order"]  # fmt: skip
+    assert not list((cache / "debs").iterdir())
+    assert json.loads((cache / "kernels" / kernel_key(k.debs) / "kernel.json").read_text())["debs"][0]["sha256"]
     assert not list(k.image.parent.rglob("System.map*")) and not list(k.image.parent.rglob("changelog"))
     assert k.info().package == f"linux-image-{OLD_ABI}" and k.info().version == "6.1.27-1"
     assert k.source == f"debian:bookworm@{OLD_ABI}"
@@ -638,6 +653,7 @@ def test_fetch_7x_split_with_zstd_debs(
     check_kernel(k, NEW_ABI, bzimage(tiny_elf(), "zstd", NEW_ABI))
     assert k.modules_dir is not None
     assert (k.modules_dir / "kernel/drivers/net/virtio_net.ko.xz").is_file()
+    assert not (k.modules_dir / "kernel/sound").exists()
     assert not (k.modules_dir / "vmlinuz").exists() and not (k.modules_dir / "config").exists()
     assert k.package == f"linux-image-{NEW_ABI}" and k.label == "bookworm"
     assert mirror.count("/pool/") == 3
@@ -658,7 +674,37 @@ def test_fetch_redoes_a_tree_without_metadata(
     k.image.write_bytes(b"half")
     again = fetch(r, a, cache)
     assert again == k and again.image.read_bytes() == bzimage(tiny_elf(), "zstd", NEW_ABI)
-    assert mirror.count("/pool/") == 3  # re-unpacked from the cached .debs, not downloaded again
+    assert mirror.count("/pool/") == 6  # the .debs went after the first unpack: fetched (and checked) again
+
+
+def test_a_tree_unpacked_whole_is_slimmed_in_place_and_one_that_lacks_a_module_is_unpacked_again(
+    mirror: Mirror, signer: Signer, debs: dict[str, tuple[str, bytes]], tmp_path: Path
+) -> None:
+    publish(mirror, debs, signer)
+    cache = tmp_path / "cache"
+    a = archive(mirror, signer, cache)
+    r = resolve(DebianKernel(("bookworm",), abi=OLD_ABI), a)
+    sound = "kernel/sound/pci/snd-hda-intel.ko"
+    # As a harness from before slimming left it: every module, and no modules_kept in kernel.json.
+    k = kernels.unpacked(kernels.Packaged("bookworm", OLD_ABI, None, "6.1.27-1", r.debs, "debian:bookworm"), cache,
+                         a.fetch_deb, ["snd_hda_intel", "virtio_net"])  # fmt: skip
+    assert k.modules_dir is not None and (k.modules_dir / sound).is_file()
+    meta_file = k.image.parent / "kernel.json"
+    meta = json.loads(meta_file.read_text())
+    assert meta["modules_kept"] == ["snd_hda_intel", "virtio_net"]
+    del meta["modules_kept"]
+    meta_file.write_text(json.dumps(meta))
+
+    again = fetch(r, a, cache)
+    assert again.modules_dir == k.modules_dir and not (k.modules_dir / sound).exists()
+    assert (k.modules_dir / "kernel/drivers/net/virtio_net.ko").is_file()
+    assert json.loads(meta_file.read_text())["modules_kept"] == sorted(devices.MODULE_ROOTS)
+    assert mirror.count("/pool/") == 1  # slimmed where it was, nothing fetched
+
+    # A harness that wants a module the folder did not keep unpacks the kernel again.
+    k = kernels.unpacked(kernels.Packaged("bookworm", OLD_ABI, None, "6.1.27-1", r.debs, "debian:bookworm"), cache,
+                         a.fetch_deb, [*devices.MODULE_ROOTS, "snd_hda_intel"])  # fmt: skip
+    assert k.modules_dir is not None and (k.modules_dir / sound).is_file() and mirror.count("/pool/") == 2
 
 
 def test_list_cached_of_empty_cache(tmp_path: Path) -> None:

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from harness import aptsources, kernels, manifest, versions
+from harness import aptsources, devices, kernels, manifest, versions
 from harness.archive import DEFAULT_KEYRING, REMOVED_KEYRING, Archive, Deb
 from harness.errors import UserError
 from harness.kernels import Kernel
@@ -266,7 +266,7 @@ def fetch(resolved: Resolved, archives: Mirrors | Archive, cache: Path) -> Kerne
     packaged = kernels.Packaged(spec.label, resolved.abi, resolved.package or None, resolved.version,
                                 debs, debian_source(spec))  # fmt: skip
     download: Callable[[Deb], Path] = lambda deb: of(deb.suite, spec.snapshot).fetch_deb(deb)  # noqa: E731
-    return kernels.unpacked(packaged, cache, download)
+    return kernels.unpacked(packaged, cache, download, devices.MODULE_ROOTS)
 
 
 def _signer_note(archive: Archive, suite: str) -> str:
