@@ -62,21 +62,21 @@ def usage(cache: Path) -> list[Area]:
     areas = []
     for entry in sorted(cache.iterdir()):
         if entry.is_dir() and not entry.is_symlink():
-            size, count = _disk_usage(entry), sum(1 for _ in entry.iterdir())
+            size, count = disk_usage(entry), sum(1 for _ in entry.iterdir())
         else:
-            size, count = _blocks(entry), 1
+            size, count = blocks(entry), 1
         areas.append(Area(entry.name, count, size, AREAS.get(entry.name, "")))
     return sorted(areas, key=lambda a: (-a.bytes, a.name))
 
 
-def _blocks(path: Path) -> int:
+def blocks(path: Path) -> int:
     try:
         return path.lstat().st_blocks * 512
     except OSError:
         return 0  # gone meanwhile (a run cleaning up its stage)
 
 
-def _disk_usage(folder: Path) -> int:
+def disk_usage(folder: Path) -> int:
     total = 0
     stack = [folder]
     while stack:

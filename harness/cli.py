@@ -8,13 +8,10 @@ by SIGINT/SIGTERM (finished results kept).
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import os
 import re
 import signal
 import sys
-import tempfile
-import traceback
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import FrameType
@@ -25,12 +22,14 @@ from harness import (
     bisect,
     boot,
     compare,
+    crashes,
     history,
     kernels,
     kit,
     matrix,
     merge,
     probe,
+    prune,
     replay,
     run,
     rundir,
@@ -149,7 +148,15 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("--matrix", type=Path, help="matrix YAML file (default: the embedded default matrix)")
 
     sub.add_parser("cases", help="list the probe's cases", parents=[common])
-    sub.add_parser("cache", help="what the cache holds, folder by folder, and its size", parents=[common])
+    ca = sub.add_parser("cache", help="what the cache holds, folder by folder, and its size", parents=[common])
+    pr = ca.add_subparsers(dest="action", parser_class=_Parser).add_parser(
+        "prune", parents=[common], help="delete what was not used for DAYS (kernels, images, .debs...), and kernels "
+        "that no --keep-matrix or --keep-history names")  # fmt: skip
+    pr.add_argument("--older-than", type=float, metavar="DAYS", help="only what was last used DAYS ago or earlier")
+    pr.add_argument("--keep-matrix", type=Path, action="append", default=[], metavar="FILE",
+                    help="keep the kernels this matrix names (may be given more than once)")  # fmt: skip
+    pr.add_argument("--keep-history", type=Path, metavar="DB", help="keep the kernels this history has results of")
+    pr.add_argument("--dry-run", action="store_true", help="list what would go, delete nothing")
     return p
 
 
@@ -289,7 +296,7 @@ def cmd_bisect_step(args: argparse.Namespace, console: Console) -> int:
         err(f"harness bisect-step: skip: {e}")
         return bisect.SKIP
     except Exception as e:  # noqa: BLE001 - any harness bug must abort the bisect, not mark a commit
-        err(f"harness bisect-step: internal error: {type(e).__name__}: {e}; traceback in {_crash_report()}")
+        err(f"harness bisect-step: internal error: {type(e).__name__}: {e}; traceback in {crashes.report()}")
         return bisect.ABORT
 
 
@@ -332,12 +339,23 @@ def cmd_kernels(args: argparse.Namespace, console: Console) -> int:
 
 def cmd_cache(args: argparse.Namespace, console: Console) -> int:
     cache = _cache(args)
+    if args.action == "prune":
+        return _prune(args, cache, console)
     areas = usage(cache)
     for a in areas:
         _line(console, a.name, disk_size(a.bytes), f"{a.entries} entries", a.what)
     _line(console, "total", disk_size(sum(a.bytes for a in areas)), str(cache))
     return 0
 
+
+def _prune(args: argparse.Namespace, cache: Path, console: Console) -> int:
+    ctx = _options(args, cache).sources(terminal.printer(console))
+    doomed = prune.plan(cache, args.older_than, args.keep_matrix, args.keep_history, ctx)
+    for e in doomed:
+        _line(console, "would delete" if args.dry_run else "delete", e.area, e.path.name, disk_size(e.bytes))
+    freed = sum(e.bytes for e in doomed) if args.dry_run else prune.remove(doomed)
+    _line(console, "would free" if args.dry_run else "freed", disk_size(freed), f"{len(doomed)} entries")
+    return 0
 
 
 def cmd_image(args: argparse.Namespace, console: Console) -> int:
@@ -413,33 +431,10 @@ def main(argv: Sequence[str] | None = None, console: Console | None = None) -> i
         return 128 + e.signum
     except Exception as e:  # noqa: BLE001 - a bug: one line, the traceback in a file, its own exit code
         err(f"harness: internal error (a bug in the harness, please report it): {type(e).__name__}: {e}; "
-            f"traceback in {_crash_report()}")  # fmt: skip
+            f"traceback in {crashes.report()}")  # fmt: skip
         return EXIT_INTERNAL
     finally:
         signal.signal(signal.SIGTERM, previous)
-
-
-def _crash_report() -> Path:
-    """The exception being handled, with its traceback, in a new file under the cache's crashes/."""
-    text = traceback.format_exc()
-    for folder in (_crash_dir(), Path(tempfile.gettempdir())):
-        try:
-            folder.mkdir(parents=True, exist_ok=True)
-            fd, name = tempfile.mkstemp(prefix=f"harness-crash-{dt.datetime.now(dt.UTC):%Y%m%dT%H%M%SZ}-",
-                                        suffix=".txt", dir=folder)  # fmt: skip
-            with os.fdopen(fd, "w") as f:
-                f.write(text)
-            return Path(name)
-        except OSError:
-            continue
-    return Path("(nowhere: no writable directory)")
-
-
-def _crash_dir() -> Path:
-    try:
-        return cache_dir() / "crashes"
-    except OSError:
-        return Path(tempfile.gettempdir())
 
 
 if __name__ == "__main__":

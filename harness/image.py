@@ -277,6 +277,7 @@ def build(base: Sequence[Entry], modules: Sequence[tuple[str, bytes]], secret: b
     private(out_dir)
     if path.exists():
         path.chmod(0o600)
+        os.utime(path)  # its last use, which `harness cache prune --older-than` reads
     else:
         atomic_write(path, data, 0o600)
     return Image(path, digest, openssh_public(key), tuple(n for n, _ in modules))

@@ -201,14 +201,20 @@ def _checkout(source: Source, clone: Path, log: Path, kept: Path) -> None:
          "git checkout", kept)  # fmt: skip
 
 
+def folder(source: Source, cache: Path) -> Path:
+    """Where the kernel of `source` is (or will be) built in the cache."""
+    return cache / "builds" / build_key(source, fragment_text(source.spec), compiler(source.spec.compiler))
+
+
 def build(source: Source, cache: Path, log: Callable[[str], None], label: str = "") -> kernels.Kernel:
     """The kernel of `source`, built now or taken from the cache."""
     fragment = fragment_text(source.spec)
     cc = compiler(source.spec.compiler)
-    key = build_key(source, fragment, cc)
-    root = cache / "builds"
-    done = root / key
+    done = folder(source, cache)
+    root, key = done.parent, done.name
     if (done / BUILD_FILE).is_file():
+        with contextlib.suppress(OSError):
+            os.utime(done)  # its last use, which `harness cache prune --older-than` reads
         return load(done, label or source.spec.label)
     repo_id = _repo_id(source.spec.repo)
     with _locked(root / f".{repo_id}.lock"):

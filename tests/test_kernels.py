@@ -23,6 +23,7 @@ from harness.bzimage import bzimage_version, decompress_payload, has_pvh_note, v
 from harness.errors import InfraError, UserError
 from harness.kernels import Kernel, kernel_key, list_cached
 from harness.sources import debian
+from harness.sources.base import Context
 from harness.sources.debian import DebianKernel, fetch, resolve, resolve_in
 from harness.sources.debian_index import Build, list_builds, newest_per_line
 from harness.sources.path import PathKernel, from_path
@@ -630,6 +631,7 @@ def test_fetch_pre7_extracts_once(
     assert k.info().package == f"linux-image-{OLD_ABI}" and k.info().version == "6.1.27-1"
     assert k.source == f"debian:bookworm@{OLD_ABI}"
     assert mirror.count("/pool/") == 1
+    assert debian.DebianSource().cached(r, Context(cache)) == k.image.parent  # what `cache prune` keeps
 
     again = fetch(r, archive(mirror, signer, cache), cache)
     assert again == k and mirror.count("/pool/") == 1  # unpacked tree reused, nothing downloaded

@@ -17,7 +17,7 @@ import hashlib
 import http.server
 import subprocess
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -67,12 +67,12 @@ def keys(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Keys]:
 
 
 @pytest.fixture(scope="module")
-def etch_deb(tmp_path_factory: pytest.TempPathFactory) -> bytes:
+def etch_deb(tmp_path_factory: pytest.TempPathFactory, build_ko: Callable[[str, Sequence[str]], bytes]) -> bytes:
     """etch's kernel package: boot/vmlinuz, plain .ko modules, data.tar.gz."""
     mods = f"lib/modules/{ABI}"
     return build_deb(tmp_path_factory.mktemp("deb"), f"linux-image-{ABI}", VERSION, {
         f"boot/vmlinuz-{ABI}": bzimage(tiny_elf(xen_note=False, banner=ABI), "gzip", ABI),
-        f"{mods}/kernel/drivers/net/e1000/e1000.ko": b"\x7fELF fake module",
+        f"{mods}/kernel/drivers/net/e1000/e1000.ko": build_ko("e1000", []),
         f"{mods}/modules.dep": b"kernel/drivers/net/e1000/e1000.ko:\n",
     }, compression="gzip")  # fmt: skip
 

@@ -156,6 +156,11 @@ class History:
         """Every kernel stored, oldest version first, as its latest run named it."""
         return [k.info for k in self._ordered_kernels(self._kernels().values())]
 
+    def kernel_digests(self) -> set[str]:
+        """The sha256 of every kernel image the history holds results of."""
+        with self._guard("cannot read"):
+            return {row[0] for row in self._db.execute("SELECT DISTINCT sha256 FROM kernels")}
+
     def timelines(self, case: str | None = None, kernel: str | None = None) -> list[Timeline]:
         """Behaviour per kernel for every (case, memlock, user, RAM), kernels in version order.
 

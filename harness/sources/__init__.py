@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 from harness import manifest
@@ -73,6 +74,12 @@ class Kernels:
             return ["pinned", kernel.release, kernel.sha256[:16]]
         self.resolve(spec)
         return source_of(spec).describe(self._resolved[spec])
+
+    def cached(self, spec: KernelSpec) -> Path | None:
+        """The cache folder of the spec's kernel (see Source.cached)."""
+        self.resolve(spec)
+        with _from(spec):
+            return source_of(spec).cached(self._resolved[spec], self.ctx)
 
     def fetch(self, spec: KernelSpec) -> Kernel:
         if spec in self._pinned:

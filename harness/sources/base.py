@@ -82,6 +82,11 @@ class Source(Protocol):
         """The kernel ready to boot, downloaded, unpacked or built into the cache as needed."""
         ...
 
+    def cached(self, resolved: Any, ctx: Context) -> Path | None:
+        """The folder of the cache `fetch` keeps this kernel in (there or not yet); None when the
+        cache keeps none (a path: kernel is the user's own file). `harness cache prune` reads it."""
+        ...
+
     def record(self, kernel: Kernel) -> dict[str, Any]:
         """The kind's own part of the manifest's kernel entry (beyond what every kernel records)."""
         ...

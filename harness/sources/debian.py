@@ -155,6 +155,9 @@ class DebianSource:
     def fetch(self, resolved: Resolved, ctx: Context) -> Kernel:
         return fetch(resolved, mirrors(ctx), ctx.cache)
 
+    def cached(self, resolved: Resolved, ctx: Context) -> Path | None:
+        return ctx.cache / "kernels" / kernels.kernel_key(resolved.debs)
+
     def record(self, kernel: Kernel) -> dict[str, Any]:
         return {}  # the .debs, which every kernel entry lists, say everything
 

@@ -94,6 +94,9 @@ class GitSource:
                                   ctx.cache, ctx.log)  # fmt: skip
         return kbuild.build(resolved, ctx.cache, ctx.log, resolved.spec.label)
 
+    def cached(self, resolved: kbuild.Source, ctx: Context) -> Path | None:
+        return kbuild.folder(resolved, ctx.cache)
+
     def record(self, kernel: Kernel) -> dict[str, Any]:
         # How it was built: commit, compiler, seconds, the config (its digest and file).
         build = {key: v for key, v in kbuild.metadata(kernel.image.parent).items() if key != "fragment"}

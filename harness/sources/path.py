@@ -78,6 +78,9 @@ class PathSource:
     def describe(self, resolved: Kernel) -> list[str]:
         return ["path", str(resolved.image), resolved.release, resolved.sha256[:16]]
 
+    def cached(self, resolved: Kernel, ctx: Context) -> Path | None:
+        return None  # the user's own file (its vmlinux/ copy is kept by age only)
+
     def fetch(self, resolved: Kernel, ctx: Context) -> Kernel:
         return resolved  # read when resolved
 
