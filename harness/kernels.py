@@ -91,19 +91,19 @@ def unpacked(kernel: Packaged, cache: Path, download: Callable[[Deb], Path], kee
     """
     folder = cache / "kernels" / kernel_key(kernel.debs)
     meta = _meta(folder)
-    if meta is None or not load(folder).image.is_file() or not set(keep_modules) <= set(meta.get(_KEPT) or ()):
-        if meta is not None and meta.get(_KEPT) is None and load(folder).image.is_file():
-            _slim(folder, meta, keep_modules)
-        else:
-            paths = [download(d) for d in kernel.debs]
-            try:
-                _unpack(kernel, paths, folder, keep_modules)
-            except InfraError:
-                if _meta(folder) is None:
-                    raise
-                # another run unpacked it first, and deleted the .debs under this one
-        for deb in kernel.debs:
-            cached_deb(cache, deb).unlink(missing_ok=True)
+    kept = meta.get(_KEPT) if meta is not None else None
+    if meta is None or not load(folder).image.is_file() or (kept is not None and not set(keep_modules) <= set(kept)):
+        paths = [download(d) for d in kernel.debs]
+        try:
+            _unpack(kernel, paths, folder, keep_modules)
+        except InfraError:
+            if _meta(folder) is None:
+                raise
+            # another run unpacked it first, and deleted the .debs under this one
+    elif kept is None or (meta.get("vmlinux") and not meta.get(_SPARSE)):
+        _slim(folder, meta, keep_modules)
+    for deb in kernel.debs:
+        cached_deb(cache, deb).unlink(missing_ok=True)
     with contextlib.suppress(OSError):
         os.utime(folder)  # its last use, which `harness cache prune --older-than` reads
     found = load(folder)
@@ -112,7 +112,9 @@ def unpacked(kernel: Packaged, cache: Path, download: Callable[[Deb], Path], kee
                   kernel.package or found.package, kernel.version, kernel.debs, kernel.source)  # fmt: skip
 
 
-_KEPT = "modules_kept"  # in kernel.json: the module names its folder keeps (with their depends); absent: all
+# In kernel.json: the module names its folder keeps (with their depends), absent when it keeps all;
+# and whether its vmlinux was written with holes.
+_KEPT, _SPARSE = "modules_kept", "vmlinux_sparse"
 
 
 def _meta(folder: Path) -> dict[str, Any] | None:
@@ -126,7 +128,12 @@ def _meta(folder: Path) -> dict[str, Any] | None:
 def _slim(folder: Path, meta: dict[str, Any], keep_modules: Sequence[str]) -> None:
     if meta.get("modules_dir"):
         modules.slim(folder / meta["modules_dir"], keep_modules)
-    atomic_write(folder / META_FILE, json.dumps({**meta, _KEPT: sorted(keep_modules)}, indent=2) + "\n")
+    if meta.get("vmlinux"):
+        vmlinux = folder / meta["vmlinux"]
+        stage = folder / ".vmlinux.sparse"
+        write_sparse(stage, vmlinux.read_bytes())
+        os.replace(stage, vmlinux)
+    atomic_write(folder / META_FILE, json.dumps({**meta, _KEPT: sorted(keep_modules), _SPARSE: True}, indent=2) + "\n")
 
 
 def _unpack(kernel: Packaged, debs: Sequence[Path], folder: Path, keep_modules: Sequence[str]) -> None:
@@ -147,7 +154,7 @@ def _unpack(kernel: Packaged, debs: Sequence[Path], folder: Path, keep_modules: 
         data = image.read_bytes()
         vmlinux = vmlinux_from_image(data)
         if vmlinux is not None:
-            (tmp / "vmlinux").write_bytes(vmlinux)
+            write_sparse(tmp / "vmlinux", vmlinux)
         modules_dir = tmp / "modules" / abi
         if modules_dir.is_dir():
             modules.slim(modules_dir, keep_modules)
@@ -164,6 +171,7 @@ def _unpack(kernel: Packaged, debs: Sequence[Path], folder: Path, keep_modules: 
             "debs": [asdict(d) for d in kernel.debs],
             "source": kernel.source,
             _KEPT: sorted(keep_modules),
+            _SPARSE: True,
         }
         # Written last, then the whole tree appears at once: a killed run leaves only a .tmp dir behind.
         (tmp / META_FILE).write_text(json.dumps(meta, indent=2) + "\n")
@@ -176,6 +184,24 @@ def _unpack(kernel: Packaged, debs: Sequence[Path], folder: Path, keep_modules: 
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+_BLOCK = 4096
+_ZEROS = bytes(_BLOCK)
+
+
+def write_sparse(path: Path, data: bytes) -> None:
+    """`data` with its zero blocks left as holes: a PVH vmlinux is a quarter zeros (the padding that
+    aligns its segments), which read back as zeros and take no disk."""
+    view = memoryview(data)
+    with open(path, "wb") as f:
+        for start in range(0, len(data), _BLOCK):
+            block = view[start : start + _BLOCK]
+            if block == _ZEROS[: len(block)]:
+                f.seek(len(block), os.SEEK_CUR)
+            else:
+                f.write(block)
+        f.truncate(len(data))
 
 
 def extract_deb(deb: Path, abi: str, dest: Path, what: str) -> None:

@@ -701,6 +701,8 @@ def test_a_tree_unpacked_whole_is_slimmed_in_place_and_one_that_lacks_a_module_i
     assert again.modules_dir == k.modules_dir and not (k.modules_dir / sound).exists()
     assert (k.modules_dir / "kernel/drivers/net/virtio_net.ko").is_file()
     assert json.loads(meta_file.read_text())["modules_kept"] == sorted(devices.MODULE_ROOTS)
+    assert json.loads(meta_file.read_text())["vmlinux_sparse"] is True
+    assert again.vmlinux is not None and again.vmlinux.read_bytes() == tiny_elf()
     assert mirror.count("/pool/") == 1  # slimmed where it was, nothing fetched
 
     # A harness that wants a module the folder did not keep unpacks the kernel again.
@@ -829,3 +831,13 @@ def test_insecure_says_so_in_the_log_not_as_a_python_warning(
     resolved = debian.SOURCE.resolve(DebianKernel(("bookworm",)), ctx)
     assert resolved.suite == "bookworm"
     assert len(said) == 1 and "--insecure" in said[0] and not recwarn.list
+
+
+def test_write_sparse_reads_back_the_same_and_leaves_zero_blocks_as_holes(tmp_path: Path) -> None:
+    data = os.urandom(4096) + bytes(1 << 20) + os.urandom(100) + bytes(5000) + b"end" + bytes(7)
+    path = tmp_path / "vmlinux"
+    kernels.write_sparse(path, data)
+    assert path.read_bytes() == data
+    assert path.stat().st_blocks * 512 < 64 << 10  # the MiB of zeros takes no disk
+    kernels.write_sparse(path, bytes(10000))  # only zeros, and a partial last block
+    assert path.read_bytes() == bytes(10000)
