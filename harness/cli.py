@@ -29,6 +29,7 @@ from harness import (
     matrix,
     merge,
     probe,
+    progress,
     prune,
     replay,
     run,
@@ -199,10 +200,11 @@ def cmd_run(args: argparse.Namespace, console: Console) -> int:
         return 0
     mx, text = _matrix(args.matrix)
     options = _options(args, _cache(args))
-    live = boot.Live()
+    live, board = boot.Live(), progress.Board()
     say = terminal.printer(console)
     try:
-        run_dir, boots = run.execute(mx, options, say, live, text)
+        with progress.shown(board, console):
+            run_dir, boots = run.execute(mx, options, say, live, text, board=board)
     except (KeyboardInterrupt, Interrupted):
         _interrupted(console)
         raise

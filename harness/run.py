@@ -27,6 +27,7 @@ from harness import (
     manifest,
     matrix,
     probe,
+    progress,
     rundir,
     sources,
     suites,
@@ -111,8 +112,8 @@ def check_memory(mx: matrix.Matrix, meminfo: Path = Path("/proc/meminfo")) -> No
 
 
 def prepare(specs: Sequence[KernelSpec], unresolved: Mapping[KernelSpec, InfraError], source: sources.Kernels,
-            guests: kit.Kit, log: Callable[[str], None],
-            libc: str = userland.AUTO, wanted: Sequence[str] = ()) -> dict[KernelSpec, Prepared]:  # fmt: skip
+            guests: kit.Kit, log: Callable[[str], None], libc: str = userland.AUTO, wanted: Sequence[str] = (),
+            ready: Callable[[], None] = lambda: None) -> dict[KernelSpec, Prepared]:  # fmt: skip
     """Fetch every kernel, build the guest suites `wanted` for it and its image; a kernel that cannot
     be had fails only its own boots, a suite that cannot be built only its own cases."""
     prepared: dict[KernelSpec, Prepared] = {}
@@ -132,6 +133,7 @@ def prepare(specs: Sequence[KernelSpec], unresolved: Mapping[KernelSpec, InfraEr
         except InfraError as e:
             prepared[spec] = Prepared(error=str(e))
             log(f"kernel {spec.label}: {e}")
+        ready()
     return prepared
 
 
@@ -162,13 +164,15 @@ def execute(
     matrix_text: str = "",
     pinned: Mapping[KernelSpec, Kernel] | None = None,
     replay_of: manifest.ReplayOf | None = None,
+    board: progress.Board | None = None,
 ) -> tuple[Path, list[BootResult]]:
     """Run a matrix end to end; returns the run directory and the boot results (also on disk).
 
     `pinned` kernels are used as they are instead of being resolved (replay); `replay_of` goes into
-    the manifest (what a replay reproduces).
+    the manifest (what a replay reproduces); `board` follows the run (the live display).
     """
     live = live or Live()
+    board = board or progress.Board()
     rundir.check_writable(options.results)
     check_memory(mx)
     built = probe.build()
@@ -198,21 +202,27 @@ def execute(
     for r in results.values():
         writer.add_boot(r)
 
+    board.plan(len(specs), {p.id: sum(len(r.cases) for r in p.runs) for p in plans})
     guests = kit.assemble(options.cache, built)
     wanted = sorted({s[0] for p in plans for r in p.runs for c in r.cases if (s := suites.split(c))})
-    prepared = prepare(specs, unresolved, source, guests, log, mx.userland, wanted)
+    prepared = prepare(specs, unresolved, source, guests, log, mx.userland, wanted, board.kernel_ready)
     for p in plans:
         k = prepared[p.kernel].kernel
         results[p.id].kernel = k.info() if k else None
     setup = Setup(mx, matrix_text, options, accel, guests, prepared, planned, plans, replay_of)
     writer.write_manifest(setup.manifest(results))
 
+    def publish(result: BootResult, flush: bool = True) -> None:
+        writer.update(result, flush)
+        board.boot_update(result)
+
     def one(plan: matrix.BootPlan) -> None:
+        board.boot_started(plan.id)
         prep, result = prepared[plan.kernel], results[plan.id]
         if prep.kernel is None or prep.image is None:
             result.error = prep.error or "kernel or image missing"
             boot.fill(result, plan.runs, Outcome.INFRA_ERROR, result.error)
-            writer.update(result)
+            publish(result)
             return
         way, why = prep.transport(plan)
         if way != transports.PREFERRED:
@@ -220,7 +230,7 @@ def execute(
         hw = prep.devices or devices.choose(prep.kernel)
         ctx = boot.BootContext(plan, prep.kernel, prep.image, guests.disk_for(hw), guests.key, accel.name,
                                expectations, run_dir, way, hw, prep.suites)  # fmt: skip
-        boot.run_boot(ctx, result, writer.update, live)
+        boot.run_boot(ctx, result, publish, live)
 
     futures: dict[Future[None], str] = {}
     with ThreadPoolExecutor(max_workers=options.jobs, thread_name_prefix="boot") as pool:
@@ -233,7 +243,7 @@ def execute(
                     exc = fut.exception()
                     if exc is not None and not isinstance(exc, Cancelled):
                         raise exc
-                    log(f"boot {futures[fut]} done")
+                    log(board.boot_done(futures[fut]))
         except BaseException:
             live.cancel()
             for fut in futures:
