@@ -23,6 +23,7 @@ from typing import Any, Protocol
 import paramiko
 
 from harness import devices, guest, probe, suites, verdict, versions, vm
+from harness.admission import Admission
 from harness.errors import InfraError
 from harness.image import Image
 from harness.kernels import Kernel
@@ -119,11 +120,25 @@ class Cancelled(Exception):
 
 @dataclass
 class Live:
-    """Guests currently running, so an interrupt can stop them all at once."""
+    """Guests currently running, so an interrupt can stop them all at once, and the host memory they
+    may take between them (harness.admission)."""
 
     lock: threading.Lock = field(default_factory=threading.Lock)
     vms: set[Machine] = field(default_factory=set)
     cancelled: threading.Event = field(default_factory=threading.Event)
+    memory: Admission = field(default_factory=Admission.for_host)
+
+    @contextlib.contextmanager
+    def admitted(self, ram_mb: int) -> Iterator[None]:
+        """Until the block ends, a guest of `ram_mb` holds its share of the host's memory; waits for
+        it first. Raises Cancelled if the run is interrupted meanwhile."""
+        taken = self.memory.acquire(ram_mb, self.cancelled)
+        if taken is None:
+            raise Cancelled()
+        try:
+            yield
+        finally:
+            self.memory.release(taken)
 
     @contextlib.contextmanager
     def track(self, v: Machine) -> Iterator[None]:
@@ -245,7 +260,8 @@ def run_boot(ctx: BootContext, result: BootResult, publish: Publish, live: Live,
 def _guest(ctx: BootContext, config: vm.VMConfig, result: BootResult, publish: Publish, live: Live,
            seams: Seams) -> None:  # fmt: skip
     """One guest: boot it and run every case that has no result yet. Raises GuestLost."""
-    with seams.boot(config, ctx.serial_log, ctx.plan.timeouts.boot, live.cancelled) as machine, live.track(machine):
+    with live.admitted(config.ram_mb), seams.boot(config, ctx.serial_log, ctx.plan.timeouts.boot,
+                                                  live.cancelled) as machine, live.track(machine):  # fmt: skip
         result.qemu_argv = machine.config.argv()
         result.timings.setdefault("marker", round(machine.ready_after or 0.0, 3))
         publish(result, True)
