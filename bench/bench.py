@@ -1,11 +1,15 @@
-"""Boot-path benchmark: where the seconds go, per kernel, next to plain QEMU with no harness.
+"""Boot-path benchmark: where the seconds go, per kernel, side by side in one run.
 
 For every kernel of a matrix (default: the embedded one) it boots the same kernel and image
-twice, one after the other so each has a core to itself:
-  floor    plain `qemu-system-x86_64` with the harness's argv, timed until the ready marker
-           appears on the serial console (no reader thread, no SSH, no Python in the loop);
-  harness  vm.boot -> ready marker, SSH session open, the whole probe catalogue as root, once over
-           each transport (net: virtio-net; serial: the second UART), side by side.
+one after the other, so each has the machine to itself:
+  floor      plain `qemu-system-x86_64` with the harness's argv, timed until the ready marker
+             appears on the serial console (no reader thread, no SSH, no Python in the loop);
+  cold boot  vm.boot -> ready marker -> SSH session open, over each transport (net: virtio-net;
+             serial: the second UART);
+  catalogue  the whole probe catalogue once, as root (one limit/user run), after that boot;
+  restored   a guest saved once and restored: not built yet, printed as such.
+Then it runs the whole matrix as `harness run --jobs J` does (every limit, user and case) and
+prints its wall time and, per boot, the seconds to done and how many of them the OOM cases took.
 It prints medians over --repeat rounds. A script, not a test: figures, never assertions.
 """
 
@@ -23,7 +27,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from harness import guest, image, kit, matrix, probe, sources, vm
+from harness import guest, image, kit, matrix, probe, run, sources, vm
 from harness.cache import cache_dir
 from harness.transports import net
 
@@ -57,10 +61,25 @@ def harness_path(config: vm.VMConfig, img: image.Image, key: object, cases: list
     return {"marker": marker, "ssh": ssh, "done": done}
 
 
+def whole_matrix(mx: matrix.Matrix, jobs: int, cache: Path) -> tuple[float, dict[str, dict[str, float]]]:
+    """The matrix as `harness run --jobs J` runs it: wall seconds, and per kernel label its boot's
+    seconds to done and inside the OOM cases."""
+    with tempfile.TemporaryDirectory(prefix="harness-bench-") as tmp:
+        start = time.monotonic()
+        _, boots = run.execute(mx, run.Options(jobs=jobs, results=Path(tmp), cache=cache), lambda line: None)
+        wall = time.monotonic() - start
+    per: dict[str, dict[str, float]] = {}
+    for b in boots:
+        oom = sum(c.duration_s for c in b.cases if c.case.startswith("oom_"))
+        per[b.kernel.label if b.kernel else b.boot_id] = {"done": b.timings.get("probe", float("nan")), "oom": oom}
+    return wall, per
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--matrix", type=Path)
     parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--jobs", type=int, default=2, help="VMs at once for the whole-matrix run (default: 2)")
     args = parser.parse_args()
     mx = matrix.load(args.matrix) if args.matrix else matrix.load_default()
     cache = cache_dir()
@@ -68,13 +87,10 @@ def main() -> int:
     guests = kit.assemble(cache)
     built, key, disk = guests.probe, guests.key, guests.disk
     accel = vm.accelerator()
-    console = Console(width=160)
+    console = Console(width=200)
     console.print(f"accelerator: {accel.name} ({accel.reason}); {args.repeat} rounds; {len(built.names)} cases")
 
-    table = Table(title="Seconds from QEMU start (median)", title_justify="left")
-    for header in ("kernel", "release", "boot via", "floor: marker", "net: marker", "net: ssh ready",
-                   "net: probe done", "overhead", "serial: ssh ready", "serial: probe done"):  # fmt: skip
-        table.add_column(header, justify="left" if header in ("kernel", "release", "boot via") else "right")
+    rows = []
     for spec in dict.fromkeys(mx.kernels):
         kernel = source.fetch(spec)
         img = guests.image(kernel)
@@ -87,12 +103,24 @@ def main() -> int:
             lines.append(harness_path(serial, img, key, built.names))
         med = {k: statistics.median(r[k] for r in runs) for k in ("marker", "ssh", "done")}
         over = {k: statistics.median(r[k] for r in lines) for k in ("ssh", "done")}
-        f = statistics.median(floors)
-        table.add_row(spec.label, kernel.release, "PVH vmlinux" if kernel.vmlinux else "bzImage",
-                      f"{f:.2f}", f"{med['marker']:.2f}", f"{med['ssh']:.2f}", f"{med['done']:.2f}",
-                      f"{med['marker'] - f:+.2f}", f"{over['ssh']:.2f}", f"{over['done']:.2f}")  # fmt: skip
+        rows.append((spec.label, kernel.release, statistics.median(floors), med, over))
         console.print(f"{spec.label}: floor {floors}, net {runs}, serial {lines}", highlight=False)
+
+    wall, per = whole_matrix(mx, args.jobs, cache)
+    table = Table(title=f"Seconds (median of {args.repeat}; the whole matrix once, --jobs {args.jobs})",
+                  title_justify="left")  # fmt: skip
+    headers = ("kernel", "release", "floor: marker", "cold: marker", "cold: SSH", "catalogue (root, once)",
+               "restored", "serial: SSH", "serial: catalogue", "matrix: boot done", "matrix: OOM cases")
+    for header in headers:
+        table.add_column(header, justify="left" if header in ("kernel", "release") else "right")
+    for label, release, f, med, over in rows:
+        m = per.get(label, {"done": float("nan"), "oom": float("nan")})
+        table.add_row(label, release, f"{f:.2f}", f"{med['marker']:.2f}", f"{med['ssh']:.2f}",
+                      f"{med['done'] - med['ssh']:.2f}", "not built", f"{over['ssh']:.2f}",
+                      f"{over['done'] - over['ssh']:.2f}", f"{m['done']:.1f}", f"{m['oom']:.1f}")  # fmt: skip
     console.print(table)
+    results = sum(len(one.cases) for plan in matrix.expand(mx, built.names) for one in plan.runs)
+    console.print(f"whole matrix: {len(per)} boots, {results} results, {wall:.1f} s wall with --jobs {args.jobs}")
     return 0
 
 

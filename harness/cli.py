@@ -252,9 +252,10 @@ def cmd_compare(args: argparse.Namespace, console: Console) -> int:
 
 def cmd_replay(args: argparse.Namespace, console: Console) -> int:
     options = _options(args, _cache(args))
-    say = terminal.printer(console)
+    say, board = terminal.printer(console), progress.Board()
     try:
-        done = replay.replay(rundir.locate(args.run, args.results), args.boot, options, say, boot.Live())
+        with progress.shown(board, console):
+            done = replay.replay(rundir.locate(args.run, args.results), args.boot, options, say, boot.Live(), board)
     except (KeyboardInterrupt, Interrupted):
         _interrupted(console)
         raise

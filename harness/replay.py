@@ -13,7 +13,7 @@ import dataclasses
 from collections.abc import Callable
 from pathlib import Path
 
-from harness import compare, manifest, matrix, probe, run, rundir, sources, verdict, vm
+from harness import compare, manifest, matrix, probe, progress, run, rundir, sources, verdict, vm
 from harness.boot import Live
 from harness.errors import UserError
 from harness.results import BootResult, RunRecord
@@ -61,9 +61,8 @@ class Replay:
     changes: list[compare.Difference]  # results that came out differently
 
 
-def replay(
-    run_dir: Path, boot: str | None, options: run.Options, log: Callable[[str], None], live: Live | None = None
-) -> Replay:
+def replay(run_dir: Path, boot: str | None, options: run.Options, log: Callable[[str], None], live: Live | None = None,
+           board: progress.Board | None = None) -> Replay:  # fmt: skip
     recorded = rundir.read_manifest(run_dir)
     if recorded is None:
         raise UserError(f"{run_dir}: no manifest.json; only runs written by `harness run` can be replayed")
@@ -77,7 +76,7 @@ def replay(
         log(f"replay: not the same input: {line}")
     options = dataclasses.replace(options, boots=chosen, shard=None, accel=accel)
     replay_of = manifest.ReplayOf(original.run_id, str(run_dir), chosen, tuple(diffs))
-    new_dir, boots = run.execute(mx, options, log, live, recorded.matrix_text, pinned, replay_of)
+    new_dir, boots = run.execute(mx, options, log, live, recorded.matrix_text, pinned, replay_of, board)
     before = RunRecord(original.run_id, original.started, original.finished, original.interrupted,
                        [b for b in original.boots if b.boot_id in chosen])  # fmt: skip
     after = RunRecord(new_dir.name, "", None, False, boots)
