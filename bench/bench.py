@@ -33,7 +33,8 @@ from harness.transports import net
 
 
 def floor(config: vm.VMConfig, timeout: float) -> float:
-    argv = vm.VMConfig(config.kernel, config.initrd, config.ram_mb, config.accel, net.free_port()).argv()
+    # The harness's own argv, data disk included: without it the guest's /init waits for the disk.
+    argv = dataclasses.replace(config, port=net.free_port()).argv()
     start = time.monotonic()
     with vm.Process(argv, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL) as proc:
         assert proc.popen.stdout is not None

@@ -128,8 +128,8 @@ def _meta(folder: Path) -> dict[str, Any] | None:
 def _slim(folder: Path, meta: dict[str, Any], keep_modules: Sequence[str]) -> None:
     if meta.get("modules_dir"):
         modules.slim(folder / meta["modules_dir"], keep_modules)
-    if meta.get("vmlinux"):
-        vmlinux = folder / meta["vmlinux"]
+    vmlinux = folder / str(meta.get("vmlinux") or "")
+    if meta.get("vmlinux") and vmlinux.is_file():
         stage = folder / ".vmlinux.sparse"
         write_sparse(stage, vmlinux.read_bytes())
         os.replace(stage, vmlinux)
