@@ -17,17 +17,20 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
+import socket
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 from rich.console import Console
 from rich.table import Table
 
-from harness import guest, image, kit, matrix, probe, run, sources, vm
+from harness import guest, image, kit, matrix, probe, run, sources, verdict, vm
 from harness.cache import cache_dir
 from harness.transports import net
 
@@ -49,7 +52,65 @@ def floor(config: vm.VMConfig, timeout: float) -> float:
     raise RuntimeError(f"plain QEMU never printed the ready marker for {config.kernel}")
 
 
-def harness_path(config: vm.VMConfig, img: image.Image, key: object, cases: list[str]) -> dict[str, float]:
+def _qmp(sock_path: Path, *commands: dict[str, object], until: str = "") -> dict[str, object]:
+    """Send QMP commands in order on a fresh connection; the last reply (for `until`: the
+    query-migrate reply once its status is `until`)."""
+    with socket.socket(socket.AF_UNIX) as s:
+        s.connect(str(sock_path))
+        f = s.makefile("rw")
+        json.loads(f.readline())  # the greeting
+        reply: dict[str, object] = {}
+        for cmd in ({"execute": "qmp_capabilities"}, *commands):
+            while True:
+                f.write(json.dumps(cmd) + "\n")
+                f.flush()
+                while "return" not in (reply := json.loads(f.readline())) and "error" not in reply:
+                    pass  # events
+                status = reply.get("return", {}).get("status") if isinstance(reply.get("return"), dict) else None
+                if not until or cmd.get("execute") != "query-migrate" or status in (until, "failed"):
+                    break
+                time.sleep(0.05)
+        return reply
+
+
+def restored(config: vm.VMConfig, img: image.Image, key: object, cases: list[str], tmp: Path) -> dict[str, Any]:
+    """A guest saved once at its ready marker (QEMU's migration to a file), then started from that
+    file: seconds from the new QEMU's start to SSH ready and to the catalogue done, and whether the
+    catalogue's records equal a cold boot's (their fingerprints, as the harness judges them)."""
+    state, sock = tmp / "state", tmp / "qmp.sock"
+    argv = dataclasses.replace(config, port=net.free_port()).argv()
+    with vm.Process([*argv, "-qmp", f"unix:{sock},server=on,wait=off"], stdout=subprocess.PIPE,
+                    stderr=subprocess.DEVNULL) as proc:  # fmt: skip
+        assert proc.popen.stdout is not None
+        seen = b""
+        while vm.READY_MARKER.encode() not in seen:
+            chunk = proc.popen.stdout.read1(65536)
+            if not chunk:
+                raise RuntimeError("the guest to save never became ready")
+            seen = seen[-4096:] + chunk
+        _qmp(sock, {"execute": "migrate", "arguments": {"uri": f"exec:cat > {state}"}})
+        _qmp(sock, {"execute": "query-migrate"}, until="completed")
+        _qmp(sock, {"execute": "quit"})
+    port = net.free_port()
+    again = dataclasses.replace(config, port=port).argv()
+    start = time.monotonic()
+    with vm.Process([*again, "-incoming", f"exec:cat {state}"], stdout=subprocess.DEVNULL,
+                    stderr=subprocess.DEVNULL), \
+            guest.Guest(guest.Endpoint(port, img.host_key), "root", key) as session:  # type: ignore[arg-type]  # fmt: skip
+        session.connect(attempts=120, delay=0.25)  # the state is still loading: sshd answers once it has
+        ssh = time.monotonic() - start
+        out = session.run([probe.IN_GUEST, "run", *cases], 600).stdout
+        done = time.monotonic() - start
+    return {"ssh": ssh, "done": done, "state_mb": state.stat().st_size / 2**20, "records": out}
+
+
+def fingerprints(records: str) -> dict[str, str]:
+    expectations = verdict.load()
+    docs = [json.loads(line) for line in records.splitlines() if line.startswith("{")]
+    return {d["case"]: verdict.fingerprint(d, expectations) for d in docs if d.get("kind") == "case"}
+
+
+def harness_path(config: vm.VMConfig, img: image.Image, key: object, cases: list[str]) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="harness-bench-") as tmp, \
             vm.boot(config, Path(tmp, "serial.log"), 300) as machine:  # fmt: skip
         marker = machine.ready_after or 0.0
@@ -57,9 +118,9 @@ def harness_path(config: vm.VMConfig, img: image.Image, key: object, cases: list
         with guest.Guest(endpoint, "root", key) as session:  # type: ignore[arg-type]
             session.connect()
             ssh = time.monotonic() - machine.started
-            session.run([probe.IN_GUEST, "run", *cases], 600)
+            out = session.run([probe.IN_GUEST, "run", *cases], 600).stdout
             done = time.monotonic() - machine.started
-    return {"marker": marker, "ssh": ssh, "done": done}
+    return {"marker": marker, "ssh": ssh, "done": done, "records": out}
 
 
 def whole_matrix(mx: matrix.Matrix, jobs: int, cache: Path) -> tuple[float, dict[str, dict[str, float]]]:
@@ -97,28 +158,42 @@ def main() -> int:
         img = guests.image(kernel)
         config = vm.VMConfig(kernel.vmlinux or kernel.image, img.path, mx.ram_mb[0], accel.name, 0, disk)
         serial = dataclasses.replace(config, transport="serial")
-        floors, runs, lines = [], [], []
+        floors, runs, lines, saved = [], [], [], []
         for _ in range(args.repeat):
             floors.append(floor(config, 300))
             runs.append(harness_path(config, img, key, built.names))
             lines.append(harness_path(serial, img, key, built.names))
+            with tempfile.TemporaryDirectory(prefix="harness-bench-") as tmp:
+                saved.append(restored(config, img, key, built.names, Path(tmp)))
         med = {k: statistics.median(r[k] for r in runs) for k in ("marker", "ssh", "done")}
         over = {k: statistics.median(r[k] for r in lines) for k in ("ssh", "done")}
-        rows.append((spec.label, kernel.release, statistics.median(floors), med, over))
-        console.print(f"{spec.label}: floor {floors}, net {runs}, serial {lines}", highlight=False)
+        back = {k: statistics.median(r[k] for r in saved) for k in ("ssh", "done", "state_mb")}
+        # Restored guests against cold ones, case by case: a fingerprint that differs is a finding
+        # a restore would change (cold boots are compared among themselves for the noise).
+        cold = [fingerprints(r["records"]) for r in runs]
+        warm = [fingerprints(r["records"]) for r in saved]
+        differ = sum(1 for c in cold[0] if any(w.get(c) != cold[0][c] for w in warm))
+        noise = sum(1 for c in cold[0] if any(o.get(c) != cold[0][c] for o in cold[1:]))
+        rows.append((spec.label, kernel.release, statistics.median(floors), med, over, back, differ, noise))
+        timings = [{k: v for k, v in r.items() if k != "records"} for r in (*runs, *lines, *saved)]
+        console.print(f"{spec.label}: floor {floors}; net, serial, restored {timings}", highlight=False)
 
     wall, per = whole_matrix(mx, args.jobs, cache)
     table = Table(title=f"Seconds (median of {args.repeat}; the whole matrix once, --jobs {args.jobs})",
                   title_justify="left")  # fmt: skip
     headers = ("kernel", "release", "floor: marker", "cold: marker", "cold: SSH", "catalogue (root, once)",
-               "restored", "serial: SSH", "serial: catalogue", "matrix: boot done", "matrix: OOM cases")
+               "restored: SSH", "restored: catalogue", "restored vs cold: cases differing (cold vs cold)",
+               "serial: SSH", "serial: catalogue", "matrix: boot done", "matrix: OOM cases")
     for header in headers:
         table.add_column(header, justify="left" if header in ("kernel", "release") else "right")
-    for label, release, f, med, over in rows:
+    for label, release, f, med, over, back, differ, noise in rows:
         m = per.get(label, {"done": float("nan"), "oom": float("nan")})
         table.add_row(label, release, f"{f:.2f}", f"{med['marker']:.2f}", f"{med['ssh']:.2f}",
-                      f"{med['done'] - med['ssh']:.2f}", "not built", f"{over['ssh']:.2f}",
-                      f"{over['done'] - over['ssh']:.2f}", f"{m['done']:.1f}", f"{m['oom']:.1f}")  # fmt: skip
+                      f"{med['done'] - med['ssh']:.2f}", f"{back['ssh']:.2f}", f"{back['done'] - back['ssh']:.2f}",
+                      f"{differ} ({noise})", f"{over['ssh']:.2f}", f"{over['done'] - over['ssh']:.2f}",
+                      f"{m['done']:.1f}", f"{m['oom']:.1f}")  # fmt: skip
+    console.print(f"restored guests: state files of {statistics.median(r[5]['state_mb'] for r in rows):.0f} MiB "
+                  "(median); the guest is saved once at its ready marker, with QEMU's migration to a file")
     console.print(table)
     results = sum(len(one.cases) for plan in matrix.expand(mx, built.names) for one in plan.runs)
     console.print(f"whole matrix: {len(per)} boots, {results} results, {wall:.1f} s wall with --jobs {args.jobs}")
