@@ -93,11 +93,18 @@ def restored(config: vm.VMConfig, img: image.Image, key: object, cases: list[str
         _qmp(sock, {"execute": "quit"})
     port = net.free_port()
     again = dataclasses.replace(config, port=port).argv()
+    sock.unlink(missing_ok=True)
     start = time.monotonic()
-    with vm.Process([*again, "-incoming", f"exec:cat {state}"], stdout=subprocess.DEVNULL,
-                    stderr=subprocess.DEVNULL), \
+    with vm.Process([*again, "-incoming", f"exec:cat {state}", "-qmp", f"unix:{sock},server=on,wait=off"],
+                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL), \
             guest.Guest(guest.Endpoint(port, img.host_key), "root", key) as session:  # type: ignore[arg-type]  # fmt: skip
-        session.connect(attempts=120, delay=0.25)  # the state is still loading: sshd answers once it has
+        # Connect once the guest runs again: while the state loads, QEMU takes the connection and
+        # nothing answers, and the SSH client's wait for a banner would be measured instead.
+        while not sock.exists():
+            time.sleep(0.01)
+        while _qmp(sock, {"execute": "query-status"}).get("return", {}).get("status") != "running":  # type: ignore[union-attr]
+            time.sleep(0.02)
+        session.connect()
         ssh = time.monotonic() - start
         out = session.run([probe.IN_GUEST, "run", *cases], 600).stdout
         done = time.monotonic() - start
