@@ -139,7 +139,9 @@ def _slim(folder: Path, meta: dict[str, Any], keep_modules: Sequence[str]) -> No
 def _unpack(kernel: Packaged, debs: Sequence[Path], folder: Path, keep_modules: Sequence[str]) -> None:
     folder.parent.mkdir(parents=True, exist_ok=True)
     if folder.exists():
-        shutil.rmtree(folder)  # a tree without its metadata file is not ours to trust
+        # A tree without its metadata file is not ours to trust; one that lacks a module a newer
+        # harness wants is unpacked again (a run using it right now would lose its boots: rare).
+        shutil.rmtree(folder)
     tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name[:16]}-"))
     try:
         abi = kernel.abi
