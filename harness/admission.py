@@ -31,6 +31,7 @@ class Admission:
         self.budget_mb = max(budget_mb, 0)
         self._free = self.budget_mb
         self._cond = threading.Condition()
+        self._waiting: set[str] = set()
 
     @classmethod
     def for_host(cls, meminfo: Path = Path("/proc/meminfo")) -> Admission:
@@ -47,7 +48,12 @@ class Admission:
         with self._cond:
             return self._free
 
-    def acquire(self, ram_mb: int, cancelled: threading.Event) -> int | None:
+    def waiting(self) -> set[str]:
+        """Who waits for memory now (the names given to `acquire`), for the progress board."""
+        with self._cond:
+            return set(self._waiting)
+
+    def acquire(self, ram_mb: int, cancelled: threading.Event, who: str = "") -> int | None:
         """Wait until a guest of `ram_mb` fits; the MiB taken, or None once `cancelled` is set.
 
         A guest bigger than the whole budget waits until no other guest runs, then runs alone:
@@ -56,10 +62,14 @@ class Admission:
         """
         need = min(need_mb(ram_mb), self.budget_mb)
         with self._cond:
-            while self._free < need:
-                if cancelled.is_set():
-                    return None
-                self._cond.wait(0.25)
+            try:
+                while self._free < need:
+                    if cancelled.is_set():
+                        return None
+                    self._waiting.add(who)
+                    self._cond.wait(0.25)
+            finally:
+                self._waiting.discard(who)
             if cancelled.is_set():
                 return None
             self._free -= need

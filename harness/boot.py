@@ -129,10 +129,10 @@ class Live:
     memory: Admission = field(default_factory=Admission.for_host)
 
     @contextlib.contextmanager
-    def admitted(self, ram_mb: int) -> Iterator[None]:
-        """Until the block ends, a guest of `ram_mb` holds its share of the host's memory; waits for
-        it first. Raises Cancelled if the run is interrupted meanwhile."""
-        taken = self.memory.acquire(ram_mb, self.cancelled)
+    def admitted(self, ram_mb: int, who: str = "") -> Iterator[None]:
+        """Until the block ends, a guest of `ram_mb` (of boot `who`) holds its share of the host's
+        memory; waits for it first. Raises Cancelled if the run is interrupted meanwhile."""
+        taken = self.memory.acquire(ram_mb, self.cancelled, who)
         if taken is None:
             raise Cancelled()
         try:
@@ -260,7 +260,7 @@ def run_boot(ctx: BootContext, result: BootResult, publish: Publish, live: Live,
 def _guest(ctx: BootContext, config: vm.VMConfig, result: BootResult, publish: Publish, live: Live,
            seams: Seams) -> None:  # fmt: skip
     """One guest: boot it and run every case that has no result yet. Raises GuestLost."""
-    with live.admitted(config.ram_mb), seams.boot(config, ctx.serial_log, ctx.plan.timeouts.boot,
+    with live.admitted(config.ram_mb, ctx.plan.id), seams.boot(config, ctx.serial_log, ctx.plan.timeouts.boot,
                                                   live.cancelled) as machine, live.track(machine):  # fmt: skip
         result.qemu_argv = machine.config.argv()
         result.timings.setdefault("marker", round(machine.ready_after or 0.0, 3))

@@ -12,7 +12,7 @@ import contextlib
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 from rich.console import Console, Group, RenderableType
@@ -51,11 +51,13 @@ class _Boot:
     restarts: int = 0
     error: str = ""
 
-    def phase(self, now: float) -> str:
+    def phase(self, now: float, waiting: bool) -> str:
         if self.done:
             return "done" + (f": {self.error}" if self.error else "")
         if self.started is None:
             return "waiting"
+        if waiting:
+            return "waiting for memory (admission)"
         if not self.up:
             return f"booting {now - self.started:.0f}s"
         if not self.results:
@@ -71,12 +73,14 @@ class Board:
         self._kernels = 0
         self._kernels_ready = 0
         self._boots: dict[str, _Boot] = {}
+        self._waiting: Callable[[], set[str]] = set
 
-    def plan(self, kernels: int, boots: dict[str, int]) -> None:
-        """The run's kernels, and its boots with the results each plans."""
+    def plan(self, kernels: int, boots: dict[str, int], waiting: Callable[[], set[str]] = set) -> None:
+        """The run's kernels, its boots with the results each plans, and who waits for memory now."""
         with self._lock:
             self._kernels = kernels
             self._boots = {boot_id: _Boot(planned) for boot_id, planned in boots.items()}
+            self._waiting = waiting
 
     def kernel_ready(self) -> None:
         """One kernel fetched and its image built (or given up on: its boots will say)."""
@@ -122,7 +126,8 @@ class Board:
             finished = sum(b.done for b in boots.values())
             results = sum(b.results for b in boots.values())
             planned = sum(b.planned for b in boots.values())
-            phases = [(i, b.phase(now), b.restarts) for i, b in running]
+            held = self._waiting()
+            phases = [(i, b.phase(now, i in held), b.restarts) for i, b in running]
         if not boots:
             return Text("preparing the run: the probe, the kernels' indexes", style="bold")
         head = Text(

@@ -202,7 +202,7 @@ def execute(
     for r in results.values():
         writer.add_boot(r)
 
-    board.plan(len(specs), {p.id: sum(len(r.cases) for r in p.runs) for p in plans})
+    board.plan(len(specs), {p.id: sum(len(r.cases) for r in p.runs) for p in plans}, live.memory.waiting)
     guests = kit.assemble(options.cache, built)
     wanted = sorted({s[0] for p in plans for r in p.runs for c in r.cases if (s := suites.split(c))})
     prepared = prepare(specs, unresolved, source, guests, log, mx.userland, wanted, board.kernel_ready)

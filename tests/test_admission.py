@@ -60,13 +60,13 @@ def test_a_guest_bigger_than_the_budget_runs_alone() -> None:
     small = gate.acquire(256, cancelled)
     assert small is not None
     got: list[int | None] = []
-    big = threading.Thread(target=lambda: got.append(gate.acquire(4096, cancelled)))
+    big = threading.Thread(target=lambda: got.append(gate.acquire(4096, cancelled, "big-4096M")))
     big.start()
     time.sleep(0.3)
-    assert not got  # waits while the small one runs
+    assert not got and gate.waiting() == {"big-4096M"}  # waits while the small one runs, and says so
     gate.release(small)
     big.join(5)
-    assert got == [1000] and gate.free_mb == 0
+    assert got == [1000] and gate.free_mb == 0 and gate.waiting() == set()
     gate.release(1000)
 
 

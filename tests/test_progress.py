@@ -59,6 +59,18 @@ def test_the_board_follows_kernels_boots_and_results() -> None:
     assert board.boot_done("b-256M") == "boot b-256M done (2/3): 1 error; no ready marker after 60 s"
 
 
+def test_a_boot_held_by_admission_says_so() -> None:
+    board = progress.Board()
+    held = {"b-256M"}
+    board.plan(1, {"a-256M": 1, "b-256M": 1}, lambda: held)
+    board.boot_started("a-256M")
+    board.boot_started("b-256M")
+    text = shown(board)
+    assert re.search(r"a-256M +booting \d+s", text) and re.search(r"b-256M +waiting for memory", text)
+    held.clear()
+    assert re.search(r"b-256M +booting \d+s", shown(board))
+
+
 def test_guest_text_on_the_board_is_made_safe() -> None:
     board = progress.Board()
     board.plan(1, {"evil\x1b]0;title\x07-256M": 1})
