@@ -35,21 +35,26 @@ from harness.cache import cache_dir
 from harness.transports import net
 
 
+def _ready(proc: vm.Process, start: float, timeout: float, what: str) -> float:
+    """Seconds from `start` until the guest's ready marker appears on the serial console (stdout)."""
+    assert proc.popen.stdout is not None
+    seen = b""
+    while time.monotonic() - start < timeout:
+        chunk = proc.popen.stdout.read1(65536)
+        if not chunk:
+            break
+        seen = seen[-4096:] + chunk
+        if vm.READY_MARKER.encode() in seen:
+            return time.monotonic() - start
+    raise RuntimeError(f"plain QEMU never printed the ready marker for {what}")
+
+
 def floor(config: vm.VMConfig, timeout: float) -> float:
     # The harness's own argv, data disk included: without it the guest's /init waits for the disk.
     argv = dataclasses.replace(config, port=net.free_port()).argv()
     start = time.monotonic()
     with vm.Process(argv, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL) as proc:
-        assert proc.popen.stdout is not None
-        seen = b""
-        while time.monotonic() - start < timeout:
-            chunk = proc.popen.stdout.read1(65536)
-            if not chunk:
-                break
-            seen = seen[-4096:] + chunk
-            if vm.READY_MARKER.encode() in seen:
-                return time.monotonic() - start
-    raise RuntimeError(f"plain QEMU never printed the ready marker for {config.kernel}")
+        return _ready(proc, start, timeout, str(config.kernel))
 
 
 def _qmp(sock_path: Path, *commands: dict[str, object], until: str = "") -> dict[str, object]:
@@ -81,13 +86,7 @@ def restored(config: vm.VMConfig, img: image.Image, key: object, cases: list[str
     argv = dataclasses.replace(config, port=net.free_port()).argv()
     with vm.Process([*argv, "-qmp", f"unix:{sock},server=on,wait=off"], stdout=subprocess.PIPE,
                     stderr=subprocess.DEVNULL) as proc:  # fmt: skip
-        assert proc.popen.stdout is not None
-        seen = b""
-        while vm.READY_MARKER.encode() not in seen:
-            chunk = proc.popen.stdout.read1(65536)
-            if not chunk:
-                raise RuntimeError("the guest to save never became ready")
-            seen = seen[-4096:] + chunk
+        _ready(proc, time.monotonic(), 300, f"the guest to save ({config.kernel})")
         _qmp(sock, {"execute": "migrate", "arguments": {"uri": f"exec:cat > {state}"}})
         _qmp(sock, {"execute": "query-migrate"}, until="completed")
         _qmp(sock, {"execute": "quit"})

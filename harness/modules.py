@@ -137,19 +137,24 @@ def load_order(
     return order
 
 
-def closure(roots: Sequence[str], modules_dir: Path) -> set[Path]:
-    """The files of `roots` this kernel has as modules, and of everything their depends= names."""
-    builtin = read_builtin(modules_dir)
-    files = index_modules(modules_dir)
-    found: set[str] = set()
+def _graph(roots: Sequence[str], files: Mapping[str, Path], builtin: set[str]) -> dict[str, list[str]]:
+    """Each module file of the closure of `roots` with what its depends= names. Reads .modinfo only
+    for the closure: a kernel has thousands of modules and a guest needs a handful."""
+    graph: dict[str, list[str]] = {}
     pending = [m.replace("-", "_") for m in roots]
     while pending:
         name = pending.pop()
-        if name in found or name in builtin or name not in files:
+        if name in graph or name in builtin or name not in files:
             continue
-        found.add(name)
-        pending.extend(depends(files[name]))
-    return {files[name] for name in found}
+        graph[name] = depends(files[name])
+        pending.extend(graph[name])
+    return graph
+
+
+def closure(roots: Sequence[str], modules_dir: Path) -> set[Path]:
+    """The files of `roots` this kernel has as modules, and of everything their depends= names."""
+    files = index_modules(modules_dir)
+    return {files[name] for name in _graph(roots, files, read_builtin(modules_dir))}
 
 
 def slim(modules_dir: Path, roots: Sequence[str]) -> int:
@@ -176,13 +181,4 @@ def resolve(wanted: Sequence[str], modules_dir: Path, optional: Sequence[str] = 
     builtin = read_builtin(modules_dir)
     files = index_modules(modules_dir)
     wanted = [*(m for m in optional if m.replace("-", "_") in files), *wanted]
-    graph: dict[str, list[str]] = {}
-    pending = [m.replace("-", "_") for m in wanted]
-    # Read .modinfo only for the closure: a kernel has thousands of modules and we need a handful.
-    while pending:
-        name = pending.pop()
-        if name in graph or name in builtin or name not in files:
-            continue
-        graph[name] = depends(files[name])
-        pending.extend(graph[name])
-    return [files[name] for name in load_order(wanted, graph, builtin, release)]
+    return [files[name] for name in load_order(wanted, _graph(wanted, files, builtin), builtin, release)]

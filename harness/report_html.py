@@ -327,15 +327,16 @@ def _templates() -> tuple[jinja2.Template, jinja2.Template]:
     return env.from_string(_INDEX), env.from_string(_BOOT)
 
 
+def _shared(run: RunRecord, m: overview.Matrix) -> dict[str, Any]:
+    """What both templates are given."""
+    return {"run": run, "m": m, "css": _CSS, "labels": overview.LABEL, "href": _href}
+
+
 def _index(run: RunRecord, m: overview.Matrix) -> str:
     spans = {ram: sum(1 for c in m.columns if c.boot.ram_mb == ram) for ram in m.ram_sizes}
     cells = [Markup("".join(_cell(row, m.columns[i], cell) for i, cell in enumerate(row.cells))) for row in m.rows]
     return _templates()[0].render(
-        run=run,
-        m=m,
-        css=_CSS,
-        labels=overview.LABEL,
-        href=_href,
+        _shared(run, m),
         status=overview.status(run),
         verdict=overview.verdict(run.boots),
         code=exit_code(run.boots),
@@ -358,11 +359,7 @@ def _index(run: RunRecord, m: overview.Matrix) -> str:
 
 def _boot(run: RunRecord, m: overview.Matrix, c: overview.Column) -> str:
     return _templates()[1].render(
-        run=run,
-        m=m,
-        css=_CSS,
-        labels=overview.LABEL,
-        href=_href,
+        _shared(run, m),
         c=c,
         b=c.boot,
         prev=m.columns[c.index - 1] if c.index > 0 else None,
