@@ -194,8 +194,9 @@ def step(state_path: Path, cache: Path, log: Callable[[str], None]) -> int:
 
 def _options(results: Path, cache: Path) -> run.Options:
     # The KVM check takes seconds and cannot change during a bisect: once per process, and the
-    # steps inherit the answer (HARNESS_ACCEL, set by bisect()).
-    return run.Options(jobs=1, results=results, cache=cache, accel=_accelerator())
+    # steps inherit the answer (HARNESS_ACCEL, set by bisect()). Cold: each commit's kernel is
+    # booted once or a few times, and those tries are meant to be independent guests.
+    return run.Options(jobs=1, results=results, cache=cache, accel=_accelerator(), cold=True)
 
 
 @functools.cache

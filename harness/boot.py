@@ -22,7 +22,7 @@ from typing import Any, Protocol
 
 import paramiko
 
-from harness import devices, guest, probe, suites, verdict, versions, vm
+from harness import devices, guest, probe, snapshot, suites, verdict, versions, vm
 from harness.admission import Admission
 from harness.errors import InfraError
 from harness.image import Image
@@ -53,6 +53,7 @@ class BootContext:
     transport: str = "net"  # how the harness reaches the guest (harness.transports), decided for `auto`
     devices: devices.Devices = devices.VIRTIO  # the guest's NIC and disk, as its kernel can drive them
     suites: Mapping[str, Built | str] = field(default_factory=dict)  # built for this kernel, or why not
+    saved: snapshot.Store | None = None  # where guests are saved and loaded from; None: every guest boots cold
 
     @property
     def serial_log(self) -> Path:
@@ -67,6 +68,7 @@ class Machine(Protocol):
 
     config: vm.VMConfig
     started: float
+    restored: str  # the saved guest this one was loaded from (harness.snapshot); "" when booted
 
     @property
     def ready_after(self) -> float | None: ...
@@ -98,16 +100,17 @@ class Session(Protocol):
         ...
 
 
-def _boot_vm(config: vm.VMConfig, serial: Path, timeout: float,
-             cancel: threading.Event) -> AbstractContextManager[Machine]:  # fmt: skip
-    return vm.boot(config, serial, timeout, cancel=cancel)
+def _boot_vm(config: vm.VMConfig, serial: Path, timeout: float, cancel: threading.Event,
+             saved: snapshot.Store | None) -> AbstractContextManager[Machine]:  # fmt: skip
+    return snapshot.boot(saved, config, serial, timeout, cancel)
 
 
 @dataclass(frozen=True)
 class Seams:
     """How a boot starts guests and talks to them: QEMU and fabric, or a test's fakes."""
 
-    boot: Callable[[vm.VMConfig, Path, float, threading.Event], AbstractContextManager[Machine]] = _boot_vm
+    boot: Callable[[vm.VMConfig, Path, float, threading.Event, snapshot.Store | None],
+                   AbstractContextManager[Machine]] = _boot_vm
     session: Callable[[guest.Endpoint, str, paramiko.PKey], AbstractContextManager[Session]] = guest.Guest
 
 
@@ -260,9 +263,10 @@ def run_boot(ctx: BootContext, result: BootResult, publish: Publish, live: Live,
 def _guest(ctx: BootContext, config: vm.VMConfig, result: BootResult, publish: Publish, live: Live,
            seams: Seams) -> None:  # fmt: skip
     """One guest: boot it and run every case that has no result yet. Raises GuestLost."""
-    with live.admitted(config.ram_mb, ctx.plan.id), seams.boot(config, ctx.serial_log, ctx.plan.timeouts.boot,
-                                                  live.cancelled) as machine, live.track(machine):  # fmt: skip
+    started = seams.boot(config, ctx.serial_log, ctx.plan.timeouts.boot, live.cancelled, ctx.saved)
+    with live.admitted(config.ram_mb, ctx.plan.id), started as machine, live.track(machine):
         result.qemu_argv = machine.config.argv()
+        result.restored = machine.restored or result.restored
         result.timings.setdefault("marker", round(machine.ready_after or 0.0, 3))
         publish(result, True)
         endpoint = machine.endpoint(ctx.image.host_key)

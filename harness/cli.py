@@ -105,6 +105,8 @@ def _parser() -> argparse.ArgumentParser:
     rp.add_argument("--results", type=Path, default=Path("results"), help="results directory (default: results)")
     rp.add_argument("--verbose", action="store_true", help="list every deviation and error, not one line per finding")
     _history_option(rp)
+    for cmd in (run, rp):
+        cmd.add_argument("--cold", action="store_true", help="boot every guest; do not load or save saved guests")
 
     bs = sub.add_parser("bisect", help="find the first commit where a case's behaviour changed", parents=[common])
     bs.add_argument("--repo", type=Path, required=True, help="kernel git work tree (left as it is found)")
@@ -191,7 +193,8 @@ def _options(args: argparse.Namespace, cache: Path) -> run.Options:
         raise UserError(f"--jobs {jobs}: give at least 1")
     return run.Options(jobs=jobs, results=getattr(args, "results", Path("results")), cache=cache,
                        mirror=args.mirror, insecure=args.insecure, shard=getattr(args, "shard", None),
-                       history=_history_path(args) if hasattr(args, "history") else None)  # fmt: skip
+                       history=_history_path(args) if hasattr(args, "history") else None,
+                       cold=getattr(args, "cold", False))  # fmt: skip
 
 
 def cmd_run(args: argparse.Namespace, console: Console) -> int:

@@ -3,8 +3,9 @@ matrix or history given to keep names.
 
 An entry is one top-level item of an area: an unpacked or built kernel (its folder), a guest image,
 a leftover .deb, a suite's build. Its last use is its modification time, which the harness sets
-each time a run takes a kernel, an image or a build from the cache. Kernels are the bulk; the
-rest is made again in seconds when a run needs it (a .deb is fetched again, by its digest).
+each time a run takes a kernel, an image, a build or a saved guest from the cache. Kernels are the
+bulk; the rest is made again in seconds when a run needs it (a .deb is fetched again, by its
+digest; a guest is saved again by its next cold boot).
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from harness.sources.base import Context
 KERNEL_AREAS = ("kernels", "builds")
 # Areas pruned by age only. Not here: keys, indexes, apt, src, kbuild, ccache, bisect-test (small,
 # or what makes the next build incremental: `rm -rf` them by hand if need be).
-AGED_AREAS = ("images", "debs", "suites", "userland", "vmlinux", "crashes")
+AGED_AREAS = ("images", "debs", "suites", "userland", "vmlinux", "crashes", "guests")
 DAY = 86400.0
 
 

@@ -29,6 +29,7 @@ from harness import (
     probe,
     progress,
     rundir,
+    snapshot,
     sources,
     suites,
     transports,
@@ -57,6 +58,7 @@ class Options:
     shard: tuple[int, int] | None = None  # (I, N): run the I-th of N deterministic slices of the boots
     boots: tuple[str, ...] = ()  # run only these boot ids (replay); () for all
     history: Path | None = None  # SQLite history the finished run is appended to; None: none
+    cold: bool = False  # boot every guest: neither load nor save saved guests (harness.snapshot)
 
     def sources(self, log: Callable[[str], None]) -> sources.Context:
         return sources.Context(self.cache, log, self.mirror, self.insecure)
@@ -194,6 +196,7 @@ def execute(
             unresolved[spec] = e
     accel = options.accel or vm.accelerator()
     log(f"accelerator: {accel.name} ({accel.reason})")
+    saved = None if options.cold else snapshot.Store.of(options.cache)
 
     run_id, run_dir = rundir.create(options.results)
     writer = rundir.RunWriter(run_dir, run_id, rundir.now(), [p.id for p in plans])
@@ -229,7 +232,7 @@ def execute(
             log(f"boot {plan.id}: over {way} ({why})")
         hw = prep.devices or devices.choose(prep.kernel)
         ctx = boot.BootContext(plan, prep.kernel, prep.image, guests.disk_for(hw), guests.key, accel.name,
-                               expectations, run_dir, way, hw, prep.suites)  # fmt: skip
+                               expectations, run_dir, way, hw, prep.suites, saved)  # fmt: skip
         boot.run_boot(ctx, result, publish, live)
 
     futures: dict[Future[None], str] = {}

@@ -129,6 +129,7 @@ def _boot_json(boot: BootResult) -> dict[str, Any]:
         "reboots": boot.reboots,
         "retries": boot.retries,
         "transport": boot.transport,
+        "restored": boot.restored,
         "cases": [_case_json(r) for r in boot.cases],
     }
 
@@ -189,7 +190,7 @@ def _boot_from(d: Doc) -> BootResult:
         d.opt_integer("memtotal_kb"), d.text("uname"), d.texts("qemu_argv"), _inside(d, "serial_log"),
         {k: Doc(timings, f"{d.where}timings.", d.what).number(k) for k in timings}, d.text("error"),
         d.integer("reboots"), d.integer("retries"), d.items("cases", lambda c: _case_from(c, boot_id), required=True),
-        d.text("transport"),
+        d.text("transport"), d.text("restored"),
     )  # fmt: skip
 
 

@@ -22,7 +22,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from harness import transports
+from harness import qmp, transports
 from harness.errors import InfraError
 from harness.guest import Endpoint
 from harness.streams import Lines
@@ -213,11 +213,13 @@ class VM:
 
     A config not yet placed (port 0, no channel) gets its way in from its transport: a free port,
     or a socket in the VM's own directory, which only this user can enter and which goes with it.
+    QEMU's QMP socket is in that directory too. With `incoming` (a QEMU -incoming URI) the guest is
+    not booted but loaded from a saved state (harness.snapshot), and it is ready once it runs.
     """
 
     LINE_TIMEOUT = 10.0  # seconds for QEMU to open a serial line (it opens it before starting the guest)
 
-    def __init__(self, config: VMConfig, serial_log: Path) -> None:
+    def __init__(self, config: VMConfig, serial_log: Path, incoming: str | None = None) -> None:
         transport = transports.get(config.transport)
         self._workdir = Path(tempfile.mkdtemp(prefix="harness-vm-"))
         if not (config.port or config.channel):
@@ -225,15 +227,22 @@ class VM:
             config = dataclasses.replace(config, port=port, channel=channel)
         self.config = config
         self.serial_log = serial_log
+        self.restored = ""  # the saved guest (harness.snapshot key) this one was loaded from
         self.started = time.monotonic()
         self._serial = _Serial()
         self._link: transports.Link | None = None
         self._stderr = tempfile.TemporaryFile()  # noqa: SIM115 (closed by close(), like the process)
         self._stderr_text = ""
         self._log = serial_log.open("ab")
-        self._proc = Process(config.argv(), stdout=subprocess.PIPE, stderr=self._stderr)
+        self._log_start = self._log.tell()
+        self.qmp_socket = self._workdir / "qmp.sock"
+        # Not part of argv(): the printed command line is the boot's, without the harness's handles.
+        extra = ["-qmp", f"unix:{self.qmp_socket},server=on,wait=off"] + (["-incoming", incoming] if incoming else [])
+        self._proc = Process(config.argv() + extra, stdout=subprocess.PIPE, stderr=self._stderr)
         self._reader = threading.Thread(target=self._read, name=f"serial-{serial_log.stem}", daemon=True)
         self._reader.start()
+        if incoming:
+            threading.Thread(target=self._await_resume, name=f"resume-{serial_log.stem}", daemon=True).start()
         try:
             self._link = transport.open(config.port, config.channel, time.monotonic() + self.LINE_TIMEOUT)
         except BaseException as e:
@@ -289,6 +298,26 @@ class VM:
                 self._line(rest.data.decode(errors="replace"))
             self._serial.ended.set()
             self._serial.ready.set()  # wake a waiter: the guest can never become ready now
+
+    def _await_resume(self) -> None:
+        """A loaded guest prints no ready marker (it printed it before it was saved): it is ready
+        when QEMU runs it. A load that fails ends QEMU, which the serial reader reports."""
+        while not self.qmp_socket.exists():
+            if self._serial.ended.wait(0.01):
+                return
+        with contextlib.suppress(InfraError), qmp.QMP(self.qmp_socket) as q:
+            loaded = q.wait_for("query-status", "status", {"running", "paused", "postmigrate"}, timeout=600)
+            if loaded["status"] != "running":
+                q.command("cont")  # it was saved paused, and QEMU keeps the run state it was saved in
+            self._serial.ready_at = time.monotonic() - self.started
+            self._serial.ready.set()
+
+    def console(self) -> bytes:
+        """What this guest printed on its console so far, as the serial log has it."""
+        self._log.flush()
+        with self.serial_log.open("rb") as f:
+            f.seek(self._log_start)
+            return f.read(SERIAL_LOG_MAX)
 
     def _line(self, line: str) -> None:
         s = self._serial
@@ -374,11 +403,12 @@ class VM:
 
 @contextlib.contextmanager
 def boot(config: VMConfig, serial_log: Path, timeout: float, tries: int = 5,
-         cancel: threading.Event | None = None) -> Iterator[VM]:  # fmt: skip
-    """Start QEMU and wait for the guest's ready marker, placing the VM again when its transport
-    says the place was taken (another VM's port, with parallel VMs)."""
+         cancel: threading.Event | None = None, incoming: str | None = None) -> Iterator[VM]:  # fmt: skip
+    """Start QEMU and wait for the guest's ready marker (or, `incoming`, for the loaded guest to
+    run), placing the VM again when its transport says the place was taken (another VM's port,
+    with parallel VMs)."""
     for attempt in range(tries):
-        vm = VM(config if attempt == 0 else dataclasses.replace(config, port=0, channel=None), serial_log)
+        vm = VM(config if attempt == 0 else dataclasses.replace(config, port=0, channel=None), serial_log, incoming)
         try:
             vm.wait_ready(timeout, cancel)
         except BootFailure:

@@ -76,6 +76,7 @@ class FakeMachine:
         self.alive = True
         self.exit_status: int | None = None
         self.closed = False
+        self.restored = ""
 
     def wait_exit(self, timeout: float) -> None:
         pass
@@ -145,13 +146,18 @@ class Guests:
         self.refuse = refuse
         self.started: list[FakeMachine] = []
         self.sessions: list[FakeSession] = []
+        self.loaded: list[str] = []  # per guest started: the saved guest it is loaded from ("" booted)
+        self.stores: list[object] = []  # the store each guest was asked for
 
     @contextlib.contextmanager
-    def boot(self, config: vm.VMConfig, serial: Path, timeout: float, cancel: threading.Event) -> Iterator[FakeMachine]:
+    def boot(self, config: vm.VMConfig, serial: Path, timeout: float, cancel: threading.Event,
+             saved: object) -> Iterator[FakeMachine]:  # fmt: skip
         failure = self.boots.pop(0) if self.boots else None
         if failure is not None:
             raise failure
+        self.stores.append(saved)
         machine = FakeMachine(config)
+        machine.restored = self.loaded.pop(0) if self.loaded else ""
         self.started.append(machine)
         try:
             yield machine
@@ -174,13 +180,14 @@ def plan(*runs: RunPlan) -> BootPlan:
                     Timeouts(boot=10, case=5))  # fmt: skip
 
 
-def run_boot(tmp_path: Path, guests: Guests, p: BootPlan | None = None,
-             live: boot.Live | None = None) -> tuple[BootResult, list[tuple[int, bool]]]:  # fmt: skip
+def run_boot(tmp_path: Path, guests: Guests, p: BootPlan | None = None, live: boot.Live | None = None,
+             saved: object = None) -> tuple[BootResult, list[tuple[int, bool]]]:  # fmt: skip
     """Run one boot plan through the fakes; returns the result and (cases known, flushed) per publish."""
     p = p or plan()
     kernel = Kernel("bookworm", "6.1.0-50-amd64", tmp_path / "vmlinuz", None, None, "ab" * 32, None, None, (), "x")
     image = Image(tmp_path / "image.cpio", "cd" * 32, "ssh-ed25519 AAAA", ())
-    ctx = boot.BootContext(p, kernel, image, tmp_path / "disk.img", None, "tcg", EXPECT, tmp_path)  # type: ignore[arg-type]
+    ctx = boot.BootContext(p, kernel, image, tmp_path / "disk.img", None, "tcg", EXPECT, tmp_path,  # type: ignore[arg-type]
+                           saved=saved)  # type: ignore[arg-type]
     result = BootResult(p.id, None, p.ram_mb)
     published: list[tuple[int, bool]] = []
     boot.run_boot(ctx, result, lambda r, flush: published.append((len(r.cases), flush)), live or boot.Live(),
@@ -190,6 +197,20 @@ def run_boot(tmp_path: Path, guests: Guests, p: BootPlan | None = None,
 
 def outcomes(result: BootResult) -> list[tuple[str, str, Outcome]]:
     return [(c.case, c.memlock, c.outcome) for c in result.cases]
+
+
+def test_a_boot_asks_for_guests_from_its_store_and_records_the_saved_guest_they_came_from(tmp_path: Path) -> None:
+    """The first guest booted (and was saved), a case lost it, the next one was loaded: the boot
+    says which saved guest it used. Without a store every guest is asked for cold."""
+    guests = Guests(faults={CASES[1]: PANIC})
+    guests.loaded = ["", "5eed"]
+    result, _ = run_boot(tmp_path / "a", guests, saved="the store")
+    assert (result.restored, result.reboots, guests.stores) == ("5eed", 1, ["the store", "the store"])
+    assert outcomes(result)[1] == (CASES[1], "default", Outcome.PANIC)
+
+    cold = Guests()
+    result, _ = run_boot(tmp_path / "b", cold)
+    assert (result.restored, cold.stores) == ("", [None])
 
 
 def test_every_case_in_one_guest(tmp_path: Path) -> None:
@@ -295,8 +316,8 @@ def test_an_interrupt_during_a_failed_boot_is_not_retried(tmp_path: Path) -> Non
 
     class Interrupting(Guests):
         @contextlib.contextmanager
-        def boot(self, config: vm.VMConfig, serial: Path, timeout: float,
-                 cancel: threading.Event) -> Iterator[FakeMachine]:  # fmt: skip
+        def boot(self, config: vm.VMConfig, serial: Path, timeout: float, cancel: threading.Event,
+                 saved: object) -> Iterator[FakeMachine]:  # fmt: skip
             live.cancel()
             raise vm.BootFailure("boot cancelled: the run was interrupted", "")
             yield  # pragma: no cover

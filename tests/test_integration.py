@@ -24,7 +24,7 @@ from junitparser import JUnitXml
 from test_junit_consumers import JENKINS_XSD, expected_counts, junitparser_counts, render_junit2html
 from test_overview import kernel_cells, matrix_rows, parse
 
-from harness import boot, guest, image, kernels, kit, matrix, probe, rundir, sources, verdict, vm
+from harness import boot, guest, image, kernels, kit, matrix, probe, rundir, snapshot, sources, verdict, vm
 from harness.cache import cache_dir
 from harness.results import BootResult, Outcome
 from harness.sources.debian import DebianKernel
@@ -312,7 +312,7 @@ def test_interrupt_keeps_finished_results(tmp_path: Path, signum: int) -> None:
 
 def boot_plan(bookworm: Prepared, tmp_path: Path, runs: tuple[matrix.RunPlan, ...], *, case_timeout: float = 60,
               img: image.Image | None = None, before: Callable[[BootResult, boot.Live], None] | None = None,
-              transport: str = "net") -> BootResult:  # fmt: skip
+              transport: str = "net", saved: snapshot.Store | None = None) -> BootResult:  # fmt: skip
     """One boot plan of bookworm through the runner's own path (boot.run_boot), results in tmp_path."""
     kernel, default_img, key = bookworm
     plan = matrix.BootPlan("bookworm-test" if transport == "net" else f"bookworm-{transport}",
@@ -324,7 +324,7 @@ def boot_plan(bookworm: Prepared, tmp_path: Path, runs: tuple[matrix.RunPlan, ..
     if before is not None:
         before(result, live)
     ctx = boot.BootContext(plan, kernel, img or default_img, image.disk_image(cache_dir() / "images"), key,
-                           vm.accelerator().name, verdict.load(), tmp_path, transport)  # fmt: skip
+                           vm.accelerator().name, verdict.load(), tmp_path, transport, saved=saved)  # fmt: skip
     boot.run_boot(ctx, result, writer.update, live)
     return result
 
