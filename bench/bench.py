@@ -7,9 +7,12 @@ one after the other, so each has the machine to itself:
   cold boot  vm.boot -> ready marker -> SSH session open, over each transport (net: virtio-net;
              serial: the second UART);
   catalogue  the whole probe catalogue once, as root (one limit/user run), after that boot;
-  restored   a guest saved once and restored: not built yet, printed as such.
-Then it runs the whole matrix as `harness run --jobs J` does (every limit, user and case) and
-prints its wall time and, per boot, the seconds to done and how many of them the OOM cases took.
+  restored   a guest booted and saved as `harness run` saves it (harness.snapshot; the seconds
+             the save took), then one loaded from it: SSH and the catalogue, and whether each
+             case's fingerprint equals the cold boot's.
+Then it runs the whole matrix as `harness run --jobs J` does (every limit, user and case), once
+with `--cold` and once with saved guests, and prints both wall times and, per boot, the seconds
+to done and how many of them the OOM cases took.
 It prints medians over --repeat rounds. A script, not a test: figures, never assertions.
 """
 
@@ -18,7 +21,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import socket
 import statistics
 import subprocess
 import sys
@@ -30,7 +32,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from harness import guest, image, kit, matrix, probe, run, sources, verdict, vm
+from harness import guest, image, kit, matrix, probe, run, snapshot, sources, verdict, vm
 from harness.cache import cache_dir
 from harness.transports import net
 
@@ -57,90 +59,56 @@ def floor(config: vm.VMConfig, timeout: float) -> float:
         return _ready(proc, start, timeout, str(config.kernel))
 
 
-def _qmp(sock_path: Path, *commands: dict[str, object], until: str = "") -> dict[str, object]:
-    """Send QMP commands in order on a fresh connection; the last reply (for `until`: the
-    query-migrate reply once its status is `until`)."""
-    with socket.socket(socket.AF_UNIX) as s:
-        s.connect(str(sock_path))
-        f = s.makefile("rw")
-        json.loads(f.readline())  # the greeting
-        reply: dict[str, object] = {}
-        for cmd in ({"execute": "qmp_capabilities"}, *commands):
-            while True:
-                f.write(json.dumps(cmd) + "\n")
-                f.flush()
-                while "return" not in (reply := json.loads(f.readline())) and "error" not in reply:
-                    pass  # events
-                status = reply.get("return", {}).get("status") if isinstance(reply.get("return"), dict) else None
-                if not until or cmd.get("execute") != "query-migrate" or status in (until, "failed"):
-                    break
-                time.sleep(0.05)
-        return reply
-
-
-def restored(config: vm.VMConfig, img: image.Image, key: object, cases: list[str], tmp: Path) -> dict[str, Any]:
-    """A guest saved once at its ready marker (QEMU's migration to a file), then started from that
-    file: seconds from the new QEMU's start to SSH ready and to the catalogue done, and whether the
-    catalogue's records equal a cold boot's (their fingerprints, as the harness judges them)."""
-    state, sock = tmp / "state", tmp / "qmp.sock"
-    argv = dataclasses.replace(config, port=net.free_port()).argv()
-    with vm.Process([*argv, "-qmp", f"unix:{sock},server=on,wait=off"], stdout=subprocess.PIPE,
-                    stderr=subprocess.DEVNULL) as proc:  # fmt: skip
-        _ready(proc, time.monotonic(), 300, f"the guest to save ({config.kernel})")
-        _qmp(sock, {"execute": "migrate", "arguments": {"uri": f"exec:cat > {state}"}})
-        _qmp(sock, {"execute": "query-migrate"}, until="completed")
-        _qmp(sock, {"execute": "quit"})
-    port = net.free_port()
-    again = dataclasses.replace(config, port=port).argv()
-    sock.unlink(missing_ok=True)
-    start = time.monotonic()
-    with vm.Process([*again, "-incoming", f"exec:cat {state}", "-qmp", f"unix:{sock},server=on,wait=off"],
-                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL), \
-            guest.Guest(guest.Endpoint(port, img.host_key), "root", key) as session:  # type: ignore[arg-type]  # fmt: skip
-        # Connect once the guest runs again: while the state loads, QEMU takes the connection and
-        # nothing answers, and the SSH client's wait for a banner would be measured instead.
-        while not sock.exists():
-            time.sleep(0.01)
-        while _qmp(sock, {"execute": "query-status"}).get("return", {}).get("status") != "running":  # type: ignore[union-attr]
-            time.sleep(0.02)
-        session.connect()
-        ssh = time.monotonic() - start
-        out = session.run([probe.IN_GUEST, "run", *cases], 600).stdout
-        done = time.monotonic() - start
-    return {"ssh": ssh, "done": done, "state_mb": state.stat().st_size / 2**20, "records": out}
-
-
 def fingerprints(records: str) -> dict[str, str]:
     expectations = verdict.load()
     docs = [json.loads(line) for line in records.splitlines() if line.startswith("{")]
     return {d["case"]: verdict.fingerprint(d, expectations) for d in docs if d.get("kind") == "case"}
 
 
-def harness_path(config: vm.VMConfig, img: image.Image, key: object, cases: list[str]) -> dict[str, Any]:
+def harness_path(config: vm.VMConfig, img: image.Image, key: object, cases: list[str],
+                 store: snapshot.Store | None = None) -> dict[str, Any]:  # fmt: skip
+    """A guest as `harness run` gets one (from `store`: loaded when it has the guest, else booted
+    and saved), then SSH and the catalogue once as root: seconds from QEMU's start to each."""
     with tempfile.TemporaryDirectory(prefix="harness-bench-") as tmp, \
-            vm.boot(config, Path(tmp, "serial.log"), 300) as machine:  # fmt: skip
+            snapshot.boot(store, config, Path(tmp, "serial.log"), 300) as machine:  # fmt: skip
         marker = machine.ready_after or 0.0
+        ready = time.monotonic() - machine.started  # after the marker: the save, for a guest saved now
         endpoint = machine.endpoint(img.host_key)
         with guest.Guest(endpoint, "root", key) as session:  # type: ignore[arg-type]
             session.connect()
             ssh = time.monotonic() - machine.started
             out = session.run([probe.IN_GUEST, "run", *cases], 600).stdout
             done = time.monotonic() - machine.started
-    return {"marker": marker, "ssh": ssh, "done": done, "records": out}
+    return {"marker": marker, "ready": ready, "ssh": ssh, "done": done, "records": out, "loaded": machine.restored}
 
 
-def whole_matrix(mx: matrix.Matrix, jobs: int, cache: Path) -> tuple[float, dict[str, dict[str, float]]]:
-    """The matrix as `harness run --jobs J` runs it: wall seconds, and per kernel label its boot's
-    seconds to done and inside the OOM cases."""
+def restored(config: vm.VMConfig, img: image.Image, key: object, cases: list[str]) -> dict[str, Any]:
+    """A guest booted and saved (the seconds the save took), then one loaded from it, as
+    `harness run` does: the loaded guest's seconds to SSH and to the catalogue done, and the
+    state file's size."""
+    with tempfile.TemporaryDirectory(prefix="harness-bench-") as tmp:
+        store = snapshot.Store(Path(tmp))
+        first = harness_path(config, img, key, cases, store)
+        again = harness_path(config, img, key, cases, store)
+        assert again["loaded"], "the second guest was booted, not loaded"
+        state = next(Path(tmp).glob(f"*/{snapshot.STATE}"))
+        return {**again, "save": first["ready"] - first["marker"], "state_mb": state.stat().st_size / 2**20}
+
+
+def whole_matrix(mx: matrix.Matrix, jobs: int, cache: Path,
+                 cold: bool) -> tuple[float, int, dict[str, dict[str, float]]]:  # fmt: skip
+    """The matrix as `harness run --jobs J [--cold]` runs it: wall seconds, boots whose guests
+    were loaded, and per kernel label its boot's seconds to done and inside the OOM cases."""
     with tempfile.TemporaryDirectory(prefix="harness-bench-") as tmp:
         start = time.monotonic()
-        _, boots = run.execute(mx, run.Options(jobs=jobs, results=Path(tmp), cache=cache), lambda line: None)
+        options = run.Options(jobs=jobs, results=Path(tmp), cache=cache, cold=cold)
+        _, boots = run.execute(mx, options, lambda line: None)
         wall = time.monotonic() - start
     per: dict[str, dict[str, float]] = {}
     for b in boots:
         oom = sum(c.duration_s for c in b.cases if c.case.startswith("oom_"))
         per[b.kernel.label if b.kernel else b.boot_id] = {"done": b.timings.get("probe", float("nan")), "oom": oom}
-    return wall, per
+    return wall, sum(1 for b in boots if b.restored), per
 
 
 def main() -> int:
@@ -169,11 +137,10 @@ def main() -> int:
             floors.append(floor(config, 300))
             runs.append(harness_path(config, img, key, built.names))
             lines.append(harness_path(serial, img, key, built.names))
-            with tempfile.TemporaryDirectory(prefix="harness-bench-") as tmp:
-                saved.append(restored(config, img, key, built.names, Path(tmp)))
+            saved.append(restored(config, img, key, built.names))
         med = {k: statistics.median(r[k] for r in runs) for k in ("marker", "ssh", "done")}
         over = {k: statistics.median(r[k] for r in lines) for k in ("ssh", "done")}
-        back = {k: statistics.median(r[k] for r in saved) for k in ("ssh", "done", "state_mb")}
+        back = {k: statistics.median(r[k] for r in saved) for k in ("save", "ssh", "done", "state_mb")}
         # Restored guests against cold ones, case by case: a fingerprint that differs is a finding
         # a restore would change (cold boots are compared among themselves for the noise).
         cold = [fingerprints(r["records"]) for r in runs]
@@ -184,25 +151,32 @@ def main() -> int:
         timings = [{k: v for k, v in r.items() if k != "records"} for r in (*runs, *lines, *saved)]
         console.print(f"{spec.label}: floor {floors}; net, serial, restored {timings}", highlight=False)
 
-    wall, per = whole_matrix(mx, args.jobs, cache)
+    cold_wall, _, cold_per = whole_matrix(mx, args.jobs, cache, cold=True)
+    wall, loaded, per = whole_matrix(mx, args.jobs, cache, cold=False)
+    if loaded < len(per):  # the cache had not saved these guests yet: that run saved them
+        wall, loaded, per = whole_matrix(mx, args.jobs, cache, cold=False)
     table = Table(title=f"Seconds (median of {args.repeat}; the whole matrix once, --jobs {args.jobs})",
                   title_justify="left")  # fmt: skip
     headers = ("kernel", "release", "floor: marker", "cold: marker", "cold: SSH", "catalogue (root, once)",
-               "restored: SSH", "restored: catalogue", "restored vs cold: cases differing (cold vs cold)",
-               "serial: SSH", "serial: catalogue", "matrix: boot done", "matrix: OOM cases")
+               "save", "restored: SSH", "restored: catalogue", "restored vs cold: cases differing (cold vs cold)",
+               "serial: SSH", "serial: catalogue", "matrix cold: boot done", "matrix restored: boot done",
+               "matrix: OOM cases")
     for header in headers:
         table.add_column(header, justify="left" if header in ("kernel", "release") else "right")
+    nan = {"done": float("nan"), "oom": float("nan")}
     for label, release, f, med, over, back, differ, noise in rows:
-        m = per.get(label, {"done": float("nan"), "oom": float("nan")})
+        c, m = cold_per.get(label, nan), per.get(label, nan)
         table.add_row(label, release, f"{f:.2f}", f"{med['marker']:.2f}", f"{med['ssh']:.2f}",
-                      f"{med['done'] - med['ssh']:.2f}", f"{back['ssh']:.2f}", f"{back['done'] - back['ssh']:.2f}",
-                      f"{differ} ({noise})", f"{over['ssh']:.2f}", f"{over['done'] - over['ssh']:.2f}",
-                      f"{m['done']:.1f}", f"{m['oom']:.1f}")  # fmt: skip
+                      f"{med['done'] - med['ssh']:.2f}", f"{back['save']:.2f}", f"{back['ssh']:.2f}",
+                      f"{back['done'] - back['ssh']:.2f}", f"{differ} ({noise})", f"{over['ssh']:.2f}",
+                      f"{over['done'] - over['ssh']:.2f}", f"{c['done']:.1f}", f"{m['done']:.1f}",
+                      f"{m['oom']:.1f}")  # fmt: skip
     console.print(f"restored guests: state files of {statistics.median(r[5]['state_mb'] for r in rows):.0f} MiB "
-                  "(median); the guest is saved once at its ready marker, with QEMU's migration to a file")
+                  "(median); harness.snapshot saves a guest once at its ready marker (QEMU's migration, zstd)")
     console.print(table)
     results = sum(len(one.cases) for plan in matrix.expand(mx, built.names) for one in plan.runs)
-    console.print(f"whole matrix: {len(per)} boots, {results} results, {wall:.1f} s wall with --jobs {args.jobs}")
+    console.print(f"whole matrix: {len(per)} boots, {results} results, --jobs {args.jobs}: {cold_wall:.1f} s wall "
+                  f"booting every guest (--cold), {wall:.1f} s with saved guests ({loaded} boots loaded theirs)")
     return 0
 
 

@@ -258,7 +258,7 @@ only rows that change or fail</label></p>
   <td>{{ b.ram_mb }} MiB</td><td>{{ b.accelerator }}</td><td>{{ b.qemu_version }}</td>
   <td>{{ "%d kB" % b.memtotal_kb if b.memtotal_kb is not none else "" }}</td>
   <td>{% for k in ("marker", "ssh", "probe") %}{{ "%.1fs" % b.timings[k] if k in b.timings else "-" }}
-    {{- " / " if not loop.last else "" }}{% endfor %}</td>
+    {{- " / " if not loop.last else "" }}{% endfor %}{{ " (loaded)" if b.restored else "" }}</td>
   <td>{{ b.reboots }}</td><td>{{ b.retries }}</td>
   <td>{% if b.serial_log %}<a href="{{ href(b.serial_log) }}">{{ b.serial_log }}</a>{% endif %}</td>
   <td class="err{{ ' o-infra_error' if b.error else '' }}">{{ b.error }}</td></tr>
@@ -287,6 +287,7 @@ _BOOT = """<!DOCTYPE html>
 <dt>package</dt><dd>{{ b.kernel.package if b.kernel and b.kernel.package else "" }}</dd>
 <dt>RAM</dt><dd>{{ b.ram_mb }} MiB{{ ", MemTotal %d kB" % b.memtotal_kb if b.memtotal_kb is not none else "" }}</dd>
 <dt>QEMU</dt><dd>{{ b.qemu_version }} ({{ b.accelerator }})</dd>
+<dt>guest</dt><dd>{{ "loaded from the saved guest " ~ b.restored if b.restored else "booted" }}</dd>
 <dt>serial log</dt><dd>{% if b.serial_log %}<a href="../{{ href(b.serial_log) }}">{{ b.serial_log }}</a>
   {%- else %}none{% endif %}</dd>
 <dt>results</dt><dd>{{ b.cases | length }}</dd>

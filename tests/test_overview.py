@@ -90,7 +90,8 @@ def sample_run(**kw: Any) -> RunRecord:
     boots = [
         # Out of version order on purpose: the matrix sorts.
         boot(
-            "trixie-256M", TRIXIE, 256, [R_BASIC, R_BASIC_ROOT, R_OVER_NEW, R_ROOT, R_OOM, R_PANIC], error=TRIXIE_ERROR
+            "trixie-256M", TRIXIE, 256, [R_BASIC, R_BASIC_ROOT, R_OVER_NEW, R_ROOT, R_OOM, R_PANIC], error=TRIXIE_ERROR,
+            restored="5eed",
         ),
         boot("broken-256M", None, 256, [], error="<img src=x onerror=alert(3)>", serial_log="javascript:alert(4)"),
         # The same behaviour at another RAM size is no change: the 1024M column has nothing before it.
@@ -291,11 +292,17 @@ def test_html_evidence_holds_the_whole_record() -> None:
         "package": "linux-image-6.12.95+deb13-amd64",
         "RAM": "256 MiB",
         "QEMU": " ()",
+        "guest": "loaded from the saved guest 5eed",
         "serial log": "serial/trixie-256M.log",
         "results": "6",
     }
     nav = {a.text: a.attrs["href"] for a in page.iter("p")[0].iter("a")}
     assert nav == {f"run {RUN_ID}": "../report.html#b2", "bookworm-256M": "b1.html", "broken-256M": "b3.html"}
+    booted = parse(report_html.pages(run)["boot/b1.html"]).one("dl", "meta")
+    assert dict(zip([dt.text for dt in booted.iter("dt")], [dd.text for dd in booted.iter("dd")],
+                    strict=True))["guest"] == "booted"  # fmt: skip
+    row = parse(report_html.pages(run)["report.html"]).one("tr", id="b2")
+    assert [td.text for td in row.iter("td")][8].endswith("(loaded)")
 
 
 def test_html_escapes_guest_text() -> None:

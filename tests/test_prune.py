@@ -45,6 +45,8 @@ def cache(tmp_path: Path) -> Path:
     make(c / "images" / "old.cpio", 40)
     make(c / "images" / "new.cpio", 1)
     make(c / "debs" / "old.deb", 40)
+    make(c / "guests" / "0ld5eed", 40)  # a saved guest (harness.snapshot)
+    make(c / "guests" / ".saving-x", 40)  # one being saved
     make(c / "keys" / "id_ed25519", 400)  # never pruned
     return c
 
@@ -60,7 +62,7 @@ def nothing_kept(e: prune.Entry) -> bool:
 def test_entries_are_the_prunable_areas_with_last_use_and_kernel_digests(cache: Path) -> None:
     found = {f"{e.area}/{e.path.name}": e for e in prune.entries(cache)}
     assert sorted(found) == [
-        "builds/oldbuild", "debs/old.deb", "images/new.cpio", "images/old.cpio",
+        "builds/oldbuild", "debs/old.deb", "guests/0ld5eed", "images/new.cpio", "images/old.cpio",
         "kernels/old", "kernels/old-in-history", "kernels/recent",
     ]  # fmt: skip
     assert found["kernels/old"].sha256 == "a" * 64 and found["images/old.cpio"].sha256 == ""
@@ -70,7 +72,7 @@ def test_entries_are_the_prunable_areas_with_last_use_and_kernel_digests(cache: 
 
 def test_by_age_every_area_goes_and_the_recent_stays(cache: Path) -> None:
     doomed = prune.select(prune.entries(cache), 30, nothing_kept, NOW)
-    assert names(doomed) == ["builds/oldbuild", "debs/old.deb", "images/old.cpio", "kernels/old",
+    assert names(doomed) == ["builds/oldbuild", "debs/old.deb", "guests/0ld5eed", "images/old.cpio", "kernels/old",
                              "kernels/old-in-history"]  # fmt: skip
     assert names(prune.select(prune.entries(cache), 0, nothing_kept, NOW)) == names(prune.entries(cache))
 
@@ -81,7 +83,7 @@ def test_keep_lists_keep_kernels_and_say_nothing_about_the_rest(cache: Path) -> 
     assert names(prune.select(prune.entries(cache), None, keep, NOW)) == ["builds/oldbuild", "kernels/old"]
     # With one, both must hold.
     assert names(prune.select(prune.entries(cache), 30, keep, NOW)) == [
-        "builds/oldbuild", "debs/old.deb", "images/old.cpio", "kernels/old",
+        "builds/oldbuild", "debs/old.deb", "guests/0ld5eed", "images/old.cpio", "kernels/old",
     ]  # fmt: skip
 
 
@@ -91,6 +93,7 @@ def test_remove_frees_and_leaves_nothing_half_deleted(cache: Path) -> None:
     assert freed == sum(e.bytes for e in doomed) > 5 * 4096
     assert sorted(p.name for p in (cache / "kernels").iterdir()) == [".unpacking", "recent"]
     assert sorted(p.name for p in (cache / "images").iterdir()) == ["new.cpio"]
+    assert sorted(p.name for p in (cache / "guests").iterdir()) == [".saving-x"]
     assert (cache / "keys" / "id_ed25519").is_file()
     assert prune.remove(doomed) == 0  # already gone: nothing to do, no error
 
@@ -108,9 +111,9 @@ def test_cli_dry_run_lists_and_keeps_then_prune_deletes(cache: Path) -> None:
     assert [r[:3] for r in rows[:-1]] == [
         ["would delete", "kernels", "old"], ["would delete", "kernels", "old-in-history"],
         ["would delete", "builds", "oldbuild"], ["would delete", "images", "old.cpio"],
-        ["would delete", "debs", "old.deb"],
+        ["would delete", "debs", "old.deb"], ["would delete", "guests", "0ld5eed"],
     ]  # fmt: skip
-    assert rows[-1][0] == "would free" and rows[-1][2] == "5 entries"
+    assert rows[-1][0] == "would free" and rows[-1][2] == "6 entries"
     assert (cache / "kernels" / "old").is_dir()
 
     code, out = run(["cache", "prune", "--cache", str(cache), "--older-than", "30"])
@@ -147,4 +150,4 @@ def test_cli_bad_options_are_one_line_and_exit_2(
     code, _ = run(["cache", "prune", "--cache", str(cache), *argv])
     err = capsys.readouterr().err
     assert code == 2 and says in err and len(err.strip().splitlines()) == 1, err
-    assert len(prune.entries(cache)) == 7  # nothing deleted
+    assert len(prune.entries(cache)) == 8  # nothing deleted

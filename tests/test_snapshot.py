@@ -56,6 +56,7 @@ def test_a_loaded_guest_behaves_as_the_booted_one(bookworm: Prepared, tmp_path: 
     (saved,) = store.root.iterdir()
     assert cold.restored == "" and not cold.error
     assert sorted(p.name for p in saved.iterdir()) == [snapshot.CONSOLE, snapshot.ABOUT, snapshot.STATE]
+    assert saved.stat().st_mode & 0o777 == 0o700  # it holds the guest's private host key
     about = json.loads((saved / snapshot.ABOUT).read_text())
     assert about["key"] == saved.name and about["format"] == snapshot.FORMAT
     assert "HARNESS-READY" in (saved / snapshot.CONSOLE).read_text()
@@ -91,6 +92,7 @@ def test_a_state_that_does_not_load_is_deleted_and_the_guest_boots_cold(bookworm
     log = tmp_path / "serial.log"
     with snapshot.boot(store, config, log, 240) as machine:
         assert machine.restored == "" and machine.alive
+        assert machine.qmp_socket.parent.stat().st_mode & 0o777 == 0o700  # QMP: only this user
     assert qemu_pids() <= before
     text = log.read_text()
     assert "the saved guest did not load" in text and "HARNESS-READY" in text.split("did not load", 1)[1]
