@@ -59,6 +59,7 @@ def _properties(boot: BootResult, run_id: str) -> dict[str, str]:
         ("qemu_version", boot.qemu_version),
         ("uname", boot.uname),
         ("transport", boot.transport),
+        ("restored", boot.restored),  # the saved guest it was loaded from (harness.snapshot)
     ):
         if value:
             props[key] = value

@@ -41,6 +41,7 @@ STATE = "state.zst"
 CONSOLE = "console.log"  # what the guest printed up to the moment it was saved
 ABOUT = "saved.json"
 SAVE_TIMEOUT = 120.0  # seconds for QEMU to write a state
+STALE_AFTER = 86400.0  # seconds after which a folder being saved or deleted is a leftover
 LOAD_TIMEOUT = 60.0  # seconds for a saved guest to run again (it takes under one here, under TCG)
 
 
@@ -92,6 +93,10 @@ class Store:
         """Pause the guest, write its state, and let it run on. Raises InfraError when QEMU cannot;
         the guest runs on either way."""
         self.root.mkdir(parents=True, exist_ok=True)
+        for stale in self.root.glob(".*"):  # a save cut short by a harness killed outright
+            with contextlib.suppress(OSError):
+                if time.time() - stale.stat().st_mtime > STALE_AFTER:
+                    shutil.rmtree(stale)
         tmp = Path(tempfile.mkdtemp(prefix=".saving-", dir=self.root))
         try:
             with qmp.QMP(machine.qmp_socket) as q:

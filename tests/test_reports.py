@@ -130,7 +130,7 @@ def test_junit_counts_per_suite_and_overall() -> None:
 
 def test_junit_properties_only_those_set() -> None:
     path_boot = BootResult(boot_id="bzImage-256M", kernel=PATH_KERNEL, ram_mb=256)
-    by_name = suites(junit_xml([full_boot(), path_boot], RUN_ID))
+    by_name = suites(junit_xml([dataclasses.replace(full_boot(), restored="5eed"), path_boot], RUN_ID))
     props = {p.get("name"): p.get("value") for p in by_name["bookworm-256M"].iter("property")}
     assert props == {
         "run_id": RUN_ID,
@@ -145,6 +145,7 @@ def test_junit_properties_only_those_set() -> None:
         "accelerator": "tcg",
         "qemu_version": "7.2.15",
         "uname": "6.1.0-28-amd64",
+        "restored": "5eed",
     }
     sparse = {p.get("name") for p in by_name["bzImage-256M"].iter("property")}
     assert sparse == {
@@ -279,6 +280,7 @@ def test_results_json_round_trips_with_counts() -> None:
         "reboots",
         "retries",
         "transport",
+        "restored",
         "cases",
     }
     deviation = first["cases"][1]
