@@ -152,6 +152,15 @@ class VMConfig:
     disk_bus: str = "virtio"  # the data disk's drive interface: virtio, or ide for older kernels
 
     @property
+    def cpu(self) -> str:
+        # Under TCG every iteration of a `rep` string instruction is a trip through QEMU's
+        # translator loop, and a kernel told the CPU has ERMS clears each page with `rep stosb`
+        # (arch/x86/include/asm/page_64.h: clear_page picks clear_page_erms). Without it, it uses
+        # `rep stosq` or an unrolled loop: 8 bytes an iteration. The OOM cases fault in the whole
+        # guest RAM: one root catalogue on bookworm 8.95 s of OOM cases with ERMS, 2.89 s without.
+        return "max,-erms" if self.accel == "tcg" else "max"
+
+    @property
     def kernel_args(self) -> str:
         extra = transports.get(self.transport).kernel_arg
         return f"{self.cmdline} {extra}" if extra else self.cmdline
@@ -162,7 +171,7 @@ class VMConfig:
             QEMU,
             "-machine", "pc",
             "-accel", self.accel,
-            "-cpu", "max",
+            "-cpu", self.cpu,
             "-smp", "1",
             "-m", f"{self.ram_mb}M",
             "-nodefaults", "-no-user-config", "-no-reboot",

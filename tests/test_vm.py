@@ -68,7 +68,9 @@ def test_argv_fast_path_and_safety(tmp_path: Path) -> None:
     cfg = config(tmp_path, port=40123)
     argv = cfg.argv()
     assert argv[0] == vm.QEMU
-    assert option(argv, "-cpu") == ["max"]
+    # RDRAND (fast dropbear handshakes); without ERMS under TCG (pages cleared 8 bytes an iteration).
+    assert option(argv, "-cpu") == ["max,-erms"]
+    assert option(dataclasses.replace(cfg, accel="kvm").argv(), "-cpu") == ["max"]
     assert option(argv, "-accel") == ["tcg"]
     assert option(argv, "-m") == ["256M"]
     assert "-no-reboot" in argv
