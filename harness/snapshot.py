@@ -104,6 +104,10 @@ class Store:
                 try:
                     q.command("migrate", uri=f"exec:zstd -1 -q -o {shlex.quote(str(tmp / STATE))}")
                     status = q.wait_for("query-migrate", "status", {"completed", "failed", "cancelled"}, SAVE_TIMEOUT)
+                except InfraError:
+                    with contextlib.suppress(InfraError):
+                        q.command("migrate_cancel")  # QEMU will not run a guest it is still writing
+                    raise
                 finally:
                     q.command("cont")
             if status.get("status") != "completed":
