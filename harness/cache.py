@@ -38,6 +38,7 @@ AREAS = {
     "src": "shared clones of the git trees built from",
     "ccache": "the compiler cache of those builds",
     "images": "guest images and data disks",
+    "guests": "guests saved at their ready marker, loaded by later boots (harness.snapshot)",
     "userland": "the musl userland for kernels before 3.2",
     "suites": "guest suites' programs (kselftest) per tree",
     "indexes": "verified package indexes",
