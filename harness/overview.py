@@ -9,7 +9,9 @@ writes the views.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import re
+from collections import Counter
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from harness import versions
@@ -146,6 +148,84 @@ def matrix(run: RunRecord) -> Matrix:
         rows.append(row)
         changes += [Change(row, before, after) for before, after in found]
     return Matrix(columns, tuple(rows), tuple(changes), ram_sizes)
+
+
+# --- boots that did not start, shared by every view (the terminal's too) ------------------------
+
+
+def did_not_start(boot: BootResult) -> bool:
+    """The boot failed as a whole: it has an error and no guest of it ever became ready.
+
+    Its cases' results are then the boot's failure copied into each (boot.fill, run.py), so the
+    views show such boots as one line per reason (`unstarted`), not a row per case. A boot that
+    started and then lost its guest is not one of them: its cases say how far it got.
+    """
+    return bool(boot.error) and "marker" not in boot.timings
+
+
+def unstarted(boots: Iterable[BootResult]) -> list[tuple[str, list[BootResult]]]:
+    """The boots that did not start, grouped by the first line of their error (`first_line`), in
+    boot order: one (reason, boots) per distinct reason, in the order each reason first appears."""
+    groups: dict[str, list[BootResult]] = {}
+    for boot in boots:
+        if did_not_start(boot):
+            groups.setdefault(first_line(boot.error), []).append(boot)
+    return list(groups.items())
+
+
+# A first line may point at what follows it: "no ready marker within 20s (last serial lines below)".
+_POINTER = re.compile(r"\s*\([^()]*\blines below\)\s*$")
+
+
+def first_line(error: str) -> str:
+    """An error (or message) as one line: its first non-blank line, without a pointer to lines
+    below it, since a one-line view shows none of them."""
+    line = next((line for line in error.split("\n") if line.strip()), "")
+    return _POINTER.sub("", line.rstrip())
+
+
+def full_error(error: str) -> str:
+    """An error (or message) with all its lines; when nothing follows its first line, that line as
+    `first_line` gives it, so no view promises lines below that are not there."""
+    rest = error.strip().partition("\n")[2]
+    return error.strip() if rest.strip() else first_line(error)
+
+
+def capped(names: Sequence[str], limit: int = 3) -> str:
+    """The first `limit` names, then how many more: "a, b, c +2"."""
+    more = f" +{len(names) - limit}" if len(names) > limit else ""
+    return ", ".join(names[:limit]) + more
+
+
+def boots_did_not_start(n: int) -> str:
+    return f"{n} boot{'s' if n != 1 else ''} did not start"
+
+
+def unstarted_covers(boots: Sequence[BootResult], limit: int = 3) -> str:
+    """What a line of boots that did not start stands for: "boots: a, b, c +1; 244 results: timeout"."""
+    names = f"boot{'s' if len(boots) != 1 else ''}: {capped([b.boot_id for b in boots], limit)}"
+    results = result_outcomes(boots)
+    return f"{names}; {results}" if results else names
+
+
+def result_outcomes(boots: Iterable[BootResult]) -> str:
+    """What the results of `boots` were, briefly: "244 results: timeout", "3 results: 2 panic,
+    1 timeout"; "" when they have none (a boot of a missing shard)."""
+    seen = Counter(r.outcome for boot in boots for r in boot.cases)
+    total = sum(seen.values())
+    if not total:
+        return ""
+    kinds = [o.value if len(seen) == 1 else f"{seen[o]} {o.value}" for o in Outcome if seen[o]]
+    return f"{total} result{'s' if total != 1 else ''}: {', '.join(kinds)}"
+
+
+def unstarted_outcome(boots: Iterable[BootResult]) -> Outcome:
+    """The outcome a line of boots that did not start is shown as: a finding (a panic) first."""
+    seen = {r.outcome for boot in boots for r in boot.cases}
+    for outcome in (Outcome.PANIC, Outcome.OOM_KILLED, Outcome.DEVIATION, Outcome.TIMEOUT):
+        if outcome in seen:
+            return outcome
+    return Outcome.INFRA_ERROR
 
 
 def status(run: RunRecord) -> str:

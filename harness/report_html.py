@@ -192,6 +192,16 @@ _INDEX = """<!DOCTYPE html>
 <dt>interrupted</dt><dd>{{ "yes" if run.interrupted else "no" }}</dd>
 <dt>boots</dt><dd>{{ m.columns | length }} ({{ boot_errors }} with a boot error)</dd>
 </dl>
+{% if unstarted %}
+<div id="unstarted">
+{% for reason, group in unstarted %}
+<p class="err o-{{ outcome(group).value }}">{{ did_not_start(group | length) }}: {{ reason }} (boot
+{{- "s" if group | length != 1 else "" }}:
+{%- for b in group %} <a href="#{{ anchors[b.boot_id] }}">{{ b.boot_id }}</a>{{ "," if not loop.last }}{% endfor %}
+{{- "; " ~ results(group) if results(group) else "" }})</p>
+{% endfor %}
+</div>
+{% endif %}
 
 <h2>Outcomes</h2>
 <table class="counts" id="counts">
@@ -217,7 +227,7 @@ only rows that change or fail</label></p>
 <th class="col{{ ' g' if c.group_start else '' }}" data-boot="{{ c.boot.boot_id }}"><a href="{{ page(c) }}">
   <span class="ver">{{ c.name }}</span><br><span class="rel">{{ c.release }}</span><br>
   <span class="bid">{{ c.boot.boot_id }}</span><br><span class="rel">{{ c.boot.ram_mb }} MiB</span></a>
-  {%- if c.boot.error %}<a class="berr o-infra_error" href="#{{ c.anchor }}" title="{{ short(c.boot.error) }}">
+  {%- if c.boot.error %}<a class="berr o-infra_error" href="#{{ c.anchor }}" title="{{ short(first(c.boot.error)) }}">
   boot error</a>{% endif %}</th>
 {% endfor %}
 </tr>
@@ -261,7 +271,8 @@ only rows that change or fail</label></p>
     {{- " / " if not loop.last else "" }}{% endfor %}{{ " (loaded)" if b.restored else "" }}</td>
   <td>{{ b.reboots }}</td><td>{{ b.retries }}</td>
   <td>{% if b.serial_log %}<a href="{{ href(b.serial_log) }}">{{ b.serial_log }}</a>{% endif %}</td>
-  <td class="err{{ ' o-infra_error' if b.error else '' }}">{{ b.error }}</td></tr>
+  <td class="err{{ ' o-infra_error' if b.error else '' }}">{{ first(b.error) }}
+  {%- if first(b.error) != full(b.error) %} <a href="{{ page(c) }}#error">(in full)</a>{% endif %}</td></tr>
 {% endfor %}
 </table>
 <script>{{ script }}</script>
@@ -292,7 +303,7 @@ _BOOT = """<!DOCTYPE html>
   {%- else %}none{% endif %}</dd>
 <dt>results</dt><dd>{{ b.cases | length }}</dd>
 </dl>
-{% if b.error %}<p class="err o-infra_error" id="error">{{ b.error }}</p>{% endif %}
+{% if b.error %}<p class="err o-infra_error" id="error">{{ full(b.error) }}</p>{% endif %}
 {% for row in m.rows %}
 {% set cell = row.cells[c.index] %}
 {% set r = cell.result %}
@@ -308,7 +319,7 @@ _BOOT = """<!DOCTYPE html>
 <p class="chg">Behaviour changed: <a href="{{ cell.changed_from.anchor }}.html#r{{ row.index }}">
   {{- cell.changed_from.name }} ({{ cell.changed_from.boot.boot_id }})</a> behaved otherwise.</p>
 {% endif %}
-<dl><dt>outcome</dt><dd>{{ r.outcome.value }}</dd><dt>message</dt><dd>{{ r.message | t }}</dd>
+<dl><dt>outcome</dt><dd>{{ r.outcome.value }}</dd><dt>message</dt><dd>{{ full(r.message) | t }}</dd>
 <dt>expected</dt><dd>{{ compact(r.expected) | t }}</dd><dt>citation</dt><dd>{{ r.citation | t }}</dd>
 <dt>fingerprint</dt><dd>{{ r.fingerprint | t }}</dd><dt>duration</dt><dd>{{ "%.3f" % r.duration_s }} s</dd></dl>
 <pre>{{ pretty(r.observation) | t }}</pre>
@@ -330,7 +341,7 @@ def _templates() -> tuple[jinja2.Template, jinja2.Template]:
 
 def _shared(run: RunRecord, m: overview.Matrix) -> dict[str, Any]:
     """What both templates are given."""
-    return {"run": run, "m": m, "css": _CSS, "labels": overview.LABEL, "href": _href}
+    return {"run": run, "m": m, "css": _CSS, "labels": overview.LABEL, "href": _href, "full": overview.full_error}
 
 
 def _index(run: RunRecord, m: overview.Matrix) -> str:
@@ -354,6 +365,13 @@ def _index(run: RunRecord, m: overview.Matrix) -> str:
         chunk_rows=CHUNK_ROWS,
         page=boot_page,
         short=_short,
+        first=overview.first_line,
+        # Boots that failed as a whole: a line per reason, each boot linked to its row of the boots table.
+        unstarted=overview.unstarted(run.boots),
+        anchors={c.boot.boot_id: c.anchor for c in m.columns},
+        outcome=overview.unstarted_outcome,
+        did_not_start=overview.boots_did_not_start,
+        results=overview.result_outcomes,
         script=Markup(_OPEN_EVIDENCE),
     )
 

@@ -9,11 +9,12 @@ from collections.abc import Sequence
 
 from harness import overview
 from harness.jsondoc import encodable
-from harness.results import CaseResult, Outcome, RunRecord, outcome_counts
+from harness.results import BootResult, CaseResult, Outcome, RunRecord, outcome_counts
 
 # summary.md goes into $GITHUB_STEP_SUMMARY, which GitHub refuses above 1 MiB; lists are cut well below.
 SUMMARY_MAX_ITEMS = 50
 SUMMARY_MAX_BOOTS = 200
+SUMMARY_MAX_NAMED = 10  # boots named on the line of boots that did not start
 _MD_TEXT_MAX = 300
 
 # Every ASCII punctuation character may be backslash-escaped in CommonMark. Inside a line these
@@ -49,6 +50,18 @@ def _more(n: int) -> str:
     return f"… {n} more, see {overview.HTML_FILE}"
 
 
+def _unstarted(groups: Sequence[tuple[str, Sequence[BootResult]]]) -> list[str]:
+    """A bullet per reason boots did not start: how many, the reason, the boots and their results."""
+    lines = []
+    for reason, boots in groups[:SUMMARY_MAX_ITEMS]:
+        covers = md_escape(overview.unstarted_covers(boots, SUMMARY_MAX_NAMED))
+        lines.append(f"- **{overview.boots_did_not_start(len(boots))}**: {md_escape(reason)} ({covers})")
+    if len(groups) > SUMMARY_MAX_ITEMS:
+        more = sum(len(boots) for _, boots in groups[SUMMARY_MAX_ITEMS:])
+        lines.append(f"… {more} more boots that did not start, see {overview.HTML_FILE}")
+    return lines + [""] if lines else []
+
+
 def markdown(run: RunRecord) -> str:
     """summary.md: status, counts, a row per boot, deviations by case and behaviour changes, all capped."""
     m = overview.matrix(run)
@@ -72,23 +85,30 @@ def markdown(run: RunRecord) -> str:
         boot_rows.append(
             [md_escape(c.boot.boot_id), md_escape(c.name), md_escape(c.release), f"{c.boot.ram_mb} MiB"]
             + [str(bc[o.value]) for o in Outcome]
-            + [md_escape(c.boot.error, 150)]
+            + [md_escape(overview.first_line(c.boot.error), 150)]
         )
     out += _md_table(["boot", "kernel", "release", "RAM"] + [o.header for o in Outcome] + ["boot error"], boot_rows)
     if len(m.columns) > SUMMARY_MAX_BOOTS:
         out += ["", _more(len(m.columns) - SUMMARY_MAX_BOOTS)]
     out.append("")
 
+    # Boots that did not start are a line per reason, not their failure copied into every case.
+    unstarted = overview.unstarted(run.boots)
     # In matrix order (catalogue order, then kernel version), so the list reads like the page.
     problems: dict[str, list[tuple[overview.Column, CaseResult]]] = {}
     for row in m.rows:
         for column, cell in zip(m.columns, row.cells, strict=True):
+            if overview.did_not_start(column.boot):
+                continue
             if cell.result is not None and cell.result.outcome not in overview.QUIET:
                 problems.setdefault(row.case, []).append((column, cell.result))
     total = sum(len(v) for v in problems.values())
-    out += [f"### Deviations and other problems ({total})", ""]
-    if not total:
+    not_started = sum(1 for _, group in unstarted for b in group for r in b.cases if r.outcome not in overview.QUIET)
+    header = f"{total + not_started}" + (f"; {not_started} of them on boots that did not start" if not_started else "")
+    out += [f"### Deviations and other problems ({header})", ""]
+    if not total and not unstarted:
         out += ["None.", ""]
+    out += _unstarted(unstarted)
     shown = 0
     for case, items in problems.items():
         if shown >= SUMMARY_MAX_ITEMS:
@@ -96,7 +116,7 @@ def markdown(run: RunRecord) -> str:
         out.append(f"**{md_escape(case)}** ({len(items)})")
         out.append("")
         for c, r in items[: SUMMARY_MAX_ITEMS - shown]:
-            message = f": {md_escape(r.message)}" if r.message else ""
+            message = f": {md_escape(overview.full_error(r.message))}" if r.message.strip() else ""
             out.append(
                 f"- memlock={md_escape(r.memlock)}, user={md_escape(r.user)} on {md_escape(c.boot.boot_id)} "
                 f"({md_escape(c.name)}): **{r.outcome.value}**{message}"

@@ -19,6 +19,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
+from harness import overview
 from harness.junit import BOOT_CASE
 from harness.results import BootResult, Outcome, outcome_counts
 
@@ -98,7 +99,8 @@ def summary_table(boots: Sequence[BootResult]) -> Table:
 
 
 def problems_table(boots: Sequence[BootResult]) -> Table:
-    """Every result that is neither pass nor n/a, and every boot error; empty when the run is clean."""
+    """Every result that is neither pass nor n/a, and every boot error (in full, once per boot);
+    empty when the run is clean."""
     table = Table(title="Deviations and errors", title_justify="left")
     table.add_column("boot")
     table.add_column("case")
@@ -107,27 +109,28 @@ def problems_table(boots: Sequence[BootResult]) -> Table:
     for boot in boots:
         if boot.error:
             style = _OUTCOME_STYLE[Outcome.INFRA_ERROR]
-            table.add_row(
-                text(boot.boot_id), Text(BOOT_CASE), Text(Outcome.INFRA_ERROR.value, style), text(boot.error)
-            )
+            table.add_row(text(boot.boot_id), Text(BOOT_CASE), Text(Outcome.INFRA_ERROR.value, style),
+                          text(overview.full_error(boot.error)))  # fmt: skip
         for r in boot.cases:
             if r.outcome in (Outcome.PASS, Outcome.NOT_APPLICABLE):
                 continue
             style = _OUTCOME_STYLE[r.outcome]
-            table.add_row(text(boot.boot_id), text(r.name), Text(r.outcome.value, style), text(r.message))
+            message = overview.full_error(r.message)
+            table.add_row(text(boot.boot_id), text(r.name), Text(r.outcome.value, style), text(message))
     return table
 
 
 def grouped_problems_table(boots: Sequence[BootResult]) -> Table:
     """The same results as problems_table, one row per (case, outcome, what was observed), with the
     boots and the (limit, user) runs it covers: a finding seen on every kernel under every limit is
-    one line, not one per result."""
+    one line, not one per result. Boots that did not start are left out: `unstarted_lines` has them."""
+    started = [boot for boot in boots if not overview.did_not_start(boot)]
     groups: dict[tuple[str, Outcome, str], tuple[list[str], list[str]]] = {}
-    for boot in boots:
+    for boot in started:
         for r in boot.cases:
             if r.outcome in (Outcome.PASS, Outcome.NOT_APPLICABLE):
                 continue
-            where, runs = groups.setdefault((r.case, r.outcome, r.message), ([], []))
+            where, runs = groups.setdefault((r.case, r.outcome, overview.full_error(r.message)), ([], []))
             if boot.boot_id not in where:
                 where.append(boot.boot_id)
             if (run := f"{r.memlock}/{r.user}") not in runs:
@@ -135,16 +138,26 @@ def grouped_problems_table(boots: Sequence[BootResult]) -> Table:
     table = Table(title="Deviations and errors, grouped (--verbose: every result)", title_justify="left")
     for column in ("case", "outcome", "message", "boots", "limit/user"):
         table.add_column(column, overflow="fold")
-    for boot in boots:
-        if boot.error:
+    for boot in started:
+        if boot.error:  # its first line: the serial lines are in its log, and in --verbose
             style = _OUTCOME_STYLE[Outcome.INFRA_ERROR]
-            table.add_row(Text(BOOT_CASE), Text(Outcome.INFRA_ERROR.value, style), text(boot.error), text(boot.boot_id),
-                          Text(""))  # fmt: skip
+            error = text(overview.first_line(boot.error))
+            table.add_row(Text(BOOT_CASE), Text(Outcome.INFRA_ERROR.value, style), error, text(boot.boot_id), Text(""))
     for (case, outcome, message), (where, runs) in groups.items():
-        shown = ", ".join(where[:3]) + (f" +{len(where) - 3}" if len(where) > 3 else "")
+        shown = overview.capped(where)
         table.add_row(text(case), Text(outcome.value, _OUTCOME_STYLE[outcome]), text(message),
                       text(f"{len(where)}: {shown}"), text(", ".join(runs)))  # fmt: skip
     return table
+
+
+def unstarted_lines(boots: Sequence[BootResult]) -> list[Text]:
+    """One line per reason boots did not start (overview.unstarted), with the boots and the results
+    it stands for: "4 boots did not start: REASON (boots: a, b, c +1; 244 results: timeout)"."""
+    lines = []
+    for reason, group in overview.unstarted(boots):
+        line = f"{overview.boots_did_not_start(len(group))}: {reason} ({overview.unstarted_covers(group)})"
+        lines.append(text(line, _OUTCOME_STYLE[overview.unstarted_outcome(group)]))
+    return lines
 
 
 def print_summary(boots: Sequence[BootResult], console: Console, verbose: bool = False) -> None:
@@ -152,6 +165,9 @@ def print_summary(boots: Sequence[BootResult], console: Console, verbose: bool =
     problems = problems_table(boots) if verbose else grouped_problems_table(boots)
     if problems.row_count:
         console.print(problems)
+    if not verbose:  # --verbose lists these boots' errors and results in its table
+        for said in unstarted_lines(boots):
+            console.print(said, soft_wrap=True)
     totals = outcome_counts(boots)
     line = ", ".join(f"{totals[outcome.value]} {outcome.header}" for outcome in Outcome)
     boot_errors = sum(1 for boot in boots if boot.error)

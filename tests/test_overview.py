@@ -91,7 +91,7 @@ def sample_run(**kw: Any) -> RunRecord:
         # Out of version order on purpose: the matrix sorts.
         boot(
             "trixie-256M", TRIXIE, 256, [R_BASIC, R_BASIC_ROOT, R_OVER_NEW, R_ROOT, R_OOM, R_PANIC], error=TRIXIE_ERROR,
-            restored="5eed",
+            restored="5eed", timings={"marker": 8.5, "ssh": 12.25},  # started, then lost its guest
         ),
         boot("broken-256M", None, 256, [], error="<img src=x onerror=alert(3)>", serial_log="javascript:alert(4)"),
         # The same behaviour at another RAM size is no change: the 1024M column has nothing before it.
@@ -572,7 +572,10 @@ def test_markdown_escapes_guest_text() -> None:
     evil = "a | b\nnew line `code` *em* _u_ [x](https://evil.example) <b>bold</b> :smile: $x$ @all ![i](x.png) # h"
     trixie = run.boots[0]
     trixie.cases[2] = dataclasses.replace(trixie.cases[2], message=evil)
-    trixie.error = "pipe | in error\n| --- |"
+    trixie.error = "pipe | in error | --- |\n| serial | line |"
+    broken = next(b for b in run.boots if b.boot_id == "broken-256M")  # did not start: one line of its own
+    broken.error = evil.replace("\n", " ") + "\nserial line"
+    broken.cases = [CaseResult("broken-256M", "lock_basic", "64K", "user", Outcome.TIMEOUT, evil, None)]
     md = summary_md.markdown(run)
     out = render(md)
     doc = parse(out)
@@ -581,7 +584,9 @@ def test_markdown_escapes_guest_text() -> None:
     assert not doc.iter("b") and not doc.iter("script") and not doc.iter("h1")
     assert [len(tr.iter("td")) for tr in doc.iter("table")[1].one("tbody").iter("tr")] == [12] * len(COLUMNS)
     assert "a | b new line `code` *em* _u_ [x](https://evil.example) <b>bold</b> :smile: $x$ @all" in doc.text
-    assert "pipe | in error | --- |" in doc.text
+    assert "pipe | in error | --- |" in doc.text and "serial" not in doc.text  # an error's first line only
+    unstarted = [li.text for li in doc.iter("li") if "did not start" in li.text]
+    assert unstarted == [f"1 boot did not start: {evil.replace(chr(10), ' ')} (boot: broken-256M; 1 result: timeout)"]
 
 
 @pytest.mark.parametrize("text", ["- item", "+ item", "# heading", "1. item", "7) item", "=== ", "> quote", "***"])
@@ -621,3 +626,141 @@ def test_markdown_stays_small_for_huge_runs() -> None:
     md = summary_md.markdown(RunRecord(RUN_ID, "s", None, False, boots))
     assert len(md.encode("utf-8")) < 256 * 1024  # GitHub takes up to 1 MiB per step summary
     assert f"… {400 - summary_md.SUMMARY_MAX_BOOTS} more, see report.html" in md
+
+
+# --- boots that did not start: one line per reason in every view -------------------------------
+
+NOTHING = "the guest printed nothing in 20 s under kvm; --accel tcg"
+EXCERPT = "[    0.000000] Linux version 6.1.0\n...\n[    1.250000] serial excerpt line"
+UNSTARTED = ["a-256M", "b-256M", "c-256M", "d-256M"]
+
+
+def unstarted_boot(boot_id: str, error: str = f"{NOTHING}\n{EXCERPT}", cases: int = 61) -> BootResult:
+    """A boot whose guest never became ready: its failure's first line copied into every case (boot.fill)."""
+    first = error.split("\n")[0]
+    results = [CaseResult(boot_id, f"case_{i:02d}", "64K", "user", Outcome.TIMEOUT, first, None) for i in range(cases)]
+    return BootResult(boot_id, TRIXIE, 256, error=error, cases=results, serial_log=f"serial/{boot_id}.log")
+
+
+def lost_boot(boot_id: str = "e-256M") -> BootResult:
+    """A boot that started and then gave up on its guest: its cases say how far it got."""
+    results = [CaseResult(boot_id, f"case_{i:02d}", "64K", "user", Outcome.PASS, "ok", {"v": 1}, fingerprint="1")
+               for i in range(58)]  # fmt: skip
+    results += [CaseResult(boot_id, f"case_{i:02d}", "64K", "user", Outcome.INFRA_ERROR, "not run: gave up", None)
+                for i in range(58, 61)]  # fmt: skip
+    return BootResult(boot_id, BOOKWORM, 256, timings={"marker": 3.0}, cases=results,
+                      error=f"gave up after losing the guest 3 times; last: SSH gone\n{EXCERPT}")  # fmt: skip
+
+
+def unstarted_run(*extra: BootResult) -> RunRecord:
+    return RunRecord(RUN_ID, "s", "f", False, [unstarted_boot(b) for b in UNSTARTED] + [lost_boot(), *extra])
+
+
+def test_a_boot_did_not_start_when_no_guest_of_it_became_ready() -> None:
+    a, b = unstarted_boot("a"), unstarted_boot("b", f"{NOTHING} (last serial lines below)")  # b: the same reason
+    panic = unstarted_boot("p", "guest kernel panicked while booting\nKernel panic - not syncing")
+    fetch = BootResult("f", None, 256, error="kernel not found")  # run.py: nothing could be booted
+    clean = BootResult("ok", None, 256, timings={"marker": 1.0})
+    assert [overview.did_not_start(x) for x in (a, lost_boot(), fetch, clean)] == [True, False, True, False]
+    assert overview.unstarted([a, lost_boot(), panic, clean, fetch, b]) == [
+        (NOTHING, [a, b]),
+        ("guest kernel panicked while booting", [panic]),
+        ("kernel not found", [fetch]),
+    ]
+    assert overview.unstarted([]) == [] and overview.unstarted([clean, lost_boot()]) == []
+
+
+@pytest.mark.parametrize(
+    ("error", "first", "full"),
+    [
+        ("one line", "one line", "one line"),
+        ("\nfirst\nsecond\n", "first", "first\nsecond"),
+        ("no ready marker within 20s (last serial lines below)", "no ready marker within 20s",
+         "no ready marker within 20s"),
+        ("no ready marker within 20s (last serial lines below)\n  \n", "no ready marker within 20s",
+         "no ready marker within 20s"),
+        ("no ready marker (last serial lines below)\nline", "no ready marker",
+         "no ready marker (last serial lines below)\nline"),
+        ("locked 4K (below the limit)", "locked 4K (below the limit)", "locked 4K (below the limit)"),
+        ("", "", ""),
+    ],
+)  # fmt: skip
+def test_an_error_as_one_line_and_in_full(error: str, first: str, full: str) -> None:
+    assert overview.first_line(error) == first
+    assert overview.full_error(error) == full
+
+
+def test_html_boots_that_did_not_start_are_one_line_above_the_matrix() -> None:
+    run = unstarted_run()
+    pages = report_html.pages(run)
+    page = pages["report.html"]
+    doc = parse(page)
+    lines = doc.one("div", id="unstarted").iter("p")
+    assert [p.text for p in lines] == [
+        f"4 boots did not start: {NOTHING} (boots: a-256M, b-256M, c-256M, d-256M; 244 results: timeout)"
+    ]
+    assert page.index('id="unstarted"') < page.index('id="matrix"')
+    assert "err" in lines[0].classes and "o-timeout" in lines[0].classes
+    # Each boot links to its row of the boots table, where its error is one line and a link to the rest.
+    rows = {a.text: doc.one("tr", id=a.attrs["href"][1:]) for a in lines[0].iter("a")}
+    assert list(rows) == UNSTARTED
+    for boot_id, row in rows.items():
+        assert row.iter("td")[0].text == boot_id
+        error = row.iter("td")[-1]
+        assert error.text == f"{NOTHING} (in full)" and error.one("a").attrs["href"].endswith(".html#error")
+    assert "serial excerpt line" not in page
+    # The boot pages keep the whole error.
+    a_page = parse(pages[doc.one("tr", id=lines[0].iter("a")[0].attrs["href"][1:]).iter("a")[0].attrs["href"]])
+    assert a_page.one("p", id="error").text == f"{NOTHING}\n{EXCERPT}"
+    # A boot that started and lost its guest is not on the line.
+    assert "e-256M" not in doc.one("div", id="unstarted").text
+
+
+def test_html_groups_by_reason_and_escapes_it() -> None:
+    run = unstarted_run(unstarted_boot("x-256M", f"{HOSTILE} <img src=x onerror=alert(3)>\nmore", cases=1))
+    run.boots.append(BootResult("y-256M", None, 256, error="no ready marker within 20s (last serial lines below)"))
+    pages = report_html.pages(run)
+    doc = parse(pages["report.html"])
+    assert [p.text for p in doc.one("div", id="unstarted").iter("p")] == [
+        f"4 boots did not start: {NOTHING} (boots: a-256M, b-256M, c-256M, d-256M; 244 results: timeout)",
+        f"1 boot did not start: {HOSTILE} <img src=x onerror=alert(3)> (boot: x-256M; 1 result: timeout)",
+        "1 boot did not start: no ready marker within 20s (boot: y-256M)",
+    ]
+    assert not doc.iter("img") and [s.text for s in doc.iter("script")] == [report_html._OPEN_EVIDENCE]
+    assert "&lt;script&gt;alert(1)&lt;/script&gt; &lt;img" in pages["report.html"]
+    assert not any("lines below" in p for p in pages.values())  # a promise with nothing below is not made
+    ids = [n.attrs["id"] for n in doc.iter() if "id" in n.attrs]
+    assert len(ids) == len(set(ids))
+
+
+def test_markdown_boots_that_did_not_start_are_one_line() -> None:
+    md = summary_md.markdown(unstarted_run())
+    problems = md.split("### Deviations", 1)[1].split("### Behaviour", 1)[0]
+    assert problems.startswith(" and other problems (247; 244 of them on boots that did not start)\n")
+    doc = parse(render(md))
+    said = [li.text for li in doc.iter("li") if "did not start" in li.text]
+    assert said == [f"4 boots did not start: {NOTHING} (boots: a-256M, b-256M, c-256M, d-256M; 244 results: timeout)"]
+    # No case of theirs is listed; the boot that started is, case by case.
+    listed = [li.text for li in doc.iter("li") if " on " in li.text]
+    assert len(listed) == 3 and all(" on e-256M " in li for li in listed)
+    # The Boots table: only the first line of each error.
+    boots = doc.iter("table")[1].one("tbody").iter("tr")
+    errors = {tr.iter("td")[0].text: tr.iter("td")[-1].text for tr in boots}
+    lost = "gave up after losing the guest 3 times; last: SSH gone"
+    assert errors == {"e-256M": lost} | dict.fromkeys(UNSTARTED, NOTHING)
+    assert "serial excerpt line" not in md
+
+
+def test_markdown_groups_by_reason_and_escapes_it() -> None:
+    evil = "**bold** [x](https://evil.example) <b>b</b> | cell `code` # h\x1b[31m"
+    md = summary_md.markdown(unstarted_run(unstarted_boot("x_1-256M", f"{evil}\nserial", cases=2)))
+    doc = parse(render(md))
+    said = [li for li in doc.iter("li") if "did not start" in li.text]
+    assert [li.text for li in said] == [
+        f"4 boots did not start: {NOTHING} (boots: a-256M, b-256M, c-256M, d-256M; 244 results: timeout)",
+        "1 boot did not start: **bold** [x](https://evil.example) <b>b</b> | cell `code` # h [31m "
+        "(boot: x_1-256M; 2 results: timeout)",
+    ]
+    # Only the count is bold; nothing of the guest's became markup.
+    assert [[s.text for s in li.iter()] for li in said] == [["4 boots did not start"], ["1 boot did not start"]]
+    assert not doc.iter("a") and not doc.iter("code") and not doc.iter("b") and "\x1b" not in md

@@ -551,6 +551,22 @@ def test_the_summary_groups_one_finding_seen_everywhere_into_one_line() -> None:
     assert len([line for line in full.getvalue().splitlines() if "protnone_mlock" in line]) == 16
 
 
+def test_summary_gives_a_boot_that_did_not_start_one_line() -> None:
+    """The grouped summary: a boot with an error whose guest never became ready is a line of its own,
+    not a table row, and the counts still count it."""
+    failed = failed_boot()
+    failed.cases = [case(failed.boot_id, "lock_basic", Outcome.INFRA_ERROR, failed.error, observation=None)]
+    out = io.StringIO()
+    print_summary([full_boot(), failed], Console(file=out, width=200))
+    text = out.getvalue()
+    assert [line for line in text.splitlines() if "trixie-96M" in line and "│" in line] == []
+    said = [line for line in text.splitlines() if "did not start" in line]
+    assert said == ["1 boot did not start: no login marker on the serial console after 180s "
+                    "(boot: trixie-96M; 1 result: infra_error)"]  # fmt: skip
+    assert "lock_over_limit" in text  # the boot that started is still listed per case
+    assert "2 boots: 1 pass, 1 deviation, 1 n/a, 1 oom, 1 panic, 1 timeout, 2 error; 1 boot error" in text
+
+
 def test_summary_of_clean_run_has_no_problem_table() -> None:
     boot = full_boot()
     boot.cases = [r for r in boot.cases if r.outcome in (Outcome.PASS, Outcome.NOT_APPLICABLE)]
