@@ -30,6 +30,7 @@ from debian.deb822 import Packages, Release
 from harness import signatures
 from harness.errors import InfraError, UserError
 from harness.files import atomic_write
+from harness.lease import Leases
 
 DEFAULT_KEYRING = Path("/usr/share/keyrings/debian-archive-keyring.gpg")
 # Keys Debian signed its old releases with, expired since; only old releases and snapshots use it.
@@ -100,6 +101,7 @@ class Archive:
         max_age: float = 0.0,  # seconds a fetched InRelease is reused without asking the mirror again
         warn: Callable[[str], None] | None = None,
         retry_delay: float = 1.0,
+        leases: Leases | None = None,  # the run's, on the .debs it fetches (harness.lease); None: its own
     ) -> None:
         self.mirror = mirror.rstrip("/")
         self.cache = cache
@@ -110,6 +112,7 @@ class Archive:
         self.signers: dict[str, signatures.Signer] = {}  # suite -> who signed its Release
         self.max_age = max_age
         self.retry_delay = retry_delay
+        self.leases = leases or Leases()
         self._warn = warn or (lambda msg: warnings.warn(msg, stacklevel=3))
         self._releases: dict[str, Release] = {}
         self._packages: dict[tuple[str, str], list[Packages]] = {}
@@ -296,13 +299,19 @@ class Archive:
     # -- pool
 
     def fetch_deb(self, deb: Deb) -> Path:
-        """The .deb in the cache (content-addressed by its signed digest), downloading it if needed."""
+        """The .deb in the cache (content-addressed by its signed digest), downloading it if needed:
+        leased, and downloaded by one run at a time."""
         path = cached_deb(self.cache, deb)
-        folder = path.parent
         field, want = ("SHA256", deb.sha256) if deb.sha256 else deb.digest.split(":", 1)
         algorithm = next(a for f, _, a in DIGESTS if f == field)
-        if path.is_file() and path.stat().st_size == deb.size and _file_digest(path, algorithm) == want:
-            return path
+
+        def ready() -> bool:
+            return path.is_file() and path.stat().st_size == deb.size and _file_digest(path, algorithm) == want
+
+        return self.leases.ensure(path, ready, lambda: self._download_deb(deb, path, field, want, algorithm))
+
+    def _download_deb(self, deb: Deb, path: Path, field: str, want: str, algorithm: str) -> None:
+        folder = path.parent
         folder.mkdir(parents=True, exist_ok=True)
         url = f"{self.mirror}/{deb.filename}"
         fd, tmp = tempfile.mkstemp(dir=folder, prefix=".download-")
@@ -325,7 +334,6 @@ class Archive:
             with contextlib.suppress(OSError):
                 os.unlink(tmp)
             raise
-        return path
 
 
 def cached_deb(cache: Path, deb: Deb) -> Path:

@@ -47,6 +47,7 @@ AREAS = {
     "keys": "the harness's SSH key and per-cache secrets",
     "crashes": "tracebacks of internal errors (exit 70)",
     "bisect-test": "the tree `make test-bisect` makes from Debian's linux-source",
+    "leases": "locks runs hold on the entries they use (harness.lease): `cache prune` leaves those",
 }
 
 

@@ -357,10 +357,10 @@ def cmd_cache(args: argparse.Namespace, console: Console) -> int:
 def _prune(args: argparse.Namespace, cache: Path, console: Console) -> int:
     ctx = _options(args, cache).sources(terminal.printer(console))
     doomed = prune.plan(cache, args.older_than, args.keep_matrix, args.keep_history, ctx)
-    for e in doomed:
-        _line(console, "would delete" if args.dry_run else "delete", e.area, e.path.name, disk_size(e.bytes))
-    freed = sum(e.bytes for e in doomed) if args.dry_run else prune.remove(doomed)
-    _line(console, "would free" if args.dry_run else "freed", disk_size(freed), f"{len(doomed)} entries")
+    # One line per entry, deleted or kept (a run holds it: harness.lease), as it goes.
+    gone = prune.take(doomed, args.dry_run, lambda *fields: _line(console, *fields))
+    _line(console, "would free" if args.dry_run else "freed", disk_size(sum(e.bytes for e in gone)),
+          f"{len(gone)} entries")  # fmt: skip
     return 0
 
 

@@ -9,6 +9,7 @@ so it is stable for an image yet unknown to anyone without the cache.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import hmac
 import os
@@ -25,6 +26,7 @@ from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from harness.errors import InfraError
 from harness.files import atomic_write
+from harness.lease import UNLEASED, Leases
 
 IMAGES_DIR = Path(__file__).resolve().parent.parent / "images"
 BUSYBOX = Path("/bin/busybox")
@@ -184,16 +186,22 @@ _DISK_FORMATS = {"ext4": ("disk-ext4-v2.img", ["-O", "^metadata_csum,^has_journa
                  "ext2": ("disk-ext2-v1.img", [])}  # fmt: skip
 
 
-def disk_image(out_dir: Path, fs: str = "ext4") -> Path:
-    """A small read-only disk holding one file, for cases that need major faults.
+def disk_image(out_dir: Path, fs: str = "ext4", leases: Leases = UNLEASED) -> Path:
+    """A small read-only disk holding one file, for cases that need major faults (made once, and
+    leased: harness.lease).
 
     An initramfs is tmpfs, where nothing is ever read from a device. Fixed UUID, hash seed and
     timestamps make the image byte-identical on every build.
     """
-    name, features = _DISK_FORMATS[fs]
-    path = out_dir / name
-    if path.exists():
-        return path
+    path = out_dir / _DISK_FORMATS[fs][0]
+    leases.ensure(path, path.exists, lambda: _make_disk(path, fs))
+    with contextlib.suppress(OSError):
+        os.utime(path)  # its last use, which `harness cache prune --older-than` reads
+    return path
+
+
+def _make_disk(path: Path, fs: str) -> None:
+    out_dir, features = path.parent, _DISK_FORMATS[fs][1]
     out_dir.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="harness-disk-", dir=out_dir) as tmp:
         root = Path(tmp, "root")
@@ -221,7 +229,6 @@ def disk_image(out_dir: Path, fs: str = "ext4") -> Path:
         except subprocess.CalledProcessError as e:
             raise InfraError(f"{e.cmd[0]} failed: {e.stderr.strip()}") from e
         os.replace(img, path)
-    return path
 
 
 # --- host key ---------------------------------------------------------------------------------
@@ -261,9 +268,10 @@ class Image:
 
 
 def build(base: Sequence[Entry], modules: Sequence[tuple[str, bytes]], secret: bytes, out_dir: Path,
-          disk: tuple[str, str] | None = None) -> Image:  # fmt: skip
-    """Write the image for one kernel into out_dir (content-addressed; reused if present). `disk`:
-    the data disk's device node and filesystem in the guest, None when it has none."""
+          disk: tuple[str, str] | None = None, leases: Leases = UNLEASED) -> Image:  # fmt: skip
+    """Write the image for one kernel into out_dir (content-addressed; reused if present; leased:
+    harness.lease). `disk`: the data disk's device node and filesystem in the guest, None when it
+    has none."""
     entries = list(base) + module_entries(modules)
     if disk is not None:
         entries.append(file("etc/harness/disk", f"{disk[0]} {disk[1]}\n".encode()))
@@ -275,11 +283,9 @@ def build(base: Sequence[Entry], modules: Sequence[tuple[str, bytes]], secret: b
     # The image holds the guest's private host key: whoever can read it can pose as the guest to
     # the harness. Only the cache's owner may (images written 0644 before are closed up too).
     private(out_dir)
-    if path.exists():
-        path.chmod(0o600)
-        os.utime(path)  # its last use, which `harness cache prune --older-than` reads
-    else:
-        atomic_write(path, data, 0o600)
+    leases.ensure(path, path.exists, lambda: atomic_write(path, data, 0o600))
+    path.chmod(0o600)
+    os.utime(path)  # its last use, which `harness cache prune --older-than` reads
     return Image(path, digest, openssh_public(key), tuple(n for n, _ in modules))
 
 

@@ -16,7 +16,6 @@ with build.json saying what was built, how long it took and which config it used
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import hashlib
 import json
 import os
@@ -26,13 +25,14 @@ import signal
 import subprocess
 import tempfile
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
 from harness import bzimage, kernels, vm
 from harness.errors import InfraError, UserError
+from harness.lease import UNLEASED, Leases, locked
 
 FRAGMENT = Path(__file__).resolve().parent.parent / "images" / "kernel.config"
 BUILD_FILE = "build.json"
@@ -149,18 +149,6 @@ def _repo_id(repo: Path) -> str:
     return hashlib.sha256(str(repo.resolve()).encode()).hexdigest()[:16]
 
 
-@contextlib.contextmanager
-def _locked(path: Path) -> Iterator[None]:
-    """One build per repository at a time (its clone and build directory are shared)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
-
-
 def _run(argv: Sequence[str], log: Path, env: dict[str, str], what: str, kept: Path | None = None) -> None:
     """Run a build step in its own process group, output appended to `log`; killed with its children
     on any exit (Ctrl-C included), so no compiler outlives the harness. A failure names `kept`, where
@@ -206,27 +194,31 @@ def folder(source: Source, cache: Path) -> Path:
     return cache / "builds" / build_key(source, fragment_text(source.spec), compiler(source.spec.compiler))
 
 
-def build(source: Source, cache: Path, log: Callable[[str], None], label: str = "") -> kernels.Kernel:
-    """The kernel of `source`, built now or taken from the cache."""
+def build(source: Source, cache: Path, log: Callable[[str], None], label: str = "",
+          leases: Leases = UNLEASED) -> kernels.Kernel:  # fmt: skip
+    """The kernel of `source`, built now or taken from the cache (leased: harness.lease)."""
     fragment = fragment_text(source.spec)
     cc = compiler(source.spec.compiler)
     done = folder(source, cache)
     root, key = done.parent, done.name
-    if (done / BUILD_FILE).is_file():
-        with contextlib.suppress(OSError):
-            os.utime(done)  # its last use, which `harness cache prune --older-than` reads
-        return load(done, label or source.spec.label)
     repo_id = _repo_id(source.spec.repo)
-    with _locked(root / f".{repo_id}.lock"):
-        if (done / BUILD_FILE).is_file():  # another process built it while this one waited
-            return load(done, label or source.spec.label)
-        log(f"building {source.commit[:12]} ({source.title}) from {source.spec.repo}; about 10 min the first "
-            "time, then only what changed")  # fmt: skip
-        return _build(source, fragment, cc, cache, root, key, repo_id, label)
+
+    def make() -> None:
+        # One build per repository at a time, whatever it builds: its clone and build directory are shared.
+        with locked(root / f".{repo_id}.lock"):
+            if (done / BUILD_FILE).is_file():  # built by a caller that leases nothing, while this one waited
+                return
+            log(f"building {source.commit[:12]} ({source.title}) from {source.spec.repo}; about 10 min the first "
+                "time, then only what changed")  # fmt: skip
+            _build(source, fragment, cc, cache, root, key, repo_id)
+
+    leases.ensure(done, (done / BUILD_FILE).is_file, make)
+    with contextlib.suppress(OSError):
+        os.utime(done)  # its last use, which `harness cache prune --older-than` reads
+    return load(done, label or source.spec.label)
 
 
-def _build(source: Source, fragment: str, cc: str, cache: Path, root: Path, key: str, repo_id: str,
-           label: str) -> kernels.Kernel:  # fmt: skip
+def _build(source: Source, fragment: str, cc: str, cache: Path, root: Path, key: str, repo_id: str) -> None:
     clone = cache / "src" / repo_id
     work = cache / "kbuild" / repo_id
     work.mkdir(parents=True, exist_ok=True)
@@ -275,7 +267,6 @@ def _build(source: Source, fragment: str, cc: str, cache: Path, root: Path, key:
                 os.replace(build_log, failed)
         shutil.rmtree(stage, ignore_errors=True)
         raise
-    return load(root / key, label or source.spec.label)
 
 
 def has_modules(config: str) -> bool:

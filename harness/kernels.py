@@ -32,6 +32,7 @@ from harness.archive import Deb, cached_deb
 from harness.bzimage import vmlinux_from_image
 from harness.errors import InfraError
 from harness.files import atomic_write
+from harness.lease import UNLEASED, Leases
 from harness.results import KernelInfo
 
 META_FILE = "kernel.json"
@@ -80,36 +81,51 @@ class Packaged:
     source: str  # the spec as given, e.g. "debian:bookworm"
 
 
-def unpacked(kernel: Packaged, cache: Path, download: Callable[[Deb], Path], keep_modules: Sequence[str]) -> Kernel:
+def unpacked(kernel: Packaged, cache: Path, download: Callable[[Deb], Path], keep_modules: Sequence[str],
+             leases: Leases = UNLEASED) -> Kernel:  # fmt: skip
     """The kernel unpacked in the cache: downloaded (by `download`) and unpacked once, then only read.
 
     Of its modules the folder keeps `keep_modules` and what they depend on, and the .debs are deleted
     once unpacked: a guest needs a few MB of the 300-500 MB (issue 15: every Debian build in 10 GB).
     kernel.json keeps each .deb's name and digest (so does every run's manifest), so a replay or a
     harness that wants another module fetches them again. A folder unpacked whole (before this) is
-    slimmed the first time it is used.
+    slimmed the first time it is used. The folder is leased (harness.lease) before it is looked at,
+    and unpacked or slimmed by one run at a time.
     """
     folder = cache / "kernels" / kernel_key(kernel.debs)
-    meta = _meta(folder)
-    kept = meta.get(_KEPT) if meta is not None else None
-    if meta is None or not load(folder).image.is_file() or (kept is not None and not set(keep_modules) <= set(kept)):
-        paths = [download(d) for d in kernel.debs]
-        try:
-            _unpack(kernel, paths, folder, keep_modules)
-        except InfraError:
-            if _meta(folder) is None:
-                raise
-            # another run unpacked it first, and deleted the .debs under this one
-    elif kept is None or (meta.get("vmlinux") and not meta.get(_SPARSE)):
-        _slim(folder, meta, keep_modules)
+
+    def make() -> None:
+        meta, todo = _todo(folder, keep_modules)
+        if todo == _UNPACK:
+            _unpack(kernel, [download(d) for d in kernel.debs], folder, keep_modules)
+        elif todo == _SLIM:
+            assert meta is not None
+            _slim(folder, meta, keep_modules)
+
+    leases.ensure(folder, lambda: not _todo(folder, keep_modules)[1], make)
     for deb in kernel.debs:
-        cached_deb(cache, deb).unlink(missing_ok=True)
+        leases.discard(cached_deb(cache, deb))  # unless another run is fetching it right now
     with contextlib.suppress(OSError):
         os.utime(folder)  # its last use, which `harness cache prune --older-than` reads
     found = load(folder)
     # The same packages can be reached from several specs: report the one asked for now.
     return Kernel(kernel.label, found.release, found.image, found.vmlinux, found.modules_dir, found.sha256,
                   kernel.package or found.package, kernel.version, kernel.debs, kernel.source)  # fmt: skip
+
+
+_UNPACK, _SLIM = "unpack", "slim"
+
+
+def _todo(folder: Path, keep_modules: Sequence[str]) -> tuple[dict[str, Any] | None, str]:
+    """The folder's metadata, and what it needs: unpacking (missing, or without a module now wanted),
+    slimming (unpacked whole, or its vmlinux without holes), or nothing ("")."""
+    meta = _meta(folder)
+    kept = meta.get(_KEPT) if meta is not None else None
+    if meta is None or not load(folder).image.is_file() or (kept is not None and not set(keep_modules) <= set(kept)):
+        return meta, _UNPACK
+    if kept is None or (meta.get("vmlinux") and not meta.get(_SPARSE)):
+        return meta, _SLIM
+    return meta, ""
 
 
 # In kernel.json: the module names its folder keeps (with their depends), absent when it keeps all;
@@ -140,7 +156,8 @@ def _unpack(kernel: Packaged, debs: Sequence[Path], folder: Path, keep_modules: 
     folder.parent.mkdir(parents=True, exist_ok=True)
     if folder.exists():
         # A tree without its metadata file is not ours to trust; one that lacks a module a newer
-        # harness wants is unpacked again (a run using it right now would lose its boots: rare).
+        # harness wants is unpacked again (a run of an older harness using it now would lose its
+        # boots: rare).
         shutil.rmtree(folder)
     tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name[:16]}-"))
     try:
@@ -182,7 +199,7 @@ def _unpack(kernel: Packaged, debs: Sequence[Path], folder: Path, keep_modules: 
         except OSError:
             if not (folder / META_FILE).is_file():
                 raise
-            shutil.rmtree(tmp)  # another run unpacked the same kernel first
+            shutil.rmtree(tmp)  # a harness that takes no making lock (an older one) unpacked it first
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

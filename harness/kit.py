@@ -18,6 +18,7 @@ from harness import devices, guest, image, modules, probe, userland
 from harness.cache import secret
 from harness.image import Entry
 from harness.kernels import Kernel
+from harness.lease import Leases
 from harness.probe import Probe
 
 
@@ -30,6 +31,7 @@ class Kit:
     disk: Path  # the read-only ext4 data disk every guest gets
     images: Path  # where images are written (content-addressed)
     cache: Path | None = None  # where the musl userland is built, when a kernel needs it
+    leases: Leases = field(default_factory=Leases, compare=False, repr=False)  # on what it makes (harness.lease)
     _bases: dict[str, tuple[Entry, ...]] = field(default_factory=dict, compare=False, repr=False)
 
     def image(self, kernel: Kernel, base: tuple[Entry, ...] | None = None) -> image.Image:
@@ -38,14 +40,16 @@ class Kit:
         hardware = devices.choose(kernel)
         files = [(modules.module_name(p), modules.decompress_module(p)) for p in hardware.modules]
         disk = (hardware.disk.guest_dev, hardware.fs.name) if hardware.disk and hardware.fs else None
-        return image.build(self.base if base is None else base, files, self.secret, self.images, disk)
+        return image.build(self.base if base is None else base, files, self.secret, self.images, disk, self.leases)
 
     def disk_for(self, hardware: devices.Devices) -> Path | None:
         """The data disk a guest with `hardware` gets: the ext4 disk, the same file on ext2 for a
         kernel without ext4, or none when the kernel cannot read a disk."""
         if hardware.disk is None or hardware.fs is None:
             return None
-        return self.disk if hardware.fs.name == "ext4" else image.disk_image(self.images, hardware.fs.name)
+        if hardware.fs.name == "ext4":
+            return self.disk
+        return image.disk_image(self.images, hardware.fs.name, self.leases)
 
     def base_of(self, name: str, mirror: Callable[[], str], log: Callable[[str], None]) -> tuple[Entry, ...]:
         """The image base with userland `name` (glibc or musl: built the first time it is asked for)."""
@@ -53,18 +57,21 @@ class Kit:
             return self.base
         if name not in self._bases:
             assert self.cache is not None, "a kit without a cache has only the glibc userland"
-            built = userland.musl(self.cache, mirror, log)
+            built = userland.musl(self.cache, mirror, log, self.leases)
             self._bases[name] = tuple(built.entries(guest.public_line(self.key)))
         return self._bases[name]
 
 
-def assemble(cache: Path, built: Probe | None = None) -> Kit:
-    """The kit of this cache: the probe built (unless given), keys made once, the disk made once."""
+def assemble(cache: Path, built: Probe | None = None, leases: Leases | None = None) -> Kit:
+    """The kit of this cache: the probe built (unless given), keys made once, the disk made once;
+    what it makes of the cache leased by `leases` (the run's), else by its own."""
     built = built or probe.build()
+    leases = leases or Leases()
     key = guest.client_key(cache)
     base = tuple(image.base_entries(built.path, guest.public_line(key)))
     images = cache / "images"
-    return Kit(built, key, base, secret(cache, "guest-host-key"), image.disk_image(images), images, cache)
+    return Kit(built, key, base, secret(cache, "guest-host-key"), image.disk_image(images, "ext4", leases), images,
+               cache, leases)  # fmt: skip
 
 
 def guest_modules(kernel: Kernel) -> list[tuple[str, bytes]]:

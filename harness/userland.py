@@ -11,19 +11,19 @@ built from. `auto` takes musl for a kernel older than 3.2, else glibc.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import hashlib
 import json
 import os
 import shutil
 import subprocess
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 from harness import image, tools
 from harness.errors import InfraError, UserError
+from harness.lease import UNLEASED, Leases, locked
 
 AUTO, GLIBC, MUSL = "auto", "glibc", "musl"
 NAMES = (AUTO, GLIBC, MUSL)
@@ -69,19 +69,20 @@ def glibc(probe: Path) -> Userland:
     return Userland(GLIBC, image.BUSYBOX, image.DROPBEAR, probe)
 
 
-def musl(cache: Path, mirror: Callable[[], str], log: Callable[[str], None]) -> Userland:
-    """busybox, dropbear and the probe built static with musl (once per sources and recipe)."""
+def musl(cache: Path, mirror: Callable[[], str], log: Callable[[str], None], leases: Leases = UNLEASED) -> Userland:
+    """busybox, dropbear and the probe built static with musl (once per sources and recipe), and
+    leased with their sources (harness.lease)."""
     if shutil.which("musl-gcc") is None:
         raise UserError("musl-gcc is not installed: install musl-tools (make deps does)")
     if shutil.which("dpkg-source") is None:
         raise UserError("dpkg-source is not installed: install dpkg-dev (make deps does)")
     root = cache / "userland"
-    with _locked(root / ".lock"):
-        src = _sources(root / "src", mirror, log)
+    with locked(root / ".lock"):  # one at a time: every build reads the one copy of the sources
+        src = _sources(leases.use(root / "src"), mirror, log)
         key = hashlib.sha256(json.dumps({"recipe": RECIPE, "sources": sorted(p.name for p in src.values()),
                                          "probe": _probe_digest(), "musl": _musl_version()},
                                         sort_keys=True).encode()).hexdigest()[:24]  # fmt: skip
-        done = root / f"musl-{key}"
+        done = leases.use(root / f"musl-{key}")
         if not (done / "probe").is_file():
             log("building the musl userland (busybox, dropbear, probe) from Debian's sources; about 3 min, once")
             stage = Path(tempfile.mkdtemp(prefix=".musl-", dir=root))
@@ -91,15 +92,10 @@ def musl(cache: Path, mirror: Callable[[], str], log: Callable[[str], None]) -> 
                 os.replace(stage, done)
             finally:
                 shutil.rmtree(stage, ignore_errors=True)
+        for used in (done, root / "src"):
+            with contextlib.suppress(OSError):
+                os.utime(used)  # their last use, which `harness cache prune --older-than` reads
     return Userland(MUSL, done / "busybox", done / "dropbear", done / "probe")
-
-
-@contextlib.contextmanager
-def _locked(path: Path) -> Iterator[None]:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
-        yield
 
 
 def _sources(folder: Path, mirror: Callable[[], str], log: Callable[[str], None]) -> dict[str, Path]:

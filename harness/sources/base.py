@@ -15,6 +15,7 @@ from typing import Any, Protocol, TypeVar
 
 from harness import manifest
 from harness.kernels import Kernel
+from harness.lease import Leases
 from harness.yamlfile import KeyPath, Where
 
 
@@ -36,13 +37,15 @@ R = TypeVar("R")
 
 @dataclass
 class Context:
-    """What a source may use during one command: the cache, the user's settings, a log, and objects
-    shared by every kernel of the run (one verified mirror index, say), made once on first use."""
+    """What a source may use during one command: the cache, the user's settings, a log, the leases
+    on what it uses of the cache (the run's), and objects shared by every kernel of the run (one
+    verified mirror index, say), made once on first use."""
 
     cache: Path
     log: Callable[[str], None] = print
     mirror: str | None = None
     insecure: bool = False
+    leases: Leases = field(default_factory=Leases, compare=False, repr=False)
     _shared: dict[str, Any] = field(default_factory=dict)
 
     def shared(self, name: str, make: Callable[[], R]) -> R:

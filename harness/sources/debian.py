@@ -25,6 +25,7 @@ from harness import aptsources, devices, kernels, manifest, versions
 from harness.archive import DEFAULT_KEYRING, REMOVED_KEYRING, Archive, Deb
 from harness.errors import UserError
 from harness.kernels import Kernel
+from harness.lease import UNLEASED, Leases
 from harness.sources.base import Context, KernelSpec
 from harness.sources.debian_index import Build, Resolved, list_builds, newest_per_line, resolve_in
 from harness.yamlfile import KeyPath, Where
@@ -153,7 +154,7 @@ class DebianSource:
         return [resolved.suite, resolved.abi, ", ".join(f"{d.package}={d.version}" for d in resolved.debs)]
 
     def fetch(self, resolved: Resolved, ctx: Context) -> Kernel:
-        return fetch(resolved, mirrors(ctx), ctx.cache)
+        return fetch(resolved, mirrors(ctx), ctx.cache, ctx.leases)
 
     def cached(self, resolved: Resolved, ctx: Context) -> Path | None:
         return ctx.cache / "kernels" / kernels.kernel_key(resolved.debs)
@@ -166,8 +167,11 @@ class DebianSource:
         assert entry.booted is not None
         booted = entry.booted
         cached = ctx.shared("debian:cached", lambda: {k.sha256: k for k in kernels.list_cached(ctx.cache)})
-        if booted.sha256 in cached:
-            return cached[booted.sha256]
+        found = cached.get(booted.sha256)
+        if found is not None:
+            ctx.leases.use(found.image.parent)  # then looked at again: prune may have taken it since the listing
+            if (found.image.parent / kernels.META_FILE).is_file():
+                return found
         if not booted.debs:
             raise UserError(f"kernel {spec.label}: the manifest lists no .debs and it is not in the cache")
         resolved = Resolved(spec, booted.debs[0].suite, booted.release, booted.version or "", booted.debs,
@@ -227,14 +231,15 @@ def mirrors(ctx: Context) -> Mirrors:
         def snapshot(stamp: str) -> Archive:
             return ctx.shared(f"debian:snapshot:{stamp}", lambda: Archive(
                 f"{snapshots}/archive/debian/{stamp}", ctx.cache, insecure=ctx.insecure, keyring=keys,
-                accept_expired=True, warn=ctx.log, indexes=ctx.cache / "indexes" / "snapshot" / stamp))  # fmt: skip
+                accept_expired=True, warn=ctx.log, indexes=ctx.cache / "indexes" / "snapshot" / stamp,
+                leases=ctx.leases))  # fmt: skip
 
         return Mirrors(
-            Archive(main, ctx.cache, insecure=ctx.insecure, keyring=DEFAULT_KEYRING, warn=ctx.log),
-            Archive(security, ctx.cache, insecure=ctx.insecure, keyring=DEFAULT_KEYRING, warn=ctx.log)
-            if security else None,
+            Archive(main, ctx.cache, insecure=ctx.insecure, keyring=DEFAULT_KEYRING, warn=ctx.log, leases=ctx.leases),
+            Archive(security, ctx.cache, insecure=ctx.insecure, keyring=DEFAULT_KEYRING, warn=ctx.log,
+                    leases=ctx.leases) if security else None,
             Archive(old, ctx.cache, insecure=ctx.insecure, keyring=keys, accept_expired=True, warn=ctx.log,
-                    indexes=ctx.cache / "indexes" / "old") if old else None,
+                    indexes=ctx.cache / "indexes" / "old", leases=ctx.leases) if old else None,
             snapshot if snapshots else None,
         )  # fmt: skip
 
@@ -259,8 +264,9 @@ def resolve(spec: DebianKernel, archives: Mirrors | Archive) -> Resolved:
     return resolve_in(spec, _indexes(spec, archives))
 
 
-def fetch(resolved: Resolved, archives: Mirrors | Archive, cache: Path) -> Kernel:
-    """Download, verify and unpack the kernel once; later calls only read the cache."""
+def fetch(resolved: Resolved, archives: Mirrors | Archive, cache: Path, leases: Leases = UNLEASED) -> Kernel:
+    """Download, verify and unpack the kernel once; later calls only read the cache. `leases`: the
+    run's, on the kernel's folder (harness.lease)."""
     of = archives if isinstance(archives, Mirrors) else Mirrors(archives)
     spec = resolved.spec
     assert isinstance(spec, DebianKernel)
@@ -269,7 +275,7 @@ def fetch(resolved: Resolved, archives: Mirrors | Archive, cache: Path) -> Kerne
     packaged = kernels.Packaged(spec.label, resolved.abi, resolved.package or None, resolved.version,
                                 debs, debian_source(spec))  # fmt: skip
     download: Callable[[Deb], Path] = lambda deb: of(deb.suite, spec.snapshot).fetch_deb(deb)  # noqa: E731
-    return kernels.unpacked(packaged, cache, download, devices.MODULE_ROOTS)
+    return kernels.unpacked(packaged, cache, download, devices.MODULE_ROOTS, leases)
 
 
 def _signer_note(archive: Archive, suite: str) -> str:

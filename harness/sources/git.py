@@ -92,7 +92,7 @@ class GitSource:
         if resolved.spec.compiler != "gcc":
             tools.ensure_compiler(resolved.spec.compiler, lambda: aptsources.mirror_from(ctx.mirror, os.environ),
                                   ctx.cache, ctx.log)  # fmt: skip
-        return kbuild.build(resolved, ctx.cache, ctx.log, resolved.spec.label)
+        return kbuild.build(resolved, ctx.cache, ctx.log, resolved.spec.label, ctx.leases)
 
     def cached(self, resolved: kbuild.Source, ctx: Context) -> Path | None:
         return kbuild.folder(resolved, ctx.cache)

@@ -7,7 +7,10 @@ very file the run booted.
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import hashlib
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,6 +30,7 @@ from harness.bzimage import (
 from harness.errors import UserError
 from harness.files import atomic_write
 from harness.kernels import Kernel
+from harness.lease import UNLEASED, Leases
 from harness.sources.base import Context, KernelSpec
 from harness.yamlfile import KeyPath, Where
 
@@ -73,7 +77,7 @@ class PathSource:
         return [spec]
 
     def resolve(self, spec: PathKernel, ctx: Context) -> Kernel:
-        return from_path(spec, ctx.cache)
+        return from_path(spec, ctx.cache, ctx.leases)
 
     def describe(self, resolved: Kernel) -> list[str]:
         return ["path", str(resolved.image), resolved.release, resolved.sha256[:16]]
@@ -89,7 +93,7 @@ class PathSource:
 
     def pin(self, spec: PathKernel, entry: manifest.Kernel, ctx: Context) -> Kernel:
         assert entry.booted is not None
-        kernel = from_path(spec, ctx.cache)
+        kernel = from_path(spec, ctx.cache, ctx.leases)
         if kernel.sha256 != entry.booted.sha256:
             raise UserError(f"{spec.path}: changed since the run (sha256 {kernel.sha256[:12]}, the run booted "
                             f"{entry.booted.sha256[:12]}); put the original file back to replay it")  # fmt: skip
@@ -99,8 +103,9 @@ class PathSource:
 SOURCE = PathSource()
 
 
-def from_path(spec: PathKernel, cache: Path) -> Kernel:
-    """A kernel file given by path: bzImage/vmlinuz, or an ELF vmlinux (bootable only with a PVH note)."""
+def from_path(spec: PathKernel, cache: Path, leases: Leases = UNLEASED) -> Kernel:
+    """A kernel file given by path: bzImage/vmlinuz, or an ELF vmlinux (bootable only with a PVH note).
+    A bzImage's vmlinux is kept in the cache, leased (harness.lease)."""
     path = spec.path.resolve()
     try:
         data = path.read_bytes()
@@ -128,8 +133,9 @@ def from_path(spec: PathKernel, cache: Path) -> Kernel:
         elf = vmlinux_from_image(data)
         if elf is not None:
             vmlinux = cache / "vmlinux" / f"{sha}.elf"
-            if not vmlinux.is_file():
-                atomic_write(vmlinux, elf)
+            leases.ensure(vmlinux, vmlinux.is_file, functools.partial(atomic_write, vmlinux, elf))
+            with contextlib.suppress(OSError):
+                os.utime(vmlinux)  # its last use, which `harness cache prune --older-than` reads
     else:
         raise not_kernel
     modules = spec.modules.resolve() if spec.modules else None

@@ -56,10 +56,17 @@ class KselftestMM:
         tree, provenance = _tree(kernel, ctx)
         key = hashlib.sha256(json.dumps({"tree": provenance["key"], "recipe": RECIPE, "programs": PROGRAMS,
                                          "cc": _gcc()}, sort_keys=True).encode()).hexdigest()[:32]  # fmt: skip
-        done = ctx.cache / "suites" / self.name / key
-        if not (done / "built.json").is_file():
+        entry = ctx.cache / "suites" / self.name  # what prune takes as one: every tree's build
+        done = entry / key
+
+        def make() -> None:
             log(f"building kselftest mm from {provenance['what']} (a few minutes, once)")
             _build(tree, done)
+
+        # One tree's build at a time (another tree's goes on meanwhile), leased: harness.lease.
+        ctx.leases.ensure(entry, (done / "built.json").is_file, make, part=key)
+        with contextlib.suppress(OSError):
+            os.utime(entry)  # its last use, which `harness cache prune --older-than` reads
         record = json.loads((done / "built.json").read_text())
         programs = {p: done / p for p in PROGRAMS if (done / p).is_file()}
         missing = {p: str(record["missing"].get(p, "not built")) for p in PROGRAMS if p not in programs}
