@@ -32,7 +32,8 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from harness import guest, image, kit, matrix, probe, run, snapshot, sources, verdict, vm
+from harness import accel as accel_mod
+from harness import guest, image, kit, lease, matrix, probe, run, snapshot, sources, verdict, vm
 from harness.cache import cache_dir
 from harness.transports import net
 
@@ -87,7 +88,7 @@ def restored(config: vm.VMConfig, img: image.Image, key: object, cases: list[str
     `harness run` does: the loaded guest's seconds to SSH and to the catalogue done, and the
     state file's size."""
     with tempfile.TemporaryDirectory(prefix="harness-bench-") as tmp:
-        store = snapshot.Store(Path(tmp))
+        store = snapshot.Store(Path(tmp), lease.UNLEASED)  # a folder of its own, outside any cache
         first = harness_path(config, img, key, cases, store)
         again = harness_path(config, img, key, cases, store)
         assert again["loaded"], "the second guest was booted, not loaded"
@@ -95,13 +96,13 @@ def restored(config: vm.VMConfig, img: image.Image, key: object, cases: list[str
         return {**again, "save": first["ready"] - first["marker"], "state_mb": state.stat().st_size / 2**20}
 
 
-def whole_matrix(mx: matrix.Matrix, jobs: int, cache: Path,
-                 cold: bool) -> tuple[float, int, dict[str, dict[str, float]]]:  # fmt: skip
+def whole_matrix(mx: matrix.Matrix, jobs: int, cache: Path, cold: bool,
+                 accel_name: str) -> tuple[float, int, dict[str, dict[str, float]]]:  # fmt: skip
     """The matrix as `harness run --jobs J [--cold]` runs it: wall seconds, boots whose guests
     were loaded, and per kernel label its boot's seconds to done and inside the OOM cases."""
     with tempfile.TemporaryDirectory(prefix="harness-bench-") as tmp:
         start = time.monotonic()
-        options = run.Options(jobs=jobs, results=Path(tmp), cache=cache, cold=cold)
+        options = run.Options(jobs=jobs, results=Path(tmp), cache=cache, cold=cold, accel=accel_name)
         _, boots = run.execute(mx, options, lambda line: None)
         wall = time.monotonic() - start
     per: dict[str, dict[str, float]] = {}
@@ -116,13 +117,15 @@ def main() -> int:
     parser.add_argument("--matrix", type=Path)
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--jobs", type=int, default=2, help="VMs at once for the whole-matrix run (default: 2)")
+    parser.add_argument("--accel", choices=accel_mod.MODES, help=f"kvm, tcg or auto (default: {accel_mod.ENV}, "
+                        "else auto: KVM when its check guest runs on the CPU)")  # fmt: skip
     args = parser.parse_args()
     mx = matrix.load(args.matrix) if args.matrix else matrix.load_default()
     cache = cache_dir()
     source = sources.Kernels(sources.Context(cache))
     guests = kit.assemble(cache)
     built, key, disk = guests.probe, guests.key, guests.disk
-    accel = vm.accelerator()
+    accel = accel_mod.choose(accel_mod.mode(args.accel))
     console = Console(width=200)
     console.print(f"accelerator: {accel.name} ({accel.reason}); {args.repeat} rounds; {len(built.names)} cases")
 
@@ -151,10 +154,10 @@ def main() -> int:
         timings = [{k: v for k, v in r.items() if k != "records"} for r in (*runs, *lines, *saved)]
         console.print(f"{spec.label}: floor {floors}; net, serial, restored {timings}", highlight=False)
 
-    cold_wall, _, cold_per = whole_matrix(mx, args.jobs, cache, cold=True)
-    wall, loaded, per = whole_matrix(mx, args.jobs, cache, cold=False)
+    cold_wall, _, cold_per = whole_matrix(mx, args.jobs, cache, cold=True, accel_name=accel.name)
+    wall, loaded, per = whole_matrix(mx, args.jobs, cache, cold=False, accel_name=accel.name)
     if loaded < len(per):  # the cache had not saved these guests yet: that run saved them
-        wall, loaded, per = whole_matrix(mx, args.jobs, cache, cold=False)
+        wall, loaded, per = whole_matrix(mx, args.jobs, cache, cold=False, accel_name=accel.name)
     table = Table(title=f"Seconds (median of {args.repeat}; the whole matrix once, --jobs {args.jobs})",
                   title_justify="left")  # fmt: skip
     headers = ("kernel", "release", "floor: marker", "cold: marker", "cold: SSH", "catalogue (root, once)",

@@ -27,8 +27,10 @@ from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 
+from harness import accel as accel_mod
 from harness import boot, guest, image, kit, matrix, rundir, sources, verdict, vm
 from harness.cache import cache_dir
+from harness.live import Live
 from harness.results import BootResult
 from harness.sources.debian import DebianKernel
 
@@ -54,7 +56,7 @@ def open_fds() -> int:
     return len(os.listdir("/proc/self/fd"))
 
 
-def inject(result: BootResult, live: boot.Live, fault: Callable[[vm.VM], None]) -> None:
+def inject(result: BootResult, live: Live, fault: Callable[[vm.VM], None]) -> None:
     """Once the first case has a result (the hanging one has started), inject the fault."""
 
     def watch() -> None:
@@ -81,7 +83,7 @@ def main() -> int:
     guests = kit.assemble(cache)
     img, key, disk = guests.image(kernel), guests.key, guests.disk
     expectations = verdict.load()
-    accel = vm.accelerator()
+    accel = accel_mod.for_host()
 
     qemu_before, temps_before, fds_before = qemu_pids(), temp_dirs(), open_fds()
     outcomes: Counter[str] = Counter()
@@ -100,7 +102,7 @@ def main() -> int:
             result = BootResult(plan.id, kernel.info(), ram)
             run_dir = Path(out, plan.id)
             writer = rundir.RunWriter(run_dir, plan.id, rundir.now(), [plan.id])
-            live = boot.Live()
+            live = Live()
             if scenario == "qemu-kill":
                 inject(result, live, lambda machine: os.kill(machine.pid, signal.SIGKILL))
             elif scenario == "ssh-drop":

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
-import functools
 import json
 import os
 import re
@@ -30,7 +29,7 @@ from typing import Any
 
 import yaml
 
-from harness import jsondoc, matrix, run, rundir, verdict, vm
+from harness import accel, jsondoc, matrix, run, rundir, verdict
 from harness.errors import InfraError, UserError
 from harness.jsondoc import Doc
 from harness.kbuild import git
@@ -180,7 +179,7 @@ def step(state_path: Path, cache: Path, log: Callable[[str], None]) -> int:
     head = git(settings.repo, "rev-parse", "--verify", "--quiet", "BISECT_HEAD", check=False) or git(
         settings.repo, "rev-parse", "HEAD"
     )
-    options = _options(state_path.parent / "steps" / head[:12], cache)
+    options = _options(state_path.parent / "steps" / head[:12], cache, accel.mode(None))
     obs = observe(settings, head, options, log)
     verdict = SKIP if not obs.answered else GOOD if obs.behaviour == doc["good"]["behaviour"] else BAD
     word = {GOOD: "good", BAD: "bad", SKIP: "skip"}[verdict]
@@ -192,16 +191,11 @@ def step(state_path: Path, cache: Path, log: Callable[[str], None]) -> int:
     return verdict
 
 
-def _options(results: Path, cache: Path) -> run.Options:
-    # The KVM check takes seconds and cannot change during a bisect: once per process, and the
-    # steps inherit the answer (HARNESS_ACCEL, set by bisect()). Cold: each commit's kernel is
-    # booted once or a few times, and those tries are meant to be independent guests.
-    return run.Options(jobs=1, results=results, cache=cache, accel=_accelerator(), cold=True)
-
-
-@functools.cache
-def _accelerator() -> vm.Accelerator:
-    return vm.accelerator()
+def _options(results: Path, cache: Path, accel_name: str) -> run.Options:
+    # The KVM check takes seconds and cannot change during a bisect: once, by bisect(), and the
+    # steps inherit the answer (HARNESS_ACCEL). Cold: each commit's kernel is booted once or a
+    # few times, and those tries are meant to be independent guests.
+    return run.Options(jobs=1, results=results, cache=cache, accel=accel_name, cold=True)
 
 
 # --- the whole bisect ---------------------------------------------------------------------------
@@ -228,7 +222,7 @@ def check_repo(repo: Path) -> str:
 
 
 def bisect(settings: Settings, good_rev: str, bad_rev: str, results: Path, cache: Path,
-           log: Callable[[str], None]) -> Found:  # fmt: skip
+           log: Callable[[str], None], accel_mode: str = accel.AUTO) -> Found:  # fmt: skip
     repo = settings.repo
     original = check_repo(repo)
     good = git(repo, "rev-parse", "--verify", f"{good_rev}^{{commit}}")
@@ -239,10 +233,12 @@ def bisect(settings: Settings, good_rev: str, bad_rev: str, results: Path, cache
     stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ")
     directory = results / f"bisect-{stamp}-{secrets.token_hex(2)}"
     directory.mkdir(parents=True)
+    chosen = accel.choose(accel_mode)
+    log(f"bisect: accelerator {chosen.name} ({chosen.reason})")
     ends = {}
     for name, commit in (("good", good), ("bad", bad)):
         log(f"bisect: observing the {name} end {commit[:12]}")
-        obs = observe(settings, commit, _options(directory / "steps" / commit[:12], cache), log)
+        obs = observe(settings, commit, _options(directory / "steps" / commit[:12], cache, chosen.name), log)
         if not obs.answered:
             raise InfraError(f"the {name} end {commit[:12]} gave no answer ({obs.message}); nothing to compare with")
         ends[name] = obs
@@ -253,7 +249,7 @@ def bisect(settings: Settings, good_rev: str, bad_rev: str, results: Path, cache
     state.write_text(json.dumps({"settings": _settings_json(settings), "good": dataclasses.asdict(ends["good"]),
                                  "bad": dataclasses.asdict(ends["bad"])}, indent=2) + "\n")  # fmt: skip
     step_cmd = [sys.executable, "-m", "harness", "bisect-step", "--state", str(state), "--cache", str(cache)]
-    env = {**os.environ, "HARNESS_ACCEL": _accelerator().name}  # every step uses the same
+    env = {**os.environ, accel.ENV: chosen.name}  # every step uses the same
     first = _run_bisect(repo, good, bad, step_cmd, directory, original, log, env)
     return _found(settings, first, ends, directory)
 

@@ -9,12 +9,12 @@ guests come from `Seams`, which tests replace with fakes.
 
 from __future__ import annotations
 
-import contextlib
+import dataclasses
 import enum
 import re
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,11 +22,11 @@ from typing import Any, Protocol
 
 import paramiko
 
-from harness import devices, guest, probe, snapshot, suites, verdict, versions, vm
-from harness.admission import Admission
+from harness import accel, devices, guest, probe, snapshot, suites, verdict, versions, vm
 from harness.errors import InfraError
 from harness.image import Image
 from harness.kernels import Kernel
+from harness.live import Cancelled, Live
 from harness.matrix import BootPlan, RunPlan
 from harness.results import BootResult, CaseResult, Outcome
 from harness.streams import Line
@@ -117,49 +117,6 @@ class Seams:
 REAL = Seams()
 
 
-class Cancelled(Exception):
-    """The run was interrupted; finished results are kept."""
-
-
-@dataclass
-class Live:
-    """Guests currently running, so an interrupt can stop them all at once, and the host memory they
-    may take between them (harness.admission)."""
-
-    lock: threading.Lock = field(default_factory=threading.Lock)
-    vms: set[Machine] = field(default_factory=set)
-    cancelled: threading.Event = field(default_factory=threading.Event)
-    memory: Admission = field(default_factory=Admission.for_host)
-
-    @contextlib.contextmanager
-    def admitted(self, ram_mb: int, who: str = "") -> Iterator[None]:
-        """Until the block ends, a guest of `ram_mb` (of boot `who`) holds its share of the host's
-        memory; waits for it first. Raises Cancelled if the run is interrupted meanwhile."""
-        taken = self.memory.acquire(ram_mb, self.cancelled, who)
-        if taken is None:
-            raise Cancelled()
-        try:
-            yield
-        finally:
-            self.memory.release(taken)
-
-    @contextlib.contextmanager
-    def track(self, v: Machine) -> Iterator[None]:
-        with self.lock:
-            self.vms.add(v)
-        try:
-            yield
-        finally:
-            with self.lock:
-                self.vms.discard(v)
-
-    def cancel(self) -> None:
-        self.cancelled.set()
-        with self.lock:
-            for v in list(self.vms):
-                v.close()
-
-
 # --- the policy --------------------------------------------------------------------------------
 
 
@@ -198,8 +155,9 @@ def next_step(attempts: Attempts, event: GuestLost | InfraError) -> Step:
 
     A lost guest is booted again, up to MAX_REBOOTS times. A boot that failed on the machinery
     (QEMU, SSH) is tried again, up to INFRA_RETRIES times; a kernel that panics while booting has
-    given its answer, verdicts are never retried, and neither is a guest that is not the one the
-    harness built (a wrong host key, its key refused): that is a security event.
+    given its answer, and so has one silent for ten times what a boot needs. Verdicts are never
+    retried, nor a guest that is not the one the harness built (a wrong host key, its key
+    refused): that is a security event.
     """
     if isinstance(event, GuestLost):
         lost = Attempts(attempts.reboots + 1, attempts.retries)
@@ -210,8 +168,8 @@ def next_step(attempts: Attempts, event: GuestLost | InfraError) -> Step:
     if isinstance(event, guest.TrustFailure):  # not a flaky machine: someone else's guest, or not ours
         error = f"security: {event}; not retried"
         return Step(Phase.FAILED, attempts, Outcome.INFRA_ERROR, error, error)
-    panicked = isinstance(event, vm.BootFailure) and event.panicked
-    if not panicked and attempts.retries < INFRA_RETRIES:
+    final = isinstance(event, vm.BootFailure) and (event.panicked or event.silent)
+    if not final and attempts.retries < INFRA_RETRIES:
         return Step(Phase.BOOT, Attempts(attempts.reboots, attempts.retries + 1))
     if isinstance(event, vm.BootFailure):
         outcome = Outcome.PANIC if event.panicked else Outcome.TIMEOUT if event.timed_out else Outcome.INFRA_ERROR
@@ -238,17 +196,28 @@ def run_boot(ctx: BootContext, result: BootResult, publish: Publish, live: Live,
                          disk_bus=(hw.disk or devices.DISKS[0]).name)  # fmt: skip
     result.transport = ctx.transport
     result.qemu_argv = config.argv()  # port 0 until QEMU has one; kept for boots that never come up
-    attempts = Attempts()
+    attempts, refused = Attempts(), set[str]()
     try:
         while pending_runs(result, plan):
             if live.cancelled.is_set():
                 raise Cancelled()
+            if live.accel is not None and not result.cases:  # KVM given up by another boot meanwhile
+                config = dataclasses.replace(config, accel=live.accel.name)
+            result.accelerator = config.accel
             try:
                 _guest(ctx, config, result, publish, live, seams)
                 continue
             except (GuestLost, InfraError) as event:
                 if live.cancelled.is_set():
                     raise Cancelled() from event
+                if _kvm_failed(event, config, live, plan.id):
+                    vm.note(ctx.serial_log, f"{str(event).split(';')[0]}; this guest is booted again under tcg")
+                    config = dataclasses.replace(config, accel=accel.TCG)
+                    continue
+                if isinstance(event, SavedGuestLost) and event.key not in refused:
+                    refused.add(event.key)  # once: a state another run keeps from deletion is not tried again
+                    _forget(ctx, result, event, live)
+                    continue
                 step = next_step(attempts, event)
             attempts = step.attempts
             result.reboots, result.retries = attempts.reboots, attempts.retries
@@ -258,6 +227,32 @@ def run_boot(ctx: BootContext, result: BootResult, publish: Publish, live: Live,
                 return
     finally:
         publish(result, True)
+
+
+class SavedGuestLost(InfraError):
+    """A guest loaded from a saved state did not answer SSH: the state, not the kernel, is broken."""
+
+    def __init__(self, key: str, error: guest.SSHFailure) -> None:
+        super().__init__(f"the saved guest {key} did not answer ({error})")
+        self.key = key
+
+
+def _forget(ctx: BootContext, result: BootResult, event: SavedGuestLost, live: Live) -> None:
+    """Delete the saved guest that did not answer, so this boot's next guest boots cold (and is saved)."""
+    saved = ctx.saved.find(event.key) if ctx.saved is not None else None
+    if saved is not None and ctx.saved is not None:
+        ctx.saved.discard(saved)
+    vm.note(ctx.serial_log, f"{event}; it is deleted, and the guest boots cold")
+    live.log(f"boot {ctx.plan.id}: {event}; it is deleted, and the guest boots cold")
+    result.restored = ""
+    result.timings.pop("marker", None)
+
+
+def _kvm_failed(event: Exception, config: vm.VMConfig, live: Live, boot_id: str) -> bool:
+    """Whether the guest failed for KVM's sake and the run lets this boot go on under TCG."""
+    if not (isinstance(event, vm.BootFailure) and event.kvm_failed and config.accel == accel.KVM):
+        return False
+    return live.accel is not None and live.accel.kvm_failed(boot_id, str(event).split(";")[0])
 
 
 def _guest(ctx: BootContext, config: vm.VMConfig, result: BootResult, publish: Publish, live: Live,
@@ -271,7 +266,12 @@ def _guest(ctx: BootContext, config: vm.VMConfig, result: BootResult, publish: P
         publish(result, True)
         endpoint = machine.endpoint(ctx.image.host_key)
         with seams.session(endpoint, "root", ctx.key) as session:
-            session.connect()
+            try:
+                session.connect()
+            except guest.SSHFailure as e:
+                if machine.restored and not isinstance(e, guest.TrustFailure):
+                    raise SavedGuestLost(machine.restored, e) from e
+                raise
             result.timings.setdefault("ssh", round(time.monotonic() - machine.started, 3))
             result.uname = session.run(["uname", "-r"], 30).stdout.strip()
             for run_plan, cases in pending_runs(result, ctx.plan):

@@ -1,9 +1,5 @@
-"""Command line: arguments -> request -> handler. The only place that maps exceptions to exit codes.
-
-Exit codes: 0 every observation as expected, 1 some deviated, 2 bad input, 3 infrastructure
-error, 70 internal error (a bug; the traceback is in a file named on stderr), 130/143 interrupted
-by SIGINT/SIGTERM (finished results kept).
-"""
+"""Command line: arguments -> request -> handler. The only place that maps exceptions to exit codes
+(EXIT_CODES below; the traceback of an internal error is in a file named on stderr)."""
 
 from __future__ import annotations
 
@@ -14,13 +10,12 @@ import signal
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from types import FrameType
 
 from rich.console import Console
 
 from harness import (
+    accel,
     bisect,
-    boot,
     compare,
     crashes,
     history,
@@ -34,20 +29,14 @@ from harness import (
     replay,
     run,
     rundir,
+    signals,
     sources,
     terminal,
 )
 from harness.cache import cache_dir, disk_size, usage
 from harness.errors import EXIT_INFRA, EXIT_INTERNAL, EXIT_USAGE, InfraError, UserError
+from harness.live import Live
 from harness.results import exit_code
-
-
-class Interrupted(BaseException):
-    """SIGTERM, delivered like Ctrl-C so every `finally` and context manager runs."""
-
-    def __init__(self, signum: int) -> None:
-        super().__init__(signum)
-        self.signum = signum
 
 
 class _Parser(argparse.ArgumentParser):
@@ -62,7 +51,8 @@ Start with `harness run`: it runs the embedded default matrix (four Debian kerne
 junit.xml, results.json, report.html and summary.md to results/<run-id>/. `harness run --matrix
 FILE` runs your own; `harness COMMAND --help` says more about each command."""
 EXIT_CODES = """exit codes: 0 every observation as expected, 1 some deviated, 2 bad input, 3 infrastructure
-error, 70 internal error (a bug), 130/143 interrupted (finished results are kept)"""
+error, 70 internal error (a bug), 130/143 interrupted (finished results are kept), 141 the reader of
+its output went away"""
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -123,6 +113,8 @@ def _parser() -> argparse.ArgumentParser:
                     help="config the fragment is merged onto")  # fmt: skip
     bs.add_argument("--tries", type=int, default=3, help="guests per commit at most, until two agree (default: 3)")
     bs.add_argument("--results", type=Path, default=Path("results"), help="results directory (default: results)")
+    for cmd in (run, rp, bs):
+        _accel_option(cmd)
 
     st = sub.add_parser("bisect-step", help="one step of `git bisect run` (called by harness bisect)", parents=[common])
     st.add_argument("--state", type=Path, required=True, help="the bisect's state.json")
@@ -170,6 +162,12 @@ def _shard(text: str) -> tuple[int, int]:
     return int(m.group(1)), int(m.group(2))
 
 
+def _accel_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--accel", choices=accel.MODES, help="kvm, tcg, or auto: KVM when a check guest proves it runs "
+                   "long-mode code on the CPU, and TCG for the rest of the run once KVM fails a boot (default: "
+                   f"{accel.ENV}, else auto)")  # fmt: skip
+
+
 def _history_option(p: argparse.ArgumentParser) -> None:
     p.add_argument("--history", type=Path, help="history database (default: <results>/history.sqlite)")
 
@@ -194,7 +192,8 @@ def _options(args: argparse.Namespace, cache: Path) -> run.Options:
     return run.Options(jobs=jobs, results=getattr(args, "results", Path("results")), cache=cache,
                        mirror=args.mirror, insecure=args.insecure, shard=getattr(args, "shard", None),
                        history=_history_path(args) if hasattr(args, "history") else None,
-                       cold=getattr(args, "cold", False))  # fmt: skip
+                       cold=getattr(args, "cold", False),
+                       accel=accel.mode(args.accel) if hasattr(args, "accel") else accel.AUTO)  # fmt: skip
 
 
 def cmd_run(args: argparse.Namespace, console: Console) -> int:
@@ -203,12 +202,12 @@ def cmd_run(args: argparse.Namespace, console: Console) -> int:
         return 0
     mx, text = _matrix(args.matrix)
     options = _options(args, _cache(args))
-    live, board = boot.Live(), progress.Board()
+    live, board = Live(), progress.Board()
     say = terminal.printer(console)
     try:
         with progress.shown(board, console):
             run_dir, boots = run.execute(mx, options, say, live, text, board=board)
-    except (KeyboardInterrupt, Interrupted):
+    except (KeyboardInterrupt, signals.Interrupted):
         _interrupted(console)
         raise
     terminal.print_summary(boots, console, args.verbose)
@@ -258,8 +257,8 @@ def cmd_replay(args: argparse.Namespace, console: Console) -> int:
     say, board = terminal.printer(console), progress.Board()
     try:
         with progress.shown(board, console):
-            done = replay.replay(rundir.locate(args.run, args.results), args.boot, options, say, boot.Live(), board)
-    except (KeyboardInterrupt, Interrupted):
+            done = replay.replay(rundir.locate(args.run, args.results), args.boot, options, say, Live(), board)
+    except (KeyboardInterrupt, signals.Interrupted):
         _interrupted(console)
         raise
     terminal.print_summary(done.boots, console, args.verbose)
@@ -281,7 +280,7 @@ def cmd_bisect(args: argparse.Namespace, console: Console) -> int:
     bisect.check_repo(settings.repo)
     bisect.check(settings, probe.build().names)
     say = terminal.printer(console)
-    found = bisect.bisect(settings, args.good, args.bad, args.results, _cache(args), say)
+    found = bisect.bisect(settings, args.good, args.bad, args.results, _cache(args), say, accel.mode(args.accel))
     say(f"first commit that changed {args.case}: {found.commit} {found.title}")
     for side, obs in (("before", found.good), ("after", found.bad)):
         say(f"  {side} ({obs.commit[:12]}): {obs.outcome} {obs.behaviour}")
@@ -413,15 +412,15 @@ HANDLERS: dict[str, Callable[[argparse.Namespace, Console], int]] = {
 }
 
 
-def _on_sigterm(signum: int, frame: FrameType | None) -> None:
-    raise Interrupted(signum)
-
-
 def main(argv: Sequence[str] | None = None, console: Console | None = None) -> int:
     # Logs (CI, files) have no width; rich would assume 80 columns and squeeze the tables.
-    console = console or (Console() if sys.stdout.isatty() else Console(width=160))
+    console = console or (signals.Console() if sys.stdout.isatty() else signals.Console(width=160))
     err = terminal.printer(Console(stderr=True, width=1000))
-    previous = signal.signal(signal.SIGTERM, _on_sigterm)
+    with signals.sigterm_interrupts():
+        return _handle(argv, console, err)
+
+
+def _handle(argv: Sequence[str] | None, console: Console, err: Callable[[str], None]) -> int:
     try:
         args = _parser().parse_args(argv)
         return HANDLERS[args.command](args, console)
@@ -433,14 +432,14 @@ def main(argv: Sequence[str] | None = None, console: Console | None = None) -> i
         return EXIT_INFRA
     except KeyboardInterrupt:
         return 128 + signal.SIGINT
-    except Interrupted as e:
+    except signals.Interrupted as e:
         return 128 + e.signum
+    except BrokenPipeError:
+        return signals.reader_left()
     except Exception as e:  # noqa: BLE001 - a bug: one line, the traceback in a file, its own exit code
         err(f"harness: internal error (a bug in the harness, please report it): {type(e).__name__}: {e}; "
             f"traceback in {crashes.report()}")  # fmt: skip
         return EXIT_INTERNAL
-    finally:
-        signal.signal(signal.SIGTERM, previous)
 
 
 if __name__ == "__main__":

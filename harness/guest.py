@@ -7,6 +7,8 @@ switched off here: a guest that is not ours must fail the connection, not be rem
 from __future__ import annotations
 
 import base64
+import itertools
+import logging
 import select
 import shlex
 import socket
@@ -39,6 +41,12 @@ class TrustFailure(SSHFailure):
     A security event: never retried, reported as such."""
 
 
+# paramiko logs a failed handshake at ERROR with its traceback ("Exception (client): Error reading
+# SSH protocol banner" and fifteen lines). With no handler anywhere, Python's last-resort handler
+# would print that on the terminal, between the run's own lines, for a connection the harness
+# retries or reports itself: a session sends its client's messages to its endpoint's log instead.
+logging.getLogger("paramiko").addHandler(logging.NullHandler())
+
 MAX_LINE = 1 << 20  # a probe record is a few kB; a longer line is not one
 KEEP = 1 << 20  # of each of a command's streams, the last this many bytes are kept
 
@@ -66,6 +74,7 @@ class Endpoint:
     host_key: str  # "ssh-ed25519 AAAA..." as pinned in the image
     host: str = "127.0.0.1"
     sock: socket.socket | None = None  # an open line to the guest's sshd instead of TCP (transports.serial)
+    log: Path | None = None  # where the SSH client's own messages go (the boot's serial log); None: nowhere
 
     @property
     def known_hosts_name(self) -> str:
@@ -78,6 +87,34 @@ class Result:
     exit_code: int
     stdout: str
     stderr: str
+
+
+class _LogTo(logging.Handler):
+    """The SSH client's messages (paramiko's, on a log channel of this session's own), appended to a
+    file as `[harness: ssh: ...]` lines, tracebacks included."""
+
+    _count = itertools.count()
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(logging.DEBUG)
+        self.path = path
+        self.channel = f"paramiko.harness.{next(self._count)}"
+        self.setFormatter(logging.Formatter("%(levelname)s %(message)s"))
+        self._logger = logging.getLogger(self.channel)
+        self._logger.addHandler(self)
+        self._logger.setLevel(logging.WARNING)  # its failures; not a line per login
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            text = "".join(f"[harness: ssh: {line}]\n" for line in self.format(record).splitlines())
+            with self.path.open("ab") as f:  # one write: the console's reader appends to the same file
+                f.write(("\n" + text).encode(errors="replace"))
+        except (OSError, ValueError):
+            pass  # the log is evidence, not the session: a log that cannot be written costs nothing more
+
+    def close(self) -> None:
+        self._logger.removeHandler(self)
+        super().close()
 
 
 class Guest:
@@ -98,6 +135,9 @@ class Guest:
             connect_kwargs["sock"] = endpoint.sock
         self.conn = Connection(endpoint.host, user=user, port=endpoint.port, config=config,
                                connect_timeout=connect_timeout, connect_kwargs=connect_kwargs)  # fmt: skip
+        self._logged = _LogTo(endpoint.log) if endpoint.log is not None else None
+        if self._logged is not None:
+            self.conn.client.set_log_channel(self._logged.channel)
         kind, blob = endpoint.host_key.split()[:2]
         pinned = paramiko.PKey.from_type_string(kind, base64.b64decode(blob))
         self.conn.client.set_missing_host_key_policy(paramiko.RejectPolicy())
@@ -111,6 +151,8 @@ class Guest:
 
     def close(self) -> None:
         self.conn.close()
+        if self._logged is not None:
+            self._logged.close()
 
     def connect(self, attempts: int = 5, delay: float = 0.5) -> float:
         """Open the session; seconds it took. A refused key or a wrong host key is never retried."""

@@ -26,8 +26,9 @@ T = TypeVar("T")
 
 @dataclass(frozen=True)
 class Accelerator:
-    name: str = ""  # kvm or tcg
-    reason: str = ""  # what the KVM check saw
+    name: str = ""  # kvm or tcg: what the run started with
+    reason: str = ""  # what was asked for, or what the KVM check saw
+    fell_back: str = ""  # the boot KVM failed, and how, after which the run used tcg; "" when it did not
 
 
 @dataclass(frozen=True)
@@ -94,6 +95,7 @@ class Boot:
     userland_reason: str = ""
     # the guest's NIC, disk and filesystem (harness.devices) when not virtio-net, virtio-blk and ext4
     devices: tuple[tuple[str, str], ...] = ()
+    accelerator: str = ""  # what the boot's guests really ran under (kvm, or tcg once KVM failed); "" in older runs
 
 
 @dataclass(frozen=True)
@@ -136,7 +138,7 @@ class Manifest:
             "matrix_source": self.matrix_source,
             "matrix_text": self.matrix_text,
             "options": dict(self.options),
-            "accelerator": asdict(self.accelerator),
+            "accelerator": {k: v for k, v in asdict(self.accelerator).items() if v or k != "fell_back"},
             "qemu_version": self.qemu_version,
             "probe": {"sha256": self.probe.sha256, "cases": list(self.probe.cases)},
             "expectations_sha256": self.expectations_sha256,
@@ -166,7 +168,8 @@ class Manifest:
         top = Doc(doc, f"{where}: ", "a manifest.json the harness wrote")
         return cls(
             top.text("harness_version"), top.text("matrix_source"), top.text("matrix_text"), top.mapping("options"),
-            top.each("accelerator", lambda d: Accelerator(d.text("name"), d.text("reason")), Accelerator()),
+            top.each("accelerator", lambda d: Accelerator(d.text("name"), d.text("reason"), d.text("fell_back")),
+                     Accelerator()),
             top.text("qemu_version"),
             top.each("probe", lambda d: Probe(d.text("sha256"), tuple(d.texts("cases"))), Probe()),
             top.text("expectations_sha256"), tuple(top.items("kernels", _kernel)),
@@ -244,6 +247,8 @@ def _boot_json(b: Boot) -> dict[str, Any]:
         doc.update(userland=b.userland, userland_reason=b.userland_reason)
     if b.devices:  # likewise virtio's devices
         doc["devices"] = dict(b.devices)
+    if b.accelerator:
+        doc["accelerator"] = b.accelerator
     return doc
 
 
@@ -251,7 +256,7 @@ def _boot(d: Doc) -> Boot:
     runs = tuple(d.items("runs", lambda r: (r.text("memlock"), r.text("user"))))
     return Boot(d.text("id"), d.text("kernel"), d.integer("ram_mb"), runs, tuple(d.texts("qemu_argv")),
                 d.text("qemu_command"), d.text("transport"), d.text("transport_reason"), d.text("userland") or "glibc",
-                d.text("userland_reason"), d.each("devices", _devices, ()))  # fmt: skip
+                d.text("userland_reason"), d.each("devices", _devices, ()), d.text("accelerator"))  # fmt: skip
 
 
 def _devices(d: Doc) -> tuple[tuple[str, str], ...]:

@@ -13,9 +13,9 @@ import dataclasses
 from collections.abc import Callable
 from pathlib import Path
 
-from harness import compare, manifest, matrix, probe, progress, run, rundir, sources, verdict, vm
-from harness.boot import Live
+from harness import accel, compare, lease, manifest, matrix, probe, progress, run, rundir, sources, verdict, vm
 from harness.errors import UserError
+from harness.live import Live
 from harness.results import BootResult, RunRecord
 
 
@@ -26,7 +26,7 @@ def _matrix(run_dir: Path, recorded: manifest.Manifest) -> matrix.Matrix:
     return matrix.parse(recorded.matrix_text, where)
 
 
-def differences(recorded: manifest.Manifest, probe_sha: str, accel: str) -> list[str]:
+def differences(recorded: manifest.Manifest, probe_sha: str, accel_name: str) -> list[str]:
     """Inputs that cannot be the same as the run's, one line each (what the run did not record is
     not counted as different)."""
     out = []
@@ -38,8 +38,10 @@ def differences(recorded: manifest.Manifest, probe_sha: str, accel: str) -> list
     qemu = vm.qemu_version()
     if recorded.qemu_version not in ("", qemu):
         out.append(f"qemu: the run used {recorded.qemu_version}, this host has {qemu}")
-    if recorded.accelerator.name not in ("", accel):
-        out.append(f"accelerator: the run used {recorded.accelerator.name}, this host uses {accel}")
+    # What the boots really ran under: a run that fell back to TCG used it for its later boots.
+    used = sorted({b.accelerator for b in recorded.boots if b.accelerator} or {recorded.accelerator.name} - {""})
+    if used and used != [accel_name]:
+        out.append(f"accelerator: the run used {', '.join(used)}, this host uses {accel_name}")
     return out
 
 
@@ -69,14 +71,14 @@ def replay(run_dir: Path, boot: str | None, options: run.Options, log: Callable[
     original = rundir.read_results(run_dir)
     mx = _matrix(run_dir, recorded)
     chosen = boots_of(original, boot)
-    pinned = sources.pin(mx.kernels, recorded.kernels, options.sources(log))
-    accel = options.accel or vm.accelerator()
-    diffs = differences(recorded, probe.build().sha256, accel.name)
-    for line in diffs:
-        log(f"replay: not the same input: {line}")
-    options = dataclasses.replace(options, boots=chosen, shard=None, accel=accel)
-    replay_of = manifest.ReplayOf(original.run_id, str(run_dir), chosen, tuple(diffs))
-    new_dir, boots = run.execute(mx, options, log, live, recorded.matrix_text, pinned, replay_of, board)
+    with lease.Leases() as pinning:  # the kernels found again stay leased until the run is done with them
+        pinned = sources.pin(mx.kernels, recorded.kernels, options.sources(log, pinning))
+        diffs = differences(recorded, probe.build().sha256, accel.choose(options.accel).name)
+        for line in diffs:
+            log(f"replay: not the same input: {line}")
+        options = dataclasses.replace(options, boots=chosen, shard=None)
+        replay_of = manifest.ReplayOf(original.run_id, str(run_dir), chosen, tuple(diffs))
+        new_dir, boots = run.execute(mx, options, log, live, recorded.matrix_text, pinned, replay_of, board)
     before = RunRecord(original.run_id, original.started, original.finished, original.interrupted,
                        [b for b in original.boots if b.boot_id in chosen])  # fmt: skip
     after = RunRecord(new_dir.name, "", None, False, boots)

@@ -24,6 +24,7 @@ from harness import (
     devices,
     history,
     kit,
+    lease,
     manifest,
     matrix,
     probe,
@@ -38,11 +39,12 @@ from harness import (
     versions,
     vm,
 )
+from harness import accel as accel_mod
 from harness import image as image_mod
-from harness.boot import Cancelled, Live
 from harness.errors import InfraError, UserError
 from harness.image import Entry, Image
 from harness.kernels import Kernel
+from harness.live import Cancelled, Live
 from harness.results import BootResult, Outcome
 from harness.sources import KernelSpec
 
@@ -54,14 +56,14 @@ class Options:
     cache: Path
     mirror: str | None = None
     insecure: bool = False
-    accel: vm.Accelerator | None = None  # None: check KVM, else TCG
+    accel: str = accel_mod.AUTO  # auto (KVM if the check proves it, TCG after KVM fails a boot), kvm or tcg
     shard: tuple[int, int] | None = None  # (I, N): run the I-th of N deterministic slices of the boots
     boots: tuple[str, ...] = ()  # run only these boot ids (replay); () for all
     history: Path | None = None  # SQLite history the finished run is appended to; None: none
     cold: bool = False  # boot every guest: neither load nor save saved guests (harness.snapshot)
 
-    def sources(self, log: Callable[[str], None]) -> sources.Context:
-        return sources.Context(self.cache, log, self.mirror, self.insecure)
+    def sources(self, log: Callable[[str], None], leases: lease.Leases | None = None) -> sources.Context:
+        return sources.Context(self.cache, log, self.mirror, self.insecure, leases or lease.Leases())
 
 
 @dataclass(frozen=True)
@@ -178,7 +180,16 @@ def execute(
     rundir.check_writable(options.results)
     check_memory(mx)
     built = probe.build()
-    ctx = options.sources(log)
+    # Every cache entry the run uses, leased before it is looked at and held until the run ends, so
+    # `harness cache prune` leaves it; a run that dies outright lets go as it dies.
+    with lease.Leases() as leases:
+        return _execute(mx, options, log, live, board, built, leases, matrix_text, pinned, replay_of)
+
+
+def _execute(mx: matrix.Matrix, options: Options, log: Callable[[str], None], live: Live, board: progress.Board,
+             built: probe.Probe, leases: lease.Leases, matrix_text: str, pinned: Mapping[KernelSpec, Kernel] | None,
+             replay_of: manifest.ReplayOf | None) -> tuple[Path, list[BootResult]]:  # fmt: skip
+    ctx = options.sources(log, leases)
     # A spec of many builds stands for one kernel per build: the plan has a boot for each.
     mx = dataclasses.replace(mx, kernels=sources.expand(mx.kernels, ctx))
     planned = matrix.expand(mx, built.names)
@@ -194,9 +205,10 @@ def execute(
             source.resolve(spec)
         except InfraError as e:  # this kernel's boots fail; the rest of the night goes on
             unresolved[spec] = e
-    accel = options.accel or vm.accelerator()
-    log(f"accelerator: {accel.name} ({accel.reason})")
-    saved = None if options.cold else snapshot.Store.of(options.cache)
+    accel = accel_mod.Current.of(options.accel, log)
+    live.accel, live.log = accel, log
+    log(f"accelerator: {accel.name} ({accel.start.reason})")
+    saved = None if options.cold else snapshot.Store.of(options.cache, leases)
 
     run_id, run_dir = rundir.create(options.results)
     writer = rundir.RunWriter(run_dir, run_id, rundir.now(), [p.id for p in plans])
@@ -206,7 +218,7 @@ def execute(
         writer.add_boot(r)
 
     board.plan(len(specs), {p.id: sum(len(r.cases) for r in p.runs) for p in plans}, live.memory.waiting)
-    guests = kit.assemble(options.cache, built)
+    guests = kit.assemble(options.cache, built, leases)
     wanted = sorted({s[0] for p in plans for r in p.runs for c in r.cases if (s := suites.split(c))})
     prepared = prepare(specs, unresolved, source, guests, log, mx.userland, wanted, board.kernel_ready)
     for p in plans:
@@ -260,6 +272,7 @@ def execute(
                     results[p.id].error = results[p.id].error or "run interrupted"
                 writer.update(results[p.id], flush=False)
             writer.write_manifest(setup.manifest(results))
+            leases.close()  # the manifest read the data disk: the run's last use of the cache
             writer.finish(rundir.now(), interrupted=live.cancelled.is_set())
             record_history(options.history, run_dir, log)
     return run_dir, [results[p.id] for p in plans]
@@ -284,7 +297,7 @@ class Setup:
     mx: matrix.Matrix
     matrix_text: str
     options: Options
-    accel: vm.Accelerator
+    accel: accel_mod.Current
     kit: kit.Kit
     prepared: Mapping[KernelSpec, Prepared]
     planned: Sequence[matrix.BootPlan]  # every boot of the matrix
@@ -299,7 +312,7 @@ class Setup:
             matrix_source=self.mx.source,
             matrix_text=self.matrix_text,
             options={"jobs": options.jobs, "mirror": options.mirror, "insecure": options.insecure},
-            accelerator=manifest.Accelerator(self.accel.name, self.accel.reason),
+            accelerator=manifest.Accelerator(self.accel.start.name, self.accel.start.reason, self.accel.fell_back),
             qemu_version=vm.qemu_version(),
             probe=manifest.Probe(self.kit.probe.sha256, tuple(self.kit.probe.names)),
             expectations_sha256=verdict.expectations_sha256(),
@@ -332,7 +345,7 @@ def _boot_entry(plan: matrix.BootPlan, result: BootResult, prep: Prepared) -> ma
     way, why = prep.transport(plan) if prep.kernel is not None else ("", "")
     return manifest.Boot(plan.id, plan.kernel.label, plan.ram_mb, tuple((r.memlock_label, r.user) for r in plan.runs),
                          argv, vm.command_line(list(argv)) if argv else "", way, why, *prep.userland,
-                         _unusual(prep.devices))  # fmt: skip
+                         _unusual(prep.devices), result.accelerator)  # fmt: skip
 
 
 def _unusual(hardware: devices.Devices | None) -> tuple[tuple[str, str], ...]:

@@ -30,11 +30,12 @@ import tempfile
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from harness import qmp, vm
 from harness.errors import InfraError
+from harness.lease import Leases
 
 FORMAT = 1  # what a saved guest's folder holds and how it is loaded; a new format is a new key
 STATE = "state.zst"
@@ -43,6 +44,7 @@ ABOUT = "saved.json"
 SAVE_TIMEOUT = 120.0  # seconds for QEMU to write a state
 STALE_AFTER = 86400.0  # seconds after which a folder being saved or deleted is a leftover
 LOAD_TIMEOUT = 60.0  # seconds for a saved guest to run again (it takes under one here, under TCG)
+CONNECTION = b"Child connection from"  # what dropbear -E logs on the console for each connection it accepts
 
 
 @dataclass(frozen=True)
@@ -66,17 +68,19 @@ class Saved:
 
 @dataclass(frozen=True)
 class Store:
-    """The saved guests of a cache (cache/guests/<key>/)."""
+    """The saved guests of a cache (cache/guests/<key>/), each leased (harness.lease) from the
+    moment a boot looks for it: prune leaves it while a run may load it."""
 
     root: Path
+    leases: Leases = field(default_factory=Leases, compare=False, repr=False)  # the run's
 
     @classmethod
-    def of(cls, cache: Path) -> Store | None:
+    def of(cls, cache: Path, leases: Leases | None = None) -> Store | None:
         """The cache's store; None where zstd is missing (guests then always boot cold)."""
-        return cls(cache / "guests") if shutil.which("zstd") else None
+        return cls(cache / "guests", leases or Leases()) if shutil.which("zstd") else None
 
     def find(self, key: str) -> Saved | None:
-        folder = self.root / key
+        folder = self.leases.use(self.root / key)  # before it is looked for: what is found stays until the run ends
         if not ((folder / STATE).is_file() and (folder / CONSOLE).is_file()):
             return None
         with contextlib.suppress(OSError):
@@ -84,10 +88,10 @@ class Store:
         return Saved(key, folder)
 
     def discard(self, saved: Saved) -> None:
-        gone = saved.folder.with_name(f".gone-{saved.key}-{threading.get_ident()}")
+        """Delete a state that did not load, unless another run holds it: that one is loading it,
+        and discards it itself if it fails (the last to let go deletes it)."""
         with contextlib.suppress(OSError):
-            saved.folder.rename(gone)  # a boot that looks now finds nothing, never half a folder
-        shutil.rmtree(gone, ignore_errors=True)
+            self.leases.discard(saved.folder)  # renamed away first: a boot that looks finds no half folder
 
     def save(self, machine: vm.VM, key: str) -> Saved:
         """Pause the guest, write its state, and let it run on. Raises InfraError when QEMU cannot;
@@ -117,7 +121,7 @@ class Store:
                      "qemu_version": vm.qemu_version(), "argv": dataclasses.replace(machine.config, port=0,
                                                                                     channel=None).argv()}  # fmt: skip
             (tmp / ABOUT).write_text(json.dumps(about, indent=2) + "\n")
-            folder = self.root / key
+            folder = self.leases.use(self.root / key)  # before it appears: prune cannot take it from a run
             with contextlib.suppress(OSError):  # another boot saved the same guest first: keep theirs
                 tmp.rename(folder)
             return Saved(key, folder)
@@ -181,10 +185,19 @@ def boot(store: Store | None, config: vm.VMConfig, serial_log: Path, timeout: fl
         if machine is None:
             machine = stack.enter_context(vm.boot(config, serial_log, timeout, cancel=cancel))
             try:
+                _check_quiet(machine.console())
                 store.save(machine, k)
             except (InfraError, OSError) as e:
                 _log(serial_log, f"\n[harness: the guest could not be saved for later boots: {e}]\n".encode())
         yield machine
+
+
+def _check_quiet(console: bytes) -> None:
+    """A guest is saved only while no connection is open: a guest loaded from one holding a
+    connection (its peer gone with the saved QEMU) would answer no session. dropbear logs each
+    connection it accepts on the console; before the ready marker's save there should be none."""
+    if CONNECTION in console:
+        raise InfraError("its sshd had already accepted a connection (dropbear: 'Child connection from')")
 
 
 def _log(serial_log: Path, data: bytes) -> None:

@@ -35,53 +35,24 @@ SERIAL_LOG_MAX = 64 << 20
 SERIAL_LINE_MAX = 4096
 
 
-@dataclass(frozen=True)
-class Accelerator:
-    name: str  # "kvm" or "tcg"
-    reason: str  # why this one: what the KVM check saw
+# How long a booting guest may print nothing at all before it counts as dead, not slow. Measured
+# here under TCG (QEMU start to the first console byte): 0.14-0.6 s for PVH vmlinux files and the
+# old bzImages of ../shared/kernels, 0.8-2.5 s for Debian's bzImages (xz decompression). TCG's
+# bound leaves a host busy with other guests ten times that; under KVM a kernel prints within a second.
+SILENT_AFTER = {"kvm": 10.0, "tcg": 30.0}
+KVM_FAILED = "KVM internal error"  # what QEMU prints when KVM cannot run (or emulate) a guest instruction
 
 
-# A boot sector that writes 'K' to COM1 and leaves through isa-debug-exit with status 0x10,
-# which QEMU turns into exit code (0x10 << 1) | 1 = 33. A KVM that cannot run guests hangs
-# or aborts here instead (as /dev/kvm on this kind of machine does).
-_CHECK_SECTOR = bytes(
-    [0xBA, 0xF8, 0x03, 0xB0, ord("K"), 0xEE, 0xBA, 0xF4, 0x00, 0xB0, 0x10, 0xEE, 0xF4, 0xEB, 0xFD]
-)
-_CHECK_EXIT = 33
+def cpu(accel: str) -> str:
+    """The guest CPU of a boot under `accel` (and of the KVM check, which proves what boots need).
 
-
-@functools.cache
-def accelerator(check_timeout: float = 5.0) -> Accelerator:
-    """KVM only if it really runs a guest; else TCG. HARNESS_ACCEL=tcg|kvm forces one."""
-    forced = os.environ.get("HARNESS_ACCEL")
-    if forced in ("tcg", "kvm"):
-        return Accelerator(forced, "forced by HARNESS_ACCEL")
-    if not os.access("/dev/kvm", os.R_OK | os.W_OK):
-        return Accelerator("tcg", "/dev/kvm is absent or not accessible")
-    ok, detail = _run_check("kvm", check_timeout)
-    if ok:
-        return Accelerator("kvm", "KVM ran a test guest")
-    return Accelerator("tcg", f"KVM did not run a test guest ({detail})")
-
-
-def _run_check(accel: str, timeout: float) -> tuple[bool, str]:
-    with tempfile.TemporaryDirectory(prefix="harness-kvmcheck-") as tmp:
-        disk = Path(tmp, "boot.img")
-        disk.write_bytes(_CHECK_SECTOR.ljust(510, b"\0") + b"\x55\xaa")
-        argv = [
-            QEMU, "-accel", accel, "-cpu", "max", "-nodefaults", "-no-user-config", "-display", "none",
-            "-m", "16", "-serial", "stdio", "-device", "isa-debug-exit,iobase=0xf4,iosize=0x04",
-            "-drive", f"file={disk},format=raw,if=floppy",
-        ]  # fmt: skip
-        with Process(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE) as proc:
-            try:
-                out, err = proc.popen.communicate(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                return False, f"no answer in {timeout:g}s"
-        if proc.popen.returncode == _CHECK_EXIT and out.startswith(b"K"):
-            return True, ""
-        last = err.decode(errors="replace").strip().splitlines()
-        return False, f"exit {proc.popen.returncode}: {last[-1] if last else 'no message'}"
+    Under TCG every iteration of a `rep` string instruction is a trip through QEMU's translator
+    loop, and a kernel told the CPU has ERMS clears each page with `rep stosb`
+    (arch/x86/include/asm/page_64.h: clear_page picks clear_page_erms). Without it, it uses `rep
+    stosq` or an unrolled loop: 8 bytes an iteration. The OOM cases fault in the whole guest RAM:
+    one root catalogue on bookworm 8.95 s of OOM cases with ERMS, 2.89 s without.
+    """
+    return "max,-erms" if accel == "tcg" else "max"
 
 
 @functools.cache
@@ -153,12 +124,7 @@ class VMConfig:
 
     @property
     def cpu(self) -> str:
-        # Under TCG every iteration of a `rep` string instruction is a trip through QEMU's
-        # translator loop, and a kernel told the CPU has ERMS clears each page with `rep stosb`
-        # (arch/x86/include/asm/page_64.h: clear_page picks clear_page_erms). Without it, it uses
-        # `rep stosq` or an unrolled loop: 8 bytes an iteration. The OOM cases fault in the whole
-        # guest RAM: one root catalogue on bookworm 8.95 s of OOM cases with ERMS, 2.89 s without.
-        return "max,-erms" if self.accel == "tcg" else "max"
+        return cpu(self.accel)
 
     @property
     def kernel_args(self) -> str:
@@ -195,14 +161,23 @@ def command_line(argv: list[str]) -> str:
     return shlex.join(argv)
 
 
+def note(serial_log: Path, text: str) -> None:
+    """A line of the harness's own in a guest's serial log, where its evidence is read."""
+    with serial_log.open("ab") as f:
+        f.write(f"\n[harness: {text}]\n".encode())
+
+
 class BootFailure(InfraError):
     """The guest never became ready: QEMU exited, the kernel panicked, or the deadline passed."""
 
-    def __init__(self, message: str, excerpt: str, panicked: bool = False, timed_out: bool = False) -> None:
+    def __init__(self, message: str, excerpt: str, panicked: bool = False, timed_out: bool = False,
+                 silent: bool = False, kvm_failed: bool = False) -> None:  # fmt: skip
         super().__init__(message)
         self.excerpt = excerpt
         self.panicked = panicked
         self.timed_out = timed_out  # the guest neither came up nor died: a hang (or a very slow host)
+        self.silent = silent  # it printed nothing at all within SILENT_AFTER: dead, not slow
+        self.kvm_failed = kvm_failed  # KVM, not the kernel, is why: the guest may boot under TCG
 
 
 @dataclass
@@ -213,6 +188,7 @@ class _Serial:
     ended: threading.Event = field(default_factory=threading.Event)
     panic: bool = False
     panic_context: list[str] = field(default_factory=list)  # the panic line and what led to it
+    spoke: bool = False  # the guest printed something (a byte) on its console
     tail: list[str] = field(default_factory=list)
     ready_at: float | None = None
 
@@ -237,6 +213,7 @@ class VM:
         self.config = config
         self.serial_log = serial_log
         self.restored = ""  # the saved guest (harness.snapshot key) this one was loaded from
+        self.incoming = incoming  # a loaded guest prints nothing new until a case runs: no silence bound
         self.started = time.monotonic()
         self._serial = _Serial()
         self._link: transports.Link | None = None
@@ -282,7 +259,7 @@ class VM:
     def endpoint(self, host_key: str) -> Endpoint:
         """Where the harness's SSH session reaches this guest, its host key pinned."""
         assert self._link is not None, "the VM is closed"
-        return self._link.endpoint(host_key)
+        return dataclasses.replace(self._link.endpoint(host_key), log=self.serial_log)
 
     def _read(self) -> None:
         stdout = self._proc.popen.stdout
@@ -291,6 +268,7 @@ class VM:
         room = SERIAL_LOG_MAX
         try:
             for chunk in iter(lambda: stdout.read1(65536), b""):
+                self._serial.spoke = True
                 if room > 0:
                     self._log.write(chunk[:room])
                     room -= len(chunk)
@@ -382,22 +360,45 @@ class VM:
         self._stderr.seek(0)
         return self._stderr.read().decode(errors="replace")
 
+    def _silent(self, seconds: float) -> BootFailure:
+        kvm = self.config.accel == "kvm"
+        fix = ("; --accel tcg" if kvm else
+               ": does its kernel have a serial console (CONFIG_SERIAL_8250_CONSOLE=y) on ttyS0?")  # fmt: skip
+        return BootFailure(f"the guest printed nothing in {seconds:g}s under {self.config.accel}{fix}", "",
+                           silent=True, kvm_failed=kvm)  # fmt: skip
+
+    def _check_kvm(self) -> None:
+        """QEMU stops a guest KVM cannot run (an instruction it cannot emulate) but does not exit."""
+        if self.config.accel != "kvm":
+            return
+        failed = next((line for line in self.stderr_text().splitlines() if KVM_FAILED in line), None)
+        if failed is not None:
+            raise BootFailure(f"KVM could not run the guest (QEMU: {failed.strip()[:200]}); --accel tcg",
+                              self.excerpt(), kvm_failed=True)  # fmt: skip
+
     def _last_error(self) -> str:
         err = self.stderr_text().strip().splitlines()
         return err[-1] if err else "no message"
 
     def wait_ready(self, timeout: float, cancel: threading.Event | None = None) -> float:
-        """Seconds from start to the ready marker; BootFailure on panic, QEMU exit, deadline or cancel."""
+        """Seconds from start to the ready marker; BootFailure on panic, QEMU exit, deadline or cancel,
+        on a console silent for SILENT_AFTER (a booting guest prints within seconds), and on KVM's
+        own failure."""
         deadline = self.started + timeout
+        silent_after = SILENT_AFTER.get(self.config.accel, max(SILENT_AFTER.values()))
         while not self._serial.ready.wait(timeout=0.2):
             if self.panicked:
                 break
             if cancel is not None and cancel.is_set():
                 raise BootFailure("boot cancelled: the run was interrupted", self.excerpt())
-            if time.monotonic() > deadline:
-                raise BootFailure(
-                    f"no ready marker within {timeout:g}s (last serial lines below)", self.excerpt(), timed_out=True
-                )
+            self._check_kvm()
+            now = time.monotonic()
+            if not (self._serial.spoke or self.incoming) and now > self.started + min(silent_after, timeout):
+                raise self._silent(min(silent_after, timeout))
+            if now > deadline:
+                excerpt = self.excerpt()
+                shown = " (last serial lines below)" if excerpt.strip() else ""
+                raise BootFailure(f"no ready marker within {timeout:g}s{shown}", excerpt, timed_out=True)
         if self._serial.ready_at is not None and not self.panicked:
             return self._serial.ready_at
         if self.panicked:

@@ -1,4 +1,4 @@
-"""Admission control (harness/admission.py, boot.Live.admitted): at any --jobs, the guests running
+"""Admission control (harness/admission.py, Live.admitted): at any --jobs, the guests running
 at once fit in the host's free memory. Threads stand in for boots, except in the last test, which boots
 real kernels."""
 
@@ -10,9 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from harness import admission, boot, matrix, run
+from harness import admission, matrix, run
 from harness.admission import Admission, need_mb
 from harness.cache import cache_dir
+from harness.live import Cancelled, Live
 
 
 def test_the_budget_is_what_the_host_has_free_less_a_reserve(tmp_path: Path) -> None:
@@ -71,7 +72,7 @@ def test_a_guest_bigger_than_the_budget_runs_alone() -> None:
 
 
 def test_an_interrupt_ends_the_wait() -> None:
-    live = boot.Live(memory=Admission(need_mb(256)))
+    live = Live(memory=Admission(need_mb(256)))
     taken = live.memory.acquire(256, live.cancelled)
     assert taken is not None
     raised: list[BaseException] = []
@@ -80,7 +81,7 @@ def test_an_interrupt_ends_the_wait() -> None:
         try:
             with live.admitted(256):
                 pass
-        except boot.Cancelled as e:
+        except Cancelled as e:
             raised.append(e)
 
     t = threading.Thread(target=second)
@@ -94,7 +95,7 @@ def test_an_interrupt_ends_the_wait() -> None:
 
 
 def test_admitted_gives_the_memory_back_whatever_happens_inside() -> None:
-    live = boot.Live(memory=Admission(need_mb(256)))
+    live = Live(memory=Admission(need_mb(256)))
     with pytest.raises(RuntimeError), live.admitted(256):
         assert live.memory.free_mb == 0
         raise RuntimeError("the guest failed")
@@ -120,7 +121,7 @@ def test_a_real_run_never_has_more_guests_than_the_memory_admits(tmp_path: Path,
     m.write_text("kernels:\n  - debian: bullseye\n  - debian: bookworm\nmemlock: [64K]\nusers: [root]\n"
                  "cases: [limits, map_locked_under, mlock_over, oom_mmap_mlock_between]\n")  # fmt: skip
     options = run.Options(jobs=2, results=tmp_path / "results", cache=cache_dir())
-    live = boot.Live(memory=Admission(budget))
+    live = Live(memory=Admission(budget))
     seen: list[int] = []
     stop = threading.Event()
 

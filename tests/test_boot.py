@@ -16,11 +16,12 @@ from typing import Any
 
 import pytest
 
-from harness import boot, guest, vm
+from harness import accel, boot, guest, vm
 from harness.boot import Attempts, Phase, next_step
 from harness.errors import InfraError
 from harness.image import Image
 from harness.kernels import Kernel
+from harness.live import Cancelled, Live
 from harness.matrix import BootPlan, Memlock, RunPlan, Timeouts
 from harness.results import BootResult, Outcome
 from harness.sources.debian import DebianKernel
@@ -58,6 +59,14 @@ def test_machinery_failures_are_retried_a_panic_while_booting_never() -> None:
     assert next_step(Attempts(0, boot.INFRA_RETRIES), ssh) == boot.Step(
         Phase.FAILED, Attempts(0, boot.INFRA_RETRIES), Outcome.INFRA_ERROR, str(ssh), str(ssh)
     )
+
+
+def test_a_guest_that_prints_nothing_is_dead_and_not_tried_again() -> None:
+    """The silence bound is ten times what a boot needs: another try would wait as long for nothing."""
+    silent = vm.BootFailure("the guest printed nothing in 30s under tcg: ...", "", silent=True)
+    step = next_step(Attempts(), silent)
+    assert (step.phase, step.outcome, step.attempts) == (Phase.FAILED, Outcome.INFRA_ERROR, Attempts())
+    assert step.error == str(silent)  # no excerpt to promise
 
 
 # --- the loop, through fakes -------------------------------------------------------------------
@@ -180,17 +189,17 @@ def plan(*runs: RunPlan) -> BootPlan:
                     Timeouts(boot=10, case=5))  # fmt: skip
 
 
-def run_boot(tmp_path: Path, guests: Guests, p: BootPlan | None = None, live: boot.Live | None = None,
-             saved: object = None) -> tuple[BootResult, list[tuple[int, bool]]]:  # fmt: skip
+def run_boot(tmp_path: Path, guests: Guests, p: BootPlan | None = None, live: Live | None = None,
+             saved: object = None, accel_name: str = "tcg") -> tuple[BootResult, list[tuple[int, bool]]]:  # fmt: skip
     """Run one boot plan through the fakes; returns the result and (cases known, flushed) per publish."""
     p = p or plan()
     kernel = Kernel("bookworm", "6.1.0-50-amd64", tmp_path / "vmlinuz", None, None, "ab" * 32, None, None, (), "x")
     image = Image(tmp_path / "image.cpio", "cd" * 32, "ssh-ed25519 AAAA", ())
-    ctx = boot.BootContext(p, kernel, image, tmp_path / "disk.img", None, "tcg", EXPECT, tmp_path,  # type: ignore[arg-type]
+    ctx = boot.BootContext(p, kernel, image, tmp_path / "disk.img", None, accel_name, EXPECT, tmp_path,  # type: ignore[arg-type]
                            saved=saved)  # type: ignore[arg-type]
     result = BootResult(p.id, None, p.ram_mb)
     published: list[tuple[int, bool]] = []
-    boot.run_boot(ctx, result, lambda r, flush: published.append((len(r.cases), flush)), live or boot.Live(),
+    boot.run_boot(ctx, result, lambda r, flush: published.append((len(r.cases), flush)), live or Live(),
                   guests.seams())  # fmt: skip
     return result, published
 
@@ -303,16 +312,16 @@ def test_a_probe_that_exits_with_an_error_errs_the_rest_of_its_run_without_a_reb
 
 
 def test_an_interrupted_run_stops_the_boot(tmp_path: Path) -> None:
-    live = boot.Live()
+    live = Live()
     live.cancel()
     guests = Guests()
-    with pytest.raises(boot.Cancelled):
+    with pytest.raises(Cancelled):
         run_boot(tmp_path, guests, live=live)
     assert not guests.started
 
 
 def test_an_interrupt_during_a_failed_boot_is_not_retried(tmp_path: Path) -> None:
-    live = boot.Live()
+    live = Live()
 
     class Interrupting(Guests):
         @contextlib.contextmanager
@@ -323,7 +332,7 @@ def test_an_interrupt_during_a_failed_boot_is_not_retried(tmp_path: Path) -> Non
             yield  # pragma: no cover
 
     guests = Interrupting()
-    with pytest.raises(boot.Cancelled):
+    with pytest.raises(Cancelled):
         run_boot(tmp_path, guests, live=live)
 
 
@@ -370,3 +379,92 @@ def test_a_guest_that_is_not_ours_is_a_security_event_never_retried(tmp_path: Pa
     assert len(guests.started) == 1 and result.retries == 0
     assert result.error == f"security: {refused}; not retried"
     assert all(c.outcome is Outcome.INFRA_ERROR and c.message == result.error for c in result.cases)
+
+
+# --- KVM given up, saved guests that do not answer ----------------------------------------------
+
+
+def kvm_live(log: list[str], may_fall_back: bool = True) -> Live:
+    return Live(accel=accel.Current(accel.Accelerator("kvm", "the check ran"), may_fall_back, log.append))
+
+
+def test_a_guest_kvm_cannot_run_is_booted_again_under_tcg_and_the_run_gives_kvm_up(tmp_path: Path) -> None:
+    """Under --accel auto, the first boot KVM fails turns it off for the run: that boot goes on under
+    TCG without spending a retry, says so once in the log and in its serial log, and boots that
+    start later start under TCG."""
+    log: list[str] = []
+    live = kvm_live(log)
+    dead = vm.BootFailure("the guest printed nothing in 10s under kvm; --accel tcg", "", silent=True, kvm_failed=True)
+    guests = Guests(boots=[dead])
+    result, _ = run_boot(tmp_path / "a", guests, live=live, accel_name="kvm")
+    assert outcomes(result) == [(c, "default", Outcome.PASS) for c in CASES]
+    assert (result.accelerator, result.retries, result.error) == ("tcg", 0, "")
+    assert [m.config.accel for m in guests.started] == ["tcg"]
+    assert log == ["accelerator: KVM failed boot k-256M (the guest printed nothing in 10s under kvm); this boot and "
+                   "the rest of the run use tcg"]  # fmt: skip
+    assert "this guest is booted again under tcg" in (tmp_path / "a" / result.serial_log).read_text()
+    assert live.accel is not None
+    assert live.accel.record().reason.endswith("KVM failed boot k-256M: the guest printed nothing in 10s under kvm")
+    later = Guests()
+    after, _ = run_boot(tmp_path / "b", later, live=live, accel_name="kvm")
+    assert [m.config.accel for m in later.started] == ["tcg"] and after.accelerator == "tcg"
+    assert len(log) == 1
+
+
+def test_kvm_asked_for_by_name_is_never_left(tmp_path: Path) -> None:
+    """--accel kvm: a guest KVM cannot run fails its boot at once, with the fix in its one line."""
+    log: list[str] = []
+    dead = vm.BootFailure("the guest printed nothing in 10s under kvm; --accel tcg", "", silent=True, kvm_failed=True)
+    guests = Guests(boots=[dead])
+    result, _ = run_boot(tmp_path, guests, live=kvm_live(log, may_fall_back=False), accel_name="kvm")
+    assert {o for _, _, o in outcomes(result)} == {Outcome.INFRA_ERROR}
+    assert result.error == "the guest printed nothing in 10s under kvm; --accel tcg"
+    assert (result.accelerator, result.retries, log, guests.started) == ("kvm", 0, [], [])
+
+
+class Store:
+    """A fake snapshot.Store: what was found and discarded."""
+
+    def __init__(self) -> None:
+        self.discarded: list[str] = []
+
+    def find(self, key: str) -> object:
+        return key
+
+    def discard(self, saved: object) -> None:
+        self.discarded.append(str(saved))
+
+
+def test_a_loaded_guest_that_does_not_answer_is_deleted_and_the_guest_boots_cold_once(tmp_path: Path) -> None:
+    """A saved guest whose sshd cannot be reached is the state's fault, not the kernel's: it is
+    deleted, the next guest of the boot is booted cold (and saved), no retry is spent, and a second
+    loaded guest of the same state that does not answer either is an ordinary failure."""
+    log: list[str] = []
+    guests = Guests(refuse=guest.SSHFailure("cannot reach root@serial: No existing session"))
+    guests.loaded = ["5eed"]
+    store = Store()
+    sessions = iter([True])
+
+    @contextlib.contextmanager
+    def session(endpoint: guest.Endpoint, user: str, key: object) -> Iterator[FakeSession]:
+        s = FakeSession(guests.started[-1], guests.faults, 0, guests.refuse if next(sessions, False) else None)
+        yield s
+
+    seams = boot.Seams(guests.boot, session)  # type: ignore[arg-type]
+    p = plan()
+    kernel = Kernel("bookworm", "6.1.0-50-amd64", tmp_path / "vmlinuz", None, None, "ab" * 32, None, None, (), "x")
+    image = Image(tmp_path / "image.cpio", "cd" * 32, "ssh-ed25519 AAAA", ())
+    ctx = boot.BootContext(p, kernel, image, None, None, "tcg", EXPECT, tmp_path, saved=store)  # type: ignore[arg-type]
+    result = BootResult(p.id, None, p.ram_mb)
+    boot.run_boot(ctx, result, lambda r, flush: None, Live(log=log.append), seams)
+    assert outcomes(result) == [(c, "default", Outcome.PASS) for c in CASES]
+    assert (store.discarded, result.restored, result.retries, result.reboots) == (["5eed"], "", 0, 0)
+    assert [m.restored for m in guests.started] == ["5eed", ""]
+    assert log == ["boot k-256M: the saved guest 5eed did not answer (cannot reach root@serial: No existing "
+                   "session); it is deleted, and the guest boots cold"]  # fmt: skip
+    assert "it is deleted, and the guest boots cold" in (tmp_path / result.serial_log).read_text()
+
+    again = Guests(refuse=guest.SSHFailure("cannot reach root@serial: No existing session"))
+    again.loaded = ["5eed"] * 5  # a state another run keeps: found again and again
+    result, _ = run_boot(tmp_path / "b", again, saved=Store())
+    assert result.retries == boot.INFRA_RETRIES and "cannot reach root@serial" in result.error

@@ -172,6 +172,24 @@ def test_bad_shard_is_one_line(shard: str, capsys: pytest.CaptureFixture[str]) -
     assert f"argument --shard: {shard!r}: give I/N with 1 <= I <= N" in line
 
 
+@pytest.mark.parametrize("args", [["cases"], ["run", "--help"], ["--help"], ["run", "--print-default-matrix"],
+                                  ["history"], ["history", "--case", "protnone_mlock"]])
+def test_a_reader_that_leaves_early_ends_the_harness_quietly(tmp_path: Path, args: list[str]) -> None:
+    """`harness cases | head -1`, `harness history | less` quit early: as git, the harness ends
+    without a word (SIGPIPE's exit status, or 0 where argparse printed help), no traceback, no crash file."""
+    write_run(tmp_path / "results" / "night1", Outcome.PASS, '{"locked":"none"}')
+    assert module_run(tmp_path, "history", "import", "results/night1").returncode == 0
+    read, write = os.pipe()
+    os.close(read)  # the reader is gone before the harness writes a byte
+    env = {**os.environ, "HARNESS_CACHE": str(tmp_path / "cache")}
+    proc = subprocess.run([sys.executable, "-m", "harness", *args], cwd=tmp_path, env=env, stdout=write,
+                          stderr=subprocess.PIPE, text=True, timeout=60)  # fmt: skip
+    os.close(write)
+    assert proc.stderr == ""
+    assert proc.returncode in (0, 128 + 13)
+    assert not (tmp_path / "cache" / "crashes").exists()
+
+
 def write_run(run_dir: Path, outcome: Outcome, fingerprint: str) -> Path:
     """A run directory as `harness run` leaves it, with one boot and one case."""
     kernel = KernelInfo("bookworm", "6.1.0-50-amd64", "linux-image-6.1.0-50-amd64", "6.1.176-1", "ab" * 32, "bookworm")

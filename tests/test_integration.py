@@ -24,8 +24,9 @@ from junitparser import JUnitXml
 from test_junit_consumers import JENKINS_XSD, expected_counts, junitparser_counts, render_junit2html
 from test_overview import kernel_cells, matrix_rows, parse
 
-from harness import boot, guest, image, kernels, kit, matrix, probe, rundir, snapshot, sources, verdict, vm
+from harness import accel, boot, guest, image, kernels, kit, matrix, probe, rundir, snapshot, sources, verdict, vm
 from harness.cache import cache_dir
+from harness.live import Live
 from harness.results import BootResult, Outcome
 from harness.sources.debian import DebianKernel
 
@@ -68,7 +69,7 @@ def booted(bookworm: Prepared) -> Iterator[tuple[vm.VM, image.Image, paramiko.PK
         taken.listen()
         port = taken.getsockname()[1]
         disk = image.disk_image(cache / "images")
-        config = vm.VMConfig(kernel.vmlinux or kernel.image, img.path, 256, vm.accelerator().name, port, disk)
+        config = vm.VMConfig(kernel.vmlinux or kernel.image, img.path, 256, accel.for_host().name, port, disk)
         log = cache / "test-serial.log"
         log.unlink(missing_ok=True)
         with vm.boot(config, log, 240) as machine:
@@ -80,7 +81,7 @@ def booted(bookworm: Prepared) -> Iterator[tuple[vm.VM, image.Image, paramiko.PK
 def test_panic_during_boot_fails_fast_with_excerpt(bookworm: Prepared, tmp_path: Path) -> None:
     """No /init: the kernel panics; with panic=-1 QEMU exits and the boot fails long before its deadline."""
     kernel, img, _ = bookworm
-    config = vm.VMConfig(kernel.vmlinux or kernel.image, img.path, 256, vm.accelerator().name, 0,
+    config = vm.VMConfig(kernel.vmlinux or kernel.image, img.path, 256, accel.for_host().name, 0,
                          cmdline="console=ttyS0 panic=-1 rdinit=/nonexistent")  # fmt: skip
     start = time.monotonic()
     with pytest.raises(vm.BootFailure) as failure, vm.boot(config, tmp_path / "serial.log", 240):
@@ -174,7 +175,7 @@ def test_harness_run_end_to_end(tmp_path: Path) -> None:
         assert int(suite.get("tests", "0")) == 3 * 2 * cases
         assert int(suite.get("errors", "0")) == 0
         props = {p.get("name"): p.get("value") for p in suite.iter("property")}
-        assert props["accelerator"] == vm.accelerator().name
+        assert props["accelerator"] == accel.for_host().name
         assert props["kernel.release"] == props["uname"]
         assert len(props["kernel.sha256"]) == 64
         assert 150_000 < int(props["memtotal_kb"]) < 262_144
@@ -311,7 +312,7 @@ def test_interrupt_keeps_finished_results(tmp_path: Path, signum: int) -> None:
 
 
 def boot_plan(bookworm: Prepared, tmp_path: Path, runs: tuple[matrix.RunPlan, ...], *, case_timeout: float = 60,
-              img: image.Image | None = None, before: Callable[[BootResult, boot.Live], None] | None = None,
+              img: image.Image | None = None, before: Callable[[BootResult, Live], None] | None = None,
               transport: str = "net", saved: snapshot.Store | None = None) -> BootResult:  # fmt: skip
     """One boot plan of bookworm through the runner's own path (boot.run_boot), results in tmp_path."""
     kernel, default_img, key = bookworm
@@ -320,11 +321,11 @@ def boot_plan(bookworm: Prepared, tmp_path: Path, runs: tuple[matrix.RunPlan, ..
                            transport)  # fmt: skip
     result = BootResult(plan.id, kernel.info(), 256)
     writer = rundir.RunWriter(tmp_path, "test", rundir.now(), [plan.id])
-    live = boot.Live()
+    live = Live()
     if before is not None:
         before(result, live)
     ctx = boot.BootContext(plan, kernel, img or default_img, image.disk_image(cache_dir() / "images"), key,
-                           vm.accelerator().name, verdict.load(), tmp_path, transport, saved=saved)  # fmt: skip
+                           accel.for_host().name, verdict.load(), tmp_path, transport, saved=saved)  # fmt: skip
     boot.run_boot(ctx, result, writer.update, live)
     return result
 
@@ -364,7 +365,7 @@ def test_a_guest_without_its_nic_driver_is_an_infrastructure_error_after_bounded
     assert qemu_pids() <= before
 
 
-def _inject_during_next_case(result: BootResult, live: boot.Live, after: str, fault: Callable[[vm.VM], None]) -> None:
+def _inject_during_next_case(result: BootResult, live: Live, after: str, fault: Callable[[vm.VM], None]) -> None:
     """Once `after` has a result (so the hanging self-test has started), inject the fault."""
 
     def watch() -> None:

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 from test_kernels import bzimage, tiny_elf
 
-from harness import kernels, matrix, replay, rundir, sources, vm
+from harness import kernels, lease, matrix, replay, rundir, sources, vm
 from harness.archive import Deb
 from harness.errors import UserError
 from harness.manifest import Manifest
@@ -47,7 +47,7 @@ def pin(mx: matrix.Matrix, doc: dict[str, Any], cache: Path, fetch: Callable[[de
     """sources.pin with the mirror replaced: `fetch` stands in for downloading the recorded .debs, which
     no mirror reachable here still has."""
     monkeypatch.setattr(debian, "mirrors", lambda ctx: None)
-    monkeypatch.setattr(debian, "fetch", lambda resolved, archive, cache: fetch(resolved))
+    monkeypatch.setattr(debian, "fetch", lambda resolved, archive, cache, leases: fetch(resolved))
     return sources.pin(mx.kernels, Manifest.from_json(doc).kernels, sources.Context(cache))
 
 
@@ -73,6 +73,19 @@ def test_kernels_come_from_the_cache_by_sha_else_from_the_recorded_debs(
     assert pinned[new].label == "trixie"
     (resolved,) = asked  # only the kernel the cache lacks, by exactly the .debs the run used
     assert resolved.debs == (DEB,) and resolved.version == "6.12.117-1" and resolved.suite == "trixie"
+
+
+def test_a_kernel_found_in_the_cache_is_leased_until_the_replay_is_done(tmp_path: Path) -> None:
+    """harness cache prune must not take it between the pinning and the replay's boots."""
+    cache_kernel(tmp_path, "old-label", "a" * 64)
+    mx = matrix.parse(MATRIX, "m.yaml")
+    with lease.Leases() as replaying:
+        ctx = sources.Context(tmp_path, leases=replaying)
+        assert sources.pin(mx.kernels, Manifest.from_json(manifest(bookworm="a" * 64)).kernels, ctx)
+        with lease.exclusive(tmp_path / "kernels" / ("a" * 16)) as free:
+            assert not free
+    with lease.exclusive(tmp_path / "kernels" / ("a" * 16)) as free:
+        assert free
 
 
 def test_debs_that_no_longer_give_the_same_kernel_are_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

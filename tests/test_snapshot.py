@@ -13,9 +13,10 @@ from pathlib import Path
 import pytest
 from test_integration import Prepared, bookworm, boot_plan, qemu_pids  # noqa: F401
 
-from harness import image, matrix, probe, rundir, snapshot, vm
+from harness import accel, guest, image, matrix, probe, rundir, snapshot, vm
 from harness.cache import cache_dir
-from harness.results import BootResult
+from harness.errors import InfraError
+from harness.results import BootResult, Outcome
 
 
 def test_the_key_names_the_guest_not_the_place_it_runs_at(tmp_path: Path) -> None:
@@ -81,7 +82,7 @@ def test_a_state_that_does_not_load_is_deleted_and_the_guest_boots_cold(bookworm
     all, which once left QEMU 7.2 waiting for ever: a stream that ends before its first byte."""
     kernel, img, _ = bookworm
     store = snapshot.Store(tmp_path / "guests")
-    config = vm.VMConfig(kernel.vmlinux or kernel.image, img.path, 256, vm.accelerator().name, 0,
+    config = vm.VMConfig(kernel.vmlinux or kernel.image, img.path, 256, accel.for_host().name, 0,
                          image.disk_image(cache_dir() / "images"))  # fmt: skip
     key = snapshot.key(config)
     folder = store.root / key
@@ -98,3 +99,64 @@ def test_a_state_that_does_not_load_is_deleted_and_the_guest_boots_cold(bookworm
     assert "the saved guest did not load" in text and "HARNESS-READY" in text.split("did not load", 1)[1]
     assert (folder / snapshot.STATE).stat().st_size > 1 << 20  # saved again, by the cold boot
     assert [p.name for p in store.root.iterdir()] == [key]  # no work folder left behind
+
+
+def test_a_guest_is_saved_only_while_no_connection_is_open() -> None:
+    """A guest loaded from one saved holding a connection answers no session (its peer went with
+    the saved QEMU): dropbear's console line for an accepted connection forbids the save."""
+    snapshot._check_quiet(b"[107] Not backgrounding\nHARNESS-READY release=6.1.0-50-amd64\n")
+    with pytest.raises(InfraError, match="already accepted a connection"):
+        snapshot._check_quiet(b"HARNESS-READY release=7.1.0\n[116] Dec 06 Child connection from 127.0.0.1:44466\n")
+
+
+@pytest.mark.integration
+def test_a_guest_saved_over_the_serial_line_answers_every_time_it_is_loaded(bookworm: Prepared,  # noqa: F811
+                                                                            tmp_path: Path) -> None:  # fmt: skip
+    """Over `serial` the guest's relay to dropbear connects only when a session wakes it, so the
+    saved guest holds no connection, and every guest loaded from it answers (it once was saved
+    just after the relay connected, and no loaded guest ever answered)."""
+    store = snapshot.Store(tmp_path / "guests")
+    runs = (matrix.RunPlan(None, "root", ("limits", "mlock_over", "map_locked_over")),)
+    cold = boot_plan(bookworm, tmp_path / "cold", runs, transport="serial", saved=store)
+    (saved,) = store.root.iterdir()
+    assert cold.restored == "" and not cold.error
+    assert snapshot.CONNECTION not in (saved / snapshot.CONSOLE).read_bytes()
+    for n in (1, 2):
+        loaded = boot_plan(bookworm, tmp_path / f"loaded{n}", runs, transport="serial", saved=store)
+        assert (loaded.restored, loaded.error, loaded.retries) == (saved.name, "", 0)
+        assert behaviour(loaded) == behaviour(cold)
+
+
+@pytest.mark.integration
+def test_a_saved_guest_that_never_answers_is_deleted_and_the_boot_goes_on_cold(
+    bookworm: Prepared, tmp_path: Path, capfd: pytest.CaptureFixture[str]  # noqa: F811
+) -> None:
+    """A state made so on purpose (dropbear killed, then saved): the boot that loads it cannot
+    reach it, deletes it, boots cold and passes, and saves a good guest that the next boot loads.
+    paramiko's tracebacks go to the boot's serial log, not the terminal."""
+    kernel, img, key = bookworm
+    store = snapshot.Store(tmp_path / "guests")
+    config = vm.VMConfig(kernel.vmlinux or kernel.image, img.path, 256, accel.for_host().name, 0,
+                         image.disk_image(cache_dir() / "images"))  # fmt: skip
+    bad = snapshot.key(config)
+    with vm.boot(config, tmp_path / "made.log", 240) as machine:
+        with guest.Guest(machine.endpoint(img.host_key), "root", key) as session:
+            session.connect()
+            session.run(["sh", "-c", "kill $(cat /tmp/dropbear.pid)"], 30)
+        store.save(machine, bad)
+    runs = (matrix.RunPlan(None, "root", ("limits", "mlock_over")),)
+    capfd.readouterr()
+
+    first = boot_plan(bookworm, tmp_path / "first", runs, saved=store)
+    assert (first.error, first.restored, first.retries) == ("", "", 0)
+    assert {c.outcome for c in first.cases} == {Outcome.PASS}
+    log = (tmp_path / "first" / first.serial_log).read_text()
+    assert f"[harness: the saved guest {bad} did not answer (cannot reach root@" in log
+    assert "it is deleted, and the guest boots cold]" in log
+    assert "[harness: ssh: ERROR" in log  # paramiko's own account of the failed handshakes
+    err = capfd.readouterr().err
+    assert "Traceback" not in err and "protocol banner" not in err
+
+    second = boot_plan(bookworm, tmp_path / "second", runs, saved=store)
+    assert (second.error, second.restored) == ("", bad)  # the cold boot saved a good one in its place
+    assert {c.outcome for c in second.cases} == {Outcome.PASS}

@@ -1,4 +1,4 @@
-"""harness/vm.py: QEMU argv, the accelerator check with the real QEMU, process-group cleanup, boot failure."""
+"""harness/vm.py: QEMU argv, process-group cleanup, boot failure (the accelerator check: test_accel.py)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,6 @@ import signal
 import subprocess
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -20,15 +19,6 @@ from harness import vm
 from harness.transports import net
 
 needs_qemu = pytest.mark.skipif(shutil.which(vm.QEMU) is None, reason=f"{vm.QEMU} is not installed")
-
-
-@pytest.fixture
-def fresh_accelerator(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    """accelerator() is cached per process: clear it around each test that calls it."""
-    monkeypatch.delenv("HARNESS_ACCEL", raising=False)
-    vm.accelerator.cache_clear()
-    yield
-    vm.accelerator.cache_clear()
 
 
 def alive(pid: int) -> bool:
@@ -114,50 +104,6 @@ def test_free_port_is_bindable() -> None:
     assert 1024 <= port < 65536
     with socket.socket() as s:
         s.bind(("127.0.0.1", port))
-
-
-# --- accelerator ------------------------------------------------------------------------------
-
-
-@needs_qemu
-def test_check_guest_runs_under_tcg() -> None:
-    """The boot sector writes 'K' and leaves through isa-debug-exit: the check itself works."""
-    assert vm._run_check("tcg", 10) == (True, "")
-
-
-@needs_qemu
-@pytest.mark.skipif(not os.path.exists("/dev/kvm"), reason="no /dev/kvm")
-@pytest.mark.skipif(os.environ.get("HARNESS_EXPECT_KVM") == "1", reason="HARNESS_EXPECT_KVM=1: KVM works here")
-def test_kvm_check_fails_on_this_machine() -> None:
-    ok, detail = vm._run_check("kvm", 5)
-    assert ok is False
-    assert detail
-
-
-@needs_qemu
-def test_accelerator_picks_what_really_runs(fresh_accelerator: None) -> None:
-    accel = vm.accelerator()
-    if os.environ.get("HARNESS_EXPECT_KVM") == "1":
-        assert accel == vm.Accelerator("kvm", "KVM ran a test guest")
-        return
-    assert accel.name == "tcg"
-    if os.access("/dev/kvm", os.R_OK | os.W_OK):
-        assert accel.reason.startswith("KVM did not run a test guest (")
-    else:
-        assert accel.reason == "/dev/kvm is absent or not accessible"
-    assert vm.accelerator() is accel  # cached
-
-
-@pytest.mark.parametrize("name", ["tcg", "kvm"])
-def test_harness_accel_forces(name: str, fresh_accelerator: None, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("HARNESS_ACCEL", name)
-    assert vm.accelerator() == vm.Accelerator(name, "forced by HARNESS_ACCEL")
-
-
-@needs_qemu
-def test_harness_accel_other_values_are_ignored(fresh_accelerator: None, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("HARNESS_ACCEL", "hvf")
-    assert vm.accelerator().reason != "forced by HARNESS_ACCEL"
 
 
 # --- Process: the whole group dies --------------------------------------------------------------

@@ -4,6 +4,8 @@ QEMU connects the UART to a Unix socket in a directory only this user can enter,
 (`wait=on`) until the harness has connected: so nothing the guest writes there is lost before the
 harness reads it. In the guest, /init runs dropbear on 127.0.0.1:22 (the loopback device needs no
 driver) and relays the raw tty to it with busybox `nc`; dropbear's inetd mode will not serve a tty.
+The relay connects when the session wakes it (WAKE), not at boot: a guest saved at its ready
+marker (harness.snapshot) holds no half-spent connection for the guests loaded from it.
 paramiko runs over the socket as over TCP, so host-key pinning and everything above are unchanged.
 Slower than `net` (about 250 KiB/s under TCG here), which a probe's few kB per case never notice.
 One connection per guest: a second would meet the first's relay.
@@ -20,6 +22,7 @@ from pathlib import Path
 from harness.guest import Endpoint, SSHFailure
 
 GUEST_NAME = "serial"  # the guest's name in the pinned known-hosts entry (port 22: no brackets)
+WAKE = b"\n"  # the byte that has the guest's relay connect to dropbear (images/init); SSH's bytes follow it
 
 
 @dataclass
@@ -27,6 +30,11 @@ class _Line:
     sock: socket.socket
 
     def endpoint(self, host_key: str) -> Endpoint:
+        """The line, its relay in the guest woken for the session that will use it."""
+        try:
+            self.sock.sendall(WAKE)
+        except OSError as e:
+            raise SSHFailure(f"the serial line to the guest is gone: {e.strerror}") from None
         return Endpoint(22, host_key, GUEST_NAME, self.sock)
 
     def close(self) -> None:
