@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import gzip
+import http.server
 import lzma
 import subprocess
-from collections.abc import Callable, Sequence
+import threading
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import pytest
@@ -92,3 +95,31 @@ def write_module(path: Path, elf: bytes) -> Path:
     else:
         path.write_bytes(elf)
     return path
+
+
+# --- a local HTTP server, standing in for Debian's mirror (this machine reaches no other) -----------
+
+
+@contextlib.contextmanager
+def http_root(root: Path, on_get: Callable[[str], None] = lambda path: None) -> Iterator[str]:
+    """A plain HTTP server on 127.0.0.1 serving the files under `root`; `on_get` sees each request's
+    path before it is answered (to record it, or to take its time). Yields the server's base URL."""
+
+    class Handler(http.server.SimpleHTTPRequestHandler):
+        def __init__(self, *args: object, **kwargs: object) -> None:
+            super().__init__(*args, directory=str(root), **kwargs)  # type: ignore[arg-type]
+
+        def do_GET(self) -> None:  # noqa: N802 (the stdlib's name)
+            on_get(self.path)
+            super().do_GET()
+
+        def log_message(self, format: str, *args: object) -> None:  # noqa: A002
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()

@@ -1,6 +1,5 @@
 import gzip
 import hashlib
-import http.server
 import json
 import lzma
 import os
@@ -8,7 +7,6 @@ import shutil
 import socket
 import struct
 import subprocess
-import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -16,6 +14,7 @@ from pathlib import Path
 
 import pytest
 import zstandard
+from conftest import http_root
 
 from harness import devices, kernels
 from harness.archive import Archive, Deb, gpgv_reason, signature_ok
@@ -438,26 +437,8 @@ def mirror(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Mirror]:
     root = tmp_path / "mirror"
     root.mkdir()
     seen: list[str] = []
-
-    class Handler(http.server.SimpleHTTPRequestHandler):
-        def __init__(self, *args: object, **kwargs: object) -> None:
-            super().__init__(*args, directory=str(root), **kwargs)  # type: ignore[arg-type]
-
-        def do_GET(self) -> None:  # noqa: N802 (the stdlib's name)
-            seen.append(self.path)
-            super().do_GET()
-
-        def log_message(self, format: str, *args: object) -> None:  # noqa: A002
-            pass
-
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
-    thread.start()
-    try:
-        yield Mirror(root, f"http://127.0.0.1:{server.server_address[1]}/debian", seen)
-    finally:
-        server.shutdown()
-        server.server_close()
+    with http_root(root, seen.append) as url:
+        yield Mirror(root, f"{url}/debian", seen)
 
 
 def publish(

@@ -9,17 +9,16 @@ once they are done. The cache is a private copy of what the real one holds of De
 
 from __future__ import annotations
 
-import http.server
 import os
 import shutil
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from conftest import http_root
 from test_kernels import Mirror, Signer, debs, publish, signer  # noqa: F401
 
 from harness import lease, probe, prune, rundir
@@ -39,27 +38,13 @@ def slow_mirror(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[tup
     root.mkdir()
     seen: list[tuple[float, str]] = []
 
-    class Handler(http.server.SimpleHTTPRequestHandler):
-        def __init__(self, *args: object, **kwargs: object) -> None:
-            super().__init__(*args, directory=str(root), **kwargs)  # type: ignore[arg-type]
+    def slowly(path: str) -> None:
+        seen.append((time.monotonic(), path))
+        if "/pool/" in path:
+            time.sleep(1.0)
 
-        def do_GET(self) -> None:  # noqa: N802 (the stdlib's name)
-            seen.append((time.monotonic(), self.path))
-            if "/pool/" in self.path:
-                time.sleep(1.0)
-            super().do_GET()
-
-        def log_message(self, format: str, *args: object) -> None:  # noqa: A002
-            pass
-
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
-    thread.start()
-    try:
-        yield Mirror(root, f"http://127.0.0.1:{server.server_address[1]}/debian"), seen
-    finally:
-        server.shutdown()
-        server.server_close()
+    with http_root(root, slowly) as url:
+        yield Mirror(root, f"{url}/debian"), seen
 
 
 def test_two_fetches_of_one_kernel_at_once_download_and_unpack_it_once(
