@@ -357,8 +357,10 @@ class VM:
         return self._stderr_text if self._stderr.closed else self._read_stderr()
 
     def _read_stderr(self) -> str:
-        self._stderr.seek(0)
-        return self._stderr.read().decode(errors="replace")
+        # pread: QEMU writes through a descriptor that shares this one's file offset, which a seek
+        # would move under it while it runs.
+        fd = self._stderr.fileno()
+        return os.pread(fd, os.fstat(fd).st_size, 0).decode(errors="replace")
 
     def _silent(self, seconds: float) -> BootFailure:
         kvm = self.config.accel == "kvm"
