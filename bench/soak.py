@@ -28,7 +28,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from harness import accel as accel_mod
-from harness import boot, guest, image, kit, matrix, rundir, sources, verdict, vm
+from harness import boot, guest, image, judge, kit, matrix, rundir, sources, verdict, vm
 from harness.cache import cache_dir
 from harness.live import Live
 from harness.results import BootResult
@@ -82,7 +82,7 @@ def main() -> int:
     kernel = sources.Kernels(sources.Context(cache)).fetch(spec)
     guests = kit.assemble(cache)
     img, key, disk = guests.image(kernel), guests.key, guests.disk
-    expectations = verdict.load()
+    judging = judge.Judge(verdict.load())
     accel = accel_mod.for_host()
 
     qemu_before, temps_before, fds_before = qemu_pids(), temp_dirs(), open_fds()
@@ -107,7 +107,8 @@ def main() -> int:
                 inject(result, live, lambda machine: os.kill(machine.pid, signal.SIGKILL))
             elif scenario == "ssh-drop":
                 inject(result, live, lambda machine: drop_ssh(machine, img, key))
-            ctx = boot.BootContext(plan, kernel, img, disk, key, accel.name, expectations, run_dir)
+            ctx = boot.BootContext(plan=plan, kernel=kernel, image=img, disk=disk, key=key, accel=accel.name,
+                                   judge=judging.results, run_dir=run_dir)  # fmt: skip
             boot.run_boot(ctx, result, writer.update, live)
             saved = json.loads((run_dir / "results.json").read_text())
             have = {c["case"] for c in saved["boots"][0]["cases"]}

@@ -11,18 +11,17 @@ from __future__ import annotations
 
 import dataclasses
 import enum
-import re
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Protocol
 
 import paramiko
 
-from harness import accel, devices, guest, probe, snapshot, suites, verdict, versions, vm
+from harness import accel, devices, guest, snapshot, suites, vm
 from harness.errors import InfraError
 from harness.image import Image
 from harness.kernels import Kernel
@@ -30,12 +29,16 @@ from harness.live import Cancelled, Live
 from harness.matrix import BootPlan, RunPlan
 from harness.results import BootResult, CaseResult, Outcome
 from harness.streams import Line
-from harness.suites import Built, Run
+from harness.suites import Answer, Built, Observed, Under, Where
+from harness.suites.base import Invocation
 
 MAX_REBOOTS = 3  # guests lost in one boot plan before its remaining cases are given up
 INFRA_RETRIES = 2  # boots that fail for the machinery's sake (not a kernel panic) are tried again
 
 Publish = Callable[[BootResult, bool], None]  # what is known of the boot now; True: write it out now
+# The judging stage (harness.judge): an observation of the guest, made into results. The boot only
+# hands observations over; what they are worth is no concern of it.
+Judge = Callable[[Observed, Where], Sequence[CaseResult]]
 
 
 @dataclass(frozen=True)
@@ -48,7 +51,7 @@ class BootContext:
     disk: Path | None  # the read-only data disk; None when the kernel can read none
     key: paramiko.PKey  # the harness's SSH client key
     accel: str  # kvm or tcg
-    expectations: verdict.Expectations
+    judge: Judge
     run_dir: Path  # the serial log goes to serial/<boot id>.log in it
     transport: str = "net"  # how the harness reaches the guest (harness.transports), decided for `auto`
     devices: devices.Devices = devices.VIRTIO  # the guest's NIC and disk, as its kernel can drive them
@@ -275,16 +278,25 @@ def _guest(ctx: BootContext, config: vm.VMConfig, result: BootResult, publish: P
             result.timings.setdefault("ssh", round(time.monotonic() - machine.started, 3))
             result.uname = session.run(["uname", "-r"], 30).stdout.strip()
             for run_plan, cases in pending_runs(result, ctx.plan):
-                if live.cancelled.is_set():
-                    raise Cancelled()
-                probe_cases = [c for c in cases if suites.split(c) is None]
-                if probe_cases:
-                    _probe_run(ctx, session, machine, run_plan, probe_cases, result, publish)
-                for case in cases:
-                    if case not in probe_cases:
+                under = Under(run_plan.memlock, run_plan.memlock_label, run_plan.user, ctx.plan.timeouts.case)
+                where = Where(ctx.plan.id, ctx.kernel.release, run_plan.memlock_label, run_plan.user)
+
+                def record(observed: Observed, where: Where = where) -> None:
+                    found = observed.observation or {}
+                    if result.memtotal_kb is None and isinstance(found.get("memtotal_kb"), int):
+                        result.memtotal_kb = found["memtotal_kb"]
+                    result.cases.extend(ctx.judge(observed, where))
+                    publish(result, False)
+
+                for suite, its in suites.grouped(cases):
+                    built = ctx.suites.get(suite.name, f"suite {suite.name} was not built for this kernel")
+                    for step in suite.steps(its, under, built):
                         if live.cancelled.is_set():
                             raise Cancelled()
-                        _suite_run(ctx, session, machine, run_plan, case, result, publish)
+                        if isinstance(step, Observed):
+                            record(step)
+                        else:
+                            _invoke(step, session, machine, record)
                 publish(result, True)
             result.timings["probe"] = round(time.monotonic() - machine.started, 3)
 
@@ -309,116 +321,23 @@ def fill(result: BootResult, runs: Sequence[RunPlan], outcome: Outcome, message:
                 result.cases.append(CaseResult(result.boot_id, case, r.memlock_label, r.user, outcome, message, None))
 
 
-def _probe_run(ctx: BootContext, session: Session, machine: Machine, run_plan: RunPlan, cases: Sequence[str],
-               result: BootResult, publish: Publish) -> None:  # fmt: skip
-    """One probe invocation: each case's record judged as it arrives.
-
-    Every line is read by `probe.parse`. A line that is not a record this run asked for (malformed,
-    or for a case not asked for) is the error of the case it names, or else of the case the probe
-    was running (the next unanswered one); a second answer for a case changes nothing. Once the
-    probe exits, every case without a result is an error saying how it exited.
-    """
-    plan = ctx.plan
-    judged = verdict.RunContext(versions.release_version(ctx.kernel.release), run_plan.memlock is not None)
-    pending = list(cases)
-
-    def record(case: str, outcome: Outcome, message: str, obs: dict[str, Any] | None = None) -> None:
-        pending.remove(case)
-        if obs is None:
-            result.cases.append(CaseResult(plan.id, case, run_plan.memlock_label, run_plan.user, outcome, message,
-                                           None))  # fmt: skip
-            return
-        v = verdict.judge(obs, judged, ctx.expectations)
-        result.cases.append(
-            CaseResult(plan.id, case, run_plan.memlock_label, run_plan.user, v.outcome, v.message, obs, v.expected,
-                       v.citation, obs.get("duration_ms", 0) / 1000, verdict.fingerprint(obs, ctx.expectations))
-        )  # fmt: skip
-
+def _invoke(step: Invocation, session: Session, machine: Machine, record: Callable[[Observed], None]) -> None:
+    """One command of a suite in the guest, what it observes recorded as it comes; GuestLost (the
+    loss recorded as the first unanswered case's) when the guest stops answering."""
     def on_line(line: Line) -> None:
-        parsed = probe.parse(line)
-        if parsed is None:
-            return
-        if isinstance(parsed, dict):
-            if parsed["case"] in pending:
-                if result.memtotal_kb is None and isinstance(parsed.get("memtotal_kb"), int):
-                    result.memtotal_kb = parsed["memtotal_kb"]
-                record(parsed["case"], Outcome.PASS, "", parsed)
-                publish(result, False)
-                return
-            if parsed["case"] in cases:
-                return  # answered already (by an error in its place, say): the first answer stands
-            parsed = probe.Malformed(f"a record for case {parsed['case']!r}, which was not asked for")
-        if pending:
-            culprit = parsed.case if parsed.case in pending else pending[0]
-            record(culprit, Outcome.INFRA_ERROR, f"malformed probe output: {parsed.reason}")
-            publish(result, False)
+        for observed in step.line(line):
+            record(observed)
 
-    # The probe enforces each case's deadline itself; this one only catches a guest that hangs.
-    deadline = plan.timeouts.case * len(cases) + 30
-    argv = probe.argv(run_plan.memlock, run_plan.user, plan.timeouts.case, cases)
-    try:
-        answer = session.run(argv, deadline, on_line)
-    except (guest.SSHFailure, guest.CommandTimeout) as e:  # not a disk that filled up on this side
-        lost = _why_lost(e, machine)
-        if pending:
-            record(pending[0], lost.outcome, lost.message)
-        raise lost from e
-    if pending:
-        detail = answer.stderr.strip().splitlines()
-        why = f": {detail[-1][:300]}" if detail else " without a record for this case"
-        fill(result, [run_plan], Outcome.INFRA_ERROR, f"probe exited {answer.exit_code}{why}")
-
-
-# Around a suite's program: OOM kills the kernel logs during it, and how it ended ($?, 128+N for a
-# signal), on the last line; `cd /tmp`: a program that writes files writes them on tmpfs.
-_SUITE_SHELL = ('b=$(dmesg | grep -c "Killed process"); cd /tmp && "$@"; s=$?; '
-                'a=$(dmesg | grep -c "Killed process"); echo; echo "harness-exit $s $((a - b))"')  # fmt: skip
-_MARKER = re.compile(r"harness-exit (\d+) (-?\d+)")
-
-
-def _suite_run(ctx: BootContext, session: Session, machine: Machine, run_plan: RunPlan, case: str,
-               result: BootResult, publish: Publish) -> None:  # fmt: skip
-    """One program of a guest suite under the run's limit and user (the probe's `exec`), killed at the
-    suite's timeout; its result and its subtests' are recorded as they come."""
-    name, program = suites.split(case) or ("", "")
-    built = ctx.suites.get(name, f"suite {name} was not built for this kernel")
-
-    def record(outcome: Outcome, message: str, obs: dict[str, Any] | None = None, fingerprint: str = "",
-               seconds: float = 0.0, what: str = case) -> None:  # fmt: skip
-        result.cases.append(CaseResult(ctx.plan.id, what, run_plan.memlock_label, run_plan.user, outcome, message,
-                                       obs, duration_s=seconds, fingerprint=fingerprint))  # fmt: skip
-
-    if isinstance(built, str) or program not in built.programs:
-        why = built if isinstance(built, str) else built.missing.get(program, "not built")
-        record(Outcome.NOT_APPLICABLE if not isinstance(built, str) else Outcome.INFRA_ERROR, why)
-        publish(result, False)
-        return
-    if why := suites.get(name).applies(program, run_plan.user, run_plan.memlock_label):
-        record(Outcome.NOT_APPLICABLE, why)
-        publish(result, False)
-        return
-    limit = ctx.plan.timeouts.case * suites.TIMEOUT_CASES
-    argv = ["sh", "-c", _SUITE_SHELL, "sh", "timeout", "-s", "KILL", f"{limit:g}", probe.IN_GUEST, "exec",
-            "--memlock", probe.memlock_arg(run_plan.memlock), "--user", run_plan.user, "--",
-            f"/{suites.GUEST_DIR}/{name}/{program}"]  # fmt: skip
     started = time.monotonic()
     try:
-        answer = session.run(argv, limit + 30)
-    except (guest.SSHFailure, guest.CommandTimeout) as e:
+        answer = session.run(step.argv, step.timeout, on_line)
+    except (guest.SSHFailure, guest.CommandTimeout) as e:  # not a disk that filled up on this side
         lost = _why_lost(e, machine)
-        record(lost.outcome, lost.message)
+        if left := step.unanswered():
+            record(Observed(left[0], None, lost.outcome, lost.message))
         raise lost from e
-    seconds = time.monotonic() - started
-    lines = answer.stdout.rstrip("\n").split("\n")
-    marker = _MARKER.fullmatch(lines[-1].strip()) if lines else None
-    status, kills = (int(marker.group(1)), int(marker.group(2))) if marker else (None, 0)
-    output = "\n".join(lines[:-1] if marker else lines)
-    timed_out = status == 128 + 9 and kills <= 0 and seconds >= limit - 1
-    run = Run(output, status, max(kills, 0), seconds, timed_out, answer.stderr[-4000:])
-    for j in suites.get(name).judge(program, run):
-        obs = {**j.observation, "source": built.provenance} if j.case == case else j.observation
-        record(j.outcome, j.message, obs, j.fingerprint, seconds if j.case == case else 0.0, j.case)
-    publish(result, False)
+    for observed in step.end(Answer(answer.exit_code, answer.stdout, answer.stderr, time.monotonic() - started)):
+        record(observed)
 
 
 def _why_lost(error: guest.SSHFailure | guest.CommandTimeout, machine: Machine) -> GuestLost:

@@ -14,6 +14,9 @@ from typing import Any
 
 from harness import sources, suites, transports, userland, yamlfile
 from harness.files import read_text
+from harness.sizes import Memlock as Memlock
+from harness.sizes import format_size as format_size
+from harness.sizes import parse_size as parse_size
 from harness.sources import KernelSpec
 from harness.yamlfile import FieldError, KeyPath, Where
 
@@ -24,20 +27,6 @@ MAX_LIMIT = 1 << 62  # RLIMIT_MEMLOCK in bytes; anything near 2**64 is RLIM_INFI
 MAX_TIMEOUT = 86_400.0  # seconds
 DEFAULT_MATRIX = "default-matrix.yaml"
 MAX_BYTES = 1 << 20  # every Debian build of every line fits in a few kB
-
-
-@dataclass(frozen=True)
-class Memlock:
-    """An RLIMIT_MEMLOCK pair in bytes; None means RLIM_INFINITY."""
-
-    soft: int | None
-    hard: int | None
-
-    @property
-    def label(self) -> str:
-        if self.soft == self.hard:
-            return format_size(self.soft)
-        return f"{format_size(self.soft)}:{format_size(self.hard)}"
 
 
 @dataclass(frozen=True)
@@ -83,37 +72,6 @@ class BootPlan:
     runs: tuple[RunPlan, ...]
     timeouts: Timeouts
     transport: str = transports.AUTO  # as the matrix asked; a run chooses for `auto`
-
-
-# --- sizes -------------------------------------------------------------------------------------
-
-_UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
-_SIZE = re.compile(r"^\s*(\d+)\s*([KMGT]?)(?:i?B)?\s*$", re.IGNORECASE)
-
-
-def parse_size(value: object) -> int:
-    """'64K' -> 65536. Plain integers are bytes. Raises ValueError with a reason."""
-    if isinstance(value, bool):
-        raise ValueError("expected a size such as 64K, 8M or 0")
-    if isinstance(value, int):
-        if value < 0:
-            raise ValueError("a size cannot be negative")
-        return value
-    if not isinstance(value, str):
-        raise ValueError("expected a size such as 64K, 8M or 0")
-    m = _SIZE.match(value)
-    if not m:
-        raise ValueError(f"{value!r} is not a size (use a number with K, M or G, e.g. 64K)")
-    return int(m.group(1)) * _UNITS[m.group(2).upper()]
-
-
-def format_size(n: int | None) -> str:
-    if n is None:
-        return "unlimited"
-    for unit in ("T", "G", "M", "K"):
-        if n and n % _UNITS[unit] == 0:
-            return f"{n // _UNITS[unit]}{unit}"
-    return str(n)
 
 
 # --- loading -----------------------------------------------------------------------------------
@@ -277,7 +235,8 @@ def _timeouts(where: Where, value: object) -> Timeouts:
 def expand(matrix: Matrix, catalogue: Sequence[str]) -> list[BootPlan]:
     """Boots in matrix order: one per (kernel, RAM, transport); each runs every (limit, user) with all cases."""
     # A suite's programs are cases named SUITE:PROGRAM; naming one in `cases` runs its suite.
-    programs = {n: tuple(suites.case_name(n, p) for p in suites.get(n).programs) for n in suites.SUITES}
+    programs = {n: tuple(suites.case_name(n, p) for p in suites.get(n).programs) for n in suites.NAMES
+                if n != suites.PROBE}  # fmt: skip
     if matrix.cases is None:
         cases = tuple(c for n in matrix.suites for c in (catalogue if n == suites.PROBE else programs[n]))
     else:

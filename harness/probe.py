@@ -22,7 +22,7 @@ from typing import Any
 from harness import image
 from harness.errors import InfraError
 from harness.jsondoc import encodable
-from harness.matrix import Memlock
+from harness.sizes import Memlock
 from harness.streams import Line
 
 GUEST_TESTS = Path(__file__).resolve().parent.parent / "guest-tests"

@@ -23,6 +23,7 @@ from harness import (
     boot,
     devices,
     history,
+    judge,
     kit,
     lease,
     manifest,
@@ -194,7 +195,7 @@ def _execute(mx: matrix.Matrix, options: Options, log: Callable[[str], None], li
     mx = dataclasses.replace(mx, kernels=sources.expand(mx.kernels, ctx))
     planned = matrix.expand(mx, built.names)
     plans = select(planned, options)
-    expectations = verdict.load()
+    judging = judge.Judge(verdict.load())
     source = sources.Kernels(ctx, pinned)
     specs = list(dict.fromkeys(p.kernel for p in plans))
     # Kernels that need no network first: bad input is found before anything is downloaded.
@@ -244,7 +245,7 @@ def _execute(mx: matrix.Matrix, options: Options, log: Callable[[str], None], li
             log(f"boot {plan.id}: over {way} ({why})")
         hw = prep.devices or devices.choose(prep.kernel)
         ctx = boot.BootContext(plan, prep.kernel, prep.image, guests.disk_for(hw), guests.key, accel.name,
-                               expectations, run_dir, way, hw, prep.suites, saved)  # fmt: skip
+                               judging.results, run_dir, way, hw, prep.suites, saved)  # fmt: skip
         boot.run_boot(ctx, result, publish, live)
 
     futures: dict[Future[None], str] = {}

@@ -303,6 +303,14 @@ class RunWriter:
             self._store(snapshot)
             self._write_reports()
 
+    def add_boots(self, results: Sequence[BootResult]) -> None:
+        """Register finished boots at once (a run judged again, say) and write the reports once."""
+        snapshots = [_snapshot(r) for r in results]
+        with self._lock:
+            for snapshot in snapshots:
+                self._store(snapshot)
+            self._write_reports()
+
     def update(self, result: BootResult, flush: bool = True) -> None:
         """Replace what is known of this boot (adding it if new) and rewrite the reports.
 

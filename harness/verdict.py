@@ -19,6 +19,7 @@ import yaml
 from harness import versions
 from harness.errors import UserError
 from harness.results import Outcome
+from harness.sizes import parse_size
 
 EXPECTATIONS = Path(__file__).resolve().parent.parent / "guest-tests" / "expectations.yaml"
 
@@ -140,8 +141,6 @@ def _kernel_cond(spec: object, version: tuple[int, ...]) -> bool:
 
 def _at_least(soft: object, size: object) -> bool:
     """The soft limit (None: unlimited) is at least `size` (e.g. "4M")."""
-    from harness.matrix import parse_size
-
     try:
         want = parse_size(size)
     except ValueError as e:

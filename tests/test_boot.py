@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from harness import accel, boot, guest, vm
+from harness import accel, boot, guest, judge, vm
 from harness.boot import Attempts, Phase, next_step
 from harness.errors import InfraError
 from harness.image import Image
@@ -26,6 +26,7 @@ from harness.matrix import BootPlan, Memlock, RunPlan, Timeouts
 from harness.results import BootResult, Outcome
 from harness.sources.debian import DebianKernel
 from harness.streams import Line
+from harness.suites import Built
 from harness.verdict import Expectations, Rule
 
 CASES = ("a", "b", "c")
@@ -119,6 +120,12 @@ class FakeSession:
         self.argvs.append(list(argv))
         if argv[0] == "uname":
             return guest.Result(0, "6.1.0-50-amd64\n", "")
+        if argv[0] == "sh":  # a suite's program, in the shell that reports how it ended
+            fault = self.faults.pop(argv[-1].rsplit("/", 1)[-1], None)
+            if fault == HANG:
+                raise guest.CommandTimeout(f"sh did not finish within {timeout:g}s")
+            status, output = fault if isinstance(fault, tuple) else (0, "TAP version 13\n1..1\nok 1 one\n")
+            return guest.Result(0, f"{output}\nharness-exit {status} 0\n", "")
         assert on_line is not None
         for case in argv[argv.index("--timeout") + 2 :]:
             fault = self.faults.pop(case, None)
@@ -195,7 +202,8 @@ def run_boot(tmp_path: Path, guests: Guests, p: BootPlan | None = None, live: Li
     p = p or plan()
     kernel = Kernel("bookworm", "6.1.0-50-amd64", tmp_path / "vmlinuz", None, None, "ab" * 32, None, None, (), "x")
     image = Image(tmp_path / "image.cpio", "cd" * 32, "ssh-ed25519 AAAA", ())
-    ctx = boot.BootContext(p, kernel, image, tmp_path / "disk.img", None, accel_name, EXPECT, tmp_path,  # type: ignore[arg-type]
+    ctx = boot.BootContext(plan=p, kernel=kernel, image=image, disk=tmp_path / "disk.img", key=None,  # type: ignore[arg-type]
+                           accel=accel_name, judge=judge.Judge(EXPECT).results, run_dir=tmp_path,
                            saved=saved)  # type: ignore[arg-type]
     result = BootResult(p.id, None, p.ram_mb)
     published: list[tuple[int, bool]] = []
@@ -454,7 +462,8 @@ def test_a_loaded_guest_that_does_not_answer_is_deleted_and_the_guest_boots_cold
     p = plan()
     kernel = Kernel("bookworm", "6.1.0-50-amd64", tmp_path / "vmlinuz", None, None, "ab" * 32, None, None, (), "x")
     image = Image(tmp_path / "image.cpio", "cd" * 32, "ssh-ed25519 AAAA", ())
-    ctx = boot.BootContext(p, kernel, image, None, None, "tcg", EXPECT, tmp_path, saved=store)  # type: ignore[arg-type]
+    ctx = boot.BootContext(plan=p, kernel=kernel, image=image, disk=None, key=None, accel="tcg",  # type: ignore[arg-type]
+                           judge=judge.Judge(EXPECT).results, run_dir=tmp_path, saved=store)  # type: ignore[arg-type]
     result = BootResult(p.id, None, p.ram_mb)
     boot.run_boot(ctx, result, lambda r, flush: None, Live(log=log.append), seams)
     assert outcomes(result) == [(c, "default", Outcome.PASS) for c in CASES]
@@ -468,3 +477,38 @@ def test_a_loaded_guest_that_does_not_answer_is_deleted_and_the_guest_boots_cold
     again.loaded = ["5eed"] * 5  # a state another run keeps: found again and again
     result, _ = run_boot(tmp_path / "b", again, saved=Store())
     assert result.retries == boot.INFRA_RETRIES and "cannot reach root@serial" in result.error
+
+
+def test_a_suite_s_programs_run_through_the_path_the_probe_s_cases_take(tmp_path: Path) -> None:
+    """Probe cases and a suite's programs in one run, through the fake guest: the probe's cases in
+    one invocation first, then each program that can run here under the run's limit and user; one
+    that this tree lacks, or that does not apply to the user, is answered without running; a
+    program's KTAP results are subtests; one that hangs loses the guest, and the next guest runs the
+    rest."""
+    built = Built({"map_populate": tmp_path / "a", "mlock2-tests": tmp_path / "b", "on-fault-limit": tmp_path / "c"},
+                  {"mremap_dontunmap": "not in this kernel's tree"}, {"what": "a tree"})  # fmt: skip
+    programs = [f"kselftest-mm:{p}" for p in ("mlock2-tests", "mremap_dontunmap", "on-fault-limit", "map_populate")]
+    p = plan(RunPlan(None, "root", ("a", *programs, "b")))
+    guests = Guests(faults={"mlock2-tests": HANG, "map_populate": (1, "TAP version 13\n1..2\nok 1 x\nnot ok 2 y\n")})
+    kernel = Kernel("bookworm", "6.1.0-50-amd64", tmp_path / "vmlinuz", None, None, "ab" * 32, None, None, (), "x")
+    image = Image(tmp_path / "image.cpio", "cd" * 32, "ssh-ed25519 AAAA", ())
+    ctx = boot.BootContext(plan=p, kernel=kernel, image=image, disk=None, key=None, accel="tcg",  # type: ignore[arg-type]
+                           judge=judge.Judge(EXPECT).results, run_dir=tmp_path, suites={"kselftest-mm": built})
+    result = BootResult(p.id, None, p.ram_mb)
+    boot.run_boot(ctx, result, lambda r, flush: None, Live(), guests.seams())
+    got = {c.case: c for c in result.cases}
+    first, second = (s.argvs for s in guests.sessions)
+    assert first[1][0] == "/harness/probe" and first[1][-2:] == ["a", "b"]  # one invocation, before the programs
+    assert [a[-1] for a in first[2:]] == ["/opt/suites/kselftest-mm/mlock2-tests"]  # it hangs: the guest is lost
+    assert [a[-1] for a in second[1:]] == ["/opt/suites/kselftest-mm/map_populate"]  # the next guest runs the rest
+    assert "--user" in first[2] and first[2][first[2].index("--user") + 1] == "root"
+    assert got["kselftest-mm:map_populate"].outcome is Outcome.DEVIATION
+    assert got["kselftest-mm:map_populate/x"].outcome is Outcome.PASS
+    assert got["kselftest-mm:map_populate/y"].outcome is Outcome.DEVIATION
+    assert got["kselftest-mm:map_populate"].observation["source"] == {"what": "a tree"}  # type: ignore[index]
+    assert (got["kselftest-mm:mremap_dontunmap"].outcome, got["kselftest-mm:mremap_dontunmap"].message) == (
+        Outcome.NOT_APPLICABLE, "not in this kernel's tree")  # fmt: skip
+    assert got["kselftest-mm:on-fault-limit"].outcome is Outcome.NOT_APPLICABLE  # run_vmtests.sh runs it unprivileged
+    assert got["kselftest-mm:mlock2-tests"].outcome is Outcome.TIMEOUT and result.reboots == 1
+    assert got["a"].outcome is got["b"].outcome is Outcome.PASS
+    assert len(guests.started) == 2

@@ -258,7 +258,7 @@ def test_merge_of_a_non_run_is_bad_input(tmp_path: Path, capsys: pytest.CaptureF
 
 def test_ci_examples_use_only_commands_and_options_the_cli_has() -> None:
     """docs/ci is copied into real pipelines: every `harness ...` line in it must parse."""
-    parser = cli._parser()
+    parser = cli.args.parser()
     docs = Path(__file__).resolve().parent.parent / "docs" / "ci"
     seen = 0
     for path in sorted(docs.glob("*.yml")):

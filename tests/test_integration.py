@@ -24,7 +24,22 @@ from junitparser import JUnitXml
 from test_junit_consumers import JENKINS_XSD, expected_counts, junitparser_counts, render_junit2html
 from test_overview import kernel_cells, matrix_rows, parse
 
-from harness import accel, boot, guest, image, kernels, kit, matrix, probe, rundir, snapshot, sources, verdict, vm
+from harness import (
+    accel,
+    boot,
+    guest,
+    image,
+    judge,
+    kernels,
+    kit,
+    matrix,
+    probe,
+    rundir,
+    snapshot,
+    sources,
+    verdict,
+    vm,
+)
 from harness.cache import cache_dir
 from harness.live import Live
 from harness.results import BootResult, Outcome
@@ -324,8 +339,10 @@ def boot_plan(bookworm: Prepared, tmp_path: Path, runs: tuple[matrix.RunPlan, ..
     live = Live()
     if before is not None:
         before(result, live)
-    ctx = boot.BootContext(plan, kernel, img or default_img, image.disk_image(cache_dir() / "images"), key,
-                           accel.for_host().name, verdict.load(), tmp_path, transport, saved=saved)  # fmt: skip
+    ctx = boot.BootContext(plan=plan, kernel=kernel, image=img or default_img,
+                           disk=image.disk_image(cache_dir() / "images"), key=key, accel=accel.for_host().name,
+                           judge=judge.Judge(verdict.load()).results, run_dir=tmp_path, transport=transport,
+                           saved=saved)  # fmt: skip
     boot.run_boot(ctx, result, writer.update, live)
     return result
 

@@ -8,8 +8,9 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import junitparser
 import pytest
@@ -21,7 +22,8 @@ from harness.cache import cache_dir
 from harness.kernels import Kernel
 from harness.results import Outcome
 from harness.sources.base import Context
-from harness.suites import Built, Judged, Run
+from harness.suites import Built, Judged, Judging, Run, Under, programs
+from harness.suites.base import Step
 from harness.suites.kselftest import judge
 
 pytestmark = pytest.mark.integration
@@ -92,7 +94,13 @@ class Misbehaving:
             out[name] = self.folder / name
         return Built(out, {}, {"what": "this test"})
 
-    def judge(self, program: str, run: Run) -> list[Judged]:
+    def steps(self, cases: Sequence[str], under: Under, built: Built | str) -> Iterator[Step]:
+        return programs.steps(self, cases, under, built)
+
+    def judge(self, case: str, observation: Mapping[str, Any], judging: Judging) -> list[Judged]:
+        return programs.judge(self, case, observation)
+
+    def read(self, program: str, run: Run) -> list[Judged]:
         return judge(self.name, program, run)
 
     def applies(self, program: str, user: str, memlock: str) -> str:

@@ -100,49 +100,75 @@ class History:
         A run_id already stored returns 0 and changes nothing. Record a run once it has ended:
         a later, fuller record of the same run_id is skipped like any other repeat.
         """
-        probe_sha, default_accel, default_qemu = manifest.probe.sha256, manifest.accelerator.name, manifest.qemu_version
-        recorded = datetime.now(UTC).isoformat(timespec="seconds")
         with self._guard(f"cannot record run {run.run_id}"), self._write() as db:
             # Checked inside the write lock: two processes importing one run at once must not
             # both see it missing.
             if db.execute("SELECT 1 FROM runs WHERE run_id = ?", (run.run_id,)).fetchone():
                 return 0
-            started = store.utc_key(run.started)
-            run_pk = store.lastrowid(db.execute(
-                "INSERT INTO runs (run_id, started, finished, interrupted, harness_version, probe_sha256, recorded,"
-                " source, started_utc) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (run.run_id, run.started, run.finished, int(run.interrupted),
-                 manifest.harness_version, probe_sha, recorded, source, started),
-            ))  # fmt: skip
-            (first,) = db.execute("SELECT COALESCE(MAX(id), 0) + 1 FROM observations").fetchone()
-            writer = store.Store(db)
-            added = 0
-            for boot in run.boots:
-                k = boot.kernel
-                kernel_pk = None if k is None else self._kernel_pk(db, k)
-                boot_pk = store.lastrowid(db.execute(
-                    "INSERT INTO boots (run, boot_id, kernel, label, source, ram_mb, accelerator, qemu_version, uname,"
-                    " memtotal_kb, error) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                    (run_pk, boot.boot_id, kernel_pk, "" if k is None else k.label, "" if k is None else k.source,
-                     boot.ram_mb, boot.accelerator or default_accel, boot.qemu_version or default_qemu, boot.uname,
-                     boot.memtotal_kb, boot.error),
-                ))  # fmt: skip
-                rows = [
-                    writer.observation(
-                        None, boot_pk, kernel_pk, r.case, r.memlock, r.user, r.outcome.value, r.fingerprint, r.message,
-                        json.dumps(r.expected, sort_keys=True, default=str), r.citation, r.duration_s,
-                        None if r.observation is None else json.dumps(r.observation, sort_keys=True, default=str),
-                    )
-                    for r in boot.cases
-                ]  # fmt: skip
-                db.executemany(store.INSERT_OBSERVATION, rows)
-                added += len(rows)
-            db.executemany(
-                "INSERT OR IGNORE INTO merged_from (run, shard_run_id, shard) VALUES (?, ?, ?)",
-                [(run_pk, shard_id, shard) for shard_id, shard in _shards(manifest)],
-            )
-            store.count_run(db, run_pk, run.run_id, started, first)
+            return self._insert(db, run, manifest, source)
+
+    def replace(self, run: RunRecord, manifest: Manifest, source: str = "") -> int:
+        """Store a run stored before again, in one transaction: its results judged anew (`harness
+        judge`) take the place of the old ones. Returns the results stored; 0 when the history does
+        not hold the run (nothing is added)."""
+        with self._guard(f"cannot store run {run.run_id} again"), self._write() as db:
+            row = db.execute("SELECT id FROM runs WHERE run_id = ?", (run.run_id,)).fetchone()
+            if row is None:
+                return 0
+            (run_pk,) = row
+            kernels = [pk for (pk,) in db.execute(
+                f"SELECT DISTINCT {store.IDENTITY} FROM boots b JOIN kernels k ON k.id = b.kernel WHERE b.run = ?",
+                (run_pk,))]  # fmt: skip
+            if kernels:  # counted again below, from the rows that stay and the new ones
+                db.execute(f"DELETE FROM tallies WHERE kernel IN ({', '.join('?' * len(kernels))})", kernels)
+            db.execute("DELETE FROM observations WHERE boot IN (SELECT id FROM boots WHERE run = ?)", (run_pk,))
+            for table in ("boots", "merged_from"):
+                db.execute(f"DELETE FROM {table} WHERE run = ?", (run_pk,))
+            db.execute("DELETE FROM runs WHERE id = ?", (run_pk,))
+            added = self._insert(db, run, manifest, source)
+            if kernels:
+                store.tally(db, kernels)
             return added
+
+    def _insert(self, db: sqlite3.Connection, run: RunRecord, manifest: Manifest, source: str) -> int:
+        probe_sha, default_accel, default_qemu = manifest.probe.sha256, manifest.accelerator.name, manifest.qemu_version
+        recorded = datetime.now(UTC).isoformat(timespec="seconds")
+        started = store.utc_key(run.started)
+        run_pk = store.lastrowid(db.execute(
+            "INSERT INTO runs (run_id, started, finished, interrupted, harness_version, probe_sha256, recorded,"
+            " source, started_utc) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (run.run_id, run.started, run.finished, int(run.interrupted),
+             manifest.harness_version, probe_sha, recorded, source, started),
+        ))  # fmt: skip
+        (first,) = db.execute("SELECT COALESCE(MAX(id), 0) + 1 FROM observations").fetchone()
+        writer = store.Store(db)
+        added = 0
+        for boot in run.boots:
+            k = boot.kernel
+            kernel_pk = None if k is None else self._kernel_pk(db, k)
+            boot_pk = store.lastrowid(db.execute(
+                "INSERT INTO boots (run, boot_id, kernel, label, source, ram_mb, accelerator, qemu_version, uname,"
+                " memtotal_kb, error) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (run_pk, boot.boot_id, kernel_pk, "" if k is None else k.label, "" if k is None else k.source,
+                 boot.ram_mb, boot.accelerator or default_accel, boot.qemu_version or default_qemu, boot.uname,
+                 boot.memtotal_kb, boot.error),
+            ))  # fmt: skip
+            rows = [
+                writer.observation(
+                    None, boot_pk, kernel_pk, r.case, r.memlock, r.user, r.outcome.value, r.fingerprint, r.message,
+                    json.dumps(r.expected, sort_keys=True, default=str), r.citation, r.duration_s,
+                    None if r.observation is None else json.dumps(r.observation, sort_keys=True, default=str),
+                )
+                for r in boot.cases
+            ]  # fmt: skip
+            db.executemany(store.INSERT_OBSERVATION, rows)
+            added += len(rows)
+        db.executemany(
+            "INSERT OR IGNORE INTO merged_from (run, shard_run_id, shard) VALUES (?, ?, ?)",
+            [(run_pk, shard_id, shard) for shard_id, shard in _shards(manifest)],
+        )
+        store.count_run(db, run_pk, run.run_id, started, first)
+        return added
 
     def import_run(self, run_dir: Path) -> int:
         """Record a run directory's results.json and manifest.json; 0 when the run is already stored."""

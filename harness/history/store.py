@@ -17,7 +17,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 # A kernel's identity in SQL (see db._identity): the lowest kernels.id with its sha256, else its own id.
-_IDENTITY = "CASE k.sha256 WHEN '' THEN k.id ELSE (SELECT MIN(id) FROM kernels WHERE sha256 = k.sha256) END"
+IDENTITY = "CASE k.sha256 WHEN '' THEN k.id ELSE (SELECT MIN(id) FROM kernels WHERE sha256 = k.sha256) END"
 
 # tallies computed from the observation rows. `live` is the boots the views read: those of runs no
 # merged run replaced, with a kernel. `rank` orders runs by start, then id, so `rank * :span + o.id`
@@ -26,7 +26,7 @@ _IDENTITY = "CASE k.sha256 WHEN '' THEN k.id ELSE (SELECT MIN(id) FROM kernels W
 # SQLite from flattening `live`: it is computed once, a few rows a run.
 _TALLY = f"""
 WITH live AS (
-    SELECT b.id AS boot, b.run AS run, b.ram_mb AS ram_mb, {_IDENTITY} AS kernel,
+    SELECT b.id AS boot, b.run AS run, b.ram_mb AS ram_mb, {IDENTITY} AS kernel,
            DENSE_RANK() OVER (ORDER BY r.started_utc, r.id) AS rank
     FROM boots b JOIN kernels k ON k.id = b.kernel JOIN runs r ON r.id = b.run
     WHERE r.run_id NOT IN (SELECT shard_run_id FROM merged_from)
@@ -47,7 +47,7 @@ _WHEN = "(SELECT r.started_utc, r.id, x.id FROM observations x JOIN boots y ON y
         " JOIN runs r ON r.id = y.run WHERE x.id = tallies.{column})"  # fmt: skip
 _COUNT_RUN = f"""
 INSERT INTO tallies (case_id, ram_mb, kernel, runs, fingerprint, varies, first, earliest, latest)
-SELECT o.case_id, b.ram_mb, {_IDENTITY}, 1, MIN(o.fingerprint), MIN(o.fingerprint) != MAX(o.fingerprint),
+SELECT o.case_id, b.ram_mb, {IDENTITY}, 1, MIN(o.fingerprint), MIN(o.fingerprint) != MAX(o.fingerprint),
        MIN(o.id), MIN(o.id), MAX(o.id)
 FROM observations o JOIN boots b ON b.id = o.boot JOIN kernels k ON k.id = b.kernel
 WHERE o.id >= :first AND o.fingerprint != :empty
@@ -172,7 +172,7 @@ def count_run(db: sqlite3.Connection, run_pk: int, run_id: str, started: str, fi
     # A merged run hides its shard runs, which were counted if stored before it: count their
     # kernels' tallies again from the rows.
     replaced = db.execute(
-        f"SELECT DISTINCT {_IDENTITY} FROM boots b JOIN kernels k ON k.id = b.kernel JOIN runs r ON r.id = b.run"
+        f"SELECT DISTINCT {IDENTITY} FROM boots b JOIN kernels k ON k.id = b.kernel JOIN runs r ON r.id = b.run"
         " WHERE r.id != ? AND r.run_id IN (SELECT shard_run_id FROM merged_from WHERE run = ?)",
         (run_pk, run_pk),
     ).fetchall()  # fmt: skip

@@ -20,7 +20,7 @@ import re
 import shutil
 import subprocess
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +31,9 @@ from harness.errors import InfraError
 from harness.kernels import Kernel, _data_tar
 from harness.results import Outcome
 from harness.sources.base import Context
-from harness.suites.base import Built, Judged, Run
+from harness.suites import programs
+from harness.suites.base import Built, Judged, Judging, Step, Under
+from harness.suites.programs import Run
 
 RECIPE = 1  # bump when the build below changes what it makes
 # run_vmtests.sh's memory-locking and populate tests (it runs on-fault-limit as nobody: the test
@@ -44,7 +46,6 @@ PROGRAMS: tuple[str, ...] = ("mlock2-tests", "mlock-random-test", "on-fault-limi
 AS_ROOT, AS_USER = "root", "unprivileged"
 RUN_AS = {"mlock2-tests": AS_ROOT, "mlock-random-test": AS_ROOT, "on-fault-limit": AS_USER}
 KSFT_SKIP = 4  # tools/testing/selftests/kselftest.h
-OUTPUT_KEPT = 16 << 10  # of a program's stdout and stderr, the last this many characters go in its result
 SIGKILL_STATUS = 128 + 9
 
 
@@ -72,7 +73,13 @@ class KselftestMM:
         missing = {p: str(record["missing"].get(p, "not built")) for p in PROGRAMS if p not in programs}
         return Built(programs, missing, {k: v for k, v in provenance.items() if k != "key"})
 
-    def judge(self, program: str, run: Run) -> list[Judged]:
+    def steps(self, cases: Sequence[str], under: Under, built: Built | str) -> Iterator[Step]:
+        return programs.steps(self, cases, under, built)
+
+    def judge(self, case: str, observation: Mapping[str, Any], judging: Judging) -> list[Judged]:
+        return programs.judge(self, case, observation)
+
+    def read(self, program: str, run: Run) -> list[Judged]:
         return judge(self.name, program, run)
 
     def applies(self, program: str, user: str, memlock: str) -> str:
@@ -254,8 +261,8 @@ def judge(suite: str, program: str, run: Run) -> list[Judged]:
     obs: dict[str, Any] = {"exit_status": status, "oom_kills": run.oom_kills, "seconds": round(run.seconds, 3),
                            "ktap": doc.version or None, "plan": doc.plan, "results": len(doc.results),
                            "missing": doc.missing, "bailed_out": doc.bailed_out,
-                           "diagnostics": doc.diagnostics[-10:], "output": run.output[-OUTPUT_KEPT:],
-                           "stderr": run.errors[-OUTPUT_KEPT:]}  # fmt: skip
+                           "diagnostics": doc.diagnostics[-10:], "output": run.output,
+                           "stderr": run.errors}  # fmt: skip
     if status is None:
         outcome, message = Outcome.INFRA_ERROR, "the program's run ended without its exit status"
     elif run.timed_out:

@@ -1,0 +1,91 @@
+"""Judging: what the guests observed, made into results with the cited expectations.
+
+A stage of its own. A boot hands it each raw observation as it arrives (harness.boot never sees an
+expectation), and `harness judge` hands it a finished run's observations again, as its results.json
+stores them, so that an expectation that gained a citation or an era rule is applied without
+booting anything. Each suite says what its observations are worth (harness.suites).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+
+from harness import suites, verdict, versions
+from harness.results import BootResult, CaseResult, Outcome, RunRecord
+from harness.suites import Judged, Judging, Observed, Where
+
+
+@dataclass(frozen=True)
+class Judge:
+    expectations: verdict.Expectations
+
+    def results(self, observed: Observed, where: Where) -> list[CaseResult]:
+        """An observation's results: its case's, and its subtests' (a program's KTAP results)."""
+        if observed.observation is None:
+            return [CaseResult(where.boot_id, observed.case, where.memlock, where.user, observed.outcome,
+                               observed.message, None, duration_s=observed.seconds)]  # fmt: skip
+        judged = self._judged(observed, where)
+        if not judged:  # an observation its suite does not read
+            return [CaseResult(where.boot_id, observed.case, where.memlock, where.user, Outcome.INFRA_ERROR,
+                               "an observation its suite cannot read", observed.observation)]  # fmt: skip
+        return [_result(j, where) for j in judged]
+
+    def _judged(self, observed: Observed, where: Where) -> list[Judged]:
+        assert observed.observation is not None
+        judging = Judging(versions.release_version(where.release), where.memlock_requested, self.expectations)
+        return suites.of(observed.case).judge(observed.case, observed.observation, judging)
+
+    def boot(self, boot: BootResult) -> tuple[BootResult, int]:
+        """A finished boot judged again from the observations its results hold: the boot with its
+        new results, and how many observations were kept as they were judged (a program's output
+        that was cut for storing, an observation of an older format)."""
+        release = (boot.kernel.release if boot.kernel else "") or boot.uname
+        cases, kept = [], 0
+        for result, subtests in _with_subtests(boot.cases):
+            if result.observation is None:
+                cases += [result, *subtests]  # no answer from the guest: nothing to judge
+                continue
+            where = Where(boot.boot_id, release, result.memlock, result.user)
+            judged = self._judged(Observed(result.case, result.observation), where)
+            if not judged:
+                cases += [result, *subtests]
+                kept += 1
+                continue
+            # What was measured stays as it was measured: the seconds of a program's run are stored rounded.
+            own, *rest = [_result(j, where) for j in judged]
+            cases += [dataclasses.replace(own, duration_s=result.duration_s), *rest]
+        return dataclasses.replace(boot, cases=cases), kept
+
+
+def _result(j: Judged, where: Where) -> CaseResult:
+    return CaseResult(where.boot_id, j.case, where.memlock, where.user, j.outcome, j.message, j.observation, j.expected,
+                      j.citation, j.seconds, j.fingerprint)  # fmt: skip
+
+
+def _with_subtests(cases: Sequence[CaseResult]) -> Iterator[tuple[CaseResult, list[CaseResult]]]:
+    """Each case's result with the subtest results that follow it (SUITE:PROGRAM/SUBTEST)."""
+    i = 0
+    while i < len(cases):
+        own, i = cases[i], i + 1
+        subtests = []
+        while i < len(cases) and _subtest_of(cases[i], own):
+            subtests.append(cases[i])
+            i += 1
+        yield own, subtests
+
+
+def _subtest_of(result: CaseResult, own: CaseResult) -> bool:
+    return (result.case.startswith(own.case + "/") and suites.split(own.case) is not None
+            and (result.memlock, result.user) == (own.memlock, own.user))  # fmt: skip
+
+
+def run(record: RunRecord, judge: Judge) -> tuple[RunRecord, int]:
+    """A finished run judged again; and the observations kept as they were judged."""
+    boots, kept = [], 0
+    for boot in record.boots:
+        judged, n = judge.boot(boot)
+        boots.append(judged)
+        kept += n
+    return dataclasses.replace(record, boots=boots), kept

@@ -1,0 +1,45 @@
+"""`harness judge`: a finished run judged again from the observations its results.json holds, with
+the expectations as they are now, its reports rewritten, and its rows in the history replaced. No
+guest is booted: an expectation that gained a citation or an era rule applies to last night's run
+(as `kunit.py parse` reads a log again).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from harness import history, judge, rundir, verdict
+from harness.errors import UserError
+from harness.results import RunRecord
+
+
+@dataclass(frozen=True)
+class Rejudged:
+    before: RunRecord
+    after: RunRecord
+    kept: int  # observations kept as they were judged (a program's output cut for storing, an older format)
+    stored: int  # results replaced in the history; 0 when it does not hold the run
+
+
+def rejudge(run_dir: Path, expectations: Path, history_path: Path | None, log: Callable[[str], None]) -> Rejudged:
+    before = rundir.read_results(run_dir)
+    if before.finished is None and not before.interrupted:
+        raise UserError(f"{run_dir}: the run has not finished (or was killed); judge it once it has ended")
+    recorded = rundir.read_manifest(run_dir)
+    after, kept = judge.run(before, judge.Judge(verdict.load(expectations)))
+    writer = rundir.RunWriter(run_dir, before.run_id, before.started, [b.boot_id for b in before.boots])
+    writer.add_boots(after.boots)
+    if recorded is not None:
+        digest = verdict.expectations_sha256(expectations)
+        writer.write_manifest(dataclasses.replace(recorded, expectations_sha256=digest))
+    writer.finish(before.finished, interrupted=before.interrupted)
+    stored = 0
+    if history_path is not None and history_path.is_file() and recorded is not None:
+        with history.History(history_path) as db:
+            stored = db.replace(after, recorded, source=str(run_dir))
+        if stored:
+            log(f"history: {stored} results of run {before.run_id} replaced in {history_path}")
+    return Rejudged(before, after, kept, stored)
