@@ -7,7 +7,7 @@ one after the other, so each has the machine to itself:
   cold boot  vm.boot -> ready marker -> SSH session open, over each transport (net: virtio-net;
              serial: the second UART);
   catalogue  the whole probe catalogue once, as root (one limit/user run), after that boot;
-  restored   a guest booted and saved as `harness run` saves it (harness.snapshot; the seconds
+  restored   a guest booted and saved as `harness run` saves it (harness.boot.snapshot; the seconds
              the save took), then one loaded from it: SSH and the catalogue, and whether each
              case's fingerprint equals the cold boot's.
 Then it runs the whole matrix as `harness run --jobs J` does (every limit, user and case), once
@@ -32,10 +32,14 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from harness import accel as accel_mod
-from harness import guest, image, kit, lease, matrix, probe, run, snapshot, sources, verdict, vm
-from harness.cache import cache_dir
-from harness.transports import net
+from harness import kit, run
+from harness.boot import accel as accel_mod
+from harness.boot import snapshot, vm
+from harness.cache import cache_dir, lease
+from harness.kernels import devices, sources
+from harness.kit import guest, image, probe, verdict
+from harness.kit.transports import net
+from harness.plan import matrix
 
 
 def _ready(proc: vm.Process, start: float, timeout: float, what: str) -> float:
@@ -132,7 +136,7 @@ def main() -> int:
     rows = []
     for spec in dict.fromkeys(mx.kernels):
         kernel = source.fetch(spec)
-        img = guests.image(kernel)
+        img = guests.image(devices.choose(kernel))
         config = vm.VMConfig(kernel.vmlinux or kernel.image, img.path, mx.ram_mb[0], accel.name, 0, disk)
         serial = dataclasses.replace(config, transport="serial")
         floors, runs, lines, saved = [], [], [], []
@@ -175,7 +179,7 @@ def main() -> int:
                       f"{over['done'] - over['ssh']:.2f}", f"{c['done']:.1f}", f"{m['done']:.1f}",
                       f"{m['oom']:.1f}")  # fmt: skip
     console.print(f"restored guests: state files of {statistics.median(r[5]['state_mb'] for r in rows):.0f} MiB "
-                  "(median); harness.snapshot saves a guest once at its ready marker (QEMU's migration, zstd)")
+                  "(median); harness.boot.snapshot saves a guest once at its ready marker (QEMU's migration, zstd)")
     console.print(table)
     results = sum(len(one.cases) for plan in matrix.expand(mx, built.names) for one in plan.runs)
     console.print(f"whole matrix: {len(per)} boots, {results} results, --jobs {args.jobs}: {cold_wall:.1f} s wall "

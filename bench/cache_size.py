@@ -19,9 +19,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from harness import matrix, sources  # noqa: E402
 from harness.cache import blocks, cache_dir, disk_size, disk_usage, usage  # noqa: E402
-from harness.sources.base import Context  # noqa: E402
+from harness.kernels import sources  # noqa: E402
+from harness.kernels.sources.base import Context  # noqa: E402
+from harness.plan import matrix
 
 
 def main() -> None:

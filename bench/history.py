@@ -26,8 +26,9 @@ from rich.console import Console
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from harness import history, report_html, rundir, summary_md  # noqa: E402
+from harness import history
 from harness.manifest import Manifest  # noqa: E402
+from harness.report import report_html, rundir, summary_md  # noqa: E402
 
 FIRST_NIGHT = dt.datetime(2027, 1, 1, 2, 17, tzinfo=dt.UTC)
 

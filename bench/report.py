@@ -23,7 +23,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from harness import overview, report_html, rundir  # noqa: E402
+from harness.report import overview, report_html, rundir  # noqa: E402
 from harness.results import RunRecord  # noqa: E402
 
 PARSED = "<script>document.title='parsed '+performance.now().toFixed(0)</script>"

@@ -27,12 +27,17 @@ from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 
-from harness import accel as accel_mod
-from harness import boot, guest, image, judge, kit, matrix, rundir, sources, verdict, vm
+from harness import boot, judge, kit
+from harness.boot import accel as accel_mod
+from harness.boot import vm
+from harness.boot.live import Live
 from harness.cache import cache_dir
-from harness.live import Live
+from harness.kernels import devices, sources
+from harness.kernels.sources.debian import DebianKernel
+from harness.kit import guest, image, verdict
+from harness.plan import matrix
+from harness.report import rundir
 from harness.results import BootResult
-from harness.sources.debian import DebianKernel
 
 SCENARIOS = ("good", "panic", "qemu-kill", "ssh-drop", "boot-panic")
 
@@ -81,7 +86,7 @@ def main() -> int:
     spec = DebianKernel((args.suite,))
     kernel = sources.Kernels(sources.Context(cache)).fetch(spec)
     guests = kit.assemble(cache)
-    img, key, disk = guests.image(kernel), guests.key, guests.disk
+    img, key, disk = guests.image(devices.choose(kernel)), guests.key, guests.disk
     judging = judge.Judge(verdict.load())
     accel = accel_mod.for_host()
 

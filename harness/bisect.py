@@ -29,10 +29,14 @@ from typing import Any
 
 import yaml
 
-from harness import accel, jsondoc, matrix, run, rundir, verdict
+from harness import jsondoc, run
+from harness.boot import accel
 from harness.errors import InfraError, UserError
 from harness.jsondoc import Doc
-from harness.kbuild import git
+from harness.kernels.kbuild import git
+from harness.kit import verdict
+from harness.plan import matrix
+from harness.report import rundir
 from harness.results import Outcome
 from harness.yamlfile import FieldError, Where
 

@@ -3,7 +3,7 @@
 A stage of its own. A boot hands it each raw observation as it arrives (harness.boot never sees an
 expectation), and `harness judge` hands it a finished run's observations again, as its results.json
 stores them, so that an expectation that gained a citation or an era rule is applied without
-booting anything. Each suite says what its observations are worth (harness.suites).
+booting anything. Each suite says what its observations are worth (harness.kit.suites).
 """
 
 from __future__ import annotations
@@ -12,9 +12,10 @@ import dataclasses
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
-from harness import suites, verdict, versions
+from harness import versions
+from harness.kit import suites, verdict
+from harness.kit.suites import Judged, Judging, Observed, Where
 from harness.results import BootResult, CaseResult, Outcome, RunRecord
-from harness.suites import Judged, Judging, Observed, Where
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
-from harness.archive import Deb
+from harness.debian.archive import Deb
 from harness.jsondoc import Doc, load
 
 FILE = "manifest.json"
@@ -91,9 +91,9 @@ class Boot:
     qemu_command: str = ""  # qemu_argv shell-quoted, ready to paste
     transport: str = ""  # net or serial; "" in runs made before there was a choice
     transport_reason: str = ""  # why: asked for by the matrix, or what `auto` saw in the kernel
-    userland: str = ""  # glibc or musl (harness.userland); "" in runs made before there was a choice
+    userland: str = ""  # glibc or musl (harness.kit.userland); "" in runs made before there was a choice
     userland_reason: str = ""
-    # the guest's NIC, disk and filesystem (harness.devices) when not virtio-net, virtio-blk and ext4
+    # the guest's NIC, disk and filesystem (harness.kernels.devices) when not virtio-net, virtio-blk and ext4
     devices: tuple[tuple[str, str], ...] = ()
     accelerator: str = ""  # what the boot's guests really ran under (kvm, or tcg once KVM failed); "" in older runs
 

@@ -14,9 +14,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from harness import manifest, rundir
+from harness import manifest
 from harness.errors import InfraError, UserError
 from harness.manifest import Manifest
+from harness.report import rundir
 from harness.results import BootResult, RunRecord
 
 # What must be equal for shards to belong together; the rest (host, timing) may differ per machine.

@@ -7,7 +7,7 @@ each time a run takes a kernel, an image, a build or a saved guest from the cach
 bulk; the rest is made again in seconds when a run needs it (a .deb is fetched again, by its
 digest; a guest is saved again by its next cold boot).
 
-Runs lease what they use (harness.lease): an entry goes only while prune holds its lease alone,
+Runs lease what they use (harness.cache.lease): an entry goes only while prune holds its lease alone,
 and one a run holds is kept, and said to be.
 """
 
@@ -23,14 +23,16 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from harness import history, lease, matrix, sources
-from harness.cache import blocks, disk_size, disk_usage
+from harness import history
+from harness.cache import blocks, disk_size, disk_usage, lease
 from harness.errors import InfraError, UserError
-from harness.sources.base import Context
+from harness.kernels import sources
+from harness.kernels.sources.base import Context
+from harness.plan import matrix
 
 KERNEL_AREAS = ("kernels", "builds")
 # Areas pruned by age only. Not here: keys, indexes, apt, src, kbuild, ccache, bisect-test (small,
-# or what makes the next build incremental: `rm -rf` them by hand if need be), leases (harness.lease).
+# or what makes the next build incremental: `rm -rf` them by hand if need be), leases (harness.cache.lease).
 AGED_AREAS = ("images", "debs", "suites", "userland", "vmlinux", "crashes", "guests")
 DAY = 86400.0
 

@@ -11,8 +11,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from harness import history, judge, rundir, verdict
+from harness import history, judge
 from harness.errors import UserError
+from harness.kit import verdict
+from harness.report import rundir
 from harness.results import RunRecord
 
 

@@ -13,9 +13,16 @@ import dataclasses
 from collections.abc import Callable
 from pathlib import Path
 
-from harness import accel, compare, lease, manifest, matrix, probe, progress, run, rundir, sources, verdict, vm
+from harness import manifest, run
+from harness.boot import accel, vm
+from harness.boot.live import Live
+from harness.cache import lease
 from harness.errors import UserError
-from harness.live import Live
+from harness.history import compare
+from harness.kernels import sources
+from harness.kit import probe, verdict
+from harness.plan import matrix
+from harness.report import progress, rundir
 from harness.results import BootResult, RunRecord
 
 

@@ -101,7 +101,7 @@ class BootResult:
     retries: int = 0  # boots tried again after an infrastructure failure (not a kernel panic)
     cases: list[CaseResult] = field(default_factory=list)
     transport: str = ""  # how the harness reached the guest: net or serial ("" in runs before there was a choice)
-    restored: str = ""  # the saved guest (harness.snapshot key) its guests were loaded from; "": booted cold
+    restored: str = ""  # the saved guest (harness.boot.snapshot key) its guests were loaded from; "": booted cold
 
 
 @dataclass

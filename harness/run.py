@@ -17,37 +17,20 @@ from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from pathlib import Path
 
-from harness import (
-    __version__,
-    aptsources,
-    boot,
-    devices,
-    history,
-    judge,
-    kit,
-    lease,
-    manifest,
-    matrix,
-    probe,
-    progress,
-    rundir,
-    snapshot,
-    sources,
-    suites,
-    transports,
-    userland,
-    verdict,
-    versions,
-    vm,
-)
-from harness import accel as accel_mod
-from harness import image as image_mod
+from harness import __version__, boot, history, judge, kit, manifest, versions
+from harness.boot import accel as accel_mod
+from harness.boot import snapshot, vm
+from harness.boot.live import Cancelled, Live
+from harness.cache import lease
+from harness.debian import aptsources
 from harness.errors import InfraError, UserError
-from harness.image import Entry, Image
-from harness.kernels import Kernel
-from harness.live import Cancelled, Live
+from harness.kernels import Kernel, devices, sources
+from harness.kernels.sources import KernelSpec
+from harness.kit import probe, suites, transports, userland, verdict
+from harness.kit.image import Image
+from harness.plan import matrix
+from harness.report import progress, rundir
 from harness.results import BootResult, Outcome
-from harness.sources import KernelSpec
 
 
 @dataclass(frozen=True)
@@ -61,7 +44,7 @@ class Options:
     shard: tuple[int, int] | None = None  # (I, N): run the I-th of N deterministic slices of the boots
     boots: tuple[str, ...] = ()  # run only these boot ids (replay); () for all
     history: Path | None = None  # SQLite history the finished run is appended to; None: none
-    cold: bool = False  # boot every guest: neither load nor save saved guests (harness.snapshot)
+    cold: bool = False  # boot every guest: neither load nor save saved guests (harness.boot.snapshot)
 
     def sources(self, log: Callable[[str], None], leases: lease.Leases | None = None) -> sources.Context:
         return sources.Context(self.cache, log, self.mirror, self.insecure, leases or lease.Leases())
@@ -74,8 +57,8 @@ class Prepared:
     kernel: Kernel | None = None
     image: Image | None = None
     error: str = ""
-    devices: devices.Devices | None = None  # the guest's NIC, disk and filesystem (harness.devices)
-    userland: tuple[str, str] = ("", "")  # the guest's programs (harness.userland), and why
+    devices: devices.Devices | None = None  # the guest's NIC, disk and filesystem (harness.kernels.devices)
+    userland: tuple[str, str] = ("", "")  # the guest's programs (harness.kit.userland), and why
     suites: Mapping[str, suites.Built | str] = dataclasses.field(default_factory=dict)  # built, or why not
 
     def transport(self, plan: matrix.BootPlan) -> tuple[str, str]:
@@ -129,9 +112,10 @@ def prepare(specs: Sequence[KernelSpec], unresolved: Mapping[KernelSpec, InfraEr
                 raise unresolved[spec]
             kernel = source.fetch(spec)
             way = userland.choose(libc, versions.release_version(kernel.release))
-            built, extra = _suites(kernel, wanted, source.ctx, log)
-            image = guests.image(kernel, guests.base_of(way[0], mirror, log) + extra)
-            prepared[spec] = Prepared(kernel, image, devices=devices.choose(kernel), userland=way, suites=built)
+            built = _suites(kernel, wanted, source.ctx, log)
+            hardware = devices.choose(kernel)  # the one choice: the image, the boots and the manifest use it
+            image = guests.image(hardware, guests.base_of(way[0], mirror, log), built)
+            prepared[spec] = Prepared(kernel, image, devices=hardware, userland=way, suites=built)
             if way[0] != userland.GLIBC:
                 log(f"kernel {spec.label}: {way[0]} userland ({way[1]})")
             log(f"kernel {spec.label}: {kernel.release} ({kernel.version or kernel.source})")
@@ -143,10 +127,9 @@ def prepare(specs: Sequence[KernelSpec], unresolved: Mapping[KernelSpec, InfraEr
 
 
 def _suites(kernel: Kernel, wanted: Sequence[str], ctx: sources.Context,
-            log: Callable[[str], None]) -> tuple[dict[str, suites.Built | str], tuple[Entry, ...]]:  # fmt: skip
-    """Each wanted suite's programs for `kernel` and the image entries that hold them."""
+            log: Callable[[str], None]) -> dict[str, suites.Built | str]:  # fmt: skip
+    """Each wanted suite's programs for `kernel`, or why there are none."""
     built: dict[str, suites.Built | str] = {}
-    entries: list[Entry] = []
     for name in wanted:
         try:
             b = suites.get(name).build(kernel, ctx, log)
@@ -155,10 +138,8 @@ def _suites(kernel: Kernel, wanted: Sequence[str], ctx: sources.Context,
             log(f"kernel {kernel.label}: {built[name]}")
             continue
         built[name] = b
-        entries += [image_mod.file(f"{suites.GUEST_DIR}/{name}/{p}", path.read_bytes(), 0o755)
-                    for p, path in sorted(b.programs.items())]  # fmt: skip
         log(f"kernel {kernel.label}: {name} from {b.provenance.get('what')}, {len(b.programs)} programs")
-    return built, tuple(entries)
+    return built
 
 
 def execute(
@@ -243,7 +224,8 @@ def _execute(mx: matrix.Matrix, options: Options, log: Callable[[str], None], li
         way, why = prep.transport(plan)
         if way != transports.PREFERRED:
             log(f"boot {plan.id}: over {way} ({why})")
-        hw = prep.devices or devices.choose(prep.kernel)
+        hw = prep.devices
+        assert hw is not None, "a prepared kernel has its devices"
         ctx = boot.BootContext(plan, prep.kernel, prep.image, guests.disk_for(hw), guests.key, accel.name,
                                judging.results, run_dir, way, hw, prep.suites, saved)  # fmt: skip
         boot.run_boot(ctx, result, publish, live)

@@ -18,7 +18,8 @@ import pytest
 from elftools.elf.elffile import ELFFile
 from rich.console import Console
 
-from harness import accel, cli, vm
+from harness import cli
+from harness.boot import accel, vm
 from harness.errors import UserError
 
 FAKE = Path(__file__).parent / "data" / "fake-kvm-qemu"

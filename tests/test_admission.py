@@ -10,10 +10,12 @@ from pathlib import Path
 
 import pytest
 
-from harness import admission, matrix, run
-from harness.admission import Admission, need_mb
+from harness import run
+from harness.boot import admission
+from harness.boot.admission import Admission, need_mb
+from harness.boot.live import Cancelled, Live
 from harness.cache import cache_dir
-from harness.live import Cancelled, Live
+from harness.plan import matrix
 
 
 def test_the_budget_is_what_the_host_has_free_less_a_reserve(tmp_path: Path) -> None:

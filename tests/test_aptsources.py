@@ -2,7 +2,7 @@ from pathlib import Path
 
 import pytest
 
-from harness.aptsources import (
+from harness.debian.aptsources import (
     ENV_MIRROR,
     ENV_SECURITY_MIRROR,
     SourceEntry,

@@ -20,8 +20,9 @@ from pathlib import Path
 import pytest
 from rich.console import Console
 
-from harness import cli, history, rundir
+from harness import cli, history
 from harness.manifest import Manifest
+from harness.report import rundir
 from harness.results import BootResult, CaseResult, KernelInfo, Outcome
 
 CORPUS = Path(__file__).resolve().parent / "bad-inputs"

@@ -85,7 +85,7 @@ def test_ctrl_c_mid_bisect_still_resets(repo: Path, tmp_path: Path) -> None:
     driver = tmp_path / "driver.py"
     step = script(tmp_path, "open(sys.argv[1] + '/../started', 'w').close()\ntime.sleep(60)\n")
     driver.write_text(
-        "import sys\nfrom pathlib import Path\nfrom harness import bisect, kbuild\n"
+        "import sys\nfrom pathlib import Path\nfrom harness import bisect\nfrom harness.kernels import kbuild\n"
         f"repo = Path({str(repo)!r})\n"
         "first = kbuild.git(repo, 'rev-list', '--max-parents=0', 'HEAD')\n"
         f"bisect._run_bisect(repo, first, kbuild.git(repo, 'rev-parse', 'HEAD'), {[*step, str(repo)]!r}, "

@@ -23,10 +23,11 @@ from typing import Any
 import pytest
 from debian.debian_support import Version
 
-from harness import archive, kernels, probe
-from harness.aptsources import mirror_from
+from harness import kernels
 from harness.cache import cache_dir
-from harness.sources import debian_index
+from harness.debian import archive
+from harness.debian.aptsources import mirror_from
+from harness.kit import probe
 
 pytestmark = [pytest.mark.integration, pytest.mark.bisect]
 REPO = Path(__file__).resolve().parent.parent
@@ -58,7 +59,7 @@ def source_deb(cache: Path) -> archive.Deb:
     a = archive.Archive(mirror_from(None, os.environ, Path("/")), cache)
     stanzas = [s for s in a.packages(SUITE, "linux-source-") if s["Package"].startswith("linux-source-6.")]
     newest = max(stanzas, key=lambda s: Version(s["Version"]))
-    deb = debian_index.deb_of(newest, SUITE)
+    deb = archive.deb_of(newest, SUITE)
     a.fetch_deb(deb)
     return deb
 

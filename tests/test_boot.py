@@ -16,18 +16,19 @@ from typing import Any
 
 import pytest
 
-from harness import accel, boot, guest, judge, vm
-from harness.boot import Attempts, Phase, next_step
+from harness import boot, judge
+from harness.boot import Attempts, Phase, accel, next_step, vm
+from harness.boot.live import Cancelled, Live
 from harness.errors import InfraError
-from harness.image import Image
 from harness.kernels import Kernel
-from harness.live import Cancelled, Live
-from harness.matrix import BootPlan, Memlock, RunPlan, Timeouts
+from harness.kernels.sources.debian import DebianKernel
+from harness.kit import guest
+from harness.kit.image import Image
+from harness.kit.suites import Built
+from harness.kit.verdict import Expectations, Rule
+from harness.plan.matrix import BootPlan, Memlock, RunPlan, Timeouts
 from harness.results import BootResult, Outcome
-from harness.sources.debian import DebianKernel
 from harness.streams import Line
-from harness.suites import Built
-from harness.verdict import Expectations, Rule
 
 CASES = ("a", "b", "c")
 EXPECT = Expectations({c: (Rule({}, {"result": "ok"}, "cite"),) for c in CASES}, ())

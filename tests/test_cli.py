@@ -15,8 +15,10 @@ import pytest
 import yaml
 from rich.console import Console
 
-from harness import cli, matrix, rundir
+from harness import cli
 from harness.manifest import Manifest
+from harness.plan import matrix
+from harness.report import rundir
 from harness.results import BootResult, CaseResult, KernelInfo, Outcome
 
 BAD_MATRIX = "kernels:\n  - debian: bookworm\nram: [256M]\nmemlock:\n  - {soft: 1M, hard: 64K}\n"

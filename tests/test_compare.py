@@ -8,10 +8,10 @@ from pathlib import Path
 import pytest
 from rich.console import Console
 
-from harness import compare
-from harness.compare import Change, Known, exit_code, kernel_side, load_known, run_side
-from harness.compare import compare as diff
 from harness.errors import UserError
+from harness.history import compare
+from harness.history.compare import Change, Known, exit_code, kernel_side, load_known, run_side
+from harness.history.compare import compare as diff
 from harness.results import BootResult, CaseResult, KernelInfo, Outcome, RunRecord
 
 K616 = KernelInfo("trixie-backports", "6.16.12+deb13-amd64", "linux-image-6.16.12+deb13-amd64", "6.16.12-1~bpo13+1",

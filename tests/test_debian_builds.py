@@ -8,10 +8,11 @@ from pathlib import Path
 import pytest
 from debian.debian_support import Version
 
-from harness import matrix, sources
 from harness.cache import cache_dir
-from harness.sources import debian
-from harness.sources.debian import DebianKernel
+from harness.kernels import sources
+from harness.kernels.sources import debian
+from harness.kernels.sources.debian import DebianKernel
+from harness.plan import matrix
 
 pytestmark = pytest.mark.integration
 EVERY = Path(__file__).resolve().parent.parent / "guest-tests" / "matrices" / "debian-every-build.yaml"

@@ -1,4 +1,4 @@
-"""The guest's hardware, chosen from what each kernel can drive (harness.devices), and how QEMU,
+"""The guest's hardware, chosen from what each kernel can drive (harness.kernels.devices), and how QEMU,
 the image and the manifest are told. Modules trees here are made of real ELF objects (gcc -c with
 a .modinfo section). The real boots: Debian 12's kernel on an e1000 and an IDE disk below, and a
 kernel built without virtio and PVH in the bisect tree's test (`make test-bisect`)."""
@@ -19,9 +19,11 @@ from conftest import write_module
 from test_integration import Prepared, bookworm  # noqa: F401
 from test_serial import behaviour, run
 
-from harness import devices, image, kbuild, manifest, probe, transports, vm
-from harness.kernels import Kernel
-from harness.modules import module_name
+from harness import manifest
+from harness.boot import vm
+from harness.kernels import Kernel, devices, kbuild
+from harness.kernels.modules import module_name
+from harness.kit import image, probe, transports
 
 needs_gcc = pytest.mark.skipif(shutil.which("gcc") is None, reason="gcc builds the test modules")
 Build = Callable[[str, Sequence[str]], bytes]

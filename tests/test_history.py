@@ -17,8 +17,8 @@ from harness import history
 from harness.errors import InfraError, UserError
 from harness.history import MIGRATIONS, SCHEMA_VERSION, History, render
 from harness.manifest import Manifest
+from harness.report.rundir import RunWriter
 from harness.results import BootResult, CaseResult, KernelInfo, Outcome, RunRecord
-from harness.rundir import RunWriter
 
 MANIFEST = {"harness_version": "0.1.0", "probe": {"sha256": "probe-1"}, "qemu_version": "7.2.22"}
 RECORD = Manifest.from_json(MANIFEST)  # as the runner records it; MANIFEST as older harnesses stored it

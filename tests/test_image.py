@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from harness import image
-from harness.image import Entry, directory, file, symlink
+from harness.kit import image
+from harness.kit.image import Entry, directory, file, symlink
 
 PUBKEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIJ0mW2o0n9bq8P0y3kqXx0CwEw7f6ZJp5ZZl3b9s2h5u harness@test"
 

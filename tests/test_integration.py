@@ -24,26 +24,16 @@ from junitparser import JUnitXml
 from test_junit_consumers import JENKINS_XSD, expected_counts, junitparser_counts, render_junit2html
 from test_overview import kernel_cells, matrix_rows, parse
 
-from harness import (
-    accel,
-    boot,
-    guest,
-    image,
-    judge,
-    kernels,
-    kit,
-    matrix,
-    probe,
-    rundir,
-    snapshot,
-    sources,
-    verdict,
-    vm,
-)
+from harness import boot, judge, kernels, kit
+from harness.boot import accel, snapshot, vm
+from harness.boot.live import Live
 from harness.cache import cache_dir
-from harness.live import Live
+from harness.kernels import devices, sources
+from harness.kernels.sources.debian import DebianKernel
+from harness.kit import guest, image, probe, verdict
+from harness.plan import matrix
+from harness.report import rundir
 from harness.results import BootResult, Outcome
-from harness.sources.debian import DebianKernel
 
 pytestmark = pytest.mark.integration
 REPO = Path(__file__).resolve().parent.parent
@@ -70,7 +60,7 @@ def bookworm() -> Prepared:
     cache = cache_dir()
     kernel = sources.Kernels(sources.Context(cache)).fetch(DebianKernel(("bookworm",)))
     guests = kit.assemble(cache)
-    return kernel, guests.image(kernel), guests.key
+    return kernel, guests.image(devices.choose(kernel)), guests.key
 
 
 @pytest.fixture(scope="module")
@@ -485,18 +475,24 @@ HOSTILE_PROBE = REPO / "tests" / "data" / "hostile-probe.sh"
 HOSTILE_RUN = """
 import resource, sys
 from pathlib import Path
-from harness import cli, image, kit
+from harness import cli, kit
+from harness.kernels import devices
+from harness.kit import image
 
-real = kit.Kit.image
+real_choose, real_image, chosen = devices.choose, kit.Kit.image, []
 
-def image_for(self, kernel, base=None):
-    if not kernel.source.startswith("path:"):
-        return real(self, kernel, base)
+def choose(kernel):  # a run chooses a kernel's devices, then asks for its image
+    chosen.append(kernel)
+    return real_choose(kernel)
+
+def image_for(self, hardware, base=None, programs=None):
+    if not chosen[-1].source.startswith("path:"):
+        return real_image(self, hardware, base, programs)
     hostile = image.file(image.PROBE_PATH, Path(sys.argv[1]).read_bytes(), 0o755)
-    base = [e for e in (base or self.base) if e.path != image.PROBE_PATH] + [hostile]
-    return image.build(base, kit.guest_modules(kernel), self.secret, self.images)
+    base = tuple(e for e in (base or self.base) if e.path != image.PROBE_PATH) + (hostile,)
+    return real_image(self, hardware, base, programs)
 
-kit.Kit.image = image_for
+devices.choose, kit.Kit.image = choose, image_for
 try:
     sys.exit(cli.main(sys.argv[3:]))
 finally:

@@ -14,10 +14,12 @@ from pathlib import Path
 import pytest
 from test_integration import REPO
 
-from harness import judge, rundir, suites, verdict
+from harness import judge
 from harness.history import History
+from harness.kit import suites, verdict
+from harness.kit.suites import Observed, Where, programs
+from harness.report import rundir
 from harness.results import BootResult, CaseResult, KernelInfo, Outcome, RunRecord
-from harness.suites import Observed, Where, programs
 
 KERNEL = KernelInfo("bookworm", "6.1.0-50-amd64", "linux-image-6.1.0-50-amd64", "6.1.176-1", "ab" * 32, "bookworm")
 KTAP = "TAP version 13\n1..2\nok 1 first\nnot ok 2 second\n"

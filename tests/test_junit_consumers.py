@@ -18,7 +18,7 @@ import xmlschema
 from junitparser import Error, Failure, JUnitXml, Skipped
 from markupsafe import escape
 
-from harness.junit import junit_xml, xml_safe
+from harness.report.junit import junit_xml, xml_safe
 from harness.results import BootResult, CaseResult, KernelInfo, Outcome, outcome_counts
 
 DATA = Path(__file__).resolve().parent / "data"

@@ -12,9 +12,11 @@ from pathlib import Path
 import pytest
 from conftest import git
 
-from harness import kbuild, matrix, tools
+from harness.debian import tools
 from harness.errors import UserError
-from harness.sources.git import GitKernel
+from harness.kernels import kbuild
+from harness.kernels.sources.git import GitKernel
+from harness.plan import matrix
 
 
 @pytest.fixture

@@ -16,16 +16,16 @@ import pytest
 import zstandard
 from conftest import http_root
 
-from harness import devices, kernels
-from harness.archive import Archive, Deb, gpgv_reason, signature_ok
-from harness.bzimage import bzimage_version, decompress_payload, has_pvh_note, vmlinux_from_image
+from harness import kernels
+from harness.debian.archive import Archive, Deb, gpgv_reason, signature_ok
 from harness.errors import InfraError, UserError
-from harness.kernels import Kernel, kernel_key, list_cached
-from harness.sources import debian
-from harness.sources.base import Context
-from harness.sources.debian import DebianKernel, fetch, resolve, resolve_in
-from harness.sources.debian_index import Build, list_builds, newest_per_line
-from harness.sources.path import PathKernel, from_path
+from harness.kernels import Kernel, devices, kernel_key, list_cached
+from harness.kernels.bzimage import bzimage_version, decompress_payload, has_pvh_note, vmlinux_from_image
+from harness.kernels.sources import debian
+from harness.kernels.sources.base import Context
+from harness.kernels.sources.debian import DebianKernel, fetch, resolve, resolve_in
+from harness.kernels.sources.debian_index import Build, list_builds, newest_per_line
+from harness.kernels.sources.path import PathKernel, from_path
 
 # --- synthetic stanzas -------------------------------------------------------------------------
 
@@ -804,7 +804,7 @@ def test_insecure_says_so_in_the_log_not_as_a_python_warning(
     mirror: Mirror, signer: Signer, debs: dict[str, tuple[str, bytes]], tmp_path: Path,
     recwarn: pytest.WarningsRecorder,
 ) -> None:  # fmt: skip
-    from harness.sources import Context, debian
+    from harness.kernels.sources import Context, debian
 
     publish(mirror, debs, None)
     said: list[str] = []

@@ -1,5 +1,5 @@
-"""KTAP parsing (harness.ktap) and how a suite's program is judged from its output and end
-(harness.suites.kselftest.judge). Golden files in tests/data/ktap/ are outputs captured from
+"""KTAP parsing (harness.kit.ktap) and how a suite's program is judged from its output and end
+(harness.kit.suites.kselftest.judge). Golden files in tests/data/ktap/ are outputs captured from
 guests here; the edge cases are written out below."""
 
 from __future__ import annotations
@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from harness import ktap
+from harness.kit import ktap
+from harness.kit.suites import Run
+from harness.kit.suites.kselftest import MM, judge
 from harness.results import Outcome
-from harness.suites import Run
-from harness.suites.kselftest import MM, judge
 
 GOLDEN = Path(__file__).resolve().parent / "data" / "ktap"
 

@@ -17,8 +17,10 @@ from pathlib import Path
 import pytest
 from rich.console import Console
 
-from harness import cli, image, lease, prune
-from harness.lease import Leases
+from harness import cli, prune
+from harness.cache import lease
+from harness.cache.lease import Leases
+from harness.kit import image
 
 
 @pytest.fixture
@@ -161,7 +163,7 @@ def test_a_lock_taken_on_a_deleted_lock_file_is_taken_again_on_the_new_one(cache
 HOLD = """
 import sys, time
 from pathlib import Path
-from harness.lease import Leases
+from harness.cache.lease import Leases
 leases = Leases()
 for entry in sys.argv[1:]:
     leases.use(Path(entry))

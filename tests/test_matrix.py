@@ -7,12 +7,12 @@ from pathlib import Path
 
 import pytest
 
-from harness import matrix
 from harness.errors import UserError
-from harness.matrix import Memlock, Timeouts
-from harness.sources.debian import DebianKernel
-from harness.sources.path import PathKernel
-from harness.suites.kselftest import MM
+from harness.kernels.sources.debian import DebianKernel
+from harness.kernels.sources.path import PathKernel
+from harness.kit.suites.kselftest import MM
+from harness.plan import matrix
+from harness.plan.matrix import Memlock, Timeouts
 
 KERNEL = "kernels:\n  - debian: bookworm\n"
 

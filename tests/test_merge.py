@@ -8,9 +8,11 @@ from typing import Any
 
 import pytest
 
-from harness import matrix, merge, rundir
+from harness import merge
 from harness.errors import EXIT_INFRA, UserError
 from harness.manifest import Manifest
+from harness.plan import matrix
+from harness.report import rundir
 from harness.results import BootResult, CaseResult, KernelInfo, Outcome, exit_code
 from harness.run import Options, select
 

@@ -5,9 +5,9 @@ from pathlib import Path
 import pytest
 from conftest import write_module
 
-from harness.devices import NICS
 from harness.errors import InfraError
-from harness.modules import (
+from harness.kernels.devices import NICS
+from harness.kernels.modules import (
     CRC32C_PROVIDERS,
     decompress_module,
     load_order,

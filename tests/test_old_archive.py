@@ -24,10 +24,10 @@ from pathlib import Path
 import pytest
 from test_kernels import build_deb, bzimage, tiny_elf
 
-from harness import signatures
+from harness.debian import signatures
 from harness.errors import InfraError, UserError
-from harness.sources import Context, Kernels, debian
-from harness.sources.debian import DebianKernel
+from harness.kernels.sources import Context, Kernels, debian
+from harness.kernels.sources.debian import DebianKernel
 from harness.yamlfile import Where
 
 ABI = "2.6.18-6-amd64"  # etch's last kernel ABI

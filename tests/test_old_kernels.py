@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from harness import probe
+from harness.kit import probe
 
 pytestmark = pytest.mark.integration
 REPO = Path(__file__).resolve().parent.parent

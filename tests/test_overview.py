@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 from markdown_it import MarkdownIt
 
-from harness import overview, report_html, rundir, summary_md
+from harness.report import overview, report_html, rundir, summary_md
 from harness.results import BootResult, CaseResult, KernelInfo, Outcome, RunRecord
 
 RUN_ID = "20261126T185300Z-ab12"

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from harness import probe
-from harness.probe import Malformed
+from harness.kit import probe
+from harness.kit.probe import Malformed
 from harness.streams import Line
 
 GUEST_TESTS = Path(__file__).resolve().parent.parent / "guest-tests"

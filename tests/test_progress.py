@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from rich.console import Console
 
-from harness import progress
+from harness.report import progress
 from harness.results import BootResult, CaseResult, Outcome
 
 REPO = Path(__file__).resolve().parent.parent

@@ -45,7 +45,7 @@ def cache(tmp_path: Path) -> Path:
     make(c / "images" / "old.cpio", 40)
     make(c / "images" / "new.cpio", 1)
     make(c / "debs" / "old.deb", 40)
-    make(c / "guests" / "0ld5eed", 40)  # a saved guest (harness.snapshot)
+    make(c / "guests" / "0ld5eed", 40)  # a saved guest (harness.boot.snapshot)
     make(c / "guests" / ".saving-x", 40)  # one being saved
     make(c / "keys" / "id_ed25519", 400)  # never pruned
     return c

@@ -12,11 +12,16 @@ from typing import Any
 import pytest
 from test_kernels import bzimage, tiny_elf
 
-from harness import kernels, lease, matrix, replay, rundir, sources, vm
-from harness.archive import Deb
+from harness import kernels, replay
+from harness.boot import vm
+from harness.cache import lease
+from harness.debian.archive import Deb
 from harness.errors import UserError
+from harness.kernels import sources
+from harness.kernels.sources import debian
 from harness.manifest import Manifest
-from harness.sources import debian
+from harness.plan import matrix
+from harness.report import rundir
 
 MATRIX = "kernels:\n  - debian: bookworm\n  - debian: trixie\n"
 DEB = Deb("linux-image-6.12.117+deb13-amd64", "6.12.117-1", "pool/main/l/linux/x.deb", "d" * 64, 10, "trixie")

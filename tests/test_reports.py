@@ -17,11 +17,11 @@ import pytest
 from rich.console import Console
 
 from harness.errors import InfraError, UserError
-from harness.junit import junit_xml
 from harness.manifest import Manifest, Shard
+from harness.report.junit import junit_xml
+from harness.report.rundir import RunWriter, read_manifest, read_results, results_json
+from harness.report.terminal import print_summary
 from harness.results import BootResult, CaseResult, KernelInfo, Outcome, exit_code
-from harness.rundir import RunWriter, read_manifest, read_results, results_json
-from harness.terminal import print_summary
 
 RUN_ID = "20261126T185300Z-ab12"
 STARTED = "2026-11-26T18:53:00Z"
@@ -646,14 +646,14 @@ def test_case_updates_wait_ten_times_as_long_as_the_last_write_took(
 ) -> None:
     """A big run's files take seconds to write; per-case rewrites must not take the CPU the guests need."""
     clock = [1000.0]
-    monkeypatch.setattr("harness.rundir.time.monotonic", lambda: clock[0])
-    real_write = __import__("harness.rundir", fromlist=["atomic_write"]).atomic_write
+    monkeypatch.setattr("harness.report.rundir.time.monotonic", lambda: clock[0])
+    real_write = __import__("harness.report.rundir", fromlist=["atomic_write"]).atomic_write
 
     def slow_write(path: Path, data: str) -> None:
         clock[0] += 2.5  # each of the two files: a write costs 5 s
         real_write(path, data)
 
-    monkeypatch.setattr("harness.rundir.atomic_write", slow_write)
+    monkeypatch.setattr("harness.report.rundir.atomic_write", slow_write)
     writer = RunWriter(tmp_path, RUN_ID, STARTED)
     boot = full_boot()
 

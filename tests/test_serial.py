@@ -16,8 +16,12 @@ from typing import Any
 import pytest
 from test_integration import REPO, Prepared, _inject_during_next_case, bookworm, boot_plan, qemu_pids  # noqa: F401
 
-from harness import boot, image, kit, matrix, probe, vm
+from harness import boot, kit
+from harness.boot import vm
 from harness.cache import cache_dir
+from harness.kernels import devices
+from harness.kit import image, probe
+from harness.plan import matrix
 from harness.results import BootResult, Outcome
 
 pytestmark = pytest.mark.integration
@@ -82,7 +86,7 @@ def test_a_guest_that_never_opens_the_line_is_an_infrastructure_error_after_the_
     guests = kit.assemble(cache_dir())
     init = (image.IMAGES_DIR / "init").read_text().replace("harness.transport=serial", "harness.transport=none")
     base = [e for e in guests.base if e.path != "init"] + [image.file("init", init.encode(), 0o755)]
-    deaf = image.build(base, kit.guest_modules(bookworm[0]), guests.secret, tmp_path / "images")
+    deaf = image.build(base, kit.guest_modules(devices.choose(bookworm[0])), guests.secret, tmp_path / "images")
     before = qemu_pids()
     result = serial_boot(bookworm, tmp_path, ("limits", "mlock_over"), img=deaf)
     assert [c.outcome for c in result.cases] == [Outcome.INFRA_ERROR, Outcome.INFRA_ERROR]

@@ -21,10 +21,12 @@ import pytest
 from conftest import http_root
 from test_kernels import Mirror, Signer, debs, publish, signer  # noqa: F401
 
-from harness import lease, probe, prune, rundir
-from harness.cache import cache_dir
-from harness.sources import Context, Kernels
-from harness.sources.debian import DebianKernel
+from harness import prune
+from harness.cache import cache_dir, lease
+from harness.kernels.sources import Context, Kernels
+from harness.kernels.sources.debian import DebianKernel
+from harness.kit import probe
+from harness.report import rundir
 
 HARNESS = [sys.executable, "-m", "harness"]
 

@@ -13,9 +13,12 @@ from pathlib import Path
 import pytest
 from test_integration import Prepared, bookworm, boot_plan, qemu_pids  # noqa: F401
 
-from harness import accel, guest, image, matrix, probe, rundir, snapshot, vm
+from harness.boot import accel, snapshot, vm
 from harness.cache import cache_dir
 from harness.errors import InfraError
+from harness.kit import guest, image, probe
+from harness.plan import matrix
+from harness.report import rundir
 from harness.results import BootResult, Outcome
 
 

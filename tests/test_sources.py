@@ -13,12 +13,13 @@ from conftest import git
 from test_cli import run
 from test_kernels import bzimage, tiny_elf
 
-from harness import manifest, matrix, sources
+from harness import manifest
 from harness import run as runner
 from harness.errors import UserError
-from harness.kernels import Kernel
-from harness.sources import path as path_source
-from harness.sources.base import Context
+from harness.kernels import Kernel, sources
+from harness.kernels.sources import path as path_source
+from harness.kernels.sources.base import Context
+from harness.plan import matrix
 from harness.yamlfile import KeyPath, Where
 
 

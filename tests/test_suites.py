@@ -16,15 +16,16 @@ import junitparser
 import pytest
 from test_integration import REPO
 
-from harness import ktap, matrix, suites
 from harness import run as runner
 from harness.cache import cache_dir
 from harness.kernels import Kernel
+from harness.kernels.sources.base import Context
+from harness.kit import ktap, suites
+from harness.kit.suites import Built, Judged, Judging, Run, Under, programs
+from harness.kit.suites.base import Step
+from harness.kit.suites.kselftest import judge
+from harness.plan import matrix
 from harness.results import Outcome
-from harness.sources.base import Context
-from harness.suites import Built, Judged, Judging, Run, Under, programs
-from harness.suites.base import Step
-from harness.suites.kselftest import judge
 
 pytestmark = pytest.mark.integration
 

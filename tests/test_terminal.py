@@ -8,7 +8,7 @@ import io
 import pytest
 from rich.console import Console
 
-from harness import terminal
+from harness.report import terminal
 from harness.results import BootResult, CaseResult, KernelInfo, Outcome
 
 HOSTILE = "ok\x1b[2J\x1b]0;owned\x07\x1b]8;;http://x\x1b\\link\x9b31m \u202eevil\r[bold]loud[/] \ud800 é\ttab"

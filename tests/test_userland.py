@@ -7,8 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from harness import matrix, userland
 from harness.errors import UserError
+from harness.kit import userland
+from harness.plan import matrix
 
 
 @pytest.mark.parametrize(

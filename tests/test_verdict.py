@@ -9,10 +9,10 @@ from typing import Any
 import pytest
 import yaml
 
-from harness import verdict
 from harness.errors import UserError
+from harness.kit import verdict
+from harness.kit.verdict import Expectations, Rule, RunContext
 from harness.results import Outcome
-from harness.verdict import Expectations, Rule, RunContext
 
 DATA = Path(__file__).resolve().parent / "data" / "probe"
 K61 = RunContext(kernel_version=(6, 1, 0), memlock_requested=True)

@@ -15,8 +15,9 @@ from pathlib import Path
 
 import pytest
 
-from harness import vm
-from harness.transports import net
+from harness import processes
+from harness.boot import vm
+from harness.kit.transports import net
 
 needs_qemu = pytest.mark.skipif(shutil.which(vm.QEMU) is None, reason=f"{vm.QEMU} is not installed")
 
@@ -111,7 +112,7 @@ def test_free_port_is_bindable() -> None:
 SPAWNER = ["sh", "-c", "sleep 100 & echo $!; echo $$; exec sleep 100"]
 
 
-def read_pids(proc: vm.Process) -> tuple[int, int]:
+def read_pids(proc: processes.Process) -> tuple[int, int]:
     assert proc.popen.stdout is not None
     grandchild = int(proc.popen.stdout.readline())
     child = int(proc.popen.stdout.readline())
@@ -119,7 +120,7 @@ def read_pids(proc: vm.Process) -> tuple[int, int]:
 
 
 def test_process_kills_child_and_grandchild() -> None:
-    with vm.Process(SPAWNER, stdout=subprocess.PIPE) as proc:
+    with processes.Process(SPAWNER, stdout=subprocess.PIPE) as proc:
         child, grandchild = read_pids(proc)
         assert child == proc.popen.pid
         assert alive(child) and alive(grandchild)
@@ -129,7 +130,7 @@ def test_process_kills_child_and_grandchild() -> None:
 
 def test_process_kills_the_group_on_exception() -> None:
     pids: tuple[int, int] = (0, 0)
-    with pytest.raises(RuntimeError, match="boom"), vm.Process(SPAWNER, stdout=subprocess.PIPE) as proc:
+    with pytest.raises(RuntimeError, match="boom"), processes.Process(SPAWNER, stdout=subprocess.PIPE) as proc:
         pids = read_pids(proc)
         assert all(alive(p) for p in pids)
         raise RuntimeError("boom")
@@ -140,7 +141,7 @@ def test_process_kills_the_group_on_exception() -> None:
 def test_process_kills_grandchild_after_the_leader_exited() -> None:
     grandchild = 0
     try:
-        with vm.Process(["sh", "-c", "sleep 100 & echo $!"], stdout=subprocess.PIPE) as proc:
+        with processes.Process(["sh", "-c", "sleep 100 & echo $!"], stdout=subprocess.PIPE) as proc:
             assert proc.popen.stdout is not None
             grandchild = int(proc.popen.stdout.readline())
             proc.popen.wait(timeout=10)  # the leader is gone, its child is still in the group
@@ -205,12 +206,12 @@ def test_a_serial_flood_is_cut_on_disk_and_never_held_in_memory(
 
 
 def test_qemu_dies_with_the_thread_that_started_it() -> None:
-    """Every vm.Process runs under setpriv's parent-death signal: once the thread that started it is
+    """Every processes.Process runs under setpriv's parent-death signal: once the thread that started it is
     gone (with the harness, however it died), the kernel kills it, though it is in a session of its own."""
-    started: list[vm.Process] = []
+    started: list[processes.Process] = []
 
     def start() -> None:
-        proc = vm.Process(["sleep", "30"], stdout=subprocess.DEVNULL)
+        proc = processes.Process(["sleep", "30"], stdout=subprocess.DEVNULL)
         started.append(proc)
         # setpriv has set the signal once it has become `sleep`; a thread gone before that is a race
         # the harness does not run (its boot threads outlive their QEMUs).

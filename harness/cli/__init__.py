@@ -10,7 +10,8 @@ from collections.abc import Callable, Sequence
 
 from rich.console import Console
 
-from harness import crashes, signals, terminal
+from harness.cache import crashes
+from harness.cli import signals
 from harness.cli.args import parser
 from harness.cli.commands import (
     cmd_bisect,
@@ -27,6 +28,7 @@ from harness.cli.commands import (
     cmd_run,
 )
 from harness.errors import EXIT_INFRA, EXIT_INTERNAL, EXIT_USAGE, InfraError, UserError
+from harness.report import terminal
 
 HANDLERS: dict[str, Callable[[argparse.Namespace, Console], int]] = {
     "run": cmd_run,

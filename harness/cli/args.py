@@ -8,8 +8,11 @@ import os
 import re
 from pathlib import Path
 
-from harness import accel, compare, sources, verdict
+from harness.boot import accel
 from harness.errors import UserError
+from harness.history import compare
+from harness.kernels import sources
+from harness.kit import verdict
 
 
 class _Parser(argparse.ArgumentParser):

@@ -8,30 +8,17 @@ from pathlib import Path
 
 from rich.console import Console
 
-from harness import (
-    accel,
-    bisect,
-    compare,
-    crashes,
-    history,
-    kernels,
-    kit,
-    matrix,
-    merge,
-    probe,
-    progress,
-    prune,
-    rejudge,
-    replay,
-    run,
-    rundir,
-    signals,
-    sources,
-    terminal,
-)
-from harness.cache import cache_dir, disk_size, usage
+from harness import bisect, history, kernels, kit, merge, prune, rejudge, replay, run
+from harness.boot import accel
+from harness.boot.live import Live
+from harness.cache import cache_dir, crashes, disk_size, usage
+from harness.cli import signals
 from harness.errors import InfraError, UserError
-from harness.live import Live
+from harness.history import compare
+from harness.kernels import devices, sources
+from harness.kit import probe
+from harness.plan import matrix
+from harness.report import progress, rundir, terminal
 from harness.results import exit_code
 
 
@@ -238,7 +225,7 @@ def cmd_cache(args: argparse.Namespace, console: Console) -> int:
 def _prune(args: argparse.Namespace, cache: Path, console: Console) -> int:
     ctx = _options(args, cache).sources(terminal.printer(console))
     doomed = prune.plan(cache, args.older_than, args.keep_matrix, args.keep_history, ctx)
-    # One line per entry, deleted or kept (a run holds it: harness.lease), as it goes.
+    # One line per entry, deleted or kept (a run holds it: harness.cache.lease), as it goes.
     gone = prune.take(doomed, args.dry_run, lambda *fields: _line(console, *fields))
     _line(console, "would free" if args.dry_run else "freed", disk_size(sum(e.bytes for e in gone)),
           f"{len(gone)} entries")  # fmt: skip
@@ -253,7 +240,7 @@ def cmd_image(args: argparse.Namespace, console: Console) -> int:
     guests = kit.assemble(cache)
     for spec in sources.expand(mx.kernels, ctx):
         k = source.fetch(spec)
-        img = guests.image(k)
+        img = guests.image(devices.choose(k))
         _line(console, spec.label, k.release, str(img.path), " ".join(img.modules))
     return 0
 

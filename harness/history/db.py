@@ -18,11 +18,12 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-from harness import rundir, versions
+from harness import versions
 from harness.errors import InfraError, UserError
 from harness.history import schema, store
 from harness.history.timeline import Group, Shown, Timeline, build
 from harness.manifest import Manifest
+from harness.report import rundir
 from harness.results import CaseResult, KernelInfo, Outcome, RunRecord
 
 DEFAULT_PATH = Path("results") / "history.sqlite"

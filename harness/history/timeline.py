@@ -10,8 +10,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from harness import versions
+from harness.kit.verdict import changed_fields
 from harness.results import KernelInfo, Outcome
-from harness.verdict import changed_fields
 
 
 @dataclass(frozen=True)

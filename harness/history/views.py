@@ -16,8 +16,9 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from harness import terminal, versions
+from harness import versions
 from harness.history.timeline import Timeline
+from harness.report import terminal
 from harness.results import KernelInfo
 
 _NOT_SEEN = "·"

@@ -1,0 +1,353 @@
+"""One boot: a kernel started in QEMU and every (limit, user) of its plan run in it over SSH.
+
+A small state machine. The boot starts a guest, and the guest answers cases until every run of
+the plan has its results. When a case loses the guest (a panic, a hang, QEMU or SSH gone) the
+case is recorded and a new guest goes on with the rest; when the machinery fails (QEMU, SSH), the
+boot is tried again. `next_step` is that policy, a pure function of what happened so far; the
+guests come from `Seams`, which tests replace with fakes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from contextlib import AbstractContextManager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+import paramiko
+
+from harness.boot import accel, snapshot, vm
+from harness.boot.live import Cancelled, Live
+from harness.errors import InfraError
+from harness.kernels import Kernel, devices
+from harness.kit import guest, suites
+from harness.kit.image import Image
+from harness.kit.suites import Answer, Built, Observed, Under, Where
+from harness.kit.suites.base import Invocation
+from harness.plan.matrix import BootPlan, RunPlan
+from harness.results import BootResult, CaseResult, Outcome
+from harness.streams import Line
+
+MAX_REBOOTS = 3  # guests lost in one boot plan before its remaining cases are given up
+INFRA_RETRIES = 2  # boots that fail for the machinery's sake (not a kernel panic) are tried again
+
+Publish = Callable[[BootResult, bool], None]  # what is known of the boot now; True: write it out now
+# The judging stage (harness.judge): an observation of the guest, made into results. The boot only
+# hands observations over; what they are worth is no concern of it.
+Judge = Callable[[Observed, Where], Sequence[CaseResult]]
+
+
+@dataclass(frozen=True)
+class BootContext:
+    """Everything one boot needs, fixed before QEMU starts."""
+
+    plan: BootPlan
+    kernel: Kernel
+    image: Image
+    disk: Path | None  # the read-only data disk; None when the kernel can read none
+    key: paramiko.PKey  # the harness's SSH client key
+    accel: str  # kvm or tcg
+    judge: Judge
+    run_dir: Path  # the serial log goes to serial/<boot id>.log in it
+    transport: str = "net"  # how the harness reaches the guest (harness.kit.transports), decided for `auto`
+    devices: devices.Devices = devices.VIRTIO  # the guest's NIC and disk, as its kernel can drive them
+    suites: Mapping[str, Built | str] = field(default_factory=dict)  # built for this kernel, or why not
+    saved: snapshot.Store | None = None  # where guests are saved and loaded from; None: every guest boots cold
+
+    @property
+    def serial_log(self) -> Path:
+        return self.run_dir / "serial" / f"{self.plan.id}.log"
+
+
+# --- the seams: what a boot needs of QEMU and of an SSH session --------------------------------
+
+
+class Machine(Protocol):
+    """A running guest (vm.VM)."""
+
+    config: vm.VMConfig
+    started: float
+    restored: str  # the saved guest this one was loaded from (harness.boot.snapshot); "" when booted
+
+    @property
+    def ready_after(self) -> float | None: ...
+
+    @property
+    def panicked(self) -> bool: ...
+
+    @property
+    def alive(self) -> bool: ...
+
+    @property
+    def exit_status(self) -> int | None: ...
+
+    def wait_exit(self, timeout: float) -> None: ...
+
+    def excerpt(self, lines: int = 25) -> str: ...
+
+    def endpoint(self, host_key: str) -> guest.Endpoint: ...
+
+    def close(self) -> None: ...
+
+
+class Session(Protocol):
+    """An SSH session to the guest (guest.Guest)."""
+
+    def connect(self) -> float: ...
+
+    def run(self, argv: Sequence[str], timeout: float, on_line: Callable[[Line], None] | None = None) -> guest.Result:
+        ...
+
+
+def _boot_vm(config: vm.VMConfig, serial: Path, timeout: float, cancel: threading.Event,
+             saved: snapshot.Store | None) -> AbstractContextManager[Machine]:  # fmt: skip
+    return snapshot.boot(saved, config, serial, timeout, cancel)
+
+
+@dataclass(frozen=True)
+class Seams:
+    """How a boot starts guests and talks to them: QEMU and fabric, or a test's fakes."""
+
+    boot: Callable[[vm.VMConfig, Path, float, threading.Event, snapshot.Store | None],
+                   AbstractContextManager[Machine]] = _boot_vm
+    session: Callable[[guest.Endpoint, str, paramiko.PKey], AbstractContextManager[Session]] = guest.Guest
+
+
+REAL = Seams()
+
+
+# --- the policy --------------------------------------------------------------------------------
+
+
+class GuestLost(Exception):
+    """The guest stopped answering during a case: it panicked, QEMU went away, SSH dropped or hung."""
+
+    def __init__(self, outcome: Outcome, message: str) -> None:
+        super().__init__(message)
+        self.outcome = outcome
+        self.message = message
+
+
+class Phase(enum.Enum):
+    BOOT = "boot"  # start a guest (again) for the cases that have no result yet
+    GIVEN_UP = "given up"  # too many guests lost: the rest is recorded as not run
+    FAILED = "failed"  # the boot itself failed for good: the rest gets the failure's outcome
+
+
+@dataclass(frozen=True)
+class Attempts:
+    reboots: int = 0  # guests lost to a case
+    retries: int = 0  # boots failed on the machinery
+
+
+@dataclass(frozen=True)
+class Step:
+    phase: Phase
+    attempts: Attempts
+    outcome: Outcome = Outcome.INFRA_ERROR  # what each unanswered case gets when the boot ends
+    error: str = ""  # the boot's error
+    message: str = ""  # each unanswered case's message
+
+
+def next_step(attempts: Attempts, event: GuestLost | InfraError) -> Step:
+    """What a boot does after losing a guest or failing to start one.
+
+    A lost guest is booted again, up to MAX_REBOOTS times. A boot that failed on the machinery
+    (QEMU, SSH) is tried again, up to INFRA_RETRIES times; a kernel that panics while booting has
+    given its answer, and so has one silent for ten times what a boot needs. Verdicts are never
+    retried, nor a guest that is not the one the harness built (a wrong host key, its key
+    refused): that is a security event.
+    """
+    if isinstance(event, GuestLost):
+        lost = Attempts(attempts.reboots + 1, attempts.retries)
+        if lost.reboots <= MAX_REBOOTS:
+            return Step(Phase.BOOT, lost)
+        error = f"gave up after losing the guest {lost.reboots} times; last: {event.message}"
+        return Step(Phase.GIVEN_UP, lost, Outcome.INFRA_ERROR, error, "not run: " + error)
+    if isinstance(event, guest.TrustFailure):  # not a flaky machine: someone else's guest, or not ours
+        error = f"security: {event}; not retried"
+        return Step(Phase.FAILED, attempts, Outcome.INFRA_ERROR, error, error)
+    final = isinstance(event, vm.BootFailure) and (event.panicked or event.silent)
+    if not final and attempts.retries < INFRA_RETRIES:
+        return Step(Phase.BOOT, Attempts(attempts.reboots, attempts.retries + 1))
+    if isinstance(event, vm.BootFailure):
+        outcome = Outcome.PANIC if event.panicked else Outcome.TIMEOUT if event.timed_out else Outcome.INFRA_ERROR
+        error = f"{event}\n{event.excerpt}" if event.excerpt else str(event)
+        return Step(Phase.FAILED, attempts, outcome, error, str(event))
+    return Step(Phase.FAILED, attempts, Outcome.INFRA_ERROR, str(event), str(event))
+
+
+# --- the machine -------------------------------------------------------------------------------
+
+
+def run_boot(ctx: BootContext, result: BootResult, publish: Publish, live: Live, seams: Seams = REAL) -> None:
+    """Boot one kernel and run every (limit, user) of the plan in it, publishing results as they arrive.
+
+    `result` is filled in place (a watcher may read it meanwhile); it has a result for every planned
+    case when this returns. Raises Cancelled when the run is interrupted.
+    """
+    plan = ctx.plan
+    ctx.serial_log.parent.mkdir(parents=True, exist_ok=True)
+    result.serial_log = str(ctx.serial_log.relative_to(ctx.run_dir))
+    hw = ctx.devices
+    config = vm.VMConfig(ctx.kernel.vmlinux or ctx.kernel.image, ctx.image.path, plan.ram_mb, ctx.accel, 0, ctx.disk,
+                         transport=ctx.transport, nic=(hw.nic or devices.NICS[0]).name,
+                         disk_bus=(hw.disk or devices.DISKS[0]).name)  # fmt: skip
+    result.transport = ctx.transport
+    result.qemu_argv = config.argv()  # port 0 until QEMU has one; kept for boots that never come up
+    attempts, refused = Attempts(), set[str]()
+    try:
+        while pending_runs(result, plan):
+            if live.cancelled.is_set():
+                raise Cancelled()
+            if live.accel is not None and not result.cases:  # KVM given up by another boot meanwhile
+                config = dataclasses.replace(config, accel=live.accel.name)
+            result.accelerator = config.accel
+            try:
+                _guest(ctx, config, result, publish, live, seams)
+                continue
+            except (GuestLost, InfraError) as event:
+                if live.cancelled.is_set():
+                    raise Cancelled() from event
+                if _kvm_failed(event, config, live, plan.id):
+                    vm.note(ctx.serial_log, f"{str(event).split(';')[0]}; this guest is booted again under tcg")
+                    config = dataclasses.replace(config, accel=accel.TCG)
+                    continue
+                if isinstance(event, SavedGuestLost) and event.key not in refused:
+                    refused.add(event.key)  # once: a state another run keeps from deletion is not tried again
+                    _forget(ctx, result, event, live)
+                    continue
+                step = next_step(attempts, event)
+            attempts = step.attempts
+            result.reboots, result.retries = attempts.reboots, attempts.retries
+            if step.phase is not Phase.BOOT:
+                result.error = step.error
+                fill(result, plan.runs, step.outcome, step.message)
+                return
+    finally:
+        publish(result, True)
+
+
+class SavedGuestLost(InfraError):
+    """A guest loaded from a saved state did not answer SSH: the state, not the kernel, is broken."""
+
+    def __init__(self, key: str, error: guest.SSHFailure) -> None:
+        super().__init__(f"the saved guest {key} did not answer ({error})")
+        self.key = key
+
+
+def _forget(ctx: BootContext, result: BootResult, event: SavedGuestLost, live: Live) -> None:
+    """Delete the saved guest that did not answer, so this boot's next guest boots cold (and is saved)."""
+    saved = ctx.saved.find(event.key) if ctx.saved is not None else None
+    if saved is not None and ctx.saved is not None:
+        ctx.saved.discard(saved)
+    vm.note(ctx.serial_log, f"{event}; it is deleted, and the guest boots cold")
+    live.log(f"boot {ctx.plan.id}: {event}; it is deleted, and the guest boots cold")
+    result.restored = ""
+    result.timings.pop("marker", None)
+
+
+def _kvm_failed(event: Exception, config: vm.VMConfig, live: Live, boot_id: str) -> bool:
+    """Whether the guest failed for KVM's sake and the run lets this boot go on under TCG."""
+    if not (isinstance(event, vm.BootFailure) and event.kvm_failed and config.accel == accel.KVM):
+        return False
+    return live.accel is not None and live.accel.kvm_failed(boot_id, str(event).split(";")[0])
+
+
+def _guest(ctx: BootContext, config: vm.VMConfig, result: BootResult, publish: Publish, live: Live,
+           seams: Seams) -> None:  # fmt: skip
+    """One guest: boot it and run every case that has no result yet. Raises GuestLost."""
+    started = seams.boot(config, ctx.serial_log, ctx.plan.timeouts.boot, live.cancelled, ctx.saved)
+    with live.admitted(config.ram_mb, ctx.plan.id), started as machine, live.track(machine):
+        result.qemu_argv = machine.config.argv()
+        result.restored = machine.restored or result.restored
+        result.timings.setdefault("marker", round(machine.ready_after or 0.0, 3))
+        publish(result, True)
+        endpoint = machine.endpoint(ctx.image.host_key)
+        with seams.session(endpoint, "root", ctx.key) as session:
+            try:
+                session.connect()
+            except guest.SSHFailure as e:
+                if machine.restored and not isinstance(e, guest.TrustFailure):
+                    raise SavedGuestLost(machine.restored, e) from e
+                raise
+            result.timings.setdefault("ssh", round(time.monotonic() - machine.started, 3))
+            result.uname = session.run(["uname", "-r"], 30).stdout.strip()
+            for run_plan, cases in pending_runs(result, ctx.plan):
+                under = Under(run_plan.memlock, run_plan.memlock_label, run_plan.user, ctx.plan.timeouts.case)
+                where = Where(ctx.plan.id, ctx.kernel.release, run_plan.memlock_label, run_plan.user)
+
+                def record(observed: Observed, where: Where = where) -> None:
+                    found = observed.observation or {}
+                    if result.memtotal_kb is None and isinstance(found.get("memtotal_kb"), int):
+                        result.memtotal_kb = found["memtotal_kb"]
+                    result.cases.extend(ctx.judge(observed, where))
+                    publish(result, False)
+
+                for suite, its in suites.grouped(cases):
+                    built = ctx.suites.get(suite.name, f"suite {suite.name} was not built for this kernel")
+                    for step in suite.steps(its, under, built):
+                        if live.cancelled.is_set():
+                            raise Cancelled()
+                        if isinstance(step, Observed):
+                            record(step)
+                        else:
+                            _invoke(step, session, machine, record)
+                publish(result, True)
+            result.timings["probe"] = round(time.monotonic() - machine.started, 3)
+
+
+def pending_runs(result: BootResult, plan: BootPlan) -> list[tuple[RunPlan, list[str]]]:
+    """Each run of the plan with the cases that have no result yet, in plan order."""
+    have = {(c.case, c.memlock, c.user) for c in result.cases}
+    out = []
+    for r in plan.runs:
+        cases = [c for c in r.cases if (c, r.memlock_label, r.user) not in have]
+        if cases:
+            out.append((r, cases))
+    return out
+
+
+def fill(result: BootResult, runs: Sequence[RunPlan], outcome: Outcome, message: str) -> None:
+    """Give every case that got no answer a result, so reports count what was planned."""
+    have = {(c.case, c.memlock, c.user) for c in result.cases}
+    for r in runs:
+        for case in r.cases:
+            if (case, r.memlock_label, r.user) not in have:
+                result.cases.append(CaseResult(result.boot_id, case, r.memlock_label, r.user, outcome, message, None))
+
+
+def _invoke(step: Invocation, session: Session, machine: Machine, record: Callable[[Observed], None]) -> None:
+    """One command of a suite in the guest, what it observes recorded as it comes; GuestLost (the
+    loss recorded as the first unanswered case's) when the guest stops answering."""
+    def on_line(line: Line) -> None:
+        for observed in step.line(line):
+            record(observed)
+
+    started = time.monotonic()
+    try:
+        answer = session.run(step.argv, step.timeout, on_line)
+    except (guest.SSHFailure, guest.CommandTimeout) as e:  # not a disk that filled up on this side
+        lost = _why_lost(e, machine)
+        if left := step.unanswered():
+            record(Observed(left[0], None, lost.outcome, lost.message))
+        raise lost from e
+    for observed in step.end(Answer(answer.exit_code, answer.stdout, answer.stderr, time.monotonic() - started)):
+        record(observed)
+
+
+def _why_lost(error: guest.SSHFailure | guest.CommandTimeout, machine: Machine) -> GuestLost:
+    """Tell a panic from a hang from a vanished QEMU from a dropped connection."""
+    machine.wait_exit(5.0)  # a panicking guest ends QEMU (panic=-1); give the serial reader time
+    if machine.panicked:
+        return GuestLost(Outcome.PANIC, "the guest kernel panicked during this case:\n" + machine.excerpt(30))
+    if isinstance(error, guest.CommandTimeout):
+        return GuestLost(Outcome.TIMEOUT, f"the guest stopped answering during this case ({error})")
+    if not machine.alive:
+        return GuestLost(Outcome.INFRA_ERROR, f"QEMU exited during this case (status {machine.exit_status})")
+    return GuestLost(Outcome.INFRA_ERROR, f"lost the guest during this case: {error}")
