@@ -27,6 +27,7 @@ from typing import Any
 from debian.debian_support import Version
 
 from harness.debian import debfile
+from harness.debian.archive import deb_of
 from harness.errors import InfraError
 from harness.kernels import Kernel
 from harness.kernels.sources import debian
@@ -145,7 +146,7 @@ def _debian_source(kernel: Kernel, ctx: Context) -> tuple[Callable[[Path], None]
     if not candidates:
         raise InfraError(f"kernel {kernel.label}: no linux-source package in {', '.join(d.suite for d in kernel.debs)}")
     stanza, suite, archive = nearest(candidates, kernel.version)
-    deb = archive.deb_of(stanza, suite)
+    deb = deb_of(stanza, suite)
     path = archive.fetch_deb(deb)
 
     def from_deb(out: Path) -> None:
