@@ -24,7 +24,9 @@ test: test-deps venv probe lint
 test-bisect: test-deps venv probe
 	$(BIN)/pytest -v -rs -s -m bisect $(PYTEST_ARGS)
 
+# One formatter: ruff format (its check fails the lint), then ruff's rules and strict typing.
 lint: venv
+	$(BIN)/ruff format --check harness tests bench
 	$(BIN)/ruff check harness tests bench
 	$(BIN)/mypy
 

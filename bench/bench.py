@@ -70,12 +70,15 @@ def fingerprints(records: str) -> dict[str, str]:
     return {d["case"]: verdict.fingerprint(d, expectations) for d in docs if d.get("kind") == "case"}
 
 
-def harness_path(config: vm.VMConfig, img: image.Image, key: object, cases: list[str],
-                 store: snapshot.Store | None = None) -> dict[str, Any]:  # fmt: skip
+def harness_path(
+    config: vm.VMConfig, img: image.Image, key: object, cases: list[str], store: snapshot.Store | None = None
+) -> dict[str, Any]:
     """A guest as `harness run` gets one (from `store`: loaded when it has the guest, else booted
     and saved), then SSH and the catalogue once as root: seconds from QEMU's start to each."""
-    with tempfile.TemporaryDirectory(prefix="harness-bench-") as tmp, \
-            snapshot.boot(store, config, Path(tmp, "serial.log"), 300) as machine:  # fmt: skip
+    with (
+        tempfile.TemporaryDirectory(prefix="harness-bench-") as tmp,
+        snapshot.boot(store, config, Path(tmp, "serial.log"), 300) as machine,
+    ):
         marker = machine.ready_after or 0.0
         ready = time.monotonic() - machine.started  # after the marker: the save, for a guest saved now
         endpoint = machine.endpoint(img.host_key)
@@ -100,8 +103,9 @@ def restored(config: vm.VMConfig, img: image.Image, key: object, cases: list[str
         return {**again, "save": first["ready"] - first["marker"], "state_mb": state.stat().st_size / 2**20}
 
 
-def whole_matrix(mx: matrix.Matrix, jobs: int, cache: Path, cold: bool,
-                 accel_name: str) -> tuple[float, int, dict[str, dict[str, float]]]:  # fmt: skip
+def whole_matrix(
+    mx: matrix.Matrix, jobs: int, cache: Path, cold: bool, accel_name: str
+) -> tuple[float, int, dict[str, dict[str, float]]]:
     """The matrix as `harness run --jobs J [--cold]` runs it: wall seconds, boots whose guests
     were loaded, and per kernel label its boot's seconds to done and inside the OOM cases."""
     with tempfile.TemporaryDirectory(prefix="harness-bench-") as tmp:
@@ -121,8 +125,11 @@ def main() -> int:
     parser.add_argument("--matrix", type=Path)
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--jobs", type=int, default=2, help="VMs at once for the whole-matrix run (default: 2)")
-    parser.add_argument("--accel", choices=accel_mod.MODES, help=f"kvm, tcg or auto (default: {accel_mod.ENV}, "
-                        "else auto: KVM when its check guest runs on the CPU)")  # fmt: skip
+    parser.add_argument(
+        "--accel",
+        choices=accel_mod.MODES,
+        help=f"kvm, tcg or auto (default: {accel_mod.ENV}, else auto: KVM when its check guest runs on the CPU)",
+    )
     args = parser.parse_args()
     mx = matrix.load(args.matrix) if args.matrix else matrix.load_default()
     cache = cache_dir()
@@ -162,28 +169,58 @@ def main() -> int:
     wall, loaded, per = whole_matrix(mx, args.jobs, cache, cold=False, accel_name=accel.name)
     if loaded < len(per):  # the cache had not saved these guests yet: that run saved them
         wall, loaded, per = whole_matrix(mx, args.jobs, cache, cold=False, accel_name=accel.name)
-    table = Table(title=f"Seconds (median of {args.repeat}; the whole matrix once, --jobs {args.jobs})",
-                  title_justify="left")  # fmt: skip
-    headers = ("kernel", "release", "floor: marker", "cold: marker", "cold: SSH", "catalogue (root, once)",
-               "save", "restored: SSH", "restored: catalogue", "restored vs cold: cases differing (cold vs cold)",
-               "serial: SSH", "serial: catalogue", "matrix cold: boot done", "matrix restored: boot done",
-               "matrix: OOM cases")
+    table = Table(
+        title=f"Seconds (median of {args.repeat}; the whole matrix once, --jobs {args.jobs})", title_justify="left"
+    )
+    headers = (
+        "kernel",
+        "release",
+        "floor: marker",
+        "cold: marker",
+        "cold: SSH",
+        "catalogue (root, once)",
+        "save",
+        "restored: SSH",
+        "restored: catalogue",
+        "restored vs cold: cases differing (cold vs cold)",
+        "serial: SSH",
+        "serial: catalogue",
+        "matrix cold: boot done",
+        "matrix restored: boot done",
+        "matrix: OOM cases",
+    )
     for header in headers:
         table.add_column(header, justify="left" if header in ("kernel", "release") else "right")
     nan = {"done": float("nan"), "oom": float("nan")}
     for label, release, f, med, over, back, differ, noise in rows:
         c, m = cold_per.get(label, nan), per.get(label, nan)
-        table.add_row(label, release, f"{f:.2f}", f"{med['marker']:.2f}", f"{med['ssh']:.2f}",
-                      f"{med['done'] - med['ssh']:.2f}", f"{back['save']:.2f}", f"{back['ssh']:.2f}",
-                      f"{back['done'] - back['ssh']:.2f}", f"{differ} ({noise})", f"{over['ssh']:.2f}",
-                      f"{over['done'] - over['ssh']:.2f}", f"{c['done']:.1f}", f"{m['done']:.1f}",
-                      f"{m['oom']:.1f}")  # fmt: skip
-    console.print(f"restored guests: state files of {statistics.median(r[5]['state_mb'] for r in rows):.0f} MiB "
-                  "(median); harness.boot.snapshot saves a guest once at its ready marker (QEMU's migration, zstd)")
+        table.add_row(
+            label,
+            release,
+            f"{f:.2f}",
+            f"{med['marker']:.2f}",
+            f"{med['ssh']:.2f}",
+            f"{med['done'] - med['ssh']:.2f}",
+            f"{back['save']:.2f}",
+            f"{back['ssh']:.2f}",
+            f"{back['done'] - back['ssh']:.2f}",
+            f"{differ} ({noise})",
+            f"{over['ssh']:.2f}",
+            f"{over['done'] - over['ssh']:.2f}",
+            f"{c['done']:.1f}",
+            f"{m['done']:.1f}",
+            f"{m['oom']:.1f}",
+        )
+    console.print(
+        f"restored guests: state files of {statistics.median(r[5]['state_mb'] for r in rows):.0f} MiB "
+        "(median); harness.boot.snapshot saves a guest once at its ready marker (QEMU's migration, zstd)"
+    )
     console.print(table)
     results = sum(len(one.cases) for plan in matrix.expand(mx, built.names) for one in plan.runs)
-    console.print(f"whole matrix: {len(per)} boots, {results} results, --jobs {args.jobs}: {cold_wall:.1f} s wall "
-                  f"booting every guest (--cold), {wall:.1f} s with saved guests ({loaded} boots loaded theirs)")
+    console.print(
+        f"whole matrix: {len(per)} boots, {results} results, --jobs {args.jobs}: {cold_wall:.1f} s wall "
+        f"booting every guest (--cold), {wall:.1f} s with saved guests ({loaded} boots loaded theirs)"
+    )
     return 0
 
 

@@ -43,11 +43,15 @@ def main() -> None:
         for item in f.iterdir():
             name, size = (item.name + "/", disk_usage(item)) if item.is_dir() else (item.name, blocks(item))
             parts[name] += size
-    print(f"{args.matrix or 'default matrix'}: {len(specs)} kernels, {len(present)} in the cache "
-          f"({sum(f is None for f in folders)} kept nowhere, {len(folders) - len(present)} missing)")  # fmt: skip
+    print(
+        f"{args.matrix or 'default matrix'}: {len(specs)} kernels, {len(present)} in the cache "
+        f"({sum(f is None for f in folders)} kept nowhere, {len(folders) - len(present)} missing)"
+    )
     if sizes:
-        print(f"  their folders: {disk_size(sum(sizes))} in all; median {disk_size(int(statistics.median(sizes)))}, "
-              f"largest {disk_size(max(sizes))}")  # fmt: skip
+        print(
+            f"  their folders: {disk_size(sum(sizes))} in all; median {disk_size(int(statistics.median(sizes)))}, "
+            f"largest {disk_size(max(sizes))}"
+        )
         print("  made of: " + ", ".join(f"{name} {disk_size(n)}" for name, n in parts.most_common(5)))
     print(f"cache {cache}:")
     areas = usage(cache)

@@ -69,14 +69,18 @@ def main() -> None:
             render_s, _ = timed(lambda: history.render(timelines, console, detail=False))
         size = path.stat().st_size
     print(f"append one night: median {statistics.median(appends):.3f}s, max {max(appends):.3f}s")
-    print(f"views after {args.nights} nights ({args.nights * results} rows): grid {grid_s:.2f}s "
-          f"({len(timelines)} rows), one case {case_s:.2f}s, one kernel {kernel_s:.2f}s, "
-          f"kernel results for compare {pair_s:.2f}s, grid render {render_s:.2f}s")  # fmt: skip
+    print(
+        f"views after {args.nights} nights ({args.nights * results} rows): grid {grid_s:.2f}s "
+        f"({len(timelines)} rows), one case {case_s:.2f}s, one kernel {kernel_s:.2f}s, "
+        f"kernel results for compare {pair_s:.2f}s, grid render {render_s:.2f}s"
+    )
     print(f"database: {size / 1e6:.1f} MB ({size / (args.nights * results):.0f} bytes per result)")
     html_s, page = timed(lambda: report_html.html(run))
     md_s, summary = timed(lambda: summary_md.markdown(run))
-    print(f"report.html: {len(page.encode()) / 1e6:.1f} MB in {html_s:.2f}s; "
-          f"summary.md: {len(summary.encode()) / 1e3:.0f} kB in {md_s:.2f}s")
+    print(
+        f"report.html: {len(page.encode()) / 1e6:.1f} MB in {html_s:.2f}s; "
+        f"summary.md: {len(summary.encode()) / 1e3:.0f} kB in {md_s:.2f}s"
+    )
 
 
 if __name__ == "__main__":

@@ -29,8 +29,9 @@ def main(argv: list[str]) -> int:
             fp = c.get("fingerprint") or c["outcome"]
             behaviour[(c["case"], c["memlock"], c["user"])][fp].append(release)
             if c["outcome"] not in ("pass", "not_applicable"):
-                deviations[c["case"]].append(f"{release} memlock={c['memlock']} user={c['user']}: "
-                                             f"{c['outcome']}: {c['message']}")  # fmt: skip
+                deviations[c["case"]].append(
+                    f"{release} memlock={c['memlock']} user={c['user']}: {c['outcome']}: {c['message']}"
+                )
     split = {k: v for k, v in behaviour.items() if len(v) > 1}
     print(f"{len(kernels)} kernels: {', '.join(kernels)}")
     print(f"\n{len(split)} of {len(behaviour)} (case, limit, user) behave differently across kernels")

@@ -37,8 +37,9 @@ def main(argv: list[str]) -> int:
         print(f"{argv[0]}: no boot with timings")
         return 1
     console = Console()
-    phases = Table(title=f"Boots of {data['run_id']} (seconds from QEMU start, median of {len(boots)})",
-                   title_justify="left")  # fmt: skip
+    phases = Table(
+        title=f"Boots of {data['run_id']} (seconds from QEMU start, median of {len(boots)})", title_justify="left"
+    )
     for column in ("ready marker", "SSH", "done", "inside cases", "left over"):
         phases.add_column(column, justify="right")
     inside, left = [], []
@@ -62,8 +63,9 @@ def main(argv: list[str]) -> int:
     def med(key: str) -> str:
         return f"{statistics.median(b['timings'].get(key, 0.0) for b in boots):.1f}"
 
-    phases.add_row(med("marker"), med("ssh"), med("probe"), f"{statistics.median(inside):.1f}",
-                   f"{statistics.median(left):.1f}")  # fmt: skip
+    phases.add_row(
+        med("marker"), med("ssh"), med("probe"), f"{statistics.median(inside):.1f}", f"{statistics.median(left):.1f}"
+    )
     console.print(phases)
     for title, groups in (("Inside cases, per limit/user", by_run), ("Inside cases, per case class", by_class)):
         table = Table(title=f"{title} (seconds per boot, median)", title_justify="left")

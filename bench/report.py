@@ -47,10 +47,24 @@ def chromium(*args: str, home: Path) -> tuple[float, str]:
         sys.exit("chromium is not installed (make test-deps installs it)")
     start = time.perf_counter()
     proc = subprocess.run(
-        [exe, "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-extensions",
-         "--disable-background-networking", f"--user-data-dir={home}", "--window-size=1600,1000", *args],
-        capture_output=True, text=True, timeout=300, check=True, env={"HOME": str(home), "PATH": "/usr/bin:/bin"},
-    )  # fmt: skip
+        [
+            exe,
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--no-first-run",
+            "--disable-extensions",
+            "--disable-background-networking",
+            f"--user-data-dir={home}",
+            "--window-size=1600,1000",
+            *args,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=True,
+        env={"HOME": str(home), "PATH": "/usr/bin:/bin"},
+    )
     return time.perf_counter() - start, proc.stdout
 
 

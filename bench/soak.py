@@ -97,13 +97,19 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="soak-") as out:
         for i in range(args.boots):
             scenario = SCENARIOS[i % len(SCENARIOS)]
-            cases = {"panic": ("limits", "_selftest_panic", "map_locked_over"),
-                     "qemu-kill": ("limits", "_selftest_hang", "map_locked_over"),
-                     "ssh-drop": ("limits", "_selftest_hang", "map_locked_over")}.get(
-                         scenario, ("limits", "map_locked_over"))  # fmt: skip
+            cases = {
+                "panic": ("limits", "_selftest_panic", "map_locked_over"),
+                "qemu-kill": ("limits", "_selftest_hang", "map_locked_over"),
+                "ssh-drop": ("limits", "_selftest_hang", "map_locked_over"),
+            }.get(scenario, ("limits", "map_locked_over"))
             ram = 80 if scenario == "boot-panic" else 256
-            plan = matrix.BootPlan(f"soak-{i:03d}-{scenario}", spec, ram, (matrix.RunPlan(None, "root", cases),),
-                                   matrix.Timeouts(boot=120, case=60))  # fmt: skip
+            plan = matrix.BootPlan(
+                f"soak-{i:03d}-{scenario}",
+                spec,
+                ram,
+                (matrix.RunPlan(None, "root", cases),),
+                matrix.Timeouts(boot=120, case=60),
+            )
             result = BootResult(plan.id, kernel.info(), ram)
             run_dir = Path(out, plan.id)
             writer = rundir.RunWriter(run_dir, plan.id, rundir.now(), [plan.id])
@@ -112,16 +118,27 @@ def main() -> int:
                 inject(result, live, lambda machine: os.kill(machine.pid, signal.SIGKILL))
             elif scenario == "ssh-drop":
                 inject(result, live, lambda machine: drop_ssh(machine, img, key))
-            ctx = boot.BootContext(plan=plan, kernel=kernel, image=img, disk=disk, key=key, accel=accel.name,
-                                   judge=judging.results, run_dir=run_dir)  # fmt: skip
+            ctx = boot.BootContext(
+                plan=plan,
+                kernel=kernel,
+                image=img,
+                disk=disk,
+                key=key,
+                accel=accel.name,
+                judge=judging.results,
+                run_dir=run_dir,
+            )
             boot.run_boot(ctx, result, writer.update, live)
             saved = json.loads((run_dir / "results.json").read_text())
             have = {c["case"] for c in saved["boots"][0]["cases"]}
             lost += len(set(cases) - have)
             for c in result.cases:
                 outcomes[f"{scenario}:{c.case}:{c.outcome.value}"] += 1
-            print(f"{i + 1:3d}/{args.boots} {scenario:10s} reboots={result.reboots} retries={result.retries} "
-                  f"{[c.outcome.value for c in result.cases]}", flush=True)  # fmt: skip
+            print(
+                f"{i + 1:3d}/{args.boots} {scenario:10s} reboots={result.reboots} retries={result.retries} "
+                f"{[c.outcome.value for c in result.cases]}",
+                flush=True,
+            )
     elapsed = time.monotonic() - start
     print(f"\n{args.boots} boots in {elapsed:.0f} s ({elapsed / args.boots:.1f} s each)")
     for key_, n in sorted(outcomes.items()):
@@ -136,8 +153,15 @@ def main() -> int:
 def drop_ssh(machine: vm.VM, img: image.Image, key: object) -> None:
     with guest.Guest(guest.Endpoint(machine.config.port, img.host_key), "root", key) as g:  # type: ignore[arg-type]
         g.connect()
-        g.run(["sh", "-c", 'for p in $(pidof dropbear); do [ "$p" = "$PPID" ] || '
-               '[ "$p" = "$(cat /tmp/dropbear.pid)" ] || kill -9 "$p"; done'], 30)  # fmt: skip
+        g.run(
+            [
+                "sh",
+                "-c",
+                'for p in $(pidof dropbear); do [ "$p" = "$PPID" ] || '
+                '[ "$p" = "$(cat /tmp/dropbear.pid)" ] || kill -9 "$p"; done',
+            ],
+            30,
+        )
 
 
 if __name__ == "__main__":

@@ -70,8 +70,14 @@ class Settings:
             kernel["compiler"] = self.compiler
         # A tinyconfig kernel is at /init in about 2 s under TCG; a commit whose guest is not up in
         # 90 s will not come up, and its retries should not cost the bisect 9 minutes.
-        return {"kernels": [{"git": kernel}], "ram": [self.ram], "memlock": [self.memlock], "users": [self.user],
-                "cases": [self.case], "timeouts": {"boot": 90, "case": 60}}  # fmt: skip
+        return {
+            "kernels": [{"git": kernel}],
+            "ram": [self.ram],
+            "memlock": [self.memlock],
+            "users": [self.user],
+            "cases": [self.case],
+            "timeouts": {"boot": 90, "case": 60},
+        }
 
     def matrix(self, commit: str) -> tuple[matrix.Matrix, str]:
         """The step's matrix, and its text for the run's manifest (what a replay of the step reads)."""
@@ -81,8 +87,16 @@ class Settings:
 
 
 # Where each option of `harness bisect` lands in the step's matrix, to name the option in errors.
-_OPTION_OF = {"ram": "--ram", "memlock": "--memlock", "users": "--user", "cases": "--case", "repo": "--repo",
-              "config": "--config", "base": "--base", "compiler": "--compiler"}  # fmt: skip
+_OPTION_OF = {
+    "ram": "--ram",
+    "memlock": "--memlock",
+    "users": "--user",
+    "cases": "--case",
+    "repo": "--repo",
+    "config": "--config",
+    "base": "--base",
+    "compiler": "--compiler",
+}
 
 
 def check(settings: Settings, catalogue: Sequence[str]) -> None:
@@ -118,8 +132,9 @@ def _behaviour(outcome: Outcome, fingerprint: str) -> str:
     return ""
 
 
-def observe_once(settings: Settings, commit: str, boots: int, options: run.Options,
-                 log: Callable[[str], None]) -> list[Observation]:  # fmt: skip
+def observe_once(
+    settings: Settings, commit: str, boots: int, options: run.Options, log: Callable[[str], None]
+) -> list[Observation]:
     """Build `commit` (once: the build is cached) and run the case in `boots` guests, one after the
     other, each a run directory of its own; one observation per guest."""
     mx, text = settings.matrix(commit)
@@ -128,8 +143,16 @@ def observe_once(settings: Settings, commit: str, boots: int, options: run.Optio
         run_dir, results = run.execute(mx, options, log, matrix_text=text)
         for boot in results:
             for r in boot.cases:
-                out.append(Observation(commit, _behaviour(r.outcome, r.fingerprint), r.outcome.value,
-                                       boot.error or r.message, (str(run_dir),), r.fingerprint))  # fmt: skip
+                out.append(
+                    Observation(
+                        commit,
+                        _behaviour(r.outcome, r.fingerprint),
+                        r.outcome.value,
+                        boot.error or r.message,
+                        (str(run_dir),),
+                        r.fingerprint,
+                    )
+                )
     return out
 
 
@@ -169,9 +192,17 @@ def read_state(path: Path) -> tuple[Settings, dict[str, Any]]:
     if s is None:
         raise UserError(f"{path}: settings: missing; give the {what}")
     config = s.text("config")
-    settings = Settings(Path(s.text("repo", True)), s.text("case", True), s.text("ram", True), s.text("memlock", True),
-                        s.text("user", True), Path(config) if config else None, s.text("base", True),
-                        s.integer("tries", True), s.text("compiler") or "gcc")  # fmt: skip
+    settings = Settings(
+        Path(s.text("repo", True)),
+        s.text("case", True),
+        s.text("ram", True),
+        s.text("memlock", True),
+        s.text("user", True),
+        Path(config) if config else None,
+        s.text("base", True),
+        s.integer("tries", True),
+        s.text("compiler") or "gcc",
+    )
     for end in ("good", "bad"):
         top.each(end, lambda d: d.text("behaviour", True), "")
     return settings, top.doc
@@ -225,8 +256,15 @@ def check_repo(repo: Path) -> str:
     return git(repo, "symbolic-ref", "--quiet", "--short", "HEAD", check=False) or git(repo, "rev-parse", "HEAD")
 
 
-def bisect(settings: Settings, good_rev: str, bad_rev: str, results: Path, cache: Path,
-           log: Callable[[str], None], accel_mode: str = accel.AUTO) -> Found:  # fmt: skip
+def bisect(
+    settings: Settings,
+    good_rev: str,
+    bad_rev: str,
+    results: Path,
+    cache: Path,
+    log: Callable[[str], None],
+    accel_mode: str = accel.AUTO,
+) -> Found:
     repo = settings.repo
     original = check_repo(repo)
     good = git(repo, "rev-parse", "--verify", f"{good_rev}^{{commit}}")
@@ -247,11 +285,22 @@ def bisect(settings: Settings, good_rev: str, bad_rev: str, results: Path, cache
             raise InfraError(f"the {name} end {commit[:12]} gave no answer ({obs.message}); nothing to compare with")
         ends[name] = obs
     if ends["good"].behaviour == ends["bad"].behaviour:
-        raise UserError(f"{settings.case}: {good_rev} and {bad_rev} behave alike ({ends['good'].behaviour}); "
-                        "nothing to bisect: give a bad revision that behaves otherwise")  # fmt: skip
+        raise UserError(
+            f"{settings.case}: {good_rev} and {bad_rev} behave alike ({ends['good'].behaviour}); "
+            "nothing to bisect: give a bad revision that behaves otherwise"
+        )
     state = directory / STATE_FILE
-    state.write_text(json.dumps({"settings": _settings_json(settings), "good": dataclasses.asdict(ends["good"]),
-                                 "bad": dataclasses.asdict(ends["bad"])}, indent=2) + "\n")  # fmt: skip
+    state.write_text(
+        json.dumps(
+            {
+                "settings": _settings_json(settings),
+                "good": dataclasses.asdict(ends["good"]),
+                "bad": dataclasses.asdict(ends["bad"]),
+            },
+            indent=2,
+        )
+        + "\n"
+    )
     step_cmd = [sys.executable, "-m", "harness", "bisect-step", "--state", str(state), "--cache", str(cache)]
     env = {**os.environ, accel.ENV: chosen.name}  # every step uses the same
     first = _run_bisect(repo, good, bad, step_cmd, directory, original, log, env)
@@ -265,14 +314,27 @@ def _settings_json(settings: Settings) -> dict[str, Any]:
     return doc
 
 
-def _run_bisect(repo: Path, good: str, bad: str, step_cmd: list[str], directory: Path, original: str,
-                log: Callable[[str], None], env: dict[str, str] | None = None) -> str:  # fmt: skip
+def _run_bisect(
+    repo: Path,
+    good: str,
+    bad: str,
+    step_cmd: list[str],
+    directory: Path,
+    original: str,
+    log: Callable[[str], None],
+    env: dict[str, str] | None = None,
+) -> str:
     """`git bisect start --no-checkout` + `run step_cmd` + `reset` on every way out; the first bad commit."""
     output: list[str] = []
     try:
         git(repo, "bisect", "start", "--no-checkout", bad, good)
-        proc = subprocess.Popen(["git", "-C", str(repo), "bisect", "run", *step_cmd], stdout=subprocess.PIPE,
-                                stderr=subprocess.STDOUT, text=True, env=env)  # fmt: skip
+        proc = subprocess.Popen(
+            ["git", "-C", str(repo), "bisect", "run", *step_cmd],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            env=env,
+        )
         try:
             assert proc.stdout is not None
             for line in proc.stdout:
@@ -294,11 +356,16 @@ def _run_bisect(repo: Path, good: str, bad: str, step_cmd: list[str], directory:
     text = "".join(output)
     m = re.search(r"^([0-9a-f]{40}) is the first bad commit", text, re.M)
     if code != 0 or m is None:
-        m2 = re.search(r"There are only 'skip'ped commits left to test\.\n"
-                       r"The first bad commit could be any of:\n((?:[0-9a-f]{40}\n)+)", text)
+        m2 = re.search(
+            r"There are only 'skip'ped commits left to test\.\n"
+            r"The first bad commit could be any of:\n((?:[0-9a-f]{40}\n)+)",
+            text,
+        )
         if m2:
-            raise InfraError(f"bisect: the first change is one of {', '.join(c[:12] for c in m2.group(1).split())}, "
-                             "which could not all be built and booted")  # fmt: skip
+            raise InfraError(
+                f"bisect: the first change is one of {', '.join(c[:12] for c in m2.group(1).split())}, "
+                "which could not all be built and booted"
+            )
         raise InfraError(f"git bisect run ended without a first bad commit (exit {code}); see {directory}")
     return m.group(1)
 
@@ -316,13 +383,25 @@ def _found(settings: Settings, first: str, ends: dict[str, Observation], directo
     parent = git(settings.repo, "rev-parse", f"{first}^", check=False)
     good = steps.get(parent) or ends["good"]
     bad = steps.get(first, ends["bad"])
-    fields = verdict.changed_fields(good.fingerprint, bad.fingerprint) if good.fingerprint and bad.fingerprint \
-        else ("outcome",)  # fmt: skip
+    fields = (
+        verdict.changed_fields(good.fingerprint, bad.fingerprint)
+        if good.fingerprint and bad.fingerprint
+        else ("outcome",)
+    )
     title = git(settings.repo, "log", "-1", "--format=%s", first)
     found = Found(first, title, good, bad, fields, directory)
-    (directory / RESULT_FILE).write_text(json.dumps({
-        "first_commit": first, "title": title, "changed_fields": list(fields),
-        "good": dataclasses.asdict(good), "bad": dataclasses.asdict(bad), "settings": _settings_json(settings),
-    }, indent=2) + "\n")  # fmt: skip
+    (directory / RESULT_FILE).write_text(
+        json.dumps(
+            {
+                "first_commit": first,
+                "title": title,
+                "changed_fields": list(fields),
+                "good": dataclasses.asdict(good),
+                "bad": dataclasses.asdict(bad),
+                "settings": _settings_json(settings),
+            },
+            indent=2,
+        )
+        + "\n"
+    )
     return found
-

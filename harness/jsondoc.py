@@ -28,8 +28,9 @@ def load(path: Path, limit: int, what: str) -> Any:
     try:
         return _encodable(json.loads(text, parse_constant=_no_constant))
     except (ValueError, RecursionError) as e:  # a 5000-digit number, 200k-deep nesting, bad JSON
-        raise UserError(f"{path}: cannot read it as JSON ({str(e)[:200] or type(e).__name__}); give a {what} the "
-                        "harness wrote") from None  # fmt: skip
+        raise UserError(
+            f"{path}: cannot read it as JSON ({str(e)[:200] or type(e).__name__}); give a {what} the harness wrote"
+        ) from None
 
 
 _SURROGATE = re.compile("[\ud800-\udfff]")

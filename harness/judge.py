@@ -25,12 +25,31 @@ class Judge:
     def results(self, observed: Observed, where: Where) -> list[CaseResult]:
         """An observation's results: its case's, and its subtests' (a program's KTAP results)."""
         if observed.observation is None:
-            return [CaseResult(where.boot_id, observed.case, where.memlock, where.user, observed.outcome,
-                               observed.message, None, duration_s=observed.seconds)]  # fmt: skip
+            return [
+                CaseResult(
+                    boot_id=where.boot_id,
+                    case=observed.case,
+                    memlock=where.memlock,
+                    user=where.user,
+                    outcome=observed.outcome,
+                    message=observed.message,
+                    observation=None,
+                    duration_s=observed.seconds,
+                )
+            ]
         judged = self._judged(observed, where)
         if not judged:  # an observation its suite does not read
-            return [CaseResult(where.boot_id, observed.case, where.memlock, where.user, Outcome.INFRA_ERROR,
-                               "an observation its suite cannot read", observed.observation)]  # fmt: skip
+            return [
+                CaseResult(
+                    boot_id=where.boot_id,
+                    case=observed.case,
+                    memlock=where.memlock,
+                    user=where.user,
+                    outcome=Outcome.INFRA_ERROR,
+                    message="an observation its suite cannot read",
+                    observation=observed.observation,
+                )
+            ]
         return [_result(j, where) for j in judged]
 
     def _judged(self, observed: Observed, where: Where) -> list[Judged]:
@@ -61,8 +80,19 @@ class Judge:
 
 
 def _result(j: Judged, where: Where) -> CaseResult:
-    return CaseResult(where.boot_id, j.case, where.memlock, where.user, j.outcome, j.message, j.observation, j.expected,
-                      j.citation, j.seconds, j.fingerprint)  # fmt: skip
+    return CaseResult(
+        boot_id=where.boot_id,
+        case=j.case,
+        memlock=where.memlock,
+        user=where.user,
+        outcome=j.outcome,
+        message=j.message,
+        observation=j.observation,
+        expected=j.expected,
+        citation=j.citation,
+        duration_s=j.seconds,
+        fingerprint=j.fingerprint,
+    )
 
 
 def _with_subtests(cases: Sequence[CaseResult]) -> Iterator[tuple[CaseResult, list[CaseResult]]]:
@@ -78,8 +108,11 @@ def _with_subtests(cases: Sequence[CaseResult]) -> Iterator[tuple[CaseResult, li
 
 
 def _subtest_of(result: CaseResult, own: CaseResult) -> bool:
-    return (result.case.startswith(own.case + "/") and suites.split(own.case) is not None
-            and (result.memlock, result.user) == (own.memlock, own.user))  # fmt: skip
+    return (
+        result.case.startswith(own.case + "/")
+        and suites.split(own.case) is not None
+        and (result.memlock, result.user) == (own.memlock, own.user)
+    )
 
 
 def run(record: RunRecord, judge: Judge) -> tuple[RunRecord, int]:

@@ -151,14 +151,21 @@ class Manifest:
         }
         if self.replay_of is not None:
             r = self.replay_of
-            doc["replay_of"] = {"run_id": r.run_id, "run_dir": r.run_dir, "boots": list(r.boots),
-                                "differences": list(r.differences)}  # fmt: skip
+            doc["replay_of"] = {
+                "run_id": r.run_id,
+                "run_dir": r.run_dir,
+                "boots": list(r.boots),
+                "differences": list(r.differences),
+            }
         if self.merged_from:
             doc["merged_from"] = [
-                {"run_id": m.run_id, "shard": None if m.shard is None else asdict(m.shard),
-                 "host": None if m.host is None else dict(m.host)}
+                {
+                    "run_id": m.run_id,
+                    "shard": None if m.shard is None else asdict(m.shard),
+                    "host": None if m.host is None else dict(m.host),
+                }
                 for m in self.merged_from
-            ]  # fmt: skip
+            ]
         return doc
 
     @classmethod
@@ -167,20 +174,40 @@ class Manifest:
         of its type."""
         top = Doc(doc, f"{where}: ", "a manifest.json the harness wrote")
         return cls(
-            top.text("harness_version"), top.text("matrix_source"), top.text("matrix_text"), top.mapping("options"),
-            top.each("accelerator", lambda d: Accelerator(d.text("name"), d.text("reason"), d.text("fell_back")),
-                     Accelerator()),
+            top.text("harness_version"),
+            top.text("matrix_source"),
+            top.text("matrix_text"),
+            top.mapping("options"),
+            top.each(
+                "accelerator",
+                lambda d: Accelerator(d.text("name"), d.text("reason"), d.text("fell_back")),
+                Accelerator(),
+            ),
             top.text("qemu_version"),
             top.each("probe", lambda d: Probe(d.text("sha256"), tuple(d.texts("cases"))), Probe()),
-            top.text("expectations_sha256"), tuple(top.items("kernels", _kernel)),
-            top.mapping("disk") if top.has("disk") else None, top.each("shard", _shard, None),
+            top.text("expectations_sha256"),
+            tuple(top.items("kernels", _kernel)),
+            top.mapping("disk") if top.has("disk") else None,
+            top.each("shard", _shard, None),
             tuple(top.items("plan", lambda d: PlanEntry(d.text("id"), d.text("kernel"), d.integer("ram_mb")))),
-            tuple(top.items("boots", _boot)), top.mapping("host"),
-            top.each("replay_of", lambda d: ReplayOf(d.text("run_id"), d.text("run_dir"), tuple(d.texts("boots")),
-                                                     tuple(d.texts("differences"))), None),
-            tuple(top.items("merged_from", lambda d: MergedShard(
-                d.text("run_id"), d.each("shard", _shard, None), d.mapping("host") if d.has("host") else None))),
-        )  # fmt: skip
+            tuple(top.items("boots", _boot)),
+            top.mapping("host"),
+            top.each(
+                "replay_of",
+                lambda d: ReplayOf(
+                    d.text("run_id"), d.text("run_dir"), tuple(d.texts("boots")), tuple(d.texts("differences"))
+                ),
+                None,
+            ),
+            tuple(
+                top.items(
+                    "merged_from",
+                    lambda d: MergedShard(
+                        d.text("run_id"), d.each("shard", _shard, None), d.mapping("host") if d.has("host") else None
+                    ),
+                )
+            ),
+        )
 
 
 def write_text(manifest: Manifest) -> str:
@@ -204,8 +231,16 @@ def _kernel_json(k: Kernel) -> dict[str, Any]:
     entry: dict[str, Any] = {"spec": k.spec, "error": k.error}
     if k.booted is not None:
         b = k.booted
-        entry.update(release=b.release, package=b.package, version=b.version, sha256=b.sha256, source=b.source,
-                     pvh=b.pvh, debs=[_deb_json(d) for d in b.debs], **b.details)  # fmt: skip
+        entry.update(
+            release=b.release,
+            package=b.package,
+            version=b.version,
+            sha256=b.sha256,
+            source=b.source,
+            pvh=b.pvh,
+            debs=[_deb_json(d) for d in b.debs],
+            **b.details,
+        )
     if k.image is not None:
         entry["image"] = {"sha256": k.image.sha256, "modules": list(k.image.modules), "host_key": k.image.host_key}
     return entry
@@ -215,8 +250,16 @@ def _kernel(d: Doc) -> Kernel:
     booted = None
     if d.has("sha256") or d.has("release"):
         details = {k: v for k, v in d.doc.items() if k not in (*_BOOTED_KEYS, "spec", "error", "image")}
-        booted = Booted(d.text("release"), d.opt_text("package"), d.opt_text("version"), d.text("sha256"),
-                        d.text("source"), d.flag("pvh"), tuple(d.items("debs", _deb)), details)  # fmt: skip
+        booted = Booted(
+            d.text("release"),
+            d.opt_text("package"),
+            d.opt_text("version"),
+            d.text("sha256"),
+            d.text("source"),
+            d.flag("pvh"),
+            tuple(d.items("debs", _deb)),
+            details,
+        )
     image = d.each("image", lambda i: Image(i.text("sha256"), tuple(i.texts("modules")), i.text("host_key")), None)
     return Kernel(d.text("spec"), d.text("error"), booted, image)
 
@@ -224,9 +267,16 @@ def _kernel(d: Doc) -> Kernel:
 def _deb(d: Doc) -> Deb:
     # Every field: a replay downloads by them.
     digest = d.text("digest")
-    return Deb(d.text("package", True), d.text("version", True), d.text("filename", True),
-               d.text("sha256", not digest), d.integer("size", True), d.text("suite", True), digest,
-               d.text("signature"))  # fmt: skip
+    return Deb(
+        d.text("package", True),
+        d.text("version", True),
+        d.text("filename", True),
+        d.text("sha256", not digest),
+        d.integer("size", True),
+        d.text("suite", True),
+        digest,
+        d.text("signature"),
+    )
 
 
 def _deb_json(deb: Deb) -> dict[str, Any]:
@@ -239,8 +289,14 @@ def _shard(d: Doc) -> Shard:
 
 
 def _boot_json(b: Boot) -> dict[str, Any]:
-    doc = {"id": b.id, "kernel": b.kernel, "ram_mb": b.ram_mb, "runs": [{"memlock": m, "user": u} for m, u in b.runs],
-           "qemu_argv": list(b.qemu_argv), "qemu_command": b.qemu_command}  # fmt: skip
+    doc = {
+        "id": b.id,
+        "kernel": b.kernel,
+        "ram_mb": b.ram_mb,
+        "runs": [{"memlock": m, "user": u} for m, u in b.runs],
+        "qemu_argv": list(b.qemu_argv),
+        "qemu_command": b.qemu_command,
+    }
     if b.transport:
         doc.update(transport=b.transport, transport_reason=b.transport_reason)
     if b.userland and b.userland != "glibc":  # glibc goes unsaid: the manifests of earlier runs stay as they were
@@ -254,9 +310,20 @@ def _boot_json(b: Boot) -> dict[str, Any]:
 
 def _boot(d: Doc) -> Boot:
     runs = tuple(d.items("runs", lambda r: (r.text("memlock"), r.text("user"))))
-    return Boot(d.text("id"), d.text("kernel"), d.integer("ram_mb"), runs, tuple(d.texts("qemu_argv")),
-                d.text("qemu_command"), d.text("transport"), d.text("transport_reason"), d.text("userland") or "glibc",
-                d.text("userland_reason"), d.each("devices", _devices, ()), d.text("accelerator"))  # fmt: skip
+    return Boot(
+        d.text("id"),
+        d.text("kernel"),
+        d.integer("ram_mb"),
+        runs,
+        tuple(d.texts("qemu_argv")),
+        d.text("qemu_command"),
+        d.text("transport"),
+        d.text("transport_reason"),
+        d.text("userland") or "glibc",
+        d.text("userland_reason"),
+        d.each("devices", _devices, ()),
+        d.text("accelerator"),
+    )
 
 
 def _devices(d: Doc) -> tuple[tuple[str, str], ...]:

@@ -85,7 +85,7 @@ def merged_boots(shards: Sequence[Shard], count: int) -> list[BootResult]:
             continue
         index = position % count + 1
         why = f"shard {index}/{count} was not merged" if index not in present else "the shard did not run this boot"
-        out.append(BootResult(boot_id, None, entry.ram_mb, error=why))
+        out.append(BootResult(boot_id, kernel=None, ram_mb=entry.ram_mb, error=why))
     out.extend(have.values())  # a plan-less manifest (older runs): keep the shards' own order
     return out
 

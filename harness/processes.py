@@ -18,8 +18,9 @@ class Process:
 
     def __init__(self, argv: list[str], **popen_kwargs: object) -> None:
         self.argv = argv
-        self.popen = subprocess.Popen(lifeline("KILL") + argv, start_new_session=True, stdin=subprocess.DEVNULL,
-                                      **popen_kwargs)  # type: ignore[call-overload]
+        self.popen = subprocess.Popen(
+            lifeline("KILL") + argv, start_new_session=True, stdin=subprocess.DEVNULL, **popen_kwargs
+        )  # type: ignore[call-overload]
 
     def __enter__(self) -> Process:
         return self

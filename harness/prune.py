@@ -74,8 +74,9 @@ def _digest(area: str, path: Path) -> str:
     return ""
 
 
-def select(found: Iterable[Entry], older_than_days: float | None, kept: Callable[[Entry], bool],
-           now: float | None = None) -> list[Entry]:  # fmt: skip
+def select(
+    found: Iterable[Entry], older_than_days: float | None, kept: Callable[[Entry], bool], now: float | None = None
+) -> list[Entry]:
     """The entries to delete: not used for `older_than_days` (when given), and, for kernels, not
     `kept`. Without an age, only kernels go (the keep lists say nothing about the rest)."""
     now = time.time() if now is None else now
@@ -92,8 +93,9 @@ def select(found: Iterable[Entry], older_than_days: float | None, kept: Callable
     return out
 
 
-def plan(cache: Path, older_than_days: float | None, keep_matrices: Sequence[Path], keep_history: Path | None,
-         ctx: Context) -> list[Entry]:  # fmt: skip
+def plan(
+    cache: Path, older_than_days: float | None, keep_matrices: Sequence[Path], keep_history: Path | None, ctx: Context
+) -> list[Entry]:
     """What `harness cache prune` deletes, with its options; UserError for options that say nothing."""
     if older_than_days is None and not keep_matrices and keep_history is None:
         raise UserError("cache prune: give --older-than DAYS, --keep-matrix FILE or --keep-history DB")

@@ -70,8 +70,14 @@ class Replay:
     changes: list[compare.Difference]  # results that came out differently
 
 
-def replay(run_dir: Path, boot: str | None, options: run.Options, log: Callable[[str], None], live: Live | None = None,
-           board: progress.Board | None = None) -> Replay:  # fmt: skip
+def replay(
+    run_dir: Path,
+    boot: str | None,
+    options: run.Options,
+    log: Callable[[str], None],
+    live: Live | None = None,
+    board: progress.Board | None = None,
+) -> Replay:
     recorded = rundir.read_manifest(run_dir)
     if recorded is None:
         raise UserError(f"{run_dir}: no manifest.json; only runs written by `harness run` can be replayed")
@@ -86,8 +92,13 @@ def replay(run_dir: Path, boot: str | None, options: run.Options, log: Callable[
         options = dataclasses.replace(options, boots=chosen, shard=None)
         replay_of = manifest.ReplayOf(original.run_id, str(run_dir), chosen, tuple(diffs))
         new_dir, boots = run.execute(mx, options, log, live, recorded.matrix_text, pinned, replay_of, board)
-    before = RunRecord(original.run_id, original.started, original.finished, original.interrupted,
-                       [b for b in original.boots if b.boot_id in chosen])  # fmt: skip
+    before = RunRecord(
+        original.run_id,
+        original.started,
+        original.finished,
+        original.interrupted,
+        [b for b in original.boots if b.boot_id in chosen],
+    )
     after = RunRecord(new_dir.name, "", None, False, boots)
     changes = compare.compare(compare.run_side(before), compare.run_side(after))
     return Replay(original, new_dir, boots, diffs, changes)

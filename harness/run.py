@@ -95,13 +95,21 @@ def check_memory(mx: matrix.Matrix, meminfo: Path = Path("/proc/meminfo")) -> No
         return  # not Linux, or an odd /proc: QEMU will say
     for ram in mx.ram_mb:
         if ram << 10 > total_kb:
-            raise UserError(f"{mx.source}: ram: {ram}M is more than this host's memory ({total_kb >> 10}M); give a "
-                            "smaller size")  # fmt: skip
+            raise UserError(
+                f"{mx.source}: ram: {ram}M is more than this host's memory ({total_kb >> 10}M); give a smaller size"
+            )
 
 
-def prepare(specs: Sequence[KernelSpec], unresolved: Mapping[KernelSpec, InfraError], source: sources.Kernels,
-            guests: kit.Kit, log: Callable[[str], None], libc: str = userland.AUTO, wanted: Sequence[str] = (),
-            ready: Callable[[], None] = lambda: None) -> dict[KernelSpec, Prepared]:  # fmt: skip
+def prepare(
+    specs: Sequence[KernelSpec],
+    unresolved: Mapping[KernelSpec, InfraError],
+    source: sources.Kernels,
+    guests: kit.Kit,
+    log: Callable[[str], None],
+    libc: str = userland.AUTO,
+    wanted: Sequence[str] = (),
+    ready: Callable[[], None] = lambda: None,
+) -> dict[KernelSpec, Prepared]:
     """Fetch every kernel, build the guest suites `wanted` for it and its image; a kernel that cannot
     be had fails only its own boots, a suite that cannot be built only its own cases."""
     prepared: dict[KernelSpec, Prepared] = {}
@@ -126,8 +134,9 @@ def prepare(specs: Sequence[KernelSpec], unresolved: Mapping[KernelSpec, InfraEr
     return prepared
 
 
-def _suites(kernel: Kernel, wanted: Sequence[str], ctx: sources.Context,
-            log: Callable[[str], None]) -> dict[str, suites.Built | str]:  # fmt: skip
+def _suites(
+    kernel: Kernel, wanted: Sequence[str], ctx: sources.Context, log: Callable[[str], None]
+) -> dict[str, suites.Built | str]:
     """Each wanted suite's programs for `kernel`, or why there are none."""
     built: dict[str, suites.Built | str] = {}
     for name in wanted:
@@ -168,9 +177,18 @@ def execute(
         return _execute(mx, options, log, live, board, built, leases, matrix_text, pinned, replay_of)
 
 
-def _execute(mx: matrix.Matrix, options: Options, log: Callable[[str], None], live: Live, board: progress.Board,
-             built: probe.Probe, leases: lease.Leases, matrix_text: str, pinned: Mapping[KernelSpec, Kernel] | None,
-             replay_of: manifest.ReplayOf | None) -> tuple[Path, list[BootResult]]:  # fmt: skip
+def _execute(
+    mx: matrix.Matrix,
+    options: Options,
+    log: Callable[[str], None],
+    live: Live,
+    board: progress.Board,
+    built: probe.Probe,
+    leases: lease.Leases,
+    matrix_text: str,
+    pinned: Mapping[KernelSpec, Kernel] | None,
+    replay_of: manifest.ReplayOf | None,
+) -> tuple[Path, list[BootResult]]:
     ctx = options.sources(log, leases)
     # A spec of many builds stands for one kernel per build: the plan has a boot for each.
     mx = dataclasses.replace(mx, kernels=sources.expand(mx.kernels, ctx))
@@ -195,7 +213,10 @@ def _execute(mx: matrix.Matrix, options: Options, log: Callable[[str], None], li
     run_id, run_dir = rundir.create(options.results)
     writer = rundir.RunWriter(run_dir, run_id, rundir.now(), [p.id for p in plans])
     log(f"results: {run_dir}")
-    results = {p.id: BootResult(p.id, None, p.ram_mb, accel.name, vm.qemu_version()) for p in plans}
+    results = {
+        p.id: BootResult(p.id, kernel=None, ram_mb=p.ram_mb, accelerator=accel.name, qemu_version=vm.qemu_version())
+        for p in plans
+    }
     for r in results.values():
         writer.add_boot(r)
 
@@ -226,8 +247,20 @@ def _execute(mx: matrix.Matrix, options: Options, log: Callable[[str], None], li
             log(f"boot {plan.id}: over {way} ({why})")
         hw = prep.devices
         assert hw is not None, "a prepared kernel has its devices"
-        ctx = boot.BootContext(plan, prep.kernel, prep.image, guests.disk_for(hw), guests.key, accel.name,
-                               judging.results, run_dir, way, hw, prep.suites, saved)  # fmt: skip
+        ctx = boot.BootContext(
+            plan=plan,
+            kernel=prep.kernel,
+            image=prep.image,
+            disk=guests.disk_for(hw),
+            key=guests.key,
+            accel=accel.name,
+            judge=judging.results,
+            run_dir=run_dir,
+            transport=way,
+            devices=hw,
+            suites=prep.suites,
+            saved=saved,
+        )
         boot.run_boot(ctx, result, publish, live)
 
     futures: dict[Future[None], str] = {}
@@ -316,19 +349,38 @@ def _kernel_entry(spec: KernelSpec, prep: Prepared) -> manifest.Kernel:
         # Which tree each guest suite came from (exact, or the nearest one packaged), or why none.
         built = {n: b.provenance if isinstance(b, suites.Built) else {"error": b} for n, b in prep.suites.items()}
         details = {**sources.source_of(spec).record(k), **({"suites": built} if built else {})}
-        booted = manifest.Booted(k.release, k.package, k.version, k.sha256, k.source, k.vmlinux is not None, k.debs,
-                                 details)  # fmt: skip
+        booted = manifest.Booted(
+            release=k.release,
+            package=k.package,
+            version=k.version,
+            sha256=k.sha256,
+            source=k.source,
+            pvh=k.vmlinux is not None,
+            debs=k.debs,
+            details=details,
+        )
     if prep.image is not None:
         image = manifest.Image(prep.image.sha256, prep.image.modules, prep.image.host_key)
-    return manifest.Kernel(spec.label, prep.error, booted, image)
+    return manifest.Kernel(spec=spec.label, error=prep.error, booted=booted, image=image)
 
 
 def _boot_entry(plan: matrix.BootPlan, result: BootResult, prep: Prepared) -> manifest.Boot:
     argv = tuple(result.qemu_argv)
     way, why = prep.transport(plan) if prep.kernel is not None else ("", "")
-    return manifest.Boot(plan.id, plan.kernel.label, plan.ram_mb, tuple((r.memlock_label, r.user) for r in plan.runs),
-                         argv, vm.command_line(list(argv)) if argv else "", way, why, *prep.userland,
-                         _unusual(prep.devices), result.accelerator)  # fmt: skip
+    return manifest.Boot(
+        id=plan.id,
+        kernel=plan.kernel.label,
+        ram_mb=plan.ram_mb,
+        runs=tuple((r.memlock_label, r.user) for r in plan.runs),
+        qemu_argv=argv,
+        qemu_command=vm.command_line(list(argv)) if argv else "",
+        transport=way,
+        transport_reason=why,
+        userland=prep.userland[0],
+        userland_reason=prep.userland[1],
+        devices=_unusual(prep.devices),
+        accelerator=result.accelerator,
+    )
 
 
 def _unusual(hardware: devices.Devices | None) -> tuple[tuple[str, str], ...]:

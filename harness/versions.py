@@ -26,8 +26,12 @@ _LINE = re.compile(r"\d{1,3}(?:\.\d+){0,3}")
 
 _RANGE = re.compile(r"\s*(>=|<=|>|<|==)\s*(\d+(?:\.\d+)*)\s*")
 _OPS: dict[str, Callable[[Any, Any], bool]] = {
-    ">=": operator.ge, "<=": operator.le, ">": operator.gt, "<": operator.lt, "==": operator.eq,
-}  # fmt: skip
+    ">=": operator.ge,
+    "<=": operator.le,
+    ">": operator.gt,
+    "<": operator.lt,
+    "==": operator.eq,
+}
 
 T = TypeVar("T")
 

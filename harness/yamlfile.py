@@ -55,8 +55,10 @@ def _check_tree(root: yaml.Node | None, source: str) -> None:
         node = stack.pop()
         if id(node) in seen:
             line = node.start_mark.line + 1
-            raise UserError(f"{source}:{line}: anchors and aliases (&name, *name) are not supported; write the value "
-                            "out where it is used")  # fmt: skip
+            raise UserError(
+                f"{source}:{line}: anchors and aliases (&name, *name) are not supported; write the value "
+                "out where it is used"
+            )
         seen.add(id(node))
         if len(seen) > MAX_NODES:
             raise UserError(f"{source}: more than {MAX_NODES} values; not a file a person wrote")

@@ -50,8 +50,22 @@ def test_the_check_guest_is_its_listing_assembled(tmp_path: Path) -> None:
     (tmp_path / "check.S").write_text(accel.CHECK_SOURCE)
     subprocess.run(["as", "--64", "-o", str(tmp_path / "check.o"), str(tmp_path / "check.S")], check=True)
     at = hex(accel.LOAD_AT + accel.CODE_AT)
-    subprocess.run(["ld", "-m", "elf_x86_64", "-e", at, f"-Ttext={at}", "--oformat", "binary", "-o",
-                    str(tmp_path / "check.bin"), str(tmp_path / "check.o")], check=True)  # fmt: skip
+    subprocess.run(
+        [
+            "ld",
+            "-m",
+            "elf_x86_64",
+            "-e",
+            at,
+            f"-Ttext={at}",
+            "--oformat",
+            "binary",
+            "-o",
+            str(tmp_path / "check.bin"),
+            str(tmp_path / "check.o"),
+        ],
+        check=True,
+    )
     assert (tmp_path / "check.bin").read_bytes() == accel.CHECK_CODE
 
 
@@ -80,11 +94,16 @@ def test_what_the_check_saw_is_said_plainly() -> None:
     slow = accel._judge("PLK", {"P": t, "L": t, "K": t + 4}, 33, "", 5)
     assert not slow[0] and "in 4.0s, over 1s: the guest is emulated" in slow[1]
     stuck = accel._judge("PL", {"P": t, "L": t}, None, "", 5)
-    assert stuck == (False, "the guest reached long mode, but ten million loop iterations did not end within 1s: "
-                            "the guest is emulated, not run on the CPU")  # fmt: skip
+    assert stuck == (
+        False,
+        "the guest reached long mode, but ten million loop iterations did not end within 1s: "
+        "the guest is emulated, not run on the CPU",
+    )
     assert accel._judge("", {}, None, "", 5) == (False, "the guest printed nothing (no answer in 5s)")
     assert accel._judge("P", {"P": t}, 1, "\nqemu: KVM internal error. Suberror: 1\n\n", 5) == (
-        False, "the guest stopped before long mode (exit 1: qemu: KVM internal error. Suberror: 1)")  # fmt: skip
+        False,
+        "the guest stopped before long mode (exit 1: qemu: KVM internal error. Suberror: 1)",
+    )
     assert accel._judge("", {}, 1, "", 5) == (False, "the guest printed nothing (exit 1: no message)")
 
 
@@ -97,9 +116,28 @@ REAL_MODE_SECTOR = bytes([0xBA, 0xF8, 0x03, 0xB0, ord("K"), 0xEE, 0xBA, 0xF4, 0x
 def test_the_check_refuses_a_kvm_that_runs_real_mode_code_but_not_linux(fake_kvm: None, tmp_path: Path) -> None:
     disk = tmp_path / "boot.img"
     disk.write_bytes(REAL_MODE_SECTOR.ljust(510, b"\0") + b"\x55\xaa")
-    old = subprocess.run([str(FAKE), "-accel", "kvm", "-cpu", "max", "-nodefaults", "-display", "none", "-m", "16",
-                          "-serial", "stdio", "-device", "isa-debug-exit,iobase=0xf4,iosize=0x04",
-                          "-drive", f"file={disk},format=raw,if=floppy"], capture_output=True, timeout=30)  # fmt: skip
+    old = subprocess.run(
+        [
+            str(FAKE),
+            "-accel",
+            "kvm",
+            "-cpu",
+            "max",
+            "-nodefaults",
+            "-display",
+            "none",
+            "-m",
+            "16",
+            "-serial",
+            "stdio",
+            "-device",
+            "isa-debug-exit,iobase=0xf4,iosize=0x04",
+            "-drive",
+            f"file={disk},format=raw,if=floppy",
+        ],
+        capture_output=True,
+        timeout=30,
+    )
     assert (old.returncode, old.stdout[:1]) == (33, b"K")  # what the old check accepted
     start = accel.choose(accel.AUTO, check_timeout=3)
     assert start == accel.Accelerator("tcg", "KVM failed the check guest: the guest printed nothing (no answer in 3s)")
@@ -133,8 +171,9 @@ def test_kvm_by_name_needs_a_device_this_user_opens(monkeypatch: pytest.MonkeyPa
         accel.choose(accel.KVM)
     assert accel.choose(accel.TCG).name == "tcg"
     accel._auto.cache_clear()
-    assert accel.choose(accel.AUTO, check_timeout=1) == accel.Accelerator("tcg", f"{tmp_path / 'no-kvm'} is absent "
-                                                                                  "or not accessible")  # fmt: skip
+    assert accel.choose(accel.AUTO, check_timeout=1) == accel.Accelerator(
+        "tcg", f"{tmp_path / 'no-kvm'} is absent or not accessible"
+    )
     accel._auto.cache_clear()
 
 
@@ -144,8 +183,9 @@ def test_the_run_gives_kvm_up_once_and_only_under_auto() -> None:
     assert current.kvm_failed("a", "the guest printed nothing in 10s under kvm") is True
     assert current.kvm_failed("b", "again") is True  # b goes on under TCG too, unsaid
     assert current.name == "tcg" and len(said) == 1 and "KVM failed boot a" in said[0]
-    assert current.record() == accel.Accelerator("kvm", "checked; then KVM failed boot a: the guest printed nothing "
-                                                 "in 10s under kvm")  # fmt: skip
+    assert current.record() == accel.Accelerator(
+        "kvm", "checked; then KVM failed boot a: the guest printed nothing in 10s under kvm"
+    )
     forced = accel.Current(accel.Accelerator("kvm", "asked for"), False)
     assert forced.kvm_failed("a", "x") is False and forced.name == "kvm" and forced.record().reason == "asked for"
     assert accel.Current(accel.Accelerator("tcg", "no kvm"), True).kvm_failed("a", "x") is False
@@ -235,8 +275,9 @@ def test_kvm_asked_for_on_such_a_machine_fails_each_boot_in_one_line(fake_kvm: N
 
 @pytest.mark.integration
 @needs_qemu
-def test_a_kvm_internal_error_is_kvm_failing_not_a_slow_boot(fake_kvm: None, tmp_path: Path,
-                                                              monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
+def test_a_kvm_internal_error_is_kvm_failing_not_a_slow_boot(
+    fake_kvm: None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """QEMU stops a guest KVM cannot emulate an instruction of, and stays: its message ends the wait."""
     monkeypatch.setenv("FAKE_KVM", "internal")
     config = vm.VMConfig(tmp_path / "k", tmp_path / "initrd", 256, "kvm", 0)
@@ -263,5 +304,7 @@ def test_a_guest_that_prints_nothing_under_tcg_is_stopped_at_the_silence_bound(
     with pytest.raises(vm.BootFailure) as info, vm.boot(config, tmp_path / "serial.log", timeout=120):
         pass
     assert info.value.silent and not info.value.kvm_failed and info.value.excerpt == ""
-    assert str(info.value) == ("the guest printed nothing in 2s under tcg: does its kernel have a serial console "
-                               "(CONFIG_SERIAL_8250_CONSOLE=y) on ttyS0?")  # fmt: skip
+    assert str(info.value) == (
+        "the guest printed nothing in 2s under tcg: does its kernel have a serial console "
+        "(CONFIG_SERIAL_8250_CONSOLE=y) on ttyS0?"
+    )

@@ -120,8 +120,10 @@ def test_a_real_run_never_has_more_guests_than_the_memory_admits(tmp_path: Path,
     """Two Debian kernels with --jobs 2: with room for one guest they boot one after the other, with
     room for three they overlap (so the count below can see both)."""
     m = tmp_path / "m.yaml"
-    m.write_text("kernels:\n  - debian: bullseye\n  - debian: bookworm\nmemlock: [64K]\nusers: [root]\n"
-                 "cases: [limits, map_locked_under, mlock_over, oom_mmap_mlock_between]\n")  # fmt: skip
+    m.write_text(
+        "kernels:\n  - debian: bullseye\n  - debian: bookworm\nmemlock: [64K]\nusers: [root]\n"
+        "cases: [limits, map_locked_under, mlock_over, oom_mmap_mlock_between]\n"
+    )
     options = run.Options(jobs=2, results=tmp_path / "results", cache=cache_dir())
     live = Live(memory=Admission(budget))
     seen: list[int] = []

@@ -45,9 +45,7 @@ deb [arch=amd64 signed-by=/usr/share/keyrings/x.gpg] http://mirror.example/debia
 deb [ trusted=yes ] http://other.example/debian sid main
 """
     entries = parse_one_line(text, "sources.list")
-    assert entries[0] == SourceEntry(
-        "deb-src", "http://src.example/debian", "bookworm", ("main",), (), "sources.list"
-    )
+    assert entries[0] == SourceEntry("deb-src", "http://src.example/debian", "bookworm", ("main",), (), "sources.list")
     assert entries[1] == SourceEntry(
         "deb",
         "http://mirror.example/debian",
@@ -62,9 +60,7 @@ deb [ trusted=yes ] http://other.example/debian sid main
 
 
 def test_one_line_rejects_broken_lines() -> None:
-    assert (
-        parse_one_line("deb [arch=amd64 http://x.example/debian bookworm main\ndeb http://x.example\n") == []
-    )
+    assert parse_one_line("deb [arch=amd64 http://x.example/debian bookworm main\ndeb http://x.example\n") == []
 
 
 def test_deb822_expands_suites_and_skips_disabled() -> None:
@@ -117,9 +113,7 @@ def test_find_in_deb822_ignoring_disabled_suffix(tmp_path: Path) -> None:
 def test_sources_list_comes_first_and_third_party_is_skipped(tmp_path: Path) -> None:
     write(tmp_path, "sources.list", "deb https://vendor.example/apt nodistro main\n")
     write(tmp_path, "sources.list.d/b.list", "deb http://second.example/debian trixie main\n")
-    write(
-        tmp_path, "sources.list.d/a.sources", "Types: deb\nURIs: http://first.example/debian\nSuites: sid\n"
-    )
+    write(tmp_path, "sources.list.d/a.sources", "Types: deb\nURIs: http://first.example/debian\nSuites: sid\n")
     assert find_debian_mirror(tmp_path) == "http://first.example/debian"
 
 

@@ -12,22 +12,38 @@ HARNESS = REPO / "harness"
 MAX_LINES = 450
 
 # Lowest first: a module may import its own stage and the stages before it, never one after it.
-LAYERS: tuple[tuple[str, frozenset[str]], ...] = tuple((name, frozenset(parts)) for name, parts in (
-    ("shared records and helpers", {"harness", "errors", "files", "jsondoc", "streams", "results", "versions",
-                                    "sizes", "yamlfile", "processes"}),
-    ("cache", {"cache"}),
-    ("debian", {"debian"}),
-    ("manifest", {"manifest"}),
-    ("kernels", {"kernels"}),
-    ("kit", {"kit"}),
-    ("plan", {"plan"}),
-    ("judge", {"judge"}),
-    ("boot", {"boot"}),
-    ("report", {"report"}),
-    ("history", {"history"}),
-    ("what ties the stages together", {"run", "merge", "replay", "rejudge", "bisect", "prune"}),
-    ("cli", {"cli", "__main__"}),
-))  # fmt: skip
+LAYERS: tuple[tuple[str, frozenset[str]], ...] = tuple(
+    (name, frozenset(parts))
+    for name, parts in (
+        (
+            "shared records and helpers",
+            {
+                "harness",
+                "errors",
+                "files",
+                "jsondoc",
+                "streams",
+                "results",
+                "versions",
+                "sizes",
+                "yamlfile",
+                "processes",
+            },
+        ),
+        ("cache", {"cache"}),
+        ("debian", {"debian"}),
+        ("manifest", {"manifest"}),
+        ("kernels", {"kernels"}),
+        ("kit", {"kit"}),
+        ("plan", {"plan"}),
+        ("judge", {"judge"}),
+        ("boot", {"boot"}),
+        ("report", {"report"}),
+        ("history", {"history"}),
+        ("what ties the stages together", {"run", "merge", "replay", "rejudge", "bisect", "prune"}),
+        ("cli", {"cli", "__main__"}),
+    )
+)
 RANK = {part: rank for rank, (_, parts) in enumerate(LAYERS) for part in parts}
 
 
@@ -58,8 +74,10 @@ def imports(path: Path, known: set[str], inside_functions: bool) -> set[str]:
 
 def graph() -> dict[str, set[str]]:
     known = modules()
-    return {name: (imports(path, set(known), False) | imports(path, set(known), True)) - {name}
-            for name, path in known.items()}  # fmt: skip
+    return {
+        name: (imports(path, set(known), False) | imports(path, set(known), True)) - {name}
+        for name, path in known.items()
+    }
 
 
 def rank(module: str) -> int:
@@ -72,8 +90,12 @@ def test_every_module_belongs_to_a_stage() -> None:
 
 
 def test_stages_import_only_the_stages_before_them() -> None:
-    against = sorted(f"{a} ({LAYERS[rank(a)][0]}) imports {b} ({LAYERS[rank(b)][0]})"
-                     for a, deps in graph().items() for b in deps if rank(b) > rank(a))  # fmt: skip
+    against = sorted(
+        f"{a} ({LAYERS[rank(a)][0]}) imports {b} ({LAYERS[rank(b)][0]})"
+        for a, deps in graph().items()
+        for b in deps
+        if rank(b) > rank(a)
+    )
     assert against == []
 
 
@@ -87,7 +109,7 @@ def test_no_import_cycle() -> None:
         stack.append(name)
         for dep in sorted(edges[name]):
             if state.get(dep) == 1:
-                raise AssertionError("import cycle: " + " -> ".join(stack[stack.index(dep):] + [dep]))
+                raise AssertionError("import cycle: " + " -> ".join(stack[stack.index(dep) :] + [dep]))
             if dep not in state:
                 visit(dep)
         stack.pop()
@@ -112,8 +134,11 @@ def test_every_module_reads_in_one_sitting() -> None:
 
 def test_only_the_sources_know_the_kinds_of_kernel() -> None:
     kinds = ("DebianKernel", "PathKernel", "GitKernel")
-    outside = [str(p.relative_to(HARNESS)) for p in HARNESS.rglob("*.py")
-               if "sources" not in p.parts and any(k in p.read_text() for k in kinds)]  # fmt: skip
+    outside = [
+        str(p.relative_to(HARNESS))
+        for p in HARNESS.rglob("*.py")
+        if "sources" not in p.parts and any(k in p.read_text() for k in kinds)
+    ]
     assert outside == []
 
 

@@ -26,17 +26,33 @@ from harness.report import rundir
 from harness.results import BootResult, CaseResult, KernelInfo, Outcome
 
 CORPUS = Path(__file__).resolve().parent / "bad-inputs"
-KERNEL = KernelInfo("bookworm", "6.1.0-50-amd64", "linux-image-6.1.0-50-amd64", "6.1.176-1", "ab" * 32,
-                    "debian:bookworm")  # fmt: skip
+KERNEL = KernelInfo(
+    "bookworm", "6.1.0-50-amd64", "linux-image-6.1.0-50-amd64", "6.1.176-1", "ab" * 32, "debian:bookworm"
+)
 
 
 def write_run(run_dir: Path, message: str = "as expected", serial: str = "serial/bookworm-256M.log") -> None:
-    case = CaseResult("bookworm-256M", "mlock_over", "64K", "user", Outcome.PASS, message, {"case": "mlock_over"},
-                      fingerprint='{"result":"ENOMEM"}')  # fmt: skip
+    case = CaseResult(
+        "bookworm-256M",
+        "mlock_over",
+        "64K",
+        "user",
+        Outcome.PASS,
+        message,
+        {"case": "mlock_over"},
+        fingerprint='{"result":"ENOMEM"}',
+    )
     writer = rundir.RunWriter(run_dir, run_dir.name, "2026-11-26T00:00:00Z", ["bookworm-256M"])
     writer.add_boot(BootResult("bookworm-256M", KERNEL, 256, "tcg", serial_log=serial, cases=[case]))
-    writer.write_manifest(Manifest.from_json({"matrix_text": "kernels: [{debian: bookworm}]\n",
-                                              "probe": {"sha256": "p" * 64}, "expectations_sha256": "e" * 64}))
+    writer.write_manifest(
+        Manifest.from_json(
+            {
+                "matrix_text": "kernels: [{debian: bookworm}]\n",
+                "probe": {"sha256": "p" * 64},
+                "expectations_sha256": "e" * 64,
+            }
+        )
+    )
     writer.finish("2026-11-26T00:10:00Z")
 
 
@@ -81,9 +97,13 @@ def no_manifest(run_dir: Path) -> None:
 
 
 RUNS: dict[str, Callable[[Path], None]] = {
-    "deep": deep, "bignum": bignum, "infinite": infinite, "bogus-debs": bogus_debs, "escaping-shard": escaping_shard,
+    "deep": deep,
+    "bignum": bignum,
+    "infinite": infinite,
+    "bogus-debs": bogus_debs,
+    "escaping-shard": escaping_shard,
     "no-manifest": no_manifest,
-}  # fmt: skip
+}
 M = "bad-inputs/"
 
 # (argv, exit code, what the one stderr line says after "harness: error: ")
@@ -100,12 +120,18 @@ CASES: list[tuple[Sequence[str], int, str]] = [
     (["run", "--matrix", M + "timeout-nan.yaml"], 2, M + "timeout-nan.yaml:3: timeouts.boot: give a positive"),
     (["run", "--matrix", M + "timeout-inf.yaml"], 2, M + "timeout-inf.yaml:3: timeouts.case: give a positive"),
     (["run", "--matrix", M + "limit-huge.yaml"], 2, M + "limit-huge.yaml:3: memlock.0: 99999999999T is more than"),
-    (["run", "--matrix", M + "duplicate-kernels.yaml"], 2,
-     M + "duplicate-kernels.yaml:3: kernels.1: the same kernel as kernels.0; remove one"),
+    (
+        ["run", "--matrix", M + "duplicate-kernels.yaml"],
+        2,
+        M + "duplicate-kernels.yaml:3: kernels.1: the same kernel as kernels.0; remove one",
+    ),
     (["run", "--matrix", M + "list.yaml"], 2, M + "list.yaml:1: (top level): a matrix file is a mapping"),
     (["run", "--matrix", M + "unknown-case.yaml"], 2, M + "unknown-case.yaml: cases: unknown case 'no_such_case'"),
-    (["run", "--matrix", M + "missing-path.yaml"], 2,
-     M + "missing-path.yaml:2: kernels.0.path: /nonexistent/bzImage is not a file"),
+    (
+        ["run", "--matrix", M + "missing-path.yaml"],
+        2,
+        M + "missing-path.yaml:2: kernels.0.path: /nonexistent/bzImage is not a file",
+    ),
     (["run", "--matrix", "bad-inputs"], 2, "bad-inputs: a directory, not a matrix file"),
     (["run", "--jobs", "0"], 2, "--jobs 0: give at least 1"),
     (["run", "--shard", "5/4"], 2, "harness run: argument --shard: '5/4': give I/N with 1 <= I <= N"),
@@ -114,23 +140,35 @@ CASES: list[tuple[Sequence[str], int, str]] = [
     (["kernels", "resolve", "--matrix", M + "missing-path.yaml"], 2, M + "missing-path.yaml:2: kernels.0.path"),
     (["compare", "night1", "deep"], 2, "results/deep/results.json: cannot read it as JSON"),
     (["compare", "night1", "bignum"], 2, "results/bignum/results.json: cannot read it as JSON (Exceeds the limit"),
-    (["compare", "night1", "infinite"], 2,
-     "results/infinite/results.json: boots[0].cases[0].duration_s: not a finite number"),
-    (["compare", "night1", "night1", "--known", M + "known-not-utf8.yaml"], 2,
-     M + "known-not-utf8.yaml:3: not UTF-8 text"),
+    (
+        ["compare", "night1", "infinite"],
+        2,
+        "results/infinite/results.json: boots[0].cases[0].duration_s: not a finite number",
+    ),
+    (
+        ["compare", "night1", "night1", "--known", M + "known-not-utf8.yaml"],
+        2,
+        M + "known-not-utf8.yaml:3: not UTF-8 text",
+    ),
     (["compare", "night1", "nowhere"], 2, "results/history.sqlite: no kernel matches 'nowhere'; known: 6.1.176-1"),
     (["replay", "bogus-debs"], 2, "results/bogus-debs/manifest.json: kernels[0].debs[0].package: missing"),
     (["replay", "no-manifest"], 2, "results/no-manifest: no manifest.json"),
-    (["merge", "results/escaping-shard"], 2,
-     "results/escaping-shard/results.json: boots[0].serial_log: '../../victim.txt' is not a path inside"),
+    (
+        ["merge", "results/escaping-shard"],
+        2,
+        "results/escaping-shard/results.json: boots[0].serial_log: '../../victim.txt' is not a path inside",
+    ),
     (["history", "--history", "results"], 2, "results: a directory; give --history the history file"),
     (["history", "import", "results/nowhere"], 2, "results/nowhere: no such file; give a run directory"),
-]  # fmt: skip
+]
 
 
 def snapshot(root: Path) -> dict[str, str]:
-    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest() if p.is_file() else "dir"
-            for p in sorted(root.rglob("*")) if "cache" not in p.relative_to(root).parts}  # fmt: skip
+    return {
+        str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest() if p.is_file() else "dir"
+        for p in sorted(root.rglob("*"))
+        if "cache" not in p.relative_to(root).parts
+    }
 
 
 @pytest.fixture
@@ -170,8 +208,12 @@ def test_hostile_strings_in_a_run_reach_reports_history_and_terminal_safely(
     history import, history and merge all work, and print no raw escape."""
     hostile = scratch / "results" / "hostile"
     write_run(hostile, message="weird\ud800 \x1b]0;owned\x07\x1b[2J [bold]x[/]")
-    for argv in (["compare", "night1", "hostile"], ["history", "import", "results/hostile"], ["history"],
-                 ["merge", "results/hostile", "--results", "r[/]x"]):  # fmt: skip
+    for argv in (
+        ["compare", "night1", "hostile"],
+        ["history", "import", "results/hostile"],
+        ["history"],
+        ["merge", "results/hostile", "--results", "r[/]x"],
+    ):
         out = io.StringIO()
         code = cli.main(argv, console=Console(file=out, width=200))
         err = capsys.readouterr().err

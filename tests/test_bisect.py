@@ -27,31 +27,39 @@ from harness.errors import InfraError, UserError
 @pytest.fixture
 def repo(make_repo: Callable[[Sequence[tuple[str, dict[str, str]]]], Path]) -> Path:
     """Eight commits; from the fifth on, `behaviour` says "new"."""
-    return make_repo([(f"commit {i}" + (": the change" if i == 4 else ""),
-                       {"behaviour": "new\n" if i >= 4 else "old\n", "file": f"{i}\n"}) for i in range(8)])  # fmt: skip
+    return make_repo(
+        [
+            (
+                f"commit {i}" + (": the change" if i == 4 else ""),
+                {"behaviour": "new\n" if i >= 4 else "old\n", "file": f"{i}\n"},
+            )
+            for i in range(8)
+        ]
+    )
 
 
 def script(tmp_path: Path, body: str) -> list[str]:
     """A bisect step as a small program reading the commit under test (BISECT_HEAD: --no-checkout)."""
     path = tmp_path / "step.py"
-    path.write_text("import subprocess, sys, time\n"
-                    "repo = sys.argv[1]\n"
-                    "head = subprocess.run(['git', '-C', repo, 'rev-parse', 'BISECT_HEAD'], capture_output=True,"
-                    " text=True, check=True).stdout.strip()\n"
-                    "text = subprocess.run(['git', '-C', repo, 'show', head + ':behaviour'], capture_output=True,"
-                    " text=True, check=True).stdout.strip()\n" + body)  # fmt: skip
+    path.write_text(
+        "import subprocess, sys, time\n"
+        "repo = sys.argv[1]\n"
+        "head = subprocess.run(['git', '-C', repo, 'rev-parse', 'BISECT_HEAD'], capture_output=True,"
+        " text=True, check=True).stdout.strip()\n"
+        "text = subprocess.run(['git', '-C', repo, 'show', head + ':behaviour'], capture_output=True,"
+        " text=True, check=True).stdout.strip()\n" + body
+    )
     return [sys.executable, str(path)]
 
 
 def run_bisect(repo: Path, tmp_path: Path, step: list[str]) -> str:
     first = git(repo, "rev-list", "--max-parents=0", "HEAD")
-    return bisect._run_bisect(repo, first, git(repo, "rev-parse", "HEAD"), [*step, str(repo)], tmp_path, "main",
-                              lambda m: None)  # fmt: skip
+    return bisect._run_bisect(
+        repo, first, git(repo, "rev-parse", "HEAD"), [*step, str(repo)], tmp_path, "main", lambda m: None
+    )
 
 
-def test_the_first_commit_that_behaves_otherwise_is_found_and_the_tree_is_untouched(
-    repo: Path, tmp_path: Path
-) -> None:
+def test_the_first_commit_that_behaves_otherwise_is_found_and_the_tree_is_untouched(repo: Path, tmp_path: Path) -> None:
     (repo / "file").write_text("the user's uncommitted work\n")
     head = git(repo, "rev-parse", "HEAD")
     found = run_bisect(repo, tmp_path, script(tmp_path, "sys.exit(0 if text == 'old' else 1)"))
@@ -91,8 +99,9 @@ def test_ctrl_c_mid_bisect_still_resets(repo: Path, tmp_path: Path) -> None:
         f"bisect._run_bisect(repo, first, kbuild.git(repo, 'rev-parse', 'HEAD'), {[*step, str(repo)]!r}, "
         f"Path({str(tmp_path)!r}), 'main', print)\n"
     )
-    proc = subprocess.Popen([sys.executable, str(driver)], start_new_session=True, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT)  # fmt: skip
+    proc = subprocess.Popen(
+        [sys.executable, str(driver)], start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+    )
     deadline = time.monotonic() + 30
     while not (tmp_path / "started").exists() and time.monotonic() < deadline:
         time.sleep(0.1)
@@ -119,8 +128,9 @@ def test_a_bisect_already_in_progress_or_no_repo_is_bad_input(repo: Path, tmp_pa
 
 
 def obs(behaviour: str) -> Observation:
-    return Observation("c" * 40, behaviour, "pass" if behaviour else "infra_error", "" if behaviour else "no ssh",
-                       ("run",), behaviour)  # fmt: skip
+    return Observation(
+        "c" * 40, behaviour, "pass" if behaviour else "infra_error", "" if behaviour else "no ssh", ("run",), behaviour
+    )
 
 
 @pytest.mark.parametrize(
@@ -154,8 +164,16 @@ def test_step_verdicts(monkeypatch: pytest.MonkeyPatch, repo: Path, tmp_path: Pa
     """A step compares with the good end only: anything else is bad, no answer is skip."""
     state = tmp_path / "bisect" / bisect.STATE_FILE
     state.parent.mkdir()
-    settings = {"repo": str(repo), "case": "c", "ram": "256M", "memlock": "default", "user": "root", "config": None,
-                "base": "tinyconfig", "tries": 3}  # fmt: skip
+    settings = {
+        "repo": str(repo),
+        "case": "c",
+        "ram": "256M",
+        "memlock": "default",
+        "user": "root",
+        "config": None,
+        "base": "tinyconfig",
+        "tries": 3,
+    }
     state.write_text(json.dumps({"settings": settings, "good": {"behaviour": "A"}, "bad": {"behaviour": "B"}}))
     for answer, code in (("A", 0), ("B", 1), ("C", 1), ("", 125)):
         monkeypatch.setattr(bisect, "observe", lambda *a, answer=answer, **k: obs(answer))

@@ -32,17 +32,28 @@ from harness.kit import probe
 pytestmark = [pytest.mark.integration, pytest.mark.bisect]
 REPO = Path(__file__).resolve().parent.parent
 SUITE = "bookworm"
-ENV = {"GIT_AUTHOR_NAME": "harness", "GIT_AUTHOR_EMAIL": "harness@example.org", "GIT_COMMITTER_NAME": "harness",
-       "GIT_COMMITTER_EMAIL": "harness@example.org"}  # fmt: skip
+ENV = {
+    "GIT_AUTHOR_NAME": "harness",
+    "GIT_AUTHOR_EMAIL": "harness@example.org",
+    "GIT_COMMITTER_NAME": "harness",
+    "GIT_COMMITTER_EMAIL": "harness@example.org",
+}
 
 # (title, file, old text, new text); the third is the behaviour change.
 SERIES = [
     ("Documentation: say what the harness tree is", "README", "Linux kernel", "Linux kernel (harness bisect tree)"),
-    ("mm/mlock: say why the limit is checked twice", "mm/mlock.c", "\t/* check against resource limits */",
-     "\t/* check against resource limits (again: the VMA walk may have found locked pages) */"),
-    ("mm/mlock: stop enforcing RLIMIT_MEMLOCK in mlock()", "mm/mlock.c",
-     "\tlock_limit = rlimit(RLIMIT_MEMLOCK);\n\tlock_limit >>= PAGE_SHIFT;\n\tlocked = len >> PAGE_SHIFT;",
-     "\tlock_limit = RLIM_INFINITY;\n\tlock_limit >>= PAGE_SHIFT;\n\tlocked = len >> PAGE_SHIFT;"),
+    (
+        "mm/mlock: say why the limit is checked twice",
+        "mm/mlock.c",
+        "\t/* check against resource limits */",
+        "\t/* check against resource limits (again: the VMA walk may have found locked pages) */",
+    ),
+    (
+        "mm/mlock: stop enforcing RLIMIT_MEMLOCK in mlock()",
+        "mm/mlock.c",
+        "\tlock_limit = rlimit(RLIMIT_MEMLOCK);\n\tlock_limit >>= PAGE_SHIFT;\n\tlocked = len >> PAGE_SHIFT;",
+        "\tlock_limit = RLIM_INFINITY;\n\tlock_limit >>= PAGE_SHIFT;\n\tlocked = len >> PAGE_SHIFT;",
+    ),
     ("fork: a comment", "kernel/fork.c", "/*\n *  linux/kernel/fork.c", "/*\n *  linux/kernel/fork.c (harness)"),
 ]
 
@@ -51,8 +62,9 @@ def git(repo: Path, *args: str, date: int = 0) -> str:
     env = {**os.environ, **ENV}
     if date:
         env["GIT_AUTHOR_DATE"] = env["GIT_COMMITTER_DATE"] = f"@{date} +0000"
-    return subprocess.run(["git", "-C", str(repo), *args], check=True, capture_output=True, text=True,
-                          env=env).stdout.strip()  # fmt: skip
+    return subprocess.run(
+        ["git", "-C", str(repo), *args], check=True, capture_output=True, text=True, env=env
+    ).stdout.strip()
 
 
 def source_deb(cache: Path) -> archive.Deb:
@@ -111,10 +123,34 @@ def test_bisect_names_the_commit_that_stopped_enforcing_the_limit(tmp_path: Path
     culprit = git(repo, "rev-parse", "HEAD~1")
     results = tmp_path / "results"
     proc = subprocess.run(
-        [sys.executable, "-m", "harness", "bisect", "--repo", str(repo), "--good", "HEAD~4", "--bad", "HEAD",
-         "--case", "mlock_over", "--memlock", "64K", "--user", "user", "--tries", "2", "--results", str(results)],
-        capture_output=True, text=True, cwd=REPO, timeout=5400, env={**os.environ, "COLUMNS": "200"},
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "harness",
+            "bisect",
+            "--repo",
+            str(repo),
+            "--good",
+            "HEAD~4",
+            "--bad",
+            "HEAD",
+            "--case",
+            "mlock_over",
+            "--memlock",
+            "64K",
+            "--user",
+            "user",
+            "--tries",
+            "2",
+            "--results",
+            str(results),
+        ],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=5400,
+        env={**os.environ, "COLUMNS": "200"},
+    )
     took = time.monotonic() - started - made
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr
     assert f"first commit that changed mlock_over: {culprit} mm/mlock: stop enforcing RLIMIT_MEMLOCK" in proc.stdout
@@ -131,10 +167,15 @@ def test_bisect_names_the_commit_that_stopped_enforcing_the_limit(tmp_path: Path
     # The user's tree as it was found.
     assert git(repo, "rev-parse", "HEAD") == head and git(repo, "status", "--porcelain") == ""
     assert not (repo / ".git" / "BISECT_START").exists()
-    builds = [json.loads(p.read_text()) for p in (cache / "builds").glob("*/build.json")
-              if json.loads(p.read_text())["repo"] == str(repo)]  # fmt: skip
-    print(f"\ntree made in {made:.0f}s; bisect took {took:.0f}s; builds: "
-          + ", ".join(f"{b['commit'][:12]} {b['seconds']}s" for b in builds))  # fmt: skip
+    builds = [
+        json.loads(p.read_text())
+        for p in (cache / "builds").glob("*/build.json")
+        if json.loads(p.read_text())["repo"] == str(repo)
+    ]
+    print(
+        f"\ntree made in {made:.0f}s; bisect took {took:.0f}s; builds: "
+        + ", ".join(f"{b['commit'][:12]} {b['seconds']}s" for b in builds)
+    )
 
 
 def run_good_end(repo: Path, tmp_path: Path, option: str) -> Path:
@@ -153,10 +194,24 @@ def harness_run(tmp_path: Path, jobs: int, codes: tuple[int, ...]) -> Path:
     with one of `codes`."""
     results = tmp_path / "results"
     proc = subprocess.run(
-        [sys.executable, "-m", "harness", "run", "--matrix", str(tmp_path / "m.yaml"), "--results", str(results),
-         "--jobs", str(jobs)],
-        capture_output=True, text=True, cwd=REPO, timeout=5400, env={**os.environ, "COLUMNS": "200"},
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "harness",
+            "run",
+            "--matrix",
+            str(tmp_path / "m.yaml"),
+            "--results",
+            str(results),
+            "--jobs",
+            str(jobs),
+        ],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=5400,
+        env={**os.environ, "COLUMNS": "200"},
+    )
     assert proc.returncode in codes, proc.stdout[-4000:] + proc.stderr
     return (results / "latest").resolve()
 
@@ -174,7 +229,10 @@ def test_a_tree_built_without_virtio_net_is_reached_over_the_serial_line(tmp_pat
     (boot,) = json.loads((run_dir / "results.json").read_text())["boots"]
     assert boot["transport"] == "serial" and boot["error"] == ""
     assert {c["case"]: c["outcome"] for c in boot["cases"]} == {
-        "mlock_over": "pass", "map_locked_over": "pass", "limits": "pass"}  # fmt: skip
+        "mlock_over": "pass",
+        "map_locked_over": "pass",
+        "limits": "pass",
+    }
     (entry,) = json.loads((run_dir / "manifest.json").read_text())["boots"]
     assert entry["transport_reason"] == "the kernel has no NIC driver the guest can load"
     (kernel,) = json.loads((run_dir / "manifest.json").read_text())["kernels"]
@@ -203,8 +261,15 @@ def test_an_older_compiler_builds_the_tree_and_the_manifest_says_which(tmp_path:
 # it through the firmware), no virtio at all, and the hardware QEMU emulates for old kernels driven
 # by plain .ko modules (e1000; the PIIX IDE controller through libata, scsi_mod and sd_mod; ext2).
 # No devtmpfs either (2.6.32 brought it): /init makes the device nodes with busybox's mdev.
-LEGACY_OFF = ("CONFIG_PVH", "CONFIG_VIRTIO_MENU", "CONFIG_VIRTIO_PCI", "CONFIG_VIRTIO_NET", "CONFIG_VIRTIO_BLK",
-              "CONFIG_EXT4_FS", "CONFIG_DEVTMPFS")  # fmt: skip
+LEGACY_OFF = (
+    "CONFIG_PVH",
+    "CONFIG_VIRTIO_MENU",
+    "CONFIG_VIRTIO_PCI",
+    "CONFIG_VIRTIO_NET",
+    "CONFIG_VIRTIO_BLK",
+    "CONFIG_EXT4_FS",
+    "CONFIG_DEVTMPFS",
+)
 LEGACY_MODULES = """CONFIG_MODULES=y
 CONFIG_ETHERNET=y
 CONFIG_NET_VENDOR_INTEL=y
@@ -234,8 +299,10 @@ def test_a_kernel_without_pvh_and_virtio_runs_the_catalogue_on_emulated_hardware
     (tmp_path / "legacy.config").write_text(text + LEGACY_MODULES)
     good = git(repo, "rev-parse", "HEAD~4")
     spec = f"{{repo: {repo}, rev: {good}"
-    (tmp_path / "m.yaml").write_text(f"kernels:\n  - git: {spec}}}\n  - git: {spec}, config: legacy.config}}\n"
-                                     "memlock: [default, 64K, 0, unlimited]\nusers: [root, user]\n")  # fmt: skip
+    (tmp_path / "m.yaml").write_text(
+        f"kernels:\n  - git: {spec}}}\n  - git: {spec}, config: legacy.config}}\n"
+        "memlock: [default, 64K, 0, unlimited]\nusers: [root, user]\n"
+    )
     run_dir = harness_run(tmp_path, 2, (0, 1))
     modern, legacy = json.loads((run_dir / "results.json").read_text())["boots"]
     assert "+legacy" in legacy["boot_id"] and legacy["error"] == "" and legacy["transport"] == "net"
@@ -272,10 +339,32 @@ def test_bisect_on_the_kernel_s_own_selftest_names_the_same_commit(tmp_path: Pat
     culprit = git(repo, "rev-parse", "HEAD~1")
     results = tmp_path / "results"
     proc = subprocess.run(
-        [sys.executable, "-m", "harness", "bisect", "--repo", str(repo), "--good", "HEAD~4", "--bad", "HEAD",
-         "--case", "kselftest-mm:mlock-random-test", "--user", "root", "--tries", "2", "--results", str(results)],
-        capture_output=True, text=True, cwd=REPO, timeout=5400, env={**os.environ, "COLUMNS": "200"},
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "harness",
+            "bisect",
+            "--repo",
+            str(repo),
+            "--good",
+            "HEAD~4",
+            "--bad",
+            "HEAD",
+            "--case",
+            "kselftest-mm:mlock-random-test",
+            "--user",
+            "root",
+            "--tries",
+            "2",
+            "--results",
+            str(results),
+        ],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=5400,
+        env={**os.environ, "COLUMNS": "200"},
+    )
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr
     assert f"first commit that changed kselftest-mm:mlock-random-test: {culprit}" in proc.stdout
     (record,) = results.glob("bisect-*/bisect.json")

@@ -104,8 +104,9 @@ class FakeMachine:
 
 
 class FakeSession:
-    def __init__(self, machine: FakeMachine, faults: dict[str, Any], exit_code: int,
-                 refuse: guest.SSHFailure | None = None) -> None:  # fmt: skip
+    def __init__(
+        self, machine: FakeMachine, faults: dict[str, Any], exit_code: int, refuse: guest.SSHFailure | None = None
+    ) -> None:
         self.machine = machine
         self.faults = faults
         self.exit_code = exit_code
@@ -155,8 +156,13 @@ class Guests:
     """Fake seams: each boot attempt takes the next entry of `boots` (an exception to fail with, or
     None to come up); the probe meets `faults` (case -> fault, each once) in whatever guest runs it."""
 
-    def __init__(self, boots: Sequence[BaseException | None] = (), faults: dict[str, Any] | None = None,
-                 exit_code: int = 0, refuse: guest.SSHFailure | None = None) -> None:  # fmt: skip
+    def __init__(
+        self,
+        boots: Sequence[BaseException | None] = (),
+        faults: dict[str, Any] | None = None,
+        exit_code: int = 0,
+        refuse: guest.SSHFailure | None = None,
+    ) -> None:
         self.boots = list(boots)
         self.faults = dict(faults or {})
         self.exit_code = exit_code
@@ -167,8 +173,9 @@ class Guests:
         self.stores: list[object] = []  # the store each guest was asked for
 
     @contextlib.contextmanager
-    def boot(self, config: vm.VMConfig, serial: Path, timeout: float, cancel: threading.Event,
-             saved: object) -> Iterator[FakeMachine]:  # fmt: skip
+    def boot(
+        self, config: vm.VMConfig, serial: Path, timeout: float, cancel: threading.Event, saved: object
+    ) -> Iterator[FakeMachine]:
         failure = self.boots.pop(0) if self.boots else None
         if failure is not None:
             raise failure
@@ -193,23 +200,37 @@ class Guests:
 
 
 def plan(*runs: RunPlan) -> BootPlan:
-    return BootPlan("k-256M", DebianKernel(("bookworm",)), 256, runs or (RunPlan(None, "root", CASES),),
-                    Timeouts(boot=10, case=5))  # fmt: skip
+    return BootPlan(
+        "k-256M", DebianKernel(("bookworm",)), 256, runs or (RunPlan(None, "root", CASES),), Timeouts(boot=10, case=5)
+    )
 
 
-def run_boot(tmp_path: Path, guests: Guests, p: BootPlan | None = None, live: Live | None = None,
-             saved: object = None, accel_name: str = "tcg") -> tuple[BootResult, list[tuple[int, bool]]]:  # fmt: skip
+def run_boot(
+    tmp_path: Path,
+    guests: Guests,
+    p: BootPlan | None = None,
+    live: Live | None = None,
+    saved: object = None,
+    accel_name: str = "tcg",
+) -> tuple[BootResult, list[tuple[int, bool]]]:
     """Run one boot plan through the fakes; returns the result and (cases known, flushed) per publish."""
     p = p or plan()
     kernel = Kernel("bookworm", "6.1.0-50-amd64", tmp_path / "vmlinuz", None, None, "ab" * 32, None, None, (), "x")
     image = Image(tmp_path / "image.cpio", "cd" * 32, "ssh-ed25519 AAAA", ())
-    ctx = boot.BootContext(plan=p, kernel=kernel, image=image, disk=tmp_path / "disk.img", key=None,  # type: ignore[arg-type]
-                           accel=accel_name, judge=judge.Judge(EXPECT).results, run_dir=tmp_path,
-                           saved=saved)  # type: ignore[arg-type]
+    ctx = boot.BootContext(
+        plan=p,
+        kernel=kernel,
+        image=image,
+        disk=tmp_path / "disk.img",
+        key=None,  # type: ignore[arg-type]
+        accel=accel_name,
+        judge=judge.Judge(EXPECT).results,
+        run_dir=tmp_path,
+        saved=saved,
+    )  # type: ignore[arg-type]
     result = BootResult(p.id, None, p.ram_mb)
     published: list[tuple[int, bool]] = []
-    boot.run_boot(ctx, result, lambda r, flush: published.append((len(r.cases), flush)), live or Live(),
-                  guests.seams())  # fmt: skip
+    boot.run_boot(ctx, result, lambda r, flush: published.append((len(r.cases), flush)), live or Live(), guests.seams())
     return result, published
 
 
@@ -275,8 +296,11 @@ def test_losing_the_guest_too_often_gives_up_the_rest(tmp_path: Path) -> None:
     assert result.reboots == boot.MAX_REBOOTS + 1 and len(guests.started) == boot.MAX_REBOOTS + 1
     assert result.error.startswith(f"gave up after losing the guest {boot.MAX_REBOOTS + 1} times; last: the guest")
     rest = result.cases[4:]
-    assert [(c.case, c.memlock, c.user) for c in rest] == [("c4", "default", "root"), ("c5", "default", "root"),
-                                                           ("c5", "64K", "user")]  # fmt: skip
+    assert [(c.case, c.memlock, c.user) for c in rest] == [
+        ("c4", "default", "root"),
+        ("c5", "default", "root"),
+        ("c5", "64K", "user"),
+    ]
     assert all(c.outcome is Outcome.INFRA_ERROR and c.message.startswith("not run: gave up") for c in rest)
 
 
@@ -313,9 +337,11 @@ def test_a_probe_that_exits_with_an_error_errs_the_rest_of_its_run_without_a_reb
     p = plan(RunPlan(None, "root", CASES), RunPlan(None, "user", ("a",)))
     result, _ = run_boot(tmp_path, guests, p)
     assert [(c.case, c.user, c.outcome) for c in result.cases] == [
-        ("a", "root", Outcome.PASS), ("b", "root", Outcome.INFRA_ERROR), ("c", "root", Outcome.INFRA_ERROR),
+        ("a", "root", Outcome.PASS),
+        ("b", "root", Outcome.INFRA_ERROR),
+        ("c", "root", Outcome.INFRA_ERROR),
         ("a", "user", Outcome.PASS),
-    ]  # fmt: skip
+    ]
     assert result.cases[1].message == "probe exited 2: probe: cannot set the limit"
     assert (result.reboots, result.retries, result.error) == (0, 0, "") and len(guests.started) == 1
 
@@ -334,8 +360,9 @@ def test_an_interrupt_during_a_failed_boot_is_not_retried(tmp_path: Path) -> Non
 
     class Interrupting(Guests):
         @contextlib.contextmanager
-        def boot(self, config: vm.VMConfig, serial: Path, timeout: float, cancel: threading.Event,
-                 saved: object) -> Iterator[FakeMachine]:  # fmt: skip
+        def boot(
+            self, config: vm.VMConfig, serial: Path, timeout: float, cancel: threading.Event, saved: object
+        ) -> Iterator[FakeMachine]:
             live.cancel()
             raise vm.BootFailure("boot cancelled: the run was interrupted", "")
             yield  # pragma: no cover
@@ -350,12 +377,16 @@ def record(case: str) -> bytes:
 
 
 def test_malformed_output_is_the_error_of_the_case_it_belongs_to(tmp_path: Path) -> None:
-    hostile = {"b": [b'{"kind":"case","case":"b","duration_ms":"5"}', record("b")],
-               "c": [b"\x1b]0;junk\x07", record("c")]}  # fmt: skip
+    hostile = {
+        "b": [b'{"kind":"case","case":"b","duration_ms":"5"}', record("b")],
+        "c": [b"\x1b]0;junk\x07", record("c")],
+    }
     result, _ = run_boot(tmp_path, Guests(faults=hostile))
     assert [(c.case, c.outcome) for c in result.cases] == [
-        ("a", Outcome.PASS), ("b", Outcome.INFRA_ERROR), ("c", Outcome.INFRA_ERROR),
-    ]  # fmt: skip
+        ("a", Outcome.PASS),
+        ("b", Outcome.INFRA_ERROR),
+        ("c", Outcome.INFRA_ERROR),
+    ]
     assert result.cases[1].message == "malformed probe output: duration_ms: a string, not int"
     assert result.cases[2].message.startswith("malformed probe output: not a JSON record")
     assert (result.reboots, result.error) == (0, "")  # the guest itself is fine: the next run goes on
@@ -365,8 +396,10 @@ def test_records_the_run_did_not_ask_for_are_errors_not_rows(tmp_path: Path) -> 
     # A record for a case no one asked for, then b's own (too late); a second answer for a.
     result, _ = run_boot(tmp_path, Guests(faults={"b": [record("zzz"), record("b")], "c": [record("a"), record("c")]}))
     assert [(c.case, c.outcome) for c in result.cases] == [
-        ("a", Outcome.PASS), ("b", Outcome.INFRA_ERROR), ("c", Outcome.PASS),
-    ]  # fmt: skip
+        ("a", Outcome.PASS),
+        ("b", Outcome.INFRA_ERROR),
+        ("c", Outcome.PASS),
+    ]
     assert result.cases[1].message == "malformed probe output: a record for case 'zzz', which was not asked for"
 
 
@@ -374,8 +407,10 @@ def test_a_stream_that_stops_mid_record_errs_the_case_and_the_probe_that_exits_e
     guests = Guests(faults={"b": [Line(record("b")[:20], complete=False)], "c": QUIT}, exit_code=0)
     result, _ = run_boot(tmp_path, guests)
     assert [(c.case, c.outcome) for c in result.cases] == [
-        ("a", Outcome.PASS), ("b", Outcome.INFRA_ERROR), ("c", Outcome.INFRA_ERROR),
-    ]  # fmt: skip
+        ("a", Outcome.PASS),
+        ("b", Outcome.INFRA_ERROR),
+        ("c", Outcome.INFRA_ERROR),
+    ]
     assert "stopped in the middle of a line" in result.cases[1].message
     assert result.cases[2].message == "probe exited 0 without a record for this case"
     assert len(guests.started) == 1  # answered by an error, not booted again and again
@@ -409,8 +444,10 @@ def test_a_guest_kvm_cannot_run_is_booted_again_under_tcg_and_the_run_gives_kvm_
     assert outcomes(result) == [(c, "default", Outcome.PASS) for c in CASES]
     assert (result.accelerator, result.retries, result.error) == ("tcg", 0, "")
     assert [m.config.accel for m in guests.started] == ["tcg"]
-    assert log == ["accelerator: KVM failed boot k-256M (the guest printed nothing in 10s under kvm); this boot and "
-                   "the rest of the run use tcg"]  # fmt: skip
+    assert log == [
+        "accelerator: KVM failed boot k-256M (the guest printed nothing in 10s under kvm); this boot and "
+        "the rest of the run use tcg"
+    ]
     assert "this guest is booted again under tcg" in (tmp_path / "a" / result.serial_log).read_text()
     assert live.accel is not None
     assert live.accel.record().reason.endswith("KVM failed boot k-256M: the guest printed nothing in 10s under kvm")
@@ -463,15 +500,26 @@ def test_a_loaded_guest_that_does_not_answer_is_deleted_and_the_guest_boots_cold
     p = plan()
     kernel = Kernel("bookworm", "6.1.0-50-amd64", tmp_path / "vmlinuz", None, None, "ab" * 32, None, None, (), "x")
     image = Image(tmp_path / "image.cpio", "cd" * 32, "ssh-ed25519 AAAA", ())
-    ctx = boot.BootContext(plan=p, kernel=kernel, image=image, disk=None, key=None, accel="tcg",  # type: ignore[arg-type]
-                           judge=judge.Judge(EXPECT).results, run_dir=tmp_path, saved=store)  # type: ignore[arg-type]
+    ctx = boot.BootContext(
+        plan=p,
+        kernel=kernel,
+        image=image,
+        disk=None,
+        key=None,
+        accel="tcg",  # type: ignore[arg-type]
+        judge=judge.Judge(EXPECT).results,
+        run_dir=tmp_path,
+        saved=store,
+    )  # type: ignore[arg-type]
     result = BootResult(p.id, None, p.ram_mb)
     boot.run_boot(ctx, result, lambda r, flush: None, Live(log=log.append), seams)
     assert outcomes(result) == [(c, "default", Outcome.PASS) for c in CASES]
     assert (store.discarded, result.restored, result.retries, result.reboots) == (["5eed"], "", 0, 0)
     assert [m.restored for m in guests.started] == ["5eed", ""]
-    assert log == ["boot k-256M: the saved guest 5eed did not answer (cannot reach root@serial: No existing "
-                   "session); it is deleted, and the guest boots cold"]  # fmt: skip
+    assert log == [
+        "boot k-256M: the saved guest 5eed did not answer (cannot reach root@serial: No existing "
+        "session); it is deleted, and the guest boots cold"
+    ]
     assert "it is deleted, and the guest boots cold" in (tmp_path / result.serial_log).read_text()
 
     again = Guests(refuse=guest.SSHFailure("cannot reach root@serial: No existing session"))
@@ -486,15 +534,27 @@ def test_a_suite_s_programs_run_through_the_path_the_probe_s_cases_take(tmp_path
     that this tree lacks, or that does not apply to the user, is answered without running; a
     program's KTAP results are subtests; one that hangs loses the guest, and the next guest runs the
     rest."""
-    built = Built({"map_populate": tmp_path / "a", "mlock2-tests": tmp_path / "b", "on-fault-limit": tmp_path / "c"},
-                  {"mremap_dontunmap": "not in this kernel's tree"}, {"what": "a tree"})  # fmt: skip
+    built = Built(
+        {"map_populate": tmp_path / "a", "mlock2-tests": tmp_path / "b", "on-fault-limit": tmp_path / "c"},
+        {"mremap_dontunmap": "not in this kernel's tree"},
+        {"what": "a tree"},
+    )
     programs = [f"kselftest-mm:{p}" for p in ("mlock2-tests", "mremap_dontunmap", "on-fault-limit", "map_populate")]
     p = plan(RunPlan(None, "root", ("a", *programs, "b")))
     guests = Guests(faults={"mlock2-tests": HANG, "map_populate": (1, "TAP version 13\n1..2\nok 1 x\nnot ok 2 y\n")})
     kernel = Kernel("bookworm", "6.1.0-50-amd64", tmp_path / "vmlinuz", None, None, "ab" * 32, None, None, (), "x")
     image = Image(tmp_path / "image.cpio", "cd" * 32, "ssh-ed25519 AAAA", ())
-    ctx = boot.BootContext(plan=p, kernel=kernel, image=image, disk=None, key=None, accel="tcg",  # type: ignore[arg-type]
-                           judge=judge.Judge(EXPECT).results, run_dir=tmp_path, suites={"kselftest-mm": built})
+    ctx = boot.BootContext(
+        plan=p,
+        kernel=kernel,
+        image=image,
+        disk=None,
+        key=None,
+        accel="tcg",  # type: ignore[arg-type]
+        judge=judge.Judge(EXPECT).results,
+        run_dir=tmp_path,
+        suites={"kselftest-mm": built},
+    )
     result = BootResult(p.id, None, p.ram_mb)
     boot.run_boot(ctx, result, lambda r, flush: None, Live(), guests.seams())
     got = {c.case: c for c in result.cases}
@@ -508,7 +568,9 @@ def test_a_suite_s_programs_run_through_the_path_the_probe_s_cases_take(tmp_path
     assert got["kselftest-mm:map_populate/y"].outcome is Outcome.DEVIATION
     assert got["kselftest-mm:map_populate"].observation["source"] == {"what": "a tree"}  # type: ignore[index]
     assert (got["kselftest-mm:mremap_dontunmap"].outcome, got["kselftest-mm:mremap_dontunmap"].message) == (
-        Outcome.NOT_APPLICABLE, "not in this kernel's tree")  # fmt: skip
+        Outcome.NOT_APPLICABLE,
+        "not in this kernel's tree",
+    )
     assert got["kselftest-mm:on-fault-limit"].outcome is Outcome.NOT_APPLICABLE  # run_vmtests.sh runs it unprivileged
     assert got["kselftest-mm:mlock2-tests"].outcome is Outcome.TIMEOUT and result.reboots == 1
     assert got["a"].outcome is got["b"].outcome is Outcome.PASS

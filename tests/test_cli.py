@@ -106,8 +106,9 @@ def test_cases_lists_the_probe_catalogue(catalogue: list[str], capsys: pytest.Ca
 
 def module_run(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "COLUMNS": "80", "HARNESS_CACHE": str(tmp_path / "cache")}
-    return subprocess.run([sys.executable, "-m", "harness", *args], cwd=tmp_path, env=env,
-                          capture_output=True, text=True, timeout=60)  # fmt: skip
+    return subprocess.run(
+        [sys.executable, "-m", "harness", *args], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60
+    )
 
 
 def test_python_m_harness_bad_matrix_exits_2(tmp_path: Path) -> None:
@@ -174,8 +175,17 @@ def test_bad_shard_is_one_line(shard: str, capsys: pytest.CaptureFixture[str]) -
     assert f"argument --shard: {shard!r}: give I/N with 1 <= I <= N" in line
 
 
-@pytest.mark.parametrize("args", [["cases"], ["run", "--help"], ["--help"], ["run", "--print-default-matrix"],
-                                  ["history"], ["history", "--case", "protnone_mlock"]])
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["cases"],
+        ["run", "--help"],
+        ["--help"],
+        ["run", "--print-default-matrix"],
+        ["history"],
+        ["history", "--case", "protnone_mlock"],
+    ],
+)
 def test_a_reader_that_leaves_early_ends_the_harness_quietly(tmp_path: Path, args: list[str]) -> None:
     """`harness cases | head -1`, `harness history | less` quit early: as git, the harness ends
     without a word (SIGPIPE's exit status, or 0 where argparse printed help), no traceback, no crash file."""
@@ -184,8 +194,15 @@ def test_a_reader_that_leaves_early_ends_the_harness_quietly(tmp_path: Path, arg
     read, write = os.pipe()
     os.close(read)  # the reader is gone before the harness writes a byte
     env = {**os.environ, "HARNESS_CACHE": str(tmp_path / "cache")}
-    proc = subprocess.run([sys.executable, "-m", "harness", *args], cwd=tmp_path, env=env, stdout=write,
-                          stderr=subprocess.PIPE, text=True, timeout=60)  # fmt: skip
+    proc = subprocess.run(
+        [sys.executable, "-m", "harness", *args],
+        cwd=tmp_path,
+        env=env,
+        stdout=write,
+        stderr=subprocess.PIPE,
+        text=True,
+        timeout=60,
+    )
     os.close(write)
     assert proc.stderr == ""
     assert proc.returncode in (0, 128 + 13)
@@ -195,8 +212,9 @@ def test_a_reader_that_leaves_early_ends_the_harness_quietly(tmp_path: Path, arg
 def write_run(run_dir: Path, outcome: Outcome, fingerprint: str) -> Path:
     """A run directory as `harness run` leaves it, with one boot and one case."""
     kernel = KernelInfo("bookworm", "6.1.0-50-amd64", "linux-image-6.1.0-50-amd64", "6.1.176-1", "ab" * 32, "bookworm")
-    case = CaseResult("bookworm-256M", "protnone_mlock", "64K", "user", outcome, "locked after ENOMEM", {},
-                      fingerprint=fingerprint)  # fmt: skip
+    case = CaseResult(
+        "bookworm-256M", "protnone_mlock", "64K", "user", outcome, "locked after ENOMEM", {}, fingerprint=fingerprint
+    )
     writer = rundir.RunWriter(run_dir, run_dir.name, "2026-11-26T00:00:00Z", ["bookworm-256M"])
     writer.add_boot(BootResult("bookworm-256M", kernel, 256, "tcg", cases=[case]))
     writer.write_manifest(Manifest(matrix_text="kernels: [{debian: bookworm}]\n"))
@@ -244,9 +262,7 @@ def test_replay_of_unknown_run_or_boot_is_bad_input(tmp_path: Path, capsys: pyte
     write_run(tmp_path / "results" / "night1", Outcome.PASS, "{}")
     code, _, err = run(["replay", "night1", "--boot", "trixie-256M"], capsys)
     assert code == 2
-    assert err.splitlines() == [
-        "harness: error: --boot trixie-256M: run night1 has no such boot; it has bookworm-256M"
-    ]
+    assert err.splitlines() == ["harness: error: --boot trixie-256M: run night1 has no such boot; it has bookworm-256M"]
 
 
 def test_merge_of_a_non_run_is_bad_input(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -318,10 +334,12 @@ def test_bisect_bad_input_names_the_option(
     (got,) = err.splitlines()
     assert got.startswith(f"harness: error: {line}"), got
     assert not (tmp_path / "results").exists()  # nothing built, booted or written
-    code, _, err = run(["bisect", "--repo", str(tmp_path / "nowhere"), "--good", "a", "--bad", "b", "--case", "x"],
-                       capsys)  # fmt: skip
-    assert code == 2 and err.splitlines() == [f"harness: error: --repo {tmp_path / 'nowhere'}: not a git work tree; "
-                                               "give a kernel git checkout"]  # fmt: skip
+    code, _, err = run(
+        ["bisect", "--repo", str(tmp_path / "nowhere"), "--good", "a", "--bad", "b", "--case", "x"], capsys
+    )
+    assert code == 2 and err.splitlines() == [
+        f"harness: error: --repo {tmp_path / 'nowhere'}: not a git work tree; give a kernel git checkout"
+    ]
 
 
 def test_cache_lists_each_folder_with_its_size_on_disk(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -14,8 +14,14 @@ from harness.history.compare import Change, Known, exit_code, kernel_side, load_
 from harness.history.compare import compare as diff
 from harness.results import BootResult, CaseResult, KernelInfo, Outcome, RunRecord
 
-K616 = KernelInfo("trixie-backports", "6.16.12+deb13-amd64", "linux-image-6.16.12+deb13-amd64", "6.16.12-1~bpo13+1",
-                  "16" * 32, "trixie-backports")  # fmt: skip
+K616 = KernelInfo(
+    "trixie-backports",
+    "6.16.12+deb13-amd64",
+    "linux-image-6.16.12+deb13-amd64",
+    "6.16.12-1~bpo13+1",
+    "16" * 32,
+    "trixie-backports",
+)
 K72 = KernelInfo("sid", "7.2.13+deb14-amd64", "linux-image-7.2.13+deb14-amd64", "7.2.13-1", "72" * 32, "sid")
 
 LOCKED = '{"locked":"all","result":"ok"}'
@@ -95,8 +101,9 @@ def test_known_deviation_is_expected_only_in_its_kernel_range_and_scope() -> Non
     assert changes(base, out_of_range, known) == {"mremap_dontunmap_whole": Change.NEW_DEVIATION}
     as_root = run(K616, res("mremap_dontunmap_whole", Outcome.DEVIATION, DOUBLE, user="root"))
     assert [d.change for d in diff(run_side(base), run_side(as_root), known)] == [
-        Change.NEW_DEVIATION, Change.ONLY_BASELINE,
-    ]  # fmt: skip
+        Change.NEW_DEVIATION,
+        Change.ONLY_BASELINE,
+    ]
 
 
 def test_two_kernels_pair_by_ram_and_runs_do_not_mix_with_kernels() -> None:
@@ -133,12 +140,14 @@ def test_the_shipped_known_deviations_file_loads() -> None:
         ("known: [\n", ":2: invalid YAML"),
         ("other: []\n", ":1: known: missing"),
         ("known:\n  - case: x\n", ":2: known[0].reason: missing"),
-        ("known:\n  - case: x\n    reason: y\n  - case: z\n    reason: w\n    kernels: '>=6'\n",
-         ":4: known[1].kernels: unknown key"),
+        (
+            "known:\n  - case: x\n    reason: y\n  - case: z\n    reason: w\n    kernels: '>=6'\n",
+            ":4: known[1].kernels: unknown key",
+        ),
         ("known:\n  - {case: x, reason: y, kernel: 'about 6'}\n", ":2: known[0].kernel: bad kernel range 'about 6'"),
         ("known:\n  - just a string\n", ":2: known[0]: an entry is a mapping"),
     ],
-)  # fmt: skip
+)
 def test_bad_known_file_is_one_line_naming_file_line_and_field(tmp_path: Path, text: str, says: str) -> None:
     path = tmp_path / "known.yaml"
     path.write_text(text)

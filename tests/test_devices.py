@@ -37,18 +37,33 @@ def kernel(tmp_path: Path, modules_dir: Path | None, config: str | None = None) 
     return Kernel("k", "6.1.0-test", tmp_path / "bzImage", None, modules_dir, "0" * 64, None, None, (), "path:k", cfg)
 
 
-def tree(root: Path, build_ko: Build, graph: dict[str, list[str]], builtin: Sequence[str] = (),
-         suffix: str = ".ko") -> Path:  # fmt: skip
+def tree(
+    root: Path, build_ko: Build, graph: dict[str, list[str]], builtin: Sequence[str] = (), suffix: str = ".ko"
+) -> Path:
     for name, deps in graph.items():
         write_module(root / "kernel" / f"{name}{suffix}", build_ko(name, deps))
     (root / "modules.builtin").write_text("".join(f"kernel/{b}.ko\n" for b in builtin))
     return root
 
 
-VIRTIO = {"virtio_pci": ["virtio"], "virtio": [], "virtio_net": ["virtio"], "virtio_blk": ["virtio"],
-          "ext4": ["jbd2"], "jbd2": [], "virtio_rng": ["virtio"]}  # fmt: skip
-LEGACY = {"e1000": [], "ata_piix": ["libata"], "libata": ["scsi_mod"], "sd_mod": ["scsi_mod"], "scsi_mod": [],
-          "ext2": ["mbcache"], "mbcache": []}  # fmt: skip
+VIRTIO = {
+    "virtio_pci": ["virtio"],
+    "virtio": [],
+    "virtio_net": ["virtio"],
+    "virtio_blk": ["virtio"],
+    "ext4": ["jbd2"],
+    "jbd2": [],
+    "virtio_rng": ["virtio"],
+}
+LEGACY = {
+    "e1000": [],
+    "ata_piix": ["libata"],
+    "libata": ["scsi_mod"],
+    "sd_mod": ["scsi_mod"],
+    "scsi_mod": [],
+    "ext2": ["mbcache"],
+    "mbcache": [],
+}
 
 
 @needs_gcc
@@ -59,19 +74,34 @@ def test_a_kernel_with_virtio_gets_virtio_and_loads_what_it_always_did(tmp_path:
     hw = devices.choose(kernel(tmp_path, root))
     assert hw.describe() == {"nic": "virtio-net-pci", "disk": "virtio", "fs": "ext4"} == devices.VIRTIO.describe()
     assert [module_name(p) for p in hw.modules] == [
-        "virtio", "virtio_rng", "virtio_pci", "virtio_net", "virtio_blk", "jbd2", "ext4"]  # fmt: skip
+        "virtio",
+        "virtio_rng",
+        "virtio_pci",
+        "virtio_net",
+        "virtio_blk",
+        "jbd2",
+        "ext4",
+    ]
 
 
 @needs_gcc
 @pytest.mark.parametrize("suffix", [".ko", ".ko.gz"])
-def test_a_kernel_without_virtio_gets_an_e1000_an_ide_disk_and_ext2(tmp_path: Path, build_ko: Build,
-                                                                    suffix: str) -> None:  # fmt: skip
+def test_a_kernel_without_virtio_gets_an_e1000_an_ide_disk_and_ext2(
+    tmp_path: Path, build_ko: Build, suffix: str
+) -> None:
     root = tree(tmp_path / "6.1.0-test", build_ko, LEGACY, suffix=suffix)
     hw = devices.choose(kernel(tmp_path, root))
     assert hw.describe() == {"nic": "e1000", "disk": "ide", "fs": "ext2"}
     assert hw.disk is not None and hw.disk.guest_dev == "sda"
-    assert [module_name(p) for p in hw.modules] == ["e1000", "scsi_mod", "libata", "ata_piix", "sd_mod", "mbcache",
-                                                    "ext2"]  # fmt: skip
+    assert [module_name(p) for p in hw.modules] == [
+        "e1000",
+        "scsi_mod",
+        "libata",
+        "ata_piix",
+        "sd_mod",
+        "mbcache",
+        "ext2",
+    ]
 
 
 @needs_gcc
@@ -137,8 +167,9 @@ def test_the_ext2_disk_is_reproducible_and_holds_the_ext4_disk_s_file(tmp_path: 
     features = subprocess.run(["dumpe2fs", "-h", str(first)], capture_output=True, text=True, check=True).stdout
     assert "extent" not in features and "has_journal" not in features  # nothing ext2 cannot read
     for disk in (first, image.disk_image(tmp_path / "a")):
-        data = subprocess.run(["debugfs", "-R", f"cat /{image.DISK_FILE}", str(disk)], capture_output=True,
-                              check=True).stdout  # fmt: skip
+        data = subprocess.run(
+            ["debugfs", "-R", f"cat /{image.DISK_FILE}", str(disk)], capture_output=True, check=True
+        ).stdout
         assert data == bytes(i % 251 for i in range(256)) * (image.DISK_FILE_SIZE // 256)
 
 
@@ -158,7 +189,8 @@ def test_a_build_has_modules_only_when_its_config_asks_for_one() -> None:
 
 @pytest.mark.integration
 def test_debian_s_kernel_on_an_e1000_and_an_ide_disk_behaves_as_on_virtio(
-    bookworm: Prepared, tmp_path: Path  # noqa: F811
+    bookworm: Prepared,  # noqa: F811
+    tmp_path: Path,  # noqa: F811
 ) -> None:
     """Debian 12's kernel, once as Debian ships it and once with its virtio-net and virtio-blk
     modules taken away: the second guest gets QEMU's e1000 and the ATA disk through ata_piix (the
@@ -167,8 +199,12 @@ def test_debian_s_kernel_on_an_e1000_and_an_ide_disk_behaves_as_on_virtio(
     kernel, _, _ = bookworm
     assert kernel.modules_dir is not None
     legacy = tmp_path / "modules" / kernel.release
-    shutil.copytree(kernel.modules_dir, legacy, copy_function=os.link,
-                    ignore=shutil.ignore_patterns("virtio_net.ko*", "virtio_blk.ko*"))  # fmt: skip
+    shutil.copytree(
+        kernel.modules_dir,
+        legacy,
+        copy_function=os.link,
+        ignore=shutil.ignore_patterns("virtio_net.ko*", "virtio_blk.ko*"),
+    )
     limits = "memlock: [64K, unlimited]\nusers: [root, user]\n"
     data = run(tmp_path, f"kernels:\n  - debian: bookworm\n  - {{path: {kernel.image}, modules: {legacy}}}\n{limits}")
     virtio, old = data["boots"]

@@ -73,7 +73,7 @@ def test_v1_database_is_migrated_with_its_data(tmp_path: Path) -> None:
         INSERT INTO kernels VALUES (1, '{K61.sha256}', '{K61.package}', '{K61.version}', '{K61.release}');
         INSERT INTO boots VALUES (1, 1, 'b', 1, 'bookworm', 'debian:bookworm', 256, 'kvm', '8.0', '', NULL, '');
         INSERT INTO observations VALUES (1, 1, 'mlock_at', '64K', 'user', 'pass', '{A}', 'm', NULL, '{{}}', '', 0.1);
-    """)  # fmt: skip
+    """)
     con.close()
     with History(path) as db:
         assert db.version == SCHEMA_VERSION > 1
@@ -98,9 +98,17 @@ def record_v2(con: sqlite3.Connection, run: RunRecord, manifest: dict[str, Any],
     run_pk = con.execute(
         "INSERT INTO runs (run_id, started, finished, interrupted, harness_version, probe_sha256, recorded, source)"
         " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-        (run.run_id, run.started, run.finished, int(run.interrupted), manifest.get("harness_version") or "",
-         probe.get("sha256") or "", "2026-12-01T00:00:00+00:00", source),
-    ).lastrowid  # fmt: skip
+        (
+            run.run_id,
+            run.started,
+            run.finished,
+            int(run.interrupted),
+            manifest.get("harness_version") or "",
+            probe.get("sha256") or "",
+            "2026-12-01T00:00:00+00:00",
+            source,
+        ),
+    ).lastrowid
     for boot in run.boots:
         k = boot.kernel
         kernel_pk = None
@@ -112,17 +120,40 @@ def record_v2(con: sqlite3.Connection, run: RunRecord, manifest: dict[str, Any],
         boot_pk = con.execute(
             "INSERT INTO boots (run, boot_id, kernel, label, source, ram_mb, accelerator, qemu_version, uname,"
             " memtotal_kb, error) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            (run_pk, boot.boot_id, kernel_pk, "" if k is None else k.label, "" if k is None else k.source,
-             boot.ram_mb, boot.accelerator, boot.qemu_version or manifest.get("qemu_version") or "", boot.uname,
-             boot.memtotal_kb, boot.error),
-        ).lastrowid  # fmt: skip
+            (
+                run_pk,
+                boot.boot_id,
+                kernel_pk,
+                "" if k is None else k.label,
+                "" if k is None else k.source,
+                boot.ram_mb,
+                boot.accelerator,
+                boot.qemu_version or manifest.get("qemu_version") or "",
+                boot.uname,
+                boot.memtotal_kb,
+                boot.error,
+            ),
+        ).lastrowid
         con.executemany(
             "INSERT INTO observations (boot, case_name, memlock, user, outcome, fingerprint, message, observation,"
             " expected, citation, duration_s) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            [(boot_pk, r.case, r.memlock, r.user, r.outcome.value, r.fingerprint, r.message,
-              None if r.observation is None else json.dumps(r.observation, sort_keys=True, default=str),
-              json.dumps(r.expected, sort_keys=True, default=str), r.citation, r.duration_s) for r in boot.cases],
-        )  # fmt: skip
+            [
+                (
+                    boot_pk,
+                    r.case,
+                    r.memlock,
+                    r.user,
+                    r.outcome.value,
+                    r.fingerprint,
+                    r.message,
+                    None if r.observation is None else json.dumps(r.observation, sort_keys=True, default=str),
+                    json.dumps(r.expected, sort_keys=True, default=str),
+                    r.citation,
+                    r.duration_s,
+                )
+                for r in boot.cases
+            ],
+        )
     for entry in manifest.get("merged_from") or []:
         shard = f"{entry['shard']['index']}/{entry['shard']['count']}"
         con.execute("INSERT INTO merged_from VALUES (?, ?, ?)", (run_pk, entry["run_id"], shard))
@@ -131,25 +162,50 @@ def record_v2(con: sqlite3.Connection, run: RunRecord, manifest: dict[str, Any],
 def observed(case: str, fingerprint: str, n: int, memlock: str = "default") -> CaseResult:
     """A result whose observation, like a real one, differs from night to night in a few numbers."""
     observation = {"case": case, "child_pid": 100 + n, "duration_ms": 7 * n, "calls": [{"call": "mmap"}] * 5}
-    return CaseResult("boot", case, memlock, "root", Outcome.PASS, f"{case}: as expected", observation,
-                      {"result": "ok"}, "mlock(2)", 0.25 * n, fingerprint)  # fmt: skip
+    return CaseResult(
+        "boot",
+        case,
+        memlock,
+        "root",
+        Outcome.PASS,
+        f"{case}: as expected",
+        observation,
+        {"result": "ok"},
+        "mlock(2)",
+        0.25 * n,
+        fingerprint,
+    )
 
 
 CUSTOM = KernelInfo("custom", "6.13.0-rc1", None, None, "", "path:/srv/bzImage")  # a kernel without a sha256
 MERGED = {**MANIFEST, "merged_from": [{"run_id": "shard1", "shard": {"index": 1, "count": 2}}]}
 # Recorded in this order: an old run imported last, a start time in another zone, a merged run.
 SCENARIO: list[tuple[RunRecord, dict[str, Any]]] = [
-    (run("r1", "2026-01-01T00:00:00Z", {
-        K61: [observed("a", A, 1), observed("b", B, 1, memlock="64K"),
-              CaseResult("boot", "c", "default", "root", Outcome.INFRA_ERROR, "guest lost", None)],
-        K612: [observed("a", B, 2)], CUSTOM: [observed("a", C, 3)]}), MANIFEST),
-    (run("r2", "2026-02-01T09:00:00+05:00", {K61: [observed("a", C, 4), observed("b", B, 5, memlock="64K")]}, 512),
-     MANIFEST),
+    (
+        run(
+            "r1",
+            "2026-01-01T00:00:00Z",
+            {
+                K61: [
+                    observed("a", A, 1),
+                    observed("b", B, 1, memlock="64K"),
+                    CaseResult("boot", "c", "default", "root", Outcome.INFRA_ERROR, "guest lost", None),
+                ],
+                K612: [observed("a", B, 2)],
+                CUSTOM: [observed("a", C, 3)],
+            },
+        ),
+        MANIFEST,
+    ),
+    (
+        run("r2", "2026-02-01T09:00:00+05:00", {K61: [observed("a", C, 4), observed("b", B, 5, memlock="64K")]}, 512),
+        MANIFEST,
+    ),
     (run("r3", "2026-02-01T05:00:00Z", {K61: [observed("a", A, 6)]}, 512), MANIFEST),
     (run("shard1", "2026-03-01T00:00:00Z", {K612: [observed("a", C, 7)]}), MANIFEST),
     (run("merged", "2026-03-01T01:00:00Z", {K612: [observed("a", C, 7)]}), MERGED),
     (run("r0", "2025-12-01T00:00:00Z", {K510: [observed("a", A, 8)], K61: [observed("a", B, 9)]}), MANIFEST),
-]  # fmt: skip
+]
 
 
 def every_view(db: History) -> dict[str, Any]:
@@ -181,10 +237,18 @@ def test_v2_database_with_data_is_converted_to_v3_with_the_same_answers(tmp_path
         views = every_view(migrated)
         assert views == every_view(fresh)
         (a256, b64k, a512, b64k512) = views["grid"]  # the infra error has no behaviour to show
-        assert (a256.name, [(p.kernel.version or p.kernel.release, p.fingerprint, p.runs, p.varies, p.run_id)
-                            for p in a256.points]) == ("a[memlock=default,user=root] 256M", [
-            ("5.10.223-1", A, 1, False, "r0"), ("6.1.176-1", A, 2, True, "r1"), ("6.12.117-1", C, 2, True, "merged"),
-            ("6.13.0-rc1", C, 1, False, "r1")])  # fmt: skip
+        assert (
+            a256.name,
+            [(p.kernel.version or p.kernel.release, p.fingerprint, p.runs, p.varies, p.run_id) for p in a256.points],
+        ) == (
+            "a[memlock=default,user=root] 256M",
+            [
+                ("5.10.223-1", A, 1, False, "r0"),
+                ("6.1.176-1", A, 2, True, "r1"),
+                ("6.12.117-1", C, 2, True, "merged"),
+                ("6.13.0-rc1", C, 1, False, "r1"),
+            ],
+        )
         # 09:00+05:00 is 04:00Z, before r3's 05:00Z: r3 is the latest run on 512M.
         assert [(p.fingerprint, p.run_id, p.runs) for p in a512.points] == [(A, "r3", 2)]
         assert [(p.run_id, p.runs) for p in b64k.points + b64k512.points] == [("r1", 1), ("r2", 1)]
@@ -195,7 +259,7 @@ def test_v2_database_with_data_is_converted_to_v3_with_the_same_answers(tmp_path
             (256, "b", "64K", B, observed("b", B, 1).observation, 0.25),
             (512, "a", "default", A, observed("a", A, 6).observation, 1.5),
             (512, "b", "64K", B, observed("b", B, 5).observation, 1.25),
-        ]  # fmt: skip
+        ]
     con = sqlite3.connect(path)
     # Ids (catalogue order) are kept; strings and observations moved to their tables.
     assert con.execute("SELECT id, case_name, fingerprint FROM observations_text ORDER BY id").fetchall() == ids
@@ -307,8 +371,10 @@ def test_newer_schema_is_refused_and_left_alone(tmp_path: Path) -> None:
     con.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
     con.close()
     before = path.read_bytes()
-    message = (f"history schema {SCHEMA_VERSION + 1} is newer than this harness knows ({SCHEMA_VERSION}); "
-               "use a newer harness or another --history file")  # fmt: skip
+    message = (
+        f"history schema {SCHEMA_VERSION + 1} is newer than this harness knows ({SCHEMA_VERSION}); "
+        "use a newer harness or another --history file"
+    )
     with pytest.raises(UserError, match=re.escape(message)):
         History(path)
     assert path.read_bytes() == before
@@ -454,24 +520,27 @@ def test_import_run_directory_written_by_run_writer(tmp_path: Path) -> None:
         assert db.import_run(run_dir) == 2
         assert db.import_run(run_dir) == 0
         assert [(t.case, t.memlock, t.ram_mb, t.points[0].run_id) for t in db.timelines()] == [
-            ("a", "default", 512, run_dir.name), ("b", "64K", 512, run_dir.name)
-        ]  # fmt: skip
+            ("a", "default", 512, run_dir.name),
+            ("b", "64K", 512, run_dir.name),
+        ]
     con = sqlite3.connect(tmp_path / "h.sqlite")
     assert con.execute("SELECT probe_sha256, source, finished FROM runs").fetchall() == [
         ("f4b4fe88", str(run_dir), "2026-11-26T19:00:00Z")
     ]
     boots = con.execute("SELECT boot_id, kernel, accelerator, qemu_version, error FROM boots ORDER BY id").fetchall()
     assert boots == [
-        ("bookworm-512M", 1, "kvm", "8.2.0", ""), ("broken-512M", None, "", "7.2.22", "could not resolve the kernel")
-    ]  # fmt: skip
+        ("bookworm-512M", 1, "kvm", "8.2.0", ""),
+        ("broken-512M", None, "", "7.2.22", "could not resolve the kernel"),
+    ]
     con.close()
 
 
 def test_shard_runs_are_not_counted_again_once_merged(tmp_path: Path) -> None:
     with History(tmp_path / "h.sqlite") as db:
         db.record(run("shard1", "2026-01-01T00:00:00Z", {K61: [result("a", A)]}), RECORD)
-        merged = Manifest.from_json({**MANIFEST, "merged_from": [{"run_id": "shard1",
-                                                                  "shard": {"index": 1, "count": 2}}]})
+        merged = Manifest.from_json(
+            {**MANIFEST, "merged_from": [{"run_id": "shard1", "shard": {"index": 1, "count": 2}}]}
+        )
         db.record(run("merged", "2026-01-01T01:00:00Z", {K61: [result("a", A)]}), merged)
         (timeline,) = db.timelines()
         assert [(p.runs, p.run_id) for p in timeline.points] == [(1, "merged")]
@@ -479,8 +548,12 @@ def test_shard_runs_are_not_counted_again_once_merged(tmp_path: Path) -> None:
 
 def test_render_grid_and_detail(tmp_path: Path) -> None:
     with History(tmp_path / "h.sqlite") as db:
-        boots = {K510: [result("a", A), result("same", A)], K61: [result("a", A), result("same", A)],
-                 K69: [result("a", B)], K612: [result("a", A), result("same", A)]}  # fmt: skip
+        boots = {
+            K510: [result("a", A), result("same", A)],
+            K61: [result("a", A), result("same", A)],
+            K69: [result("a", B)],
+            K612: [result("a", A), result("same", A)],
+        }
         db.record(run("r1", "2026-01-01T00:00:00Z", boots), RECORD)
         db.record(run("r2", "2026-02-01T00:00:00Z", {K612: [result("a", C)]}), RECORD)
         timelines = db.timelines()
@@ -520,8 +593,19 @@ def test_changes_name_the_first_build_that_carries_each_within_a_line_and_betwee
     rows = [line.split() for line in text.splitlines()]
     within, between = text.split("Behaviour changes within a line (1)")[1].split("Behaviour changes between lines")
     assert between.startswith(" (1)") and "steady" not in text
-    assert ["6.1", "6.1.172-1", f"({b.release})", "6.1.170-3", f"({a.release})", "x", "default", "root", "256M",
-            "calls,", "locked"] in rows  # fmt: skip
+    assert [
+        "6.1",
+        "6.1.172-1",
+        f"({b.release})",
+        "6.1.170-3",
+        f"({a.release})",
+        "x",
+        "default",
+        "root",
+        "256M",
+        "calls,",
+        "locked",
+    ] in rows
     assert "6.12.90-1" not in within
     # one row per (build, case): the two limits that changed at 6.12 are one line, the whole case
     (line,) = [r for r in rows if r[:2] == ["6.12", "6.12.90-1"]]

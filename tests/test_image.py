@@ -36,14 +36,29 @@ def sample() -> list[Entry]:
 
 
 EXPECTED_PATHS = {
-    "bin", "bin/sh", "empty", "etc", "etc/motd", "home", "home/user", "home/user/.ssh",
-    "home/user/.ssh/authorized_keys", "lib64", "odd", "odd/size", "tmp", "usr", "usr/bin", "usr/bin/tool",
-}  # fmt: skip
+    "bin",
+    "bin/sh",
+    "empty",
+    "etc",
+    "etc/motd",
+    "home",
+    "home/user",
+    "home/user/.ssh",
+    "home/user/.ssh/authorized_keys",
+    "lib64",
+    "odd",
+    "odd/size",
+    "tmp",
+    "usr",
+    "usr/bin",
+    "usr/bin/tool",
+}
 
 
 def cpio_list(archive: bytes, verbose: bool = False) -> list[str]:
-    out = subprocess.run(["cpio", "-t", "--quiet", *(["-vn"] if verbose else [])], input=archive,
-                         capture_output=True, check=True)  # fmt: skip
+    out = subprocess.run(
+        ["cpio", "-t", "--quiet", *(["-vn"] if verbose else [])], input=archive, capture_output=True, check=True
+    )
     return out.stdout.decode().splitlines()
 
 
@@ -98,8 +113,13 @@ def test_gnu_cpio_sees_mtime_zero_and_owners() -> None:
 
 @needs_cpio
 def test_gnu_cpio_extracts_content_links_and_modes(tmp_path: Path) -> None:
-    subprocess.run(["cpio", "-id", "--quiet", "--no-absolute-filenames"], input=image.cpio(sample()),
-                   cwd=tmp_path, check=True, capture_output=True)  # fmt: skip
+    subprocess.run(
+        ["cpio", "-id", "--quiet", "--no-absolute-filenames"],
+        input=image.cpio(sample()),
+        cwd=tmp_path,
+        check=True,
+        capture_output=True,
+    )
     assert (tmp_path / "etc/motd").read_bytes() == b"hello\n"
     assert (tmp_path / "odd/size").read_bytes() == b"x" * 13
     assert (tmp_path / "empty").read_bytes() == b""
@@ -197,8 +217,17 @@ def test_base_accounts(base: list[Entry]) -> None:
 def test_base_archive_lists_under_gnu_cpio(base: list[Entry]) -> None:
     archive = image.cpio(base)
     names = set(cpio_list(archive))
-    assert {"init", "bin/busybox", "bin/sh", "usr/sbin/dropbear", "harness/probe", "etc/passwd",
-            "root/.ssh/authorized_keys", "home/user/.ssh/authorized_keys", "dev/console"} <= names  # fmt: skip
+    assert {
+        "init",
+        "bin/busybox",
+        "bin/sh",
+        "usr/sbin/dropbear",
+        "harness/probe",
+        "etc/passwd",
+        "root/.ssh/authorized_keys",
+        "home/user/.ssh/authorized_keys",
+        "dev/console",
+    } <= names
     console = next(line for line in cpio_list(archive, verbose=True) if line.endswith(" dev/console"))
     assert console.startswith("crw-------") and "5,   1" in console
 
@@ -242,8 +271,12 @@ def test_build_includes_modules_and_host_key(tmp_path: Path) -> None:
     img = image.build([file("init", b"#!/bin/sh\n", 0o755)], [("b", b"B"), ("a", b"A")], b"k" * 32, tmp_path)
     data = img.path.read_bytes()
     assert b"etc/harness/modules\0" in data and b"b\na\n" in data  # load order kept, not sorted
-    key = image.host_key(b"k" * 32, hashlib.sha256(image.cpio(
-        [file("init", b"#!/bin/sh\n", 0o755), *image.module_entries([("b", b"B"), ("a", b"A")])])).hexdigest())
+    key = image.host_key(
+        b"k" * 32,
+        hashlib.sha256(
+            image.cpio([file("init", b"#!/bin/sh\n", 0o755), *image.module_entries([("b", b"B"), ("a", b"A")])])
+        ).hexdigest(),
+    )
     assert image.dropbear_ed25519(key) in data
     assert img.host_key == image.openssh_public(key)
 
@@ -282,4 +315,4 @@ def test_rng_core_is_loaded_with_a_quality_so_the_host_s_entropy_counts() -> Non
     entries = {e.path: e for e in image.module_entries([("rng_core", b"R"), ("virtio_rng", b"V")])}
     assert entries["etc/harness/modules"].data == b"rng_core default_quality=1000\nvirtio_rng\n"
     init = (Path(__file__).resolve().parent.parent / "images" / "init").read_text()
-    assert 'while read -r mod args; do' in init and '"/lib/modules/harness/$mod.ko" $args' in init
+    assert "while read -r mod args; do" in init and '"/lib/modules/harness/$mod.ko" $args' in init

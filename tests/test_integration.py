@@ -86,8 +86,14 @@ def booted(bookworm: Prepared) -> Iterator[tuple[vm.VM, image.Image, paramiko.PK
 def test_panic_during_boot_fails_fast_with_excerpt(bookworm: Prepared, tmp_path: Path) -> None:
     """No /init: the kernel panics; with panic=-1 QEMU exits and the boot fails long before its deadline."""
     kernel, img, _ = bookworm
-    config = vm.VMConfig(kernel.vmlinux or kernel.image, img.path, 256, accel.for_host().name, 0,
-                         cmdline="console=ttyS0 panic=-1 rdinit=/nonexistent")  # fmt: skip
+    config = vm.VMConfig(
+        kernel.vmlinux or kernel.image,
+        img.path,
+        256,
+        accel.for_host().name,
+        0,
+        cmdline="console=ttyS0 panic=-1 rdinit=/nonexistent",
+    )
     start = time.monotonic()
     with pytest.raises(vm.BootFailure) as failure, vm.boot(config, tmp_path / "serial.log", 240):
         pass
@@ -102,8 +108,14 @@ def test_guest_has_the_data_disk_and_huge_pages(booted: tuple[vm.VM, image.Image
     machine, img, key = booted
     with guest.Guest(guest.Endpoint(machine.config.port, img.host_key), "user", key) as g:
         g.connect()
-        out = g.run(["sh", "-c", "wc -c < /mnt/disk/data.bin; grep -E '^HugePages_Total' /proc/meminfo; "
-                     "grep ' /mnt/disk ' /proc/mounts"], 30).stdout.split("\n")  # fmt: skip
+        out = g.run(
+            [
+                "sh",
+                "-c",
+                "wc -c < /mnt/disk/data.bin; grep -E '^HugePages_Total' /proc/meminfo; grep ' /mnt/disk ' /proc/mounts",
+            ],
+            30,
+        ).stdout.split("\n")
     assert out[0].strip() == str(image.DISK_FILE_SIZE)
     assert out[1].split() == ["HugePages_Total:", "8"]
     assert out[2].split()[:3] == ["/dev/vda", "/mnt/disk", "ext4"] and "ro" in out[2].split()[3].split(",")
@@ -121,8 +133,7 @@ def test_probe_drops_privileges_and_applies_limit(booted: tuple[vm.VM, image.Ima
     lines: list[str] = []
     with guest.Guest(guest.Endpoint(machine.config.port, img.host_key), "root", key) as g:
         g.connect()
-        argv = [probe.IN_GUEST, "run", "--memlock", "65536:65536", "--user", "user",
-                "map_locked_over", "mlock_over"]  # fmt: skip
+        argv = [probe.IN_GUEST, "run", "--memlock", "65536:65536", "--user", "user", "map_locked_over", "mlock_over"]
         result = g.run(argv, 120, lambda line: lines.append(line.data.decode()))
     assert result.exit_code == 0
     records = {r["case"]: r for r in map(json.loads, lines) if r.get("kind") == "case"}
@@ -137,16 +148,20 @@ def test_host_key_is_pinned(booted: tuple[vm.VM, image.Image, paramiko.PKey]) ->
     """A guest presenting any other host key is refused at once, not retried or remembered."""
     machine, _, key = booted
     other = image.openssh_public(image.host_key(b"another secret", "x"))
-    with guest.Guest(guest.Endpoint(machine.config.port, other), "root", key) as g, \
-            pytest.raises(guest.SSHFailure, match="host key"):  # fmt: skip
+    with (
+        guest.Guest(guest.Endpoint(machine.config.port, other), "root", key) as g,
+        pytest.raises(guest.SSHFailure, match="host key"),
+    ):
         g.connect(attempts=3)
 
 
 def test_wrong_client_key_is_not_retried(booted: tuple[vm.VM, image.Image, paramiko.PKey]) -> None:
     machine, img, _ = booted
     stranger = paramiko.Ed25519Key.from_private_key_file(str(_stranger_key()))
-    with guest.Guest(guest.Endpoint(machine.config.port, img.host_key), "root", stranger) as g, \
-            pytest.raises(guest.SSHFailure, match="refused the harness key"):  # fmt: skip
+    with (
+        guest.Guest(guest.Endpoint(machine.config.port, img.host_key), "root", stranger) as g,
+        pytest.raises(guest.SSHFailure, match="refused the harness key"),
+    ):
         g.connect(attempts=5, delay=5)  # five slow retries would take 50 s; a refusal returns at once
 
 
@@ -168,8 +183,12 @@ def test_harness_run_end_to_end(tmp_path: Path) -> None:
     before = qemu_pids()
     proc = subprocess.run(
         [sys.executable, "-m", "harness", "run", "--matrix", str(m), "--results", str(results), "--jobs", "2"],
-        capture_output=True, text=True, cwd=REPO, timeout=900, env={**os.environ, "COLUMNS": "200"},
-    )  # fmt: skip
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=900,
+        env={**os.environ, "COLUMNS": "200"},
+    )
     assert proc.returncode in (0, 1), proc.stdout + proc.stderr
     run_dir = (results / "latest").resolve()
     cases = len(probe.build().names)
@@ -224,8 +243,14 @@ def test_harness_run_end_to_end(tmp_path: Path) -> None:
 
 
 def harness(*args: str, timeout: float = 600) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "harness", *args], capture_output=True, text=True, cwd=REPO,
-                          timeout=timeout, env={**os.environ, "COLUMNS": "200"})  # fmt: skip
+    return subprocess.run(
+        [sys.executable, "-m", "harness", *args],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=timeout,
+        env={**os.environ, "COLUMNS": "200"},
+    )
 
 
 def test_nightly_shards_merge_history_compare_and_replay(tmp_path: Path) -> None:
@@ -244,8 +269,9 @@ def test_nightly_shards_merge_history_compare_and_replay(tmp_path: Path) -> None
         shard_dirs.append((results / "latest").resolve())
         assert (results / "history.sqlite").is_file()
     assert [json.loads((d / "results.json").read_text())["boots"][0]["boot_id"] for d in shard_dirs] == [
-        "bullseye-256M", "bookworm-256M",
-    ]  # fmt: skip
+        "bullseye-256M",
+        "bookworm-256M",
+    ]
 
     results = tmp_path / "merged"
     proc = harness("merge", *map(str, shard_dirs), "--results", str(results))
@@ -283,8 +309,11 @@ def test_interrupt_keeps_finished_results(tmp_path: Path, signum: int) -> None:
     before = qemu_pids()
     proc = subprocess.Popen(
         [sys.executable, "-m", "harness", "run", "--matrix", str(m), "--results", str(results)],
-        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-    )  # fmt: skip
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     deadline = time.monotonic() + 300
     done = 0
     while time.monotonic() < deadline and proc.poll() is None:
@@ -316,23 +345,44 @@ def test_interrupt_keeps_finished_results(tmp_path: Path, signum: int) -> None:
     assert qemu_pids() <= before, "an interrupted run left QEMU running"
 
 
-def boot_plan(bookworm: Prepared, tmp_path: Path, runs: tuple[matrix.RunPlan, ...], *, case_timeout: float = 60,
-              img: image.Image | None = None, before: Callable[[BootResult, Live], None] | None = None,
-              transport: str = "net", saved: snapshot.Store | None = None) -> BootResult:  # fmt: skip
+def boot_plan(
+    bookworm: Prepared,
+    tmp_path: Path,
+    runs: tuple[matrix.RunPlan, ...],
+    *,
+    case_timeout: float = 60,
+    img: image.Image | None = None,
+    before: Callable[[BootResult, Live], None] | None = None,
+    transport: str = "net",
+    saved: snapshot.Store | None = None,
+) -> BootResult:
     """One boot plan of bookworm through the runner's own path (boot.run_boot), results in tmp_path."""
     kernel, default_img, key = bookworm
-    plan = matrix.BootPlan("bookworm-test" if transport == "net" else f"bookworm-{transport}",
-                           DebianKernel(("bookworm",)), 256, runs, matrix.Timeouts(boot=240, case=case_timeout),
-                           transport)  # fmt: skip
+    plan = matrix.BootPlan(
+        "bookworm-test" if transport == "net" else f"bookworm-{transport}",
+        DebianKernel(("bookworm",)),
+        256,
+        runs,
+        matrix.Timeouts(boot=240, case=case_timeout),
+        transport,
+    )
     result = BootResult(plan.id, kernel.info(), 256)
     writer = rundir.RunWriter(tmp_path, "test", rundir.now(), [plan.id])
     live = Live()
     if before is not None:
         before(result, live)
-    ctx = boot.BootContext(plan=plan, kernel=kernel, image=img or default_img,
-                           disk=image.disk_image(cache_dir() / "images"), key=key, accel=accel.for_host().name,
-                           judge=judge.Judge(verdict.load()).results, run_dir=tmp_path, transport=transport,
-                           saved=saved)  # fmt: skip
+    ctx = boot.BootContext(
+        plan=plan,
+        kernel=kernel,
+        image=img or default_img,
+        disk=image.disk_image(cache_dir() / "images"),
+        key=key,
+        accel=accel.for_host().name,
+        judge=judge.Judge(verdict.load()).results,
+        run_dir=tmp_path,
+        transport=transport,
+        saved=saved,
+    )
     boot.run_boot(ctx, result, writer.update, live)
     return result
 
@@ -389,8 +439,13 @@ def _inject_during_next_case(result: BootResult, live: Live, after: str, fault: 
 
 def _run_with_fault(bookworm: Prepared, tmp_path: Path, fault: Callable[[vm.VM], None]) -> BootResult:
     runs = (matrix.RunPlan(None, "root", ("limits", "_selftest_hang", "map_locked_over")),)
-    return boot_plan(bookworm, tmp_path, runs, case_timeout=120,
-                     before=lambda result, live: _inject_during_next_case(result, live, "limits", fault))
+    return boot_plan(
+        bookworm,
+        tmp_path,
+        runs,
+        case_timeout=120,
+        before=lambda result, live: _inject_during_next_case(result, live, "limits", fault),
+    )
 
 
 def test_qemu_killed_from_outside_mid_case(bookworm: Prepared, tmp_path: Path) -> None:
@@ -416,8 +471,15 @@ def test_ssh_connection_dropped_mid_case(bookworm: Prepared, tmp_path: Path) -> 
         with guest.Guest(guest.Endpoint(machine.config.port, img.host_key), "root", key) as g:
             g.connect()
             # every dropbear but the listener and the one serving this very command
-            g.run(["sh", "-c", 'for p in $(pidof dropbear); do [ "$p" = "$PPID" ] || '
-                   '[ "$p" = "$(cat /tmp/dropbear.pid)" ] || kill -9 "$p"; done'], 30)  # fmt: skip
+            g.run(
+                [
+                    "sh",
+                    "-c",
+                    'for p in $(pidof dropbear); do [ "$p" = "$PPID" ] || '
+                    '[ "$p" = "$(cat /tmp/dropbear.pid)" ] || kill -9 "$p"; done',
+                ],
+                30,
+            )
 
     result = _run_with_fault(bookworm, tmp_path, drop_ssh)
     got = {c.case: c for c in result.cases}
@@ -440,8 +502,11 @@ def test_results_disk_filling_up_mid_run(tmp_path: Path) -> None:
         before = qemu_pids()
         proc = subprocess.run(
             [sys.executable, "-m", "harness", "run", "--matrix", str(m), "--results", str(results)],
-            capture_output=True, text=True, cwd=REPO, timeout=900,
-        )  # fmt: skip
+            capture_output=True,
+            text=True,
+            cwd=REPO,
+            timeout=900,
+        )
         assert proc.returncode == 3, proc.stdout + proc.stderr
         (line,) = proc.stderr.splitlines()
         assert line.startswith("harness: infrastructure error: ") and "ENOSPC" in line
@@ -457,8 +522,9 @@ def test_results_disk_filling_up_mid_run(tmp_path: Path) -> None:
 def test_an_oom_killed_case_is_told_from_the_kernel_log(bookworm: Prepared, tmp_path: Path) -> None:
     """A case that locks more than MemAvailable: the OOM killer takes the probe child (and not
     sshd or the guest), the kernel's own lines say so, and the next case runs in the same guest."""
-    result = boot_plan(bookworm, tmp_path, (matrix.RunPlan(None, "root", ("oom_map_locked_between", "limits")),),
-                       case_timeout=120)
+    result = boot_plan(
+        bookworm, tmp_path, (matrix.RunPlan(None, "root", ("oom_map_locked_between", "limits")),), case_timeout=120
+    )
     oom, limits = result.cases
     assert oom.observation is not None and oom.observation["status"] == "killed"
     assert oom.observation["oom_killed"] is True
@@ -507,18 +573,41 @@ def test_a_hostile_guest_costs_only_its_own_cases(bookworm: Prepared, tmp_path: 
     reason; the other boot's results are as always; memory stays bounded; the terminal sees no escape."""
     kernel, _, _ = bookworm
     assert kernel.modules_dir is not None
-    cases = ["limits", "map_locked_under", "map_locked_at", "map_locked_over", "mlock_under", "mlock_at",
-             "mlock_over", "mlock2_under"]  # fmt: skip
+    cases = [
+        "limits",
+        "map_locked_under",
+        "map_locked_at",
+        "map_locked_over",
+        "mlock_under",
+        "mlock_at",
+        "mlock_over",
+        "mlock2_under",
+    ]
     m = tmp_path / "m.yaml"
-    m.write_text(f"kernels:\n  - debian: bookworm\n  - {{path: {kernel.image}, modules: {kernel.modules_dir}}}\n"
-                 f"memlock: [64K]\nusers: [user]\ncases: [{', '.join(cases)}]\n")  # fmt: skip
+    m.write_text(
+        f"kernels:\n  - debian: bookworm\n  - {{path: {kernel.image}, modules: {kernel.modules_dir}}}\n"
+        f"memlock: [64K]\nusers: [user]\ncases: [{', '.join(cases)}]\n"
+    )
     results = tmp_path / "results"
     before = qemu_pids()
     peak = tmp_path / "peak-rss-kib"
     proc = subprocess.run(
-        [sys.executable, "-c", HOSTILE_RUN, str(HOSTILE_PROBE), str(peak), "run", "--matrix", str(m), "--results",
-         str(results)], capture_output=True, cwd=REPO, timeout=1200,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-c",
+            HOSTILE_RUN,
+            str(HOSTILE_PROBE),
+            str(peak),
+            "run",
+            "--matrix",
+            str(m),
+            "--results",
+            str(results),
+        ],
+        capture_output=True,
+        cwd=REPO,
+        timeout=1200,
+    )
     peak_mib = int(peak.read_text()) / 1024
     print(f"peak RSS of the harness with a hostile guest: {peak_mib:.0f} MiB")
     out = proc.stdout + proc.stderr
@@ -552,8 +641,11 @@ def test_a_killed_harness_leaves_no_qemu(tmp_path: Path) -> None:
     before = qemu_pids()
     proc = subprocess.Popen(
         [sys.executable, "-m", "harness", "run", "--matrix", str(m), "--results", str(tmp_path / "results")],
-        cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
-    )  # fmt: skip
+        cwd=REPO,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     deadline = time.monotonic() + 600
     while time.monotonic() < deadline and len(qemu_pids() - before) < 2 and proc.poll() is None:
         time.sleep(0.2)

@@ -26,8 +26,15 @@ KTAP = "TAP version 13\n1..2\nok 1 first\nnot ok 2 second\n"
 
 
 def program_observation(output: str = KTAP, status: int = 1) -> dict[str, object]:
-    return {"exit_status": status, "oom_kills": 0, "seconds": 1.5, "timed_out": False, "output": output,
-            "stderr": "", "source": {"what": "a tree"}}  # fmt: skip
+    return {
+        "exit_status": status,
+        "oom_kills": 0,
+        "seconds": 1.5,
+        "timed_out": False,
+        "output": output,
+        "stderr": "",
+        "source": {"what": "a tree"},
+    }
 
 
 def test_a_program_s_stored_result_is_judged_as_its_observation_was() -> None:
@@ -36,9 +43,11 @@ def test_a_program_s_stored_result_is_judged_as_its_observation_was() -> None:
     judging = judge.Judge(verdict.load())
     where = Where("b-256M", KERNEL.release, "64K", "root")
     live = judging.results(Observed("kselftest-mm:map_populate", program_observation()), where)
-    assert [(r.case, r.outcome) for r in live] == [("kselftest-mm:map_populate", Outcome.DEVIATION),
-                                                  ("kselftest-mm:map_populate/first", Outcome.PASS),
-                                                  ("kselftest-mm:map_populate/second", Outcome.DEVIATION)]  # fmt: skip
+    assert [(r.case, r.outcome) for r in live] == [
+        ("kselftest-mm:map_populate", Outcome.DEVIATION),
+        ("kselftest-mm:map_populate/first", Outcome.PASS),
+        ("kselftest-mm:map_populate/second", Outcome.DEVIATION),
+    ]
     assert live[0].observation is not None and live[0].observation["source"] == {"what": "a tree"}
     boot = BootResult("b-256M", KERNEL, 256, cases=live)
     again, kept = judging.boot(boot)
@@ -65,8 +74,11 @@ def test_results_without_an_observation_are_kept() -> None:
 
 
 def digests(run_dir: Path) -> dict[str, str]:
-    return {str(p.relative_to(run_dir)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(run_dir.rglob("*")) if p.is_file() and p.suffix != ".log"}  # fmt: skip
+    return {
+        str(p.relative_to(run_dir)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(run_dir.rglob("*"))
+        if p.is_file() and p.suffix != ".log"
+    }
 
 
 def outcomes(run_dir: Path) -> dict[tuple[str, str], str]:
@@ -75,8 +87,9 @@ def outcomes(run_dir: Path) -> dict[tuple[str, str], str]:
 
 
 def harness(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "harness", *args], capture_output=True, text=True, cwd=REPO,
-                          timeout=900)  # fmt: skip
+    return subprocess.run(
+        [sys.executable, "-m", "harness", *args], capture_output=True, text=True, cwd=REPO, timeout=900
+    )
 
 
 @pytest.mark.integration
@@ -86,8 +99,10 @@ def test_a_real_run_judged_again_changes_only_what_the_expectations_changed(tmp_
     the results it covers change, in every report and in the history; with the first again, the
     files are the run's own once more."""
     matrix = tmp_path / "m.yaml"
-    matrix.write_text("kernels: [{debian: bookworm}]\nmemlock: [0, 64K]\nusers: [user]\n"
-                      "cases: [limits, mlock_over, mlock_under, map_locked_over]\n")  # fmt: skip
+    matrix.write_text(
+        "kernels: [{debian: bookworm}]\nmemlock: [0, 64K]\nusers: [user]\n"
+        "cases: [limits, mlock_over, mlock_under, map_locked_over]\n"
+    )
     results = tmp_path / "results"
     ran = harness("run", "--matrix", str(matrix), "--results", str(results))
     assert ran.returncode == 0, ran.stdout[-2000:] + ran.stderr
@@ -102,9 +117,11 @@ def test_a_real_run_judged_again_changes_only_what_the_expectations_changed(tmp_
 
     changed = tmp_path / "expectations.yaml"
     text = verdict.EXPECTATIONS.read_text()
-    rule = ("  mlock_over:\n    - when: {privileged: true}\n      expect: {result: ok, locked: all, residency: all}\n"
-            "      cite: >-\n        getrlimit(2) RLIMIT_MEMLOCK: since 2.6.9 a process with CAP_IPC_LOCK is not"
-            " limited\n    - when: {limit: zero}\n      expect: {result: EPERM, locked: none}\n")  # fmt: skip
+    rule = (
+        "  mlock_over:\n    - when: {privileged: true}\n      expect: {result: ok, locked: all, residency: all}\n"
+        "      cite: >-\n        getrlimit(2) RLIMIT_MEMLOCK: since 2.6.9 a process with CAP_IPC_LOCK is not"
+        " limited\n    - when: {limit: zero}\n      expect: {result: EPERM, locked: none}\n"
+    )
     assert rule in text
     changed.write_text(text.replace(rule, rule.replace("{result: EPERM,", "{result: EAGAIN,")))
     other = harness("judge", "latest", "--results", str(results), "--expectations", str(changed))
@@ -141,7 +158,9 @@ def test_the_suite_of_a_case_is_found_by_its_name() -> None:
     assert suites.of("mlock_over").name == "probe"
     assert suites.of("kselftest-mm:mlock2-tests/subtest").name == "kselftest-mm"
     grouped = suites.grouped(["a", "kselftest-mm:x", "b", "kselftest-mm:y"])
-    assert [(s.name, cases) for s, cases in grouped] == [("probe", ["a", "b"]), ("kselftest-mm", ["kselftest-mm:x",
-                                                                                                "kselftest-mm:y"])]
+    assert [(s.name, cases) for s, cases in grouped] == [
+        ("probe", ["a", "b"]),
+        ("kselftest-mm", ["kselftest-mm:x", "kselftest-mm:y"]),
+    ]
     unused = RunRecord("r", "", None, False, [])
     assert judge.run(unused, judge.Judge(verdict.load())) == (unused, 0)

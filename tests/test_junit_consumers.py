@@ -80,7 +80,7 @@ def sample_boots() -> list[BootResult]:
             "serial/bookworm-256M.log",
             {"marker": 9.25, "ssh": 14.5, "probe": 31.0},
             cases=every_outcome("bookworm-256M"),
-        ),  # fmt: skip
+        ),
         # Died half-way: its error is a testcase of its own, the finished cases stay.
         BootResult(
             "ünïcode-96M",
@@ -90,7 +90,7 @@ def sample_boots() -> list[BootResult]:
             serial_log="serial/x.log",
             error=f"lost the guest: {NASTY}",
             cases=every_outcome("ünïcode-96M")[:3],
-        ),  # fmt: skip
+        ),
         BootResult("trixie-96M", None, 96, error="no login marker on the serial console after 180s"),
     ]
 

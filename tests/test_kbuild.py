@@ -26,8 +26,10 @@ def repo(make_repo: Callable[[Sequence[tuple[str, dict[str, str]]]], Path]) -> P
 
 def test_git_kernel_in_a_matrix(repo: Path, tmp_path: Path) -> None:
     (tmp_path / "frag.config").write_text("CONFIG_X=y\n")
-    mx = matrix.parse("kernels:\n  - git: {repo: linux, rev: HEAD~1, config: frag.config, base: defconfig}\n",
-                      str(tmp_path / "m.yaml"))  # fmt: skip
+    mx = matrix.parse(
+        "kernels:\n  - git: {repo: linux, rev: HEAD~1, config: frag.config, base: defconfig}\n",
+        str(tmp_path / "m.yaml"),
+    )
     (k,) = mx.kernels
     assert k == GitKernel(repo, "HEAD~1", tmp_path / "frag.config", "defconfig")
     assert k.label == "linux@HEAD~1+frag" and k.origin.endswith("m.yaml:2: kernels.0")
@@ -71,7 +73,8 @@ def test_a_missing_compiler_is_installed_through_a_private_source_list(tmp_path:
     assert options["Dir::Etc::SourceList"] == str(tmp_path / "apt" / "sources.list")
     assert options["Dir::Etc::SourceParts"] == "/dev/null"
     assert options["Dir::State::Lists"].startswith(str(tmp_path)) and options["Dir::Cache::Archives"].startswith(
-        str(tmp_path))
+        str(tmp_path)
+    )
     assert tools.SUITE_OF["gcc-9"] == "bullseye"
     assert tools.ensure_compiler("gcc", lambda: "http://unused/debian", tmp_path, print) == shutil.which("gcc")
 
@@ -106,16 +109,21 @@ def test_the_shipped_fragment_is_checked_against_the_final_config() -> None:
     final = "CONFIG_PVH=y\n# CONFIG_VIRTIO_NET is not set\nCONFIG_EXT4_FS=m\n"
     missing = kbuild.missing_options(wanted, final)
     assert "CONFIG_VIRTIO_NET" in missing and "CONFIG_EXT4_FS" in missing and "CONFIG_PVH" not in missing
-    assert kbuild.fragment_options("# CONFIG_SWAP is not set\nCONFIG_HZ=250\n") == {"CONFIG_SWAP": "n",
-                                                                                   "CONFIG_HZ": "250"}
+    assert kbuild.fragment_options("# CONFIG_SWAP is not set\nCONFIG_HZ=250\n") == {
+        "CONFIG_SWAP": "n",
+        "CONFIG_HZ": "250",
+    }
 
 
 def test_an_interrupted_build_step_stops_its_children_with_sigint_first(tmp_path: Path) -> None:
     """make deletes a half-written target on SIGINT; SIGKILL alone would leave it to pass as built."""
     target = tmp_path / "half.o"
     child_pid = tmp_path / "pid"
-    argv = ["sh", "-c", f"trap 'rm -f {target}; exit 130' INT; echo $$ > {child_pid}; echo partial > {target}; "
-            "sleep 30 & wait"]  # fmt: skip
+    argv = [
+        "sh",
+        "-c",
+        f"trap 'rm -f {target}; exit 130' INT; echo $$ > {child_pid}; echo partial > {target}; sleep 30 & wait",
+    ]
 
     def interrupt(signum: int, frame: object) -> None:
         raise KeyboardInterrupt
@@ -136,8 +144,12 @@ def test_an_interrupted_build_step_stops_its_children_with_sigint_first(tmp_path
 
 def test_a_failed_build_step_names_its_log_and_last_lines(tmp_path: Path) -> None:
     with pytest.raises(kbuild.BuildFailure) as e:
-        kbuild._run(["sh", "-c", "echo compiling; echo 'mm/mlock.c:42: error: boom' >&2; exit 2"],
-                    tmp_path / "build.log", dict(os.environ), "make bzImage")  # fmt: skip
+        kbuild._run(
+            ["sh", "-c", "echo compiling; echo 'mm/mlock.c:42: error: boom' >&2; exit 2"],
+            tmp_path / "build.log",
+            dict(os.environ),
+            "make bzImage",
+        )
     assert str(e.value).startswith(f"make bzImage failed (exit 2); last lines of {tmp_path / 'build.log'}:")
     assert str(e.value).endswith("mm/mlock.c:42: error: boom")
 

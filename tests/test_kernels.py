@@ -145,9 +145,7 @@ def test_abi_pinning_accepts_an_unsigned_only_image() -> None:
 
 
 def test_unknown_abi_lists_available_ones_newest_first() -> None:
-    with pytest.raises(
-        UserError, match=r"ABI 5\.10\.0-1-amd64 .*available ABIs: 6\.1\.0-50-amd64, 6\.1\.0-47-amd64$"
-    ):
+    with pytest.raises(UserError, match=r"ABI 5\.10\.0-1-amd64 .*available ABIs: 6\.1\.0-50-amd64, 6\.1\.0-47-amd64$"):
         resolve_in(DebianKernel(("bookworm",), abi="5.10.0-1-amd64"), {"bookworm": BOOKWORM})
 
 
@@ -157,9 +155,7 @@ def test_unknown_package_and_suite_are_user_errors() -> None:
     with pytest.raises(UserError, match="suite 'bookwrom' is not on the mirror"):
         resolve_in(DebianKernel(("bookwrom",)), {"bookworm": BOOKWORM})
     with pytest.raises(UserError, match="debug-symbols"):
-        resolve_in(
-            DebianKernel(("bookworm",), package="linux-image-6.1.0-50-amd64-dbg"), {"bookworm": BOOKWORM}
-        )
+        resolve_in(DebianKernel(("bookworm",), package="linux-image-6.1.0-50-amd64-dbg"), {"bookworm": BOOKWORM})
 
 
 def test_meta_that_leads_nowhere_is_a_user_error() -> None:
@@ -200,9 +196,7 @@ def compress(kind: str, data: bytes) -> bytes:
     raise AssertionError(kind)
 
 
-def bzimage(
-    payload_elf: bytes, kind: str = "gzip", version: str = "6.1.0-test", setup_sects: int = 1
-) -> bytes:
+def bzimage(payload_elf: bytes, kind: str = "gzip", version: str = "6.1.0-test", setup_sects: int = 1) -> bytes:
     """A bzImage as far as its setup header goes: boot flag, HdrS, version string and payload fields.
     The kernel build appends the decompressed size after the compressed stream; so do we."""
     setup = bytearray((setup_sects or 4) * 512 + 512)
@@ -298,9 +292,7 @@ class Signer:
         src = out.with_name("Release")
         src.write_text(text)
         gpg = ["gpg", "--batch", "--yes", "--pinentry-mode", "loopback", "--passphrase", ""]
-        subprocess.run(
-            [*gpg, "--clearsign", "-o", str(out), str(src)], check=True, env=self.env, capture_output=True
-        )
+        subprocess.run([*gpg, "--clearsign", "-o", str(out), str(src)], check=True, env=self.env, capture_output=True)
 
     @property
     def env(self) -> dict[str, str]:
@@ -322,16 +314,12 @@ def signer(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Signer]:
         env=s.env,
         capture_output=True,
     )
-    s.keyring.write_bytes(
-        subprocess.run(["gpg", "--export"], check=True, env=s.env, capture_output=True).stdout
-    )
+    s.keyring.write_bytes(subprocess.run(["gpg", "--export"], check=True, env=s.env, capture_output=True).stdout)
     yield s
     subprocess.run(["gpgconf", "--kill", "gpg-agent"], env=s.env, capture_output=True)
 
 
-def build_deb(
-    work: Path, package: str, version: str, files: dict[str, bytes], compression: str = "xz"
-) -> bytes:
+def build_deb(work: Path, package: str, version: str, files: dict[str, bytes], compression: str = "xz") -> bytes:
     root = work / f"{package}_{version}"
     (root / "DEBIAN").mkdir(parents=True)
     (root / "DEBIAN" / "control").write_text(
@@ -604,8 +592,12 @@ def test_fetch_pre7_extracts_once(
     assert k.modules_dir is not None
     files = sorted(str(p.relative_to(k.modules_dir)) for p in k.modules_dir.rglob("*") if p.is_file())
     # What a guest could load and what it depends on; the sound driver is gone, and so are the .debs.
-    assert files == ["kernel/drivers/net/virtio_net.ko", "kernel/net/core/failover.ko", "modules.builtin",
-                     "modules.order"]  # fmt: skip
+    assert files == [
+        "kernel/drivers/net/virtio_net.ko",
+        "kernel/net/core/failover.ko",
+        "modules.builtin",
+        "modules.order",
+    ]
     assert not list((cache / "debs").iterdir())
     assert json.loads((cache / "kernels" / kernel_key(k.debs) / "kernel.json").read_text())["debs"][0]["sha256"]
     assert not list(k.image.parent.rglob("System.map*")) and not list(k.image.parent.rglob("changelog"))
@@ -669,8 +661,12 @@ def test_a_tree_unpacked_whole_is_slimmed_in_place_and_one_that_lacks_a_module_i
     r = resolve(DebianKernel(("bookworm",), abi=OLD_ABI), a)
     sound = "kernel/sound/pci/snd-hda-intel.ko"
     # As a harness from before slimming left it: every module, and no modules_kept in kernel.json.
-    k = kernels.unpacked(kernels.Packaged("bookworm", OLD_ABI, None, "6.1.27-1", r.debs, "debian:bookworm"), cache,
-                         a.fetch_deb, ["snd_hda_intel", "virtio_net"])  # fmt: skip
+    k = kernels.unpacked(
+        kernels.Packaged("bookworm", OLD_ABI, None, "6.1.27-1", r.debs, "debian:bookworm"),
+        cache,
+        a.fetch_deb,
+        ["snd_hda_intel", "virtio_net"],
+    )
     assert k.modules_dir is not None and (k.modules_dir / sound).is_file()
     meta_file = k.image.parent / "kernel.json"
     meta = json.loads(meta_file.read_text())
@@ -687,8 +683,12 @@ def test_a_tree_unpacked_whole_is_slimmed_in_place_and_one_that_lacks_a_module_i
     assert mirror.count("/pool/") == 1  # slimmed where it was, nothing fetched
 
     # A harness that wants a module the folder did not keep unpacks the kernel again.
-    k = kernels.unpacked(kernels.Packaged("bookworm", OLD_ABI, None, "6.1.27-1", r.debs, "debian:bookworm"), cache,
-                         a.fetch_deb, [*devices.MODULE_ROOTS, "snd_hda_intel"])  # fmt: skip
+    k = kernels.unpacked(
+        kernels.Packaged("bookworm", OLD_ABI, None, "6.1.27-1", r.debs, "debian:bookworm"),
+        cache,
+        a.fetch_deb,
+        [*devices.MODULE_ROOTS, "snd_hda_intel"],
+    )
     assert k.modules_dir is not None and (k.modules_dir / sound).is_file() and mirror.count("/pool/") == 2
 
 
@@ -752,25 +752,45 @@ def test_a_line_meta_package_is_followed_to_its_build() -> None:
 def test_every_build_of_the_flavour_oldest_first_across_suites() -> None:
     indexes = {"tb": BACKPORTS, "sec": SECURITY}
     every = list_builds(DebianKernel(("tb", "sec"), builds="all"), indexes)
-    assert abis(every) == ["6.1.0-0.deb11.52-amd64", "6.1.0-50-amd64", "6.1.0-48-amd64", "6.12.117+deb12-amd64",
-                           "6.16.9+deb13-amd64", "6.16.12+deb13-amd64", "7.0.12+deb13-amd64", "7.0.13+deb13-amd64",
-                           "7.3.4+deb13-amd64"]  # fmt: skip
+    assert abis(every) == [
+        "6.1.0-0.deb11.52-amd64",
+        "6.1.0-50-amd64",
+        "6.1.0-48-amd64",
+        "6.12.117+deb12-amd64",
+        "6.16.9+deb13-amd64",
+        "6.16.12+deb13-amd64",
+        "7.0.12+deb13-amd64",
+        "7.0.13+deb13-amd64",
+        "7.3.4+deb13-amd64",
+    ]
     assert [b.suite for b in every][:3] == ["sec", "tb", "sec"]  # by Debian version: 6.1.158, 6.1.176, 6.1.180
     cloud = list_builds(DebianKernel(("tb",), package="linux-image-cloud-amd64", builds="all"), indexes)
     assert abis(cloud) == ["6.16.12+deb13-cloud-amd64"]
-    assert abis(newest_per_line(every)) == ["6.1.0-48-amd64", "6.12.117+deb12-amd64", "6.16.12+deb13-amd64",
-                                           "7.0.13+deb13-amd64", "7.3.4+deb13-amd64"]  # fmt: skip
+    assert abis(newest_per_line(every)) == [
+        "6.1.0-48-amd64",
+        "6.12.117+deb12-amd64",
+        "6.16.12+deb13-amd64",
+        "7.0.13+deb13-amd64",
+        "7.3.4+deb13-amd64",
+    ]
 
 
 @pytest.mark.parametrize(
     ("version", "expected"),
-    [("6.1", ["6.1.0-0.deb11.52-amd64", "6.1.0-50-amd64", "6.1.0-48-amd64"]),
-     (">=6.12,<7", ["6.12.117+deb12-amd64", "6.16.9+deb13-amd64", "6.16.12+deb13-amd64"]),
-     ("==7.0", ["7.0.12+deb13-amd64", "7.0.13+deb13-amd64"]), (">=7.3.5", [])],
-)  # fmt: skip
+    [
+        ("6.1", ["6.1.0-0.deb11.52-amd64", "6.1.0-50-amd64", "6.1.0-48-amd64"]),
+        (">=6.12,<7", ["6.12.117+deb12-amd64", "6.16.9+deb13-amd64", "6.16.12+deb13-amd64"]),
+        ("==7.0", ["7.0.12+deb13-amd64", "7.0.13+deb13-amd64"]),
+        (">=7.3.5", []),
+    ],
+)
 def test_builds_in_a_line_or_a_range(version: str, expected: list[str]) -> None:
-    assert abis(list_builds(DebianKernel(("tb", "sec"), version=version, builds="all"),
-                            {"tb": BACKPORTS, "sec": SECURITY})) == expected  # fmt: skip
+    assert (
+        abis(
+            list_builds(DebianKernel(("tb", "sec"), version=version, builds="all"), {"tb": BACKPORTS, "sec": SECURITY})
+        )
+        == expected
+    )
 
 
 def test_security_suites_come_from_the_security_archive(tmp_path: Path) -> None:
@@ -794,16 +814,24 @@ def test_unreachable_mirror_is_an_infrastructure_error_after_bounded_retries(tmp
 
 
 def test_a_refused_signature_says_why_in_gpgv_s_own_words() -> None:
-    assert gpgv_reason("gpgv: Signature made Fri\ngpgv:                using RSA key ABCD\n"
-                       "gpgv: Can't check signature: No public key\n") == "Can't check signature: No public key"
+    assert (
+        gpgv_reason(
+            "gpgv: Signature made Fri\ngpgv:                using RSA key ABCD\n"
+            "gpgv: Can't check signature: No public key\n"
+        )
+        == "Can't check signature: No public key"
+    )
     assert gpgv_reason("gpgv: no signature found\ngpgv: the signature could not be verified.\n") == "no signature found"
     assert gpgv_reason("gpgv: something new\n") == "something new"
 
 
 def test_insecure_says_so_in_the_log_not_as_a_python_warning(
-    mirror: Mirror, signer: Signer, debs: dict[str, tuple[str, bytes]], tmp_path: Path,
+    mirror: Mirror,
+    signer: Signer,
+    debs: dict[str, tuple[str, bytes]],
+    tmp_path: Path,
     recwarn: pytest.WarningsRecorder,
-) -> None:  # fmt: skip
+) -> None:
     from harness.kernels.sources import Context, debian
 
     publish(mirror, debs, None)

@@ -36,7 +36,10 @@ def test_nested_subtests_sit_under_the_line_that_ends_them() -> None:
     first, second = doc.results
     assert (first.name, first.outcome, second.outcome) == ("locking", "pass", "pass")
     assert [(s.number, s.name, s.outcome) for s in first.subtests] == [
-        (1, "mlock of a page", "pass"), (2, "mlock2 onfault", "fail"), (3, "munlock", "skip")]  # fmt: skip
+        (1, "mlock of a page", "pass"),
+        (2, "mlock2 onfault", "fail"),
+        (3, "munlock", "skip"),
+    ]
     assert first.subtests[2].reason == "no mlock2 here"
     assert "the range was not locked" in first.diagnostics
     assert ktap.parse("TAP version 13\n1..1\nnot ok 1 x # XFAIL known\n").results[0].outcome == "xfail"
@@ -66,8 +69,14 @@ def test_hostile_output_is_bounded() -> None:
     assert len(doc.diagnostics) == ktap.MAX_DIAGNOSTICS
 
 
-def run(output: str = "", status: int | None = 0, oom: int = 0, seconds: float = 1.0, timed_out: bool = False,
-        errors: str = "") -> Run:  # fmt: skip
+def run(
+    output: str = "",
+    status: int | None = 0,
+    oom: int = 0,
+    seconds: float = 1.0,
+    timed_out: bool = False,
+    errors: str = "",
+) -> Run:
     return Run(output, status, oom, seconds, timed_out, errors)
 
 
@@ -78,21 +87,27 @@ def test_a_program_s_end_is_its_outcome_as_the_kselftest_runner_reads_it() -> No
         return top.outcome, top.message
 
     assert outcome(run())[0] is Outcome.PASS
-    assert outcome(run(status=4, output="# no mlock2\n")) == (Outcome.NOT_APPLICABLE,
-                                                                "skipped (exit 4, KSFT_SKIP): no mlock2")  # fmt: skip
+    assert outcome(run(status=4, output="# no mlock2\n")) == (
+        Outcome.NOT_APPLICABLE,
+        "skipped (exit 4, KSFT_SKIP): no mlock2",
+    )
     crashed = outcome(run("TAP version 13\n1..4\nok 1 a\n", status=128 + 11))
     assert crashed[0] is Outcome.DEVIATION and "died by signal 11" in crashed[1]
     assert "3 planned results missing" in crashed[1]
     assert outcome(run(status=255, errors="mlock: Cannot allocate memory\n"))[1].endswith(
-        "exit 255; mlock: Cannot allocate memory")  # fmt: skip
+        "exit 255; mlock: Cannot allocate memory"
+    )
     assert outcome(run(status=137, seconds=240, timed_out=True))[0] is Outcome.TIMEOUT
     assert outcome(run(status=137, oom=1))[0] is Outcome.OOM_KILLED
     assert outcome(run(status=None))[0] is Outcome.INFRA_ERROR
 
 
 def test_subtests_are_cases_of_their_own_and_a_failing_one_fails_its_program() -> None:
-    judged = judge("kselftest-mm", "mlock2-tests", run(NESTED.replace("ok 2 populate", "not ok 2 populate")
-                                                       .replace(" # XFAIL known to fail", "")))  # fmt: skip
+    judged = judge(
+        "kselftest-mm",
+        "mlock2-tests",
+        run(NESTED.replace("ok 2 populate", "not ok 2 populate").replace(" # XFAIL known to fail", "")),
+    )
     top, *subs = judged
     assert [s.case for s in subs] == ["kselftest-mm:mlock2-tests/locking", "kselftest-mm:mlock2-tests/populate"]
     assert top.outcome is Outcome.DEVIATION and "failed: populate" in top.message

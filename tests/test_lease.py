@@ -87,9 +87,11 @@ def test_prune_leaves_what_a_run_holds_and_says_so(cache: Path) -> None:
         assert rows[-1][:1] == ["would free"] and rows[-1][2] == "1 entries"
         assert (cache / "images" / "b.cpio").exists()
         rows = run_prune(cache)
-        assert sorted(rows[:-1]) == [["delete", "images", "b.cpio", "4.0 KiB"],
-                                     ["kept", "images", "a.cpio", "in use by a run"],
-                                     ["kept", "kernels", "k1", "in use by a run"]]  # fmt: skip
+        assert sorted(rows[:-1]) == [
+            ["delete", "images", "b.cpio", "4.0 KiB"],
+            ["kept", "images", "a.cpio", "in use by a run"],
+            ["kept", "kernels", "k1", "in use by a run"],
+        ]
         assert rows[-1] == ["freed", "4.0 KiB", "1 entries"]
         assert (cache / "images" / "a.cpio").is_file() and (cache / "kernels" / "k1" / "vmlinuz").is_file()
         assert not (cache / "images" / "b.cpio").exists()

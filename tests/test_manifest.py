@@ -13,8 +13,14 @@ from harness.manifest import Manifest
 
 # A real default run's manifest.json, written by the harness before the record was typed.
 REAL = Path(__file__).resolve().parent / "data" / "manifest-default-run.json"
-DEB = {"package": "linux-image-6.1.0-50-amd64", "version": "6.1.176-1", "filename": "pool/x.deb", "sha256": "ab" * 32,
-       "size": 1, "suite": "bookworm"}  # fmt: skip
+DEB = {
+    "package": "linux-image-6.1.0-50-amd64",
+    "version": "6.1.176-1",
+    "filename": "pool/x.deb",
+    "sha256": "ab" * 32,
+    "size": 1,
+    "suite": "bookworm",
+}
 
 
 def test_a_real_manifest_reads_into_records_and_writes_back_byte_for_byte() -> None:
@@ -41,16 +47,22 @@ def test_what_an_older_run_did_not_record_reads_as_empty(tmp_path: Path) -> None
         ([], "manifest.json: top level: not an object"),
         ({"matrix_text": 5}, "manifest.json: matrix_text: not a string"),
         ({"kernels": {"spec": "x"}}, "manifest.json: kernels: not a list"),
-        ({"kernels": [{"spec": "x", "sha256": "ab", "debs": [{"bogus": 1}]}]},
-         "manifest.json: kernels[0].debs[0].package: missing"),
-        ({"kernels": [{"spec": "x", "sha256": "ab", "debs": [{**DEB, "size": "big"}]}]},
-         "manifest.json: kernels[0].debs[0].size: not an integer"),
+        (
+            {"kernels": [{"spec": "x", "sha256": "ab", "debs": [{"bogus": 1}]}]},
+            "manifest.json: kernels[0].debs[0].package: missing",
+        ),
+        (
+            {"kernels": [{"spec": "x", "sha256": "ab", "debs": [{**DEB, "size": "big"}]}]},
+            "manifest.json: kernels[0].debs[0].size: not an integer",
+        ),
         ({"shard": {"index": True, "count": 2}}, "manifest.json: shard.index: not an integer"),
-        ({"boots": [{"id": "b", "qemu_argv": ["qemu", 1]}]},
-         "manifest.json: boots[0].qemu_argv: not a list of strings"),
+        (
+            {"boots": [{"id": "b", "qemu_argv": ["qemu", 1]}]},
+            "manifest.json: boots[0].qemu_argv: not a list of strings",
+        ),
         ({"merged_from": [{"run_id": "r", "host": "x"}]}, "manifest.json: merged_from[0].host: not an object"),
     ],
-)  # fmt: skip
+)
 def test_a_value_of_the_wrong_type_is_bad_input_naming_the_key(doc: object, says: str) -> None:
     with pytest.raises(UserError) as e:
         Manifest.from_json(doc)

@@ -92,17 +92,22 @@ def test_suites_run_beside_the_probe_and_their_programs_are_cases(catalogue: lis
     assert matrix.parse(KERNEL, "m.yaml").suites == ("probe",)
     with pytest.raises(UserError, match=r"m\.yaml: cases: unknown case 'kselftest-mm:nope'"):
         matrix.expand(matrix.parse(KERNEL + "cases: [kselftest-mm:nope]\n", "m.yaml"), catalogue)
-    for bad, says in (("[probe, ltp]", "suites.1: 'ltp': give one of probe, kselftest-mm"),
-                      ("[probe, probe]", "suites: list each suite once"), ("[]", "suites: is empty")):
+    for bad, says in (
+        ("[probe, ltp]", "suites.1: 'ltp': give one of probe, kselftest-mm"),
+        ("[probe, probe]", "suites: list each suite once"),
+        ("[]", "suites: is empty"),
+    ):
         with pytest.raises(UserError, match=re.escape(says)):
             matrix.parse(KERNEL + f"suites: {bad}\n", "m.yaml")
 
 
 def test_the_same_kernel_twice_is_refused() -> None:
     """It used to boot twice, unasked (issue 11); the same kernel written two ways is the same kernel."""
-    for text in ("kernels:\n  - debian: bookworm\n  - debian: trixie\n  - debian: bookworm\n",
-                 "kernels:\n  - debian: bookworm\n  - debian: trixie\n  - {debian: {suite: bookworm, "
-                 "package: linux-image-amd64}}\n"):  # fmt: skip
+    for text in (
+        "kernels:\n  - debian: bookworm\n  - debian: trixie\n  - debian: bookworm\n",
+        "kernels:\n  - debian: bookworm\n  - debian: trixie\n  - {debian: {suite: bookworm, "
+        "package: linux-image-amd64}}\n",
+    ):
         with pytest.raises(UserError, match=r"^m.yaml:4: kernels.2: the same kernel as kernels.0; remove one$"):
             matrix.parse(text, "m.yaml")
 
@@ -121,9 +126,18 @@ def test_path_kernels_with_the_same_name_get_unique_boot_ids(tmp_path: Path) -> 
 
 @pytest.mark.parametrize(
     ("value", "expected"),
-    [("64K", 65536), ("8M", 8 << 20), ("1G", 1 << 30), ("0", 0), (0, 0), (12345, 12345),
-     ("64k", 65536), ("64KiB", 65536), (" 2 M ", 2 << 20)],
-)  # fmt: skip
+    [
+        ("64K", 65536),
+        ("8M", 8 << 20),
+        ("1G", 1 << 30),
+        ("0", 0),
+        (0, 0),
+        (12345, 12345),
+        ("64k", 65536),
+        ("64KiB", 65536),
+        (" 2 M ", 2 << 20),
+    ],
+)
 def test_parse_size(value: object, expected: int) -> None:
     assert matrix.parse_size(value) == expected
 
@@ -149,9 +163,14 @@ def test_format_size(n: int | None, text: str) -> None:
 def test_memlock_sizes_in_matrix() -> None:
     mx = matrix.parse(KERNEL + "memlock: [64K, 8M, 1G, 0, 4096, unlimited, {soft: 64K, hard: 1M}]\n", "m.yaml")
     assert mx.memlocks == (
-        Memlock(65536, 65536), Memlock(8 << 20, 8 << 20), Memlock(1 << 30, 1 << 30), Memlock(0, 0),
-        Memlock(4096, 4096), Memlock(None, None), Memlock(65536, 1 << 20),
-    )  # fmt: skip
+        Memlock(65536, 65536),
+        Memlock(8 << 20, 8 << 20),
+        Memlock(1 << 30, 1 << 30),
+        Memlock(0, 0),
+        Memlock(4096, 4096),
+        Memlock(None, None),
+        Memlock(65536, 1 << 20),
+    )
     assert mx.memlocks[-1] is not None and mx.memlocks[-1].label == "64K:1M"
 
 
@@ -233,9 +252,13 @@ def test_load_missing_file_names_it(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(
     ("axis", "line"),
-    [("ram: [256M, 256M]", 3), ("memlock: [64K, 65536]", 3), ("memlock: [default, default]", 3),
-     ("users: [root, user, root]", 3)],
-)  # fmt: skip
+    [
+        ("ram: [256M, 256M]", 3),
+        ("memlock: [64K, 65536]", 3),
+        ("memlock: [default, default]", 3),
+        ("users: [root, user, root]", 3),
+    ],
+)
 def test_duplicate_axis_values_rejected(axis: str, line: int) -> None:
     name = axis.split(":")[0]
     expected = f"m.yaml:{line}: {name}: lists the same value twice; remove the duplicate"
@@ -309,7 +332,7 @@ def test_debian_version_line() -> None:
     m = matrix.parse('kernels:\n  - debian: {suite: [trixie-backports, sid], version: "7.2"}\n', "m.yaml")
     (k,) = m.kernels
     assert isinstance(k, DebianKernel) and k.version == "7.2" and k.label == "trixie-backports+sid-7.2"
-    with pytest.raises(UserError, match=r'^m\.yaml:2: kernels\.0\.debian\.version: quote it'):
+    with pytest.raises(UserError, match=r"^m\.yaml:2: kernels\.0\.debian\.version: quote it"):
         matrix.parse("kernels:\n  - debian: {suite: trixie, version: 6.10}\n", "m.yaml")
     with pytest.raises(UserError, match="either abi or version"):
         matrix.parse('kernels:\n  - debian: {suite: trixie, version: "6.12", abi: 6.12.1-amd64}\n', "m.yaml")
@@ -326,8 +349,10 @@ def test_shipped_matrices_parse() -> None:
 
 
 def test_debian_builds_and_version_ranges() -> None:
-    text = ('kernels:\n  - debian: {suite: trixie-backports, builds: all}\n'
-            '  - debian: {suite: [bookworm, bookworm-security], version: ">=6.1,<6.2", builds: lines}\n')  # fmt: skip
+    text = (
+        "kernels:\n  - debian: {suite: trixie-backports, builds: all}\n"
+        '  - debian: {suite: [bookworm, bookworm-security], version: ">=6.1,<6.2", builds: lines}\n'
+    )
     every, lines = matrix.parse(text, "m.yaml").kernels
     assert (every.builds, every.label) == ("all", "trixie-backports-all")
     assert (lines.version, lines.builds) == (">=6.1,<6.2", "lines")

@@ -64,14 +64,22 @@ def write_shard(root: Path, index: int, count: int, matrix_text: str = MATRIX) -
         (run_dir / "serial").mkdir(parents=True, exist_ok=True)
         (run_dir / "serial" / f"{p.id}.log").write_text(f"log of {p.id}\n")
         cases = [CaseResult(p.id, c, "64K", "user", Outcome.PASS, "", {"case": c}, fingerprint="{}") for c in "ab"]
-        writer.add_boot(BootResult(p.id, kernel(p.kernel.label), p.ram_mb, "tcg", serial_log=f"serial/{p.id}.log",
-                                   cases=cases))  # fmt: skip
-    writer.write_manifest(Manifest.from_json({
-        "matrix_text": matrix_text, "probe": {"sha256": "p" * 64}, "expectations_sha256": "e" * 64,
-        "shard": {"index": index, "count": count},
-        "plan": [{"id": p.id, "kernel": p.kernel.label, "ram_mb": p.ram_mb} for p in every],
-        "kernels": [{"spec": p.kernel.label} for p in mine], "boots": [{"id": p.id} for p in mine],
-    }))  # fmt: skip
+        writer.add_boot(
+            BootResult(p.id, kernel(p.kernel.label), p.ram_mb, "tcg", serial_log=f"serial/{p.id}.log", cases=cases)
+        )
+    writer.write_manifest(
+        Manifest.from_json(
+            {
+                "matrix_text": matrix_text,
+                "probe": {"sha256": "p" * 64},
+                "expectations_sha256": "e" * 64,
+                "shard": {"index": index, "count": count},
+                "plan": [{"id": p.id, "kernel": p.kernel.label, "ram_mb": p.ram_mb} for p in every],
+                "kernels": [{"spec": p.kernel.label} for p in mine],
+                "boots": [{"id": p.id} for p in mine],
+            }
+        )
+    )
     writer.finish(f"2026-11-26T0{index}:30:00Z")
     return run_dir
 

@@ -128,9 +128,7 @@ def test_resolve_follows_depends_in_a_tree_without_modules_dep(
 
 
 @needs_gcc
-def test_resolve_skips_builtin_transport(
-    tmp_path: Path, build_ko: Callable[[str, Sequence[str]], bytes]
-) -> None:
+def test_resolve_skips_builtin_transport(tmp_path: Path, build_ko: Callable[[str, Sequence[str]], bytes]) -> None:
     # the 6.16+ layout: virtio_pci is built in
     root = tmp_path / "7.3.4+deb13-amd64"
     net = root / "kernel" / "drivers" / "net"

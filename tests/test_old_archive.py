@@ -41,9 +41,23 @@ class Keys:
     keyring: Path  # the "removed keys" keyring: both throwaway keys, expired now
 
     def gpg(self, *args: str, at: str) -> None:
-        subprocess.run(["gpg", "--batch", "--yes", "--pinentry-mode", "loopback", "--passphrase", "",
-                        "--faked-system-time", at, *args], check=True, capture_output=True,
-                       env={"GNUPGHOME": str(self.home), "PATH": "/usr/bin:/bin"})  # fmt: skip
+        subprocess.run(
+            [
+                "gpg",
+                "--batch",
+                "--yes",
+                "--pinentry-mode",
+                "loopback",
+                "--passphrase",
+                "",
+                "--faked-system-time",
+                at,
+                *args,
+            ],
+            check=True,
+            capture_output=True,
+            env={"GNUPGHOME": str(self.home), "PATH": "/usr/bin:/bin"},
+        )
 
     def sign(self, user: str, data: Path, at: str) -> bytes:
         sig = data.with_name(data.name + ".gpg")
@@ -59,22 +73,32 @@ def keys(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Keys]:
     k = Keys(home, home / "removed-keys.gpg")
     for user, expiry in (("Etch Archive <etch", "2011-12-31"), ("Late Signer <late", "never")):
         k.gpg("--quick-gen-key", f"{user}@example.invalid>", "ed25519", "sign", expiry, at="20100101T000000")
-    k.keyring.write_bytes(subprocess.run(["gpg", "--export"], check=True, capture_output=True,
-                                         env={"GNUPGHOME": str(home), "PATH": "/usr/bin:/bin"}).stdout)  # fmt: skip
+    k.keyring.write_bytes(
+        subprocess.run(
+            ["gpg", "--export"], check=True, capture_output=True, env={"GNUPGHOME": str(home), "PATH": "/usr/bin:/bin"}
+        ).stdout
+    )
     yield k
-    subprocess.run(["gpgconf", "--kill", "gpg-agent"], env={"GNUPGHOME": str(home), "PATH": "/usr/bin:/bin"},
-                   capture_output=True)  # the agent gpg started for this home goes with it
+    subprocess.run(
+        ["gpgconf", "--kill", "gpg-agent"], env={"GNUPGHOME": str(home), "PATH": "/usr/bin:/bin"}, capture_output=True
+    )  # the agent gpg started for this home goes with it
 
 
 @pytest.fixture(scope="module")
 def etch_deb(tmp_path_factory: pytest.TempPathFactory, build_ko: Callable[[str, Sequence[str]], bytes]) -> bytes:
     """etch's kernel package: boot/vmlinuz, plain .ko modules, data.tar.gz."""
     mods = f"lib/modules/{ABI}"
-    return build_deb(tmp_path_factory.mktemp("deb"), f"linux-image-{ABI}", VERSION, {
-        f"boot/vmlinuz-{ABI}": bzimage(tiny_elf(xen_note=False, banner=ABI), "gzip", ABI),
-        f"{mods}/kernel/drivers/net/e1000/e1000.ko": build_ko("e1000", []),
-        f"{mods}/modules.dep": b"kernel/drivers/net/e1000/e1000.ko:\n",
-    }, compression="gzip")  # fmt: skip
+    return build_deb(
+        tmp_path_factory.mktemp("deb"),
+        f"linux-image-{ABI}",
+        VERSION,
+        {
+            f"boot/vmlinuz-{ABI}": bzimage(tiny_elf(xen_note=False, banner=ABI), "gzip", ABI),
+            f"{mods}/kernel/drivers/net/e1000/e1000.ko": build_ko("e1000", []),
+            f"{mods}/modules.dep": b"kernel/drivers/net/e1000/e1000.ko:\n",
+        },
+        compression="gzip",
+    )
 
 
 @dataclass
@@ -105,8 +129,11 @@ def services(tmp_path: Path, keys: Keys, monkeypatch: pytest.MonkeyPatch) -> Ite
 
         def do_GET(self) -> None:  # noqa: N802 (the stdlib's name)
             parts = self.path.split("/")
-            if self.path.startswith("/archive/debian/") and len(parts) > 4 and not (root / "archive" / "debian" /
-                                                                                   parts[3]).is_dir():
+            if (
+                self.path.startswith("/archive/debian/")
+                and len(parts) > 4
+                and not (root / "archive" / "debian" / parts[3]).is_dir()
+            ):
                 taken = sorted(p.name for p in (root / "archive" / "debian").iterdir() if p.name <= parts[3])
                 if taken:
                     self.send_response(302)
@@ -135,8 +162,16 @@ def services(tmp_path: Path, keys: Keys, monkeypatch: pytest.MonkeyPatch) -> Ite
         server.server_close()
 
 
-def publish_old(base: Path, suite: str, deb: bytes, keys: Keys, *, signer: str = "etch",
-                signed_at: str = "20110601T000000", codename: str | None = None) -> None:  # fmt: skip
+def publish_old(
+    base: Path,
+    suite: str,
+    deb: bytes,
+    keys: Keys,
+    *,
+    signer: str = "etch",
+    signed_at: str = "20110601T000000",
+    codename: str | None = None,
+) -> None:
     """dists/<suite> as etch had it: Release + Release.gpg, Packages.bz2/.gz, SHA1 and MD5 only."""
     filename = f"pool/main/l/linux-2.6/linux-image-{ABI}_{VERSION}_amd64.deb"
     (base / filename).parent.mkdir(parents=True, exist_ok=True)
@@ -150,16 +185,20 @@ def publish_old(base: Path, suite: str, deb: bytes, keys: Keys, *, signer: str =
         f"Size: {len(deb)}\nMD5sum: {hashlib.md5(deb).hexdigest()}\nSHA1: {hashlib.sha1(deb).hexdigest()}\n"
     ).encode()
     dists = base / "dists" / suite
-    files = {"main/binary-amd64/Packages.bz2": bz2.compress(packages), "main/binary-amd64/Packages.gz":
-             gzip.compress(packages)}  # fmt: skip
+    files = {
+        "main/binary-amd64/Packages.bz2": bz2.compress(packages),
+        "main/binary-amd64/Packages.gz": gzip.compress(packages),
+    }
     for name, data in files.items():
         (dists / name).parent.mkdir(parents=True, exist_ok=True)
         (dists / name).write_bytes(data)
     release = dists / "Release"
     release.write_text(
         f"Origin: Debian\nSuite: oldstable\nCodename: {codename or suite}\nArchitectures: amd64\nComponents: main\n"
-        "MD5Sum:\n" + "".join(f" {hashlib.md5(d).hexdigest()} {len(d)} {n}\n" for n, d in files.items())
-        + "SHA1:\n" + "".join(f" {hashlib.sha1(d).hexdigest()} {len(d)} {n}\n" for n, d in files.items())
+        "MD5Sum:\n"
+        + "".join(f" {hashlib.md5(d).hexdigest()} {len(d)} {n}\n" for n, d in files.items())
+        + "SHA1:\n"
+        + "".join(f" {hashlib.sha1(d).hexdigest()} {len(d)} {n}\n" for n, d in files.items())
     )
     keys.sign(f"{signer}@example.invalid", release, signed_at)
 
@@ -222,20 +261,37 @@ def test_a_signature_made_after_its_key_expired_is_refused(services: Services, e
     """'late' signed in 2013 with no expiry, then was given a 2012 one: gpgv calls the signature good."""
     publish_old(services.old, "etch", etch_deb, services.keys, signer="late", signed_at="20130601T000000")
     services.keys.gpg("--quick-set-expire", _fingerprint(services.keys, "late"), "2012-01-01", at="20110101T000000")
-    services.keys.keyring.write_bytes(subprocess.run(["gpg", "--export"], check=True, capture_output=True,
-                                      env={"GNUPGHOME": str(services.keys.home), "PATH": "/usr/bin:/bin"}).stdout)
+    services.keys.keyring.write_bytes(
+        subprocess.run(
+            ["gpg", "--export"],
+            check=True,
+            capture_output=True,
+            env={"GNUPGHOME": str(services.keys.home), "PATH": "/usr/bin:/bin"},
+        ).stdout
+    )
     try:
         with pytest.raises(InfraError, match="signed by a key after it had expired"):
             kernels_of(tmp_path).resolve(DebianKernel(("etch",)))
     finally:  # the module's other tests use the keyring without that expiry
         services.keys.gpg("--quick-set-expire", _fingerprint(services.keys, "late"), "0", at="20110101T000000")
-        services.keys.keyring.write_bytes(subprocess.run(["gpg", "--export"], check=True, capture_output=True,
-                                          env={"GNUPGHOME": str(services.keys.home), "PATH": "/usr/bin:/bin"}).stdout)
+        services.keys.keyring.write_bytes(
+            subprocess.run(
+                ["gpg", "--export"],
+                check=True,
+                capture_output=True,
+                env={"GNUPGHOME": str(services.keys.home), "PATH": "/usr/bin:/bin"},
+            ).stdout
+        )
 
 
 def _fingerprint(keys: Keys, user: str) -> str:
-    out = subprocess.run(["gpg", "--with-colons", "--list-keys", f"{user}@example.invalid"], check=True,
-                         capture_output=True, text=True, env={"GNUPGHOME": str(keys.home), "PATH": "/usr/bin:/bin"})
+    out = subprocess.run(
+        ["gpg", "--with-colons", "--list-keys", f"{user}@example.invalid"],
+        check=True,
+        capture_output=True,
+        text=True,
+        env={"GNUPGHOME": str(keys.home), "PATH": "/usr/bin:/bin"},
+    )
     return next(line.split(":")[9] for line in out.stdout.splitlines() if line.startswith("fpr:"))
 
 
@@ -253,8 +309,9 @@ def test_a_snapshot_date_resolves_the_suite_as_it_was_that_day(
 ) -> None:
     """{snapshot: 2015-04-29, suite: sid}: the end of that day, redirected to the last snapshot before it."""
     publish_old(services.snapshot(), "sid", etch_deb, services.keys, codename="sid")
-    spec = debian.SOURCE.parse({"debian": {"snapshot": dt.date(2015, 4, 29), "suite": "sid"}}, Where("m.yaml", None),
-                               ("kernels", 0))  # fmt: skip
+    spec = debian.SOURCE.parse(
+        {"debian": {"snapshot": dt.date(2015, 4, 29), "suite": "sid"}}, Where("m.yaml", None), ("kernels", 0)
+    )
     assert spec.snapshot == "20150429T235959Z" and spec.label == "sid-snapshot-20150429"
     kernel = kernels_of(tmp_path).fetch(spec)
     assert kernel.release == ABI and kernel.source == "debian:sid@snapshot=20150429T235959Z"

@@ -29,8 +29,14 @@ LINUX_4_4 = OLD_KERNELS / "linux-4.4.178"
 
 
 def harness(*args: str, timeout: float = 900) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "harness", *args], capture_output=True, text=True, cwd=REPO,
-                          timeout=timeout, env={**os.environ, "COLUMNS": "220"})  # fmt: skip
+    return subprocess.run(
+        [sys.executable, "-m", "harness", *args],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=timeout,
+        env={**os.environ, "COLUMNS": "220"},
+    )
 
 
 @pytest.fixture(scope="module")
@@ -105,8 +111,9 @@ def test_the_musl_userland_gives_the_glibc_userland_s_verdicts(glibc_run: Path, 
     assert entry["userland"] == "musl" and entry["userland_reason"] == "asked for by the matrix"
 
     def verdicts(run_dir: Path) -> dict[tuple[str, str, str], tuple[str, str]]:
-        boot = next(b for b in json.loads((run_dir / "results.json").read_text())["boots"]
-                    if b["boot_id"] == "bookworm-256M")  # fmt: skip
+        boot = next(
+            b for b in json.loads((run_dir / "results.json").read_text())["boots"] if b["boot_id"] == "bookworm-256M"
+        )
         return {(c["case"], c["memlock"], c["user"]): (c["outcome"], c["fingerprint"]) for c in boot["cases"]}
 
     glibc, musl = verdicts((glibc_run / "latest").resolve()), verdicts(musl_dir)

@@ -90,8 +90,13 @@ def sample_run(**kw: Any) -> RunRecord:
     boots = [
         # Out of version order on purpose: the matrix sorts.
         boot(
-            "trixie-256M", TRIXIE, 256, [R_BASIC, R_BASIC_ROOT, R_OVER_NEW, R_ROOT, R_OOM, R_PANIC], error=TRIXIE_ERROR,
-            restored="5eed", timings={"marker": 8.5, "ssh": 12.25},  # started, then lost its guest
+            "trixie-256M",
+            TRIXIE,
+            256,
+            [R_BASIC, R_BASIC_ROOT, R_OVER_NEW, R_ROOT, R_OOM, R_PANIC],
+            error=TRIXIE_ERROR,
+            restored="5eed",
+            timings={"marker": 8.5, "ssh": 12.25},  # started, then lost its guest
         ),
         boot("broken-256M", None, 256, [], error="<img src=x onerror=alert(3)>", serial_log="javascript:alert(4)"),
         # The same behaviour at another RAM size is no change: the 1024M column has nothing before it.
@@ -299,8 +304,10 @@ def test_html_evidence_holds_the_whole_record() -> None:
     nav = {a.text: a.attrs["href"] for a in page.iter("p")[0].iter("a")}
     assert nav == {f"run {RUN_ID}": "../report.html#b2", "bookworm-256M": "b1.html", "broken-256M": "b3.html"}
     booted = parse(report_html.pages(run)["boot/b1.html"]).one("dl", "meta")
-    assert dict(zip([dt.text for dt in booted.iter("dt")], [dd.text for dd in booted.iter("dd")],
-                    strict=True))["guest"] == "booted"  # fmt: skip
+    assert (
+        dict(zip([dt.text for dt in booted.iter("dt")], [dd.text for dd in booted.iter("dd")], strict=True))["guest"]
+        == "booted"
+    )
     row = parse(report_html.pages(run)["report.html"]).one("tr", id="b2")
     assert [td.text for td in row.iter("td")][8].endswith("(loaded)")
 
@@ -433,7 +440,7 @@ def big_run(kernels: int = 10, rows: int = 490) -> RunRecord:
                 0.04,
                 '{"applicable":true,"calls":["mmap:ok","munmap:ok"],"locked":"all","result":"ok","status":"ok",'
                 f'"v":{(r + k // 3) % 5}}}',
-            )  # fmt: skip
+            )
             for r in range(rows)
         ]
         boots.append(BootResult(boot_id, info, 256, serial_log=f"serial/{boot_id}.log", cases=cases))
@@ -551,8 +558,19 @@ def test_markdown_tables() -> None:
     assert [tr.iter("td")[0].text for tr in boots] == COLUMNS
     trixie = [td.text for td in boots[2].iter("td")]
     assert trixie == [
-        "trixie-256M", "6.12.95-1", "6.12.95+deb13-amd64", "256 MiB", "2", "1", "1", "1", "1", "0", "0", TRIXIE_ERROR,
-    ]  # fmt: skip
+        "trixie-256M",
+        "6.12.95-1",
+        "6.12.95+deb13-amd64",
+        "256 MiB",
+        "2",
+        "1",
+        "1",
+        "1",
+        "1",
+        "0",
+        "0",
+        TRIXIE_ERROR,
+    ]
     assert all(len(tr.iter("td")) == 12 for tr in boots)
 
 
@@ -620,7 +638,7 @@ def test_markdown_stays_small_for_huge_runs() -> None:
                 CaseResult(f"b{i}", f"c{j}", "64K", "user", Outcome.DEVIATION, long, None, fingerprint=str(i))
                 for j in range(40)
             ],
-        )  # fmt: skip
+        )
         for i in range(400)
     ]
     md = summary_md.markdown(RunRecord(RUN_ID, "s", None, False, boots))
@@ -644,12 +662,22 @@ def unstarted_boot(boot_id: str, error: str = f"{NOTHING}\n{EXCERPT}", cases: in
 
 def lost_boot(boot_id: str = "e-256M") -> BootResult:
     """A boot that started and then gave up on its guest: its cases say how far it got."""
-    results = [CaseResult(boot_id, f"case_{i:02d}", "64K", "user", Outcome.PASS, "ok", {"v": 1}, fingerprint="1")
-               for i in range(58)]  # fmt: skip
-    results += [CaseResult(boot_id, f"case_{i:02d}", "64K", "user", Outcome.INFRA_ERROR, "not run: gave up", None)
-                for i in range(58, 61)]  # fmt: skip
-    return BootResult(boot_id, BOOKWORM, 256, timings={"marker": 3.0}, cases=results,
-                      error=f"gave up after losing the guest 3 times; last: SSH gone\n{EXCERPT}")  # fmt: skip
+    results = [
+        CaseResult(boot_id, f"case_{i:02d}", "64K", "user", Outcome.PASS, "ok", {"v": 1}, fingerprint="1")
+        for i in range(58)
+    ]
+    results += [
+        CaseResult(boot_id, f"case_{i:02d}", "64K", "user", Outcome.INFRA_ERROR, "not run: gave up", None)
+        for i in range(58, 61)
+    ]
+    return BootResult(
+        boot_id,
+        BOOKWORM,
+        256,
+        timings={"marker": 3.0},
+        cases=results,
+        error=f"gave up after losing the guest 3 times; last: SSH gone\n{EXCERPT}",
+    )
 
 
 def unstarted_run(*extra: BootResult) -> RunRecord:
@@ -675,16 +703,25 @@ def test_a_boot_did_not_start_when_no_guest_of_it_became_ready() -> None:
     [
         ("one line", "one line", "one line"),
         ("\nfirst\nsecond\n", "first", "first\nsecond"),
-        ("no ready marker within 20s (last serial lines below)", "no ready marker within 20s",
-         "no ready marker within 20s"),
-        ("no ready marker within 20s (last serial lines below)\n  \n", "no ready marker within 20s",
-         "no ready marker within 20s"),
-        ("no ready marker (last serial lines below)\nline", "no ready marker",
-         "no ready marker (last serial lines below)\nline"),
+        (
+            "no ready marker within 20s (last serial lines below)",
+            "no ready marker within 20s",
+            "no ready marker within 20s",
+        ),
+        (
+            "no ready marker within 20s (last serial lines below)\n  \n",
+            "no ready marker within 20s",
+            "no ready marker within 20s",
+        ),
+        (
+            "no ready marker (last serial lines below)\nline",
+            "no ready marker",
+            "no ready marker (last serial lines below)\nline",
+        ),
         ("locked 4K (below the limit)", "locked 4K (below the limit)", "locked 4K (below the limit)"),
         ("", "", ""),
     ],
-)  # fmt: skip
+)
 def test_an_error_as_one_line_and_in_full(error: str, first: str, full: str) -> None:
     assert overview.first_line(error) == first
     assert overview.full_error(error) == full

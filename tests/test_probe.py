@@ -16,9 +16,18 @@ from harness.streams import Line
 
 GUEST_TESTS = Path(__file__).resolve().parent.parent / "guest-tests"
 
-GOOD = {"kind": "case", "case": "mlock_over", "status": "ok", "duration_ms": 5, "result": "ENOMEM",
-        "calls": [{"call": "mlock", "args": "len=69632", "ret": -1, "errno": "ENOMEM"}], "kernel_log": [],
-        "oom_killed": False, "rlimit_soft": 65536, "size": None}  # fmt: skip
+GOOD = {
+    "kind": "case",
+    "case": "mlock_over",
+    "status": "ok",
+    "duration_ms": 5,
+    "result": "ENOMEM",
+    "calls": [{"call": "mlock", "args": "len=69632", "ret": -1, "errno": "ENOMEM"}],
+    "kernel_log": [],
+    "oom_killed": False,
+    "rlimit_soft": 65536,
+    "size": None,
+}
 
 
 def line(text: str | bytes, **kw: object) -> Line:
@@ -34,14 +43,22 @@ def test_a_record_comes_back_as_it_was_printed() -> None:
     ("text", "reason", "case"),
     [
         ('{"kind":"case","case":"mlock_over","duration_ms":"5"}', "duration_ms: a string, not int", "mlock_over"),
-        ('{"kind":"case","case":"mlock_over","kernel_log":5}', "kernel_log: an integer, not list or null",
-         "mlock_over"),
-        ('{"kind":"case","case":"mlock_over","kernel_log":["ok",7]}', "kernel_log[1]: an integer, not str",
-         "mlock_over"),
-        ('{"kind":"case","case":"mlock_over","duration_ms":true}', "duration_ms: true or false, not int",
-         "mlock_over"),
-        ('{"kind":"case","case":"mlock_over","calls":[{"call":1}]}', "calls[0].call: an integer, not str",
-         "mlock_over"),
+        (
+            '{"kind":"case","case":"mlock_over","kernel_log":5}',
+            "kernel_log: an integer, not list or null",
+            "mlock_over",
+        ),
+        (
+            '{"kind":"case","case":"mlock_over","kernel_log":["ok",7]}',
+            "kernel_log[1]: an integer, not str",
+            "mlock_over",
+        ),
+        ('{"kind":"case","case":"mlock_over","duration_ms":true}', "duration_ms: true or false, not int", "mlock_over"),
+        (
+            '{"kind":"case","case":"mlock_over","calls":[{"call":1}]}',
+            "calls[0].call: an integer, not str",
+            "mlock_over",
+        ),
         ('{"kind":"case","case":"mlock_over","duration_ms":-1}', "duration_ms: negative", "mlock_over"),
         ('{"kind":"case","case":"mlock_over","size":' + "9" * 5000 + "}", "not a JSON record", None),
         ('{"kind":"case","case":"a","x":' + "[" * 100_000 + "]" * 100_000 + "}", "not a JSON record", None),
@@ -55,7 +72,7 @@ def test_a_record_comes_back_as_it_was_printed() -> None:
         ("[1, 2]", "not a JSON object but a list", None),
         ("\x1b]0;pwned\x07 hello", "not a JSON record", None),
     ],
-)  # fmt: skip
+)
 def test_what_is_not_a_record_says_why(text: str, reason: str, case: str | None) -> None:
     got = probe.parse(line(text))
     assert isinstance(got, Malformed), got
@@ -100,8 +117,9 @@ Locked:                0 kB
 """
 
 
-@pytest.mark.parametrize(("flags", "lo"), [("VmFlags: rd wr mr mw me lo ac \n", 1), ("VmFlags: rd wr mr mw me ac\n", 0),
-                                           ("", -1)])  # fmt: skip
+@pytest.mark.parametrize(
+    ("flags", "lo"), [("VmFlags: rd wr mr mw me lo ac \n", 1), ("VmFlags: rd wr mr mw me ac\n", 0), ("", -1)]
+)
 def test_smaps_without_vmflags_leaves_lo_unknown(tmp_path: Path, flags: str, lo: int) -> None:
     """The probe's own smaps parser (guest-tests/procfs.c) on the text of a kernel with VmFlags
     (3.8 on) and of one without: `lo` is 1, 0, or unknown (-1), never false for want of the line."""
@@ -114,12 +132,15 @@ def test_smaps_without_vmflags_leaves_lo_unknown(tmp_path: Path, flags: str, lo:
         '    printf("%d %d %d %lld\\n", si.found, si.flags, smaps_lo_of(&si), si.locked_kb);\n    return 0;\n}\n'
     )
     exe = tmp_path / "smaps"
-    subprocess.run(["gcc", "-Wall", "-Werror", "-I", str(GUEST_TESTS), "-o", str(exe), str(driver),
-                    str(GUEST_TESTS / "procfs.c")], check=True)  # fmt: skip
+    subprocess.run(
+        ["gcc", "-Wall", "-Werror", "-I", str(GUEST_TESTS), "-o", str(exe), str(driver), str(GUEST_TESTS / "procfs.c")],
+        check=True,
+    )
 
     def parse(addr: str) -> str:
-        return subprocess.run([str(exe), addr], input=SMAPS.format(flags=flags), capture_output=True, text=True,
-                              check=True).stdout.strip()  # fmt: skip
+        return subprocess.run(
+            [str(exe), addr], input=SMAPS.format(flags=flags), capture_output=True, text=True, check=True
+        ).stdout.strip()
 
     assert parse("7f0000001000") == f"1 {int(bool(flags))} {lo} 16"
     assert parse("7f0000009000") == "0 0 0 0"  # no entry: not locked, as before

@@ -99,8 +99,10 @@ def test_a_run_on_a_terminal_shows_the_board_live_and_in_a_file_prints_done_line
     """`harness run` under a real pseudo-terminal (Debian 12's kernel in QEMU, three cases, two users),
     then with stdout a file, as in CI."""
     m = tmp_path / "m.yaml"
-    m.write_text("kernels:\n  - debian: bookworm\nmemlock: [64K]\nusers: [user, root]\n"
-                 "cases: [limits, map_locked_over, mlock_over]\n")  # fmt: skip
+    m.write_text(
+        "kernels:\n  - debian: bookworm\nmemlock: [64K]\nusers: [user, root]\n"
+        "cases: [limits, map_locked_over, mlock_over]\n"
+    )
     argv = [sys.executable, "-m", "harness", "run", "--matrix", str(m), "--results", str(tmp_path / "r"), "--jobs", "1"]
     pid, fd = pty.fork()
     if pid == 0:  # the child: its stdout is the terminal

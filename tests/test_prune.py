@@ -62,9 +62,15 @@ def nothing_kept(e: prune.Entry) -> bool:
 def test_entries_are_the_prunable_areas_with_last_use_and_kernel_digests(cache: Path) -> None:
     found = {f"{e.area}/{e.path.name}": e for e in prune.entries(cache)}
     assert sorted(found) == [
-        "builds/oldbuild", "debs/old.deb", "guests/0ld5eed", "images/new.cpio", "images/old.cpio",
-        "kernels/old", "kernels/old-in-history", "kernels/recent",
-    ]  # fmt: skip
+        "builds/oldbuild",
+        "debs/old.deb",
+        "guests/0ld5eed",
+        "images/new.cpio",
+        "images/old.cpio",
+        "kernels/old",
+        "kernels/old-in-history",
+        "kernels/recent",
+    ]
     assert found["kernels/old"].sha256 == "a" * 64 and found["images/old.cpio"].sha256 == ""
     assert abs(found["kernels/old"].last_used - (NOW - 40 * DAY)) < 2
     assert found["images/old.cpio"].bytes >= 4096
@@ -72,8 +78,14 @@ def test_entries_are_the_prunable_areas_with_last_use_and_kernel_digests(cache: 
 
 def test_by_age_every_area_goes_and_the_recent_stays(cache: Path) -> None:
     doomed = prune.select(prune.entries(cache), 30, nothing_kept, NOW)
-    assert names(doomed) == ["builds/oldbuild", "debs/old.deb", "guests/0ld5eed", "images/old.cpio", "kernels/old",
-                             "kernels/old-in-history"]  # fmt: skip
+    assert names(doomed) == [
+        "builds/oldbuild",
+        "debs/old.deb",
+        "guests/0ld5eed",
+        "images/old.cpio",
+        "kernels/old",
+        "kernels/old-in-history",
+    ]
     assert names(prune.select(prune.entries(cache), 0, nothing_kept, NOW)) == names(prune.entries(cache))
 
 
@@ -83,8 +95,12 @@ def test_keep_lists_keep_kernels_and_say_nothing_about_the_rest(cache: Path) -> 
     assert names(prune.select(prune.entries(cache), None, keep, NOW)) == ["builds/oldbuild", "kernels/old"]
     # With one, both must hold.
     assert names(prune.select(prune.entries(cache), 30, keep, NOW)) == [
-        "builds/oldbuild", "debs/old.deb", "guests/0ld5eed", "images/old.cpio", "kernels/old",
-    ]  # fmt: skip
+        "builds/oldbuild",
+        "debs/old.deb",
+        "guests/0ld5eed",
+        "images/old.cpio",
+        "kernels/old",
+    ]
 
 
 def test_remove_frees_and_leaves_nothing_half_deleted(cache: Path) -> None:
@@ -109,10 +125,13 @@ def test_cli_dry_run_lists_and_keeps_then_prune_deletes(cache: Path) -> None:
     assert code == 0
     rows = [line.split("\t") for line in out.splitlines()]
     assert [r[:3] for r in rows[:-1]] == [
-        ["would delete", "kernels", "old"], ["would delete", "kernels", "old-in-history"],
-        ["would delete", "builds", "oldbuild"], ["would delete", "images", "old.cpio"],
-        ["would delete", "debs", "old.deb"], ["would delete", "guests", "0ld5eed"],
-    ]  # fmt: skip
+        ["would delete", "kernels", "old"],
+        ["would delete", "kernels", "old-in-history"],
+        ["would delete", "builds", "oldbuild"],
+        ["would delete", "images", "old.cpio"],
+        ["would delete", "debs", "old.deb"],
+        ["would delete", "guests", "0ld5eed"],
+    ]
     assert rows[-1][0] == "would free" and rows[-1][2] == "6 entries"
     assert (cache / "kernels" / "old").is_dir()
 
@@ -124,8 +143,13 @@ def test_cli_dry_run_lists_and_keeps_then_prune_deletes(cache: Path) -> None:
 def test_cli_keep_history_keeps_the_kernels_it_has_results_of(cache: Path, tmp_path: Path) -> None:
     db = tmp_path / "history.sqlite"
     info = KernelInfo("k", "6.1.0-9-amd64", "linux-image-6.1.0-9-amd64", "6.1.27-1", "c" * 64, "debian:bookworm")
-    run_record = RunRecord("20261127T000000Z-0001", "2026-11-27T00:00:00Z", "2026-11-27T00:10:00Z", False,
-                           [BootResult("k-256M", info, 256)])  # fmt: skip
+    run_record = RunRecord(
+        "20261127T000000Z-0001",
+        "2026-11-27T00:00:00Z",
+        "2026-11-27T00:10:00Z",
+        False,
+        [BootResult("k-256M", info, 256)],
+    )
     with history.History(db) as h:
         h.record(run_record, Manifest())
         assert h.kernel_digests() == {"c" * 64}

@@ -31,24 +31,47 @@ def cache_kernel(cache: Path, label: str, sha: str) -> None:
     """A kernel unpacked in the cache, as kernels.fetch leaves it (only its metadata matters here)."""
     folder = cache / "kernels" / sha[:16]
     folder.mkdir(parents=True)
-    (folder / kernels.META_FILE).write_text(json.dumps({
-        "label": label, "release": "6.1.0-50-amd64", "image": "vmlinuz", "vmlinux": None, "modules_dir": None,
-        "sha256": sha, "package": "linux-image-6.1.0-50-amd64", "version": "6.1.176-1", "debs": [],
-        "source": "debian:bookworm", "format": kernels.META_FORMAT,
-    }))  # fmt: skip
+    (folder / kernels.META_FILE).write_text(
+        json.dumps(
+            {
+                "label": label,
+                "release": "6.1.0-50-amd64",
+                "image": "vmlinuz",
+                "vmlinux": None,
+                "modules_dir": None,
+                "sha256": sha,
+                "package": "linux-image-6.1.0-50-amd64",
+                "version": "6.1.176-1",
+                "debs": [],
+                "source": "debian:bookworm",
+                "format": kernels.META_FORMAT,
+            }
+        )
+    )
 
 
 def manifest(**kernel_shas: str) -> dict[str, Any]:
     entries: list[dict[str, Any]] = [
         {"spec": "bookworm", "sha256": kernel_shas.get("bookworm", "")},
-        {"spec": "trixie", "sha256": kernel_shas.get("trixie", ""), "release": "6.12.117+deb13-amd64",
-         "version": "6.12.117-1", "package": DEB.package, "debs": [dataclasses.asdict(DEB)]},
-    ]  # fmt: skip
+        {
+            "spec": "trixie",
+            "sha256": kernel_shas.get("trixie", ""),
+            "release": "6.12.117+deb13-amd64",
+            "version": "6.12.117-1",
+            "package": DEB.package,
+            "debs": [dataclasses.asdict(DEB)],
+        },
+    ]
     return {"matrix_text": MATRIX, "kernels": entries}
 
 
-def pin(mx: matrix.Matrix, doc: dict[str, Any], cache: Path, fetch: Callable[[debian.Resolved], kernels.Kernel],
-        monkeypatch: pytest.MonkeyPatch) -> dict[sources.KernelSpec, kernels.Kernel]:
+def pin(
+    mx: matrix.Matrix,
+    doc: dict[str, Any],
+    cache: Path,
+    fetch: Callable[[debian.Resolved], kernels.Kernel],
+    monkeypatch: pytest.MonkeyPatch,
+) -> dict[sources.KernelSpec, kernels.Kernel]:
     """sources.pin with the mirror replaced: `fetch` stands in for downloading the recorded .debs, which
     no mirror reachable here still has."""
     monkeypatch.setattr(debian, "mirrors", lambda ctx: None)
@@ -57,8 +80,18 @@ def pin(mx: matrix.Matrix, doc: dict[str, Any], cache: Path, fetch: Callable[[de
 
 
 def fetched(sha: str) -> kernels.Kernel:
-    return kernels.Kernel("whatever", "6.12.117+deb13-amd64", Path("/k"), None, None, sha, DEB.package,
-                          DEB.version, (DEB,), "debian:trixie")  # fmt: skip
+    return kernels.Kernel(
+        "whatever",
+        "6.12.117+deb13-amd64",
+        Path("/k"),
+        None,
+        None,
+        sha,
+        DEB.package,
+        DEB.version,
+        (DEB,),
+        "debian:trixie",
+    )
 
 
 def test_kernels_come_from_the_cache_by_sha_else_from_the_recorded_debs(
@@ -120,8 +153,13 @@ def test_a_path_kernel_is_pinned_only_while_it_is_the_same_file(
 def test_inputs_that_differ_are_named(tmp_path: Path) -> None:
     same = {"probe": {"sha256": "p" * 64}, "qemu_version": vm.qemu_version(), "accelerator": {"name": "tcg"}}
     assert replay.differences(Manifest.from_json(same), "p" * 64, "tcg") == []
-    other = {**same, "probe": {"sha256": "q" * 64}, "qemu_version": "1.0", "accelerator": {"name": "kvm"},
-             "expectations_sha256": "0" * 64}  # fmt: skip
+    other = {
+        **same,
+        "probe": {"sha256": "q" * 64},
+        "qemu_version": "1.0",
+        "accelerator": {"name": "kvm"},
+        "expectations_sha256": "0" * 64,
+    }
     lines = replay.differences(Manifest.from_json(other), "p" * 64, "tcg")
     assert [line.split(":")[0] for line in lines] == ["probe", "expectations", "qemu", "accelerator"]
 

@@ -43,9 +43,7 @@ PATH_KERNEL = KernelInfo(
 
 def case(boot_id: str, name: str, outcome: Outcome, message: str = "", **kw: Any) -> CaseResult:
     kw.setdefault("observation", {"errno": 0, "locked_kb": 64})
-    return CaseResult(
-        boot_id=boot_id, case=name, memlock="64K", user="user", outcome=outcome, message=message, **kw
-    )
+    return CaseResult(boot_id=boot_id, case=name, memlock="64K", user="user", outcome=outcome, message=message, **kw)
 
 
 DEVIATION_MESSAGE = "expected mmap to fail with EAGAIN, observed success (locked 64K over a 0 limit)"
@@ -75,14 +73,10 @@ def full_boot(boot_id: str = "bookworm-256M") -> BootResult:
                 citation="mm/mlock.c: can_do_mlock()",
                 duration_s=1.5,
             ),
-            case(
-                boot_id, "lock_as_root", Outcome.NOT_APPLICABLE, "needs root; ran as user", observation=None
-            ),
+            case(boot_id, "lock_as_root", Outcome.NOT_APPLICABLE, "needs root; ran as user", observation=None),
             case(boot_id, "lock_all_ram", Outcome.OOM_KILLED, "probe child killed by the OOM killer"),
             case(boot_id, "lock_fault", Outcome.PANIC, "Kernel panic - not syncing: Fatal exception"),
-            case(
-                boot_id, "lock_huge", Outcome.TIMEOUT, "no answer after 60s", observation=None, duration_s=60
-            ),
+            case(boot_id, "lock_huge", Outcome.TIMEOUT, "no answer after 60s", observation=None, duration_s=60),
             case(boot_id, "lock_ssh", Outcome.INFRA_ERROR, "SSH connection reset", observation=None),
         ],
     )
@@ -307,7 +301,6 @@ def test_results_json_empty_run() -> None:
     assert doc["boots"] == [] and sum(doc["counts"].values()) == 0
 
 
-
 def test_read_results_gives_back_the_records(tmp_path: Path) -> None:
     boots = [full_boot(), failed_boot()]
     (tmp_path / "results.json").write_text(json.dumps(results_json(boots, RUN_ID, STARTED, "2026-11-26T19:10:00Z")))
@@ -323,10 +316,13 @@ def test_read_results_gives_back_the_records(tmp_path: Path) -> None:
         ("[]", "top level"),
         ('{"schema": 99, "run_id": "r", "boots": []}', "schema: 99"),
         ('{"schema": 1, "boots": []}', "run_id: missing"),
-        ('{"schema": 1, "run_id": "r", "boots": [{"boot_id": "b", "ram_mb": 1, "cases": [{"case": "c", '
-         '"memlock": "0", "user": "u", "outcome": "great"}]}]}', "boots[0].cases[0].outcome: 'great'"),
+        (
+            '{"schema": 1, "run_id": "r", "boots": [{"boot_id": "b", "ram_mb": 1, "cases": [{"case": "c", '
+            '"memlock": "0", "user": "u", "outcome": "great"}]}]}',
+            "boots[0].cases[0].outcome: 'great'",
+        ),
     ],
-)  # fmt: skip
+)
 def test_read_results_names_file_and_field(tmp_path: Path, text: str, says: str) -> None:
     file = tmp_path / "results.json"
     file.write_text(text)
@@ -335,6 +331,7 @@ def test_read_results_names_file_and_field(tmp_path: Path, text: str, says: str)
     assert str(e.value).startswith(f"{file}: ") and says in str(e.value)
     with pytest.raises(UserError, match="no such file"):
         read_results(tmp_path / "elsewhere")
+
 
 # --- RunWriter ---------------------------------------------------------------------------------
 
@@ -431,9 +428,7 @@ def test_writer_disk_full_keeps_previous_file(tmp_path: Path, monkeypatch: pytes
     assert sorted(p.name for p in tmp_path.iterdir()) == ["junit.xml", "results.json"]  # no temp files left
 
 
-def test_writer_failed_write_mid_file_keeps_previous_file(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_writer_failed_write_mid_file_keeps_previous_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """EIO/ENOSPC during fsync is simulated the same way: the half-written temp file is discarded."""
     writer = RunWriter(tmp_path, RUN_ID, STARTED)
     writer.add_boot(failed_boot())
@@ -534,8 +529,11 @@ def test_the_summary_groups_one_finding_seen_everywhere_into_one_line() -> None:
     summary gives one row per (case, outcome, message) with the boots and runs it covers."""
     boots = []
     for kernel in ("bullseye-256M", "bookworm-256M", "trixie-256M", "sid-256M"):
-        cases = [CaseResult(kernel, "protnone_mlock", limit, user, Outcome.DEVIATION, "locked: expected 'none'", None)
-                 for limit in ("default", "64K") for user in ("root", "user")]  # fmt: skip
+        cases = [
+            CaseResult(kernel, "protnone_mlock", limit, user, Outcome.DEVIATION, "locked: expected 'none'", None)
+            for limit in ("default", "64K")
+            for user in ("root", "user")
+        ]
         cases.append(CaseResult(kernel, "mlock_over", "64K", "user", Outcome.PASS, "as expected", None))
         boots.append(BootResult(kernel, None, 256, cases=cases))
     boots[0].cases.append(CaseResult("bullseye-256M", "limits", "default", "root", Outcome.DEVIATION, "other", None))
@@ -561,8 +559,10 @@ def test_summary_gives_a_boot_that_did_not_start_one_line() -> None:
     text = out.getvalue()
     assert [line for line in text.splitlines() if "trixie-96M" in line and "│" in line] == []
     said = [line for line in text.splitlines() if "did not start" in line]
-    assert said == ["1 boot did not start: no login marker on the serial console after 180s "
-                    "(boot: trixie-96M; 1 result: infra_error)"]  # fmt: skip
+    assert said == [
+        "1 boot did not start: no login marker on the serial console after 180s "
+        "(boot: trixie-96M; 1 result: infra_error)"
+    ]
     assert "lock_over_limit" in text  # the boot that started is still listed per case
     assert "2 boots: 1 pass, 1 deviation, 1 n/a, 1 oom, 1 panic, 1 timeout, 2 error; 1 boot error" in text
 
@@ -583,9 +583,7 @@ def test_summary_markup_in_names_is_literal() -> None:
 
 
 def boot_with(*outcomes: Outcome, error: str = "") -> BootResult:
-    return BootResult(
-        "b", DEBIAN, 256, error=error, cases=[case("b", f"c{i}", o) for i, o in enumerate(outcomes)]
-    )
+    return BootResult("b", DEBIAN, 256, error=error, cases=[case("b", f"c{i}", o) for i, o in enumerate(outcomes)])
 
 
 @pytest.mark.parametrize(

@@ -33,8 +33,13 @@ def run(tmp_path: Path, text: str) -> dict[str, Any]:
     m = tmp_path / "m.yaml"
     m.write_text(text)
     results = tmp_path / "results"
-    proc = subprocess.run([sys.executable, "-m", "harness", "run", "--matrix", str(m), "--results", str(results)],
-                          capture_output=True, text=True, cwd=REPO, timeout=1200)  # fmt: skip
+    proc = subprocess.run(
+        [sys.executable, "-m", "harness", "run", "--matrix", str(m), "--results", str(results)],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=1200,
+    )
     assert proc.returncode in (0, 1), proc.stdout + proc.stderr
     data: dict[str, Any] = json.loads((results / "latest" / "results.json").read_text())
     return data
@@ -45,7 +50,8 @@ def behaviour(boot_doc: dict[str, Any]) -> dict[tuple[str, str, str], tuple[str,
 
 
 def test_results_do_not_depend_on_the_transport_and_a_kernel_without_modules_still_runs(
-    bookworm: Prepared, tmp_path: Path  # noqa: F811
+    bookworm: Prepared,  # noqa: F811
+    tmp_path: Path,  # noqa: F811
 ) -> None:
     """Debian 12's kernel over net and over serial: identical verdicts and fingerprints. The same
     kernel given with no modules at all goes over serial by itself; the disk cases are not
@@ -70,16 +76,31 @@ def test_results_do_not_depend_on_the_transport_and_a_kernel_without_modules_sti
             assert (c["outcome"], c["message"]) == ("not_applicable", "no disk-backed file in this guest")
 
 
-def serial_boot(bookworm: Prepared, tmp_path: Path, cases: tuple[str, ...], *, case_timeout: float = 60,  # noqa: F811
-                img: image.Image | None = None, before: Any = None) -> BootResult:  # fmt: skip
-    result = boot_plan(bookworm, tmp_path, (matrix.RunPlan(None, "root", cases),), case_timeout=case_timeout, img=img,
-                       before=before, transport="serial")  # fmt: skip
+def serial_boot(
+    bookworm: Prepared,  # noqa: F811
+    tmp_path: Path,
+    cases: tuple[str, ...],
+    *,
+    case_timeout: float = 60,  # noqa: F811
+    img: image.Image | None = None,
+    before: Any = None,
+) -> BootResult:
+    result = boot_plan(
+        bookworm,
+        tmp_path,
+        (matrix.RunPlan(None, "root", cases),),
+        case_timeout=case_timeout,
+        img=img,
+        before=before,
+        transport="serial",
+    )
     assert json.loads((tmp_path / "results.json").read_text())["boots"][0]["cases"], "results were written"
     return result
 
 
 def test_a_guest_that_never_opens_the_line_is_an_infrastructure_error_after_the_usual_retries(
-    bookworm: Prepared, tmp_path: Path  # noqa: F811
+    bookworm: Prepared,  # noqa: F811
+    tmp_path: Path,  # noqa: F811
 ) -> None:
     """An /init that serves SSH only on the NIC: the harness waits on a silent line. Each boot fails
     at the SSH handshake, is tried again as any machinery failure is, and no QEMU stays."""
@@ -96,7 +117,8 @@ def test_a_guest_that_never_opens_the_line_is_an_infrastructure_error_after_the_
 
 
 def test_a_line_that_stalls_mid_case_times_the_case_out_and_the_rest_go_on(
-    bookworm: Prepared, tmp_path: Path  # noqa: F811
+    bookworm: Prepared,  # noqa: F811
+    tmp_path: Path,  # noqa: F811
 ) -> None:
     """QEMU stopped (SIGSTOP) during a case: nothing moves on the line. The case times out, the
     guest is booted again as for any lost guest, and the next case passes over a fresh line."""
@@ -105,8 +127,13 @@ def test_a_line_that_stalls_mid_case_times_the_case_out_and_the_rest_go_on(
     def stall(machine: vm.VM) -> None:
         os.kill(machine.pid, signal.SIGSTOP)
 
-    result = serial_boot(bookworm, tmp_path, ("limits", "_selftest_hang", "map_locked_over"), case_timeout=20,
-                         before=lambda r, live: _inject_during_next_case(r, live, "limits", stall))  # fmt: skip
+    result = serial_boot(
+        bookworm,
+        tmp_path,
+        ("limits", "_selftest_hang", "map_locked_over"),
+        case_timeout=20,
+        before=lambda r, live: _inject_during_next_case(r, live, "limits", stall),
+    )
     got = {c.case: c for c in result.cases}
     assert got["limits"].outcome is Outcome.PASS
     assert got["_selftest_hang"].outcome is Outcome.TIMEOUT

@@ -50,19 +50,32 @@ def slow_mirror(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[tup
 
 
 def test_two_fetches_of_one_kernel_at_once_download_and_unpack_it_once(
-    slow_mirror: tuple[Mirror, list[tuple[float, str]]], signer: Signer,  # noqa: F811
-    debs: dict[str, tuple[str, bytes]], tmp_path: Path,  # noqa: F811
-) -> None:  # fmt: skip
+    slow_mirror: tuple[Mirror, list[tuple[float, str]]],
+    signer: Signer,  # noqa: F811
+    debs: dict[str, tuple[str, bytes]],  # noqa: F811
+    tmp_path: Path,  # noqa: F811
+) -> None:
     mirror, seen = slow_mirror
     publish(mirror, debs, signer)
     cache = tmp_path / "cache"
     m = tmp_path / "m.yaml"
     m.write_text("kernels:\n  - debian: bookworm\n")
-    argv = [*HARNESS, "kernels", "fetch", "--matrix", str(m), "--cache", str(cache), "--mirror", mirror.url,
-            "--insecure"]  # fmt: skip
+    argv = [
+        *HARNESS,
+        "kernels",
+        "fetch",
+        "--matrix",
+        str(m),
+        "--cache",
+        str(cache),
+        "--mirror",
+        mirror.url,
+        "--insecure",
+    ]
     env = {k: v for k, v in os.environ.items() if not k.startswith("HARNESS_DEBIAN")}
-    procs = [subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
-             for _ in range(2)]  # fmt: skip
+    procs = [
+        subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env) for _ in range(2)
+    ]
     outs = [p.communicate(timeout=120) for p in procs]
     assert [p.returncode for p in procs] == [0, 0], outs
     lines = [[line for line in out.splitlines() if line.startswith("bookworm\t")] for out, _ in outs]
@@ -103,20 +116,38 @@ def private_cache(tmp_path: Path) -> Path:
 
 def verdicts(results: Path) -> dict[tuple[str, str, str, str], tuple[str, str]]:
     (run_dir,) = [d for d in results.iterdir() if d.is_dir() and d.name != "latest" and not d.is_symlink()]
-    return {(b.boot_id, c.case, c.memlock, c.user): (c.outcome.value, c.fingerprint)
-            for b in rundir.read_results(run_dir).boots for c in b.cases}  # fmt: skip
+    return {
+        (b.boot_id, c.case, c.memlock, c.user): (c.outcome.value, c.fingerprint)
+        for b in rundir.read_results(run_dir).boots
+        for c in b.cases
+    }
 
 
 def run(cache: Path, m: Path, results: Path, *extra: str) -> subprocess.Popen[str]:
-    argv = [*HARNESS, "run", "--matrix", str(m), "--cache", str(cache), "--results", str(results), "--jobs", "1",
-            *extra]  # fmt: skip
+    argv = [
+        *HARNESS,
+        "run",
+        "--matrix",
+        str(m),
+        "--cache",
+        str(cache),
+        "--results",
+        str(results),
+        "--jobs",
+        "1",
+        *extra,
+    ]
     env = {**os.environ, "HARNESS_ACCEL": "tcg"}
     return subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
 
 
 def prune_cache(cache: Path) -> list[list[str]]:
-    out = subprocess.run([*HARNESS, "cache", "prune", "--cache", str(cache), "--older-than", "0"], capture_output=True,
-                         text=True, check=True).stdout  # fmt: skip
+    out = subprocess.run(
+        [*HARNESS, "cache", "prune", "--cache", str(cache), "--older-than", "0"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
     return [line.split("\t") for line in out.splitlines()]
 
 

@@ -54,8 +54,10 @@ def test_a_loaded_guest_behaves_as_the_booted_one(bookworm: Prepared, tmp_path: 
     and then in one loaded from it: the same outcome and fingerprint for every case. The loaded
     boot says what it was loaded from, in its results and in its serial log."""
     store = snapshot.Store(tmp_path / "guests")
-    runs = (matrix.RunPlan(None, "root", tuple(probe.build().names)),
-            matrix.RunPlan(matrix.Memlock(64 << 10, 64 << 10), "user", tuple(probe.build().names)))  # fmt: skip
+    runs = (
+        matrix.RunPlan(None, "root", tuple(probe.build().names)),
+        matrix.RunPlan(matrix.Memlock(64 << 10, 64 << 10), "user", tuple(probe.build().names)),
+    )
     cold = boot_plan(bookworm, tmp_path / "cold", runs, saved=store)
     (saved,) = store.root.iterdir()
     assert cold.restored == "" and not cold.error
@@ -78,15 +80,23 @@ def test_a_loaded_guest_behaves_as_the_booted_one(bookworm: Prepared, tmp_path: 
 
 
 @pytest.mark.integration
-def test_a_state_that_does_not_load_is_deleted_and_the_guest_boots_cold(bookworm: Prepared,  # noqa: F811
-                                                                        tmp_path: Path) -> None:  # fmt: skip
+def test_a_state_that_does_not_load_is_deleted_and_the_guest_boots_cold(
+    bookworm: Prepared,  # noqa: F811
+    tmp_path: Path,
+) -> None:
     """A saved state QEMU cannot load costs one failed QEMU start: it is deleted, the guest boots
     cold, and the cold guest is saved in its place. No QEMU is left. Here the state is not zstd at
     all, which once left QEMU 7.2 waiting for ever: a stream that ends before its first byte."""
     kernel, img, _ = bookworm
     store = snapshot.Store(tmp_path / "guests")
-    config = vm.VMConfig(kernel.vmlinux or kernel.image, img.path, 256, accel.for_host().name, 0,
-                         image.disk_image(cache_dir() / "images"))  # fmt: skip
+    config = vm.VMConfig(
+        kernel.vmlinux or kernel.image,
+        img.path,
+        256,
+        accel.for_host().name,
+        0,
+        image.disk_image(cache_dir() / "images"),
+    )
     key = snapshot.key(config)
     folder = store.root / key
     folder.mkdir(parents=True)
@@ -113,8 +123,10 @@ def test_a_guest_is_saved_only_while_no_connection_is_open() -> None:
 
 
 @pytest.mark.integration
-def test_a_guest_saved_over_the_serial_line_answers_every_time_it_is_loaded(bookworm: Prepared,  # noqa: F811
-                                                                            tmp_path: Path) -> None:  # fmt: skip
+def test_a_guest_saved_over_the_serial_line_answers_every_time_it_is_loaded(
+    bookworm: Prepared,  # noqa: F811
+    tmp_path: Path,
+) -> None:
     """Over `serial` the guest's relay to dropbear connects only when a session wakes it, so the
     saved guest holds no connection, and every guest loaded from it answers (it once was saved
     just after the relay connected, and no loaded guest ever answered)."""
@@ -132,15 +144,23 @@ def test_a_guest_saved_over_the_serial_line_answers_every_time_it_is_loaded(book
 
 @pytest.mark.integration
 def test_a_saved_guest_that_never_answers_is_deleted_and_the_boot_goes_on_cold(
-    bookworm: Prepared, tmp_path: Path, capfd: pytest.CaptureFixture[str]  # noqa: F811
+    bookworm: Prepared,  # noqa: F811
+    tmp_path: Path,
+    capfd: pytest.CaptureFixture[str],  # noqa: F811
 ) -> None:
     """A state made so on purpose (dropbear killed, then saved): the boot that loads it cannot
     reach it, deletes it, boots cold and passes, and saves a good guest that the next boot loads.
     paramiko's tracebacks go to the boot's serial log, not the terminal."""
     kernel, img, key = bookworm
     store = snapshot.Store(tmp_path / "guests")
-    config = vm.VMConfig(kernel.vmlinux or kernel.image, img.path, 256, accel.for_host().name, 0,
-                         image.disk_image(cache_dir() / "images"))  # fmt: skip
+    config = vm.VMConfig(
+        kernel.vmlinux or kernel.image,
+        img.path,
+        256,
+        accel.for_host().name,
+        0,
+        image.disk_image(cache_dir() / "images"),
+    )
     bad = snapshot.key(config)
     with vm.boot(config, tmp_path / "made.log", 240) as machine:
         with guest.Guest(machine.endpoint(img.host_key), "root", key) as session:

@@ -32,8 +32,10 @@ def test_each_kind_is_found_by_its_key_and_nothing_else_passes(tmp_path: Path) -
     for item in ("{path: x, debian: bookworm}", f"{{path: {kernel}, bogus: 1}}", "{modules: /lib}", "bookworm", "{}"):
         with pytest.raises(UserError) as e:
             matrix.parse(f"kernels:\n  - {item}\n", "m.yaml")
-        assert str(e.value) == ("m.yaml:2: kernels.0: each kernel is {debian: SUITE or {suite, package, abi}}, "
-                                "{path: FILE} or {git: {repo, rev, config}}")  # fmt: skip
+        assert str(e.value) == (
+            "m.yaml:2: kernels.0: each kernel is {debian: SUITE or {suite, package, abi}}, "
+            "{path: FILE} or {git: {repo, rev, config}}"
+        )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -115,9 +117,10 @@ def test_a_new_kind_is_one_source_in_the_registry(tmp_path: Path, monkeypatch: p
 
 
 def test_kernels_resolve_prints_every_kind(
-    tmp_path: Path, make_repo: Callable[[Sequence[tuple[str, dict[str, str]]]], Path],
+    tmp_path: Path,
+    make_repo: Callable[[Sequence[tuple[str, dict[str, str]]]], Path],
     capsys: pytest.CaptureFixture[str],
-) -> None:  # fmt: skip
+) -> None:
     repo = make_repo([("first", {"Makefile": "1\n"}), ("mm: the second", {"Makefile": "2\n"})])
     kernel = tmp_path / "bzImage"
     kernel.write_bytes(bzimage(tiny_elf(), "xz", version="6.6.6-custom"))

@@ -34,12 +34,20 @@ def test_kselftest_mm_runs_beside_the_probe_and_reads_back_as_junit(tmp_path: Pa
     """Debian 12's kernel with the selftests of its own linux-source: every program under each
     limit and user in the same boot as a probe case, in junit.xml (read back by junitparser),
     results.json (with the tree it came from) and the history."""
-    (tmp_path / "m.yaml").write_text("kernels: [{debian: bookworm}]\nmemlock: [64K]\nusers: [root, user]\n"
-                                     "cases: [mlock_over, " + ", ".join(f"kselftest-mm:{p}" for p in
-                                                                         suites.get("kselftest-mm").programs)
-                                     + "]\n")  # fmt: skip
-    argv = [sys.executable, "-m", "harness", "run", "--matrix", str(tmp_path / "m.yaml"), "--results",
-            str(tmp_path / "results")]  # fmt: skip
+    (tmp_path / "m.yaml").write_text(
+        "kernels: [{debian: bookworm}]\nmemlock: [64K]\nusers: [root, user]\n"
+        "cases: [mlock_over, " + ", ".join(f"kselftest-mm:{p}" for p in suites.get("kselftest-mm").programs) + "]\n"
+    )
+    argv = [
+        sys.executable,
+        "-m",
+        "harness",
+        "run",
+        "--matrix",
+        str(tmp_path / "m.yaml"),
+        "--results",
+        str(tmp_path / "results"),
+    ]
     proc = subprocess.run(argv, capture_output=True, text=True, cwd=REPO, timeout=1800)
     assert proc.returncode in (0, 1), proc.stdout[-3000:] + proc.stderr
     run_dir = (tmp_path / "results" / "latest").resolve()
@@ -61,18 +69,31 @@ def test_kselftest_mm_runs_beside_the_probe_and_reads_back_as_junit(tmp_path: Pa
     names = {case.name for suite in xml for case in suite}
     assert "kselftest-mm:mlock2-tests[memlock=64K,user=root]" in names
     assert "mlock_over[memlock=64K,user=user]" in names
-    history = subprocess.run([sys.executable, "-m", "harness", "history", "--history",
-                              str(tmp_path / "results" / "history.sqlite"), "--case", "kselftest-mm:map_populate"],
-                             capture_output=True, text=True, cwd=REPO, timeout=120)  # fmt: skip
+    history = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "harness",
+            "history",
+            "--history",
+            str(tmp_path / "results" / "history.sqlite"),
+            "--case",
+            "kselftest-mm:map_populate",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=120,
+    )
     assert history.returncode == 0 and "6.1.0" in history.stdout, history.stdout + history.stderr
 
 
 PROGRAMS = {
     # KTAP that stops after one of three results: the program dies by SIGSEGV.
     "crash": '#include <signal.h>\n#include <stdio.h>\nint main(void){printf("TAP version 13\\n1..3\\nok 1 first\\n");'
-             'fflush(stdout);raise(SIGSEGV);return 0;}\n',
+    "fflush(stdout);raise(SIGSEGV);return 0;}\n",
     "hang": '#include <stdio.h>\n#include <unistd.h>\nint main(void){puts("# waiting");fflush(stdout);'
-            'for(;;)pause();}\n',
+    "for(;;)pause();}\n",
     "fine": '#include <stdio.h>\nint main(void){printf("TAP version 13\\n1..1\\nok 1 all good\\n");return 0;}\n',
 }
 
@@ -90,8 +111,9 @@ class Misbehaving:
         out = {}
         for name, text in PROGRAMS.items():
             (self.folder / f"{name}.c").write_text(text)
-            subprocess.run(["gcc", "-static", "-O2", "-o", str(self.folder / name), str(self.folder / f"{name}.c")],
-                           check=True)  # fmt: skip
+            subprocess.run(
+                ["gcc", "-static", "-O2", "-o", str(self.folder / name), str(self.folder / f"{name}.c")], check=True
+            )
             out[name] = self.folder / name
         return Built(out, {}, {"what": "this test"})
 
@@ -114,9 +136,11 @@ def test_a_program_that_crashes_or_hangs_is_recorded_and_the_rest_go_on(
     fake = Misbehaving(tmp_path)
     monkeypatch.setitem(suites.SUITES, fake.name, fake)  # type: ignore[arg-type]
     monkeypatch.setattr(suites, "NAMES", (*suites.NAMES, fake.name))
-    mx = matrix.parse("kernels: [{debian: bookworm}]\nsuites: [misbehaving]\ncases: [mlock_over, misbehaving:crash, "
-                      "misbehaving:hang, misbehaving:fine]\nmemlock: [64K]\nusers: [user]\ntimeouts: {case: 5}\n",
-                      str(tmp_path / "m.yaml"))  # fmt: skip
+    mx = matrix.parse(
+        "kernels: [{debian: bookworm}]\nsuites: [misbehaving]\ncases: [mlock_over, misbehaving:crash, "
+        "misbehaving:hang, misbehaving:fine]\nmemlock: [64K]\nusers: [user]\ntimeouts: {case: 5}\n",
+        str(tmp_path / "m.yaml"),
+    )
     options = runner.Options(jobs=1, results=tmp_path / "results", cache=cache_dir())
     _, (boot,) = runner.execute(mx, options, lambda _: None)
     got = {c.case: c for c in boot.cases}

@@ -28,8 +28,14 @@ def test_printed_lines_and_tables_carry_no_raw_escape_and_no_markup(tty: bool) -
     console = Console(file=out, force_terminal=tty, width=200, color_system="standard" if tty else None)
     terminal.printer(console)(f"results: r[/]x {HOSTILE}")
     kernel = KernelInfo("k\x1b[31m", "6.1\x1b]0;t\x07", None, None, "ab" * 32, "path:/k")
-    boot = BootResult("b-256M", kernel, 256, error="serial:\n\x1b[31mKernel panic\x1b[0m", timings={"marker": 1.0},
-                      cases=[CaseResult("b-256M", "a", "64K", "user", Outcome.DEVIATION, HOSTILE, None)])  # fmt: skip
+    boot = BootResult(
+        "b-256M",
+        kernel,
+        256,
+        error="serial:\n\x1b[31mKernel panic\x1b[0m",
+        timings={"marker": 1.0},
+        cases=[CaseResult("b-256M", "a", "64K", "user", Outcome.DEVIATION, HOSTILE, None)],
+    )
     terminal.print_summary([boot], console)
     text = out.getvalue()
     guest_escapes = [s for s in ("\x1b[2J", "\x1b]", "\x07", "\x9b", "\r", "\x1b[31m") if s in text]
@@ -43,8 +49,9 @@ NOTHING = "the guest printed nothing in 20 s under kvm; --accel tcg"
 EXCERPT = "[    0.000000] Linux version 6.1.0\n...\n[    1.250000] serial excerpt line"
 
 
-def unstarted_boot(boot_id: str, error: str = f"{NOTHING}\n{EXCERPT}", outcome: Outcome = Outcome.TIMEOUT,
-                   cases: int = 61) -> BootResult:  # fmt: skip
+def unstarted_boot(
+    boot_id: str, error: str = f"{NOTHING}\n{EXCERPT}", outcome: Outcome = Outcome.TIMEOUT, cases: int = 61
+) -> BootResult:
     """A boot whose guest never became ready: its failure's first line copied into every case (boot.fill)."""
     first = error.splitlines()[0]
     results = [CaseResult(boot_id, f"case_{i:02d}", "64K", "user", outcome, first, None) for i in range(cases)]
@@ -55,8 +62,10 @@ def lost_boot(boot_id: str = "e-256M") -> BootResult:
     """A boot that started (its guest was ready, SSH connected) and then gave up on its guest."""
     error = f"gave up after losing the guest 3 times; last: SSH gone\n{EXCERPT}"
     results = [CaseResult(boot_id, f"case_{i:02d}", "64K", "user", Outcome.PASS, "ok", None) for i in range(58)]
-    results += [CaseResult(boot_id, f"case_{i:02d}", "64K", "user", Outcome.INFRA_ERROR, "not run: gave up", None)
-                for i in range(58, 61)]  # fmt: skip
+    results += [
+        CaseResult(boot_id, f"case_{i:02d}", "64K", "user", Outcome.INFRA_ERROR, "not run: gave up", None)
+        for i in range(58, 61)
+    ]
     return BootResult(boot_id, None, 256, timings={"marker": 3.0, "ssh": 5.5}, error=error, cases=results)
 
 
@@ -77,8 +86,11 @@ def test_boots_that_did_not_start_are_one_line_and_no_rows() -> None:
     assert "serial excerpt line" not in text and len(text.splitlines()) < 30
     # The boot that started and then lost its guest is still listed per case, its error as one line.
     assert [line.split("│")[1].strip() for line in lines if "e-256M" in line and "│" in line] == [
-        "boot", "case_58", "case_59", "case_60",
-    ]  # fmt: skip
+        "boot",
+        "case_58",
+        "case_59",
+        "case_60",
+    ]
     assert "5 boots: 58 pass, 0 deviation, 0 n/a, 0 oom, 0 panic, 244 timeout, 3 error; 5 boot errors" in text
 
 

@@ -27,18 +27,40 @@ def record(case: str = "mlock_under", **fields: Any) -> dict[str, Any]:
     """A complete case line (every field of guest-tests/README.md) for an unprivileged run at 64K
     where the key call succeeded on half the limit: what a conforming kernel prints."""
     base: dict[str, Any] = {
-        "kind": "case", "case": case, "uid": 1000, "cap_ipc_lock": False,
-        "rlimit_soft": 65536, "rlimit_hard": 65536, "page_size": 4096,
-        "memtotal_kb": 250000, "memavailable_kb": 200000, "applicable": True, "reason": None,
-        "size": 32768, "result": "ok",
-        "calls": [{"call": "mmap", "args": "len=32768", "ret": 0, "errno": None},
-                  {"call": "mlock", "args": "len=32768", "ret": 0, "errno": None},
-                  {"call": "munmap", "args": "len=32768", "ret": 0, "errno": None}],
-        "vmlck_before_kb": 0, "vmlck_after_kb": 32, "vmlck_end_kb": 0,
-        "resident_pages": 8, "total_pages": 8, "minflt_call": 8, "majflt_call": 0, "minflt_touch": None,
-        "smaps_locked_kb": 32, "smaps_rss_kb": 32, "smaps_size_kb": 32, "smaps_lo": True,
-        "smaps_vmflags": "rd wr mr mw me lo ac", "status": "ok", "duration_ms": 1,
-    }  # fmt: skip
+        "kind": "case",
+        "case": case,
+        "uid": 1000,
+        "cap_ipc_lock": False,
+        "rlimit_soft": 65536,
+        "rlimit_hard": 65536,
+        "page_size": 4096,
+        "memtotal_kb": 250000,
+        "memavailable_kb": 200000,
+        "applicable": True,
+        "reason": None,
+        "size": 32768,
+        "result": "ok",
+        "calls": [
+            {"call": "mmap", "args": "len=32768", "ret": 0, "errno": None},
+            {"call": "mlock", "args": "len=32768", "ret": 0, "errno": None},
+            {"call": "munmap", "args": "len=32768", "ret": 0, "errno": None},
+        ],
+        "vmlck_before_kb": 0,
+        "vmlck_after_kb": 32,
+        "vmlck_end_kb": 0,
+        "resident_pages": 8,
+        "total_pages": 8,
+        "minflt_call": 8,
+        "majflt_call": 0,
+        "minflt_touch": None,
+        "smaps_locked_kb": 32,
+        "smaps_rss_kb": 32,
+        "smaps_size_kb": 32,
+        "smaps_lo": True,
+        "smaps_vmflags": "rd wr mr mw me lo ac",
+        "status": "ok",
+        "duration_ms": 1,
+    }
     base.update(fields)
     return base
 
@@ -55,7 +77,9 @@ def test_shipped_expectations_load(expectations: Expectations) -> None:
     assert "limits" in expectations.cases
     assert all(isinstance(r, Rule) for rules in expectations.cases.values() for r in rules)
     assert {tuple(inv.expect) for inv in expectations.invariants} == {
-        ("accounting_restored",), ("within_limit",), ("failed_call_kept_accounting",)
+        ("accounting_restored",),
+        ("within_limit",),
+        ("failed_call_kept_accounting",),
     }
 
 
@@ -109,8 +133,13 @@ def test_load_missing_file_is_user_error(tmp_path: Path) -> None:
 def test_conforming_record_passes(expectations: Expectations) -> None:
     v = verdict.judge(record(), K61, expectations)
     assert v.outcome is Outcome.PASS
-    assert v.expected == {"result": "ok", "locked": "all", "residency": "all",
-                          "accounting_restored": True, "within_limit": True}  # fmt: skip
+    assert v.expected == {
+        "result": "ok",
+        "locked": "all",
+        "residency": "all",
+        "accounting_restored": True,
+        "within_limit": True,
+    }
     assert "mlock(2)" in v.citation
     assert v.message.startswith("as expected: result='ok'")
 
@@ -181,8 +210,9 @@ def test_unknown_case_is_deviation_asking_for_a_rule(expectations: Expectations)
 
 
 def test_privileged_over_limit_succeeds(expectations: Expectations) -> None:
-    obs = record("mlock_over", uid=0, cap_ipc_lock=True, size=69632, vmlck_after_kb=68,
-                 resident_pages=17, total_pages=17)  # fmt: skip
+    obs = record(
+        "mlock_over", uid=0, cap_ipc_lock=True, size=69632, vmlck_after_kb=68, resident_pages=17, total_pages=17
+    )
     assert verdict.judge(obs, K61, expectations).outcome is Outcome.PASS
 
 
@@ -190,16 +220,29 @@ def test_privileged_over_limit_succeeds(expectations: Expectations) -> None:
 
 
 def limits_record(soft: int) -> dict[str, Any]:
-    return record("limits", rlimit_soft=soft, rlimit_hard=soft, size=None, vmlck_after_kb=None,
-                  vmlck_end_kb=None, resident_pages=None, total_pages=None)  # fmt: skip
+    return record(
+        "limits",
+        rlimit_soft=soft,
+        rlimit_hard=soft,
+        size=None,
+        vmlck_after_kb=None,
+        vmlck_end_kb=None,
+        resident_pages=None,
+        total_pages=None,
+    )
 
 
 @pytest.mark.parametrize(
     ("version", "soft", "outcome"),
-    [((5, 10, 0), 65536, Outcome.PASS), ((5, 10, 0), 8 << 20, Outcome.DEVIATION),
-     ((6, 1, 0), 8 << 20, Outcome.PASS), ((6, 1, 0), 65536, Outcome.DEVIATION),
-     ((5, 15, 999), 65536, Outcome.PASS), ((5, 16, 0), 8 << 20, Outcome.PASS)],
-)  # fmt: skip
+    [
+        ((5, 10, 0), 65536, Outcome.PASS),
+        ((5, 10, 0), 8 << 20, Outcome.DEVIATION),
+        ((6, 1, 0), 8 << 20, Outcome.PASS),
+        ((6, 1, 0), 65536, Outcome.DEVIATION),
+        ((5, 15, 999), 65536, Outcome.PASS),
+        ((5, 16, 0), 8 << 20, Outcome.PASS),
+    ],
+)
 def test_limits_default_depends_on_kernel(
     expectations: Expectations, version: tuple[int, ...], soft: int, outcome: Outcome
 ) -> None:
@@ -229,8 +272,9 @@ def test_bad_kernel_condition_is_user_error(spec: str) -> None:
 
 
 def test_kernel_range_condition() -> None:
-    exp = Expectations({"limits": (Rule({"kernel": ">=4.4,<5.16"}, {"result": "old"}, "c"),
-                                   Rule({}, {"result": "ok"}, "c"))}, ())  # fmt: skip
+    exp = Expectations(
+        {"limits": (Rule({"kernel": ">=4.4,<5.16"}, {"result": "old"}, "c"), Rule({}, {"result": "ok"}, "c"))}, ()
+    )
     assert verdict.judge(limits_record(1), RunContext((5, 10, 0), True), exp).expected == {"result": "old"}
     assert verdict.judge(limits_record(1), RunContext((5, 16, 0), True), exp).expected == {"result": "ok"}
     assert verdict.judge(limits_record(1), RunContext((4, 3, 9), True), exp).expected == {"result": "ok"}
@@ -317,8 +361,15 @@ def test_oom_kill_is_told_from_the_kernel_log(expectations: Expectations) -> Non
 
 
 def test_fingerprint_is_stable_and_ignores_noise(expectations: Expectations) -> None:
-    a = record("mlock_over", result="ENOMEM", vmlck_after_kb=0, resident_pages=0, minflt_call=3, duration_ms=7,
-               calls=[{"call": "mmap", "ret": 0, "errno": None}, {"call": "mlock", "ret": -1, "errno": "ENOMEM"}])
+    a = record(
+        "mlock_over",
+        result="ENOMEM",
+        vmlck_after_kb=0,
+        resident_pages=0,
+        minflt_call=3,
+        duration_ms=7,
+        calls=[{"call": "mmap", "ret": 0, "errno": None}, {"call": "mlock", "ret": -1, "errno": "ENOMEM"}],
+    )
     b = dict(a, minflt_call=11, duration_ms=900, memavailable_kb=123, smaps_rss_kb=4)
     fa, fb = verdict.fingerprint(a, expectations), verdict.fingerprint(b, expectations)
     assert fa == fb
@@ -331,8 +382,13 @@ def test_fingerprint_is_stable_and_ignores_noise(expectations: Expectations) -> 
 
 def test_an_oom_kill_passes_only_where_a_rule_allows_it(expectations: Expectations) -> None:
     ctx = {"uid": 0, "cap_ipc_lock": True, "rlimit_soft": None, "rlimit_hard": None}
-    killed = {"signal": 9, "signal_name": "SIGKILL", "oom_killed": True,
-              "kernel_log": ["Out of memory: Killed process 157 (probe)"], **ctx}  # fmt: skip
+    killed = {
+        "signal": 9,
+        "signal_name": "SIGKILL",
+        "oom_killed": True,
+        "kernel_log": ["Out of memory: Killed process 157 (probe)"],
+        **ctx,
+    }
     allowed = verdict.judge(parent_only("oom_map_locked_between", "killed", **killed), K61, expectations)
     assert allowed.outcome is Outcome.PASS and "Killed process 157" in allowed.message
     finding = verdict.judge(parent_only("mlock_under", "killed", **killed), K61, expectations)
@@ -340,8 +396,15 @@ def test_an_oom_kill_passes_only_where_a_rule_allows_it(expectations: Expectatio
 
 
 def test_limit_at_least_condition() -> None:
-    rules = Expectations({"c": (Rule({"limit_at_least": "4M"}, {"result": "ok"}, "big enough"),
-                                Rule({}, {"result": "EAGAIN"}, "too small"))}, ())  # fmt: skip
+    rules = Expectations(
+        {
+            "c": (
+                Rule({"limit_at_least": "4M"}, {"result": "ok"}, "big enough"),
+                Rule({}, {"result": "EAGAIN"}, "too small"),
+            )
+        },
+        (),
+    )
     for soft, want in ((8 << 20, "ok"), (4 << 20, "ok"), (65536, "EAGAIN"), (None, "ok")):
         v = verdict.judge(record("c", rlimit_soft=soft, result=want, vmlck_after_kb=0, size=None), K61, rules)
         assert v.outcome is Outcome.PASS, (soft, v.message)
@@ -361,16 +424,33 @@ def test_limit_at_least_condition() -> None:
 def test_mlockall_onfault_alone_is_judged_by_the_rule_of_its_era(
     expectations: Expectations, version: tuple[int, ...], privileged: bool, soft: int, result: str, outcome: Outcome
 ) -> None:
-    obs = record("future_onfault_alone", cap_ipc_lock=privileged, uid=0 if privileged else 1000, rlimit_soft=soft,
-                 rlimit_hard=soft, result=result, vmlck_after_kb=0, size=None, resident_pages=None, total_pages=None)
+    obs = record(
+        "future_onfault_alone",
+        cap_ipc_lock=privileged,
+        uid=0 if privileged else 1000,
+        rlimit_soft=soft,
+        rlimit_hard=soft,
+        result=result,
+        vmlck_after_kb=0,
+        size=None,
+        resident_pages=None,
+        total_pages=None,
+    )
     assert verdict.judge(obs, RunContext(version, True), expectations).outcome is outcome
 
 
 def test_an_overlapping_mlock_was_charged_twice_until_4_9(expectations: Expectations) -> None:
     """mlock(2) BUGS: before 4.9 the locked half counted twice against the limit, so the whole-range
     mlock at the limit failed with ENOMEM; from 4.9 it succeeds."""
-    before = record("account_relock_overlap", result="ENOMEM", result_relock_again="ENOMEM", vmlck_after_kb=32,
-                    size=65536, vmlck_relock_delta_kb=0, single_munlock_unlocks=True)
+    before = record(
+        "account_relock_overlap",
+        result="ENOMEM",
+        result_relock_again="ENOMEM",
+        vmlck_after_kb=32,
+        size=65536,
+        vmlck_relock_delta_kb=0,
+        single_munlock_unlocks=True,
+    )
     assert verdict.judge(before, RunContext((4, 4, 178), True), expectations).outcome is Outcome.PASS
     assert verdict.judge(before, RunContext((4, 9, 0), True), expectations).outcome is Outcome.DEVIATION
 

@@ -23,13 +23,25 @@ def test_upstream_from_package_version_then_release() -> None:
 
 def test_order_is_by_version_not_by_text_or_date() -> None:
     kernels = [
-        k("6.12.117-1"), k("7.3.4-1~bpo13+1"), k("5.10.223-1"), k("6.12.95-1~bpo12+1"), k("6.1.176-1"),
-        k(None, "2.6.32"), k(None, "6.12.0-rc7"), k("6.12.117-1~bpo12+1"),
-    ]  # fmt: skip
+        k("6.12.117-1"),
+        k("7.3.4-1~bpo13+1"),
+        k("5.10.223-1"),
+        k("6.12.95-1~bpo12+1"),
+        k("6.1.176-1"),
+        k(None, "2.6.32"),
+        k(None, "6.12.0-rc7"),
+        k("6.12.117-1~bpo12+1"),
+    ]
     assert [name(x) for x in ordered(kernels)] == [
-        "2.6.32", "5.10.223-1", "6.1.176-1", "6.12.0-rc7", "6.12.95-1~bpo12+1", "6.12.117-1~bpo12+1",
-        "6.12.117-1", "7.3.4-1~bpo13+1",
-    ]  # fmt: skip
+        "2.6.32",
+        "5.10.223-1",
+        "6.1.176-1",
+        "6.12.0-rc7",
+        "6.12.95-1~bpo12+1",
+        "6.12.117-1~bpo12+1",
+        "6.12.117-1",
+        "7.3.4-1~bpo13+1",
+    ]
 
 
 def test_packaged_before_self_built_of_the_same_version_and_stable() -> None:
@@ -39,8 +51,13 @@ def test_packaged_before_self_built_of_the_same_version_and_stable() -> None:
 
 @pytest.mark.parametrize(
     ("release", "version"),
-    [("6.12.117+deb13-amd64", (6, 12, 117)), ("7.3.4+deb13-amd64", (7, 3, 4)), ("6.1.0-50-amd64", (6, 1, 0)),
-     ("5.10", (5, 10, 0)), ("garbage", (0,))],
-)  # fmt: skip
+    [
+        ("6.12.117+deb13-amd64", (6, 12, 117)),
+        ("7.3.4+deb13-amd64", (7, 3, 4)),
+        ("6.1.0-50-amd64", (6, 1, 0)),
+        ("5.10", (5, 10, 0)),
+        ("garbage", (0,)),
+    ],
+)
 def test_kernel_version(release: str, version: tuple[int, ...]) -> None:
     assert versions.release_version(release) == version

@@ -100,12 +100,14 @@ class Session(Protocol):
 
     def connect(self) -> float: ...
 
-    def run(self, argv: Sequence[str], timeout: float, on_line: Callable[[Line], None] | None = None) -> guest.Result:
-        ...
+    def run(
+        self, argv: Sequence[str], timeout: float, on_line: Callable[[Line], None] | None = None
+    ) -> guest.Result: ...
 
 
-def _boot_vm(config: vm.VMConfig, serial: Path, timeout: float, cancel: threading.Event,
-             saved: snapshot.Store | None) -> AbstractContextManager[Machine]:  # fmt: skip
+def _boot_vm(
+    config: vm.VMConfig, serial: Path, timeout: float, cancel: threading.Event, saved: snapshot.Store | None
+) -> AbstractContextManager[Machine]:
     return snapshot.boot(saved, config, serial, timeout, cancel)
 
 
@@ -113,8 +115,9 @@ def _boot_vm(config: vm.VMConfig, serial: Path, timeout: float, cancel: threadin
 class Seams:
     """How a boot starts guests and talks to them: QEMU and fabric, or a test's fakes."""
 
-    boot: Callable[[vm.VMConfig, Path, float, threading.Event, snapshot.Store | None],
-                   AbstractContextManager[Machine]] = _boot_vm
+    boot: Callable[
+        [vm.VMConfig, Path, float, threading.Event, snapshot.Store | None], AbstractContextManager[Machine]
+    ] = _boot_vm
     session: Callable[[guest.Endpoint, str, paramiko.PKey], AbstractContextManager[Session]] = guest.Guest
 
 
@@ -195,9 +198,17 @@ def run_boot(ctx: BootContext, result: BootResult, publish: Publish, live: Live,
     ctx.serial_log.parent.mkdir(parents=True, exist_ok=True)
     result.serial_log = str(ctx.serial_log.relative_to(ctx.run_dir))
     hw = ctx.devices
-    config = vm.VMConfig(ctx.kernel.vmlinux or ctx.kernel.image, ctx.image.path, plan.ram_mb, ctx.accel, 0, ctx.disk,
-                         transport=ctx.transport, nic=(hw.nic or devices.NICS[0]).name,
-                         disk_bus=(hw.disk or devices.DISKS[0]).name)  # fmt: skip
+    config = vm.VMConfig(
+        ctx.kernel.vmlinux or ctx.kernel.image,
+        ctx.image.path,
+        plan.ram_mb,
+        ctx.accel,
+        0,
+        ctx.disk,
+        transport=ctx.transport,
+        nic=(hw.nic or devices.NICS[0]).name,
+        disk_bus=(hw.disk or devices.DISKS[0]).name,
+    )
     result.transport = ctx.transport
     result.qemu_argv = config.argv()  # port 0 until QEMU has one; kept for boots that never come up
     attempts, refused = Attempts(), set[str]()
@@ -259,8 +270,9 @@ def _kvm_failed(event: Exception, config: vm.VMConfig, live: Live, boot_id: str)
     return live.accel is not None and live.accel.kvm_failed(boot_id, str(event).split(";")[0])
 
 
-def _guest(ctx: BootContext, config: vm.VMConfig, result: BootResult, publish: Publish, live: Live,
-           seams: Seams) -> None:  # fmt: skip
+def _guest(
+    ctx: BootContext, config: vm.VMConfig, result: BootResult, publish: Publish, live: Live, seams: Seams
+) -> None:
     """One guest: boot it and run every case that has no result yet. Raises GuestLost."""
     started = seams.boot(config, ctx.serial_log, ctx.plan.timeouts.boot, live.cancelled, ctx.saved)
     with live.admitted(config.ram_mb, ctx.plan.id), started as machine, live.track(machine):
@@ -319,12 +331,23 @@ def fill(result: BootResult, runs: Sequence[RunPlan], outcome: Outcome, message:
     for r in runs:
         for case in r.cases:
             if (case, r.memlock_label, r.user) not in have:
-                result.cases.append(CaseResult(result.boot_id, case, r.memlock_label, r.user, outcome, message, None))
+                result.cases.append(
+                    CaseResult(
+                        boot_id=result.boot_id,
+                        case=case,
+                        memlock=r.memlock_label,
+                        user=r.user,
+                        outcome=outcome,
+                        message=message,
+                        observation=None,
+                    )
+                )
 
 
 def _invoke(step: Invocation, session: Session, machine: Machine, record: Callable[[Observed], None]) -> None:
     """One command of a suite in the guest, what it observes recorded as it comes; GuestLost (the
     loss recorded as the first unanswered case's) when the guest stops answering."""
+
     def on_line(line: Line) -> None:
         for observed in step.line(line):
             record(observed)

@@ -114,8 +114,7 @@ class Current:
             if self._name == KVM:
                 self._name = TCG
                 self.fell_back = f"boot {boot_id}: {why}"
-                self._log(f"accelerator: KVM failed boot {boot_id} ({why}); this boot and the rest of the run "
-                          "use tcg")  # fmt: skip
+                self._log(f"accelerator: KVM failed boot {boot_id} ({why}); this boot and the rest of the run use tcg")
             return True
 
     def record(self) -> Accelerator:
@@ -207,8 +206,9 @@ def check_elf(code: bytes = CHECK_CODE) -> bytes:
     entry = LOAD_AT + CODE_AT
     note = struct.pack("<III4sI", 4, 4, 18, b"Xen", entry)  # XEN_ELFNOTE_PHYS32_ENTRY
     size = CODE_AT + len(code)
-    header = struct.pack("<4sBBBBB7sHHIQQQIHHHHHH", b"\x7fELF", 2, 1, 1, 0, 0, b"", 2, 62, 1, entry, 64, 0, 0,
-                         64, 56, 2, 64, 0, 0)  # fmt: skip
+    header = struct.pack(
+        "<4sBBBBB7sHHIQQQIHHHHHH", b"\x7fELF", 2, 1, 1, 0, 0, b"", 2, 62, 1, entry, 64, 0, 0, 64, 56, 2, 64, 0, 0
+    )
     load = struct.pack("<IIQQQQQQ", 1, 5, 0, LOAD_AT, LOAD_AT, size, 0x4000, 0x1000)  # tables: the 3 pages after
     notes = struct.pack("<IIQQQQQQ", 4, 4, 176, LOAD_AT + 176, LOAD_AT + 176, len(note), len(note), 4)
     return (header + load + notes + note).ljust(CODE_AT, b"\0") + code
@@ -220,10 +220,26 @@ def run_check(accel: str, timeout: float) -> tuple[bool, str]:
         kernel = Path(tmp, "check.elf")
         kernel.write_bytes(check_elf())
         argv = [
-            vm.QEMU, "-machine", "pc", "-accel", accel, "-cpu", vm.cpu(accel), "-nodefaults", "-no-user-config",
-            "-display", "none", "-m", "16", "-serial", "stdio",
-            "-device", "isa-debug-exit,iobase=0xf4,iosize=0x04", "-kernel", str(kernel),
-        ]  # fmt: skip
+            vm.QEMU,
+            "-machine",
+            "pc",
+            "-accel",
+            accel,
+            "-cpu",
+            vm.cpu(accel),
+            "-nodefaults",
+            "-no-user-config",
+            "-display",
+            "none",
+            "-m",
+            "16",
+            "-serial",
+            "stdio",
+            "-device",
+            "isa-debug-exit,iobase=0xf4,iosize=0x04",
+            "-kernel",
+            str(kernel),
+        ]
         with processes.Process(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE) as proc:
             seen, when, ended = _read_marks(proc.popen, time.monotonic() + timeout)
             if ended:  # it leaves by itself after 'K', or after an error: its status and message say which
@@ -263,12 +279,16 @@ def _judge(seen: str, when: dict[str, float], status: int | None, err: str, time
     if "K" in seen and status == CHECK_EXIT:
         looped = when["K"] - when["L"]
         if looped > LOOP_BOUND:
-            return False, (f"it ran ten million loop iterations in {looped:.1f}s, over {LOOP_BOUND:g}s: the guest is "
-                           "emulated, not run on the CPU")  # fmt: skip
+            return False, (
+                f"it ran ten million loop iterations in {looped:.1f}s, over {LOOP_BOUND:g}s: the guest is "
+                "emulated, not run on the CPU"
+            )
         return True, ""
     if "L" in seen and "K" not in seen:
-        return False, (f"the guest reached long mode, but ten million loop iterations did not end within "
-                       f"{LOOP_BOUND:g}s: the guest is emulated, not run on the CPU")  # fmt: skip
+        return False, (
+            f"the guest reached long mode, but ten million loop iterations did not end within "
+            f"{LOOP_BOUND:g}s: the guest is emulated, not run on the CPU"
+        )
     stage = {"": "printed nothing", "P": "stopped before long mode"}.get(seen, "stopped")
     detail = f"exit {status}: {last or 'no message'}" if status is not None else f"no answer in {timeout:g}s"
     return False, f"the guest {stage} ({detail})"

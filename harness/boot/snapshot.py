@@ -117,9 +117,13 @@ class Store:
             if status.get("status") != "completed":
                 raise InfraError(f"QEMU could not save the guest: {str(status.get('error-desc', status))[:300]}")
             (tmp / CONSOLE).write_bytes(machine.console())
-            about = {"format": FORMAT, "key": key, "saved": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-                     "qemu_version": vm.qemu_version(), "argv": dataclasses.replace(machine.config, port=0,
-                                                                                    channel=None).argv()}  # fmt: skip
+            about = {
+                "format": FORMAT,
+                "key": key,
+                "saved": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                "qemu_version": vm.qemu_version(),
+                "argv": dataclasses.replace(machine.config, port=0, channel=None).argv(),
+            }
             (tmp / ABOUT).write_text(json.dumps(about, indent=2) + "\n")
             folder = self.leases.use(self.root / key)  # before it appears: prune cannot take it from a run
             with contextlib.suppress(OSError):  # another boot saved the same guest first: keep theirs
@@ -153,8 +157,9 @@ def _digest_of(path: Path, size: int, mtime_ns: int, ino: int) -> str:
 
 
 @contextlib.contextmanager
-def boot(store: Store | None, config: vm.VMConfig, serial_log: Path, timeout: float,
-         cancel: threading.Event | None = None) -> Iterator[vm.VM]:  # fmt: skip
+def boot(
+    store: Store | None, config: vm.VMConfig, serial_log: Path, timeout: float, cancel: threading.Event | None = None
+) -> Iterator[vm.VM]:
     """A ready guest for `config`: loaded from its saved state when the store has one, else booted
     and saved. The serial log shows the saved guest's boot, then what the loaded guest prints."""
     if store is None:
@@ -173,15 +178,19 @@ def boot(store: Store | None, config: vm.VMConfig, serial_log: Path, timeout: fl
             note = f"\n[harness: the boot above is the saved guest {k}'s; this guest is loaded from it]\n"
             _log(serial_log, console + note.encode())
             try:
-                machine = stack.enter_context(vm.boot(config, serial_log, min(timeout, LOAD_TIMEOUT), cancel=cancel,
-                                                      incoming=saved.incoming))  # fmt: skip
+                machine = stack.enter_context(
+                    vm.boot(config, serial_log, min(timeout, LOAD_TIMEOUT), cancel=cancel, incoming=saved.incoming)
+                )
                 machine.restored = k
             except vm.BootFailure as e:
                 if cancel is not None and cancel.is_set():
                     raise
                 store.discard(saved)
-                _log(serial_log, f"\n[harness: the saved guest did not load ({e}); it is deleted, and the "
-                                 "guest boots cold]\n".encode())  # fmt: skip
+                _log(
+                    serial_log,
+                    f"\n[harness: the saved guest did not load ({e}); it is deleted, and the "
+                    "guest boots cold]\n".encode(),
+                )
         if machine is None:
             machine = stack.enter_context(vm.boot(config, serial_log, timeout, cancel=cancel))
             try:

@@ -99,20 +99,33 @@ class VMConfig:
         """The QEMU command line; pure, printed shell-quoted so anyone can rerun the boot."""
         return [
             QEMU,
-            "-machine", "pc",
-            "-accel", self.accel,
-            "-cpu", self.cpu,
-            "-smp", "1",
-            "-m", f"{self.ram_mb}M",
-            "-nodefaults", "-no-user-config", "-no-reboot",
-            "-display", "none",
-            "-serial", "stdio",
-            "-kernel", str(self.kernel),
-            "-initrd", str(self.initrd),
-            "-append", self.kernel_args,
-            "-device", "virtio-rng-pci",
+            "-machine",
+            "pc",
+            "-accel",
+            self.accel,
+            "-cpu",
+            self.cpu,
+            "-smp",
+            "1",
+            "-m",
+            f"{self.ram_mb}M",
+            "-nodefaults",
+            "-no-user-config",
+            "-no-reboot",
+            "-display",
+            "none",
+            "-serial",
+            "stdio",
+            "-kernel",
+            str(self.kernel),
+            "-initrd",
+            str(self.initrd),
+            "-append",
+            self.kernel_args,
+            "-device",
+            "virtio-rng-pci",
             *transports.get(self.transport).qemu_args(self.port, self.channel, self.nic),
-        ] + (self._drive() if self.disk else [])  # fmt: skip
+        ] + (self._drive() if self.disk else [])
 
     def _drive(self) -> list[str]:
         # QEMU's IDE disks cannot be read-only: snapshot=on sends the guest's writes (there are none,
@@ -134,8 +147,15 @@ def note(serial_log: Path, text: str) -> None:
 class BootFailure(InfraError):
     """The guest never became ready: QEMU exited, the kernel panicked, or the deadline passed."""
 
-    def __init__(self, message: str, excerpt: str, panicked: bool = False, timed_out: bool = False,
-                 silent: bool = False, kvm_failed: bool = False) -> None:  # fmt: skip
+    def __init__(
+        self,
+        message: str,
+        excerpt: str,
+        panicked: bool = False,
+        timed_out: bool = False,
+        silent: bool = False,
+        kvm_failed: bool = False,
+    ) -> None:
         super().__init__(message)
         self.excerpt = excerpt
         self.panicked = panicked
@@ -198,8 +218,10 @@ class VM:
         except BaseException as e:
             self.close()
             if isinstance(e, InfraError) and not self.alive:
-                raise BootFailure(f"QEMU exited with status {self.exit_status} before the guest was ready: "
-                                  f"{self._last_error()}", self.excerpt()) from None  # fmt: skip
+                raise BootFailure(
+                    f"QEMU exited with status {self.exit_status} before the guest was ready: {self._last_error()}",
+                    self.excerpt(),
+                ) from None
             raise
 
     def __enter__(self) -> VM:
@@ -328,10 +350,14 @@ class VM:
 
     def _silent(self, seconds: float) -> BootFailure:
         kvm = self.config.accel == "kvm"
-        fix = ("; --accel tcg" if kvm else
-               ": does its kernel have a serial console (CONFIG_SERIAL_8250_CONSOLE=y) on ttyS0?")  # fmt: skip
-        return BootFailure(f"the guest printed nothing in {seconds:g}s under {self.config.accel}{fix}", "",
-                           silent=True, kvm_failed=kvm)  # fmt: skip
+        fix = (
+            "; --accel tcg"
+            if kvm
+            else ": does its kernel have a serial console (CONFIG_SERIAL_8250_CONSOLE=y) on ttyS0?"
+        )
+        return BootFailure(
+            f"the guest printed nothing in {seconds:g}s under {self.config.accel}{fix}", "", silent=True, kvm_failed=kvm
+        )
 
     def _check_kvm(self) -> None:
         """QEMU stops a guest KVM cannot run (an instruction it cannot emulate) but does not exit."""
@@ -339,8 +365,11 @@ class VM:
             return
         failed = next((line for line in self.stderr_text().splitlines() if KVM_FAILED in line), None)
         if failed is not None:
-            raise BootFailure(f"KVM could not run the guest (QEMU: {failed.strip()[:200]}); --accel tcg",
-                              self.excerpt(), kvm_failed=True)  # fmt: skip
+            raise BootFailure(
+                f"KVM could not run the guest (QEMU: {failed.strip()[:200]}); --accel tcg",
+                self.excerpt(),
+                kvm_failed=True,
+            )
 
     def _last_error(self) -> str:
         err = self.stderr_text().strip().splitlines()
@@ -378,8 +407,14 @@ class VM:
 
 
 @contextlib.contextmanager
-def boot(config: VMConfig, serial_log: Path, timeout: float, tries: int = 5,
-         cancel: threading.Event | None = None, incoming: str | None = None) -> Iterator[VM]:  # fmt: skip
+def boot(
+    config: VMConfig,
+    serial_log: Path,
+    timeout: float,
+    tries: int = 5,
+    cancel: threading.Event | None = None,
+    incoming: str | None = None,
+) -> Iterator[VM]:
     """Start QEMU and wait for the guest's ready marker (or, `incoming`, for the loaded guest to
     run), placing the VM again when its transport says the place was taken (another VM's port,
     with parallel VMs)."""

@@ -18,8 +18,9 @@ def report() -> Path:
     for folder in (_folder(), Path(tempfile.gettempdir())):
         try:
             folder.mkdir(parents=True, exist_ok=True)
-            fd, name = tempfile.mkstemp(prefix=f"harness-crash-{dt.datetime.now(dt.UTC):%Y%m%dT%H%M%SZ}-",
-                                        suffix=".txt", dir=folder)  # fmt: skip
+            fd, name = tempfile.mkstemp(
+                prefix=f"harness-crash-{dt.datetime.now(dt.UTC):%Y%m%dT%H%M%SZ}-", suffix=".txt", dir=folder
+            )
             with os.fdopen(fd, "w") as f:
                 f.write(text)
             return Path(name)

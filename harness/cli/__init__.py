@@ -71,8 +71,10 @@ def _handle(argv: Sequence[str] | None, console: Console, err: Callable[[str], N
     except BrokenPipeError:
         return signals.reader_left()
     except Exception as e:  # noqa: BLE001 - a bug: one line, the traceback in a file, its own exit code
-        err(f"harness: internal error (a bug in the harness, please report it): {type(e).__name__}: {e}; "
-            f"traceback in {crashes.report()}")  # fmt: skip
+        err(
+            f"harness: internal error (a bug in the harness, please report it): {type(e).__name__}: {e}; "
+            f"traceback in {crashes.report()}"
+        )
         return EXIT_INTERNAL
 
 

@@ -36,8 +36,9 @@ def parser() -> argparse.ArgumentParser:
     common.add_argument("--cache", type=Path, help="cache directory (default: HARNESS_CACHE or ~/.cache/harness)")
     common.add_argument("--mirror", help="Debian mirror URL (default: HARNESS_DEBIAN_MIRROR or the host's apt sources)")
     common.add_argument("--insecure", action="store_true", help="accept unverified indexes and packages")
-    p = _Parser(prog="harness", description=DESCRIPTION, epilog=EXIT_CODES,
-                formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
+    p = _Parser(
+        prog="harness", description=DESCRIPTION, epilog=EXIT_CODES, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     run = sub.add_parser("run", help="boot the matrix and run the probe", parents=[common])
@@ -55,22 +56,39 @@ def parser() -> argparse.ArgumentParser:
     m.add_argument("--verbose", action="store_true", help="list every deviation and error, not one line per finding")
     _history_option(m)
 
-    c = sub.add_parser("compare", help="what differs between two runs or two kernels; exit 1 on new deviations",
-                       parents=[common])  # fmt: skip
+    c = sub.add_parser(
+        "compare", help="what differs between two runs or two kernels; exit 1 on new deviations", parents=[common]
+    )
     c.add_argument("baseline", help="run directory or run id (or a kernel in the history: version, release, package)")
     c.add_argument("new", help="run directory or run id (or a kernel in the history)")
-    c.add_argument("--known", type=Path, default=compare.KNOWN_FILE,
-                   help="known deviations: expected failures (default: guest-tests/known-deviations.yaml)")
+    c.add_argument(
+        "--known",
+        type=Path,
+        default=compare.KNOWN_FILE,
+        help="known deviations: expected failures (default: guest-tests/known-deviations.yaml)",
+    )
     c.add_argument("--results", type=Path, default=Path("results"), help="where run ids are found (default: results)")
     _history_option(c)
 
-    j = sub.add_parser("judge", help="judge a finished run again from its observations (no boot), and rewrite its "
-                       "reports and its results in the history", parents=[common])  # fmt: skip
+    j = sub.add_parser(
+        "judge",
+        help="judge a finished run again from its observations (no boot), and rewrite its "
+        "reports and its results in the history",
+        parents=[common],
+    )
     j.add_argument("run", help="run directory or run id (e.g. latest)")
-    j.add_argument("--expectations", type=Path, default=verdict.EXPECTATIONS,
-                   help="the expectations to judge by (default: guest-tests/expectations.yaml)")  # fmt: skip
-    j.add_argument("--known", type=Path, default=compare.KNOWN_FILE,
-                   help="known deviations, for the list of what changed (default: guest-tests/known-deviations.yaml)")
+    j.add_argument(
+        "--expectations",
+        type=Path,
+        default=verdict.EXPECTATIONS,
+        help="the expectations to judge by (default: guest-tests/expectations.yaml)",
+    )
+    j.add_argument(
+        "--known",
+        type=Path,
+        default=compare.KNOWN_FILE,
+        help="known deviations, for the list of what changed (default: guest-tests/known-deviations.yaml)",
+    )
     j.add_argument("--results", type=Path, default=Path("results"), help="where run ids are found (default: results)")
     j.add_argument("--verbose", action="store_true", help="list every deviation and error, not one line per finding")
     _history_option(j)
@@ -89,15 +107,20 @@ def parser() -> argparse.ArgumentParser:
     bs.add_argument("--repo", type=Path, required=True, help="kernel git work tree (left as it is found)")
     bs.add_argument("--good", required=True, help="a revision that behaves the old way")
     bs.add_argument("--bad", required=True, help="a later revision that behaves otherwise")
-    bs.add_argument("--case", required=True, help="the case whose behaviour is compared: a probe case, or a "
-                    "suite's program as SUITE:PROGRAM (kselftest-mm:mlock2-tests)")
+    bs.add_argument(
+        "--case",
+        required=True,
+        help="the case whose behaviour is compared: a probe case, or a "
+        "suite's program as SUITE:PROGRAM (kselftest-mm:mlock2-tests)",
+    )
     bs.add_argument("--ram", default="256M", help="guest RAM (default: 256M)")
     bs.add_argument("--memlock", default="default", help="RLIMIT_MEMLOCK, as in a matrix: 64K, 0, unlimited, default")
     bs.add_argument("--user", default="root", help="guest account the case runs as (default: root)")
     bs.add_argument("--config", type=Path, help="config fragment (default: images/kernel.config)")
     bs.add_argument("--compiler", default="gcc", help="gcc, or a Debian gcc-N for an older tree (installed if missing)")
-    bs.add_argument("--base", default="tinyconfig", choices=sources.git.BASES,
-                    help="config the fragment is merged onto")  # fmt: skip
+    bs.add_argument(
+        "--base", default="tinyconfig", choices=sources.git.BASES, help="config the fragment is merged onto"
+    )
     bs.add_argument("--tries", type=int, default=3, help="guests per commit at most, until two agree (default: 3)")
     bs.add_argument("--results", type=Path, default=Path("results"), help="results directory (default: results)")
     for cmd in (run, rp, bs):
@@ -118,8 +141,10 @@ def parser() -> argparse.ArgumentParser:
 
     k = sub.add_parser("kernels", help="resolve, fetch or list kernels")
     ksub = k.add_subparsers(dest="action", required=True, parser_class=_Parser)
-    for name, text in (("resolve", "show what a matrix's kernels resolve to"),
-                       ("fetch", "download and extract a matrix's kernels")):  # fmt: skip
+    for name, text in (
+        ("resolve", "show what a matrix's kernels resolve to"),
+        ("fetch", "download and extract a matrix's kernels"),
+    ):
         a = ksub.add_parser(name, help=text, parents=[common])
         a.add_argument("--matrix", type=Path, help="matrix YAML file (default: the embedded default matrix)")
     ksub.add_parser("list", help="list kernels in the cache", parents=[common])
@@ -132,11 +157,20 @@ def parser() -> argparse.ArgumentParser:
     sub.add_parser("cases", help="list the probe's cases", parents=[common])
     ca = sub.add_parser("cache", help="what the cache holds, folder by folder, and its size", parents=[common])
     pr = ca.add_subparsers(dest="action", parser_class=_Parser).add_parser(
-        "prune", parents=[common], help="delete what was not used for DAYS (kernels, images, .debs...), and kernels "
-        "that no --keep-matrix or --keep-history names")  # fmt: skip
+        "prune",
+        parents=[common],
+        help="delete what was not used for DAYS (kernels, images, .debs...), and kernels "
+        "that no --keep-matrix or --keep-history names",
+    )
     pr.add_argument("--older-than", type=float, metavar="DAYS", help="only what was last used DAYS ago or earlier")
-    pr.add_argument("--keep-matrix", type=Path, action="append", default=[], metavar="FILE",
-                    help="keep the kernels this matrix names (may be given more than once)")  # fmt: skip
+    pr.add_argument(
+        "--keep-matrix",
+        type=Path,
+        action="append",
+        default=[],
+        metavar="FILE",
+        help="keep the kernels this matrix names (may be given more than once)",
+    )
     pr.add_argument("--keep-history", type=Path, metavar="DB", help="keep the kernels this history has results of")
     pr.add_argument("--dry-run", action="store_true", help="list what would go, delete nothing")
     return p
@@ -150,12 +184,14 @@ def _shard(text: str) -> tuple[int, int]:
 
 
 def _accel_option(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--accel", choices=accel.MODES, help="kvm, tcg, or auto: KVM when a check guest proves it runs "
-                   "long-mode code on the CPU, and TCG for the rest of the run once KVM fails a boot (default: "
-                   f"{accel.ENV}, else auto)")  # fmt: skip
+    p.add_argument(
+        "--accel",
+        choices=accel.MODES,
+        help="kvm, tcg, or auto: KVM when a check guest proves it runs "
+        "long-mode code on the CPU, and TCG for the rest of the run once KVM fails a boot (default: "
+        f"{accel.ENV}, else auto)",
+    )
 
 
 def _history_option(p: argparse.ArgumentParser) -> None:
     p.add_argument("--history", type=Path, help="history database (default: <results>/history.sqlite)")
-
-

@@ -39,11 +39,17 @@ def _options(args: argparse.Namespace, cache: Path) -> run.Options:
     jobs = getattr(args, "jobs", 1)
     if jobs < 1:
         raise UserError(f"--jobs {jobs}: give at least 1")
-    return run.Options(jobs=jobs, results=getattr(args, "results", Path("results")), cache=cache,
-                       mirror=args.mirror, insecure=args.insecure, shard=getattr(args, "shard", None),
-                       history=_history_path(args) if hasattr(args, "history") else None,
-                       cold=getattr(args, "cold", False),
-                       accel=accel.mode(args.accel) if hasattr(args, "accel") else accel.AUTO)  # fmt: skip
+    return run.Options(
+        jobs=jobs,
+        results=getattr(args, "results", Path("results")),
+        cache=cache,
+        mirror=args.mirror,
+        insecure=args.insecure,
+        shard=getattr(args, "shard", None),
+        history=_history_path(args) if hasattr(args, "history") else None,
+        cold=getattr(args, "cold", False),
+        accel=accel.mode(args.accel) if hasattr(args, "accel") else accel.AUTO,
+    )
 
 
 def cmd_run(args: argparse.Namespace, console: Console) -> int:
@@ -87,8 +93,10 @@ def _side(ref: str, args: argparse.Namespace) -> compare.Side:
         return compare.run_side(rundir.read_results(found), f"run {found}")
     path = _history_path(args)
     if not path.is_file():
-        raise UserError(f"{ref}: not a run directory or run id in {args.results}, and there is no history "
-                        f"({path}) to look a kernel up in")  # fmt: skip
+        raise UserError(
+            f"{ref}: not a run directory or run id in {args.results}, and there is no history "
+            f"({path}) to look a kernel up in"
+        )
     with history.History(path) as db:
         kernel, results = db.kernel_results(ref)
     return compare.kernel_side(kernel, results)
@@ -132,8 +140,12 @@ def cmd_replay(args: argparse.Namespace, console: Console) -> int:
         raise
     terminal.print_summary(done.boots, console, args.verbose)
     if done.changes:
-        compare.render(done.changes, compare.Side(f"run {done.original.run_id}", {}),
-                       compare.Side(f"replay {done.run_dir.name}", {}), console)  # fmt: skip
+        compare.render(
+            done.changes,
+            compare.Side(f"run {done.original.run_id}", {}),
+            compare.Side(f"replay {done.run_dir.name}", {}),
+            console,
+        )
     else:
         say(f"replay: every result behaved as in run {done.original.run_id}")
     say(f"results: {done.run_dir}")
@@ -143,9 +155,17 @@ def cmd_replay(args: argparse.Namespace, console: Console) -> int:
 def cmd_bisect(args: argparse.Namespace, console: Console) -> int:
     if args.tries < 1:
         raise UserError(f"--tries {args.tries}: give at least 1")
-    settings = bisect.Settings(args.repo.resolve(), args.case, args.ram, args.memlock, args.user,
-                               args.config.resolve() if args.config else None, args.base, args.tries,
-                               args.compiler)  # fmt: skip
+    settings = bisect.Settings(
+        args.repo.resolve(),
+        args.case,
+        args.ram,
+        args.memlock,
+        args.user,
+        args.config.resolve() if args.config else None,
+        args.base,
+        args.tries,
+        args.compiler,
+    )
     bisect.check_repo(settings.repo)
     bisect.check(settings, probe.build().names)
     say = terminal.printer(console)
@@ -227,8 +247,12 @@ def _prune(args: argparse.Namespace, cache: Path, console: Console) -> int:
     doomed = prune.plan(cache, args.older_than, args.keep_matrix, args.keep_history, ctx)
     # One line per entry, deleted or kept (a run holds it: harness.cache.lease), as it goes.
     gone = prune.take(doomed, args.dry_run, lambda *fields: _line(console, *fields))
-    _line(console, "would free" if args.dry_run else "freed", disk_size(sum(e.bytes for e in gone)),
-          f"{len(gone)} entries")  # fmt: skip
+    _line(
+        console,
+        "would free" if args.dry_run else "freed",
+        disk_size(sum(e.bytes for e in gone)),
+        f"{len(gone)} entries",
+    )
     return 0
 
 
@@ -264,5 +288,3 @@ def _cache(args: argparse.Namespace) -> Path:
             raise UserError(f"--cache {args.cache}: cannot create it: {e.strerror}") from e
         return Path(args.cache)
     return cache_dir()
-
-

@@ -164,8 +164,12 @@ ENV_SECURITY_MIRROR = "HARNESS_DEBIAN_SECURITY_MIRROR"
 def pick_security_mirror(entries: Iterable[SourceEntry]) -> str | None:
     """The first binary Debian security archive: what serves `dists/<release>-security`."""
     for e in entries:
-        if e.type == "deb" and e.suite.endswith("-security") and is_debian_suite(e.suite) \
-                and e.uri.startswith(_SCHEMES):  # fmt: skip
+        if (
+            e.type == "deb"
+            and e.suite.endswith("-security")
+            and is_debian_suite(e.suite)
+            and e.uri.startswith(_SCHEMES)
+        ):
             return e.uri
     return None
 
@@ -195,8 +199,9 @@ def old_archive_from(env: Mapping[str, str], root: Path = Path("/")) -> str | No
     the host's apt configuration whose path is its layout's (.../debian-archive/debian); None if none."""
     if env.get(ENV_OLD_ARCHIVE):
         return check_mirror_url(env[ENV_OLD_ARCHIVE], ENV_OLD_ARCHIVE)
-    return next((e.uri for e in read_sources(root) if e.type == "deb" and e.uri.endswith("/debian-archive/debian")),
-                None)  # fmt: skip
+    return next(
+        (e.uri for e in read_sources(root) if e.type == "deb" and e.uri.endswith("/debian-archive/debian")), None
+    )
 
 
 def snapshot_from(env: Mapping[str, str], root: Path = Path("/")) -> str | None:

@@ -181,9 +181,7 @@ class Archive:
         release = Release(body)
         names = {release.get("Suite", ""), release.get("Codename", "")}
         if suite not in names:
-            raise InfraError(
-                f"mirror {self.mirror} answered dists/{suite} with the Release of {'/'.join(names)}"
-            )
+            raise InfraError(f"mirror {self.mirror} answered dists/{suite} with the Release of {'/'.join(names)}")
         for name, data in fetched.items():
             path = folder / name
             if not (path.is_file() and path.read_bytes() == data):
@@ -206,8 +204,10 @@ class Archive:
         except _NotFound:
             if self.insecure:
                 return {"Release": release}
-            raise InfraError(f"{base}/Release has no Release.gpg beside it (and there is no InRelease): "
-                             "unsigned; pass --insecure to use it anyway") from None  # fmt: skip
+            raise InfraError(
+                f"{base}/Release has no Release.gpg beside it (and there is no InRelease): "
+                "unsigned; pass --insecure to use it anyway"
+            ) from None
 
     def _verify(self, suite: str, fetched: dict[str, bytes]) -> str:
         """The signed text of the Release; gpgv writes exactly what it checked, so nothing outside the
@@ -221,8 +221,9 @@ class Archive:
             text = data.decode("utf-8", "replace")
             return _clearsigned_body(text) if clearsigned else text
         what = f"{'InRelease' if clearsigned else 'Release'} of suite {suite} from {self.mirror}"
-        body, signer = signatures.verify(data, self.keyrings, what, detached=fetched.get("Release.gpg"),
-                                         accept_expired=self.accept_expired)  # fmt: skip
+        body, signer = signatures.verify(
+            data, self.keyrings, what, detached=fetched.get("Release.gpg"), accept_expired=self.accept_expired
+        )
         self.signers[suite] = signer
         return body.decode("utf-8", "replace")
 
@@ -234,9 +235,7 @@ class Archive:
         key = (suite, prefix)
         if key not in self._packages:
             text = self._packages_text(suite, prefix)
-            self._packages[key] = list(
-                Packages.iter_paragraphs(text.splitlines(keepends=True), use_apt_pkg=False)
-            )
+            self._packages[key] = list(Packages.iter_paragraphs(text.splitlines(keepends=True), use_apt_pkg=False))
         return self._packages[key]
 
     def _packages_text(self, suite: str, prefix: str) -> str:
@@ -246,9 +245,7 @@ class Archive:
         base = f"{COMPONENT}/binary-{ARCH}/Packages"
         candidates = [base + ext for ext in COMPRESSIONS if base + ext in listed]
         if not candidates:
-            raise InfraError(
-                f"Release of {suite} lists no {base}[.xz|.bz2|.gz]; is {ARCH}/{COMPONENT} on the mirror?"
-            )
+            raise InfraError(f"Release of {suite} lists no {base}[.xz|.bz2|.gz]; is {ARCH}/{COMPONENT} on the mirror?")
         folder = self.indexes / suite
         for name in candidates:
             digest, size = listed[name][field.lower()].lower(), int(listed[name]["size"])
@@ -389,10 +386,12 @@ def deb_of(stanza: Mapping[str, str], suite: str) -> Deb:
     """The .deb a stanza lists, with its SHA256, or where an old index has none, its strongest digest."""
     try:
         sha256 = stanza.get("SHA256", "").lower()
-        digest = "" if sha256 else next(f"{release}:{stanza[field].lower()}" for release, field, _ in DIGESTS
-                                         if stanza.get(field))  # fmt: skip
-        return Deb(stanza["Package"], stanza["Version"], stanza["Filename"], sha256, int(stanza["Size"]), suite,
-                   digest)  # fmt: skip
+        digest = (
+            ""
+            if sha256
+            else next(f"{release}:{stanza[field].lower()}" for release, field, _ in DIGESTS if stanza.get(field))
+        )
+        return Deb(stanza["Package"], stanza["Version"], stanza["Filename"], sha256, int(stanza["Size"]), suite, digest)
     except (KeyError, ValueError, StopIteration) as e:
         raise InfraError(
             f"index entry for {stanza.get('Package', '?')} in {suite} is incomplete: {e or 'no digest'}"

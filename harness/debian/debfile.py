@@ -28,9 +28,7 @@ def data_tar(deb: Path) -> Iterator[tarfile.TarFile]:
     member = ar.getmember(name)
     try:
         if name.endswith(".zst"):
-            stream: Any = zstandard.ZstdDecompressor().stream_reader(
-                cast(IO[bytes], member), read_across_frames=True
-            )
+            stream: Any = zstandard.ZstdDecompressor().stream_reader(cast(IO[bytes], member), read_across_frames=True)
             compression = ""
         else:
             stream, compression = member, name[len("data.tar.") :]

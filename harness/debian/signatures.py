@@ -35,16 +35,19 @@ class Signer:
         """What a manifest says of a signature by an expired key ("" for a valid key)."""
         if self.expired is None:
             return ""
-        return (f"signed {_day(self.made)} by {self.fingerprint}, a key that expired {_day(self.expired)} "
-                "(the signature predates the expiry)")  # fmt: skip
+        return (
+            f"signed {_day(self.made)} by {self.fingerprint}, a key that expired {_day(self.expired)} "
+            "(the signature predates the expiry)"
+        )
 
 
 def _day(ts: int) -> str:
     return dt.datetime.fromtimestamp(ts, dt.UTC).strftime("%Y-%m-%d")
 
 
-def verify(data: bytes, keyrings: Sequence[Path], what: str, *, detached: bytes | None = None,
-           accept_expired: bool = False) -> tuple[bytes, Signer]:  # fmt: skip
+def verify(
+    data: bytes, keyrings: Sequence[Path], what: str, *, detached: bytes | None = None, accept_expired: bool = False
+) -> tuple[bytes, Signer]:
     """The signed bytes of `data` (clearsigned, or signed by the `detached` signature) and who signed
     them; InfraError naming `what` and gpgv's reason when the signature is not good enough."""
     missing = [k for k in keyrings if not k.is_file()]
@@ -61,8 +64,9 @@ def verify(data: bytes, keyrings: Sequence[Path], what: str, *, detached: bytes 
             sig.write_bytes(detached)
             argv += [str(sig), str(signed)]
         try:
-            proc = subprocess.run(argv, capture_output=True, text=True, timeout=TIMEOUT_S,
-                                  env={**os.environ, "LC_ALL": "C"})  # fmt: skip
+            proc = subprocess.run(
+                argv, capture_output=True, text=True, timeout=TIMEOUT_S, env={**os.environ, "LC_ALL": "C"}
+            )
         except FileNotFoundError:
             raise InfraError("gpgv not found: install gpgv (or pass --insecure)") from None
         except subprocess.TimeoutExpired:
@@ -134,8 +138,14 @@ def refusal(status: str, accept_expired: bool) -> str:
 
 # gpgv's stderr says first when and with which key a signature was made, then what it thinks of it;
 # the verdict is the line worth showing, the most telling first.
-_GPGV_VERDICTS = ("BAD signature", "no signature found", "not a detached signature", "Can't check signature",
-                  "verify signatures failed", "signature could not be verified")  # fmt: skip
+_GPGV_VERDICTS = (
+    "BAD signature",
+    "no signature found",
+    "not a detached signature",
+    "Can't check signature",
+    "verify signatures failed",
+    "signature could not be verified",
+)
 _GPGV_PREAMBLE = re.compile(r"gpgv:\s+(Signature made|using \S+ key|issuer|aka )")
 
 

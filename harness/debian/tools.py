@@ -30,11 +30,17 @@ def ensure_compiler(name: str, mirror: Callable[[], str], cache: Path, log: Call
         return found
     suite = SUITE_OF.get(name, "bookworm")
     if os.geteuid() != 0:
-        raise UserError(f"compiler {name} is not installed; as root run `harness` once, or install {name} from "
-                        f"Debian {suite} (apt-get install {name}, with {suite} in a source list)")  # fmt: skip
+        raise UserError(
+            f"compiler {name} is not installed; as root run `harness` once, or install {name} from "
+            f"Debian {suite} (apt-get install {name}, with {suite} in a source list)"
+        )
     log(f"installing {name} from Debian {suite} (apt, with a private source list in {cache / 'apt'})")
-    apt(cache / "apt", f"deb {mirror()} {suite}", ["install", "-y", "-q", "--no-install-recommends", name],
-        f"{name} from {suite}")  # fmt: skip
+    apt(
+        cache / "apt",
+        f"deb {mirror()} {suite}",
+        ["install", "-y", "-q", "--no-install-recommends", name],
+        f"{name} from {suite}",
+    )
     found = shutil.which(name)
     if not found:
         raise InfraError(f"apt installed {name} from {suite}, yet there is no {name} on PATH")
@@ -60,6 +66,18 @@ def apt(folder: Path, source: str, step: list[str], what: str, cwd: Path | None 
 def apt_argv(folder: Path) -> list[str]:
     """apt-get reading only the private source list and keeping its lists and downloads in `folder`;
     it installs into the host's own dpkg database, as any apt-get install does."""
-    return ["apt-get", "-o", f"Dir::Etc::SourceList={folder / 'sources.list'}", "-o", "Dir::Etc::SourceParts=/dev/null",
-            "-o", f"Dir::State::Lists={folder / 'lists'}", "-o", f"Dir::Cache={folder}",
-            "-o", f"Dir::Cache::Archives={folder / 'archives'}", "-o", "APT::Get::List-Cleanup=false"]  # fmt: skip
+    return [
+        "apt-get",
+        "-o",
+        f"Dir::Etc::SourceList={folder / 'sources.list'}",
+        "-o",
+        "Dir::Etc::SourceParts=/dev/null",
+        "-o",
+        f"Dir::State::Lists={folder / 'lists'}",
+        "-o",
+        f"Dir::Cache={folder}",
+        "-o",
+        f"Dir::Cache::Archives={folder / 'archives'}",
+        "-o",
+        "APT::Get::List-Cleanup=false",
+    ]

@@ -79,9 +79,14 @@ def load_known(path: Path) -> list[Known]:
             if not isinstance(entry.get(key), str) or not entry[key].strip():
                 raise UserError(f"{where}.{key}: missing; every entry names the case and why it is known")
         known = Known(
-            entry["case"], entry["reason"], str(entry.get("link") or ""), str(entry.get("kernel") or ""),
-            str(entry.get("memlock") or ""), str(entry.get("user") or ""), where,
-        )  # fmt: skip
+            entry["case"],
+            entry["reason"],
+            str(entry.get("link") or ""),
+            str(entry.get("kernel") or ""),
+            str(entry.get("memlock") or ""),
+            str(entry.get("user") or ""),
+            where,
+        )
         if known.kernel:
             try:
                 versions.in_range(known.kernel, (0,))
@@ -113,9 +118,7 @@ class Side:
 
 
 def run_side(run: RunRecord, name: str = "") -> Side:
-    results = {
-        (boot.boot_id, r.case, r.memlock, r.user): (r, boot.kernel) for boot in run.boots for r in boot.cases
-    }
+    results = {(boot.boot_id, r.case, r.memlock, r.user): (r, boot.kernel) for boot in run.boots for r in boot.cases}
     return Side(name or f"run {run.run_id}", results)
 
 

@@ -1,8 +1,7 @@
-"""The History class: opening (and migrating) a history file, appending runs, and the read queries.
-
-Runs are appended, never updated: a run_id already stored is skipped, so recording a run and later
-importing its directory (or importing twice) is harmless. The views read `tallies` (store.py), never
-every observation, and build Timelines (timeline.py) for views.py to render.
+"""The History class: opening (and migrating) a history file, storing runs (append.py), and the
+read queries. A run_id already stored is skipped, so recording a run and later importing its
+directory is harmless; only a run judged anew replaces its rows. The views read `tallies`
+(store.py), never every observation, and build Timelines (timeline.py) for views.py to render.
 """
 
 from __future__ import annotations
@@ -13,14 +12,14 @@ import re
 import sqlite3
 from collections.abc import Collection, Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 from types import TracebackType
 from typing import Any
 
 from harness import versions
 from harness.errors import InfraError, UserError
-from harness.history import schema, store
+from harness.history import append, schema, store
 from harness.history.timeline import Group, Shown, Timeline, build
 from harness.manifest import Manifest
 from harness.report import rundir
@@ -106,7 +105,7 @@ class History:
             # both see it missing.
             if db.execute("SELECT 1 FROM runs WHERE run_id = ?", (run.run_id,)).fetchone():
                 return 0
-            return self._insert(db, run, manifest, source)
+            return append.insert(db, run, manifest, source)
 
     def replace(self, run: RunRecord, manifest: Manifest, source: str = "") -> int:
         """Store a run stored before again, in one transaction: its results judged anew (`harness
@@ -117,59 +116,11 @@ class History:
             if row is None:
                 return 0
             (run_pk,) = row
-            kernels = [pk for (pk,) in db.execute(
-                f"SELECT DISTINCT {store.IDENTITY} FROM boots b JOIN kernels k ON k.id = b.kernel WHERE b.run = ?",
-                (run_pk,))]  # fmt: skip
-            if kernels:  # counted again below, from the rows that stay and the new ones
-                db.execute(f"DELETE FROM tallies WHERE kernel IN ({', '.join('?' * len(kernels))})", kernels)
-            db.execute("DELETE FROM observations WHERE boot IN (SELECT id FROM boots WHERE run = ?)", (run_pk,))
-            for table in ("boots", "merged_from"):
-                db.execute(f"DELETE FROM {table} WHERE run = ?", (run_pk,))
-            db.execute("DELETE FROM runs WHERE id = ?", (run_pk,))
-            added = self._insert(db, run, manifest, source)
+            kernels = append.forget(db, run_pk)
+            added = append.insert(db, run, manifest, source)
             if kernels:
                 store.tally(db, kernels)
             return added
-
-    def _insert(self, db: sqlite3.Connection, run: RunRecord, manifest: Manifest, source: str) -> int:
-        probe_sha, default_accel, default_qemu = manifest.probe.sha256, manifest.accelerator.name, manifest.qemu_version
-        recorded = datetime.now(UTC).isoformat(timespec="seconds")
-        started = store.utc_key(run.started)
-        run_pk = store.lastrowid(db.execute(
-            "INSERT INTO runs (run_id, started, finished, interrupted, harness_version, probe_sha256, recorded,"
-            " source, started_utc) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            (run.run_id, run.started, run.finished, int(run.interrupted),
-             manifest.harness_version, probe_sha, recorded, source, started),
-        ))  # fmt: skip
-        (first,) = db.execute("SELECT COALESCE(MAX(id), 0) + 1 FROM observations").fetchone()
-        writer = store.Store(db)
-        added = 0
-        for boot in run.boots:
-            k = boot.kernel
-            kernel_pk = None if k is None else self._kernel_pk(db, k)
-            boot_pk = store.lastrowid(db.execute(
-                "INSERT INTO boots (run, boot_id, kernel, label, source, ram_mb, accelerator, qemu_version, uname,"
-                " memtotal_kb, error) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (run_pk, boot.boot_id, kernel_pk, "" if k is None else k.label, "" if k is None else k.source,
-                 boot.ram_mb, boot.accelerator or default_accel, boot.qemu_version or default_qemu, boot.uname,
-                 boot.memtotal_kb, boot.error),
-            ))  # fmt: skip
-            rows = [
-                writer.observation(
-                    None, boot_pk, kernel_pk, r.case, r.memlock, r.user, r.outcome.value, r.fingerprint, r.message,
-                    json.dumps(r.expected, sort_keys=True, default=str), r.citation, r.duration_s,
-                    None if r.observation is None else json.dumps(r.observation, sort_keys=True, default=str),
-                )
-                for r in boot.cases
-            ]  # fmt: skip
-            db.executemany(store.INSERT_OBSERVATION, rows)
-            added += len(rows)
-        db.executemany(
-            "INSERT OR IGNORE INTO merged_from (run, shard_run_id, shard) VALUES (?, ?, ?)",
-            [(run_pk, shard_id, shard) for shard_id, shard in _shards(manifest)],
-        )
-        store.count_run(db, run_pk, run.run_id, started, first)
-        return added
 
     def import_run(self, run_dir: Path) -> int:
         """Record a run directory's results.json and manifest.json; 0 when the run is already stored."""
@@ -203,8 +154,10 @@ class History:
                 self._check_case(case)
             groups = self._groups(case, kernel_ids)
             shown = self._shown({g.first for g in groups} | {g.earliest for g in groups} | {g.latest for g in groups})
-            cases = {pk: (name, memlock, user) for pk, name, memlock, user in self._db.execute(
-                "SELECT id, case_name, memlock, user FROM cases")}  # fmt: skip
+            cases = {
+                pk: (name, memlock, user)
+                for pk, name, memlock, user in self._db.execute("SELECT id, case_name, memlock, user FROM cases")
+            }
         if not groups and (case is not None or kernel is not None):
             raise UserError(f"{self.path}: nothing observed for case {case or '(any)'} on kernel {kernel or '(any)'}")
         rows: dict[tuple[int, int], list[Group]] = {}
@@ -223,8 +176,10 @@ class History:
             matched = self._match(selector)
             if len(matched) > 1:
                 names = ", ".join(_describe(k.info) for k in self._ordered_kernels(matched))
-                raise UserError(f"{selector!r} matches {len(matched)} kernels ({names}); "
-                                "name one by release, Debian version or sha256 prefix")  # fmt: skip
+                raise UserError(
+                    f"{selector!r} matches {len(matched)} kernels ({names}); "
+                    "name one by release, Debian version or sha256 prefix"
+                )
             # One kernel identity, so one group per (case, memlock, user, RAM).
             groups = sorted(self._groups(None, matched[0].ids), key=lambda g: (g.ram_mb, g.first))
             if not groups:
@@ -240,8 +195,10 @@ class History:
         reason = str(e).replace("\n", " ")
         code = getattr(e, "sqlite_errorcode", 0) & 0xFF
         if code in (_SQLITE_NOTADB, _SQLITE_CORRUPT):
-            return UserError(f"{self.path}: not a history database ({reason}); give --history a file the harness "
-                             "wrote, or move this one away to start a new history")  # fmt: skip
+            return UserError(
+                f"{self.path}: not a history database ({reason}); give --history a file the harness "
+                "wrote, or move this one away to start a new history"
+            )
         return InfraError(f"{self.path}: {action}: {reason}")
 
     @contextlib.contextmanager
@@ -275,8 +232,10 @@ class History:
 
     def _check_version(self, version: int) -> None:
         if version > schema.SCHEMA_VERSION:
-            raise UserError(f"{self.path}: history schema {version} is newer than this harness knows "
-                            f"({schema.SCHEMA_VERSION}); use a newer harness or another --history file")  # fmt: skip
+            raise UserError(
+                f"{self.path}: history schema {version} is newer than this harness knows "
+                f"({schema.SCHEMA_VERSION}); use a newer harness or another --history file"
+            )
 
     def _migrate(self) -> None:
         version = self._user_version()
@@ -293,8 +252,10 @@ class History:
                 if current == 0 and db.execute("SELECT 1 FROM sqlite_master").fetchone():
                     # Version 0 with tables is some other program's database: adding ours to it
                     # would hide the mistake and write into a file the user meant for something else.
-                    raise UserError(f"{self.path}: an SQLite database, but not a history database; give --history "
-                                    "a file the harness wrote, or a new file name")  # fmt: skip
+                    raise UserError(
+                        f"{self.path}: an SQLite database, but not a history database; give --history "
+                        "a file the harness wrote, or a new file name"
+                    )
                 migration = schema.MIGRATIONS[target - 1]
                 if isinstance(migration, str):
                     schema.script(db, migration)
@@ -309,22 +270,16 @@ class History:
             with contextlib.suppress(sqlite3.OperationalError):
                 self._db.execute("VACUUM")
 
-    @staticmethod
-    def _kernel_pk(db: sqlite3.Connection, k: KernelInfo) -> int:
-        key = (k.sha256, k.package or "", k.version or "", k.release)
-        db.execute("INSERT OR IGNORE INTO kernels (sha256, package, version, release) VALUES (?, ?, ?, ?)", key)
-        (pk,) = db.execute(
-            "SELECT id FROM kernels WHERE sha256 = ? AND package = ? AND version = ? AND release = ?", key
-        ).fetchone()
-        return int(pk)
-
     def _check_case(self, case: str) -> None:
         """A UserError listing the observed cases unless `case` is one."""
-        if self._db.execute("SELECT 1 FROM tallies t JOIN cases c ON c.id = t.case_id WHERE c.case_name = ?",
-                            (case,)).fetchone():  # fmt: skip
+        if self._db.execute(
+            "SELECT 1 FROM tallies t JOIN cases c ON c.id = t.case_id WHERE c.case_name = ?", (case,)
+        ).fetchone():
             return  # the quick answer; the full one (a scan) also counts shard runs and boots without a kernel
-        sql = ("SELECT DISTINCT c.case_name FROM cases c WHERE c.id IN (SELECT DISTINCT case_id FROM observations"
-               " WHERE fingerprint != ?) ORDER BY c.case_name")  # fmt: skip
+        sql = (
+            "SELECT DISTINCT c.case_name FROM cases c WHERE c.id IN (SELECT DISTINCT case_id FROM observations"
+            " WHERE fingerprint != ?) ORDER BY c.case_name"
+        )
         known = [c for (c,) in self._db.execute(sql, (store.no_fingerprint(self._db),))]
         if case not in known:
             raise UserError(f"{self.path}: no observed case {case!r}; known: {_few(known)}")
@@ -339,36 +294,31 @@ class History:
         if case is not None:
             sql += " AND case_id IN (SELECT id FROM cases WHERE case_name = ?)"
             args.append(case)
-        return [Group(c, ram, runs, bool(varies), first, earliest, latest)
-                for c, ram, runs, varies, first, earliest, latest in self._db.execute(sql, args)]  # fmt: skip
+        return [
+            Group(c, ram, runs, bool(varies), first, earliest, latest)
+            for c, ram, runs, varies, first, earliest, latest in self._db.execute(sql, args)
+        ]
 
     def _shown(self, ids: Iterable[int]) -> dict[int, Shown]:
-        sql = ("SELECT o.id, o.outcome, f.text, b.label, b.source, k.sha256, k.package, k.version, k.release, r.run_id,"
-               " r.started_utc, r.id FROM observations o JOIN texts f ON f.id = o.fingerprint"
-               " JOIN boots b ON b.id = o.boot JOIN kernels k ON k.id = b.kernel JOIN runs r ON r.id = b.run"
-               " WHERE o.id IN ({ids})")  # fmt: skip
-        return {
-            pk: Shown(outcome, fingerprint, KernelInfo(label, release, package or None, version or None, sha, source),
-                       run_id, (started, run, pk))
-            for pk, outcome, fingerprint, label, source, sha, package, version, release, run_id, started, run
-            in self._by_ids(sql, ids)
-        }  # fmt: skip
+        sql = (
+            "SELECT o.id, o.outcome, f.text, b.label, b.source, k.sha256, k.package, k.version, k.release, r.run_id,"
+            " r.started_utc, r.id FROM observations o JOIN texts f ON f.id = o.fingerprint"
+            " JOIN boots b ON b.id = o.boot JOIN kernels k ON k.id = b.kernel JOIN runs r ON r.id = b.run"
+            " WHERE o.id IN ({ids})"
+        )
+        return {row[0]: _shown(*row[1:], row[0]) for row in self._by_ids(sql, ids)}
 
     def _results(self, ids: Iterable[int]) -> dict[int, CaseResult]:
-        sql = ("SELECT o.id, b.ram_mb, c.case_name, c.memlock, c.user, o.outcome, m.text, o.observation, d.observation,"
-               " e.text, ci.text, o.duration_s, f.text"
-               " FROM observations o JOIN boots b ON b.id = o.boot JOIN cases c ON c.id = o.case_id"
-               " JOIN texts f ON f.id = o.fingerprint JOIN texts m ON m.id = o.message"
-               " JOIN texts e ON e.id = o.expected JOIN texts ci ON ci.id = o.citation"
-               " LEFT JOIN dictionaries d ON d.id = o.dictionary"
-               " WHERE o.id IN ({ids})")  # fmt: skip
-        return {
-            pk: CaseResult(f"{ram}M", case, memlock, user, Outcome(outcome), message,
-                           None if packed is None else json.loads(store.unpack(packed, dictionary)),
-                           json.loads(expected), citation, duration_s, fingerprint)
-            for pk, ram, case, memlock, user, outcome, message, packed, dictionary, expected, citation, duration_s,
-            fingerprint in self._by_ids(sql, ids)
-        }  # fmt: skip
+        sql = (
+            "SELECT o.id, b.ram_mb, c.case_name, c.memlock, c.user, o.outcome, m.text, o.observation, d.observation,"
+            " e.text, ci.text, o.duration_s, f.text"
+            " FROM observations o JOIN boots b ON b.id = o.boot JOIN cases c ON c.id = o.case_id"
+            " JOIN texts f ON f.id = o.fingerprint JOIN texts m ON m.id = o.message"
+            " JOIN texts e ON e.id = o.expected JOIN texts ci ON ci.id = o.citation"
+            " LEFT JOIN dictionaries d ON d.id = o.dictionary"
+            " WHERE o.id IN ({ids})"
+        )
+        return {row[0]: _result(*row[1:]) for row in self._by_ids(sql, ids)}
 
     def _by_ids(self, sql: str, ids: Iterable[int]) -> Iterator[tuple[Any, ...]]:
         """Rows of `sql`, whose `{ids}` is replaced by placeholders, for every id, a chunk at a time."""
@@ -383,7 +333,14 @@ class History:
             "SELECT k.id, k.sha256, k.package, k.version, k.release, b.label, b.source, r.started, r.id"
             " FROM kernels k JOIN boots b ON b.kernel = k.id JOIN runs r ON r.id = b.run"
         ):
-            info = KernelInfo(label, release, package or None, version or None, sha, source)
+            info = KernelInfo(
+                label=label,
+                release=release,
+                package=package or None,
+                version=version or None,
+                sha256=sha,
+                source=source,
+            )
             when = (store.parse_time(started), run)
             entry = found.setdefault(_identity(sha, pk), _Kernel(set(), info, set(), when))
             entry.ids.add(pk)
@@ -421,11 +378,6 @@ def _matches(selector: str, kernel: _Kernel) -> bool:
     return bool(_SHA_PREFIX.fullmatch(selector)) and info.sha256.startswith(selector.lower())
 
 
-def _shards(manifest: Manifest) -> list[tuple[str, str]]:
-    """(run_id, "I/N") of each shard a merged run's manifest names; [] for an ordinary run."""
-    return [(m.run_id, f"{m.shard.index}/{m.shard.count}" if m.shard else "") for m in manifest.merged_from if m.run_id]
-
-
 def _identity(sha256: str, pk: int) -> str:
     # The image's hash names a kernel; a row without one (never stored by the runner) stands alone.
     return sha256 or f"#{pk}"
@@ -441,3 +393,58 @@ def _few(values: Sequence[str]) -> str:
 def _describe(kernel: KernelInfo) -> str:
     return f"{versions.name(kernel)} ({kernel.release}, sha256 {kernel.sha256[:12]})"
 
+
+def _shown(
+    outcome: str,
+    fingerprint: str,
+    label: str,
+    source: str,
+    sha: str,
+    package: str,
+    version: str,
+    release: str,
+    run_id: str,
+    started: str,
+    run: int,
+    pk: int,
+) -> Shown:
+    return Shown(
+        outcome=outcome,
+        fingerprint=fingerprint,
+        kernel=KernelInfo(
+            label=label, release=release, package=package or None, version=version or None, sha256=sha, source=source
+        ),
+        run_id=run_id,
+        when=(started, run, pk),
+    )
+
+
+def _result(
+    ram: int,
+    case: str,
+    memlock: str,
+    user: str,
+    outcome: str,
+    message: str,
+    packed: bytes | None,
+    dictionary: Any,
+    expected: str,
+    citation: str,
+    duration_s: float,
+    fingerprint: str,
+) -> CaseResult:
+    """A stored row as a CaseResult of the kernel views: its boot_id names its RAM ("256M")."""
+    observation = None if packed is None else json.loads(store.unpack(packed, dictionary))
+    return CaseResult(
+        boot_id=f"{ram}M",
+        case=case,
+        memlock=memlock,
+        user=user,
+        outcome=Outcome(outcome),
+        message=message,
+        observation=observation,
+        expected=json.loads(expected),
+        citation=citation,
+        duration_s=duration_s,
+        fingerprint=fingerprint,
+    )

@@ -43,8 +43,10 @@ GROUP BY o.case_id, l.ram_mb, l.kernel
 # One run's rows (ids from :first) counted into tallies. Its rows share a start and a run, so its
 # earliest and latest are its lowest and highest id; each is compared, as (started_utc, run, id),
 # with the row the tally names.
-_WHEN = "(SELECT r.started_utc, r.id, x.id FROM observations x JOIN boots y ON y.id = x.boot" \
-        " JOIN runs r ON r.id = y.run WHERE x.id = tallies.{column})"  # fmt: skip
+_WHEN = (
+    "(SELECT r.started_utc, r.id, x.id FROM observations x JOIN boots y ON y.id = x.boot"
+    " JOIN runs r ON r.id = y.run WHERE x.id = tallies.{column})"
+)
 _COUNT_RUN = f"""
 INSERT INTO tallies (case_id, ram_mb, kernel, runs, fingerprint, varies, first, earliest, latest)
 SELECT o.case_id, b.ram_mb, {IDENTITY}, 1, MIN(o.fingerprint), MIN(o.fingerprint) != MAX(o.fingerprint),
@@ -97,9 +99,11 @@ class Store:
         if pk is None:
             sql = "SELECT id FROM cases WHERE case_name = ? AND memlock = ? AND user = ?"
             row = self._db.execute(sql, key).fetchone()
-            pk = int(row[0]) if row else lastrowid(
-                self._db.execute("INSERT INTO cases (case_name, memlock, user) VALUES (?, ?, ?)", key)
-            )  # fmt: skip
+            pk = (
+                int(row[0])
+                if row
+                else lastrowid(self._db.execute("INSERT INTO cases (case_name, memlock, user) VALUES (?, ?, ?)", key))
+            )
             self._cases[key] = pk
         return pk
 
@@ -125,14 +129,37 @@ class Store:
         return pk, packer.compress(observation.encode()) + packer.flush()
 
     def observation(
-        self, pk: int | None, boot: int, kernel: int | None, case: str, memlock: str, user: str, outcome: str,
-        fingerprint: str, message: str, expected: str, citation: str, duration_s: float, observation: str | None,
-    ) -> tuple[Any, ...]:  # fmt: skip
+        self,
+        pk: int | None,
+        boot: int,
+        kernel: int | None,
+        case: str,
+        memlock: str,
+        user: str,
+        outcome: str,
+        fingerprint: str,
+        message: str,
+        expected: str,
+        citation: str,
+        duration_s: float,
+        observation: str | None,
+    ) -> tuple[Any, ...]:
         """The parameters of INSERT_OBSERVATION for one result (pk None: the next id)."""
         case_pk, fp_pk = self.case(case, memlock, user), self.text(fingerprint)
         dictionary, packed = (None, None) if observation is None else self.pack(case_pk, fp_pk, kernel, observation)
-        return (pk, boot, case_pk, outcome, fp_pk, self.text(message), self.text(expected), self.text(citation),
-                duration_s, packed, dictionary)  # fmt: skip
+        return (
+            pk,
+            boot,
+            case_pk,
+            outcome,
+            fp_pk,
+            self.text(message),
+            self.text(expected),
+            self.text(citation),
+            duration_s,
+            packed,
+            dictionary,
+        )
 
 
 def unpack(packed: bytes, dictionary: bytes) -> str:
@@ -175,7 +202,7 @@ def count_run(db: sqlite3.Connection, run_pk: int, run_id: str, started: str, fi
         f"SELECT DISTINCT {IDENTITY} FROM boots b JOIN kernels k ON k.id = b.kernel JOIN runs r ON r.id = b.run"
         " WHERE r.id != ? AND r.run_id IN (SELECT shard_run_id FROM merged_from WHERE run = ?)",
         (run_pk, run_pk),
-    ).fetchall()  # fmt: skip
+    ).fetchall()
     if replaced:
         tally(db, [pk for (pk,) in replaced])
 

@@ -85,8 +85,16 @@ def build(key: tuple[str, str, str, int], groups: list[Group], shown: Mapping[in
         changed = previous is not None and previous != latest.fingerprint
         if changed and first_change is None:
             first_change = len(points)
-        points.append(Point(
-            latest.kernel, Outcome(latest.outcome), latest.fingerprint, group.runs, group.varies, changed,
-            changed_fields(previous, latest.fingerprint) if changed and previous is not None else (), latest.run_id,
-        ))  # fmt: skip
+        points.append(
+            Point(
+                latest.kernel,
+                Outcome(latest.outcome),
+                latest.fingerprint,
+                group.runs,
+                group.varies,
+                changed,
+                changed_fields(previous, latest.fingerprint) if changed and previous is not None else (),
+                latest.run_id,
+            )
+        )
     return Timeline(*key, tuple(points), first_change)

@@ -88,12 +88,16 @@ def render(timelines: Sequence[Timeline], console: Console, detail: bool = False
     if len(shown) < len(timelines):
         line += f"; {len(timelines) - len(shown)} rows that never change are hidden"
     if only_changes and not detail:
-        line += (". Each change is named by the first kernel (in version order) that carries it; 'within "
-                 "a line': the kernel before it is of that upstream line too.")  # fmt: skip
+        line += (
+            ". Each change is named by the first kernel (in version order) that carries it; 'within "
+            "a line': the kernel before it is of that upstream line too."
+        )
     elif not detail:
-        line += (f". Letters name the distinct behaviours within a row; {_FIRST} marks the first kernel whose "
-                 f"behaviour changed, {_VARIES} a kernel whose runs disagreed (latest shown), {_NOT_SEEN} not "
-                 "observed.")  # fmt: skip
+        line += (
+            f". Letters name the distinct behaviours within a row; {_FIRST} marks the first kernel whose "
+            f"behaviour changed, {_VARIES} a kernel whose runs disagreed (latest shown), {_NOT_SEEN} not "
+            "observed."
+        )
     console.print(terminal.text(line))
 
 
@@ -131,8 +135,11 @@ def _changes(timelines: Sequence[Timeline]) -> dict[str, list[_Change]]:
         same = versions.upstream(change.before)[:2] == versions.upstream(change.after)[:2]
         grouped[WITHIN if same else BETWEEN].append(change)
     for changes in grouped.values():
-        changes.sort(key=functools.cmp_to_key(lambda a, b: versions.compare(a.after, b.after) or
-                                              versions.compare(a.before, b.before)))  # fmt: skip
+        changes.sort(
+            key=functools.cmp_to_key(
+                lambda a, b: versions.compare(a.after, b.after) or versions.compare(a.before, b.before)
+            )
+        )
     return grouped
 
 
@@ -160,17 +167,30 @@ def _build(kernel: KernelInfo) -> str:
 
 
 def _changes_table(title: str, changes: Sequence[_Change], rows_of: dict[str, list[str]]) -> Table:
-    table = Table(title=f"Behaviour changes {title} ({len(changes)})", title_justify="left",
-                  box=box.SIMPLE_HEAD, pad_edge=False)  # fmt: skip
-    for header in ("line", "first build with the change", "build before it", "case", "rows (limit user RAM)",
-                   "what changed"):  # fmt: skip
+    table = Table(
+        title=f"Behaviour changes {title} ({len(changes)})", title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False
+    )
+    for header in (
+        "line",
+        "first build with the change",
+        "build before it",
+        "case",
+        "rows (limit user RAM)",
+        "what changed",
+    ):
         table.add_column(header, overflow="fold")
     for c in changes:
         line = ".".join(map(str, versions.upstream(c.after)[:2]))
         what = ", ".join(c.fields) + (" (runs disagreed)" if c.varies else "")
         rows = _rows(c.where, rows_of.get(c.case, c.where))
-        table.add_row(Text(line), terminal.text(_build(c.after)), terminal.text(_build(c.before)),
-                      terminal.text(c.case), terminal.text(rows), terminal.text(what))  # fmt: skip
+        table.add_row(
+            Text(line),
+            terminal.text(_build(c.after)),
+            terminal.text(_build(c.before)),
+            terminal.text(c.case),
+            terminal.text(rows),
+            terminal.text(what),
+        )
     return table
 
 
@@ -204,8 +224,9 @@ def _grid(timelines: Sequence[Timeline]) -> Table:
 
 def _detail_table(timeline: Timeline) -> Table:
     # Text, not a str: rich would read "[memlock=…]" in the name as markup and drop it.
-    table = Table(title=terminal.text(timeline.name, style="bold"), title_justify="left", box=box.SIMPLE_HEAD,
-                  pad_edge=False)  # fmt: skip
+    table = Table(
+        title=terminal.text(timeline.name, style="bold"), title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False
+    )
     for header in ("kernel", "release", "outcome", "runs", "behaviour"):
         table.add_column(header, overflow="fold", no_wrap=header in ("kernel", "outcome"))
     for n, (p, letter) in enumerate(zip(timeline.points, _letters(timeline), strict=True)):
@@ -216,6 +237,11 @@ def _detail_table(timeline: Timeline) -> Table:
             marker = "first change" if n == timeline.first_change else "changed"
             fields = ", ".join(p.changed_fields) or "fingerprint"
             text.append(f"  ← {marker}: {fields}", style=_FIRST_STYLE if n == timeline.first_change else "bold")
-        table.add_row(terminal.text(versions.name(p.kernel)), terminal.text(p.kernel.release), Text(p.outcome.value),
-                      Text(runs), text)  # fmt: skip
+        table.add_row(
+            terminal.text(versions.name(p.kernel)),
+            terminal.text(p.kernel.release),
+            Text(p.outcome.value),
+            Text(runs),
+            text,
+        )
     return table

@@ -56,7 +56,14 @@ class Kernel:
     config: Path | None = None  # the kernel's .config, when known (a kernel built from git)
 
     def info(self) -> KernelInfo:
-        return KernelInfo(self.label, self.release, self.package, self.version, self.sha256, self.source)
+        return KernelInfo(
+            label=self.label,
+            release=self.release,
+            package=self.package,
+            version=self.version,
+            sha256=self.sha256,
+            source=self.source,
+        )
 
 
 # --- Debian packages unpacked into the cache ---------------------------------------------------
@@ -81,8 +88,13 @@ class Packaged:
     source: str  # the spec as given, e.g. "debian:bookworm"
 
 
-def unpacked(kernel: Packaged, cache: Path, download: Callable[[Deb], Path], keep_modules: Sequence[str],
-             leases: Leases = UNLEASED) -> Kernel:  # fmt: skip
+def unpacked(
+    kernel: Packaged,
+    cache: Path,
+    download: Callable[[Deb], Path],
+    keep_modules: Sequence[str],
+    leases: Leases = UNLEASED,
+) -> Kernel:
     """The kernel unpacked in the cache: downloaded (by `download`) and unpacked once, then only read.
 
     Of its modules the folder keeps `keep_modules` and what they depend on, and the .debs are deleted
@@ -109,8 +121,18 @@ def unpacked(kernel: Packaged, cache: Path, download: Callable[[Deb], Path], kee
         os.utime(folder)  # its last use, which `harness cache prune --older-than` reads
     found = load(folder)
     # The same packages can be reached from several specs: report the one asked for now.
-    return Kernel(kernel.label, found.release, found.image, found.vmlinux, found.modules_dir, found.sha256,
-                  kernel.package or found.package, kernel.version, kernel.debs, kernel.source)  # fmt: skip
+    return Kernel(
+        kernel.label,
+        found.release,
+        found.image,
+        found.vmlinux,
+        found.modules_dir,
+        found.sha256,
+        kernel.package or found.package,
+        kernel.version,
+        kernel.debs,
+        kernel.source,
+    )
 
 
 _UNPACK, _SLIM = "unpack", "slim"
@@ -167,9 +189,7 @@ def _unpack(kernel: Packaged, debs: Sequence[Path], folder: Path, keep_modules: 
         image = tmp / "vmlinuz"
         if not image.is_file():
             names = ", ".join(d.package for d in kernel.debs)
-            raise InfraError(
-                f"no vmlinuz for {abi} in {names}; the package layout is not one the harness knows"
-            )
+            raise InfraError(f"no vmlinuz for {abi} in {names}; the package layout is not one the harness knows")
         data = image.read_bytes()
         vmlinux = vmlinux_from_image(data)
         if vmlinux is not None:

@@ -67,8 +67,11 @@ class Devices:
     def describe(self) -> dict[str, str]:
         """For the manifest: the device each part of the guest is, "" where it has none."""
         disk = self.disk is not None and self.fs is not None
-        return {"nic": self.nic.name if self.nic else "", "disk": self.disk.name if disk and self.disk else "",
-                "fs": self.fs.name if disk and self.fs else ""}  # fmt: skip
+        return {
+            "nic": self.nic.name if self.nic else "",
+            "disk": self.disk.name if disk and self.disk else "",
+            "fs": self.fs.name if disk and self.fs else "",
+        }
 
 
 VIRTIO = Devices(NICS[0], DISKS[0], FILESYSTEMS[0])  # what a guest had before there was a choice

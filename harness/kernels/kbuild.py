@@ -141,8 +141,9 @@ def make_compiler(cc: str, ccache: bool) -> list[str]:
 
 
 def build_key(source: Source, fragment: str, cc: str) -> str:
-    doc = json.dumps({"tree": source.tree, "base": source.spec.base, "fragment": fragment, "compiler": cc},
-                     sort_keys=True)  # fmt: skip
+    doc = json.dumps(
+        {"tree": source.tree, "base": source.spec.base, "fragment": fragment, "compiler": cc}, sort_keys=True
+    )
     return hashlib.sha256(doc.encode()).hexdigest()[:32]
 
 
@@ -158,8 +159,9 @@ def _run(argv: Sequence[str], log: Path, env: dict[str, str], what: str, kept: P
         out.write(f"$ {' '.join(argv)}\n".encode())
         out.flush()
         # SIGINT, as below, if the harness dies: make then deletes the targets it was writing.
-        proc = subprocess.Popen([*processes.lifeline("INT"), *argv], stdout=out, stderr=subprocess.STDOUT, env=env,
-                                start_new_session=True)  # fmt: skip
+        proc = subprocess.Popen(
+            [*processes.lifeline("INT"), *argv], stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True
+        )
         try:
             code = proc.wait()
         except BaseException:
@@ -183,11 +185,21 @@ def _checkout(source: Source, clone: Path, log: Path, kept: Path) -> None:
     env = dict(os.environ)
     if not (clone / ".git").exists():
         clone.parent.mkdir(parents=True, exist_ok=True)
-        _run(["git", "clone", "--quiet", "--shared", "--no-checkout", str(source.spec.repo), str(clone)], log, env,
-             "git clone", kept)  # fmt: skip
+        _run(
+            ["git", "clone", "--quiet", "--shared", "--no-checkout", str(source.spec.repo), str(clone)],
+            log,
+            env,
+            "git clone",
+            kept,
+        )
     # Objects come from the user's repository (alternates), so any commit made there since is here.
-    _run(["git", "-C", str(clone), "checkout", "--quiet", "--force", "--detach", source.commit], log, env,
-         "git checkout", kept)  # fmt: skip
+    _run(
+        ["git", "-C", str(clone), "checkout", "--quiet", "--force", "--detach", source.commit],
+        log,
+        env,
+        "git checkout",
+        kept,
+    )
 
 
 def folder(source: Source, cache: Path) -> Path:
@@ -195,8 +207,9 @@ def folder(source: Source, cache: Path) -> Path:
     return cache / "builds" / build_key(source, fragment_text(source.spec), compiler(source.spec.compiler))
 
 
-def build(source: Source, cache: Path, log: Callable[[str], None], label: str = "",
-          leases: Leases = UNLEASED) -> kernels.Kernel:  # fmt: skip
+def build(
+    source: Source, cache: Path, log: Callable[[str], None], label: str = "", leases: Leases = UNLEASED
+) -> kernels.Kernel:
     """The kernel of `source`, built now or taken from the cache (leased: harness.cache.lease)."""
     fragment = fragment_text(source.spec)
     cc = compiler(source.spec.compiler)
@@ -209,8 +222,10 @@ def build(source: Source, cache: Path, log: Callable[[str], None], label: str = 
         with locked(root / f".{repo_id}.lock"):
             if (done / BUILD_FILE).is_file():  # built by a caller that leases nothing, while this one waited
                 return
-            log(f"building {source.commit[:12]} ({source.title}) from {source.spec.repo}; about 10 min the first "
-                "time, then only what changed")  # fmt: skip
+            log(
+                f"building {source.commit[:12]} ({source.title}) from {source.spec.repo}; about 10 min the first "
+                "time, then only what changed"
+            )
             _build(source, fragment, cc, cache, root, key, repo_id)
 
     leases.ensure(done, (done / BUILD_FILE).is_file, make)
@@ -230,17 +245,37 @@ def _build(source: Source, fragment: str, cc: str, cache: Path, root: Path, key:
         started = time.monotonic()
         _checkout(source, clone, build_log, failed)
         env = _build_env(cache, clone, source)
-        make = ["make", "-C", str(clone), f"O={work}", "ARCH=x86_64", f"-j{os.cpu_count() or 1}",
-                *make_compiler(source.spec.compiler, shutil.which("ccache") is not None)]  # fmt: skip
+        make = [
+            "make",
+            "-C",
+            str(clone),
+            f"O={work}",
+            "ARCH=x86_64",
+            f"-j{os.cpu_count() or 1}",
+            *make_compiler(source.spec.compiler, shutil.which("ccache") is not None),
+        ]
         (stage / "fragment.config").write_text(fragment)
         _run([*make, source.spec.base], build_log, env, f"make {source.spec.base}", failed)
-        _run([str(clone / "scripts" / "kconfig" / "merge_config.sh"), "-m", "-O", str(work), str(work / ".config"),
-              str(stage / "fragment.config")], build_log, env, "merging the config fragment", failed)  # fmt: skip
+        _run(
+            [
+                str(clone / "scripts" / "kconfig" / "merge_config.sh"),
+                "-m",
+                "-O",
+                str(work),
+                str(work / ".config"),
+                str(stage / "fragment.config"),
+            ],
+            build_log,
+            env,
+            "merging the config fragment",
+            failed,
+        )
         _run([*make, "olddefconfig"], build_log, env, "make olddefconfig", failed)
         _run([*make, "bzImage"], build_log, env, "make bzImage", failed)
         config = (work / ".config").read_text()
-        release = subprocess.run([*make, "-s", "kernelrelease"], capture_output=True, text=True, env=env,
-                                 check=False).stdout.strip().splitlines()[-1:] or ["unknown"]  # fmt: skip
+        release = subprocess.run(
+            [*make, "-s", "kernelrelease"], capture_output=True, text=True, env=env, check=False
+        ).stdout.strip().splitlines()[-1:] or ["unknown"]
         module_count = 0
         if has_modules(config):
             module_count = _modules(make, stage, release[0], build_log, env, failed)
@@ -252,14 +287,23 @@ def _build(source: Source, fragment: str, cc: str, cache: Path, root: Path, key:
             shutil.copyfile(vmlinux, stage / "vmlinux")
         (stage / "config").write_text(config)
         meta = {
-            "repo": str(source.spec.repo), "rev": source.spec.rev, "commit": source.commit, "tree": source.tree,
-            "title": source.title, "base": source.spec.base, "fragment": fragment, "compiler": cc,
+            "repo": str(source.spec.repo),
+            "rev": source.spec.rev,
+            "commit": source.commit,
+            "tree": source.tree,
+            "title": source.title,
+            "base": source.spec.base,
+            "fragment": fragment,
+            "compiler": cc,
             "cc": source.spec.compiler,
-            "ccache": shutil.which("ccache") is not None, "seconds": seconds, "release": release[0],
+            "ccache": shutil.which("ccache") is not None,
+            "seconds": seconds,
+            "release": release[0],
             "config_sha256": hashlib.sha256(config.encode()).hexdigest(),
-            "missing_options": missing_options(fragment_options(fragment), config), "pvh": has_pvh,
+            "missing_options": missing_options(fragment_options(fragment), config),
+            "pvh": has_pvh,
             "modules": module_count,
-        }  # fmt: skip
+        }
         (stage / BUILD_FILE).write_text(json.dumps(meta, indent=2) + "\n")
         os.replace(stage, root / key)
     except BaseException as e:
@@ -280,8 +324,13 @@ def _modules(make: list[str], stage: Path, release: str, log: Path, env: dict[st
     """Build the modules and install them, stripped and as plain .ko files, under stage/lib/modules/
     <release>, with the modules.builtin the guest's module resolution reads; their number."""
     _run([*make, "modules"], log, env, "make modules", failed)
-    _run([*make, f"INSTALL_MOD_PATH={stage}", "INSTALL_MOD_STRIP=1", "DEPMOD=true", "modules_install"], log, env,
-         "make modules_install", failed)  # fmt: skip
+    _run(
+        [*make, f"INSTALL_MOD_PATH={stage}", "INSTALL_MOD_STRIP=1", "DEPMOD=true", "modules_install"],
+        log,
+        env,
+        "make modules_install",
+        failed,
+    )
     tree = stage / "lib" / "modules" / release
     for link in ("build", "source"):  # into the build directory, which the next build changes
         (tree / link).unlink(missing_ok=True)
@@ -292,8 +341,13 @@ def _build_env(cache: Path, clone: Path, source: Source) -> dict[str, str]:
     env = dict(os.environ)
     # Same commit, same compiler: the same bits, whoever builds it when.
     stamp = git(clone, "log", "-1", "--format=%cD", source.commit)
-    env.update(KBUILD_BUILD_TIMESTAMP=stamp, KBUILD_BUILD_USER="harness", KBUILD_BUILD_HOST="harness",
-               CCACHE_DIR=str(cache / "ccache"), CCACHE_BASEDIR=str(clone))  # fmt: skip
+    env.update(
+        KBUILD_BUILD_TIMESTAMP=stamp,
+        KBUILD_BUILD_USER="harness",
+        KBUILD_BUILD_HOST="harness",
+        CCACHE_DIR=str(cache / "ccache"),
+        CCACHE_BASEDIR=str(clone),
+    )
     env.pop("MAKEFLAGS", None)  # a parent make's jobserver would serialise this one
     return env
 
@@ -315,8 +369,15 @@ def load(folder: Path, label: str) -> kernels.Kernel:
     release = str(meta.get("release") or "unknown")
     tree = folder / "lib" / "modules" / release
     return kernels.Kernel(
-        label, release, image, vmlinux if vmlinux.is_file() else None, tree if tree.is_dir() else None,
-        hashlib.sha256(image.read_bytes()).hexdigest(), None, None, (),
+        label,
+        release,
+        image,
+        vmlinux if vmlinux.is_file() else None,
+        tree if tree.is_dir() else None,
+        hashlib.sha256(image.read_bytes()).hexdigest(),
+        None,
+        None,
+        (),
         f"git:{meta.get('repo')}@{str(meta.get('commit'))[:12]}",
         folder / "config" if (folder / "config").is_file() else None,
-    )  # fmt: skip
+    )

@@ -35,8 +35,12 @@ class Kit:
     leases: Leases = field(default_factory=Leases, compare=False, repr=False)  # on what it makes (harness.cache.lease)
     _bases: dict[str, tuple[Entry, ...]] = field(default_factory=dict, compare=False, repr=False)
 
-    def image(self, hardware: devices.Devices, base: tuple[Entry, ...] | None = None,
-              programs: Mapping[str, Built | str] | None = None) -> image.Image:  # fmt: skip
+    def image(
+        self,
+        hardware: devices.Devices,
+        base: tuple[Entry, ...] | None = None,
+        programs: Mapping[str, Built | str] | None = None,
+    ) -> image.Image:
         """The guest image: the base (glibc's unless given), the modules of `hardware` (the devices
         `devices.choose` found for the kernel), where its data disk is, and the guest suites'
         `programs` built for the kernel (built once, then reused)."""
@@ -72,8 +76,16 @@ def assemble(cache: Path, built: Probe | None = None, leases: Leases | None = No
     key = guest.client_key(cache)
     base = tuple(image.base_entries(built.path, guest.public_line(key)))
     images = cache / "images"
-    return Kit(built, key, base, secret(cache, "guest-host-key"), image.disk_image(images, "ext4", leases), images,
-               cache, leases)  # fmt: skip
+    return Kit(
+        built,
+        key,
+        base,
+        secret(cache, "guest-host-key"),
+        image.disk_image(images, "ext4", leases),
+        images,
+        cache,
+        leases,
+    )
 
 
 def guest_modules(hardware: devices.Devices) -> list[tuple[str, bytes]]:
@@ -84,6 +96,9 @@ def guest_modules(hardware: devices.Devices) -> list[tuple[str, bytes]]:
 
 def suite_entries(programs: Mapping[str, Built | str]) -> tuple[Entry, ...]:
     """The image files of each guest suite's programs: /opt/suites/SUITE/PROGRAM."""
-    return tuple(image.file(f"{suites.GUEST_DIR}/{name}/{p}", path.read_bytes(), 0o755)
-                 for name, built in sorted(programs.items()) if isinstance(built, Built)
-                 for p, path in sorted(built.programs.items()))  # fmt: skip
+    return tuple(
+        image.file(f"{suites.GUEST_DIR}/{name}/{p}", path.read_bytes(), 0o755)
+        for name, built in sorted(programs.items())
+        if isinstance(built, Built)
+        for p, path in sorted(built.programs.items())
+    )

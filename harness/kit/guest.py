@@ -59,8 +59,9 @@ def client_key(cache: Path) -> paramiko.PKey:
     """
     path = cache / "keys" / "id_ed25519"
     if not path.exists():
-        write_private(path, Ed25519PrivateKey.generate().private_bytes(Encoding.PEM, PrivateFormat.OpenSSH,
-                                                                       NoEncryption()))  # fmt: skip
+        write_private(
+            path, Ed25519PrivateKey.generate().private_bytes(Encoding.PEM, PrivateFormat.OpenSSH, NoEncryption())
+        )
     return paramiko.Ed25519Key.from_private_key_file(str(path))
 
 
@@ -133,8 +134,14 @@ class Guest:
         }
         if endpoint.sock is not None:
             connect_kwargs["sock"] = endpoint.sock
-        self.conn = Connection(endpoint.host, user=user, port=endpoint.port, config=config,
-                               connect_timeout=connect_timeout, connect_kwargs=connect_kwargs)  # fmt: skip
+        self.conn = Connection(
+            endpoint.host,
+            user=user,
+            port=endpoint.port,
+            config=config,
+            connect_timeout=connect_timeout,
+            connect_kwargs=connect_kwargs,
+        )
         self._logged = _LogTo(endpoint.log) if endpoint.log is not None else None
         if self._logged is not None:
             self.conn.client.set_log_channel(self._logged.channel)
@@ -165,11 +172,14 @@ class Guest:
                 self.conn.open()
                 return time.monotonic() - start
             except paramiko.AuthenticationException as e:
-                raise TrustFailure(f"the guest at {name} refused the harness key for {self.user}: the image is not "
-                                   f"the one the harness built ({e})") from e  # fmt: skip
+                raise TrustFailure(
+                    f"the guest at {name} refused the harness key for {self.user}: the image is not "
+                    f"the one the harness built ({e})"
+                ) from e
             except paramiko.BadHostKeyException as e:
-                raise TrustFailure(f"{name} presented a host key that is not the image's: something else answers "
-                                   "on the guest's port") from e  # fmt: skip
+                raise TrustFailure(
+                    f"{name} presented a host key that is not the image's: something else answers on the guest's port"
+                ) from e
             except paramiko.SSHException as e:
                 if "not found in known_hosts" in str(e):
                     raise TrustFailure(f"{name}: host key not pinned: {e}") from e

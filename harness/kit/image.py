@@ -78,8 +78,9 @@ def cpio(entries: Iterable[Entry]) -> bytes:
     return bytes(out)
 
 
-def _member(out: bytearray, ino: int, name: str, mode: int, uid: int, gid: int,
-            data: bytes, rdev: tuple[int, int]) -> None:  # fmt: skip
+def _member(
+    out: bytearray, ino: int, name: str, mode: int, uid: int, gid: int, data: bytes, rdev: tuple[int, int]
+) -> None:
     raw_name = name.encode() + b"\0"
     nlink = 2 if stat.S_ISDIR(mode) else 1
     fields = (ino, mode, uid, gid, nlink, 0, len(data), 0, 0, rdev[0], rdev[1], len(raw_name), 0)
@@ -135,8 +136,10 @@ def account_entries(client_public_key: str) -> list[Entry]:
     authorized_keys is group- or world-writable (pitfall 5), hence the explicit modes.
     """
     keys = (client_public_key.strip() + "\n").encode()
-    entries = [file(f"etc/{p.name}", p.read_bytes(), 0o600 if p.name == "shadow" else 0o644)
-               for p in sorted((IMAGES_DIR / "rootfs" / "etc").iterdir())]  # fmt: skip
+    entries = [
+        file(f"etc/{p.name}", p.read_bytes(), 0o600 if p.name == "shadow" else 0o644)
+        for p in sorted((IMAGES_DIR / "rootfs" / "etc").iterdir())
+    ]
     for home, uid in (("root", 0), ("home/user", USER_UID)):
         entries += [
             directory(home, 0o700 if uid == 0 else 0o755, uid),
@@ -146,16 +149,20 @@ def account_entries(client_public_key: str) -> list[Entry]:
     return entries
 
 
-def base_entries(probe: Path, client_public_key: str, busybox: Path = BUSYBOX,
-                 dropbear: Path = DROPBEAR) -> list[Entry]:  # fmt: skip
+def base_entries(
+    probe: Path, client_public_key: str, busybox: Path = BUSYBOX, dropbear: Path = DROPBEAR
+) -> list[Entry]:
     entries = [
         file("init", (IMAGES_DIR / "init").read_bytes(), 0o755),
         Entry("dev/console", stat.S_IFCHR | 0o600, rdev=(5, 1)),  # init's stdio before devtmpfs
         Entry("dev/null", stat.S_IFCHR | 0o666, rdev=(1, 3)),
-        directory("proc"), directory("sys"), directory("dev"), directory("tmp", 0o1777),
+        directory("proc"),
+        directory("sys"),
+        directory("dev"),
+        directory("tmp", 0o1777),
         directory("etc/dropbear", 0o700),
         file(PROBE_PATH, probe.read_bytes(), 0o755),
-    ]  # fmt: skip
+    ]
     return entries + busybox_entries(busybox) + dropbear_entries(dropbear) + account_entries(client_public_key)
 
 
@@ -166,8 +173,9 @@ MODULE_ARGS = {"rng_core": "default_quality=1000"}
 
 def module_entries(modules: Sequence[tuple[str, bytes]]) -> list[Entry]:
     """Decompressed modules plus the load order /init follows (a line: name, then its parameters)."""
-    order = "".join(f"{name} {MODULE_ARGS[name]}\n" if name in MODULE_ARGS else f"{name}\n"
-                    for name, _ in modules).encode()  # fmt: skip
+    order = "".join(
+        f"{name} {MODULE_ARGS[name]}\n" if name in MODULE_ARGS else f"{name}\n" for name, _ in modules
+    ).encode()
     return [file("etc/harness/modules", order)] + [
         file(f"lib/modules/harness/{name}.ko", data) for name, data in modules
     ]
@@ -183,8 +191,10 @@ _DISK_UUID = "6861726e-6573-4d41-5000-4c4f434b4544"  # fixed: the image must not
 
 # mkfs options per filesystem: ext4 without journal, metadata_csum or 64bit, so the guest needs only
 # ext4's hard dependencies; ext2 as mke2fs makes it, which every 2.6 kernel reads.
-_DISK_FORMATS = {"ext4": ("disk-ext4-v2.img", ["-O", "^metadata_csum,^has_journal,^64bit"]),
-                 "ext2": ("disk-ext2-v1.img", [])}  # fmt: skip
+_DISK_FORMATS = {
+    "ext4": ("disk-ext4-v2.img", ["-O", "^metadata_csum,^has_journal,^64bit"]),
+    "ext2": ("disk-ext2-v1.img", []),
+}
 
 
 def disk_image(out_dir: Path, fs: str = "ext4", leases: Leases = UNLEASED) -> Path:
@@ -213,18 +223,39 @@ def _make_disk(path: Path, fs: str) -> None:
         for made in (data, root):
             os.utime(made, (1, 1))  # mkfs copies the source's times into the image
         img = Path(tmp, "disk.img")
-        argv = [f"mkfs.{fs}", "-q", "-F", "-L", "harness", "-U", _DISK_UUID, "-b", "4096", "-N", "32",
-                *features, "-E", f"hash_seed={_DISK_UUID},root_owner=0:0",
-                "-d", str(root), str(img), DISK_SIZE]  # fmt: skip
+        argv = [
+            f"mkfs.{fs}",
+            "-q",
+            "-F",
+            "-L",
+            "harness",
+            "-U",
+            _DISK_UUID,
+            "-b",
+            "4096",
+            "-N",
+            "32",
+            *features,
+            "-E",
+            f"hash_seed={_DISK_UUID},root_owner=0:0",
+            "-d",
+            str(root),
+            str(img),
+            DISK_SIZE,
+        ]
         env = {**os.environ, "E2FSPROGS_FAKE_TIME": "1", "SOURCE_DATE_EPOCH": "1"}
         # mke2fs 1.47.0 copies each source file's ctime (which utime cannot set) and stamps new
         # inodes with the clock, so every time field is pinned afterwards with debugfs.
-        pin = "".join(f"set_inode_field {inode} {field} 1\n" for inode in ("/", "/lost+found", f"/{DISK_FILE}")
-                      for field in ("atime", "ctime", "mtime", "crtime"))  # fmt: skip
+        pin = "".join(
+            f"set_inode_field {inode} {field} 1\n"
+            for inode in ("/", "/lost+found", f"/{DISK_FILE}")
+            for field in ("atime", "ctime", "mtime", "crtime")
+        )
         try:
             subprocess.run(argv, check=True, capture_output=True, text=True, env=env)
-            subprocess.run(["debugfs", "-w", "-f", "-", str(img)], input=pin, check=True, capture_output=True,
-                           text=True, env=env)  # fmt: skip
+            subprocess.run(
+                ["debugfs", "-w", "-f", "-", str(img)], input=pin, check=True, capture_output=True, text=True, env=env
+            )
         except FileNotFoundError as e:
             raise InfraError(f"{e.filename} is missing; install e2fsprogs") from e
         except subprocess.CalledProcessError as e:
@@ -268,8 +299,14 @@ class Image:
     modules: tuple[str, ...]  # load order
 
 
-def build(base: Sequence[Entry], modules: Sequence[tuple[str, bytes]], secret: bytes, out_dir: Path,
-          disk: tuple[str, str] | None = None, leases: Leases = UNLEASED) -> Image:  # fmt: skip
+def build(
+    base: Sequence[Entry],
+    modules: Sequence[tuple[str, bytes]],
+    secret: bytes,
+    out_dir: Path,
+    disk: tuple[str, str] | None = None,
+    leases: Leases = UNLEASED,
+) -> Image:
     """Write the image for one kernel into out_dir (content-addressed; reused if present; leased:
     harness.cache.lease). `disk`: the data disk's device node and filesystem in the guest, None when it
     has none."""
@@ -297,4 +334,3 @@ def private(folder: Path) -> None:
         folder.chmod(0o700)
     except OSError as e:
         raise InfraError(f"{folder}: cannot make it private to its owner: {e.strerror}") from e
-

@@ -102,8 +102,13 @@ def parse(text: str) -> Document:
             word, _, reason = directive.strip().partition(" ")
             known = word.upper() in ("SKIP", "TODO", "XFAIL")
             text = reason.strip() if known else directive.strip()
-            result = Result(_clean(name.strip()) or f"test {number or '?'}", int(number) if number else None, ok,
-                            word.upper() if known else "", _clean(text))  # fmt: skip
+            result = Result(
+                _clean(name.strip()) or f"test {number or '?'}",
+                int(number) if number else None,
+                ok,
+                word.upper() if known else "",
+                _clean(text),
+            )
             result.subtests = pending.pop(depth + 1, [])
             result.diagnostics = notes.pop(depth + 1, [])[-MAX_DIAGNOSTICS:]
             for deeper in [d for d in pending if d > depth + 1]:  # a level skipped: keep, do not lose

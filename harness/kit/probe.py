@@ -93,16 +93,38 @@ _NONE = type(None)
 # The fields the harness reads, with the types the probe prints (README.md lists them all);
 # every other field is only bounded, and compared by the expectations that name it.
 _FIELDS: dict[str, tuple[type, ...]] = {
-    "kind": (str,), "case": (str,), "status": (str,), "duration_ms": (int,), "child_pid": (int,),
-    "exit_code": (int,), "signal": (int,), "signal_name": (str,), "kernel_log": (list, _NONE),
-    "oom_killed": (bool, _NONE), "applicable": (bool,), "reason": (str, _NONE), "result": (str, _NONE),
-    "error": (str, _NONE), "calls": (list,), "steps": (list, _NONE), "signals": (list,), "uid": (int,),
-    "cap_ipc_lock": (bool,), "rlimit_soft": (int, _NONE), "rlimit_hard": (int, _NONE), "page_size": (int,),
+    "kind": (str,),
+    "case": (str,),
+    "status": (str,),
+    "duration_ms": (int,),
+    "child_pid": (int,),
+    "exit_code": (int,),
+    "signal": (int,),
+    "signal_name": (str,),
+    "kernel_log": (list, _NONE),
+    "oom_killed": (bool, _NONE),
+    "applicable": (bool,),
+    "reason": (str, _NONE),
+    "result": (str, _NONE),
+    "error": (str, _NONE),
+    "calls": (list,),
+    "steps": (list, _NONE),
+    "signals": (list,),
+    "uid": (int,),
+    "cap_ipc_lock": (bool,),
+    "rlimit_soft": (int, _NONE),
+    "rlimit_hard": (int, _NONE),
+    "page_size": (int,),
     # measurements: null where the case did not take them (an opt_t in the probe)
-    "memtotal_kb": (int, _NONE), "size": (int, _NONE), "total_pages": (int, _NONE), "resident_pages": (int, _NONE),
-    "vmlck_before_kb": (int, _NONE), "vmlck_after_kb": (int, _NONE), "vmlck_end_kb": (int, _NONE),
+    "memtotal_kb": (int, _NONE),
+    "size": (int, _NONE),
+    "total_pages": (int, _NONE),
+    "resident_pages": (int, _NONE),
+    "vmlck_before_kb": (int, _NONE),
+    "vmlck_after_kb": (int, _NONE),
+    "vmlck_end_kb": (int, _NONE),
     "minflt_touch": (int, _NONE),
-}  # fmt: skip
+}
 _ITEMS: dict[str, tuple[type, ...]] = {"kernel_log": (str,), "signals": (str,), "calls": (dict,), "steps": (dict,)}
 _CALL: dict[str, tuple[type, ...]] = {"call": (str,), "args": (str,), "ret": (int,), "errno": (str, _NONE)}
 
@@ -199,8 +221,15 @@ def _no_constant(name: str) -> None:
 
 
 def _kind(value: Any) -> str:
-    names = {bool: "true or false", int: "an integer", float: "a number", str: "a string", list: "a list",
-             dict: "an object", _NONE: "null"}  # fmt: skip
+    names = {
+        bool: "true or false",
+        int: "an integer",
+        float: "a number",
+        str: "a string",
+        list: "a list",
+        dict: "an object",
+        _NONE: "null",
+    }
     return names.get(type(value), type(value).__name__)
 
 

@@ -33,17 +33,31 @@ GLIBC_MINIMUM = (3, 2)  # bookworm's glibc is configured with --enable-kernel=3.
 SOURCE_SUITE = "bookworm"
 RECIPE = 3  # bump when the build steps below change what they make
 GUEST_TESTS = REPO / "guest-tests"  # the probe's sources
-KERNEL_HEADERS = (Path("/usr/include/linux"), Path("/usr/include/asm-generic"), Path("/usr/include/mtd"),
-                  Path("/usr/include/x86_64-linux-gnu/asm"))  # fmt: skip
+KERNEL_HEADERS = (
+    Path("/usr/include/linux"),
+    Path("/usr/include/asm-generic"),
+    Path("/usr/include/mtd"),
+    Path("/usr/include/x86_64-linux-gnu/asm"),
+)
 # The guest's dropbear as /init runs it (-F -E -s): no X11, no login records. Its syslog support
 # stays (without it there is no -E), and so does password support (without it there is no -s),
 # though Debian's musl has no crypt(): a stub that refuses every password stands in, never called
 # since -s turns password logins off.
 DROPBEAR_OPTIONS = "#define DROPBEAR_X11FWD 0\n"
-CRYPT_STUB = ("#include <stddef.h>\n"
-              "char *crypt(const char *key, const char *salt) { (void)key; (void)salt; return NULL; }\n")
-DROPBEAR_CONFIGURE = ("--enable-static", "--disable-zlib", "--disable-lastlog", "--disable-utmp", "--disable-utmpx",
-                      "--disable-wtmp", "--disable-wtmpx", "--disable-pututline", "--disable-pututxline")  # fmt: skip
+CRYPT_STUB = (
+    "#include <stddef.h>\nchar *crypt(const char *key, const char *salt) { (void)key; (void)salt; return NULL; }\n"
+)
+DROPBEAR_CONFIGURE = (
+    "--enable-static",
+    "--disable-zlib",
+    "--disable-lastlog",
+    "--disable-utmp",
+    "--disable-utmpx",
+    "--disable-wtmp",
+    "--disable-wtmpx",
+    "--disable-pututline",
+    "--disable-pututxline",
+)
 
 
 @dataclass(frozen=True)
@@ -81,9 +95,17 @@ def musl(cache: Path, mirror: Callable[[], str], log: Callable[[str], None], lea
     root = cache / "userland"
     with locked(root / ".lock"):  # one at a time: every build reads the one copy of the sources
         src = _sources(leases.use(root / "src"), mirror, log)
-        key = hashlib.sha256(json.dumps({"recipe": RECIPE, "sources": sorted(p.name for p in src.values()),
-                                         "probe": _probe_digest(), "musl": _musl_version()},
-                                        sort_keys=True).encode()).hexdigest()[:24]  # fmt: skip
+        key = hashlib.sha256(
+            json.dumps(
+                {
+                    "recipe": RECIPE,
+                    "sources": sorted(p.name for p in src.values()),
+                    "probe": _probe_digest(),
+                    "musl": _musl_version(),
+                },
+                sort_keys=True,
+            ).encode()
+        ).hexdigest()[:24]
         done = leases.use(root / f"musl-{key}")
         if not (done / "probe").is_file():
             log("building the musl userland (busybox, dropbear, probe) from Debian's sources; about 3 min, once")
@@ -106,8 +128,13 @@ def _sources(folder: Path, mirror: Callable[[], str], log: Callable[[str], None]
     if all(found.values()):
         return {name: trees[-1] for name, trees in found.items()}
     log(f"fetching the sources of busybox and dropbear from Debian {SOURCE_SUITE}")
-    tools.apt(folder / "apt", f"deb-src {mirror()} {SOURCE_SUITE}", ["source", "-q", "busybox", "dropbear"],
-              "the sources of busybox and dropbear", cwd=folder)  # fmt: skip
+    tools.apt(
+        folder / "apt",
+        f"deb-src {mirror()} {SOURCE_SUITE}",
+        ["source", "-q", "busybox", "dropbear"],
+        "the sources of busybox and dropbear",
+        cwd=folder,
+    )
     found = {name: sorted(folder.glob(f"{name}-[0-9]*/")) for name in ("busybox", "dropbear")}
     if not all(found.values()):
         raise InfraError(f"apt-get source left no busybox or dropbear tree in {folder}")
@@ -131,8 +158,9 @@ def _run(argv: list[str], cwd: Path, log: Path, what: str, env: dict[str, str] |
         proc = subprocess.run(argv, cwd=cwd, stdout=out, stderr=subprocess.STDOUT, env=env)
     if proc.returncode != 0:
         errors = [line for line in log.read_text(errors="replace").splitlines() if "error" in line.lower()]
-        raise InfraError(f"building the musl userland: {what} failed: {(errors or ['see the log'])[0].strip()} "
-                         f"(log: {log})")  # fmt: skip
+        raise InfraError(
+            f"building the musl userland: {what} failed: {(errors or ['see the log'])[0].strip()} (log: {log})"
+        )
 
 
 def _build(src: dict[str, Path], stage: Path, log: Path) -> None:
@@ -161,8 +189,13 @@ def _build(src: dict[str, Path], stage: Path, log: Path) -> None:
     env = {**os.environ, "CC": "musl-gcc", "CFLAGS": "-Os -DHAVE_CRYPT=1"}
     _run(["musl-gcc", "-Os", "-c", "crypt_stub.c", "-o", "crypt_stub.o"], dropbear, log, "crypt stub", env)
     _run(["./configure", *DROPBEAR_CONFIGURE], dropbear, log, "dropbear configure", env)
-    _run(["make", jobs, "PROGRAMS=dropbear", "STATIC=1", f"LIBS={dropbear / 'crypt_stub.o'}"], dropbear, log,
-         "dropbear", env)  # fmt: skip
+    _run(
+        ["make", jobs, "PROGRAMS=dropbear", "STATIC=1", f"LIBS={dropbear / 'crypt_stub.o'}"],
+        dropbear,
+        log,
+        "dropbear",
+        env,
+    )
     shutil.copyfile(dropbear / "dropbear", stage / "dropbear")
 
     tests = work / "probe"

@@ -154,9 +154,7 @@ def _matches(rule: Rule, obs: Mapping[str, Any], ctx: RunContext) -> bool:
 
 def _differences(expect: Mapping[str, Any], seen: Mapping[str, Any]) -> list[str]:
     return [
-        f"{key}: expected {want!r}, observed {seen.get(key)!r}"
-        for key, want in expect.items()
-        if seen.get(key) != want
+        f"{key}: expected {want!r}, observed {seen.get(key)!r}" for key, want in expect.items() if seen.get(key) != want
     ]
 
 
@@ -227,9 +225,17 @@ def _killed(obs: Mapping[str, Any], rule: Rule | None) -> Verdict:
 # mapping beyond the pool faults in as many pages as happen to be free (three identical runs of
 # every Debian kernel differed there and nowhere else).
 FINGERPRINT_FIELDS = (
-    "status", "signal_name", "oom_killed", "applicable", "result", "signals",
-    "residency", "locked", "accounting_restored", "within_limit",
-)  # fmt: skip
+    "status",
+    "signal_name",
+    "oom_killed",
+    "applicable",
+    "result",
+    "signals",
+    "residency",
+    "locked",
+    "accounting_restored",
+    "within_limit",
+)
 
 
 def fingerprint(obs: Mapping[str, Any], expectations: Expectations) -> str:
@@ -251,8 +257,9 @@ def changed_fields(before: str, after: str) -> tuple[str, ...]:
     a, b = _document(before), _document(after)
     if a is None or b is None:
         return () if before == after else ("fingerprint",)
-    return tuple(sorted(k for k in a.keys() | b.keys()
-                        if (k in a) != (k in b) or _canonical(a.get(k)) != _canonical(b.get(k))))  # fmt: skip
+    return tuple(
+        sorted(k for k in a.keys() | b.keys() if (k in a) != (k in b) or _canonical(a.get(k)) != _canonical(b.get(k)))
+    )
 
 
 def _document(fingerprint: str) -> dict[str, Any] | None:

@@ -117,13 +117,19 @@ def from_data(data: object, where: Where) -> Matrix:
     users = tuple(_user(where, ("users", i), v) for i, v in enumerate(_list(where, data, "users", ["root"])))
     cases = _cases(where, data.get("cases", "all"))
     timeouts = _timeouts(where, data.get("timeouts", {}))
-    ways = tuple(_transport(where, ("transport", i), v)
-                 for i, v in enumerate(_list(where, data, "transport", [transports.AUTO])))  # fmt: skip
+    ways = tuple(
+        _transport(where, ("transport", i), v) for i, v in enumerate(_list(where, data, "transport", [transports.AUTO]))
+    )
     for i, kernel in enumerate(kernels):
         if kernel in kernels[:i]:
             raise where.error(("kernels", i), f"the same kernel as kernels.{kernels.index(kernel)}; remove one")
     axes: tuple[tuple[str, tuple[object, ...]], ...] = (
-        ("ram", ram), ("memlock", memlocks), ("users", users), ("cases", cases or ()), ("transport", ways))
+        ("ram", ram),
+        ("memlock", memlocks),
+        ("users", users),
+        ("cases", cases or ()),
+        ("transport", ways),
+    )
     for name, axis in axes:
         if len(set(axis)) != len(axis):
             raise where.error((name,), "lists the same value twice; remove the duplicate")
@@ -237,16 +243,19 @@ def _timeouts(where: Where, value: object) -> Timeouts:
 def expand(matrix: Matrix, catalogue: Sequence[str]) -> list[BootPlan]:
     """Boots in matrix order: one per (kernel, RAM, transport); each runs every (limit, user) with all cases."""
     # A suite's programs are cases named SUITE:PROGRAM; naming one in `cases` runs its suite.
-    programs = {n: tuple(suites.case_name(n, p) for p in suites.get(n).programs) for n in suites.NAMES
-                if n != suites.PROBE}  # fmt: skip
+    programs = {
+        n: tuple(suites.case_name(n, p) for p in suites.get(n).programs) for n in suites.NAMES if n != suites.PROBE
+    }
     if matrix.cases is None:
         cases = tuple(c for n in matrix.suites for c in (catalogue if n == suites.PROBE else programs[n]))
     else:
         known = {*catalogue, *(c for group in programs.values() for c in group)}
         unknown = [c for c in matrix.cases if c not in known]
         if unknown:
-            reason = (f"unknown case {unknown[0]!r}; `harness cases` lists the {len(catalogue)} the probe has, "
-                      f"and a suite's are SUITE:PROGRAM ({', '.join(programs[n][0] for n in programs)}...)")
+            reason = (
+                f"unknown case {unknown[0]!r}; `harness cases` lists the {len(catalogue)} the probe has, "
+                f"and a suite's are SUITE:PROGRAM ({', '.join(programs[n][0] for n in programs)}...)"
+            )
             raise FieldError(f"{matrix.source}: cases", ("cases",), reason)
         cases = matrix.cases
     runs = tuple(RunPlan(m, u, cases) for m in matrix.memlocks for u in matrix.users)
@@ -271,4 +280,3 @@ def _unique(name: str, seen: set[str]) -> str:
         candidate, n = f"{name}.{n}", n + 1
     seen.add(candidate)
     return candidate
-

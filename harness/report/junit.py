@@ -161,8 +161,13 @@ def suite_xml(boot: BootResult, run_id: str) -> SuiteXml:
     # writes newlines inside attributes raw, so multi-line messages would read back as spaces.
     ET.indent(suite, space="  ", level=1)
     suite.tail = None
-    return SuiteXml(ET.tostring(suite, encoding="unicode"), int(suite.get("tests", 0)),
-                    int(suite.get("failures", 0)), int(suite.get("errors", 0)), total)  # fmt: skip
+    return SuiteXml(
+        ET.tostring(suite, encoding="unicode"),
+        int(suite.get("tests", 0)),
+        int(suite.get("failures", 0)),
+        int(suite.get("errors", 0)),
+        total,
+    )
 
 
 def document(suites: Sequence[SuiteXml], run_id: str) -> str:

@@ -243,5 +243,3 @@ def verdict(boots: Sequence[BootResult]) -> str:
     if code == EXIT_FINDINGS:
         return "findings: some kernels deviate from the documentation"
     return "infrastructure problems: some cases have no answer"
-
-

@@ -148,6 +148,7 @@ def shown(board: Board, console: Console) -> Iterator[None]:
     if not console.is_terminal:
         yield
         return
-    with Live(board, console=console, refresh_per_second=4, transient=True, redirect_stdout=False,
-              redirect_stderr=False):  # fmt: skip
+    with Live(
+        board, console=console, refresh_per_second=4, transient=True, redirect_stdout=False, redirect_stderr=False
+    ):
         yield

@@ -45,11 +45,17 @@ def check_writable(results: Path) -> None:
     existing = results
     while not existing.exists() and existing != existing.parent:
         existing = existing.parent
-    problem = ("is not a directory" if not existing.is_dir()
-               else "is not writable" if not os.access(existing, os.W_OK | os.X_OK) else "")  # fmt: skip
+    problem = (
+        "is not a directory"
+        if not existing.is_dir()
+        else "is not writable"
+        if not os.access(existing, os.W_OK | os.X_OK)
+        else ""
+    )
     if problem:
-        raise UserError(f"{results}: results cannot be written there ({existing} {problem}); give --results "
-                        "a writable directory")  # fmt: skip
+        raise UserError(
+            f"{results}: results cannot be written there ({existing} {problem}); give --results a writable directory"
+        )
 
 
 def create(results: Path) -> tuple[str, Path]:
@@ -82,14 +88,12 @@ def find_run(ref: str, results: Path) -> Path | None:
     return None
 
 
-
 def locate(ref: str, results: Path) -> Path:
     """find_run, or bad input saying what a run reference is."""
     found = find_run(ref, results)
     if found is not None:
         return found
-    raise UserError(f"{ref}: no such run (neither a run directory nor a run id in {results}); "
-                    "give results/<run-id>")  # fmt: skip
+    raise UserError(f"{ref}: no such run (neither a run directory nor a run id in {results}); give results/<run-id>")
 
 
 def read_manifest(run_dir: Path) -> manifest.Manifest | None:
@@ -98,6 +102,7 @@ def read_manifest(run_dir: Path) -> manifest.Manifest | None:
 
 
 # --- results.json ------------------------------------------------------------------------------
+
 
 def _case_json(result: CaseResult) -> dict[str, Any]:
     return {
@@ -171,28 +176,58 @@ def _case_from(d: Doc, boot_id: str) -> CaseResult:
     try:
         outcome = Outcome(d.doc.get("outcome"))
     except ValueError:
-        raise UserError(f"{d.where}outcome: {d.doc.get('outcome')!r} is not one of the outcomes; "
-                        f"give {d.what}") from None  # fmt: skip
+        raise UserError(
+            f"{d.where}outcome: {d.doc.get('outcome')!r} is not one of the outcomes; give {d.what}"
+        ) from None
     observation = d.doc.get("observation")
     return CaseResult(
-        boot_id, d.text("case", True), d.text("memlock", True), d.text("user", True), outcome, d.text("message"),
-        observation if isinstance(observation, dict) else None, d.mapping("expected"), d.text("citation"),
-        d.number("duration_s"), d.text("fingerprint"),
-    )  # fmt: skip
+        boot_id=boot_id,
+        case=d.text("case", True),
+        memlock=d.text("memlock", True),
+        user=d.text("user", True),
+        outcome=outcome,
+        message=d.text("message"),
+        observation=observation if isinstance(observation, dict) else None,
+        expected=d.mapping("expected"),
+        citation=d.text("citation"),
+        duration_s=d.number("duration_s"),
+        fingerprint=d.text("fingerprint"),
+    )
 
 
 def _boot_from(d: Doc) -> BootResult:
     boot_id = d.text("boot_id", True)
-    kernel = d.each("kernel", lambda k: KernelInfo(k.text("label", True), k.text("release"), k.opt_text("package"),
-                                                   k.opt_text("version"), k.text("sha256"), k.text("source")), None)
+    kernel = d.each(
+        "kernel",
+        lambda k: KernelInfo(
+            label=k.text("label", True),
+            release=k.text("release"),
+            package=k.opt_text("package"),
+            version=k.opt_text("version"),
+            sha256=k.text("sha256"),
+            source=k.text("source"),
+        ),
+        None,
+    )
     timings = d.mapping("timings")
     return BootResult(
-        boot_id, kernel, d.integer("ram_mb", True), d.text("accelerator"), d.text("qemu_version"),
-        d.opt_integer("memtotal_kb"), d.text("uname"), d.texts("qemu_argv"), _inside(d, "serial_log"),
-        {k: Doc(timings, f"{d.where}timings.", d.what).number(k) for k in timings}, d.text("error"),
-        d.integer("reboots"), d.integer("retries"), d.items("cases", lambda c: _case_from(c, boot_id), required=True),
-        d.text("transport"), d.text("restored"),
-    )  # fmt: skip
+        boot_id=boot_id,
+        kernel=kernel,
+        ram_mb=d.integer("ram_mb", True),
+        accelerator=d.text("accelerator"),
+        qemu_version=d.text("qemu_version"),
+        memtotal_kb=d.opt_integer("memtotal_kb"),
+        uname=d.text("uname"),
+        qemu_argv=d.texts("qemu_argv"),
+        serial_log=_inside(d, "serial_log"),
+        timings={k: Doc(timings, f"{d.where}timings.", d.what).number(k) for k in timings},
+        error=d.text("error"),
+        reboots=d.integer("reboots"),
+        retries=d.integer("retries"),
+        cases=d.items("cases", lambda c: _case_from(c, boot_id), required=True),
+        transport=d.text("transport"),
+        restored=d.text("restored"),
+    )
 
 
 def _inside(d: Doc, key: str) -> str:
@@ -216,14 +251,18 @@ def read_results(path: Path) -> RunRecord:
         raise UserError(f"{file}: no such file; give a run directory (results/<run-id>) or its results.json")
     top = Doc(load(file, MAX_RESULTS_BYTES, "results.json"), f"{file}: ", what)
     if top.doc.get("schema") != SCHEMA_VERSION:
-        raise UserError(f"{file}: schema: {repr(top.doc.get('schema'))[:20]}, this harness reads schema "
-                        f"{SCHEMA_VERSION}; give {what}")  # fmt: skip
+        raise UserError(
+            f"{file}: schema: {repr(top.doc.get('schema'))[:20]}, this harness reads schema "
+            f"{SCHEMA_VERSION}; give {what}"
+        )
     boots = top.items("boots", _boot_from, required=True)
-    return RunRecord(top.text("run_id", True), top.text("started"), top.opt_text("finished"), top.flag("interrupted"),
-                     boots)  # fmt: skip
+    return RunRecord(
+        top.text("run_id", True), top.text("started"), top.opt_text("finished"), top.flag("interrupted"), boots
+    )
 
 
 # --- writing -----------------------------------------------------------------------------------
+
 
 def write_views(run_dir: Path, run: RunRecord) -> None:
     """report.html with its boot pages, and summary.md, each file written atomically.
@@ -247,9 +286,7 @@ def write_views(run_dir: Path, run: RunRecord) -> None:
 def _snapshot(boot: BootResult) -> BootResult:
     # The runner keeps appending to its own BootResult; copying the mutable parts in the caller's
     # thread means another thread's rewrite never iterates a dict that is changing under it.
-    return dataclasses.replace(
-        boot, qemu_argv=list(boot.qemu_argv), timings=dict(boot.timings), cases=list(boot.cases)
-    )
+    return dataclasses.replace(boot, qemu_argv=list(boot.qemu_argv), timings=dict(boot.timings), cases=list(boot.cases))
 
 
 class RunWriter:

@@ -52,6 +52,7 @@ def printer(console: Console) -> Callable[[str], None]:
 
     return say
 
+
 _OUTCOME_STYLE = {
     Outcome.PASS: "green",
     Outcome.DEVIATION: "bold red",
@@ -78,8 +79,7 @@ def _seconds(boot: BootResult, key: str) -> str:
 
 def summary_table(boots: Sequence[BootResult]) -> Table:
     """One row per boot: what ran, how long it took to boot/SSH/probe, and results per outcome."""
-    table = Table(title="Boots (seconds from QEMU start)", title_justify="left", box=box.SIMPLE_HEAD,
-                  pad_edge=False)  # fmt: skip
+    table = Table(title="Boots (seconds from QEMU start)", title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False)
     table.add_column("boot", no_wrap=True)
     table.add_column("release", no_wrap=True)
     for header in ("ready", "ssh", "done"):
@@ -109,8 +109,12 @@ def problems_table(boots: Sequence[BootResult]) -> Table:
     for boot in boots:
         if boot.error:
             style = _OUTCOME_STYLE[Outcome.INFRA_ERROR]
-            table.add_row(text(boot.boot_id), Text(BOOT_CASE), Text(Outcome.INFRA_ERROR.value, style),
-                          text(overview.full_error(boot.error)))  # fmt: skip
+            table.add_row(
+                text(boot.boot_id),
+                Text(BOOT_CASE),
+                Text(Outcome.INFRA_ERROR.value, style),
+                text(overview.full_error(boot.error)),
+            )
         for r in boot.cases:
             if r.outcome in (Outcome.PASS, Outcome.NOT_APPLICABLE):
                 continue
@@ -145,8 +149,13 @@ def grouped_problems_table(boots: Sequence[BootResult]) -> Table:
             table.add_row(Text(BOOT_CASE), Text(Outcome.INFRA_ERROR.value, style), error, text(boot.boot_id), Text(""))
     for (case, outcome, message), (where, runs) in groups.items():
         shown = overview.capped(where)
-        table.add_row(text(case), Text(outcome.value, _OUTCOME_STYLE[outcome]), text(message),
-                      text(f"{len(where)}: {shown}"), text(", ".join(runs)))  # fmt: skip
+        table.add_row(
+            text(case),
+            Text(outcome.value, _OUTCOME_STYLE[outcome]),
+            text(message),
+            text(f"{len(where)}: {shown}"),
+            text(", ".join(runs)),
+        )
     return table
 
 

@@ -74,13 +74,17 @@ class Mirrors:
     def __call__(self, suite: str, snapshot: str | None = None) -> Archive:
         if snapshot is not None:
             if self.snapshots is None:
-                raise UserError(f"suite {suite} as of {snapshot}: no snapshot service is known; set "
-                                f"{aptsources.ENV_SNAPSHOT}=http://HOST, the URL before /archive/debian/")
+                raise UserError(
+                    f"suite {suite} as of {snapshot}: no snapshot service is known; set "
+                    f"{aptsources.ENV_SNAPSHOT}=http://HOST, the URL before /archive/debian/"
+                )
             return self.snapshots(snapshot)
         if suite.endswith("-security"):
             if self.security is None:
-                raise UserError(f"suite {suite} is in Debian's security archive, and no mirror of it is known: "
-                                "name it in apt's sources, or set HARNESS_DEBIAN_SECURITY_MIRROR")  # fmt: skip
+                raise UserError(
+                    f"suite {suite} is in Debian's security archive, and no mirror of it is known: "
+                    "name it in apt's sources, or set HARNESS_DEBIAN_SECURITY_MIRROR"
+                )
             return self.security
         if suite not in self._found:
             self._found[suite] = self._locate(suite)
@@ -115,8 +119,10 @@ class DebianSource:
         suites = value.get("suite")
         if isinstance(suites, str):
             suites = [suites]
-        if not isinstance(suites, list) or not suites or not all(
-            isinstance(s, str) and re.fullmatch(r"[a-z0-9][a-z0-9.+-]{0,63}", s) for s in suites
+        if (
+            not isinstance(suites, list)
+            or not suites
+            or not all(isinstance(s, str) and re.fullmatch(r"[a-z0-9][a-z0-9.+-]{0,63}", s) for s in suites)
         ):
             raise where.error((*at, "suite"), "give a Debian suite name such as bookworm, or a list")
         package = value.get("package", "linux-image-amd64")
@@ -144,8 +150,10 @@ class DebianSource:
         listed = list_builds(spec, _indexes(spec, mirrors(ctx)))
         chosen = listed if spec.builds == "all" else newest_per_line(listed)
         if not chosen:
-            raise UserError(f"no {spec.package.removeprefix('linux-image-')} kernel build in "
-                            f"{'/'.join(spec.suites)}" + (f" for version {spec.version}" if spec.version else ""))
+            raise UserError(
+                f"no {spec.package.removeprefix('linux-image-')} kernel build in "
+                f"{'/'.join(spec.suites)}" + (f" for version {spec.version}" if spec.version else "")
+            )
         return [_pinned(spec, b) for b in chosen]
 
     def resolve(self, spec: DebianKernel, ctx: Context) -> Resolved:
@@ -175,12 +183,15 @@ class DebianSource:
                 return found
         if not booted.debs:
             raise UserError(f"kernel {spec.label}: the manifest lists no .debs and it is not in the cache")
-        resolved = Resolved(spec, booted.debs[0].suite, booted.release, booted.version or "", booted.debs,
-                            booted.package or "")  # fmt: skip
+        resolved = Resolved(
+            spec, booted.debs[0].suite, booted.release, booted.version or "", booted.debs, booted.package or ""
+        )
         kernel = self.fetch(resolved, ctx)
         if kernel.sha256 != booted.sha256:
-            raise UserError(f"kernel {spec.label}: the .debs now give sha256 {kernel.sha256[:12]}, the run "
-                            f"booted {booted.sha256[:12]}")  # fmt: skip
+            raise UserError(
+                f"kernel {spec.label}: the .debs now give sha256 {kernel.sha256[:12]}, the run "
+                f"booted {booted.sha256[:12]}"
+            )
         return kernel
 
 
@@ -195,8 +206,9 @@ def _check_version(where: Where, at: KeyPath, version: object) -> None:
     try:
         versions.in_range(version, (0,))
     except ValueError:
-        raise where.error(at, f"{version!r}: give an upstream line such as 6.19, or a range such as "
-                              "'>=6.12,<7'") from None  # fmt: skip
+        raise where.error(
+            at, f"{version!r}: give an upstream line such as 6.19, or a range such as '>=6.12,<7'"
+        ) from None
 
 
 def _snapshot(where: Where, at: KeyPath, value: object) -> str:
@@ -230,19 +242,41 @@ def mirrors(ctx: Context) -> Mirrors:
         keys = (DEFAULT_KEYRING, REMOVED_KEYRING)
 
         def snapshot(stamp: str) -> Archive:
-            return ctx.shared(f"debian:snapshot:{stamp}", lambda: Archive(
-                f"{snapshots}/archive/debian/{stamp}", ctx.cache, insecure=ctx.insecure, keyring=keys,
-                accept_expired=True, warn=ctx.log, indexes=ctx.cache / "indexes" / "snapshot" / stamp,
-                leases=ctx.leases))  # fmt: skip
+            return ctx.shared(
+                f"debian:snapshot:{stamp}",
+                lambda: Archive(
+                    f"{snapshots}/archive/debian/{stamp}",
+                    ctx.cache,
+                    insecure=ctx.insecure,
+                    keyring=keys,
+                    accept_expired=True,
+                    warn=ctx.log,
+                    indexes=ctx.cache / "indexes" / "snapshot" / stamp,
+                    leases=ctx.leases,
+                ),
+            )
 
         return Mirrors(
             Archive(main, ctx.cache, insecure=ctx.insecure, keyring=DEFAULT_KEYRING, warn=ctx.log, leases=ctx.leases),
-            Archive(security, ctx.cache, insecure=ctx.insecure, keyring=DEFAULT_KEYRING, warn=ctx.log,
-                    leases=ctx.leases) if security else None,
-            Archive(old, ctx.cache, insecure=ctx.insecure, keyring=keys, accept_expired=True, warn=ctx.log,
-                    indexes=ctx.cache / "indexes" / "old", leases=ctx.leases) if old else None,
+            Archive(
+                security, ctx.cache, insecure=ctx.insecure, keyring=DEFAULT_KEYRING, warn=ctx.log, leases=ctx.leases
+            )
+            if security
+            else None,
+            Archive(
+                old,
+                ctx.cache,
+                insecure=ctx.insecure,
+                keyring=keys,
+                accept_expired=True,
+                warn=ctx.log,
+                indexes=ctx.cache / "indexes" / "old",
+                leases=ctx.leases,
+            )
+            if old
+            else None,
             snapshot if snapshots else None,
-        )  # fmt: skip
+        )
 
     return ctx.shared("debian:mirrors", make)
 
@@ -256,8 +290,10 @@ def _indexes(spec: DebianKernel, archives: Mirrors | Archive) -> dict[str, Any]:
     except UserError as e:
         if of.old is not None or spec.snapshot or "is not on mirror" not in str(e):
             raise
-        raise UserError(f"{e}; an old release (etch ... buster) is in Debian's archive of old releases: set "
-                        f"{aptsources.ENV_OLD_ARCHIVE}=http://HOST/debian-archive/debian") from None  # fmt: skip
+        raise UserError(
+            f"{e}; an old release (etch ... buster) is in Debian's archive of old releases: set "
+            f"{aptsources.ENV_OLD_ARCHIVE}=http://HOST/debian-archive/debian"
+        ) from None
 
 
 def resolve(spec: DebianKernel, archives: Mirrors | Archive) -> Resolved:
@@ -273,8 +309,9 @@ def fetch(resolved: Resolved, archives: Mirrors | Archive, cache: Path, leases: 
     assert isinstance(spec, DebianKernel)
     # An index signed by a key that has expired since: each of its .debs says so in the manifest.
     debs = tuple(replace(d, signature=_signer_note(of(d.suite, spec.snapshot), d.suite)) for d in resolved.debs)
-    packaged = kernels.Packaged(spec.label, resolved.abi, resolved.package or None, resolved.version,
-                                debs, debian_source(spec))  # fmt: skip
+    packaged = kernels.Packaged(
+        spec.label, resolved.abi, resolved.package or None, resolved.version, debs, debian_source(spec)
+    )
     download: Callable[[Deb], Path] = lambda deb: of(deb.suite, spec.snapshot).fetch_deb(deb)  # noqa: E731
     return kernels.unpacked(packaged, cache, download, devices.MODULE_ROOTS, leases)
 

@@ -92,11 +92,11 @@ def resolve_in(spec: Wanted, indexes: Mapping[str, Sequence[Stanza]]) -> Resolve
                 if spec.abi:
                     break  # the signed linux-image-<abi> wins over -unsigned in the same suite
     if not candidates:
-        what = (f"ABI {spec.abi}" if spec.abi else f"version {spec.version}" if spec.version
-                else f"package {spec.package}")  # fmt: skip
+        what = (
+            f"ABI {spec.abi}" if spec.abi else f"version {spec.version}" if spec.version else f"package {spec.package}"
+        )
         raise UserError(
-            f"{what} is not in {'/'.join(spec.suites)}; available ABIs: "
-            f"{', '.join(available_abis(by_suite)) or 'none'}"
+            f"{what} is not in {'/'.join(spec.suites)}; available ABIs: {', '.join(available_abis(by_suite)) or 'none'}"
         )
     # Newest first; one that cannot be assembled (an index entry incomplete) gives way to an older one.
     candidates.sort(key=lambda c: c[0], reverse=True)
@@ -169,8 +169,10 @@ def _abi_of(name: str) -> str:
 
 # An ABI is the upstream version with Debian's marks (+deb13, +deb12.1, -50, -0.deb11.52), then the
 # flavour, which starts with a letter: 6.1.0-50-amd64, 6.12.117+deb13-cloud-amd64, 6.1.0-0.deb11.52-amd64.
-_ABI = re.compile(r"^\d+\.\d+(?:\.\d+)*(?:\+deb\d+(?:\.\d+)?)?(?:-\d+(?:\.deb\d+\.\d+)?)?"
-                  r"-(?P<flavour>[a-z][a-z0-9-]*)$")
+_ABI = re.compile(
+    r"^\d+\.\d+(?:\.\d+)*(?:\+deb\d+(?:\.\d+)?)?(?:-\d+(?:\.deb\d+\.\d+)?)?"
+    r"-(?P<flavour>[a-z][a-z0-9-]*)$"
+)
 
 
 def flavour_of(abi: str) -> str | None:
@@ -211,8 +213,9 @@ def _is_meta(stanza: Stanza) -> bool:
     """A line's meta package (linux-image-6.1-amd64 in bullseye-security) looks like a build of ABI
     `6.1-amd64` but only depends on the concrete image of the line's newest build."""
     m = _IMAGE.match(stanza["Package"])
-    return any((t := _IMAGE.match(name)) and not t["unsigned"] and m and t["abi"] != m["abi"]
-               for name, _ in _depends(stanza))  # fmt: skip
+    return any(
+        (t := _IMAGE.match(name)) and not t["unsigned"] and m and t["abi"] != m["abi"] for name, _ in _depends(stanza)
+    )
 
 
 def list_builds(spec: Wanted, indexes: Mapping[str, Sequence[Stanza]]) -> list[Build]:

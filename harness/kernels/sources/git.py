@@ -40,8 +40,11 @@ class GitKernel:
     @property
     def label(self) -> str:
         # One commit built two ways (another fragment, another gcc) is two kernels of one matrix.
-        return (f"{self.repo.name}@{self.rev}" + (f"+{self.config.stem}" if self.config else "")
-                + (f"-{self.compiler}" if self.compiler != "gcc" else ""))  # fmt: skip
+        return (
+            f"{self.repo.name}@{self.rev}"
+            + (f"+{self.config.stem}" if self.config else "")
+            + (f"-{self.compiler}" if self.compiler != "gcc" else "")
+        )
 
 
 class GitSource:
@@ -53,8 +56,10 @@ class GitSource:
     def parse(self, item: dict[str, Any], where: Where, path: KeyPath) -> GitKernel:
         value, origin, path = item["git"], where.origin(path), (*path, "git")
         if not isinstance(value, dict):
-            raise where.error(path, "give {repo: DIR, rev: REV}, optionally config: FRAGMENT, "
-                                    "base: tinyconfig|defconfig, compiler: gcc-N")
+            raise where.error(
+                path,
+                "give {repo: DIR, rev: REV}, optionally config: FRAGMENT, base: tinyconfig|defconfig, compiler: gcc-N",
+            )
         for key in value:
             if key not in ("repo", "rev", "config", "base", "compiler"):
                 raise where.error((*path, key), "unknown key; allowed: repo, rev, config, base, compiler")
@@ -91,8 +96,9 @@ class GitSource:
 
     def fetch(self, resolved: kbuild.Source, ctx: Context) -> Kernel:
         if resolved.spec.compiler != "gcc":
-            tools.ensure_compiler(resolved.spec.compiler, lambda: aptsources.mirror_from(ctx.mirror, os.environ),
-                                  ctx.cache, ctx.log)  # fmt: skip
+            tools.ensure_compiler(
+                resolved.spec.compiler, lambda: aptsources.mirror_from(ctx.mirror, os.environ), ctx.cache, ctx.log
+            )
         return kbuild.build(resolved, ctx.cache, ctx.log, resolved.spec.label, ctx.leases)
 
     def cached(self, resolved: kbuild.Source, ctx: Context) -> Path | None:
@@ -109,8 +115,10 @@ class GitSource:
         commit = entry.booted.source.rpartition("@")[2] or spec.rev
         kernel = self.fetch(self.resolve(dataclasses.replace(spec, rev=commit), ctx), ctx)
         if kernel.sha256 != entry.booted.sha256:
-            raise UserError(f"kernel {spec.label}: commit {commit} now builds sha256 {kernel.sha256[:12]}, the run "
-                            f"booted {entry.booted.sha256[:12]} (another compiler or config fragment?)")  # fmt: skip
+            raise UserError(
+                f"kernel {spec.label}: commit {commit} now builds sha256 {kernel.sha256[:12]}, the run "
+                f"booted {entry.booted.sha256[:12]} (another compiler or config fragment?)"
+            )
         return kernel
 
 

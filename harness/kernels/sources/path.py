@@ -95,8 +95,10 @@ class PathSource:
         assert entry.booted is not None
         kernel = from_path(spec, ctx.cache, ctx.leases)
         if kernel.sha256 != entry.booted.sha256:
-            raise UserError(f"{spec.path}: changed since the run (sha256 {kernel.sha256[:12]}, the run booted "
-                            f"{entry.booted.sha256[:12]}); put the original file back to replay it")  # fmt: skip
+            raise UserError(
+                f"{spec.path}: changed since the run (sha256 {kernel.sha256[:12]}, the run booted "
+                f"{entry.booted.sha256[:12]}); put the original file back to replay it"
+            )
         return kernel
 
 
@@ -120,9 +122,7 @@ def from_path(spec: PathKernel, cache: Path, leases: Leases = UNLEASED) -> Kerne
             raise not_kernel
         if not has_pvh_note(data):
             # QEMU loads an ELF kernel only through its PVH entry point
-            raise UserError(
-                f"path {path}: ELF kernel without a PVH entry note (CONFIG_PVH); give its bzImage"
-            )
+            raise UserError(f"path {path}: ELF kernel without a PVH entry note (CONFIG_PVH); give its bzImage")
         vmlinux = path
     elif is_bzimage(data):
         try:

@@ -16,8 +16,28 @@ from harness.kit.suites import kselftest, probe
 from harness.kit.suites.base import Answer, Built, Judged, Judging, Observed, Suite, Under, Where
 from harness.kit.suites.programs import GUEST_DIR, TIMEOUT_CASES, Run
 
-__all__ = ["GUEST_DIR", "NAMES", "PROBE", "SEP", "SUITES", "TIMEOUT_CASES", "Answer", "Built", "Judged", "Judging",
-           "Observed", "Run", "Suite", "Under", "Where", "case_name", "get", "grouped", "of", "split"]  # fmt: skip
+__all__ = [
+    "GUEST_DIR",
+    "NAMES",
+    "PROBE",
+    "SEP",
+    "SUITES",
+    "TIMEOUT_CASES",
+    "Answer",
+    "Built",
+    "Judged",
+    "Judging",
+    "Observed",
+    "Run",
+    "Suite",
+    "Under",
+    "Where",
+    "case_name",
+    "get",
+    "grouped",
+    "of",
+    "split",
+]
 
 PROBE = probe.NAME
 SEP = ":"

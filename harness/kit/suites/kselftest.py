@@ -41,8 +41,7 @@ from harness.results import Outcome
 RECIPE = 1  # bump when the build below changes what it makes
 # run_vmtests.sh's memory-locking and populate tests (it runs on-fault-limit as nobody: the test
 # lowers its own limit and expects the kernel to refuse; as root it measures nothing).
-PROGRAMS: tuple[str, ...] = ("mlock2-tests", "mlock-random-test", "on-fault-limit", "map_populate",
-                             "mremap_dontunmap")  # fmt: skip
+PROGRAMS: tuple[str, ...] = ("mlock2-tests", "mlock-random-test", "on-fault-limit", "map_populate", "mremap_dontunmap")
 # Who run_vmtests.sh runs each as, the runs where it means something: mlock2-tests and
 # mlock-random-test as root (the latter drops CAP_IPC_LOCK and sets limits itself), on-fault-limit as
 # nobody (as root the limit it tests does not apply). Elsewhere a program is not applicable.
@@ -58,8 +57,11 @@ class KselftestMM:
 
     def build(self, kernel: Kernel, ctx: Context, log: Callable[[str], None]) -> Built:
         tree, provenance = _tree(kernel, ctx)
-        key = hashlib.sha256(json.dumps({"tree": provenance["key"], "recipe": RECIPE, "programs": PROGRAMS,
-                                         "cc": _gcc()}, sort_keys=True).encode()).hexdigest()[:32]  # fmt: skip
+        key = hashlib.sha256(
+            json.dumps(
+                {"tree": provenance["key"], "recipe": RECIPE, "programs": PROGRAMS, "cc": _gcc()}, sort_keys=True
+            ).encode()
+        ).hexdigest()[:32]
         entry = ctx.cache / "suites" / self.name  # what prune takes as one: every tree's build
         done = entry / key
 
@@ -86,7 +88,7 @@ class KselftestMM:
         return judge(self.name, program, run)
 
     def applies(self, program: str, user: str, memlock: str) -> str:
-        """"" when `program` means something run as `user` under the limit labelled `memlock`, else
+        """ "" when `program` means something run as `user` under the limit labelled `memlock`, else
         why not."""
         kind = RUN_AS.get(program)
         if kind is not None and (kind == AS_ROOT) != (user == "root"):
@@ -112,20 +114,26 @@ def _tree(kernel: Kernel, ctx: Context) -> tuple[Callable[[Path], None], dict[st
 
         def from_git(out: Path) -> None:
             out.mkdir()
-            with subprocess.Popen(["git", "-C", str(repo), "archive", "--format=tar", commit],
-                                  stdout=subprocess.PIPE) as proc:  # fmt: skip
-                untar = subprocess.run(["tar", "-x", "-C", str(out)], stdin=proc.stdout, capture_output=True,
-                                       check=False)  # fmt: skip
+            with subprocess.Popen(
+                ["git", "-C", str(repo), "archive", "--format=tar", commit], stdout=subprocess.PIPE
+            ) as proc:
+                untar = subprocess.run(
+                    ["tar", "-x", "-C", str(out)], stdin=proc.stdout, capture_output=True, check=False
+                )
             if proc.returncode != 0 or untar.returncode != 0:
-                raise InfraError(f"git archive {commit} of {repo} | tar failed (exit {proc.returncode}, "
-                                 f"{untar.returncode})")  # fmt: skip
+                raise InfraError(
+                    f"git archive {commit} of {repo} | tar failed (exit {proc.returncode}, {untar.returncode})"
+                )
 
         # What the build reads; a bisect's steps that change only mm/ share one build.
-        parts = [subprocess.run(["git", "-C", str(repo), "rev-parse", f"{commit}:{p}"], capture_output=True,
-                                text=True, check=False).stdout.strip() for p in _READS]  # fmt: skip
+        parts = [
+            subprocess.run(
+                ["git", "-C", str(repo), "rev-parse", f"{commit}:{p}"], capture_output=True, text=True, check=False
+            ).stdout.strip()
+            for p in _READS
+        ]
         key = f"git:{hashlib.sha256(' '.join(parts).encode()).hexdigest()}" if all(parts) else f"git:{tree}"
-        return from_git, {"what": f"{repo}@{commit[:12]}", "tree": f"git:{repo}@{commit}", "exact": True,
-                          "key": key}  # fmt: skip
+        return from_git, {"what": f"{repo}@{commit[:12]}", "tree": f"git:{repo}@{commit}", "exact": True, "key": key}
     return _debian_source(kernel, ctx)
 
 
@@ -141,8 +149,11 @@ def _debian_source(kernel: Kernel, ctx: Context) -> tuple[Callable[[Path], None]
     for suite in dict.fromkeys(d.suite for d in kernel.debs):
         with contextlib.suppress(InfraError):
             archive = mirrors(suite)
-            candidates += [(s, suite, archive) for s in archive.packages(suite, "linux-source-")
-                           if re.fullmatch(r"linux-source-\d+\.\d+", s["Package"])]  # fmt: skip
+            candidates += [
+                (s, suite, archive)
+                for s in archive.packages(suite, "linux-source-")
+                if re.fullmatch(r"linux-source-\d+\.\d+", s["Package"])
+            ]
     if not candidates:
         raise InfraError(f"kernel {kernel.label}: no linux-source package in {', '.join(d.suite for d in kernel.debs)}")
     stanza, suite, archive = nearest(candidates, kernel.version)
@@ -160,8 +171,12 @@ def _debian_source(kernel: Kernel, ctx: Context) -> tuple[Callable[[Path], None]
                     with open(inner, "wb") as f:
                         shutil.copyfileobj(src, f, 1 << 20)
                     out.mkdir()
-                    proc = subprocess.run(["tar", "-xf", str(inner), "-C", str(out), "--no-same-owner"],
-                                          capture_output=True, text=True, check=False)  # fmt: skip
+                    proc = subprocess.run(
+                        ["tar", "-xf", str(inner), "-C", str(out), "--no-same-owner"],
+                        capture_output=True,
+                        text=True,
+                        check=False,
+                    )
                     inner.unlink()
                     if proc.returncode != 0:
                         raise InfraError(f"{deb.package} {deb.version}: tar: {proc.stderr.strip()[-300:]}")
@@ -169,8 +184,14 @@ def _debian_source(kernel: Kernel, ctx: Context) -> tuple[Callable[[Path], None]
         raise InfraError(f"{deb.package} {deb.version}: no source tarball in the package")
 
     exact = Version(deb.version) == Version(kernel.version)
-    return from_deb, {"what": f"{deb.package} {deb.version} ({suite})", "package": deb.package,
-                      "version": deb.version, "suite": suite, "exact": exact, "key": deb.key}  # fmt: skip
+    return from_deb, {
+        "what": f"{deb.package} {deb.version} ({suite})",
+        "package": deb.package,
+        "version": deb.version,
+        "suite": suite,
+        "exact": exact,
+        "key": deb.key,
+    }
 
 
 def nearest(candidates: list[tuple[Any, str, Any]], version: str) -> tuple[Any, str, Any]:
@@ -209,8 +230,9 @@ def _build(unpack: Callable[[Path], None], done: Path) -> None:
         # `make headers` (the tree's usr/include), as the selftests' own KHDR_INCLUDES: headers_install
         # would also want rsync.
         with open(log, "wb") as out:
-            proc = subprocess.run(["make", "-C", str(top), "ARCH=x86_64", "headers"], stdout=out,
-                                  stderr=subprocess.STDOUT, check=False)  # fmt: skip
+            proc = subprocess.run(
+                ["make", "-C", str(top), "ARCH=x86_64", "headers"], stdout=out, stderr=subprocess.STDOUT, check=False
+            )
         if proc.returncode != 0:
             tail = log.read_text(errors="replace").splitlines()[-6:]
             raise InfraError("make headers of the kselftest tree failed: " + " | ".join(tail))
@@ -220,12 +242,16 @@ def _build(unpack: Callable[[Path], None], done: Path) -> None:
         stage.mkdir()
         missing: dict[str, str] = {}
         for program in PROGRAMS:
-            why = _compile(program, source, selftests, top / "usr" / "include", stage / program) if source else \
-                "the tree has no tools/testing/selftests/mm or vm"  # fmt: skip
+            why = (
+                _compile(program, source, selftests, top / "usr" / "include", stage / program)
+                if source
+                else "the tree has no tools/testing/selftests/mm or vm"
+            )
             if why:
                 missing[program] = why
-        (stage / "built.json").write_text(json.dumps({"missing": missing, "dir": source.name if source else None},
-                                                     indent=2) + "\n")  # fmt: skip
+        (stage / "built.json").write_text(
+            json.dumps({"missing": missing, "dir": source.name if source else None}, indent=2) + "\n"
+        )
         if done.exists():
             shutil.rmtree(done)
         os.replace(stage, done)
@@ -239,8 +265,22 @@ def _compile(program: str, source: Path, selftests: Path, include: Path, out: Pa
     text = main.read_text(errors="replace")
     helpers = [source / f"{h}.c" for h in re.findall(r'#include "([\w-]+)\.h"', text) if (source / f"{h}.c").is_file()]
     libs = ["-lcap"] if "sys/capability.h" in text else []
-    argv = ["gcc", "-static", "-O2", "-w", f"-I{include}", f"-I{selftests}", f"-I{source}", str(main),
-            *map(str, helpers), "-lrt", "-lpthread", *libs, "-o", str(out)]  # fmt: skip
+    argv = [
+        "gcc",
+        "-static",
+        "-O2",
+        "-w",
+        f"-I{include}",
+        f"-I{selftests}",
+        f"-I{source}",
+        str(main),
+        *map(str, helpers),
+        "-lrt",
+        "-lpthread",
+        *libs,
+        "-o",
+        str(out),
+    ]
     proc = subprocess.run(argv, capture_output=True, text=True, check=False)
     if proc.returncode != 0:
         lines = (proc.stderr or proc.stdout).strip().splitlines()
@@ -259,11 +299,19 @@ def judge(suite: str, program: str, run: Run) -> list[Judged]:
     subs = _subtests(case, doc.results)
     failed = [j.case.split("/", 1)[1] for j in subs if j.outcome is Outcome.DEVIATION]
     status = run.exit_status
-    obs: dict[str, Any] = {"exit_status": status, "oom_kills": run.oom_kills, "seconds": round(run.seconds, 3),
-                           "ktap": doc.version or None, "plan": doc.plan, "results": len(doc.results),
-                           "missing": doc.missing, "bailed_out": doc.bailed_out,
-                           "diagnostics": doc.diagnostics[-10:], "output": run.output,
-                           "stderr": run.errors}  # fmt: skip
+    obs: dict[str, Any] = {
+        "exit_status": status,
+        "oom_kills": run.oom_kills,
+        "seconds": round(run.seconds, 3),
+        "ktap": doc.version or None,
+        "plan": doc.plan,
+        "results": len(doc.results),
+        "missing": doc.missing,
+        "bailed_out": doc.bailed_out,
+        "diagnostics": doc.diagnostics[-10:],
+        "output": run.output,
+        "stderr": run.errors,
+    }
     if status is None:
         outcome, message = Outcome.INFRA_ERROR, "the program's run ended without its exit status"
     elif run.timed_out:
@@ -281,8 +329,9 @@ def judge(suite: str, program: str, run: Run) -> list[Judged]:
         outcome, message = Outcome.DEVIATION, f"the kernel's own test failed: {how}{detail}{lost}"
     # The outcome and the subtests that failed: another tree's renamed or added passing subtests
     # are not a change of the kernel's behaviour (each subtest has its own result for that).
-    fingerprint = json.dumps({"outcome": outcome.value, "failed": sorted(failed)}, sort_keys=True,
-                             separators=(",", ":"))  # fmt: skip
+    fingerprint = json.dumps(
+        {"outcome": outcome.value, "failed": sorted(failed)}, sort_keys=True, separators=(",", ":")
+    )
     return [Judged(case, outcome, message, fingerprint, obs), *subs]
 
 
@@ -294,13 +343,28 @@ def _subtests(case: str, results: list[ktap.Result]) -> list[Judged]:
         seen[name] = seen.get(name, 0) + 1
         if seen[name] > 1:
             name = f"{name} #{seen[name]}"
-        outcome = {"pass": Outcome.PASS, "xfail": Outcome.PASS, "skip": Outcome.NOT_APPLICABLE,
-                   "fail": Outcome.DEVIATION}[r.outcome]  # fmt: skip
-        message = {"pass": "ok", "xfail": f"expected failure: {r.reason}", "skip": f"skipped: {r.reason}",
-                   "fail": "not ok" + (f": {r.diagnostics[-1]}" if r.diagnostics else "")}[r.outcome]  # fmt: skip
+        outcome = {
+            "pass": Outcome.PASS,
+            "xfail": Outcome.PASS,
+            "skip": Outcome.NOT_APPLICABLE,
+            "fail": Outcome.DEVIATION,
+        }[r.outcome]
+        message = {
+            "pass": "ok",
+            "xfail": f"expected failure: {r.reason}",
+            "skip": f"skipped: {r.reason}",
+            "fail": "not ok" + (f": {r.diagnostics[-1]}" if r.diagnostics else ""),
+        }[r.outcome]
         fp = json.dumps({"outcome": r.outcome}, separators=(",", ":"))
-        out.append(Judged(f"{case}/{name}", outcome, message, fp,
-                          {"number": r.number, "directive": r.directive or None, "diagnostics": r.diagnostics}))
+        out.append(
+            Judged(
+                f"{case}/{name}",
+                outcome,
+                message,
+                fp,
+                {"number": r.number, "directive": r.directive or None, "diagnostics": r.diagnostics},
+            )
+        )
     return out
 
 
@@ -318,5 +382,5 @@ def _last(doc: ktap.Document) -> str:
 def _with_errors(doc: ktap.Document, errors: str) -> ktap.Document:
     """A program's stderr (perror() lines, say) counts among its diagnostics, after its stdout's."""
     extra = [line.strip()[:400] for line in errors.splitlines() if line.strip()]
-    doc.diagnostics = (doc.diagnostics + extra)[-ktap.MAX_DIAGNOSTICS:]
+    doc.diagnostics = (doc.diagnostics + extra)[-ktap.MAX_DIAGNOSTICS :]
     return doc

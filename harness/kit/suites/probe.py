@@ -74,8 +74,18 @@ class ProbeSuite:
     def judge(self, case: str, observation: Mapping[str, Any], judging: Judging) -> list[Judged]:
         context = verdict.RunContext(judging.kernel_version, judging.memlock_requested)
         v = verdict.judge(observation, context, judging.expectations)
-        return [Judged(case, v.outcome, v.message, verdict.fingerprint(observation, judging.expectations),
-                       dict(observation), v.expected, v.citation, observation.get("duration_ms", 0) / 1000)]
+        return [
+            Judged(
+                case,
+                v.outcome,
+                v.message,
+                verdict.fingerprint(observation, judging.expectations),
+                dict(observation),
+                v.expected,
+                v.citation,
+                observation.get("duration_ms", 0) / 1000,
+            )
+        ]
 
 
 PROBE = ProbeSuite()

@@ -27,8 +27,10 @@ KEPT = 16 << 10  # of its stdout and stderr, the last this many characters go in
 
 # Around the program: OOM kills the kernel logs during it, and how it ended ($?, 128+N for a
 # signal), on the last line; `cd /tmp`: a program that writes files writes them on tmpfs.
-_SHELL = ('b=$(dmesg | grep -c "Killed process"); cd /tmp && "$@"; s=$?; '
-          'a=$(dmesg | grep -c "Killed process"); echo; echo "harness-exit $s $((a - b))"')  # fmt: skip
+_SHELL = (
+    'b=$(dmesg | grep -c "Killed process"); cd /tmp && "$@"; s=$?; '
+    'a=$(dmesg | grep -c "Killed process"); echo; echo "harness-exit $s $((a - b))"'
+)
 _MARKER = re.compile(r"harness-exit (\d+) (-?\d+)")
 
 
@@ -50,7 +52,7 @@ class Programs(Protocol):
     name: str
 
     def applies(self, program: str, user: str, memlock: str) -> str:
-        """"" when the program means something run as `user` under the limit labelled `memlock`
+        """ "" when the program means something run as `user` under the limit labelled `memlock`
         (default, 64K, 0, unlimited...); else why it is not applicable."""
         ...
 
@@ -83,8 +85,24 @@ class ProgramRun:
 
     def __init__(self, case: str, path: str, under: Under, source: Mapping[str, Any]) -> None:
         self.limit = under.case_timeout * TIMEOUT_CASES
-        self.argv = ["sh", "-c", _SHELL, "sh", "timeout", "-s", "KILL", f"{self.limit:g}", probe.IN_GUEST, "exec",
-                     "--memlock", probe.memlock_arg(under.memlock), "--user", under.user, "--", path]  # fmt: skip
+        self.argv = [
+            "sh",
+            "-c",
+            _SHELL,
+            "sh",
+            "timeout",
+            "-s",
+            "KILL",
+            f"{self.limit:g}",
+            probe.IN_GUEST,
+            "exec",
+            "--memlock",
+            probe.memlock_arg(under.memlock),
+            "--user",
+            under.user,
+            "--",
+            path,
+        ]
         self.timeout = self.limit + 30
         self.case = case
         self.source = dict(source)
@@ -99,9 +117,15 @@ class ProgramRun:
         marker = _MARKER.fullmatch(lines[-1].strip()) if lines else None
         status, kills = (int(marker.group(1)), int(marker.group(2))) if marker else (None, 0)
         timed_out = status == 128 + 9 and kills <= 0 and answer.seconds >= self.limit - 1
-        observation = {"exit_status": status, "oom_kills": max(kills, 0), "seconds": answer.seconds,
-                       "timed_out": timed_out, "output": "\n".join(lines[:-1] if marker else lines),
-                       "stderr": answer.stderr[-STDERR_KEPT:], "source": self.source}  # fmt: skip
+        observation = {
+            "exit_status": status,
+            "oom_kills": max(kills, 0),
+            "seconds": answer.seconds,
+            "timed_out": timed_out,
+            "output": "\n".join(lines[:-1] if marker else lines),
+            "stderr": answer.stderr[-STDERR_KEPT:],
+            "source": self.source,
+        }
         return [Observed(self.case, observation)]
 
     def unanswered(self) -> list[str]:
@@ -117,10 +141,17 @@ def judge(suite: Programs, case: str, observation: Mapping[str, Any]) -> list[Ju
         return []
     own, *subtests = suite.read(program_of(case), run)
     cut = len(run.output) > KEPT or len(run.errors) > KEPT
-    mine = {**own.observation, "exit_status": run.exit_status, "oom_kills": run.oom_kills,
-            "seconds": round(run.seconds, 3), "timed_out": run.timed_out, "output": run.output[-KEPT:],
-            "stderr": run.errors[-KEPT:], **({"cut": True} if cut else {}),
-            "source": observation.get("source")}  # fmt: skip
+    mine = {
+        **own.observation,
+        "exit_status": run.exit_status,
+        "oom_kills": run.oom_kills,
+        "seconds": round(run.seconds, 3),
+        "timed_out": run.timed_out,
+        "output": run.output[-KEPT:],
+        "stderr": run.errors[-KEPT:],
+        **({"cut": True} if cut else {}),
+        "source": observation.get("source"),
+    }
     return [dataclasses.replace(own, observation=mine, seconds=run.seconds), *subtests]
 
 
@@ -133,8 +164,13 @@ def observation_run(observation: Mapping[str, Any]) -> Run | None:
         return None
     status, kills, seconds = o.get("exit_status"), o.get("oom_kills"), o.get("seconds")
     output, errors, timed_out = o.get("output"), o.get("stderr"), o.get("timed_out")
-    if not (isinstance(output, str) and isinstance(errors, str) and isinstance(timed_out, bool)
-            and isinstance(kills, int) and isinstance(seconds, int | float)
-            and (status is None or isinstance(status, int))):  # fmt: skip
+    if not (
+        isinstance(output, str)
+        and isinstance(errors, str)
+        and isinstance(timed_out, bool)
+        and isinstance(kills, int)
+        and isinstance(seconds, int | float)
+        and (status is None or isinstance(status, int))
+    ):
         return None
     return Run(output, status, kills, float(seconds), timed_out, errors)

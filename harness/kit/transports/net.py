@@ -33,8 +33,12 @@ class Net:
     kernel_arg = ""  # /init serves SSH on eth0 unless told otherwise
 
     def qemu_args(self, port: int, channel: Path | None, nic: str) -> list[str]:
-        return ["-netdev", f"user,id=n0,restrict=on,hostfwd=tcp:127.0.0.1:{port}-:22",
-                "-device", f"{nic},netdev=n0,romfile="]  # fmt: skip
+        return [
+            "-netdev",
+            f"user,id=n0,restrict=on,hostfwd=tcp:127.0.0.1:{port}-:22",
+            "-device",
+            f"{nic},netdev=n0,romfile=",
+        ]
 
     def place(self, workdir: Path) -> tuple[int, Path | None]:
         return free_port(), None
