@@ -306,7 +306,7 @@ class History:
             " JOIN boots b ON b.id = o.boot JOIN kernels k ON k.id = b.kernel JOIN runs r ON r.id = b.run"
             " WHERE o.id IN ({ids})"
         )
-        return {row[0]: _shown(*row[1:], row[0]) for row in self._by_ids(sql, ids)}
+        return {row[0]: _shown(*row) for row in self._by_ids(sql, ids)}
 
     def _results(self, ids: Iterable[int]) -> dict[int, CaseResult]:
         sql = (
@@ -395,6 +395,7 @@ def _describe(kernel: KernelInfo) -> str:
 
 
 def _shown(
+    pk: int,
     outcome: str,
     fingerprint: str,
     label: str,
@@ -406,7 +407,6 @@ def _shown(
     run_id: str,
     started: str,
     run: int,
-    pk: int,
 ) -> Shown:
     return Shown(
         outcome=outcome,
