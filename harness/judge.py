@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from harness import versions
 from harness.kit import suites, verdict
@@ -25,31 +26,11 @@ class Judge:
     def results(self, observed: Observed, where: Where) -> list[CaseResult]:
         """An observation's results: its case's, and its subtests' (a program's KTAP results)."""
         if observed.observation is None:
-            return [
-                CaseResult(
-                    boot_id=where.boot_id,
-                    case=observed.case,
-                    memlock=where.memlock,
-                    user=where.user,
-                    outcome=observed.outcome,
-                    message=observed.message,
-                    observation=None,
-                    duration_s=observed.seconds,
-                )
-            ]
+            return [_without(observed.case, where, observed.outcome, observed.message, None, observed.seconds)]
         judged = self._judged(observed, where)
         if not judged:  # an observation its suite does not read
-            return [
-                CaseResult(
-                    boot_id=where.boot_id,
-                    case=observed.case,
-                    memlock=where.memlock,
-                    user=where.user,
-                    outcome=Outcome.INFRA_ERROR,
-                    message="an observation its suite cannot read",
-                    observation=observed.observation,
-                )
-            ]
+            why = "an observation its suite cannot read"
+            return [_without(observed.case, where, Outcome.INFRA_ERROR, why, observed.observation)]
         return [_result(j, where) for j in judged]
 
     def _judged(self, observed: Observed, where: Where) -> list[Judged]:
@@ -77,6 +58,22 @@ class Judge:
             own, *rest = [_result(j, where) for j in judged]
             cases += [dataclasses.replace(own, duration_s=result.duration_s), *rest]
         return dataclasses.replace(boot, cases=cases), kept
+
+
+def _without(
+    case: str, where: Where, outcome: Outcome, message: str, observation: dict[str, Any] | None, seconds: float = 0.0
+) -> CaseResult:
+    """A case's result that no suite judged: the guest gave no observation, or none its suite reads."""
+    return CaseResult(
+        boot_id=where.boot_id,
+        case=case,
+        memlock=where.memlock,
+        user=where.user,
+        outcome=outcome,
+        message=message,
+        observation=observation,
+        duration_s=seconds,
+    )
 
 
 def _result(j: Judged, where: Where) -> CaseResult:

@@ -205,6 +205,24 @@ def plan(*runs: RunPlan) -> BootPlan:
     )
 
 
+def context(tmp_path: Path, p: BootPlan, **fields: Any) -> boot.BootContext:
+    """A boot's context with a fake kernel, image and data disk, judged by EXPECT; `fields` as given."""
+    kernel = Kernel("bookworm", "6.1.0-50-amd64", tmp_path / "vmlinuz", None, None, "ab" * 32, None, None, (), "x")
+    image = Image(tmp_path / "image.cpio", "cd" * 32, "ssh-ed25519 AAAA", ())
+    given = {
+        "plan": p,
+        "kernel": kernel,
+        "image": image,
+        "disk": tmp_path / "disk.img",
+        "key": None,
+        "accel": "tcg",
+        "judge": judge.Judge(EXPECT).results,
+        "run_dir": tmp_path,
+        **fields,
+    }
+    return boot.BootContext(**given)
+
+
 def run_boot(
     tmp_path: Path,
     guests: Guests,
@@ -215,19 +233,7 @@ def run_boot(
 ) -> tuple[BootResult, list[tuple[int, bool]]]:
     """Run one boot plan through the fakes; returns the result and (cases known, flushed) per publish."""
     p = p or plan()
-    kernel = Kernel("bookworm", "6.1.0-50-amd64", tmp_path / "vmlinuz", None, None, "ab" * 32, None, None, (), "x")
-    image = Image(tmp_path / "image.cpio", "cd" * 32, "ssh-ed25519 AAAA", ())
-    ctx = boot.BootContext(
-        plan=p,
-        kernel=kernel,
-        image=image,
-        disk=tmp_path / "disk.img",
-        key=None,  # type: ignore[arg-type]
-        accel=accel_name,
-        judge=judge.Judge(EXPECT).results,
-        run_dir=tmp_path,
-        saved=saved,
-    )  # type: ignore[arg-type]
+    ctx = context(tmp_path, p, accel=accel_name, saved=saved)
     result = BootResult(p.id, None, p.ram_mb)
     published: list[tuple[int, bool]] = []
     boot.run_boot(ctx, result, lambda r, flush: published.append((len(r.cases), flush)), live or Live(), guests.seams())
@@ -498,19 +504,7 @@ def test_a_loaded_guest_that_does_not_answer_is_deleted_and_the_guest_boots_cold
 
     seams = boot.Seams(guests.boot, session)  # type: ignore[arg-type]
     p = plan()
-    kernel = Kernel("bookworm", "6.1.0-50-amd64", tmp_path / "vmlinuz", None, None, "ab" * 32, None, None, (), "x")
-    image = Image(tmp_path / "image.cpio", "cd" * 32, "ssh-ed25519 AAAA", ())
-    ctx = boot.BootContext(
-        plan=p,
-        kernel=kernel,
-        image=image,
-        disk=None,
-        key=None,
-        accel="tcg",  # type: ignore[arg-type]
-        judge=judge.Judge(EXPECT).results,
-        run_dir=tmp_path,
-        saved=store,
-    )  # type: ignore[arg-type]
+    ctx = context(tmp_path, p, disk=None, saved=store)
     result = BootResult(p.id, None, p.ram_mb)
     boot.run_boot(ctx, result, lambda r, flush: None, Live(log=log.append), seams)
     assert outcomes(result) == [(c, "default", Outcome.PASS) for c in CASES]
@@ -542,19 +536,7 @@ def test_a_suite_s_programs_run_through_the_path_the_probe_s_cases_take(tmp_path
     programs = [f"kselftest-mm:{p}" for p in ("mlock2-tests", "mremap_dontunmap", "on-fault-limit", "map_populate")]
     p = plan(RunPlan(None, "root", ("a", *programs, "b")))
     guests = Guests(faults={"mlock2-tests": HANG, "map_populate": (1, "TAP version 13\n1..2\nok 1 x\nnot ok 2 y\n")})
-    kernel = Kernel("bookworm", "6.1.0-50-amd64", tmp_path / "vmlinuz", None, None, "ab" * 32, None, None, (), "x")
-    image = Image(tmp_path / "image.cpio", "cd" * 32, "ssh-ed25519 AAAA", ())
-    ctx = boot.BootContext(
-        plan=p,
-        kernel=kernel,
-        image=image,
-        disk=None,
-        key=None,
-        accel="tcg",  # type: ignore[arg-type]
-        judge=judge.Judge(EXPECT).results,
-        run_dir=tmp_path,
-        suites={"kselftest-mm": built},
-    )
+    ctx = context(tmp_path, p, disk=None, suites={"kselftest-mm": built})
     result = BootResult(p.id, None, p.ram_mb)
     boot.run_boot(ctx, result, lambda r, flush: None, Live(), guests.seams())
     got = {c.case: c for c in result.cases}
