@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from harness import versions
+from harness.kit import known as known_mod
 from harness.kit import suites, verdict
 from harness.kit.suites import Judged, Judging, Observed, Where
 from harness.results import BootResult, CaseResult, Outcome, RunRecord
@@ -22,6 +23,7 @@ from harness.results import BootResult, CaseResult, Outcome, RunRecord
 @dataclass(frozen=True)
 class Judge:
     expectations: verdict.Expectations
+    known: Sequence[known_mod.Known] = ()  # findings expected to fail (guest-tests/known-deviations.yaml)
 
     def results(self, observed: Observed, where: Where) -> list[CaseResult]:
         """An observation's results: its case's, and its subtests' (a program's KTAP results)."""
@@ -31,7 +33,12 @@ class Judge:
         if not judged:  # an observation its suite does not read
             why = "an observation its suite cannot read"
             return [_without(observed.case, where, Outcome.INFRA_ERROR, why, observed.observation)]
-        return [_result(j, where) for j in judged]
+        return [self._marked(_result(j, where), where) for j in judged]
+
+    def _marked(self, result: CaseResult, where: Where) -> CaseResult:
+        """A finding a known-deviations entry expects carries the entry's reason: it fails nothing."""
+        entry = known_mod.covering(self.known, result, where.kernel)
+        return dataclasses.replace(result, known=entry.says) if entry else result
 
     def _judged(self, observed: Observed, where: Where) -> list[Judged]:
         assert observed.observation is not None
@@ -45,17 +52,14 @@ class Judge:
         release = (boot.kernel.release if boot.kernel else "") or boot.uname
         cases, kept = [], 0
         for result, subtests in _with_subtests(boot.cases):
-            if result.observation is None:
-                cases += [result, *subtests]  # no answer from the guest: nothing to judge
-                continue
-            where = Where(boot.boot_id, release, result.memlock, result.user)
-            judged = self._judged(Observed(result.case, result.observation), where)
-            if not judged:
-                cases += [result, *subtests]
-                kept += 1
+            where = Where(boot.boot_id, release, result.memlock, result.user, boot.kernel)
+            judged = self._judged(Observed(result.case, result.observation), where) if result.observation else []
+            if not judged:  # no answer from the guest, or none its suite reads again: the verdict stands
+                kept += result.observation is not None
+                cases += [self._marked(dataclasses.replace(r, known=""), where) for r in (result, *subtests)]
                 continue
             # What was measured stays as it was measured: the seconds of a program's run are stored rounded.
-            own, *rest = [_result(j, where) for j in judged]
+            own, *rest = [self._marked(_result(j, where), where) for j in judged]
             cases += [dataclasses.replace(own, duration_s=result.duration_s), *rest]
         return dataclasses.replace(boot, cases=cases), kept
 

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from harness import manifest
 from harness.errors import InfraError, UserError
+from harness.kit import known
 from harness.manifest import Manifest
 from harness.report import rundir
 from harness.results import BootResult, RunRecord
@@ -109,10 +110,13 @@ def load_all(run_dirs: Sequence[Path]) -> list[Shard]:
     return shards
 
 
-def merge(shards: Sequence[Shard], run_id: str, out_dir: Path, started: str) -> RunRecord:
-    """Write the merged run into `out_dir` and return it."""
+def merge(
+    shards: Sequence[Shard], run_id: str, out_dir: Path, started: str, expected: Sequence[known.Known] = ()
+) -> RunRecord:
+    """Write the merged run into `out_dir` and return it, its findings marked known as `expected`
+    says (the shards may have been judged with another file)."""
     count = check(shards)
-    boots = merged_boots(shards, count)
+    boots = known.marked(expected, merged_boots(shards, count))
     finished = [s.run.finished for s in shards]
     run = RunRecord(
         run_id,

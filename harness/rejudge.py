@@ -13,7 +13,7 @@ from pathlib import Path
 
 from harness import history, judge
 from harness.errors import UserError
-from harness.kit import verdict
+from harness.kit import known, verdict
 from harness.report import rundir
 from harness.results import RunRecord
 
@@ -26,12 +26,14 @@ class Rejudged:
     stored: int  # results replaced in the history; 0 when it does not hold the run
 
 
-def rejudge(run_dir: Path, expectations: Path, history_path: Path | None, log: Callable[[str], None]) -> Rejudged:
+def rejudge(
+    run_dir: Path, expectations: Path, known_file: Path, history_path: Path | None, log: Callable[[str], None]
+) -> Rejudged:
     before = rundir.read_results(run_dir)
     if before.finished is None and not before.interrupted:
         raise UserError(f"{run_dir}: the run has not finished (or was killed); judge it once it has ended")
     recorded = rundir.read_manifest(run_dir)
-    after, kept = judge.run(before, judge.Judge(verdict.load(expectations)))
+    after, kept = judge.run(before, judge.Judge(verdict.load(expectations), known.load_known(known_file)))
     writer = rundir.RunWriter(run_dir, before.run_id, before.started, [b.boot_id for b in before.boots])
     writer.add_boots(after.boots)
     if recorded is not None:

@@ -26,6 +26,7 @@ from harness.debian import aptsources
 from harness.errors import InfraError, UserError
 from harness.kernels import Kernel, devices, sources
 from harness.kernels.sources import KernelSpec
+from harness.kit import known as known_mod
 from harness.kit import probe, suites, transports, userland, verdict
 from harness.kit.image import Image
 from harness.plan import matrix
@@ -45,6 +46,7 @@ class Options:
     boots: tuple[str, ...] = ()  # run only these boot ids (replay); () for all
     history: Path | None = None  # SQLite history the finished run is appended to; None: none
     cold: bool = False  # boot every guest: neither load nor save saved guests (harness.boot.snapshot)
+    known: Path = known_mod.KNOWN_FILE  # findings expected to fail (harness.kit.known)
 
     def sources(self, log: Callable[[str], None], leases: lease.Leases | None = None) -> sources.Context:
         return sources.Context(self.cache, log, self.mirror, self.insecure, leases or lease.Leases())
@@ -194,7 +196,7 @@ def _execute(
     mx = dataclasses.replace(mx, kernels=sources.expand(mx.kernels, ctx))
     planned = matrix.expand(mx, built.names)
     plans = select(planned, options)
-    judging = judge.Judge(verdict.load())
+    judging = judge.Judge(verdict.load(), known_mod.load_known(options.known))
     source = sources.Kernels(ctx, pinned)
     specs = list(dict.fromkeys(p.kernel for p in plans))
     # Kernels that need no network first: bad input is found before anything is downloaded.

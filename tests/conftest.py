@@ -17,6 +17,13 @@ import zstandard
 GUEST_TESTS = Path(__file__).resolve().parent.parent / "guest-tests"
 
 
+@pytest.fixture(autouse=True)
+def results_where_started(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Tests find and write runs under ./results, wherever they chdir to (as the harness did before
+    HARNESS_RESULTS); a test of where runs go when it is unset unsets it."""
+    monkeypatch.setenv("HARNESS_RESULTS", "results")
+
+
 @pytest.fixture(scope="session")
 def probe() -> Path:
     """guest-tests/probe, built with the same `make -s -C guest-tests` the harness runs."""

@@ -220,7 +220,7 @@ def test_the_default_matrix_completes_under_tcg_where_kvm_runs_real_mode_but_not
     """`make run`'s matrix, without HARNESS_ACCEL, on a machine whose KVM passes the old real-mode
     check: the check refuses that KVM, and every boot runs under TCG with real results."""
     code, out = run(["run", "--results", str(tmp_path), "--jobs", "2"])
-    assert code == 1, out  # the deviations every Debian kernel has: a finished run
+    assert code == 0, out  # every deviation of these kernels is a known one (guest-tests/known-deviations.yaml)
     assert out.count("accelerator: ") == 1
     assert "accelerator: tcg (KVM failed the check guest: the guest printed nothing" in out
     data, manifest = results(tmp_path)

@@ -15,7 +15,7 @@ import pytest
 import yaml
 from rich.console import Console
 
-from harness import cli
+from harness import __version__, cli
 from harness.manifest import Manifest
 from harness.plan import matrix
 from harness.report import rundir
@@ -77,8 +77,34 @@ def test_unknown_subcommand_exits_2(capsys: pytest.CaptureFixture[str]) -> None:
     code, _, err = run(["frobnicate"], capsys)
     assert code == 2
     (line,) = err.splitlines()
-    assert line.startswith("harness: error: ") and "invalid choice: 'frobnicate'" in line
+    assert line.startswith("harness: error: unknown command 'frobnicate'; the commands are run, merge, ")
     assert "Traceback" not in err
+
+
+@pytest.mark.parametrize(
+    ("argv", "line"),
+    [
+        (["rnu"], "harness: error: unknown command 'rnu'; did you mean 'run'?"),
+        (["kernels", "resovle"], "harness: error: unknown command 'kernels resovle'; did you mean 'kernels resolve'?"),
+        (
+            ["run", "--cases", "mlock_over"],
+            "harness: error: harness: unrecognized arguments: --cases mlock_over; did you mean --case? (see --help)",
+        ),
+    ],
+)
+def test_a_mistyped_command_or_option_gets_the_nearest(
+    argv: list[str], line: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, out, err = run(argv, capsys)
+    assert (code, out, err.splitlines()) == (2, "", [line])
+
+
+def test_version(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exited:
+        cli.main(["--version"])
+    assert exited.value.code == 0 and capsys.readouterr().out == f"harness {__version__}\n"
+    proc = module_run(tmp_path, "--version")
+    assert (proc.returncode, proc.stdout, proc.stderr) == (0, f"harness {__version__}\n", "")
 
 
 def test_no_subcommand_exits_2(capsys: pytest.CaptureFixture[str]) -> None:
@@ -360,3 +386,78 @@ def test_cache_lists_each_folder_with_its_size_on_disk(tmp_path: Path, capsys: p
     assert rows[1][1].endswith(" KiB") and 64 <= float(rows[1][1].split()[0]) <= 96
     assert rows[2][3] == ""  # a folder the harness does not know: shown as it is
     assert rows[-1][1] == "3.1 MiB" and rows[-1][2] == str(cache)
+
+
+# --- the matrix as flags, and --dry-run -------------------------------------------------------
+
+
+def test_dry_run_prints_the_plan_the_flags_select(catalogue: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    flags = ["--kernel", "debian:bookworm", "--case", "mremap_*", "--memlock", "64K", "--user", "user"]
+    code, out, err = run(["run", *flags, "--dry-run"], capsys)
+    mremap = [c for c in catalogue if c.startswith("mremap_")]
+    assert (code, err) == (0, "")
+    assert out.splitlines() == [
+        f"matrix: {matrix.DEFAULT_SOURCE} with --kernel debian:bookworm --case 'mremap_*' --memlock 64K --user user",
+        "boot bookworm-256M: kernel debian:bookworm, RAM 256M, transport auto",
+        f"  1 run (limit/user), {len(mremap)} cases each: 64K/user",
+        f"cases: {', '.join(mremap)}",
+        f"1 boot, 1 run, {len(mremap)} results (dry run: no kernel was resolved, downloaded, built or booted)",
+    ]
+
+
+def test_dry_run_of_the_default_matrix_is_its_expansion(
+    tmp_path: Path, catalogue: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, out, _ = run(["run", "--dry-run"], capsys)
+    plans = matrix.expand(matrix.load_default(), catalogue)
+    assert code == 0
+    assert re.findall(r"^boot (\S+):", out, re.M) == [p.id for p in plans]
+    runs = sum(len(p.runs) for p in plans)
+    assert out.splitlines()[-1].startswith(f"{len(plans)} boots, {runs} runs, {runs * len(catalogue)} results")
+    # nothing was fetched, built into the cache or written
+    assert not (tmp_path / "cache").exists() and not (tmp_path / "results").exists()
+    # a shard is the slice the run would take
+    code, out, _ = run(["run", "--dry-run", "--shard", "2/3"], capsys)
+    assert re.findall(r"^boot (\S+):", out, re.M) == [p.id for p in plans[1::3]]
+
+
+def test_dry_run_with_a_kernel_image_and_a_spec_of_many_builds(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    bzimage = Path(__file__).resolve().parent.parent.parent / "shared" / "kernels" / "linux-4.4.178" / "bzImage"
+    if not bzimage.is_file():
+        pytest.skip(f"{bzimage} is not here")
+    (tmp_path / "m.yaml").write_text("kernels:\n  - debian: {suite: bookworm, builds: all}\nram: [256M, 512M]\n")
+    # the mirror is unreachable: a dry run does not ask it (builds: all is expanded by the run)
+    argv = ["run", "--matrix", "m.yaml", "--mirror", "http://127.0.0.1:9/debian", "--dry-run", "--case", "mlock_over"]
+    code, out, err = run(argv, capsys)
+    assert (code, err) == (0, "")
+    assert "boot bookworm-all-256M: kernel {debian: {suite: bookworm, builds: all}}, RAM 256M" in out
+    assert "  builds: all is expanded when the run resolves it: one boot per build, not this one" in out
+    code, out, err = run([*argv, "--kernel", str(bzimage), "--ram", "128M"], capsys)
+    assert (code, err) == (0, "")
+    assert f"boot bzImage-128M: kernel {bzimage}, RAM 128M, transport auto" in out
+    assert out.splitlines()[-1].startswith("1 boot, 1 run, 1 result (dry run")
+
+
+@pytest.mark.parametrize(
+    ("flags", "line"),
+    [
+        (["--case", "mremap_x*"], "--case mremap_x*: matches no case; did you mean 'mremap_"),
+        (["--memlock", "64K:lots"], "--memlock 64K:lots: 'lots' is not a size"),
+        (["--kernel", "missing/bzImage"], "--kernel missing/bzImage: {tmp}/missing/bzImage is not a file"),
+        (["--kernel", "debian:bookworm@six"], "--kernel debian:bookworm@six: 'six': give an upstream line"),
+        (["--kernel", "debian:"], "--kernel debian:: give a Debian suite name such as bookworm, or a list"),
+        (["--user", "nobody"], "--user nobody: 'nobody' is not a guest user"),
+        (["--ram", "1T", "--kernel", "debian:bookworm"], "<default matrix"),
+    ],
+)
+def test_bad_flags_are_one_line_naming_the_flag(
+    tmp_path: Path, flags: list[str], line: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    for dry in (["--dry-run"], []):  # the same check either way, before anything starts
+        code, out, err = run(["run", *flags, *dry], capsys)
+        assert (code, out) == (2, "")
+        (said,) = err.splitlines()
+        assert said.startswith("harness: error: " + line.format(tmp=tmp_path)), said
+        assert not (tmp_path / "results").exists()

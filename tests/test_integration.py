@@ -265,7 +265,7 @@ def test_nightly_shards_merge_history_compare_and_replay(tmp_path: Path) -> None
     for i in (1, 2):
         results = tmp_path / f"machine{i}"
         proc = harness("run", "--matrix", str(m), "--results", str(results), "--shard", f"{i}/2")
-        assert proc.returncode == 1, proc.stdout + proc.stderr  # protnone_mlock deviates on every kernel
+        assert proc.returncode == 0, proc.stdout + proc.stderr  # protnone_mlock deviates on every kernel: known
         shard_dirs.append((results / "latest").resolve())
         assert (results / "history.sqlite").is_file()
     assert [json.loads((d / "results.json").read_text())["boots"][0]["boot_id"] for d in shard_dirs] == [
@@ -275,7 +275,7 @@ def test_nightly_shards_merge_history_compare_and_replay(tmp_path: Path) -> None
 
     results = tmp_path / "merged"
     proc = harness("merge", *map(str, shard_dirs), "--results", str(results))
-    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert proc.returncode == 0, proc.stdout + proc.stderr  # every finding known
     merged = (results / "latest").resolve()
     data = json.loads((merged / "results.json").read_text())
     assert data["complete"] and [b["boot_id"] for b in data["boots"]] == ["bullseye-256M", "bookworm-256M"]
@@ -293,7 +293,7 @@ def test_nightly_shards_merge_history_compare_and_replay(tmp_path: Path) -> None
     assert proc.returncode == 0, proc.stdout + proc.stderr  # both deviate alike, and the rest is known
 
     proc = harness("replay", str(merged), "--boot", "bookworm-256M", "--results", str(tmp_path / "replays"))
-    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert proc.returncode == 0, proc.stdout + proc.stderr
     assert f"every result behaved as in run {merged.name}" in proc.stdout
     replayed = json.loads(((tmp_path / "replays") / "latest" / "manifest.json").read_text())
     assert replayed["replay_of"]["run_id"] == merged.name and replayed["replay_of"]["differences"] == []

@@ -58,7 +58,7 @@ def glibc_run(bzimage: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     tmp = tmp_path_factory.mktemp("old")
     (tmp / "m.yaml").write_text(f"kernels:\n  - path: {bzimage}\n  - debian: bookworm\n{AXES}")
     proc = harness("run", "--matrix", str(tmp / "m.yaml"), "--results", str(tmp / "results"), "--jobs", "2")
-    assert proc.returncode == 1, proc.stdout + proc.stderr  # both kernels deviate somewhere
+    assert proc.returncode == 0, proc.stdout + proc.stderr  # both kernels deviate, as known
     return tmp / "results"
 
 
@@ -105,7 +105,7 @@ def test_the_musl_userland_gives_the_glibc_userland_s_verdicts(glibc_run: Path, 
     Debian's sources): every result's outcome and behaviour fingerprint as with glibc's."""
     (tmp_path / "m.yaml").write_text(f"kernels:\n  - debian: bookworm\n{AXES}userland: musl\n")
     proc = harness("run", "--matrix", str(tmp_path / "m.yaml"), "--results", str(tmp_path / "results"))
-    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert proc.returncode == 0, proc.stdout + proc.stderr  # every finding known
     musl_dir = (tmp_path / "results" / "latest").resolve()
     (entry,) = json.loads((musl_dir / "manifest.json").read_text())["boots"]
     assert entry["userland"] == "musl" and entry["userland_reason"] == "asked for by the matrix"

@@ -18,6 +18,7 @@ from rich.console import Console
 
 from harness.errors import InfraError, UserError
 from harness.manifest import Manifest, Shard
+from harness.report import junit
 from harness.report.junit import junit_xml
 from harness.report.rundir import RunWriter, read_manifest, read_results, results_json
 from harness.report.terminal import print_summary
@@ -157,7 +158,9 @@ def test_junit_testcase_per_outcome() -> None:
     cases = cases_of(suites(junit_xml([boot], RUN_ID))[boot.boot_id])
     assert list(cases) == [r.name for r in boot.cases]
     for r in boot.cases:
-        assert cases[r.name].get("classname") == f"harness.{boot.boot_id}"
+        assert cases[r.name].get("classname") == junit.classname(boot.boot_id)
+        package, _, klass = (cases[r.name].get("classname") or "").rpartition(".")  # as Jenkins splits it
+        assert (package, klass) == ("harness", boot.boot_id.replace(".", "_"))
 
     passed = cases["lock_basic[memlock=64K,user=user]"]
     assert [child.tag for child in passed] == ["system-out"]

@@ -292,7 +292,7 @@ def _guest(
             result.uname = session.run(["uname", "-r"], 30).stdout.strip()
             for run_plan, cases in pending_runs(result, ctx.plan):
                 under = Under(run_plan.memlock, run_plan.memlock_label, run_plan.user, ctx.plan.timeouts.case)
-                where = Where(ctx.plan.id, ctx.kernel.release, run_plan.memlock_label, run_plan.user)
+                where = Where(ctx.plan.id, ctx.kernel.release, run_plan.memlock_label, run_plan.user, ctx.kernel.info())
 
                 def record(observed: Observed, where: Where = where) -> None:
                     found = observed.observation or {}

@@ -4,20 +4,53 @@ exit codes `--help` lists."""
 from __future__ import annotations
 
 import argparse
+import difflib
 import os
 import re
 from pathlib import Path
 
+from harness import __version__
 from harness.boot import accel
 from harness.errors import UserError
 from harness.history import compare
 from harness.kernels import sources
 from harness.kit import verdict
+from harness.report import rundir
 
 
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> None:  # type: ignore[override]
-        raise UserError(f"{self.prog}: {message} (see --help)")
+        raise UserError(_unknown_command(self, message) or f"{self.prog}: {message}{_near(self, message)} (see --help)")
+
+
+def _unknown_command(p: argparse.ArgumentParser, message: str) -> str:
+    """A mistyped command, with the nearest one: unknown command 'rnu'; did you mean 'run'?"""
+    m = re.match(r"argument (\S+): invalid choice: '([^']*)'", message)
+    commands = [a for a in p._actions if isinstance(a, argparse._SubParsersAction) and a.dest == (m and m.group(1))]
+    if not m or not commands:
+        return ""
+    before = p.prog.removeprefix("harness").strip()  # "kernels" for `harness kernels resovle`
+    said, names = " ".join((before, m.group(2))).strip(), list(commands[0].choices)
+    near = difflib.get_close_matches(m.group(2), names, n=1)
+    if near:
+        return f"unknown command '{said}'; did you mean '{' '.join((before, near[0])).strip()}'?"
+    return f"unknown command '{said}'; the commands are {', '.join(names)} (see {p.prog} --help)"
+
+
+def _near(p: argparse.ArgumentParser, message: str) -> str:
+    """For an option argparse does not know (`--cases`), the nearest one of any command."""
+    m = re.match(r"unrecognized arguments: (-[^\s=]+)", message)
+    if not m:
+        return ""
+    options: set[str] = set()
+    stack = [p]
+    while stack:
+        for action in stack.pop()._actions:
+            options.update(action.option_strings)
+            if isinstance(action, argparse._SubParsersAction):
+                stack.extend(action.choices.values())
+    near = difflib.get_close_matches(m.group(1), sorted(options), n=1)
+    return f"; did you mean {near[0]}?" if near else ""
 
 
 DESCRIPTION = """Boot Linux kernels in QEMU and record how each behaves for mmap(MAP_LOCKED), mlock,
@@ -39,20 +72,32 @@ def parser() -> argparse.ArgumentParser:
     p = _Parser(
         prog="harness", description=DESCRIPTION, epilog=EXIT_CODES, formatter_class=argparse.RawDescriptionHelpFormatter
     )
+    p.add_argument("--version", action="version", version=f"harness {__version__}")
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     run = sub.add_parser("run", help="boot the matrix and run the probe", parents=[common])
     run.add_argument("--matrix", type=Path, help="matrix YAML file (default: the embedded default matrix)")
     run.add_argument("--jobs", type=int, default=os.cpu_count() or 1, help="VMs at once (default: host cores)")
-    run.add_argument("--results", type=Path, default=Path("results"), help="results directory (default: results)")
+    run.add_argument(
+        "--results",
+        type=Path,
+        default=rundir.results_dir(),
+        help="results directory (default: HARNESS_RESULTS, else results/ in the source tree)",
+    )
     run.add_argument("--verbose", action="store_true", help="list every deviation and error, not one line per finding")
     run.add_argument("--print-default-matrix", action="store_true", help="print the embedded matrix and exit")
     run.add_argument("--shard", type=_shard, metavar="I/N", help="run the I-th of N deterministic slices of the boots")
+    _flag_options(run)
     _history_option(run)
 
     m = sub.add_parser("merge", help="merge the run directories of shards into one run", parents=[common])
     m.add_argument("run_dirs", nargs="+", type=Path, metavar="DIR", help="run directories of `run --shard`")
-    m.add_argument("--results", type=Path, default=Path("results"), help="where the merged run goes (default: results)")
+    m.add_argument(
+        "--results",
+        type=Path,
+        default=rundir.results_dir(),
+        help="where the merged run goes (default: HARNESS_RESULTS, else results/ in the source tree)",
+    )
     m.add_argument("--verbose", action="store_true", help="list every deviation and error, not one line per finding")
     _history_option(m)
 
@@ -62,12 +107,22 @@ def parser() -> argparse.ArgumentParser:
     c.add_argument("baseline", help="run directory or run id (or a kernel in the history: version, release, package)")
     c.add_argument("new", help="run directory or run id (or a kernel in the history)")
     c.add_argument(
+        "--allow-missing",
+        action="store_true",
+        help="exit 0 even when the new side has fewer answers than the baseline (default: exit 3)",
+    )
+    c.add_argument(
         "--known",
         type=Path,
         default=compare.KNOWN_FILE,
         help="known deviations: expected failures (default: guest-tests/known-deviations.yaml)",
     )
-    c.add_argument("--results", type=Path, default=Path("results"), help="where run ids are found (default: results)")
+    c.add_argument(
+        "--results",
+        type=Path,
+        default=rundir.results_dir(),
+        help="where run ids are found (default: HARNESS_RESULTS, else results/ in the source tree)",
+    )
     _history_option(c)
 
     j = sub.add_parser(
@@ -84,12 +139,11 @@ def parser() -> argparse.ArgumentParser:
         help="the expectations to judge by (default: guest-tests/expectations.yaml)",
     )
     j.add_argument(
-        "--known",
+        "--results",
         type=Path,
-        default=compare.KNOWN_FILE,
-        help="known deviations, for the list of what changed (default: guest-tests/known-deviations.yaml)",
+        default=rundir.results_dir(),
+        help="where run ids are found (default: HARNESS_RESULTS, else results/ in the source tree)",
     )
-    j.add_argument("--results", type=Path, default=Path("results"), help="where run ids are found (default: results)")
     j.add_argument("--verbose", action="store_true", help="list every deviation and error, not one line per finding")
     _history_option(j)
 
@@ -97,7 +151,12 @@ def parser() -> argparse.ArgumentParser:
     rp.add_argument("run", help="run directory or run id (e.g. latest)")
     rp.add_argument("--boot", help="only this boot (default: every boot of the run)")
     rp.add_argument("--jobs", type=int, default=os.cpu_count() or 1, help="VMs at once (default: host cores)")
-    rp.add_argument("--results", type=Path, default=Path("results"), help="results directory (default: results)")
+    rp.add_argument(
+        "--results",
+        type=Path,
+        default=rundir.results_dir(),
+        help="results directory (default: HARNESS_RESULTS, else results/ in the source tree)",
+    )
     rp.add_argument("--verbose", action="store_true", help="list every deviation and error, not one line per finding")
     _history_option(rp)
     for cmd in (run, rp):
@@ -122,14 +181,27 @@ def parser() -> argparse.ArgumentParser:
         "--base", default="tinyconfig", choices=sources.git.BASES, help="config the fragment is merged onto"
     )
     bs.add_argument("--tries", type=int, default=3, help="guests per commit at most, until two agree (default: 3)")
-    bs.add_argument("--results", type=Path, default=Path("results"), help="results directory (default: results)")
+    bs.add_argument(
+        "--results",
+        type=Path,
+        default=rundir.results_dir(),
+        help="results directory (default: HARNESS_RESULTS, else results/ in the source tree)",
+    )
     for cmd in (run, rp, bs):
         _accel_option(cmd)
+    for cmd in (run, m, rp, j):
+        _known_options(cmd)
 
     st = sub.add_parser("bisect-step", help="one step of `git bisect run` (called by harness bisect)", parents=[common])
     st.add_argument("--state", type=Path, required=True, help="the bisect's state.json")
 
     h = sub.add_parser("history", help="behaviour per kernel version, from the history database", parents=[common])
+    h.add_argument(
+        "--known",
+        type=Path,
+        default=compare.KNOWN_FILE,
+        help="known deviations, marked as such (default: guest-tests/known-deviations.yaml)",
+    )
     h.add_argument("--case", help="only this case (shows every kernel's behaviour in detail)")
     h.add_argument("--kernel", help="only this kernel: 6.1 (any 6.1.x), a version, release, package or sha256 prefix")
     h.add_argument("--changes", action="store_true", help="only rows whose behaviour changes between kernels")
@@ -181,6 +253,53 @@ def _shard(text: str) -> tuple[int, int]:
     if not m or not 1 <= int(m.group(1)) <= int(m.group(2)):
         raise argparse.ArgumentTypeError(f"{text!r}: give I/N with 1 <= I <= N, e.g. 2/4")
     return int(m.group(1)), int(m.group(2))
+
+
+def _flag_options(run: argparse.ArgumentParser) -> None:
+    """The matrix's fields as flags; each replaces its field of --matrix (or of the default matrix)."""
+    each = " (repeat for more; replaces the matrix's %s)"
+    run.add_argument(
+        "--kernel",
+        action="append",
+        default=[],
+        metavar="SPEC",
+        help="a kernel image's path (bzImage, vmlinuz, vmlinux), debian:SUITE[@VERSION] (a line such as 6.1, "
+        "a range, or an ABI), or git:REPO@REV" + each % "kernels",
+    )
+    run.add_argument(
+        "--case",
+        action="append",
+        default=[],
+        metavar="GLOB",
+        help="cases by name or glob ('mremap_*'), from `harness cases` or SUITE:PROGRAM" + each % "cases",
+    )
+    run.add_argument(
+        "--memlock",
+        action="append",
+        default=[],
+        metavar="LIMIT",
+        help="RLIMIT_MEMLOCK: 64K, 0, unlimited, default, or SOFT:HARD" + each % "memlock",
+    )
+    run.add_argument("--user", action="append", default=[], metavar="USER", help="root or user" + each % "users")
+    run.add_argument("--ram", action="append", default=[], metavar="SIZE", help="guest RAM such as 256M" + each % "ram")
+    run.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="print the boots, runs and cases the run would have, and exit: nothing is downloaded, built or booted",
+    )
+
+
+def _known_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--known",
+        type=Path,
+        default=compare.KNOWN_FILE,
+        help="known deviations: findings expected to fail, reported with their reason, failing nothing "
+        "(default: guest-tests/known-deviations.yaml)",
+    )
+    p.add_argument(
+        "--strict", action="store_true", help="exit 1 also when a known deviation no longer deviates (fixed)"
+    )
 
 
 def _accel_option(p: argparse.ArgumentParser) -> None:

@@ -4,6 +4,7 @@ never turned into exit codes here (harness.cli.main does that)."""
 from __future__ import annotations
 
 import argparse
+from collections.abc import Sequence
 from pathlib import Path
 
 from rich.console import Console
@@ -13,19 +14,20 @@ from harness.boot import accel
 from harness.boot.live import Live
 from harness.cache import cache_dir, crashes, disk_size, usage
 from harness.cli import signals
-from harness.errors import InfraError, UserError
+from harness.errors import EXIT_FINDINGS, EXIT_OK, InfraError, UserError
+from harness.files import read_text
 from harness.history import compare
 from harness.kernels import devices, sources
-from harness.kit import probe
-from harness.plan import matrix
+from harness.kit import known, probe
+from harness.plan import matrix, overrides
 from harness.report import progress, rundir, terminal
-from harness.results import exit_code
+from harness.results import BootResult, exit_code
 
 
 def _history_path(args: argparse.Namespace) -> Path:
     if args.history is not None:
         return Path(args.history)
-    return getattr(args, "results", Path("results")) / history.DEFAULT_PATH.name
+    return getattr(args, "results", rundir.results_dir()) / history.DEFAULT_PATH.name
 
 
 def _matrix(path: Path | None) -> tuple[matrix.Matrix, str]:
@@ -41,7 +43,7 @@ def _options(args: argparse.Namespace, cache: Path) -> run.Options:
         raise UserError(f"--jobs {jobs}: give at least 1")
     return run.Options(
         jobs=jobs,
-        results=getattr(args, "results", Path("results")),
+        results=getattr(args, "results", rundir.results_dir()),
         cache=cache,
         mirror=args.mirror,
         insecure=args.insecure,
@@ -49,14 +51,28 @@ def _options(args: argparse.Namespace, cache: Path) -> run.Options:
         history=_history_path(args) if hasattr(args, "history") else None,
         cold=getattr(args, "cold", False),
         accel=accel.mode(args.accel) if hasattr(args, "accel") else accel.AUTO,
+        known=getattr(args, "known", known.KNOWN_FILE),
     )
+
+
+def _summed_up(boots: Sequence[BootResult], args: argparse.Namespace, console: Console) -> int:
+    """Print what a run found (news first) and give its exit code; a known finding fails nothing,
+    one that no longer deviates fails only with --strict."""
+    entries = known.load_known(args.known)
+    fixed = [(f"{k.case} ({k.origin})", where) for k, where in known.fixed(entries, boots)]
+    terminal.print_summary(boots, console, args.verbose, fixed)
+    code = exit_code(boots)
+    return EXIT_FINDINGS if code == EXIT_OK and fixed and getattr(args, "strict", False) else code
 
 
 def cmd_run(args: argparse.Namespace, console: Console) -> int:
     if args.print_default_matrix:
         console.file.write(matrix.default_text())
         return 0
-    mx, text = _matrix(args.matrix)
+    planned = _run_matrix(args)
+    if args.dry_run:
+        return _dry_run(planned, args, console)
+    mx, text = planned.matrix, planned.text
     options = _options(args, _cache(args))
     live, board = Live(), progress.Board()
     say = terminal.printer(console)
@@ -66,9 +82,69 @@ def cmd_run(args: argparse.Namespace, console: Console) -> int:
     except (KeyboardInterrupt, signals.Interrupted):
         _interrupted(console)
         raise
-    terminal.print_summary(boots, console, args.verbose)
+    code = _summed_up(boots, args, console)
     say(f"results: {run_dir}")
-    return exit_code(boots)
+    return code
+
+
+def _run_matrix(args: argparse.Namespace) -> overrides.Planned:
+    """--matrix (or the default matrix) with the fields --kernel, --case, --memlock, --user, --ram give."""
+    if args.matrix is None:
+        text, source = matrix.default_text(), matrix.DEFAULT_SOURCE
+    else:
+        text, source = read_text(args.matrix, matrix.MAX_BYTES, "matrix file"), str(args.matrix)
+    flags = overrides.Flags(*(tuple(v) for v in (args.kernel, args.case, args.memlock, args.user, args.ram)))
+    return overrides.apply(text, source, flags, probe.build().names if flags.cases else (), Path.cwd())
+
+
+def _dry_run(planned: overrides.Planned, args: argparse.Namespace, console: Console) -> int:
+    """The boots, runs and cases a run with these arguments would have, planned as the run plans them
+    (matrix.expand, then run.select), with its checks; no kernel is resolved, fetched or booted."""
+    mx = planned.matrix
+    run.check_memory(mx)
+    chosen = run.select(matrix.expand(mx, probe.build().names), _options(args, Path(args.cache or ".")))
+
+    def say(line: str) -> None:
+        console.file.write(terminal.safe(line) + "\n")
+
+    say(f"matrix: {mx.source}")
+    if args.shard:
+        say(f"shard {args.shard[0]}/{args.shard[1]}: {_count(len(chosen), 'boot')} of the plan's")
+    many = []
+    for plan in chosen:
+        kernel = planned.kernels[mx.kernels.index(plan.kernel)]
+        say(f"boot {plan.id}: kernel {kernel}, RAM {plan.ram_mb}M, transport {plan.transport}")
+        builds = getattr(plan.kernel, "builds", "newest")  # a spec of many builds (sources.expand)
+        if builds != "newest":
+            many.append(builds)
+            say(f"  builds: {builds} is expanded when the run resolves it: one boot per build, not this one")
+        counts = {len(r.cases) for r in plan.runs}
+        if len(counts) == 1:
+            each = f"{_count(counts.pop(), 'case')} each"
+            say(f"  {_count(len(plan.runs), 'run')} (limit/user), {each}: {', '.join(_run(r) for r in plan.runs)}")
+        else:
+            each_run = (f"{_run(r)} ({_count(len(r.cases), 'case')})" for r in plan.runs)
+            say(f"  runs (limit/user): {', '.join(each_run)}")
+    if chosen and mx.cases is not None:
+        say(f"cases: {', '.join(chosen[0].runs[0].cases)}")
+    elif chosen:
+        say(f"cases: all {len(chosen[0].runs[0].cases)} of {', '.join(mx.suites)}")
+    runs = sum(len(p.runs) for p in chosen)
+    total = sum(len(r.cases) for p in chosen for r in p.runs)
+    more = f" as listed, before builds: {'/'.join(dict.fromkeys(many))} is expanded" if many else ""
+    say(
+        f"{_count(len(chosen), 'boot')}, {_count(runs, 'run')}, {_count(total, 'result')}{more} "
+        "(dry run: no kernel was resolved, downloaded, built or booted)"
+    )
+    return 0
+
+
+def _run(r: matrix.RunPlan) -> str:
+    return f"{r.memlock_label}/{r.user}"
+
+
+def _count(n: int, what: str) -> str:
+    return f"{n} {what}{'' if n == 1 else 's'}"
 
 
 def _interrupted(console: Console) -> None:
@@ -76,15 +152,15 @@ def _interrupted(console: Console) -> None:
 
 
 def cmd_merge(args: argparse.Namespace, console: Console) -> int:
-    shards = merge.load_all(args.run_dirs)
+    shards, expected = merge.load_all(args.run_dirs), known.load_known(args.known)  # bad input before any write
     rundir.check_writable(args.results)
     run_id, run_dir = rundir.create(args.results)
-    merged = merge.merge(shards, run_id, run_dir, rundir.now())
+    merged = merge.merge(shards, run_id, run_dir, rundir.now(), expected)
     say = terminal.printer(console)
     run.record_history(_history_path(args), run_dir, say)
-    terminal.print_summary(merged.boots, console, args.verbose)
+    code = _summed_up(merged.boots, args, console)
     say(f"results: {run_dir}")
-    return exit_code(merged.boots)
+    return code
 
 
 def _side(ref: str, args: argparse.Namespace) -> compare.Side:
@@ -107,18 +183,23 @@ def cmd_compare(args: argparse.Namespace, console: Console) -> int:
     base, new = _side(args.baseline, args), _side(args.new, args)
     diffs = compare.compare(base, new, known)
     compare.render(diffs, base, new, console)
-    return compare.exit_code(diffs)
+    lost = 0 if args.allow_missing else compare.missing(base, new)
+    if lost:
+        terminal.printer(console)(
+            f"compare: {lost} fewer answers than the baseline (timeouts, infrastructure errors); "
+            "--allow-missing accepts that"
+        )
+    return compare.exit_code(diffs, lost)
 
 
 def cmd_judge(args: argparse.Namespace, console: Console) -> int:
-    known = compare.load_known(args.known)
     say = terminal.printer(console)
     run_dir = rundir.locate(args.run, args.results)
-    done = rejudge.rejudge(run_dir, args.expectations, _history_path(args), say)
-    terminal.print_summary(done.after.boots, console, args.verbose)
+    done = rejudge.rejudge(run_dir, args.expectations, args.known, _history_path(args), say)
+    code = _summed_up(done.after.boots, args, console)
     before = compare.run_side(done.before, "as judged before")
     after = compare.run_side(done.after, f"as judged by {args.expectations}")
-    changes = compare.compare(before, after, known)
+    changes = compare.compare(before, after, known.load_known(args.known))
     if changes:
         compare.render(changes, before, after, console)
     else:
@@ -126,7 +207,7 @@ def cmd_judge(args: argparse.Namespace, console: Console) -> int:
     if done.kept:
         say(f"judge: {done.kept} results kept as they were judged (their observation cannot be read again)")
     say(f"results: {run_dir}")
-    return exit_code(done.after.boots)
+    return code
 
 
 def cmd_replay(args: argparse.Namespace, console: Console) -> int:
@@ -138,7 +219,7 @@ def cmd_replay(args: argparse.Namespace, console: Console) -> int:
     except (KeyboardInterrupt, signals.Interrupted):
         _interrupted(console)
         raise
-    terminal.print_summary(done.boots, console, args.verbose)
+    code = _summed_up(done.boots, args, console)
     if done.changes:
         compare.render(
             done.changes,
@@ -149,7 +230,7 @@ def cmd_replay(args: argparse.Namespace, console: Console) -> int:
     else:
         say(f"replay: every result behaved as in run {done.original.run_id}")
     say(f"results: {done.run_dir}")
-    return exit_code(done.boots)
+    return code
 
 
 def cmd_bisect(args: argparse.Namespace, console: Console) -> int:
@@ -208,7 +289,8 @@ def cmd_history(args: argparse.Namespace, console: Console) -> int:
         raise UserError(f"{path}: no history yet; `harness run` writes it, `harness history import DIR` fills it")
     with history.History(path) as db:
         timelines = db.timelines(args.case, args.kernel)
-    history.render(timelines, console, detail=args.case is not None, only_changes=args.changes)
+    entries = known.load_known(args.known)
+    history.render(timelines, console, detail=args.case is not None, only_changes=args.changes, known=entries)
     return 0
 
 

@@ -10,99 +10,22 @@ jobs want new regressions, not the same findings every night.
 from __future__ import annotations
 
 import enum
-import fnmatch
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
-import yaml
 from rich.console import Console
 from rich.text import Text
 
-from harness import REPO, versions, yamlfile
-from harness.errors import UserError
-from harness.files import read_text
+from harness import versions
+from harness.errors import EXIT_FINDINGS, EXIT_INFRA, EXIT_OK, UserError
+from harness.kit.known import KNOWN_FILE as KNOWN_FILE
+from harness.kit.known import Known as Known
+from harness.kit.known import load_known as load_known
 from harness.kit.verdict import changed_fields
 from harness.report import terminal
 from harness.results import CaseResult, KernelInfo, RunRecord
 
-KNOWN_FILE = REPO / "guest-tests" / "known-deviations.yaml"
-
 Key = tuple[str, str, str, str]  # (boot id or RAM, case, memlock, user)
-
-
-# --- known deviations --------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Known:
-    """A deviation someone has looked at: expected to fail, with the reason and where it is discussed."""
-
-    case: str  # a case name or a glob (mremap_dontunmap_*)
-    reason: str
-    link: str = ""
-    kernel: str = ""  # a range as in expectations.yaml ('>=6.16,<6.19'); "" for every kernel
-    memlock: str = ""  # "" for every limit
-    user: str = ""  # "" for every user
-    origin: str = ""  # file:line, for messages
-
-    def covers(self, result: CaseResult, kernel: KernelInfo | None) -> bool:
-        if not fnmatch.fnmatchcase(result.case, self.case):
-            return False
-        if (self.memlock and self.memlock != result.memlock) or (self.user and self.user != result.user):
-            return False
-        if not self.kernel:
-            return True
-        return kernel is not None and versions.in_range(self.kernel, versions.upstream(kernel))
-
-
-_KNOWN_KEYS = {"case", "reason", "link", "kernel", "memlock", "user"}
-
-
-def load_known(path: Path) -> list[Known]:
-    """Read a known-deviations file; every mistake is one line naming the file, line and field."""
-    root, doc = yamlfile.read(read_text(path, 1 << 20, "known-deviations file"), str(path))
-    lines = _entry_lines(root)
-    if doc is None:
-        return []
-    if not isinstance(doc, dict) or not isinstance(doc.get("known"), list):
-        raise UserError(f"{path}:1: known: missing; the file holds `known:` followed by a list of entries")
-    out = []
-    for i, entry in enumerate(doc["known"]):
-        where = f"{path}:{lines.get(i, 1)}: known[{i}]"
-        if not isinstance(entry, dict):
-            raise UserError(f"{where}: an entry is a mapping: case, reason, and optionally kernel, memlock, user, link")
-        extra = sorted(set(map(str, entry)) - _KNOWN_KEYS)
-        if extra:
-            raise UserError(f"{where}.{extra[0]}: unknown key; use {', '.join(sorted(_KNOWN_KEYS))}")
-        for key in ("case", "reason"):
-            if not isinstance(entry.get(key), str) or not entry[key].strip():
-                raise UserError(f"{where}.{key}: missing; every entry names the case and why it is known")
-        known = Known(
-            entry["case"],
-            entry["reason"],
-            str(entry.get("link") or ""),
-            str(entry.get("kernel") or ""),
-            str(entry.get("memlock") or ""),
-            str(entry.get("user") or ""),
-            where,
-        )
-        if known.kernel:
-            try:
-                versions.in_range(known.kernel, (0,))
-            except ValueError as e:
-                raise UserError(f"{where}.kernel: {e}") from None
-        out.append(known)
-    return out
-
-
-def _entry_lines(root: yaml.Node | None) -> dict[int, int]:
-    if not isinstance(root, yaml.MappingNode):
-        return {}
-    for k, v in root.value:
-        if getattr(k, "value", None) == "known" and isinstance(v, yaml.SequenceNode):
-            return {i: item.start_mark.line + 1 for i, item in enumerate(v.value)}
-    return {}
 
 
 # --- sides -------------------------------------------------------------------------------------
@@ -197,9 +120,32 @@ def _classify(
     return Difference(key, Change.CHANGED, before, now, kernel, fields)
 
 
-def exit_code(diffs: Sequence[Difference]) -> int:
-    """1 when some deviation is new (not in the baseline, not known); otherwise 0."""
-    return 1 if any(d.change is Change.NEW_DEVIATION for d in diffs) else 0
+def answers(side: Side) -> int:
+    """Results the guests answered (not a timeout, not an infrastructure error)."""
+    return sum(1 for r, _ in side.results.values() if not r.outcome.is_error)
+
+
+def missing(base: Side, new: Side) -> int:
+    """How many fewer answers the new side has than the baseline (0 when it has as many or more)."""
+    return max(answers(base) - answers(new), 0)
+
+
+def exit_code(diffs: Sequence[Difference], lost: int = 0) -> int:
+    """1 when some deviation is new (not in the baseline, not known); else 3 when `lost` answers
+    are missing (a run that lost its guests answered nothing new, but checked nothing either); else 0."""
+    if any(d.change is Change.NEW_DEVIATION for d in diffs):
+        return EXIT_FINDINGS
+    return EXIT_INFRA if lost else EXIT_OK
+
+
+def lost_boots(new: Side) -> dict[str, list[CaseResult]]:
+    """The new side's boots (of a run) with no answer at all, each with its results: one line each."""
+    by_boot: dict[str, list[CaseResult]] = {}
+    for (where, *_), (r, _) in new.results.items():
+        by_boot.setdefault(where, []).append(r)
+    if new.kind != "run":
+        return {}
+    return {b: rs for b, rs in by_boot.items() if rs and all(r.outcome.is_error for r in rs)}
 
 
 # --- terminal ----------------------------------------------------------------------------------
@@ -222,9 +168,14 @@ def _outcome(r: CaseResult | None) -> str:
 def render(diffs: Sequence[Difference], base: Side, new: Side, console: Console) -> None:
     """The differences grouped by case, then one line of totals."""
     console.print(terminal.text(f"baseline: {base.name}\nnew:      {new.name}"))
+    lost = lost_boots(new)
+    for boot, results in lost.items():
+        why = results[0].message.splitlines()[0] if results[0].message else results[0].outcome.value
+        console.print(terminal.text(f"  {boot}: no answer to any of its {len(results)} results: {why}", "yellow"))
     by_case: dict[str, list[Difference]] = {}
     for d in diffs:
-        by_case.setdefault(d.case, []).append(d)
+        if d.key[0] not in lost:
+            by_case.setdefault(d.case, []).append(d)
     for case, group in by_case.items():
         console.print(terminal.text(case, style="bold"))
         for d in group:

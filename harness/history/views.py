@@ -17,9 +17,10 @@ from rich.table import Table
 from rich.text import Text
 
 from harness import versions
-from harness.history.timeline import Timeline
+from harness.history.timeline import Point, Timeline
+from harness.kit.known import Known, covering
 from harness.report import terminal
-from harness.results import KernelInfo
+from harness.results import CaseResult, KernelInfo
 
 _NOT_SEEN = "·"
 _FIRST = "*"
@@ -68,15 +69,22 @@ def behaviour(fingerprint: str) -> str:
     return " ".join(f"{k}={_readable(v)}" for k, v in doc.items())
 
 
-def render(timelines: Sequence[Timeline], console: Console, detail: bool = False, only_changes: bool = False) -> None:
-    """Print timelines for a kernel developer: a letter grid, or with `detail` one line per kernel."""
+def render(
+    timelines: Sequence[Timeline],
+    console: Console,
+    detail: bool = False,
+    only_changes: bool = False,
+    known: Sequence[Known] = (),
+) -> None:
+    """Print timelines for a kernel developer: a letter grid, or with `detail` one line per kernel,
+    a finding a known-deviations entry expects marked as known."""
     if not timelines:
         console.print(Text("no observed behaviour in the history"))
         return
     shown = [t for t in timelines if not only_changes or t.first_change is not None or t.varies]
     if detail:
         for timeline in shown:
-            console.print(_detail_table(timeline))
+            console.print(_detail_table(timeline, known))
     elif only_changes:
         for title, rows in _changes(shown).items():
             if rows:
@@ -222,7 +230,14 @@ def _grid(timelines: Sequence[Timeline]) -> Table:
     return table
 
 
-def _detail_table(timeline: Timeline) -> Table:
+def _outcome(timeline: Timeline, point: Point, known: Sequence[Known]) -> Text:
+    result = CaseResult("", timeline.case, timeline.memlock, timeline.user, point.outcome, "", None)
+    if covering(known, result, point.kernel) is not None:
+        return Text(f"known {point.outcome.value}", "dim")
+    return Text(point.outcome.value)
+
+
+def _detail_table(timeline: Timeline, known: Sequence[Known] = ()) -> Table:
     # Text, not a str: rich would read "[memlock=…]" in the name as markup and drop it.
     table = Table(
         title=terminal.text(timeline.name, style="bold"), title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False
@@ -240,7 +255,7 @@ def _detail_table(timeline: Timeline) -> Table:
         table.add_row(
             terminal.text(versions.name(p.kernel)),
             terminal.text(p.kernel.release),
-            Text(p.outcome.value),
+            _outcome(timeline, p, known),
             Text(runs),
             text,
         )

@@ -28,6 +28,7 @@ MAX_RAM_MB = 1 << 20  # 1 TiB: far above any guest this harness boots; a run als
 MAX_LIMIT = 1 << 62  # RLIMIT_MEMLOCK in bytes; anything near 2**64 is RLIM_INFINITY's territory: 'unlimited'
 MAX_TIMEOUT = 86_400.0  # seconds
 DEFAULT_MATRIX = "default-matrix.yaml"
+DEFAULT_SOURCE = f"<default matrix: harness/{DEFAULT_MATRIX}>"  # how messages and manifests name it
 MAX_BYTES = 1 << 20  # every Debian build of every line fits in a few kB
 
 
@@ -87,7 +88,7 @@ def load(path: Path) -> Matrix:
 
 
 def load_default() -> Matrix:
-    return parse(default_text(), f"<default matrix: harness/{DEFAULT_MATRIX}>")
+    return parse(default_text(), DEFAULT_SOURCE)
 
 
 def default_text() -> str:
@@ -243,9 +244,7 @@ def _timeouts(where: Where, value: object) -> Timeouts:
 def expand(matrix: Matrix, catalogue: Sequence[str]) -> list[BootPlan]:
     """Boots in matrix order: one per (kernel, RAM, transport); each runs every (limit, user) with all cases."""
     # A suite's programs are cases named SUITE:PROGRAM; naming one in `cases` runs its suite.
-    programs = {
-        n: tuple(suites.case_name(n, p) for p in suites.get(n).programs) for n in suites.NAMES if n != suites.PROBE
-    }
+    programs = suite_cases()
     if matrix.cases is None:
         cases = tuple(c for n in matrix.suites for c in (catalogue if n == suites.PROBE else programs[n]))
     else:
@@ -268,6 +267,11 @@ def expand(matrix: Matrix, catalogue: Sequence[str]) -> list[BootPlan]:
                 name = f"{kernel.label}-{ram}M" + (f"-{way}" if len(matrix.transports) > 1 else "")
                 boots.append(BootPlan(_unique(_slug(name), seen), kernel, ram, runs, matrix.timeouts, way))
     return boots
+
+
+def suite_cases() -> dict[str, tuple[str, ...]]:
+    """The cases of each suite but the probe (whose catalogue the probe lists): SUITE:PROGRAM."""
+    return {n: tuple(suites.case_name(n, p) for p in suites.get(n).programs) for n in suites.NAMES if n != suites.PROBE}
 
 
 def _slug(text: str) -> str:

@@ -20,7 +20,7 @@ from collections.abc import Sequence
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from harness import manifest
+from harness import REPO, manifest
 from harness.errors import InfraError, UserError
 from harness.files import atomic_write, os_failure
 from harness.jsondoc import Doc, load
@@ -38,6 +38,16 @@ MAX_RESULTS_BYTES = 512 << 20  # a 10-kernel run writes 12 MB
 
 
 # --- creating and finding runs -----------------------------------------------------------------
+
+
+RESULTS_ENV = "HARNESS_RESULTS"
+
+
+def results_dir() -> Path:
+    """Where runs go and are found: HARNESS_RESULTS, else results/ in the source tree (git-ignored),
+    wherever the command is started from."""
+    explicit = os.environ.get(RESULTS_ENV)
+    return Path(explicit) if explicit else REPO / "results"
 
 
 def check_writable(results: Path) -> None:
@@ -115,6 +125,7 @@ def _case_json(result: CaseResult) -> dict[str, Any]:
         "citation": result.citation,
         "duration_s": result.duration_s,
         "fingerprint": result.fingerprint,
+        **({"known": result.known} if result.known else {}),
         "observation": result.observation,
     }
 
@@ -192,6 +203,7 @@ def _case_from(d: Doc, boot_id: str) -> CaseResult:
         citation=d.text("citation"),
         duration_s=d.number("duration_s"),
         fingerprint=d.text("fingerprint"),
+        known=d.text("known"),
     )
 
 

@@ -45,10 +45,11 @@ def text(value: object, style: str = "") -> Text:
 
 
 def printer(console: Console) -> Callable[[str], None]:
-    """A log function for `console`: every line made safe, no markup, no highlighting."""
+    """A log function for `console`: every line made safe, no markup, no highlighting, no emoji
+    (rich would print `64K:x:` with an emoji in place of `:x:`)."""
 
     def say(line: str) -> None:
-        console.print(safe(line), markup=False, highlight=False, soft_wrap=True)
+        console.print(safe(line), markup=False, highlight=False, emoji=False, soft_wrap=True)
 
     return say
 
@@ -129,12 +130,14 @@ def grouped_problems_table(boots: Sequence[BootResult]) -> Table:
     boots and the (limit, user) runs it covers: a finding seen on every kernel under every limit is
     one line, not one per result. Boots that did not start are left out: `unstarted_lines` has them."""
     started = [boot for boot in boots if not overview.did_not_start(boot)]
-    groups: dict[tuple[str, Outcome, str], tuple[list[str], list[str]]] = {}
+    groups: dict[tuple[bool, str, Outcome, str], tuple[list[str], list[str]]] = {}
     for boot in started:
         for r in boot.cases:
             if r.outcome in (Outcome.PASS, Outcome.NOT_APPLICABLE):
                 continue
-            where, runs = groups.setdefault((r.case, r.outcome, overview.full_error(r.message)), ([], []))
+            # A known finding reads as its entry says, after every new one: the news comes first.
+            key = (bool(r.known), r.case, r.outcome, r.known or overview.full_error(r.message))
+            where, runs = groups.setdefault(key, ([], []))
             if boot.boot_id not in where:
                 where.append(boot.boot_id)
             if (run := f"{r.memlock}/{r.user}") not in runs:
@@ -147,12 +150,12 @@ def grouped_problems_table(boots: Sequence[BootResult]) -> Table:
             style = _OUTCOME_STYLE[Outcome.INFRA_ERROR]
             error = text(overview.first_line(boot.error))
             table.add_row(Text(BOOT_CASE), Text(Outcome.INFRA_ERROR.value, style), error, text(boot.boot_id), Text(""))
-    for (case, outcome, message), (where, runs) in groups.items():
+    for (known, case, outcome, message), (where, runs) in sorted(groups.items(), key=lambda g: g[0][0]):
         shown = overview.capped(where)
         table.add_row(
             text(case),
-            Text(outcome.value, _OUTCOME_STYLE[outcome]),
-            text(message),
+            Text(f"known {outcome.value}", "dim") if known else Text(outcome.value, _OUTCOME_STYLE[outcome]),
+            text(message, "dim" if known else ""),
             text(f"{len(where)}: {shown}"),
             text(", ".join(runs)),
         )
@@ -169,7 +172,23 @@ def unstarted_lines(boots: Sequence[BootResult]) -> list[Text]:
     return lines
 
 
-def print_summary(boots: Sequence[BootResult], console: Console, verbose: bool = False) -> None:
+def news(boots: Sequence[BootResult], fixed: Sequence[tuple[str, Sequence[str]]] = ()) -> list[str]:
+    """What a nightly reader needs first: the new findings, how many are known, and known entries
+    that no longer deviate (each `fixed` as (the entry's case and reason, the boots))."""
+    results = [r for boot in boots for r in boot.cases]
+    new = sum(1 for r in results if r.fails)
+    known = sum(1 for r in results if r.known)
+    lines = [f"{new} new finding{'s' if new != 1 else ''}" + (f", {known} known" if known else "")]
+    lines += [f"fixed: {what} no longer deviates ({overview.capped(list(where))})" for what, where in fixed]
+    return lines
+
+
+def print_summary(
+    boots: Sequence[BootResult],
+    console: Console,
+    verbose: bool = False,
+    fixed: Sequence[tuple[str, Sequence[str]]] = (),
+) -> None:
     console.print(summary_table(boots))
     problems = problems_table(boots) if verbose else grouped_problems_table(boots)
     if problems.row_count:
@@ -183,3 +202,6 @@ def print_summary(boots: Sequence[BootResult], console: Console, verbose: bool =
     if boot_errors:
         line += f"; {boot_errors} boot error{'s' if boot_errors != 1 else ''}"
     console.print(Text(f"{len(boots)} boots: {line}"))
+    for told in news(boots, fixed):
+        alarm = not told.startswith(("0 new", "fixed"))
+        console.print(text(told, "bold red" if alarm else ""), soft_wrap=True)

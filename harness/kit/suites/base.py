@@ -17,7 +17,7 @@ from typing import Any, Protocol
 from harness.kernels import Kernel
 from harness.kernels.sources.base import Context
 from harness.kit.verdict import Expectations
-from harness.results import Outcome
+from harness.results import KernelInfo, Outcome
 from harness.sizes import Memlock
 from harness.streams import Line
 
@@ -62,6 +62,7 @@ class Where:
     release: str  # the kernel's, as its boot recorded it
     memlock: str  # the run's limit as results name it: default, 64K, 0, unlimited, 64K:1M
     user: str
+    kernel: KernelInfo | None = None  # what known deviations are matched against (kit.known)
 
     @property
     def memlock_requested(self) -> bool:
