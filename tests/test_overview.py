@@ -228,10 +228,15 @@ def check_matrix(doc: Node, boot_page: Callable[[str], Node]) -> None:
             else:
                 assert [a.attrs["href"] for a in links] == [f"boot/b{j}.html#r{i}"], (i, j)
 
-    # Every cell's evidence is on its boot's page, under the row's id.
+    # Every cell's evidence is on its boot's page, under the row's id: in full for a cell that asks for
+    # attention (the cells that are links), one line for the rest.
     pages = [boot_page(f"boot/b{j}.html") for j in range(len(COLUMNS))]
     for j, page in enumerate(pages):
-        assert [div.attrs["id"] for div in page.iter("div", "ev")] == [f"r{i}" for i in range(len(ROW_NAMES))], j
+        ids = [n.attrs["id"] for n in page.iter() if re.fullmatch(r"r\d+", n.attrs.get("id", ""))]
+        assert sorted(ids) == [f"r{i}" for i in range(len(ROW_NAMES))], j
+        in_full = [div.attrs["id"] for div in page.iter("div", "ev") if "q" not in div.classes]
+        assert in_full == [f"r{i}" for i, cells in enumerate(grid) if cells[j].iter("a")], j
+        assert [div.attrs["id"] for div in page.iter("div", "q")] == [i for i in ids if i not in in_full], j
     evidence = pages[2].one("div", id="r2")
     assert "lock_over_limit[memlock=64K,user=user] on trixie-256M" in evidence.one("h4").text
     assert "behaved otherwise" in evidence.one("p", "chg").text
@@ -239,7 +244,7 @@ def check_matrix(doc: Node, boot_page: Callable[[str], Node]) -> None:
     assert evidence.one("h4").one("a").attrs["href"] == "../report.html#r2"
     assert HOSTILE in evidence.text  # shown as text, not run
     assert pages[2].one("a", href="../serial/trixie-256M.log")
-    missing = pages[2].one("div", id="r6")
+    missing = pages[2].one(id="r6")
     assert "No result: the boot stopped before this case" in missing.text
     assert pages[2].one("p", id="error").text == TRIXIE_ERROR
 
@@ -258,8 +263,8 @@ def check_matrix(doc: Node, boot_page: Callable[[str], Node]) -> None:
     assert [s.text for s in doc.iter("script")] == [report_html._OPEN_EVIDENCE]
     assert not any(p.iter("script") for p in pages)
     assert not [(n.tag, k) for p in pages for n in p.iter() for k in n.attrs if k.startswith("on")]
-    handlers = [(n.tag, k) for n in doc.iter() for k in n.attrs if k.startswith("on")]
-    assert handlers == [("input", "onchange")]  # the "only rows that change or fail" toggle
+    # The "show every row" switch is the stylesheet's: no handler at all.
+    assert not [(n.tag, k) for n in doc.iter() for k in n.attrs if k.startswith("on")]
 
 
 def parsed_pages(run: RunRecord) -> tuple[Node, Callable[[str], Node]]:
@@ -451,7 +456,14 @@ def test_html_pages_of_a_ten_kernel_run() -> None:
     run = big_run()
     pages = report_html.pages(run)
     assert len(pages) == 11
-    assert sum(page.count('class="ev"') for page in pages.values()) == 4900
+    assert sum(len(re.findall(r' id="r\d+"', page)) for path, page in pages.items() if path != "report.html") == 4900
+    # In full: the deviations, and the cells that changed since the kernel before.
+    m = overview.matrix(run)
+    attention = sum(
+        1 for row in m.rows for c in row.cells if c.changed_from or (c.result and c.result.outcome is Outcome.DEVIATION)
+    )
+    assert sum(page.count('class="ev"') for page in pages.values()) == attention < 4900
+    assert sum(page.count('class="ev q"') for page in pages.values()) == 4900 - attention
     assert 'class="ev"' not in pages["report.html"]  # the evidence is on the boot pages only
 
 
@@ -519,8 +531,8 @@ def test_html_in_headless_chromium(tmp_path: Path) -> None:
         "boot/" + a.attrs["href"] for p in boot_pages.values() for a in p.iter("a") if "serial/" in a.attrs["href"]
     }
     assert len(logs) == 8 and all((run_dir / href).resolve().is_file() for href in logs), logs
-    # The toggle is wired to a class the stylesheet knows.
-    assert "body.only .cv tr:not(.x)" in doc.one("style").text
+    # The switch is wired to the rows by the stylesheet alone.
+    assert "#all:not(:checked)~#matrix .cv tr:not(.x):not(:target){display:none}" in doc.one("style").text
 
     # The click handler's link for every cell, as the browser computes it: the boot page and the row.
     probe = run_dir / "probe.html"
@@ -578,11 +590,14 @@ def test_markdown_deviations_and_changes() -> None:
     md = summary_md.markdown(sample_run())
     doc = parse(render(md))
     text = doc.text
-    assert "Deviations and other problems (12)" in text
-    assert "lock_over_limit (2)" in text  # trixie-256M and bookworm-1024M
-    assert f"on trixie-256M (6.12.95-1): deviation: expected EAGAIN, observed success {HOSTILE}" in text
+    assert "Findings: 5 new, 0 known (12 results)" in text
+    # One bullet per finding: trixie-256M and bookworm-1024M deviate alike.
+    assert (
+        f"lock_over_limit: NEW deviation: expected EAGAIN, observed success {HOSTILE} (2 results on 2 of 5 boots: "
+        "trixie-256M, bookworm-1024M; first 6.1.119-1, last 6.12.95-1; limit/user: 64K/user (1 of 1))"
+    ) in text
     assert "Behaviour changes between adjacent kernel versions (1)" in text
-    assert "lock_over_limit[memlock=64K,user=user]: 6.1.119-1 → 6.12.95-1 (256 MiB)" in text
+    assert 'lock_over_limit (64K/user): 6.1.119-1 → 6.12.95-1 (256 MiB): result: "EAGAIN" → "ok"' in text
 
 
 def test_markdown_escapes_guest_text() -> None:
@@ -619,9 +634,11 @@ def test_markdown_caps_long_lists() -> None:
     md = summary_md.markdown(run)
     deviations = sum(1 for b in run.boots for c in b.cases if c.outcome is Outcome.DEVIATION)
     assert deviations > summary_md.SUMMARY_MAX_ITEMS
-    problems = md.split("### Deviations", 1)[1].split("### Behaviour", 1)[0]
+    problems = md.split("### Findings", 1)[1].split("### Behaviour", 1)[0]
+    found = len({(c.case, c.message) for b in run.boots for c in b.cases if c.outcome is Outcome.DEVIATION})
+    assert found > summary_md.SUMMARY_MAX_ITEMS
     assert problems.count("\n- ") == summary_md.SUMMARY_MAX_ITEMS
-    assert f"… {deviations - summary_md.SUMMARY_MAX_ITEMS} more, see report.html" in problems
+    assert f"… {found - summary_md.SUMMARY_MAX_ITEMS} more, see report.html" in problems
     changes = md.split("### Behaviour", 1)[1]
     assert changes.count("\n- ") == summary_md.SUMMARY_MAX_ITEMS and "more, see report.html" in changes
 
@@ -772,14 +789,14 @@ def test_html_groups_by_reason_and_escapes_it() -> None:
 
 def test_markdown_boots_that_did_not_start_are_one_line() -> None:
     md = summary_md.markdown(unstarted_run())
-    problems = md.split("### Deviations", 1)[1].split("### Behaviour", 1)[0]
-    assert problems.startswith(" and other problems (247; 244 of them on boots that did not start)\n")
+    problems = md.split("### Findings", 1)[1].split("### Behaviour", 1)[0]
+    assert problems.startswith(": 3 new, 0 known (3 results); 244 more results on boots that did not start\n")
     doc = parse(render(md))
     said = [li.text for li in doc.iter("li") if "did not start" in li.text]
     assert said == [f"4 boots did not start: {NOTHING} (boots: a-256M, b-256M, c-256M, d-256M; 244 results: timeout)"]
     # No case of theirs is listed; the boot that started is, case by case.
     listed = [li.text for li in doc.iter("li") if " on " in li.text]
-    assert len(listed) == 3 and all(" on e-256M " in li for li in listed)
+    assert len(listed) == 3 and all(" on 1 of 5 boots: e-256M;" in li for li in listed)
     # The Boots table: only the first line of each error.
     boots = doc.iter("table")[1].one("tbody").iter("tr")
     errors = {tr.iter("td")[0].text: tr.iter("td")[-1].text for tr in boots}

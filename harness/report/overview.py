@@ -1,10 +1,10 @@
 """A run seen as a kernel x case matrix: what both views for people show (report.html in `page`,
 summary.md in `summary`).
 
-Columns are boots in kernel version order (grouped by RAM), rows are case x limit x user in the
-probe's catalogue order, and a cell whose behaviour differs from the previous kernel that
-answered is a change. Pure: a RunRecord in, records out; the run directory's owner (rundir)
-writes the views.
+Columns are boots in kernel version order (grouped by RAM), rows are case x limit x user with a
+case's rows together, cases in the probe's catalogue order, and a cell whose behaviour differs
+from the previous kernel that answered is a change. Pure: a RunRecord in, records out; the run
+directory's owner (rundir) writes the views.
 """
 
 from __future__ import annotations
@@ -116,12 +116,15 @@ def matrix(run: RunRecord) -> Matrix:
         )
         for i, boot in enumerate(boots)
     )
-    # Rows in the order the plan ran them (the probe's catalogue order), not alphabetical.
+    # Cases in the order the plan ran them (the probe's catalogue order), not alphabetical; a case's
+    # rows together, though the plan runs every case under one limit before the next limit: a finding
+    # under every limit is then a block of rows, not rows scattered down the page.
     by_boot: list[dict[tuple[str, str, str], CaseResult]] = []
-    keys: dict[tuple[str, str, str], None] = {}
+    by_case: dict[str, dict[tuple[str, str, str], None]] = {}
     for boot in run.boots:
         for r in boot.cases:
-            keys.setdefault((r.case, r.memlock, r.user))
+            by_case.setdefault(r.case, {}).setdefault((r.case, r.memlock, r.user))
+    keys = [key for rows_of_case in by_case.values() for key in rows_of_case]
     for column in columns:
         by_boot.append({(r.case, r.memlock, r.user): r for r in column.boot.cases})
 
@@ -238,6 +241,9 @@ def status(run: RunRecord) -> str:
 
 def verdict(boots: Sequence[BootResult]) -> str:
     code = exit_code(boots)
+    known = sum(1 for b in boots for r in b.cases if r.known)
+    if code == EXIT_OK and known:
+        return f"no new findings; {known} known deviation{'s' if known != 1 else ''}, as expected"
     if code == EXIT_OK:
         return "every case as documented"
     if code == EXIT_FINDINGS:

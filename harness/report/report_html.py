@@ -1,82 +1,44 @@
 """report.html and its boot pages: a directory that works offline (inline CSS, a few lines of inline
 JS, no external URLs), to be archived as a CI artifact and opened from disk.
 
-report.html holds the run's status, counts, boots and the kernel x case matrix; the evidence of
-every cell is on its boot's page, boot/b<N>.html, so the page a reader opens first stays small at a
-hundred boots (the evidence of one boot is about what the whole page used to be for four). Pages
-link only to each other and to the serial logs next to them. jinja2 autoescapes: messages,
-observations and even kernel releases come from the guest.
+report.html leads with the run's findings (one block per finding, new ones first: findings.py),
+then its status, counts, the kernel x case matrix (rows that change or fail, unless asked for all)
+and boots. The evidence of every cell is on its boot's page, boot/b<N>.html, which leads with that
+boot's findings and changes: the observations of findings and changes in full, every other result
+in one line, so neither page grows with what passed. Pages link only to each other and to the
+serial logs next to them. jinja2 autoescapes: messages, observations and even kernel releases
+come from the guest.
 """
 
 from __future__ import annotations
 
 import functools
-import json
-from json.encoder import encode_basestring
+import re
 from typing import Any
-from urllib.parse import quote
 
 import jinja2
 from markupsafe import Markup, escape
 
 from harness.jsondoc import encodable
-from harness.report import overview
+from harness.report import boot_html, findings, overview
 from harness.results import Outcome, RunRecord, exit_code, outcome_counts
-
-BOOT_DIR = "boot"
-
-# One encoder for all values: json.dumps builds a new one per call.
-_JSON = json.JSONEncoder(ensure_ascii=False, default=str)
-
-
-def _json_value(value: Any) -> str:
-    # Observations are mostly scalars; the encoder's per-call setup would be most of the page's render time.
-    if value is None:
-        return "null"
-    if value is True:
-        return "true"
-    if value is False:
-        return "false"
-    if type(value) is int:
-        return str(value)
-    if type(value) is str:
-        return encode_basestring(value)
-    return _JSON.encode(value)
-
-
-def _pretty(value: Any) -> str:
-    """Top-level keys one per line, nested values compact: readable, and a fraction of indent=2's size."""
-    if isinstance(value, dict) and value:
-        return "{\n" + ",\n".join(f" {encode_basestring(str(k))}: {_json_value(v)}" for k, v in value.items()) + "\n}"
-    return _JSON.encode(value)
-
-
-def _json_or_blank(value: Any) -> str:
-    return _JSON.encode(value) if value else ""
-
-
-def _text(value: object) -> Markup:
-    """`value` escaped for element content, where quotes need no escaping.
-
-    Autoescape turns every `"` into `&#34;`, and JSON evidence is full of them: on a 10-kernel run
-    that is a third of the page. Only text between tags may use this, never an attribute value.
-    """
-    return Markup(str(value).replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;"))
-
-
-def _href(path: str) -> str:
-    # Percent-encoding ':' makes any "scheme:" a harmless relative path.
-    return quote(path, safe="/")
 
 
 def _short(text: str, limit: int = 200) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
-def boot_page(column: overview.Column) -> str:
-    """The boot page's path, relative to the run directory."""
-    return f"{BOOT_DIR}/{column.anchor}.html"
+_BREAK = re.compile(r"(?<=[-+])")
 
+
+def _breakable(text: str) -> Markup:
+    """A column header's word, escaped, breakable only after a '-' or '+' (the header keeps words
+    whole): 'sid+trixie-backports' never becomes 'sid+trixi/e-backpor/ts'."""
+    return Markup("<wbr>").join(escape(part) for part in _BREAK.split(text))
+
+
+BOOT_DIR = boot_html.BOOT_DIR  # where rundir writes the boot pages
+boot_page = boot_html.boot_page
 
 # Matrix cells have one-letter classes (there are fifty thousand of them), the rest the outcome's name.
 CELL_CLASS = {
@@ -104,8 +66,9 @@ def _cell(row: overview.Row, column: overview.Column, cell: overview.Cell) -> st
     """One matrix cell, as small as it can be: a hundred boots make fifty thousand of them.
 
     A quiet cell (pass, n/a, unchanged) is bare; the matrix's click handler opens its evidence. A
-    cell that asks for attention is also a real link, and a change says in its title since when:
-    messages in titles would double the page at a hundred boots, and the evidence is one click away.
+    cell that asks for attention is also a real link, and a change says in its title since when
+    and what changed (changes are few): messages in every title would double the page at a hundred
+    boots, and the evidence is one click away.
     """
     group = " g" if column.group_start else ""
     r = cell.result
@@ -118,7 +81,8 @@ def _cell(row: overview.Row, column: overview.Column, cell: overview.Cell) -> st
     href = f"{boot_page(column)}#r{row.index}"
     if cell.changed_from is None:
         return f'<td class="{cls}"><a href="{href}">{label}</a></td>'
-    title = escape(f"changed since {cell.changed_from.name}")
+    what = findings.describe(findings.cell_change(row, cell))
+    title = escape(f"changed since {cell.changed_from.name}: {what}")
     return f'<td class="{cls} {CHANGED}"><a href="{href}" title="{title}">Δ {label}</a></td>'
 
 
@@ -134,17 +98,20 @@ dl.meta dt{font-weight:bold}dl.meta dd{margin:0}
 .cell{display:inline-block;min-width:3.2em;padding:0 4px;text-align:center;border:1px solid #999}
 .missing,.mx td.m{background:#fff;color:#999}
 table.mx{table-layout:fixed;width:100%}
-table.mx th,table.mx td{overflow-wrap:anywhere}
+table.mx td,table.mx tbody th{overflow-wrap:anywhere}
+table.mx thead th{overflow-wrap:normal;word-break:keep-all}
 table.mx tbody td{padding:1px 4px;text-align:center;cursor:pointer}
 table.mx td a{display:block;margin:-1px -4px;padding:1px 4px;color:inherit;text-decoration:none}
 .changed,table.mx td.c{outline:3px solid #111;outline-offset:-3px;font-weight:bold}
 table.mx.head{position:sticky;top:0;background:#f6f6f6;z-index:1}
 table.mx .g{border-left:3px solid #444}
 table.mx th.col a{color:inherit;text-decoration:none}
-.cv{content-visibility:auto;contain-intrinsic-size:auto 600px}
+.cv{content-visibility:auto;contain-intrinsic-size:auto calc(var(--n)*23px)}
+#all:not(:checked)~#matrix .cv{contain-intrinsic-size:auto calc(var(--x)*23px)}
+#all:not(:checked)~#matrix .cv tr:not(.x):not(:target){display:none}
+#all:checked~#matrix tr.cs>*,#all:not(:checked)~#matrix tr.cx>*{border-top:2px solid #777}
 .ver{font-weight:bold}.rel,.bid{font-size:85%;color:#555}
 .berr{display:block;margin-top:2px;padding:0 3px;font-size:85%}
-body.only .cv tr:not(.x){display:none}
 .ev{border:1px solid #ddd;margin:.6em 0;padding:.3em .8em}
 .ev:target,tr:target{outline:3px solid #0366d6}
 .ev h4{margin:.2em 0}
@@ -154,6 +121,16 @@ body.only .cv tr:not(.x){display:none}
 .chg{font-weight:bold}
 td.err,p.err{white-space:pre-wrap;max-width:40em}
 table.boots td{white-space:nowrap}table.boots td.err{white-space:pre-wrap}
+.fd{border:1px solid #ccc;border-left:6px solid #aaa;margin:.4em 0;padding:.2em .8em;max-width:90em}
+.fd.new{border-left-color:#c00;background:#fff3f3}
+.fd h3{margin:.2em 0;font-size:105%}
+.fd dl{display:grid;grid-template-columns:max-content minmax(0,1fr);gap:0 1em;margin:.2em 0}
+.fd dt{color:#555}.fd dd{margin:0;overflow-wrap:anywhere}.fd .msg{white-space:pre-wrap}
+.cit{display:block;white-space:nowrap;overflow:hidden;text-overflow:ellipsis}.cit:hover{white-space:normal}
+.tag{padding:0 .4em;border-radius:3px;font-size:85%;background:#ddd;color:#333}
+.new .tag{background:#c00;color:#fff}
+.sub{color:#555;font-size:90%;font-weight:normal}
+.ev.q{border:0;margin:0;padding:1px 0;font-size:92%}.ev.q a{color:inherit}
 """
 
 # The matrix is one fixed-layout table per CHUNK_ROWS rows with the same columns, each skipped by the
@@ -161,7 +138,7 @@ table.boots td{white-space:nowrap}table.boots td.err{white-space:pre-wrap}
 # took chromium here three seconds before the first screen. The widths are the colgroup's, in em.
 CHUNK_ROWS = 40
 _WIDTHS = {"case": 18, "memlock": 6, "user": 4}
-_KERNEL_WIDTH = 5
+_KERNEL_WIDTH = 6.5
 _CSS += "".join(f".o-{o.value},.mx td.{CELL_CLASS[o]}{{{_COLOUR[o]}}}" for o in Outcome)
 _CSS += "".join(f"col.{k}{{width:{w}em}}" for k, w in {**_WIDTHS, "k": _KERNEL_WIDTH}.items())
 
@@ -185,13 +162,6 @@ _INDEX = """<!DOCTYPE html>
 <body>
 <h1>Run <code>{{ run.run_id }}</code></h1>
 <p class="status st-{{ code }}" id="status">{{ status }}; {{ verdict }}</p>
-<dl class="meta">
-<dt>started</dt><dd>{{ run.started }}</dd>
-<dt>finished</dt><dd>{{ run.finished or "not finished" }}</dd>
-<dt>complete</dt><dd>{{ "yes" if run.complete else "no" }}</dd>
-<dt>interrupted</dt><dd>{{ "yes" if run.interrupted else "no" }}</dd>
-<dt>boots</dt><dd>{{ m.columns | length }} ({{ boot_errors }} with a boot error)</dd>
-</dl>
 {% if unstarted %}
 <div id="unstarted">
 {% for reason, group in unstarted %}
@@ -203,7 +173,38 @@ _INDEX = """<!DOCTYPE html>
 </div>
 {% endif %}
 
+<h2 id="findings">Findings: {{ tally }}</h2>
+{% if not found %}<p>None: every case that answered passed, or does not apply.</p>{% endif %}
+{% for f in found %}
+{% set one = f.seen[0].result %}
+<div class="fd {{ 'known' if f.known else 'new' }}" id="{{ f.anchor }}">
+<h3><span class="tag">{{ "known" if f.known else "NEW" }}</span> <span class="cell o-{{ f.outcome.value }}">
+  {{- f.outcome.value }}</span> {{ f.case }}
+  <span class="sub">{{ f.seen | length }} result{{ "s" if f.seen | length != 1 }}</span></h3>
+<dl><dt>observed</dt><dd><span class="msg">{{ f.observed[0] | t }}</span>
+{%- if f.observed | length > 1 %}<span class="sub"> (and {{ f.observed | length - 1 }} other message
+  {{- "s" if f.observed | length > 2 }}: on the boot pages)</span>{% endif %}</dd>
+{% if one.expected or one.citation %}<dt>expected</dt><dd>{{ compact(one.expected) | t }}
+  {%- if one.citation %} <span class="sub cit">{{ one.citation | t }}</span>{% endif %}</dd>{% endif %}
+{% if f.known %}<dt>known</dt><dd>{{ f.known | t }}</dd>{% endif %}
+<dt>kernels</dt><dd>
+  {{- "only " ~ f.first.name if f.first is sameas f.last else "first " ~ f.first.name ~ ", last " ~ f.last.name }};
+  {{ f.boots | length }} of {{ m.columns | length }} boots:
+  {%- for c, row in where(f) %} <a href="{{ page(c) }}#r{{ row }}">{{ c.boot.boot_id }}</a>
+  {{- "," if not loop.last }}{% endfor %}
+  {{- " +%d" % (f.boots | length - where(f) | length) if f.boots | length > where(f) | length else "" }}</dd>
+<dt>limit/user</dt><dd>{{ f.runs | length }} of {{ runs_of(m, f.case) }}: {{ f.runs | join(", ") }}</dd></dl>
+</div>
+{% endfor %}
+
 <h2>Outcomes</h2>
+<dl class="meta">
+<dt>started</dt><dd>{{ run.started }}</dd>
+<dt>finished</dt><dd>{{ run.finished or "not finished" }}</dd>
+<dt>complete</dt><dd>{{ "yes" if run.complete else "no" }}</dd>
+<dt>interrupted</dt><dd>{{ "yes" if run.interrupted else "no" }}</dd>
+<dt>boots</dt><dd>{{ m.columns | length }} ({{ boot_errors }} with a boot error)</dd>
+</dl>
 <table class="counts" id="counts">
 <tr>{% for o in outcomes %}<th class="o-{{ o.value }}">{{ o.value }}</th>{% endfor %}<th>boot errors</th></tr>
 <tr>{% for o in outcomes %}<td>{{ counts[o.value] }}</td>{% endfor %}<td>{{ boot_errors }}</td></tr>
@@ -211,9 +212,11 @@ _INDEX = """<!DOCTYPE html>
 
 <h2>Matrix</h2>
 <p>One column per boot, oldest kernel first{{ ", grouped by RAM" if m.ram_sizes | length > 1 else "" }};
-a click on a cell opens its evidence on the boot's page (<a href="#legend">legend</a>, <a href="#boots">boots</a>).
-<label><input type="checkbox" id="only" onchange="document.body.classList.toggle('only', this.checked)">
-only rows that change or fail</label></p>
+a row per case, limit and user, a case's rows together. A click on a cell opens its evidence on the boot's
+page; a Δ cell's title says what changed (<a href="#legend">legend</a>, <a href="#boots">boots</a>).
+{{ interesting }} of {{ m.rows | length }} rows change or fail; the others pass or are n/a alike on every kernel.</p>
+{# The switch is a sibling before the matrix: the stylesheet alone hides the quiet rows, no script. #}
+<input type="checkbox" id="all"> <label for="all">show every row</label>
 <div class="matrix" id="matrix" style="width:{{ width }}em">
 <table class="mx head">
 {{ cols }}
@@ -225,8 +228,8 @@ only rows that change or fail</label></p>
 <tr><th>case</th><th>memlock</th><th>user</th>
 {% for c in m.columns %}
 <th class="col{{ ' g' if c.group_start else '' }}" data-boot="{{ c.boot.boot_id }}"><a href="{{ page(c) }}">
-  <span class="ver">{{ c.name }}</span><br><span class="rel">{{ c.release }}</span><br>
-  <span class="bid">{{ c.boot.boot_id }}</span><br><span class="rel">{{ c.boot.ram_mb }} MiB</span></a>
+  <span class="ver">{{ brk(c.name) }}</span><br><span class="rel">{{ brk(c.release) }}</span><br>
+  <span class="bid">{{ brk(c.boot.boot_id) }}</span><br><span class="rel">{{ c.boot.ram_mb }} MiB</span></a>
   {%- if c.boot.error %}<a class="berr o-infra_error" href="#{{ c.anchor }}" title="{{ short(first(c.boot.error)) }}">
   boot error</a>{% endif %}</th>
 {% endfor %}
@@ -234,11 +237,13 @@ only rows that change or fail</label></p>
 </thead>
 </table>
 {% for chunk in m.rows | batch(chunk_rows) %}
-<div class="cv"><table class="mx">
+{# Each chunk's height before it is laid out: its rows, or those the switch leaves. #}
+<div class="cv" style="--n:{{ chunk | length }};--x:{{ chunk | selectattr('interesting') | list | length }}">
+<table class="mx">
 {{ cols }}
 <tbody>
 {% for row in chunk %}
-<tr id="r{{ row.index }}"{% if row.interesting %} class="x"{% endif %}>
+<tr id="r{{ row.index }}"{% if row_class[row.index] %} class="{{ row_class[row.index] }}"{% endif %}>
   {#- #}<th>{{ row.case }}</th><td>{{ row.memlock }}</td><td>{{ row.user }}</td>{{ cells[row.index] }}</tr>
 {% endfor %}
 </tbody>
@@ -252,7 +257,8 @@ only rows that change or fail</label></p>
 <li><span class="cell o-{{ o.value }}">{{ labels[o] }}</span> <b>{{ o.value }}</b>: {{ meanings[o] }}</li>
 {% endfor %}
 <li><span class="cell o-pass changed">Δ ok</span> <b>changed</b>: behaves otherwise than the previous kernel
-  version with the same RAM that has a result for the row (outlined)</li>
+  version with the same RAM that has a result for the row (outlined); its title, and its boot page, say
+  which fields changed, before → after</li>
 <li><span class="cell missing">·</span> no result: the boot stopped before this case (see its error)</li>
 </ul>
 
@@ -280,75 +286,62 @@ only rows that change or fail</label></p>
 </html>
 """
 
-_BOOT = """<!DOCTYPE html>
-<html lang="en">
-<head>
-<meta charset="utf-8">
-<meta name="viewport" content="width=device-width, initial-scale=1">
-<title>{{ b.boot_id }}: run {{ run.run_id }}</title>
-<style>{{ css }}</style>
-</head>
-<body>
-<h1>Boot <code>{{ b.boot_id }}</code>: {{ c.name }}</h1>
-<p><a href="../{{ index }}#{{ c.anchor }}">run {{ run.run_id }}</a>
-{%- if prev %} · previous boot: <a href="{{ prev.anchor }}.html">{{ prev.boot.boot_id }}</a>{% endif %}
-{%- if next %} · next boot: <a href="{{ next.anchor }}.html">{{ next.boot.boot_id }}</a>{% endif %}</p>
-<dl class="meta">
-<dt>release</dt><dd>{{ c.release }}</dd>
-<dt>package</dt><dd>{{ b.kernel.package if b.kernel and b.kernel.package else "" }}</dd>
-<dt>RAM</dt><dd>{{ b.ram_mb }} MiB{{ ", MemTotal %d kB" % b.memtotal_kb if b.memtotal_kb is not none else "" }}</dd>
-<dt>QEMU</dt><dd>{{ b.qemu_version }} ({{ b.accelerator }})</dd>
-<dt>guest</dt><dd>{{ "loaded from the saved guest " ~ b.restored if b.restored else "booted" }}</dd>
-<dt>serial log</dt><dd>{% if b.serial_log %}<a href="../{{ href(b.serial_log) }}">{{ b.serial_log }}</a>
-  {%- else %}none{% endif %}</dd>
-<dt>results</dt><dd>{{ b.cases | length }}</dd>
-</dl>
-{% if b.error %}<p class="err o-infra_error" id="error">{{ full(b.error) }}</p>{% endif %}
-{% for row in m.rows %}
-{% set cell = row.cells[c.index] %}
-{% set r = cell.result %}
-<div class="ev" id="r{{ row.index }}">
-{% if r is none %}
-<h4><span class="cell missing">·</span> {{ row.name }} <a href="../{{ index }}#r{{ row.index }}">matrix row</a></h4>
-<p>No result: {{ "the boot stopped before this case (its error is above)" if b.error
-  else "this boot did not run this case" }}.</p>
-{% else %}
-<h4><span class="cell o-{{ r.outcome.value }}">{{ labels[r.outcome] }}</span> {{ row.name }} on {{ b.boot_id }}
-  <a href="../{{ index }}#r{{ row.index }}">matrix row</a></h4>
-{% if cell.changed_from is not none %}
-<p class="chg">Behaviour changed: <a href="{{ cell.changed_from.anchor }}.html#r{{ row.index }}">
-  {{- cell.changed_from.name }} ({{ cell.changed_from.boot.boot_id }})</a> behaved otherwise.</p>
-{% endif %}
-<dl><dt>outcome</dt><dd>{{ r.outcome.value }}</dd><dt>message</dt><dd>{{ full(r.message) | t }}</dd>
-<dt>expected</dt><dd>{{ compact(r.expected) | t }}</dd><dt>citation</dt><dd>{{ r.citation | t }}</dd>
-<dt>fingerprint</dt><dd>{{ r.fingerprint | t }}</dd><dt>duration</dt><dd>{{ "%.3f" % r.duration_s }} s</dd></dl>
-<pre>{{ pretty(r.observation) | t }}</pre>
-{% endif %}
-</div>
-{% endfor %}
-</body>
-</html>
-"""
-
 
 @functools.cache
-def _templates() -> tuple[jinja2.Template, jinja2.Template]:
-    # Autoescape on: messages, observations and even kernel releases come from the guest.
-    env = jinja2.Environment(autoescape=True, undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True)
-    env.filters["t"] = _text
-    return env.from_string(_INDEX), env.from_string(_BOOT)
+def _template() -> jinja2.Template:
+    return boot_html.environment().from_string(_INDEX)
 
 
 def _shared(run: RunRecord, m: overview.Matrix) -> dict[str, Any]:
     """What both templates are given."""
-    return {"run": run, "m": m, "css": _CSS, "labels": overview.LABEL, "href": _href, "full": overview.full_error}
+    return {
+        "run": run,
+        "m": m,
+        "css": _CSS,
+        "labels": overview.LABEL,
+        "href": boot_html.href,
+        "full": overview.full_error,
+    }
 
 
-def _index(run: RunRecord, m: overview.Matrix) -> str:
+# Boots a finding's block links to; the rest are counted: a finding on every one of a hundred boots
+# would otherwise be a hundred links, in every block.
+_WHERE_MAX = 12
+
+
+def _where(f: findings.Finding) -> list[tuple[overview.Column, int]]:
+    """The boots a finding's block names, each with the first of its rows there (the link's target)."""
+    return [(c, f.on(c)[0].row.index) for c in f.boots[:_WHERE_MAX]]
+
+
+def _row_classes(m: overview.Matrix) -> list[str]:
+    """Each matrix row's classes: x (changes or fails), cs (its case's first row), cx (its case's first
+    x row): the first row of a case shown is ruled off, whichever rows the switch shows."""
+    out = []
+    case, x_seen = None, False
+    for row in m.rows:
+        first = row.case != case
+        if first:
+            case, x_seen = row.case, False
+        first_x = row.interesting and not x_seen
+        x_seen = x_seen or row.interesting
+        out.append(" ".join(k for k, on in (("x", row.interesting), ("cs", first), ("cx", first_x)) if on))
+    return out
+
+
+def _index(run: RunRecord, m: overview.Matrix, found: list[findings.Finding]) -> str:
     spans = {ram: sum(1 for c in m.columns if c.boot.ram_mb == ram) for ram in m.ram_sizes}
     cells = [Markup("".join(_cell(row, m.columns[i], cell) for i, cell in enumerate(row.cells))) for row in m.rows]
-    return _templates()[0].render(
+    return _template().render(
         _shared(run, m),
+        found=found,
+        tally=findings.tally(found),
+        where=_where,
+        runs_of=findings.runs_of,
+        compact=boot_html.compact,
+        brk=_breakable,
+        interesting=sum(1 for row in m.rows if row.interesting),
+        row_class=_row_classes(m),
         status=overview.status(run),
         verdict=overview.verdict(run.boots),
         code=exit_code(run.boots),
@@ -376,26 +369,17 @@ def _index(run: RunRecord, m: overview.Matrix) -> str:
     )
 
 
-def _boot(run: RunRecord, m: overview.Matrix, c: overview.Column) -> str:
-    return _templates()[1].render(
-        _shared(run, m),
-        c=c,
-        b=c.boot,
-        prev=m.columns[c.index - 1] if c.index > 0 else None,
-        next=m.columns[c.index + 1] if c.index + 1 < len(m.columns) else None,
-        index=overview.HTML_FILE,
-        pretty=_pretty,
-        compact=_json_or_blank,
-    )
-
-
 def pages(run: RunRecord) -> dict[str, str]:
     """report.html and every boot's page, by path relative to the run directory."""
     m = overview.matrix(run)
-    out = {overview.HTML_FILE: _index(run, m)} | {boot_page(c): _boot(run, m, c) for c in m.columns}
+    found = findings.findings(m)
+    shared = _shared(run, m)
+    out = {overview.HTML_FILE: _index(run, m, found)}
+    out |= {boot_page(c): boot_html.page(m, c, found, shared) for c in m.columns}
     return {path: encodable(text) for path, text in out.items()}
 
 
 def html(run: RunRecord) -> str:
-    """report.html alone: status, counts, the kernel x case matrix, legend and boots."""
-    return encodable(_index(run, overview.matrix(run)))
+    """report.html alone: findings, status, counts, the kernel x case matrix, legend and boots."""
+    m = overview.matrix(run)
+    return encodable(_index(run, m, findings.findings(m)))

@@ -1,5 +1,6 @@
-"""summary.md: the run in brief for CI job summaries (counts, boots, deviations by case, behaviour
-changes), every list capped and every guest string made inert Markdown.
+"""summary.md: the run in brief for CI job summaries (counts, its findings grouped as the terminal
+groups them, new ones first, behaviour changes with what changed, boots), every list capped and
+every guest string made inert Markdown.
 """
 
 from __future__ import annotations
@@ -8,14 +9,15 @@ import re
 from collections.abc import Sequence
 
 from harness.jsondoc import encodable
-from harness.report import overview
-from harness.results import BootResult, CaseResult, Outcome, RunRecord, outcome_counts
+from harness.report import findings, overview
+from harness.results import BootResult, Outcome, RunRecord, outcome_counts
 
 # summary.md goes into $GITHUB_STEP_SUMMARY, which GitHub refuses above 1 MiB; lists are cut well below.
 SUMMARY_MAX_ITEMS = 50
 SUMMARY_MAX_BOOTS = 200
 SUMMARY_MAX_NAMED = 10  # boots named on the line of boots that did not start
 _MD_TEXT_MAX = 300
+_CHANGE_MAX = 600  # what changed: a few fields, each value cut at 80 characters (findings.what_changed)
 
 # Every ASCII punctuation character may be backslash-escaped in CommonMark. Inside a line these
 # are the ones that start emphasis, code, links, HTML, entities, table cells, strikethrough,
@@ -62,8 +64,41 @@ def _unstarted(groups: Sequence[tuple[str, Sequence[BootResult]]]) -> list[str]:
     return lines + [""] if lines else []
 
 
+def _finding(f: findings.Finding, m: overview.Matrix) -> str:
+    """A finding in one bullet: case, outcome, what was observed (or the known entry's reason), the
+    boots and the (limit, user) runs it covers, and its first and last kernel."""
+    said = f.known or f.observed[0]
+    boots = overview.capped([c.boot.boot_id for c in f.boots], SUMMARY_MAX_NAMED)
+    span = f"only {f.first.name}" if f.first is f.last else f"first {f.first.name}, last {f.last.name}"
+    runs = f"{', '.join(f.runs)} ({len(f.runs)} of {findings.runs_of(m, f.case)})"
+    results = f"{len(f.seen)} result{'s' if len(f.seen) != 1 else ''}"
+    where = f"{results} on {len(f.boots)} of {len(m.columns)} boots: {boots}; {span}; limit/user: {runs}"
+    label = md_escape(f.label) if f.known else f"**{md_escape(f.label)}**"
+    return f"- **{md_escape(f.case)}**: {label}: {md_escape(said)} ({md_escape(where, 600)})"
+
+
+def _changes(m: overview.Matrix) -> list[str]:
+    """A bullet per behaviour change and what changed, the (limit, user) runs that changed alike as one."""
+    groups: dict[tuple[str, str, str, int, str], list[str]] = {}
+    for change in m.changes:
+        what = findings.describe(findings.cell_change(change.row, change.row.cells[change.after.index]), _CHANGE_MAX)
+        key = (change.row.case, change.before.name, change.after.name, change.after.boot.ram_mb, what)
+        groups.setdefault(key, []).append(f"{change.row.memlock}/{change.row.user}")
+    several_rams = len(m.ram_sizes) > 1
+    lines = []
+    for (case, before, after, ram_mb, what), runs in list(groups.items())[:SUMMARY_MAX_ITEMS]:
+        ram = f" ({ram_mb} MiB)" if several_rams else ""
+        lines.append(
+            f"- **{md_escape(case)}** ({md_escape(', '.join(runs))}): {md_escape(before)} → {md_escape(after)}{ram}: "
+            + md_escape(what, _CHANGE_MAX)
+        )
+    if len(groups) > SUMMARY_MAX_ITEMS:
+        lines += ["", _more(len(groups) - SUMMARY_MAX_ITEMS)]
+    return lines or ["None."]
+
+
 def markdown(run: RunRecord) -> str:
-    """summary.md: status, counts, a row per boot, deviations by case and behaviour changes, all capped."""
+    """summary.md: status, counts, findings (new first), behaviour changes and a row per boot, all capped."""
     m = overview.matrix(run)
     counts = outcome_counts(run.boots)
     boot_errors = sum(1 for b in run.boots if b.error)
@@ -77,6 +112,26 @@ def markdown(run: RunRecord) -> str:
         [[str(counts[o.value]) for o in Outcome] + [str(boot_errors)]],
     )
     out.append("")
+
+    # Boots that did not start are a line per reason, not their failure copied into every case.
+    unstarted = overview.unstarted(run.boots)
+    found = findings.findings(m)
+    not_started = sum(1 for _, group in unstarted for b in group for r in b.cases if r.outcome not in overview.QUIET)
+    more = f"; {not_started} more results on boots that did not start" if not_started else ""
+    out += [f"### Findings: {findings.tally(found)}{more}", ""]
+    if not found and not unstarted:
+        out += ["None: every case that answered passed, or does not apply.", ""]
+    out += _unstarted(unstarted)
+    new = [f for f in found if not f.known]
+    for title, group in (("New", new), ("Known", found[len(new) :])):
+        if group:
+            out += [f"**{title}** ({len(group)})", ""]
+            out += [_finding(f, m) for f in group[:SUMMARY_MAX_ITEMS]]
+            out += [_more(len(group) - SUMMARY_MAX_ITEMS)] if len(group) > SUMMARY_MAX_ITEMS else []
+            out.append("")
+
+    out += [f"### Behaviour changes between adjacent kernel versions ({len(m.changes)})", ""]
+    out += _changes(m) + [""]
 
     out += ["### Boots", ""]
     boot_rows = []
@@ -92,50 +147,5 @@ def markdown(run: RunRecord) -> str:
         out += ["", _more(len(m.columns) - SUMMARY_MAX_BOOTS)]
     out.append("")
 
-    # Boots that did not start are a line per reason, not their failure copied into every case.
-    unstarted = overview.unstarted(run.boots)
-    # In matrix order (catalogue order, then kernel version), so the list reads like the page.
-    problems: dict[str, list[tuple[overview.Column, CaseResult]]] = {}
-    for row in m.rows:
-        for column, cell in zip(m.columns, row.cells, strict=True):
-            if overview.did_not_start(column.boot):
-                continue
-            if cell.result is not None and cell.result.outcome not in overview.QUIET:
-                problems.setdefault(row.case, []).append((column, cell.result))
-    total = sum(len(v) for v in problems.values())
-    not_started = sum(1 for _, group in unstarted for b in group for r in b.cases if r.outcome not in overview.QUIET)
-    header = f"{total + not_started}" + (f"; {not_started} of them on boots that did not start" if not_started else "")
-    out += [f"### Deviations and other problems ({header})", ""]
-    if not total and not unstarted:
-        out += ["None.", ""]
-    out += _unstarted(unstarted)
-    shown = 0
-    for case, items in problems.items():
-        if shown >= SUMMARY_MAX_ITEMS:
-            break
-        out.append(f"**{md_escape(case)}** ({len(items)})")
-        out.append("")
-        for c, r in items[: SUMMARY_MAX_ITEMS - shown]:
-            message = f": {md_escape(overview.full_error(r.message))}" if r.message.strip() else ""
-            out.append(
-                f"- memlock={md_escape(r.memlock)}, user={md_escape(r.user)} on {md_escape(c.boot.boot_id)} "
-                f"({md_escape(c.name)}): **{r.outcome.value}**{message}"
-            )
-            shown += 1
-        out.append("")
-    if total > shown:
-        out += [_more(total - shown), ""]
-
-    several_rams = len(m.ram_sizes) > 1
-    out += [f"### Behaviour changes between adjacent kernel versions ({len(m.changes)})", ""]
-    if not m.changes:
-        out += ["None.", ""]
-    for change in m.changes[:SUMMARY_MAX_ITEMS]:
-        ram = f" ({change.after.boot.ram_mb} MiB)" if several_rams else ""
-        out.append(
-            f"- {md_escape(change.row.name)}: {md_escape(change.before.name)} → {md_escape(change.after.name)}{ram}"
-        )
-    if len(m.changes) > SUMMARY_MAX_ITEMS:
-        out += ["", _more(len(m.changes) - SUMMARY_MAX_ITEMS)]
     out += ["", f"Every result: {overview.HTML_FILE} in the run directory (a click on a cell opens its evidence)."]
     return encodable("\n".join(out) + "\n")
