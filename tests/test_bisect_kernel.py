@@ -5,7 +5,7 @@ cache (never committed here), made a git repository, and given four commits, one
 mlock() from enforcing RLIMIT_MEMLOCK. `harness bisect` must name that commit and leave the tree
 as it found it. Commits have fixed dates, so the tree and commit hashes are the same on every run
 and kernels already built are taken from the cache; on a fresh cache the first build is the slow
-part (see README: Bisect).
+part (see docs/bisect.md).
 """
 
 from __future__ import annotations

@@ -215,7 +215,7 @@ def test_relative_path_kernel_is_relative_to_the_matrix_file(tmp_path: Path) -> 
 def test_a_home_relative_path_is_the_user_s_wherever_the_matrix_is(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """`~/...` in path: and git: {repo: ...} (the README writes `repo: ~/src/linux`) is expanded first,
+    """`~/...` in path: and git: {repo: ...} (docs/matrix.md writes `repo: ~/src/linux`) is expanded first,
     not joined under the matrix's directory as a directory named "~"."""
     home = tmp_path / "home"
     (home / "src").mkdir(parents=True)

@@ -38,7 +38,7 @@ SERIAL_LINE_MAX = 4096
 
 # How long a booting guest may print nothing at all before it counts as dead, not slow. Measured
 # here under TCG (QEMU start to the first console byte): 0.14-0.6 s for PVH vmlinux files and the
-# old bzImages of ../shared/kernels, 0.8-2.5 s for Debian's bzImages (xz decompression). TCG's
+# 2.6.20-4.4 bzImages built beside the project, 0.8-2.5 s for Debian's bzImages (xz decompression). TCG's
 # bound leaves a host busy with other guests ten times that; under KVM a kernel prints within a second.
 SILENT_AFTER = {"kvm": 10.0, "tcg": 30.0}
 KVM_FAILED = "KVM internal error"  # what QEMU prints when KVM cannot run (or emulate) a guest instruction

@@ -90,7 +90,7 @@ class Malformed:
 
 
 _NONE = type(None)
-# The fields the harness reads, with the types the probe prints (README.md lists them all);
+# The fields the harness reads, with the types the probe prints (guest-tests/README.md lists them all);
 # every other field is only bounded, and compared by the expectations that name it.
 _FIELDS: dict[str, tuple[type, ...]] = {
     "kind": (str,),
