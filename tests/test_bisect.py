@@ -1,4 +1,4 @@
-"""harness/bisect.py without building kernels: the `git bisect run` contract on real git repositories,
+"""harness/bisect (commits and the shared step) without building kernels: the `git bisect run` contract on real git repositories,
 the tree left as found (Ctrl-C included), and the agreement rule for flaky behaviour.
 
 The full thing (a kernel tree from Debian's linux-source, built and booted at every step) is
@@ -20,7 +20,8 @@ import pytest
 from conftest import git
 
 from harness import bisect
-from harness.bisect import Observation, Settings
+from harness.bisect import Observation, commits
+from harness.bisect.commits import Settings
 from harness.errors import InfraError, UserError
 
 
@@ -54,7 +55,7 @@ def script(tmp_path: Path, body: str) -> list[str]:
 
 def run_bisect(repo: Path, tmp_path: Path, step: list[str]) -> str:
     first = git(repo, "rev-list", "--max-parents=0", "HEAD")
-    return bisect._run_bisect(
+    return commits._run_bisect(
         repo, first, git(repo, "rev-parse", "HEAD"), [*step, str(repo)], tmp_path, "main", lambda m: None
     )
 
@@ -93,7 +94,7 @@ def test_ctrl_c_mid_bisect_still_resets(repo: Path, tmp_path: Path) -> None:
     driver = tmp_path / "driver.py"
     step = script(tmp_path, "open(sys.argv[1] + '/../started', 'w').close()\ntime.sleep(60)\n")
     driver.write_text(
-        "import sys\nfrom pathlib import Path\nfrom harness import bisect\nfrom harness.kernels import kbuild\n"
+        "import sys\nfrom pathlib import Path\nfrom harness.bisect import commits as bisect\nfrom harness.kernels import kbuild\n"
         f"repo = Path({str(repo)!r})\n"
         "first = kbuild.git(repo, 'rev-list', '--max-parents=0', 'HEAD')\n"
         f"bisect._run_bisect(repo, first, kbuild.git(repo, 'rev-parse', 'HEAD'), {[*step, str(repo)]!r}, "
@@ -117,11 +118,11 @@ def test_ctrl_c_mid_bisect_still_resets(repo: Path, tmp_path: Path) -> None:
 def test_a_bisect_already_in_progress_or_no_repo_is_bad_input(repo: Path, tmp_path: Path) -> None:
     git(repo, "bisect", "start")
     with pytest.raises(UserError, match="a bisect is already in progress there"):
-        bisect.check_repo(repo)
+        commits.check_repo(repo)
     git(repo, "bisect", "reset")
-    assert bisect.check_repo(repo) == "main"
+    assert commits.check_repo(repo) == "main"
     with pytest.raises(UserError, match="not a git work tree"):
-        bisect.check_repo(tmp_path)
+        commits.check_repo(tmp_path)
 
 
 # --- agreement -----------------------------------------------------------------------------------
@@ -177,7 +178,7 @@ def test_step_verdicts(monkeypatch: pytest.MonkeyPatch, repo: Path, tmp_path: Pa
     state.write_text(json.dumps({"settings": settings, "good": {"behaviour": "A"}, "bad": {"behaviour": "B"}}))
     for answer, code in (("A", 0), ("B", 1), ("C", 1), ("", 125)):
         monkeypatch.setattr(bisect, "observe", lambda *a, answer=answer, **k: obs(answer))
-        assert bisect.step(state, tmp_path / "cache", lambda m: None) == code
+        assert commits.step(state, tmp_path / "cache", lambda m: None) == code
     lines = [json.loads(x) for x in (state.parent / bisect.STEPS_FILE).read_text().splitlines()]
     assert [x["verdict"] for x in lines] == ["good", "bad", "bad", "skip"]
-    assert lines[0]["title"] == "commit 7" and lines[0]["commit"] == "c" * 40
+    assert lines[0]["title"] == "commit 7" and lines[0]["point"] == "c" * 40

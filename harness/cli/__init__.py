@@ -13,9 +13,8 @@ from rich.console import Console
 from harness.cache import crashes
 from harness.cli import signals
 from harness.cli.args import parser
+from harness.cli.bisecting import cmd_bisect, cmd_bisect_step
 from harness.cli.commands import (
-    cmd_bisect,
-    cmd_bisect_step,
     cmd_cache,
     cmd_cases,
     cmd_compare,

@@ -162,13 +162,33 @@ def parser() -> argparse.ArgumentParser:
     for cmd in (run, rp):
         cmd.add_argument("--cold", action="store_true", help="boot every guest; do not load or save saved guests")
 
-    bs = sub.add_parser("bisect", help="find the first commit where a case's behaviour changed", parents=[common])
-    bs.add_argument("--repo", type=Path, required=True, help="kernel git work tree (left as it is found)")
-    bs.add_argument("--good", required=True, help="a revision that behaves the old way")
-    bs.add_argument("--bad", required=True, help="a later revision that behaves otherwise")
+    bs = sub.add_parser(
+        "bisect",
+        help="find the first commit, or the first built kernel, where a case's behaviour changed",
+        parents=[common],
+    )
+    where = bs.add_mutually_exclusive_group(required=True)
+    where.add_argument("--repo", type=Path, help="kernel git work tree (left as it is found): bisect its commits")
+    where.add_argument(
+        "--debian",
+        metavar="SUITES",
+        help="bisect Debian's builds of one line in these suites, comma-separated: bookworm,bookworm-security",
+    )
+    where.add_argument(
+        "--kernels", type=Path, nargs="+", metavar="PATH", help="bisect these kernel images, in build order"
+    )
+    where.add_argument("--resume", type=Path, metavar="DIR", help="go on with a bisect that stopped (results/bisect-*)")
+    bs.add_argument(
+        "--good",
+        help="the end that behaves the old way: a revision (--repo), an ABI or package version "
+        "(--debian), a path (--kernels; default: the first)",
+    )
+    bs.add_argument("--bad", help="the later end, which behaves otherwise (--kernels: default the last)")
+    bs.add_argument(
+        "--package", default="linux-image-amd64", help="with --debian: the kernel package (default: linux-image-amd64)"
+    )
     bs.add_argument(
         "--case",
-        required=True,
         help="the case whose behaviour is compared: a probe case, or a "
         "suite's program as SUITE:PROGRAM (kselftest-mm:mlock2-tests)",
     )

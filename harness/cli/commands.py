@@ -9,12 +9,12 @@ from pathlib import Path
 
 from rich.console import Console
 
-from harness import bisect, history, kernels, kit, merge, prune, rejudge, replay, run
+from harness import history, kernels, kit, merge, prune, rejudge, replay, run
 from harness.boot import accel
 from harness.boot.live import Live
-from harness.cache import cache_dir, crashes, disk_size, usage
+from harness.cache import cache_dir, disk_size, usage
 from harness.cli import signals
-from harness.errors import EXIT_FINDINGS, EXIT_OK, InfraError, UserError
+from harness.errors import EXIT_FINDINGS, EXIT_OK, UserError
 from harness.files import read_text
 from harness.history import compare
 from harness.kernels import devices, sources
@@ -231,48 +231,6 @@ def cmd_replay(args: argparse.Namespace, console: Console) -> int:
         say(f"replay: every result behaved as in run {done.original.run_id}")
     say(f"results: {done.run_dir}")
     return code
-
-
-def cmd_bisect(args: argparse.Namespace, console: Console) -> int:
-    if args.tries < 1:
-        raise UserError(f"--tries {args.tries}: give at least 1")
-    settings = bisect.Settings(
-        args.repo.resolve(),
-        args.case,
-        args.ram,
-        args.memlock,
-        args.user,
-        args.config.resolve() if args.config else None,
-        args.base,
-        args.tries,
-        args.compiler,
-    )
-    bisect.check_repo(settings.repo)
-    bisect.check(settings, probe.build().names)
-    say = terminal.printer(console)
-    found = bisect.bisect(settings, args.good, args.bad, args.results, _cache(args), say, accel.mode(args.accel))
-    say(f"first commit that changed {args.case}: {found.commit} {found.title}")
-    for side, obs in (("before", found.good), ("after", found.bad)):
-        say(f"  {side} ({obs.commit[:12]}): {obs.outcome} {obs.behaviour}")
-        say(f"    evidence: {', '.join(obs.run_dirs)}")
-    say(f"  changed: {', '.join(found.fields)}; bisect record: {found.directory}")
-    return 0
-
-
-def cmd_bisect_step(args: argparse.Namespace, console: Console) -> int:
-    """`git bisect run` reads the exit code: 0 good, 1 bad, 125 skip, 128 abort (a harness error)."""
-    err = terminal.printer(Console(stderr=True, width=1000))
-    try:
-        return bisect.step(args.state, _cache(args), terminal.printer(console))
-    except UserError as e:
-        err(f"harness bisect-step: error: {e}")
-        return bisect.ABORT
-    except InfraError as e:  # after the boot's own retries: this commit cannot answer
-        err(f"harness bisect-step: skip: {e}")
-        return bisect.SKIP
-    except Exception as e:  # noqa: BLE001 - any harness bug must abort the bisect, not mark a commit
-        err(f"harness bisect-step: internal error: {type(e).__name__}: {e}; traceback in {crashes.report()}")
-        return bisect.ABORT
 
 
 def cmd_history(args: argparse.Namespace, console: Console) -> int:

@@ -33,7 +33,7 @@ from harness.yamlfile import KeyPath, Where
 
 BUILDS = ("newest", "lines", "all")  # what a spec stands for: its newest build, each line's newest, every build
 
-__all__ = ["BUILDS", "DebianKernel", "Mirrors", "Resolved", "SOURCE", "fetch", "resolve", "resolve_in"]
+__all__ = ["BUILDS", "DebianKernel", "Mirrors", "Resolved", "SOURCE", "every_build", "fetch", "resolve", "resolve_in"]
 
 
 @dataclass(frozen=True)
@@ -224,6 +224,13 @@ def _snapshot(where: Where, at: KeyPath, value: object) -> str:
     if moment > dt.datetime.now(dt.UTC) + dt.timedelta(days=1):
         raise where.error(at, f"{moment:%Y-%m-%d} is in the future; give a past date")
     return moment.astimezone(dt.UTC).strftime("%Y%m%dT%H%M%SZ")
+
+
+def every_build(suites: Sequence[str], package: str, ctx: Context) -> list[Resolved]:
+    """Every build of `package` the suites' indexes list, resolved (main and security archive alike),
+    oldest first: what a bisect over builds searches."""
+    spec = DebianKernel(tuple(suites), package, builds="all", origin="--debian")
+    return [SOURCE.resolve(pinned, ctx) for pinned in SOURCE.expand(spec, ctx) if isinstance(pinned, DebianKernel)]
 
 
 def _pinned(spec: DebianKernel, build: Build) -> DebianKernel:
