@@ -30,7 +30,7 @@ from harness.kit import known as known_mod
 from harness.kit import probe, suites, transports, userland, verdict
 from harness.kit.image import Image
 from harness.plan import matrix
-from harness.report import progress, rundir
+from harness.report import candidates, progress, rundir
 from harness.results import BootResult, Outcome
 
 
@@ -213,7 +213,7 @@ def _execute(
     saved = None if options.cold else snapshot.Store.of(options.cache, leases)
 
     run_id, run_dir = rundir.create(options.results)
-    writer = rundir.RunWriter(run_dir, run_id, rundir.now(), [p.id for p in plans])
+    writer = rundir.RunWriter(run_dir, run_id, rundir.now(), [p.id for p in plans], candidates.Finder(options.cache))
     log(f"results: {run_dir}")
     results = {
         p.id: BootResult(p.id, kernel=None, ram_mb=p.ram_mb, accelerator=accel.name, qemu_version=vm.qemu_version())

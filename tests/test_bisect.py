@@ -1,4 +1,5 @@
-"""harness/bisect (commits and the shared step) without building kernels: the `git bisect run` contract on real git repositories,
+"""harness/bisect (commits, and the step both searches share) without building kernels: the `git
+bisect run` contract on real git repositories,
 the tree left as found (Ctrl-C included), and the agreement rule for flaky behaviour.
 
 The full thing (a kernel tree from Debian's linux-source, built and booted at every step) is
@@ -94,7 +95,8 @@ def test_ctrl_c_mid_bisect_still_resets(repo: Path, tmp_path: Path) -> None:
     driver = tmp_path / "driver.py"
     step = script(tmp_path, "open(sys.argv[1] + '/../started', 'w').close()\ntime.sleep(60)\n")
     driver.write_text(
-        "import sys\nfrom pathlib import Path\nfrom harness.bisect import commits as bisect\nfrom harness.kernels import kbuild\n"
+        "import sys\nfrom pathlib import Path\nfrom harness.bisect import commits as bisect\n"
+        "from harness.kernels import kbuild\n"
         f"repo = Path({str(repo)!r})\n"
         "first = kbuild.git(repo, 'rev-list', '--max-parents=0', 'HEAD')\n"
         f"bisect._run_bisect(repo, first, kbuild.git(repo, 'rev-parse', 'HEAD'), {[*step, str(repo)]!r}, "

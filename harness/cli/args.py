@@ -111,6 +111,7 @@ def parser() -> argparse.ArgumentParser:
         action="store_true",
         help="exit 0 even when the new side has fewer answers than the baseline (default: exit 3)",
     )
+    _candidates_option(c)
     c.add_argument(
         "--known",
         type=Path,
@@ -200,6 +201,7 @@ def parser() -> argparse.ArgumentParser:
     bs.add_argument(
         "--base", default="tinyconfig", choices=sources.git.BASES, help="config the fragment is merged onto"
     )
+    _candidates_option(bs)
     bs.add_argument("--tries", type=int, default=3, help="guests per commit at most, until two agree (default: 3)")
     bs.add_argument(
         "--results",
@@ -211,6 +213,7 @@ def parser() -> argparse.ArgumentParser:
         _accel_option(cmd)
     for cmd in (run, m, rp, j):
         _known_options(cmd)
+        _candidates_option(cmd)
 
     st = sub.add_parser("bisect-step", help="one step of `git bisect run` (called by harness bisect)", parents=[common])
     st.add_argument("--state", type=Path, required=True, help="the bisect's state.json")
@@ -225,6 +228,7 @@ def parser() -> argparse.ArgumentParser:
     h.add_argument("--case", help="only this case (shows every kernel's behaviour in detail)")
     h.add_argument("--kernel", help="only this kernel: 6.1 (any 6.1.x), a version, release, package or sha256 prefix")
     h.add_argument("--changes", action="store_true", help="only rows whose behaviour changes between kernels")
+    _candidates_option(h)
     _history_option(h)
     hsub = h.add_subparsers(dest="action", parser_class=_Parser)
     hi = hsub.add_parser("import", help="add existing run directories to the history", parents=[common])
@@ -319,6 +323,16 @@ def _known_options(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "--strict", action="store_true", help="exit 1 also when a known deviation no longer deviates (fixed)"
+    )
+
+
+def _candidates_option(cmd: argparse.ArgumentParser) -> None:
+    cmd.add_argument(
+        "--candidates",
+        type=int,
+        default=5,
+        metavar="N",
+        help="changelog entries shown per change between two builds of a line (default: 5)",
     )
 
 

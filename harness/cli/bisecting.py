@@ -12,10 +12,10 @@ from harness.bisect import ABORT, SKIP, STATE_FILE, builds, commits
 from harness.bisect import check as check_options
 from harness.boot import accel
 from harness.cache import crashes
-from harness.cli.commands import _cache, _options
+from harness.cli.commands import _cache, _options, _shown
 from harness.errors import InfraError, UserError
 from harness.kit import probe
-from harness.report import terminal
+from harness.report import candidates, terminal
 
 
 def cmd_bisect(args: argparse.Namespace, console: Console) -> int:
@@ -100,6 +100,10 @@ def _builds(
         f"({found.steps} between the ends); last build that behaves like --good: {last.name}"
     )
     say(f"  bisect record: {found.directory}")
+    explained = candidates.Finder(cache)(settings.case, last.info(), first.info())
+    if explained is not None:
+        for text in explained.lines(_shown(args)):
+            say(text)
     return 0
 
 

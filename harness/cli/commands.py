@@ -20,7 +20,7 @@ from harness.history import compare
 from harness.kernels import devices, sources
 from harness.kit import known, probe
 from harness.plan import matrix, overrides
-from harness.report import progress, rundir, terminal
+from harness.report import candidates, progress, rundir, terminal
 from harness.results import BootResult, exit_code
 
 
@@ -60,7 +60,8 @@ def _summed_up(boots: Sequence[BootResult], args: argparse.Namespace, console: C
     one that no longer deviates fails only with --strict."""
     entries = known.load_known(args.known)
     fixed = [(f"{k.case} ({k.origin})", where) for k, where in known.fixed(entries, boots)]
-    terminal.print_summary(boots, console, args.verbose, fixed)
+    explain = candidates.Finder(_cache(args))
+    terminal.print_summary(boots, console, args.verbose, fixed, explain, _shown(args))
     code = exit_code(boots)
     return EXIT_FINDINGS if code == EXIT_OK and fixed and getattr(args, "strict", False) else code
 
@@ -182,7 +183,7 @@ def cmd_compare(args: argparse.Namespace, console: Console) -> int:
     known = compare.load_known(args.known)
     base, new = _side(args.baseline, args), _side(args.new, args)
     diffs = compare.compare(base, new, known)
-    compare.render(diffs, base, new, console)
+    compare.render(diffs, base, new, console, candidates.Finder(_cache(args)), _shown(args))
     lost = 0 if args.allow_missing else compare.missing(base, new)
     if lost:
         terminal.printer(console)(
@@ -248,7 +249,16 @@ def cmd_history(args: argparse.Namespace, console: Console) -> int:
     with history.History(path) as db:
         timelines = db.timelines(args.case, args.kernel)
     entries = known.load_known(args.known)
-    history.render(timelines, console, detail=args.case is not None, only_changes=args.changes, known=entries)
+    explain = candidates.Finder(_cache(args)) if args.changes else None
+    history.render(
+        timelines,
+        console,
+        detail=args.case is not None,
+        only_changes=args.changes,
+        known=entries,
+        explain=explain,
+        candidates=_shown(args),
+    )
     return 0
 
 
@@ -318,6 +328,13 @@ def cmd_cases(args: argparse.Namespace, console: Console) -> int:
 def _line(console: Console, *fields: str) -> None:
     """Tab-separated listings go out as plain text, so `cut -f1` works (rich would expand tabs)."""
     console.file.write("\t".join(terminal.safe(f).replace("\t", "\\t").replace("\n", "\\n") for f in fields) + "\n")
+
+
+def _shown(args: argparse.Namespace) -> int:
+    shown = getattr(args, "candidates", candidates.SHOWN)
+    if shown < 0:
+        raise UserError(f"--candidates {shown}: give 0 or more")
+    return int(shown)
 
 
 def _cache(args: argparse.Namespace) -> Path:

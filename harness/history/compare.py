@@ -23,6 +23,7 @@ from harness.kit.known import Known as Known
 from harness.kit.known import load_known as load_known
 from harness.kit.verdict import changed_fields
 from harness.report import terminal
+from harness.report.candidates import SHOWN, Explain
 from harness.results import CaseResult, KernelInfo, RunRecord
 
 Key = tuple[str, str, str, str]  # (boot id or RAM, case, memlock, user)
@@ -165,8 +166,38 @@ def _outcome(r: CaseResult | None) -> str:
     return "-" if r is None else r.outcome.value
 
 
-def render(diffs: Sequence[Difference], base: Side, new: Side, console: Console) -> None:
-    """The differences grouped by case, then one line of totals."""
+_EXPLAINED = (Change.NEW_DEVIATION, Change.KNOWN, Change.FIXED, Change.CHANGED)
+
+
+def explained(diffs: Sequence[Difference], base: Side, explain: Explain, shown: int) -> list[str]:
+    """What may explain each case's change from the baseline's kernel to the new one's: within a
+    line the changelog candidates, once per case and pair of builds; between lines, once per pair,
+    how to bisect instead."""
+    out: list[str] = []
+    seen: set[tuple[str, str, str]] = set()
+    for d in diffs:
+        before = base.results.get(d.key, (None, None))[1]
+        if d.change not in _EXPLAINED or before is None or d.kernel is None or before == d.kernel:
+            continue
+        pair = (versions.name(before), versions.name(d.kernel))
+        found = explain(d.case, before, d.kernel)
+        if found is None or (d.case, *pair) in seen or (found.across and ("", *pair) in seen):
+            continue
+        seen.add(("" if found.across else d.case, *pair))
+        out += [f"{pair[0]} → {pair[1]}: {found.note}"] if found.across else found.lines(shown)
+    return out
+
+
+def render(
+    diffs: Sequence[Difference],
+    base: Side,
+    new: Side,
+    console: Console,
+    explain: Explain | None = None,
+    shown: int = SHOWN,
+) -> None:
+    """The differences grouped by case, then one line of totals; with `explain`, what may explain
+    the changes between two builds."""
     console.print(terminal.text(f"baseline: {base.name}\nnew:      {new.name}"))
     lost = lost_boots(new)
     for boot, results in lost.items():
@@ -196,3 +227,5 @@ def render(diffs: Sequence[Difference], base: Side, new: Side, console: Console)
     counts = {c: sum(1 for d in diffs if d.change is c) for c in Change}
     total = ", ".join(f"{n} {c.value}" for c, n in counts.items() if n) or "no differences"
     console.print(terminal.text(f"{len(new.results)} results compared with {len(base.results)}: {total}"))
+    for said in explained(diffs, base, explain, shown) if explain is not None else ():
+        console.print(terminal.text(said))

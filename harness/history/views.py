@@ -20,6 +20,7 @@ from harness import versions
 from harness.history.timeline import Point, Timeline
 from harness.kit.known import Known, covering
 from harness.report import terminal
+from harness.report.candidates import SHOWN, Explain
 from harness.results import CaseResult, KernelInfo
 
 _NOT_SEEN = "·"
@@ -75,9 +76,12 @@ def render(
     detail: bool = False,
     only_changes: bool = False,
     known: Sequence[Known] = (),
+    explain: Explain | None = None,
+    candidates: int = SHOWN,
 ) -> None:
     """Print timelines for a kernel developer: a letter grid, or with `detail` one line per kernel,
-    a finding a known-deviations entry expects marked as known."""
+    a finding a known-deviations entry expects marked as known. With `only_changes`, `explain`
+    gives each change within a line its changelog candidates (at most `candidates` shown)."""
     if not timelines:
         console.print(Text("no observed behaviour in the history"))
         return
@@ -89,6 +93,8 @@ def render(
         for title, rows in _changes(shown).items():
             if rows:
                 console.print(_changes_table(title, rows, _rows_per_case(timelines)))
+                if explain is not None:
+                    _explained(rows, explain, candidates, console)
     elif shown:
         console.print(_grid(shown))
     changing = sum(1 for t in timelines if t.first_change is not None)
@@ -149,6 +155,24 @@ def _changes(timelines: Sequence[Timeline]) -> dict[str, list[_Change]]:
             )
         )
     return grouped
+
+
+def _explained(changes: Sequence[_Change], explain: Explain, shown: int, console: Console) -> None:
+    """Under the table: each change's candidates; between lines, one line per pair of builds."""
+    said: set[str] = set()
+    for c in changes:
+        found = explain(c.case, c.before, c.after)
+        if found is None:
+            continue
+        if found.across:  # not the case's business: said once per pair of builds
+            text = [f"{versions.name(found.before)} → {versions.name(found.after)}: {found.note}"]
+            if text[0] in said:
+                continue
+            said.add(text[0])
+        else:
+            text = found.lines(shown)
+        for line in text:
+            console.print(terminal.text(line))
 
 
 def _row(t: Timeline) -> str:

@@ -26,8 +26,9 @@ from typing import Any
 import zstandard
 from debian.debian_support import Version
 
+from harness import versions
 from harness.cache.lease import UNLEASED, Leases
-from harness.debian import debfile
+from harness.debian import changelog, debfile
 from harness.debian.archive import Deb, cached_deb
 from harness.errors import InfraError
 from harness.files import atomic_write
@@ -145,14 +146,17 @@ def _todo(folder: Path, keep_modules: Sequence[str]) -> tuple[dict[str, Any] | N
     kept = meta.get(_KEPT) if meta is not None else None
     if meta is None or not load(folder).image.is_file() or (kept is not None and not set(keep_modules) <= set(kept)):
         return meta, _UNPACK
+    if _CHANGELOG not in meta:
+        return meta, _UNPACK
     if kept is None or (meta.get("vmlinux") and not meta.get(_SPARSE)):
         return meta, _SLIM
     return meta, ""
 
 
 # In kernel.json: the module names its folder keeps (with their depends), absent when it keeps all;
-# and whether its vmlinux was written with holes.
-_KEPT, _SPARSE = "modules_kept", "vmlinux_sparse"
+# whether its vmlinux was written with holes; its changelog file, null when the package had none
+# (absent: unpacked before changelogs were kept, so it is unpacked again).
+_KEPT, _SPARSE, _CHANGELOG = "modules_kept", "vmlinux_sparse", "changelog"
 
 
 def _meta(folder: Path) -> dict[str, Any] | None:
@@ -194,6 +198,7 @@ def _unpack(kernel: Packaged, debs: Sequence[Path], folder: Path, keep_modules: 
         vmlinux = vmlinux_from_image(data)
         if vmlinux is not None:
             write_sparse(tmp / "vmlinux", vmlinux)
+        kept_changelog = _keep_changelog(tmp, kernel.version)
         modules_dir = tmp / "modules" / abi
         if modules_dir.is_dir():
             modules.slim(modules_dir, keep_modules)
@@ -209,6 +214,7 @@ def _unpack(kernel: Packaged, debs: Sequence[Path], folder: Path, keep_modules: 
             "version": kernel.version,
             "debs": [asdict(d) for d in kernel.debs],
             "source": kernel.source,
+            _CHANGELOG: kept_changelog,
             _KEPT: sorted(keep_modules),
             _SPARSE: True,
         }
@@ -243,6 +249,50 @@ def write_sparse(path: Path, data: bytes) -> None:
         f.truncate(len(data))
 
 
+# The image package's changelog.Debian.gz, else its changelog.gz (then Debian's own, as the kernel's is).
+_RAW_CHANGELOGS, CHANGELOG_FILE = (".changelog.Debian.gz", ".changelog.gz"), "changelog.json.gz"
+_CHANGELOG_LIMIT = 16 << 20  # a bookworm build's is 1.3 MB
+
+
+def _changelog_name(name: str, abi: str) -> str:
+    """Where the image package's own changelog (linux-image-<abi>[-unsigned]) is kept while
+    unpacking; "" for any other file."""
+    parts = name.split("/")
+    own = len(parts) == 5 and parts[:3] == ["usr", "share", "doc"]
+    if not own or parts[3] not in (f"linux-image-{abi}", f"linux-image-{abi}-unsigned"):
+        return ""
+    return {"changelog.Debian.gz": _RAW_CHANGELOGS[0], "changelog.gz": _RAW_CHANGELOGS[1]}.get(parts[4], "")
+
+
+def _keep_changelog(folder: Path, version: str) -> str | None:
+    """The changelog's entries of the build's own upstream line, parsed once into the cache (what a
+    change between two builds of the line is explained from); None when the package has none or it
+    does not parse: the kernel boots all the same."""
+    found = [folder / name for name in _RAW_CHANGELOGS if (folder / name).is_file()]
+    if not found:
+        return None
+    raw = found[0]
+    try:
+        line = ".".join(map(str, versions.upstream(KernelInfo("", "", None, version, "", ""))[:2]))
+        kept = changelog.entries(changelog.read(raw.read_bytes()), line)
+        (folder / CHANGELOG_FILE).write_bytes(changelog.dump(kept))
+        return CHANGELOG_FILE
+    except changelog.Malformed:
+        return None
+    finally:
+        for path in found:
+            path.unlink()
+
+
+def changelog_of(kernel: Kernel) -> list[changelog.Entry] | None:
+    """The changelog entries kept with a cached kernel of Debian's; None when none were kept."""
+    path = kernel.image.parent / CHANGELOG_FILE
+    try:
+        return changelog.load(path.read_bytes()) if path.is_file() else None
+    except (OSError, changelog.Malformed):
+        return None
+
+
 def extract_deb(deb: Path, abi: str, dest: Path, what: str) -> None:
     """Copy the kernel image to dest/vmlinuz and the modules tree to dest/modules/<abi>/ from one .deb.
     The tar is streamed: a modules package is ~100 MB compressed and several times that unpacked."""
@@ -256,6 +306,10 @@ def extract_deb(deb: Path, abi: str, dest: Path, what: str) -> None:
                     continue  # links and odd paths: the cache holds plain files inside its own tree only
                 if name in image_names:
                     target = dest / "vmlinuz"
+                elif _changelog_name(name, abi):
+                    if member.size > _CHANGELOG_LIMIT:
+                        continue  # not a changelog the harness reads; the kernel is still good
+                    target = dest / _changelog_name(name, abi)
                 else:
                     root = next((r for r in module_roots if name.startswith(r)), None)
                     if root is None:

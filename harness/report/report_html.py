@@ -14,13 +14,15 @@ from __future__ import annotations
 
 import functools
 import re
+from collections.abc import Mapping
 from typing import Any
 
 import jinja2
 from markupsafe import Markup, escape
 
 from harness.jsondoc import encodable
-from harness.report import boot_html, findings, overview
+from harness.report import boot_html, candidates, findings, overview
+from harness.report.candidates import Candidates
 from harness.results import Outcome, RunRecord, exit_code, outcome_counts
 
 
@@ -62,7 +64,9 @@ _COLOUR = {
 }
 
 
-def _cell(row: overview.Row, column: overview.Column, cell: overview.Cell) -> str:
+def _cell(
+    row: overview.Row, column: overview.Column, cell: overview.Cell, explained: Mapping[candidates.Key, Candidates]
+) -> str:
     """One matrix cell, as small as it can be: a hundred boots make fifty thousand of them.
 
     A quiet cell (pass, n/a, unchanged) is bare; the matrix's click handler opens its evidence. A
@@ -82,7 +86,9 @@ def _cell(row: overview.Row, column: overview.Column, cell: overview.Cell) -> st
     if cell.changed_from is None:
         return f'<td class="{cls}"><a href="{href}">{label}</a></td>'
     what = findings.describe(findings.cell_change(row, cell))
-    title = escape(f"changed since {cell.changed_from.name}: {what}")
+    found = explained.get((row.case, cell.changed_from.index, column.index))
+    best = f"; changelog: {found.lines(1)[1].strip()}" if found is not None and found.ranked else ""
+    title = escape(f"changed since {cell.changed_from.name}: {what}{best}")
     return f'<td class="{cls} {CHANGED}"><a href="{href}" title="{title}">Δ {label}</a></td>'
 
 
@@ -131,6 +137,7 @@ table.boots td{white-space:nowrap}table.boots td.err{white-space:pre-wrap}
 .new .tag{background:#c00;color:#fff}
 .sub{color:#555;font-size:90%;font-weight:normal}
 .ev.q{border:0;margin:0;padding:1px 0;font-size:92%}.ev.q a{color:inherit}
+ol.cand{margin:.2em 0;padding-left:1.6em}
 """
 
 # The matrix is one fixed-layout table per CHUNK_ROWS rows with the same columns, each skipped by the
@@ -193,7 +200,12 @@ _INDEX = """<!DOCTYPE html>
   {%- for c, row in where(f) %} <a href="{{ page(c) }}#r{{ row }}">{{ c.boot.boot_id }}</a>
   {{- "," if not loop.last }}{% endfor %}
   {{- " +%d" % (f.boots | length - where(f) | length) if f.boots | length > where(f) | length else "" }}</dd>
-<dt>limit/user</dt><dd>{{ f.runs | length }} of {{ runs_of(m, f.case) }}: {{ f.runs | join(", ") }}</dd></dl>
+<dt>limit/user</dt><dd>{{ f.runs | length }} of {{ runs_of(m, f.case) }}: {{ f.runs | join(", ") }}</dd>
+{% for c in explained.get(f.case, []) %}<dt>changelog</dt><dd>{{ c.lines(0)[0] | t }}
+{%- if c.ranked %}<ol class="cand">{% for k in c.ranked[:shown] %}<li>{{ describe(k) | t }}</li>{% endfor %}</ol>
+{%- if c.ranked | length > shown %}<span class="sub">and {{ c.ranked | length - shown }} more:
+  harness history --changes --candidates N</span>{% endif %}{% endif %}</dd>
+{% endfor %}</dl>
 </div>
 {% endfor %}
 
@@ -329,12 +341,23 @@ def _row_classes(m: overview.Matrix) -> list[str]:
     return out
 
 
-def _index(run: RunRecord, m: overview.Matrix, found: list[findings.Finding]) -> str:
+def _index(
+    run: RunRecord, m: overview.Matrix, found: list[findings.Finding], explain: candidates.Explain | None
+) -> str:
     spans = {ram: sum(1 for c in m.columns if c.boot.ram_mb == ram) for ram in m.ram_sizes}
-    cells = [Markup("".join(_cell(row, m.columns[i], cell) for i, cell in enumerate(row.cells))) for row in m.rows]
+    explained = candidates.of_changes(m, explain)
+    cells = [
+        Markup("".join(_cell(row, m.columns[i], cell, explained) for i, cell in enumerate(row.cells))) for row in m.rows
+    ]
+    by_case: dict[str, list[Candidates]] = {}
+    for c in candidates.within(explained):
+        by_case.setdefault(c.case, []).append(c)
     return _template().render(
         _shared(run, m),
         found=found,
+        explained=by_case,
+        shown=candidates.SHOWN,
+        describe=candidates.describe,
         tally=findings.tally(found),
         where=_where,
         runs_of=findings.runs_of,
@@ -369,12 +392,13 @@ def _index(run: RunRecord, m: overview.Matrix, found: list[findings.Finding]) ->
     )
 
 
-def pages(run: RunRecord) -> dict[str, str]:
-    """report.html and every boot's page, by path relative to the run directory."""
+def pages(run: RunRecord, explain: candidates.Explain | None = None) -> dict[str, str]:
+    """report.html and every boot's page, by path relative to the run directory; `explain` gives
+    the changes within a line their changelog candidates."""
     m = overview.matrix(run)
     found = findings.findings(m)
     shared = _shared(run, m)
-    out = {overview.HTML_FILE: _index(run, m, found)}
+    out = {overview.HTML_FILE: _index(run, m, found, explain)}
     out |= {boot_page(c): boot_html.page(m, c, found, shared) for c in m.columns}
     return {path: encodable(text) for path, text in out.items()}
 
@@ -382,4 +406,4 @@ def pages(run: RunRecord) -> dict[str, str]:
 def html(run: RunRecord) -> str:
     """report.html alone: findings, status, counts, the kernel x case matrix, legend and boots."""
     m = overview.matrix(run)
-    return encodable(_index(run, m, findings.findings(m)))
+    return encodable(_index(run, m, findings.findings(m), None))

@@ -24,7 +24,7 @@ from harness import REPO, manifest
 from harness.errors import InfraError, UserError
 from harness.files import atomic_write, os_failure
 from harness.jsondoc import Doc, load
-from harness.report import overview, report_html, summary_md
+from harness.report import candidates, overview, report_html, summary_md
 from harness.report.junit import SuiteXml, document, suite_xml
 from harness.results import BootResult, CaseResult, KernelInfo, Outcome, RunRecord, outcome_counts
 
@@ -276,13 +276,13 @@ def read_results(path: Path) -> RunRecord:
 # --- writing -----------------------------------------------------------------------------------
 
 
-def write_views(run_dir: Path, run: RunRecord) -> None:
+def write_views(run_dir: Path, run: RunRecord, explain: candidates.Explain | None = None) -> None:
     """report.html with its boot pages, and summary.md, each file written atomically.
 
     Everything is rendered before anything is written, and report.html is written after the pages
     it links to. A boot page no longer in the run (none today: a run only gains boots) is removed.
     """
-    pages, markdown = report_html.pages(run), summary_md.markdown(run)
+    pages, markdown = report_html.pages(run, explain), summary_md.markdown(run, explain)
     boot_dir = run_dir / report_html.BOOT_DIR
     boot_dir.mkdir(exist_ok=True)
     for path, text in pages.items():
@@ -311,8 +311,16 @@ class RunWriter:
     Boots are listed in `order` (the plan's boot ids); ids not in it follow in the order first seen.
     """
 
-    def __init__(self, run_dir: Path, run_id: str, started: str, order: Sequence[str] = ()) -> None:
+    def __init__(
+        self,
+        run_dir: Path,
+        run_id: str,
+        started: str,
+        order: Sequence[str] = (),
+        explain: candidates.Explain | None = None,
+    ) -> None:
         self.run_dir = run_dir
+        self.explain = explain  # changelog candidates for the views' changes within a line
         self.run_id = run_id
         self.started = started
         self.finished: str | None = None
@@ -389,7 +397,8 @@ class RunWriter:
             self.interrupted = interrupted
             self._write_reports()
             # Only now: the page and summary are for people, and rendering a big run takes a second.
-            write_views(self.run_dir, RunRecord(self.run_id, self.started, finished, interrupted, self._ordered()))
+            run = RunRecord(self.run_id, self.started, finished, interrupted, self._ordered())
+            write_views(self.run_dir, run, self.explain)
 
     def boots(self) -> list[BootResult]:
         """What has been reported so far, in report order (for the summary and the exit code)."""

@@ -6,10 +6,10 @@ every guest string made inert Markdown.
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 from harness.jsondoc import encodable
-from harness.report import findings, overview
+from harness.report import candidates, findings, overview
 from harness.results import BootResult, Outcome, RunRecord, outcome_counts
 
 # summary.md goes into $GITHUB_STEP_SUMMARY, which GitHub refuses above 1 MiB; lists are cut well below.
@@ -77,28 +77,45 @@ def _finding(f: findings.Finding, m: overview.Matrix) -> str:
     return f"- **{md_escape(f.case)}**: {label}: {md_escape(said)} ({md_escape(where, 600)})"
 
 
-def _changes(m: overview.Matrix) -> list[str]:
-    """A bullet per behaviour change and what changed, the (limit, user) runs that changed alike as one."""
+def _changes(m: overview.Matrix, explained: Mapping[candidates.Key, candidates.Candidates]) -> list[str]:
+    """A bullet per behaviour change and what changed, the (limit, user) runs that changed alike as
+    one; under a change within a line, the changelog entries that may explain it; between lines, a
+    line per pair of kernels saying how to find the commit instead."""
     groups: dict[tuple[str, str, str, int, str], list[str]] = {}
+    keys: dict[tuple[str, str, str, int, str], candidates.Key] = {}
     for change in m.changes:
         what = findings.describe(findings.cell_change(change.row, change.row.cells[change.after.index]), _CHANGE_MAX)
         key = (change.row.case, change.before.name, change.after.name, change.after.boot.ram_mb, what)
         groups.setdefault(key, []).append(f"{change.row.memlock}/{change.row.user}")
+        keys[key] = (change.row.case, change.before.index, change.after.index)
     several_rams = len(m.ram_sizes) > 1
-    lines = []
-    for (case, before, after, ram_mb, what), runs in list(groups.items())[:SUMMARY_MAX_ITEMS]:
+    lines, across = [], {}
+    for key, runs in list(groups.items())[:SUMMARY_MAX_ITEMS]:
+        case, before, after, ram_mb, what = key
         ram = f" ({ram_mb} MiB)" if several_rams else ""
         lines.append(
             f"- **{md_escape(case)}** ({md_escape(', '.join(runs))}): {md_escape(before)} → {md_escape(after)}{ram}: "
             + md_escape(what, _CHANGE_MAX)
         )
+        found = explained.get(keys[key])
+        if found is not None and found.across:
+            across[f"{before} → {after}"] = found.note
+        elif found is not None:
+            head, *rest = found.lines()
+            lines += [f"  - {md_escape(head, _CHANGE_MAX)}"] + [
+                f"    - {md_escape(x.strip(), _CHANGE_MAX)}" for x in rest
+            ]
     if len(groups) > SUMMARY_MAX_ITEMS:
         lines += ["", _more(len(groups) - SUMMARY_MAX_ITEMS)]
+    if across:
+        lines += ["", "Between two upstream lines no changelog says what changed:", ""]
+        lines += [f"- {md_escape(pair)}: {md_escape(note, _CHANGE_MAX)}" for pair, note in across.items()]
     return lines or ["None."]
 
 
-def markdown(run: RunRecord) -> str:
-    """summary.md: status, counts, findings (new first), behaviour changes and a row per boot, all capped."""
+def markdown(run: RunRecord, explain: candidates.Explain | None = None) -> str:
+    """summary.md: status, counts, findings (new first), behaviour changes (with their changelog
+    candidates: `candidates.of_changes`) and a row per boot, all capped."""
     m = overview.matrix(run)
     counts = outcome_counts(run.boots)
     boot_errors = sum(1 for b in run.boots if b.error)
@@ -131,7 +148,7 @@ def markdown(run: RunRecord) -> str:
             out.append("")
 
     out += [f"### Behaviour changes between adjacent kernel versions ({len(m.changes)})", ""]
-    out += _changes(m) + [""]
+    out += _changes(m, candidates.of_changes(m, explain)) + [""]
 
     out += ["### Boots", ""]
     boot_rows = []

@@ -19,9 +19,9 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from harness.report import overview
+from harness.report import candidates, overview
 from harness.report.junit import BOOT_CASE
-from harness.results import BootResult, Outcome, outcome_counts
+from harness.results import BootResult, Outcome, RunRecord, outcome_counts
 
 # C0 controls but tab and newline, DEL, C1 controls, bidi embeddings/overrides/isolates, surrogates.
 _UNSAFE = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u200e\u200f\u202a-\u202e\u2066-\u2069\ud800-\udfff]")
@@ -183,16 +183,39 @@ def news(boots: Sequence[BootResult], fixed: Sequence[tuple[str, Sequence[str]]]
     return lines
 
 
+# Changes within a line printed with their candidates; the rest are in summary.md and report.html.
+CHANGES_SHOWN = 10
+
+
+def changes_lines(boots: Sequence[BootResult], explain: candidates.Explain | None, shown: int) -> list[str]:
+    """A block per behaviour change between two builds of one line: the changelog entries that may
+    explain it. Changes between lines have no such block (summary.md says how to bisect them)."""
+    m = overview.matrix(RunRecord("", "", None, False, list(boots)))
+    found = candidates.within(candidates.of_changes(m, explain))
+    if not found:
+        return []
+    lines = [f"behaviour changes within a line: {len(found)}"]
+    for c in found[:CHANGES_SHOWN]:
+        lines += c.lines(shown)
+    if len(found) > CHANGES_SHOWN:
+        lines.append(f"... and {len(found) - CHANGES_SHOWN} more changes: summary.md, or harness history --changes")
+    return lines
+
+
 def print_summary(
     boots: Sequence[BootResult],
     console: Console,
     verbose: bool = False,
     fixed: Sequence[tuple[str, Sequence[str]]] = (),
+    explain: candidates.Explain | None = None,
+    shown: int = candidates.SHOWN,
 ) -> None:
     console.print(summary_table(boots))
     problems = problems_table(boots) if verbose else grouped_problems_table(boots)
     if problems.row_count:
         console.print(problems)
+    for line in changes_lines(boots, explain, shown):
+        console.print(text(line), soft_wrap=True)
     if not verbose:  # --verbose lists these boots' errors and results in its table
         for said in unstarted_lines(boots):
             console.print(said, soft_wrap=True)
