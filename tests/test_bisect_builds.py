@@ -167,3 +167,7 @@ def test_a_bisect_over_real_bookworm_builds(tmp_path: Path, monkeypatch: pytest.
     assert found["last_good_build"]["name"] == "6.1.0-54-amd64"
     assert "accounting_restored" in found["changed_fields"]
     assert found["steps"] <= math.ceil(math.log2(8 - 1)) and found["boots"] == found["steps"] + 2
+    # The changelog of 6.1.0-55 (kept in the kernel cache when it was unpacked) names the fix first.
+    fix = "mm/mremap: fix locked_vm leak by splitting VMA for MREMAP_DONTUNMAP"
+    assert found["candidates"]["ranked"][0]["title"] == fix and found["candidates"]["entries"] > 1000
+    assert "candidates for mremap_dontunmap_partial, 6.1.190-1 → 6.1.192-1: " in out and f"  {fix} (upstream" in out

@@ -25,6 +25,8 @@ from harness.errors import InfraError, UserError
 from harness.jsondoc import Doc
 from harness.kernels import sources
 from harness.kernels.sources import debian
+from harness.report import candidates
+from harness.report.candidates import Candidates
 from harness.results import KernelInfo
 
 
@@ -128,6 +130,7 @@ class Found:
     directory: Path
     boots: int  # guests booted, the ends' included
     steps: int  # builds observed between the ends
+    candidates: Candidates | None = None  # the changelog entries between the two builds that may explain it
 
 
 def bisect_builds(
@@ -190,6 +193,7 @@ def bisect_builds(
         directory,
         sum(len(o.run_dirs) for o in observed),
         len(observed) - 2,
+        candidates.Finder(cache)(settings.case, builds[lo].info(), builds[hi].info()),
     )
     bisect.write_result(directory, _result(settings, found))
     return found
@@ -205,8 +209,26 @@ def _result(settings: Settings, found: Found) -> dict[str, Any]:
         "bad": dataclasses.asdict(found.bad),
         "boots": found.boots,
         "steps": found.steps,
+        "candidates": _candidates_json(found.candidates),
         "settings": _settings_json(settings),
     }
+
+
+def _candidates_json(found: Candidates | None) -> dict[str, Any] | None:
+    if found is None:
+        return None
+    ranked = [
+        {
+            "title": c.entry.title,
+            "version": c.entry.version,
+            "upstream": c.entry.upstream,
+            "cves": list(c.entry.cves),
+            "matched": list(c.matched),
+            "score": c.score,
+        }
+        for c in found.ranked
+    ]
+    return {"entries": found.entries, "note": found.note, "ranked": ranked}
 
 
 def _build_json(build: Build) -> dict[str, Any]:

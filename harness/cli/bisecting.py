@@ -15,7 +15,7 @@ from harness.cache import crashes
 from harness.cli.commands import _cache, _options, _shown
 from harness.errors import InfraError, UserError
 from harness.kit import probe
-from harness.report import candidates, terminal
+from harness.report import terminal
 
 
 def cmd_bisect(args: argparse.Namespace, console: Console) -> int:
@@ -100,10 +100,8 @@ def _builds(
         f"({found.steps} between the ends); last build that behaves like --good: {last.name}"
     )
     say(f"  bisect record: {found.directory}")
-    explained = candidates.Finder(cache)(settings.case, last.info(), first.info())
-    if explained is not None:
-        for text in explained.lines(_shown(args)):
-            say(text)
+    for text in found.candidates.lines(_shown(args)) if found.candidates is not None else ():
+        say(text)
     return 0
 
 
