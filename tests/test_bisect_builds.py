@@ -171,3 +171,23 @@ def test_a_bisect_over_real_bookworm_builds(tmp_path: Path, monkeypatch: pytest.
     fix = "mm/mremap: fix locked_vm leak by splitting VMA for MREMAP_DONTUNMAP"
     assert found["candidates"]["ranked"][0]["title"] == fix and found["candidates"]["entries"] > 1000
     assert "candidates for mremap_dontunmap_partial, 6.1.190-1 → 6.1.192-1: " in out and f"  {fix} (upstream" in out
+
+
+OLD_KERNELS = Path(__file__).resolve().parent.parent.parent / "shared" / "kernels"
+
+
+@pytest.mark.integration
+def test_a_bisect_over_path_kernels_in_the_order_given(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Three real kernels built here (../shared/kernels: 2.6.32, 3.16, 4.4), oldest first: mlock2()
+    arrived in 4.4, so mlock2_under answers ENOSYS on the first two and is refused or ok on the
+    third. No version is read from a path kernel: the order is the user's."""
+    monkeypatch.setenv("HARNESS_ACCEL", "tcg")
+    paths = [OLD_KERNELS / name / "bzImage" for name in ("linux-2.6.32", "linux-3.16.0", "linux-4.4.178")]
+    args = ["--kernels", *map(str, paths), "--case", "mlock2_under", "--tries", "1"]
+    code, out = harness(["bisect", *args, "--results", str(tmp_path)])
+    assert code == 0, out
+    assert f"first build that changed mlock2_under: {paths[2]}" in out
+    (record,) = tmp_path.glob("bisect-*/bisect.json")
+    found = json.loads(record.read_text())
+    assert found["last_good_build"]["name"] == str(paths[1]) and found["boots"] == 3
+    assert found["candidates"] is None  # a path kernel has no changelog

@@ -149,7 +149,7 @@ def test_history_changes_and_compare_show_them_too(
     views.render(timelines, Console(file=out, width=300), only_changes=True, explain=explain, candidates=1)
     text = out.getvalue()
     assert text.count(f"candidates for {CASE}, 6.1.190-1 → 6.1.192-1") == 1 and FIX in text
-    assert text.count("6.1.192-1 → 6.12.95-1: 6.1.192 and 6.12.95 are of two upstream lines") == 1
+    assert text.count("6.1.192-1 → 6.12.95-1: two upstream lines, which no changelog connects") == 1
 
     run = run_across_the_fix()
     base = compare.kernel_side(BEFORE, [(256, r) for r in run.boots[0].cases])
@@ -157,3 +157,17 @@ def test_history_changes_and_compare_show_them_too(
     diffs = compare.compare(base, new)
     lines = compare.explained(diffs, base, explain, 5)
     assert lines[0].startswith(f"candidates for {CASE}, 6.1.190-1 → 6.1.192-1") and FIX in lines[1]
+
+
+def test_a_backport_counts_as_its_base_upload(table: dict[str, exercises.Exercises]) -> None:
+    """6.12.95-1~bpo12+1 is 6.12.95-1's source rebuilt: the entries between it and 6.12.117-1 are
+    those of the uploads after 6.12.95-1, not 6.12.95-1's own (which sort above its backport)."""
+    planted = [
+        changelog.Entry(version, "", f"mm/mremap: MREMAP_DONTUNMAP change of {version}", ())
+        for version in ("6.12.117-1~deb12u1", "6.12.117-1", "6.12.100-1", "6.12.95-1", "6.12.95-1~bpo12+1")
+    ]
+    backport = kernel("bookworm-backports", "6.12.95-1~bpo12+1", "6.12.95+bpo-amd64")
+    trixie = kernel("trixie", "6.12.117-1~deb12u1", "6.12.117+deb12-amd64")
+    found = candidates.find(CASE, backport, trixie, lambda k: planted, table)
+    assert found is not None and found.entries == 3
+    assert [c.entry.title.rsplit(" ", 1)[1] for c in found.ranked] == ["6.12.117-1~deb12u1", "6.12.117-1", "6.12.100-1"]

@@ -10,6 +10,7 @@ path: the upstream tree is the way, and the text says how.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -83,19 +84,26 @@ def find(
     if entries is None:
         why = "its changelog is not in the cache; `harness kernels fetch` with a matrix naming it keeps it"
         return Candidates(case, before, after, note=f"{_name(after)}: {why}")
+    # A backport or security rebuild (6.12.95-1~bpo12+1, 6.12.117-1~deb12u1) is its base upload's
+    # source: compared by that, its own block and the base upload's count once, on the right side.
+    based = [dataclasses.replace(e, version=_base(e.version)) for e in entries]
     try:
-        between = changelog.between(entries, before.version or "", after.version or "")
+        between = changelog.between(based, _base(before.version or ""), _base(after.version or ""))
     except ValueError:
         return Candidates(case, before, after, note="the two versions do not compare as Debian versions")
     ranked = exercises.rank(between, exercises.of(case, table))
     return Candidates(case, before, after, tuple(ranked), len(between))
 
 
+def _base(version: str) -> str:
+    return version.split("~", 1)[0]
+
+
 def _between_lines(old: tuple[int, ...], new: tuple[int, ...]) -> str:
     a, b = (".".join(map(str, v[:3])) for v in (old, new))
     return (
-        f"{a} and {b} are of two upstream lines, which no changelog connects; bisect the upstream "
-        f"tree: harness bisect --repo LINUX --good v{a} --bad v{b}"
+        "two upstream lines, which no changelog connects: bisect the upstream tree with "
+        f"harness bisect --repo LINUX --good v{a} --bad v{b}"
     )
 
 
