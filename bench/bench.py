@@ -12,7 +12,8 @@ one after the other, so each has the machine to itself:
              case's fingerprint equals the cold boot's.
 Then it runs the whole matrix as `harness run --jobs J` does (every limit, user and case), once
 with `--cold` and once with saved guests, and prints both wall times and, per boot, the seconds
-to done and how many of them the OOM cases took.
+to done and how many of them the OOM cases took; and the matrix's first kernel alone, its runs in
+one guest and spread over J guests side by side.
 It prints medians over --repeat rounds. A script, not a test: figures, never assertions.
 """
 
@@ -221,7 +222,25 @@ def main() -> int:
         f"whole matrix: {len(per)} boots, {results} results, --jobs {args.jobs}: {cold_wall:.1f} s wall "
         f"booting every guest (--cold), {wall:.1f} s with saved guests ({loaded} boots loaded theirs)"
     )
+    one_kernel(mx, args, cache, accel.name, console)
     return 0
+
+
+def one_kernel(mx: matrix.Matrix, args: argparse.Namespace, cache: Path, accel_name: str, console: Console) -> None:
+    """A run of one kernel (a developer's loop, `run --kernel`), its runs in one guest (--jobs 1)
+    and spread over --jobs guests side by side (harness.boot.lanes), alternating, saved guests."""
+    single = dataclasses.replace(mx, kernels=mx.kernels[:1])
+    whole_matrix(single, 1, cache, cold=False, accel_name=accel_name)  # its guest saved, if it was not
+    walls: dict[int, list[float]] = {1: [], args.jobs: []}
+    for _ in range(args.repeat):
+        for jobs in walls:
+            walls[jobs].append(whole_matrix(single, jobs, cache, cold=False, accel_name=accel_name)[0])
+    one, several = (statistics.median(walls[j]) for j in (1, args.jobs))
+    console.print(
+        f"one kernel ({single.kernels[0].label}, every limit, user and case): {one:.1f} s wall in one guest, "
+        f"{several:.1f} s in {args.jobs} guests side by side ({several / one:.2f}x; medians of {args.repeat}: "
+        f"{walls})"
+    )
 
 
 if __name__ == "__main__":

@@ -263,8 +263,11 @@ def _execute(
             suites=prep.suites,
             saved=saved,
         )
-        boot.run_boot(ctx, result, publish, live)
+        boot.run_boot(ctx, result, publish, live, guests=guests_per_boot)
 
+    # Cores a matrix of fewer boots would leave idle go to its boots' runs (harness.boot.lanes): one
+    # kernel on two cores is two guests; a matrix of as many boots as cores, one guest each.
+    guests_per_boot = max(1, options.jobs // max(1, len(plans)))
     futures: dict[Future[None], str] = {}
     with ThreadPoolExecutor(max_workers=options.jobs, thread_name_prefix="boot") as pool:
         try:

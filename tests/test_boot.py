@@ -17,8 +17,9 @@ from typing import Any
 import pytest
 
 from harness import boot, judge
-from harness.boot import Attempts, Phase, accel, next_step, vm
+from harness.boot import accel, policy, vm
 from harness.boot.live import Cancelled, Live
+from harness.boot.policy import Attempts, Phase, next_step
 from harness.errors import InfraError
 from harness.kernels import Kernel
 from harness.kernels.sources.debian import DebianKernel
@@ -38,28 +39,28 @@ EXPECT = Expectations({c: (Rule({}, {"result": "ok"}, "cite"),) for c in CASES},
 
 
 def test_a_lost_guest_is_booted_again_until_max_reboots() -> None:
-    lost = boot.GuestLost(Outcome.PANIC, "panicked")
+    lost = policy.GuestLost(Outcome.PANIC, "panicked")
     step = next_step(Attempts(), lost)
     assert (step.phase, step.attempts) == (Phase.BOOT, Attempts(1, 0))
-    step = next_step(Attempts(boot.MAX_REBOOTS, 1), lost)
-    assert step.phase is Phase.GIVEN_UP and step.attempts == Attempts(boot.MAX_REBOOTS + 1, 1)
-    assert step.error == f"gave up after losing the guest {boot.MAX_REBOOTS + 1} times; last: panicked"
+    step = next_step(Attempts(policy.MAX_REBOOTS, 1), lost)
+    assert step.phase is Phase.GIVEN_UP and step.attempts == Attempts(policy.MAX_REBOOTS + 1, 1)
+    assert step.error == f"gave up after losing the guest {policy.MAX_REBOOTS + 1} times; last: panicked"
     assert step.message == "not run: " + step.error and step.outcome is Outcome.INFRA_ERROR
 
 
 def test_machinery_failures_are_retried_a_panic_while_booting_never() -> None:
     qemu = vm.BootFailure("QEMU exited with status 1 before the guest was ready: x", "tail")
-    assert next_step(Attempts(), qemu) == boot.Step(Phase.BOOT, Attempts(0, 1))
-    final = next_step(Attempts(0, boot.INFRA_RETRIES), qemu)
+    assert next_step(Attempts(), qemu) == policy.Step(Phase.BOOT, Attempts(0, 1))
+    final = next_step(Attempts(0, policy.INFRA_RETRIES), qemu)
     assert (final.phase, final.outcome, final.error) == (Phase.FAILED, Outcome.INFRA_ERROR, f"{qemu}\ntail")
     panic = vm.BootFailure("guest kernel panicked while booting", "Kernel panic", panicked=True)
     step = next_step(Attempts(), panic)
     assert (step.phase, step.outcome, step.message) == (Phase.FAILED, Outcome.PANIC, str(panic))
     hang = vm.BootFailure("no ready marker within 9s", "", timed_out=True)
-    assert next_step(Attempts(0, boot.INFRA_RETRIES), hang).outcome is Outcome.TIMEOUT
+    assert next_step(Attempts(0, policy.INFRA_RETRIES), hang).outcome is Outcome.TIMEOUT
     ssh = guest.SSHFailure("cannot reach root@[127.0.0.1]:1: refused")
-    assert next_step(Attempts(0, boot.INFRA_RETRIES), ssh) == boot.Step(
-        Phase.FAILED, Attempts(0, boot.INFRA_RETRIES), Outcome.INFRA_ERROR, str(ssh), str(ssh)
+    assert next_step(Attempts(0, policy.INFRA_RETRIES), ssh) == policy.Step(
+        Phase.FAILED, Attempts(0, policy.INFRA_RETRIES), Outcome.INFRA_ERROR, str(ssh), str(ssh)
     )
 
 
@@ -299,8 +300,8 @@ def test_losing_the_guest_too_often_gives_up_the_rest(tmp_path: Path) -> None:
     p = plan(RunPlan(None, "root", cases), RunPlan(Memlock(65536, 65536), "user", ("c5",)))
     result, _ = run_boot(tmp_path, guests, p)
     assert [c.outcome for c in result.cases[:4]] == [Outcome.PANIC] * 4
-    assert result.reboots == boot.MAX_REBOOTS + 1 and len(guests.started) == boot.MAX_REBOOTS + 1
-    assert result.error.startswith(f"gave up after losing the guest {boot.MAX_REBOOTS + 1} times; last: the guest")
+    assert result.reboots == policy.MAX_REBOOTS + 1 and len(guests.started) == policy.MAX_REBOOTS + 1
+    assert result.error.startswith(f"gave up after losing the guest {policy.MAX_REBOOTS + 1} times; last: the guest")
     rest = result.cases[4:]
     assert [(c.case, c.memlock, c.user) for c in rest] == [
         ("c4", "default", "root"),
@@ -315,15 +316,15 @@ def test_a_boot_that_fails_on_the_machinery_is_tried_again(tmp_path: Path) -> No
     guests = Guests(boots=[flaky, guest.SSHFailure("cannot reach root@[127.0.0.1]:2222: refused")])
     result, _ = run_boot(tmp_path, guests)
     assert [c.outcome for c in result.cases] == [Outcome.PASS] * 3
-    assert (result.retries, result.reboots, result.error) == (boot.INFRA_RETRIES, 0, "")
+    assert (result.retries, result.reboots, result.error) == (policy.INFRA_RETRIES, 0, "")
 
 
 def test_a_boot_that_keeps_failing_errs_every_case_after_the_retries(tmp_path: Path) -> None:
-    failures: list[BaseException | None] = [InfraError(f"attempt {i}") for i in range(boot.INFRA_RETRIES + 1)]
+    failures: list[BaseException | None] = [InfraError(f"attempt {i}") for i in range(policy.INFRA_RETRIES + 1)]
     guests = Guests(boots=failures)
     result, published = run_boot(tmp_path, guests)
     assert not guests.boots and not guests.started  # every attempt used, no more
-    assert result.error == f"attempt {boot.INFRA_RETRIES}" and result.retries == boot.INFRA_RETRIES
+    assert result.error == f"attempt {policy.INFRA_RETRIES}" and result.retries == policy.INFRA_RETRIES
     assert outcomes(result) == [(c, "default", Outcome.INFRA_ERROR) for c in CASES]
     assert published[-1] == (3, True)
 
@@ -519,7 +520,7 @@ def test_a_loaded_guest_that_does_not_answer_is_deleted_and_the_guest_boots_cold
     again = Guests(refuse=guest.SSHFailure("cannot reach root@serial: No existing session"))
     again.loaded = ["5eed"] * 5  # a state another run keeps: found again and again
     result, _ = run_boot(tmp_path / "b", again, saved=Store())
-    assert result.retries == boot.INFRA_RETRIES and "cannot reach root@serial" in result.error
+    assert result.retries == policy.INFRA_RETRIES and "cannot reach root@serial" in result.error
 
 
 def test_a_suite_s_programs_run_through_the_path_the_probe_s_cases_take(tmp_path: Path) -> None:
@@ -557,3 +558,124 @@ def test_a_suite_s_programs_run_through_the_path_the_probe_s_cases_take(tmp_path
     assert got["kselftest-mm:mlock2-tests"].outcome is Outcome.TIMEOUT and result.reboots == 1
     assert got["a"].outcome is got["b"].outcome is Outcome.PASS
     assert len(guests.started) == 2
+
+
+# --- a boot's runs over several guests (harness.boot.lanes) ------------------------------------
+
+
+class SideBySide(Guests):
+    """The fakes for guests running at once: each guest its own port and serial log, and every
+    probe run held a moment, so that two guests overlap if they run side by side."""
+
+    def __init__(self, *args: Any, **kw: Any) -> None:
+        super().__init__(*args, **kw)
+        self.lock = threading.Lock()
+        self.busy, self.most_busy, self.ports = 0, 0, 3000
+        self.ran: dict[int, list[str]] = {}  # guest port -> the runs (memlock/user) its session ran
+
+    @contextlib.contextmanager
+    def boot(
+        self, config: vm.VMConfig, serial: Path, timeout: float, cancel: threading.Event, saved: object
+    ) -> Iterator[FakeMachine]:
+        with self.lock:
+            failure = self.boots.pop(0) if self.boots else None
+            port, self.ports = self.ports, self.ports + 1
+        if failure is not None:
+            raise failure
+        serial.write_text(f"guest on port {port} booted\n")
+        machine = FakeMachine(config)
+        machine.config = vm.VMConfig(config.kernel, config.initrd, config.ram_mb, config.accel, port, config.disk)
+        with self.lock:
+            self.stores.append(saved)
+            self.started.append(machine)
+        try:
+            yield machine
+        finally:
+            machine.close()
+
+    @contextlib.contextmanager
+    def session(self, endpoint: guest.Endpoint, user: str, key: object) -> Iterator[FakeSession]:
+        machine = next(m for m in self.started if m.config.port == endpoint.port)
+        fake = FakeSession(machine, self.faults, self.exit_code, self.refuse)
+        outer = self
+
+        class Held(FakeSession):
+            def run(self, argv: Sequence[str], timeout: float, on_line: Callable[[Line], None] | None = None) -> Any:
+                if argv[0] != "/harness/probe":
+                    return fake.run(argv, timeout, on_line)
+                with outer.lock:
+                    outer.busy += 1
+                    outer.most_busy = max(outer.most_busy, outer.busy)
+                    outer.ran.setdefault(endpoint.port, []).append(f"{argv[3]}/{argv[5]}")
+                try:
+                    threading.Event().wait(0.05)
+                    with outer.lock:  # the faults are shared by the guests
+                        return fake.run(argv, timeout, on_line)
+                finally:
+                    with outer.lock:
+                        outer.busy -= 1
+
+        yield Held(machine, self.faults, self.exit_code, self.refuse)
+
+
+def four_runs() -> BootPlan:
+    return plan(*(RunPlan(m, u, CASES) for m in (None, Memlock(65536, 65536)) for u in ("root", "user")))
+
+
+def boot_with(tmp_path: Path, fakes: Guests, guests: int, saved: object = None) -> BootResult:
+    p = four_runs()
+    ctx = context(tmp_path, p, saved=saved)
+    result = BootResult(p.id, None, p.ram_mb)
+    boot.run_boot(ctx, result, lambda r, flush: None, Live(), fakes.seams(), guests=guests)
+    return result
+
+
+def test_two_guests_share_a_boot_s_runs_and_give_the_one_guest_results(tmp_path: Path) -> None:
+    one = boot_with(tmp_path / "one", SideBySide(), 1)
+    fakes = SideBySide()
+    two = boot_with(tmp_path / "two", fakes, 2)
+    assert [(c.case, c.memlock, c.user, c.outcome) for c in two.cases] == [
+        (c.case, c.memlock, c.user, c.outcome) for c in one.cases
+    ]  # in plan order, whichever guest answered first
+    assert len(fakes.started) == 2 and fakes.most_busy == 2 and all(m.closed for m in fakes.started)
+    assert sorted(run for runs in fakes.ran.values() for run in runs) == sorted(
+        f"{m}/{u}" for m in ("default", "65536:65536") for u in ("root", "user")
+    )  # each run once, in one guest or the other
+    assert all(fakes.ran.values()) and len(fakes.ran) == 2
+    log = (tmp_path / "two" / two.serial_log).read_text()
+    assert "guest on port 3000 booted" in log and "[harness: the serial log of guest 2 of this boot" in log
+    assert not list((tmp_path / "two" / "serial").glob("*.guest1.log"))
+
+
+def test_a_guest_lost_beside_another_is_booted_again_for_its_own_run(tmp_path: Path) -> None:
+    fakes = SideBySide(faults={"b": PANIC})
+    result = boot_with(tmp_path, fakes, 2)
+    assert sorted(c.outcome.value for c in result.cases).count("panic") == 1
+    assert len(result.cases) == 12 and result.reboots == 1 and len(fakes.started) == 3
+    assert [(c.memlock, c.user) for c in result.cases[::3]] == [
+        ("default", "root"),
+        ("default", "user"),
+        ("64K", "root"),
+        ("64K", "user"),
+    ]
+
+
+def test_with_saved_guests_the_others_wait_for_the_first_and_start_nothing_if_it_cannot_boot(
+    tmp_path: Path,
+) -> None:
+    """A kernel that panics while booting gives that answer once, not once per guest."""
+    panic = vm.BootFailure("guest kernel panicked while booting", "Kernel panic", panicked=True)
+    fakes = SideBySide(boots=[panic])
+    for name in ("vmlinuz", "image.cpio", "disk.img"):  # what a saved guest's key reads
+        (tmp_path / name).write_bytes(name.encode())
+    result = boot_with(tmp_path, fakes, 2, saved=EmptyStore())
+    assert fakes.started == [] and fakes.boots == []
+    assert {c.outcome for c in result.cases} == {Outcome.PANIC} and len(result.cases) == 12
+    assert result.error.startswith("guest kernel panicked while booting")
+
+
+class EmptyStore:
+    """A store of saved guests that has none yet: the first guest will save one."""
+
+    def find(self, key: str) -> None:
+        return None

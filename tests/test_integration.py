@@ -25,7 +25,7 @@ from test_junit_consumers import JENKINS_XSD, expected_counts, junitparser_count
 from test_overview import kernel_cells, matrix_rows, parse
 
 from harness import boot, judge, kernels, kit
-from harness.boot import accel, snapshot, vm
+from harness.boot import accel, policy, snapshot, vm
 from harness.boot.live import Live
 from harness.cache import cache_dir
 from harness.kernels import devices, sources
@@ -417,8 +417,8 @@ def test_a_guest_without_its_nic_driver_is_an_infrastructure_error_after_bounded
     result = boot_plan(bookworm, tmp_path, (matrix.RunPlan(None, "root", ("limits", "mlock_over")),), img=deaf)
     assert [c.outcome for c in result.cases] == [Outcome.INFRA_ERROR, Outcome.INFRA_ERROR]
     assert "cannot reach root@[127.0.0.1]" in result.error
-    assert result.retries == boot.INFRA_RETRIES and result.reboots == 0
-    assert (tmp_path / result.serial_log).read_text().count("HARNESS-READY") == 1 + boot.INFRA_RETRIES
+    assert result.retries == policy.INFRA_RETRIES and result.reboots == 0
+    assert (tmp_path / result.serial_log).read_text().count("HARNESS-READY") == 1 + policy.INFRA_RETRIES
     assert qemu_pids() <= before
 
 

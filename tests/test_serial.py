@@ -16,8 +16,8 @@ from typing import Any
 import pytest
 from test_integration import REPO, Prepared, _inject_during_next_case, bookworm, boot_plan, qemu_pids  # noqa: F401
 
-from harness import boot, kit
-from harness.boot import vm
+from harness import kit
+from harness.boot import policy, vm
 from harness.cache import cache_dir
 from harness.kernels import devices
 from harness.kit import image, probe
@@ -112,7 +112,7 @@ def test_a_guest_that_never_opens_the_line_is_an_infrastructure_error_after_the_
     result = serial_boot(bookworm, tmp_path, ("limits", "mlock_over"), img=deaf)
     assert [c.outcome for c in result.cases] == [Outcome.INFRA_ERROR, Outcome.INFRA_ERROR]
     assert result.error.startswith("cannot reach root@serial: ")  # no banner, or no session: paramiko says either
-    assert result.retries == boot.INFRA_RETRIES and result.reboots == 0
+    assert result.retries == policy.INFRA_RETRIES and result.reboots == 0
     assert qemu_pids() <= before
 
 

@@ -10,7 +10,6 @@ guests come from `Seams`, which tests replace with fakes.
 from __future__ import annotations
 
 import dataclasses
-import enum
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -21,8 +20,9 @@ from typing import Protocol
 
 import paramiko
 
-from harness.boot import accel, snapshot, vm
+from harness.boot import accel, lanes, snapshot, vm
 from harness.boot.live import Cancelled, Live
+from harness.boot.policy import GuestLost, Phase, next_step
 from harness.errors import InfraError
 from harness.kernels import Kernel, devices
 from harness.kit import guest, suites
@@ -32,9 +32,6 @@ from harness.kit.suites.base import Invocation
 from harness.plan.matrix import BootPlan, RunPlan
 from harness.results import BootResult, CaseResult, Outcome
 from harness.streams import Line
-
-MAX_REBOOTS = 3  # guests lost in one boot plan before its remaining cases are given up
-INFRA_RETRIES = 2  # boots that fail for the machinery's sake (not a kernel panic) are tried again
 
 Publish = Callable[[BootResult, bool], None]  # what is known of the boot now; True: write it out now
 # The judging stage (harness.judge): an observation of the guest, made into results. The boot only
@@ -124,75 +121,19 @@ class Seams:
 REAL = Seams()
 
 
-# --- the policy --------------------------------------------------------------------------------
-
-
-class GuestLost(Exception):
-    """The guest stopped answering during a case: it panicked, QEMU went away, SSH dropped or hung."""
-
-    def __init__(self, outcome: Outcome, message: str) -> None:
-        super().__init__(message)
-        self.outcome = outcome
-        self.message = message
-
-
-class Phase(enum.Enum):
-    BOOT = "boot"  # start a guest (again) for the cases that have no result yet
-    GIVEN_UP = "given up"  # too many guests lost: the rest is recorded as not run
-    FAILED = "failed"  # the boot itself failed for good: the rest gets the failure's outcome
-
-
-@dataclass(frozen=True)
-class Attempts:
-    reboots: int = 0  # guests lost to a case
-    retries: int = 0  # boots failed on the machinery
-
-
-@dataclass(frozen=True)
-class Step:
-    phase: Phase
-    attempts: Attempts
-    outcome: Outcome = Outcome.INFRA_ERROR  # what each unanswered case gets when the boot ends
-    error: str = ""  # the boot's error
-    message: str = ""  # each unanswered case's message
-
-
-def next_step(attempts: Attempts, event: GuestLost | InfraError) -> Step:
-    """What a boot does after losing a guest or failing to start one.
-
-    A lost guest is booted again, up to MAX_REBOOTS times. A boot that failed on the machinery
-    (QEMU, SSH) is tried again, up to INFRA_RETRIES times; a kernel that panics while booting has
-    given its answer, and so has one silent for ten times what a boot needs. Verdicts are never
-    retried, nor a guest that is not the one the harness built (a wrong host key, its key
-    refused): that is a security event.
-    """
-    if isinstance(event, GuestLost):
-        lost = Attempts(attempts.reboots + 1, attempts.retries)
-        if lost.reboots <= MAX_REBOOTS:
-            return Step(Phase.BOOT, lost)
-        error = f"gave up after losing the guest {lost.reboots} times; last: {event.message}"
-        return Step(Phase.GIVEN_UP, lost, Outcome.INFRA_ERROR, error, "not run: " + error)
-    if isinstance(event, guest.TrustFailure):  # not a flaky machine: someone else's guest, or not ours
-        error = f"security: {event}; not retried"
-        return Step(Phase.FAILED, attempts, Outcome.INFRA_ERROR, error, error)
-    final = isinstance(event, vm.BootFailure) and (event.panicked or event.silent)
-    if not final and attempts.retries < INFRA_RETRIES:
-        return Step(Phase.BOOT, Attempts(attempts.reboots, attempts.retries + 1))
-    if isinstance(event, vm.BootFailure):
-        outcome = Outcome.PANIC if event.panicked else Outcome.TIMEOUT if event.timed_out else Outcome.INFRA_ERROR
-        error = f"{event}\n{event.excerpt}" if event.excerpt else str(event)
-        return Step(Phase.FAILED, attempts, outcome, error, str(event))
-    return Step(Phase.FAILED, attempts, Outcome.INFRA_ERROR, str(event), str(event))
-
-
 # --- the machine -------------------------------------------------------------------------------
 
 
-def run_boot(ctx: BootContext, result: BootResult, publish: Publish, live: Live, seams: Seams = REAL) -> None:
+def run_boot(
+    ctx: BootContext, result: BootResult, publish: Publish, live: Live, seams: Seams = REAL, guests: int = 1
+) -> None:
     """Boot one kernel and run every (limit, user) of the plan in it, publishing results as they arrive.
 
-    `result` is filled in place (a watcher may read it meanwhile); it has a result for every planned
-    case when this returns. Raises Cancelled when the run is interrupted.
+    With `guests` above one, the plan's runs are spread over that many guests at once (each its own
+    QEMU, SSH session and serial log, merged into the boot's at the end; the extra guests load the
+    state the first one saved, when guests are saved), and the boot's results are put back in plan
+    order. `result` is filled in place (a watcher may read it meanwhile); it has a result for every
+    planned case when this returns. Raises Cancelled when the run is interrupted.
     """
     plan = ctx.plan
     ctx.serial_log.parent.mkdir(parents=True, exist_ok=True)
@@ -211,37 +152,75 @@ def run_boot(ctx: BootContext, result: BootResult, publish: Publish, live: Live,
     )
     result.transport = ctx.transport
     result.qemu_argv = config.argv()  # port 0 until QEMU has one; kept for boots that never come up
-    attempts, refused = Attempts(), set[str]()
+    share = lanes.Share(plan.runs)
+    count = max(1, min(guests, len(plan.runs)))
+    guest_lanes = [lanes.Lane(n, ctx.serial_log if n == 0 else lanes.log_of(ctx.serial_log, n)) for n in range(count)]
+    lock = threading.Lock()
+
+    def locked(result: BootResult, flush: bool) -> None:
+        with lock:
+            publish(result, flush)
+
+    def run_lane(lane: lanes.Lane) -> None:
+        _lane(ctx, config, result, locked, live, seams, share, lane)
+
     try:
-        while pending_runs(result, plan):
-            if live.cancelled.is_set():
-                raise Cancelled()
-            if live.accel is not None and not result.cases:  # KVM given up by another boot meanwhile
-                config = dataclasses.replace(config, accel=live.accel.name)
-            result.accelerator = config.accel
-            try:
-                _guest(ctx, config, result, publish, live, seams)
-                continue
-            except (GuestLost, InfraError) as event:
-                if live.cancelled.is_set():
-                    raise Cancelled() from event
-                if _kvm_failed(event, config, live, plan.id):
-                    vm.note(ctx.serial_log, f"{str(event).split(';')[0]}; this guest is booted again under tcg")
-                    config = dataclasses.replace(config, accel=accel.TCG)
-                    continue
-                if isinstance(event, SavedGuestLost) and event.key not in refused:
-                    refused.add(event.key)  # once: a state another run keeps from deletion is not tried again
-                    _forget(ctx, result, event, live)
-                    continue
-                step = next_step(attempts, event)
-            attempts = step.attempts
-            result.reboots, result.retries = attempts.reboots, attempts.retries
-            if step.phase is not Phase.BOOT:
-                result.error = step.error
-                fill(result, plan.runs, step.outcome, step.message)
-                return
+        if count == 1:
+            run_lane(guest_lanes[0])
+        else:
+            # With no saved guest yet, the first guest boots and saves one, and the others load it.
+            first_saves = ctx.saved is not None and ctx.saved.find(snapshot.key(config)) is None
+            lanes.side_by_side(guest_lanes, share, run_lane, first_saves, live.cancelled, plan.id)
+            lanes.merged(result, share, guest_lanes, ctx.serial_log)
+        ended = [lane.ended for lane in guest_lanes if lane.ended is not None]
+        if ended and share.untaken():  # every guest gave up: the rest shares the last reason
+            result.error = result.error or ended[-1].error
+            fill(result, share.untaken(), ended[-1].outcome, ended[-1].message)
     finally:
         publish(result, True)
+
+
+def _lane(
+    ctx: BootContext,
+    config: vm.VMConfig,
+    result: BootResult,
+    publish: Publish,
+    live: Live,
+    seams: Seams,
+    share: lanes.Share,
+    lane: lanes.Lane,
+) -> None:
+    """One guest's part of the boot: guests booted again after a loss, as the policy says, until the
+    lane has nothing left or gives up (its own runs then get the outcome)."""
+    refused = set[str]()
+    while share.left(lane.n, result):
+        if live.cancelled.is_set():
+            raise Cancelled()
+        if live.accel is not None and not result.cases:  # KVM given up by another boot meanwhile
+            config = dataclasses.replace(config, accel=live.accel.name)
+        result.accelerator = config.accel
+        try:
+            _guest(ctx, config, result, publish, live, seams, share, lane)
+            continue
+        except (GuestLost, InfraError) as event:
+            if live.cancelled.is_set():
+                raise Cancelled() from event
+            if _kvm_failed(event, config, live, ctx.plan.id):
+                vm.note(lane.serial, f"{str(event).split(';')[0]}; this guest is booted again under tcg")
+                config = dataclasses.replace(config, accel=accel.TCG)
+                continue
+            if isinstance(event, SavedGuestLost) and event.key not in refused:
+                refused.add(event.key)  # once: a state another run keeps from deletion is not tried again
+                _forget(ctx, result, event, live, lane.serial)
+                continue
+            step = next_step(lane.attempts, event)
+        lane.attempts = step.attempts
+        result.reboots, result.retries = lane.attempts.reboots, lane.attempts.retries
+        if step.phase is not Phase.BOOT:
+            lane.ended = step
+            result.error = result.error or step.error
+            fill(result, share.mine(lane.n), step.outcome, step.message)
+            return
 
 
 class SavedGuestLost(InfraError):
@@ -252,12 +231,12 @@ class SavedGuestLost(InfraError):
         self.key = key
 
 
-def _forget(ctx: BootContext, result: BootResult, event: SavedGuestLost, live: Live) -> None:
+def _forget(ctx: BootContext, result: BootResult, event: SavedGuestLost, live: Live, serial: Path) -> None:
     """Delete the saved guest that did not answer, so this boot's next guest boots cold (and is saved)."""
     saved = ctx.saved.find(event.key) if ctx.saved is not None else None
     if saved is not None and ctx.saved is not None:
         ctx.saved.discard(saved)
-    vm.note(ctx.serial_log, f"{event}; it is deleted, and the guest boots cold")
+    vm.note(serial, f"{event}; it is deleted, and the guest boots cold")
     live.log(f"boot {ctx.plan.id}: {event}; it is deleted, and the guest boots cold")
     result.restored = ""
     result.timings.pop("marker", None)
@@ -271,12 +250,22 @@ def _kvm_failed(event: Exception, config: vm.VMConfig, live: Live, boot_id: str)
 
 
 def _guest(
-    ctx: BootContext, config: vm.VMConfig, result: BootResult, publish: Publish, live: Live, seams: Seams
+    ctx: BootContext,
+    config: vm.VMConfig,
+    result: BootResult,
+    publish: Publish,
+    live: Live,
+    seams: Seams,
+    share: lanes.Share,
+    lane: lanes.Lane,
 ) -> None:
-    """One guest: boot it and run every case that has no result yet. Raises GuestLost."""
-    started = seams.boot(config, ctx.serial_log, ctx.plan.timeouts.boot, live.cancelled, ctx.saved)
+    """One guest: boot it and run every case of the lane's runs that has no result yet, taking runs
+    no guest has taken. Raises GuestLost."""
+    started = seams.boot(config, lane.serial, ctx.plan.timeouts.boot, live.cancelled, ctx.saved)
     with live.admitted(config.ram_mb, ctx.plan.id), started as machine, live.track(machine):
-        result.qemu_argv = machine.config.argv()
+        share.up.set()
+        if lane.n == 0:
+            result.qemu_argv = machine.config.argv()
         result.restored = machine.restored or result.restored
         result.timings.setdefault("marker", round(machine.ready_after or 0.0, 3))
         publish(result, True)
@@ -290,7 +279,10 @@ def _guest(
                 raise
             result.timings.setdefault("ssh", round(time.monotonic() - machine.started, 3))
             result.uname = session.run(["uname", "-r"], 30).stdout.strip()
-            for run_plan, cases in pending_runs(result, ctx.plan):
+            done: set[int] = set()
+            while (taken := share.next(lane.n, result, done)) is not None:
+                run_plan, cases = taken
+                done.add(id(run_plan))
                 under = Under(run_plan.memlock, run_plan.memlock_label, run_plan.user, ctx.plan.timeouts.case)
                 where = Where(ctx.plan.id, ctx.kernel.release, run_plan.memlock_label, run_plan.user, ctx.kernel.info())
 
@@ -311,18 +303,14 @@ def _guest(
                         else:
                             _invoke(step, session, machine, record)
                 publish(result, True)
-            result.timings["probe"] = round(time.monotonic() - machine.started, 3)
+            result.timings["probe"] = max(
+                result.timings.get("probe", 0.0), round(time.monotonic() - machine.started, 3)
+            )
 
 
 def pending_runs(result: BootResult, plan: BootPlan) -> list[tuple[RunPlan, list[str]]]:
     """Each run of the plan with the cases that have no result yet, in plan order."""
-    have = {(c.case, c.memlock, c.user) for c in result.cases}
-    out = []
-    for r in plan.runs:
-        cases = [c for c in r.cases if (c, r.memlock_label, r.user) not in have]
-        if cases:
-            out.append((r, cases))
-    return out
+    return lanes.pending_runs(result, plan.runs)
 
 
 def fill(result: BootResult, runs: Sequence[RunPlan], outcome: Outcome, message: str) -> None:
