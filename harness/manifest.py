@@ -96,6 +96,7 @@ class Boot:
     # the guest's NIC, disk and filesystem (harness.kernels.devices) when not virtio-net, virtio-blk and ext4
     devices: tuple[tuple[str, str], ...] = ()
     accelerator: str = ""  # what the boot's guests really ran under (kvm, or tcg once KVM failed); "" in older runs
+    reused_from: str = ""  # the run whose results of the same inputs it took instead of booting (harness.reuse)
 
 
 @dataclass(frozen=True)
@@ -305,6 +306,8 @@ def _boot_json(b: Boot) -> dict[str, Any]:
         doc["devices"] = dict(b.devices)
     if b.accelerator:
         doc["accelerator"] = b.accelerator
+    if b.reused_from:
+        doc["reused_from"] = b.reused_from
     return doc
 
 
@@ -323,6 +326,7 @@ def _boot(d: Doc) -> Boot:
         d.text("userland_reason"),
         d.each("devices", _devices, ()),
         d.text("accelerator"),
+        d.text("reused_from"),
     )
 
 

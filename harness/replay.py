@@ -89,7 +89,8 @@ def replay(
         diffs = differences(recorded, probe.build().sha256, accel.choose(options.accel).name)
         for line in diffs:
             log(f"replay: not the same input: {line}")
-        options = dataclasses.replace(options, boots=chosen, shard=None)
+        # A replay observes again: it never takes stored results (harness.reuse).
+        options = dataclasses.replace(options, boots=chosen, shard=None, fresh=True)
         replay_of = manifest.ReplayOf(original.run_id, str(run_dir), chosen, tuple(diffs))
         new_dir, boots = run.execute(mx, options, log, live, recorded.matrix_text, pinned, replay_of, board)
     before = RunRecord(

@@ -108,6 +108,8 @@ class BootResult:
     cases: list[CaseResult] = field(default_factory=list)
     transport: str = ""  # how the harness reached the guest: net or serial ("" in runs before there was a choice)
     restored: str = ""  # the saved guest (harness.boot.snapshot key) its guests were loaded from; "": booted cold
+    inputs: str = ""  # digest of everything its results depend on (harness.reuse): equal inputs, equal results
+    reused_from: str = ""  # the run whose results of the same inputs this boot took instead of booting
 
 
 @dataclass

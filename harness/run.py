@@ -17,7 +17,7 @@ from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from pathlib import Path
 
-from harness import __version__, boot, history, judge, kit, manifest, versions
+from harness import __version__, boot, history, judge, kit, manifest, reuse, versions
 from harness.boot import accel as accel_mod
 from harness.boot import snapshot, vm
 from harness.boot.live import Cancelled, Live
@@ -47,6 +47,7 @@ class Options:
     history: Path | None = None  # SQLite history the finished run is appended to; None: none
     cold: bool = False  # boot every guest: neither load nor save saved guests (harness.boot.snapshot)
     known: Path = known_mod.KNOWN_FILE  # findings expected to fail (harness.kit.known)
+    fresh: bool = False  # boot everything: take no boot's results from the history (harness.reuse)
 
     def sources(self, log: Callable[[str], None], leases: lease.Leases | None = None) -> sources.Context:
         return sources.Context(self.cache, log, self.mirror, self.insecure, leases or lease.Leases())
@@ -236,14 +237,13 @@ def _execute(
         writer.update(result, flush)
         board.boot_update(result)
 
-    def one(plan: matrix.BootPlan) -> None:
-        board.boot_started(plan.id)
+    def context(plan: matrix.BootPlan) -> boot.BootContext | None:
+        """The boot's context, or None (its results filled with why) when its kernel or image is missing."""
         prep, result = prepared[plan.kernel], results[plan.id]
         if prep.kernel is None or prep.image is None:
             result.error = prep.error or "kernel or image missing"
             boot.fill(result, plan.runs, Outcome.INFRA_ERROR, result.error)
-            publish(result)
-            return
+            return None
         way, why = prep.transport(plan)
         if way != transports.PREFERRED:
             log(f"boot {plan.id}: over {way} ({why})")
@@ -263,15 +263,44 @@ def _execute(
             suites=prep.suites,
             saved=saved,
         )
-        boot.run_boot(ctx, result, publish, live, guests=guests_per_boot)
+        result.inputs = reuse.inputs(boot.vm_config(ctx), built.sha256, plan)
+        return ctx
+
+    contexts: dict[str, boot.BootContext | None] = {}
+    reusing = reuse.Reuse(None if options.fresh else options.history, judging)
+
+    def reused() -> list[matrix.BootPlan]:
+        """The boots whose inputs a stored boot had take its results (harness.reuse) and are done at
+        once, as are those without a kernel; the rest, to boot."""
+        to_boot = []
+        for p in plans:
+            result, bctx = results[p.id], contexts.setdefault(p.id, context(p))
+            if bctx is not None and reusing.fill(p, result):
+                log(f"boot {p.id}: the results of run {result.reused_from}, which booted the same inputs")
+            elif bctx is not None:
+                to_boot.append(p)
+                continue
+            board.boot_started(p.id)
+            publish(result)
+            log(board.boot_done(p.id))
+        return to_boot
 
     # Cores a matrix of fewer boots would leave idle go to its boots' runs (harness.boot.lanes): one
     # kernel on two cores is two guests; a matrix of as many boots as cores, one guest each.
-    guests_per_boot = max(1, options.jobs // max(1, len(plans)))
+    guests_per_boot = 1
+
+    def one(plan: matrix.BootPlan) -> None:
+        board.boot_started(plan.id)
+        bctx = contexts[plan.id]
+        assert bctx is not None
+        boot.run_boot(bctx, results[plan.id], publish, live, guests=guests_per_boot)
+
     futures: dict[Future[None], str] = {}
     with ThreadPoolExecutor(max_workers=options.jobs, thread_name_prefix="boot") as pool:
         try:
-            futures = {pool.submit(one, p): p.id for p in plans}
+            to_boot = reused()
+            guests_per_boot = max(1, options.jobs // max(1, len(to_boot)))
+            futures = {pool.submit(one, p): p.id for p in to_boot}
             pending = set(futures)
             while pending:
                 finished, pending = wait(pending, timeout=0.5, return_when=FIRST_COMPLETED)
@@ -385,6 +414,7 @@ def _boot_entry(plan: matrix.BootPlan, result: BootResult, prep: Prepared) -> ma
         userland_reason=prep.userland[1],
         devices=_unusual(prep.devices),
         accelerator=result.accelerator,
+        reused_from=result.reused_from,
     )
 
 

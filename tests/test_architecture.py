@@ -40,7 +40,7 @@ LAYERS: tuple[tuple[str, frozenset[str]], ...] = tuple(
         ("boot", {"boot"}),
         ("report", {"report"}),
         ("history", {"history"}),
-        ("what ties the stages together", {"run", "merge", "replay", "rejudge", "bisect", "prune"}),
+        ("what ties the stages together", {"run", "merge", "replay", "rejudge", "bisect", "prune", "reuse"}),
         ("cli", {"cli", "__main__"}),
     )
 )

@@ -231,7 +231,7 @@ def test_v2_database_with_data_is_converted_to_v3_with_the_same_answers(tmp_path
     ids = con.execute("SELECT id, case_name, fingerprint FROM observations ORDER BY id").fetchall()
     con.close()
     with History(path) as migrated, History(tmp_path / "fresh.sqlite") as fresh:
-        assert migrated.version == SCHEMA_VERSION == 3
+        assert migrated.version == SCHEMA_VERSION == 4
         for record, manifest in SCENARIO:
             fresh.record(record, Manifest.from_json(manifest), source=f"results/{record.run_id}")
         views = every_view(migrated)
@@ -282,7 +282,7 @@ def test_converting_a_v2_history_gives_its_space_back(tmp_path: Path) -> None:
     con.close()
     before = path.stat().st_size
     with History(path) as db:
-        assert db.version == 3
+        assert db.version == SCHEMA_VERSION
     assert path.stat().st_size < before / 3
 
 

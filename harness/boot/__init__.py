@@ -124,6 +124,22 @@ REAL = Seams()
 # --- the machine -------------------------------------------------------------------------------
 
 
+def vm_config(ctx: BootContext) -> vm.VMConfig:
+    """The QEMU a guest of this boot is: what its saved guests and its reuse are keyed by."""
+    hw = ctx.devices
+    return vm.VMConfig(
+        ctx.kernel.vmlinux or ctx.kernel.image,
+        ctx.image.path,
+        ctx.plan.ram_mb,
+        ctx.accel,
+        0,
+        ctx.disk,
+        transport=ctx.transport,
+        nic=(hw.nic or devices.NICS[0]).name,
+        disk_bus=(hw.disk or devices.DISKS[0]).name,
+    )
+
+
 def run_boot(
     ctx: BootContext, result: BootResult, publish: Publish, live: Live, seams: Seams = REAL, guests: int = 1
 ) -> None:
@@ -138,18 +154,7 @@ def run_boot(
     plan = ctx.plan
     ctx.serial_log.parent.mkdir(parents=True, exist_ok=True)
     result.serial_log = str(ctx.serial_log.relative_to(ctx.run_dir))
-    hw = ctx.devices
-    config = vm.VMConfig(
-        ctx.kernel.vmlinux or ctx.kernel.image,
-        ctx.image.path,
-        plan.ram_mb,
-        ctx.accel,
-        0,
-        ctx.disk,
-        transport=ctx.transport,
-        nic=(hw.nic or devices.NICS[0]).name,
-        disk_bus=(hw.disk or devices.DISKS[0]).name,
-    )
+    config = vm_config(ctx)
     result.transport = ctx.transport
     result.qemu_argv = config.argv()  # port 0 until QEMU has one; kept for boots that never come up
     share = lanes.Share(plan.runs)

@@ -137,12 +137,13 @@ def key(config: vm.VMConfig) -> str:
     """What a saved guest is for: QEMU, its command line but the port or socket, and the content of
     every file it loads (the paths alone could be rebuilt with other content)."""
     placed = dataclasses.replace(config, port=0, channel=None)
-    files = {str(p): _digest(p) for p in (config.kernel, config.initrd, config.disk) if p is not None}
+    files = {str(p): digest(p) for p in (config.kernel, config.initrd, config.disk) if p is not None}
     doc = {"format": FORMAT, "qemu": vm.qemu_version(), "argv": placed.argv(), "files": files}
     return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()[:32]
 
 
-def _digest(path: Path) -> str:
+def digest(path: Path) -> str:
+    """A file's sha256, computed once per (path, size, mtime, inode)."""
     st = path.stat()
     return _digest_of(path, st.st_size, st.st_mtime_ns, st.st_ino)
 

@@ -162,6 +162,12 @@ def parser() -> argparse.ArgumentParser:
     _history_option(rp)
     for cmd in (run, rp):
         cmd.add_argument("--cold", action="store_true", help="boot every guest; do not load or save saved guests")
+    run.add_argument(
+        "--fresh",
+        action="store_true",
+        help="boot every kernel; take no boot's results from the history (by default a boot whose "
+        "kernel, image, QEMU and probe a stored boot had takes its results)",
+    )
 
     bs = sub.add_parser(
         "bisect",

@@ -50,6 +50,7 @@ def _options(args: argparse.Namespace, cache: Path) -> run.Options:
         shard=getattr(args, "shard", None),
         history=_history_path(args) if hasattr(args, "history") else None,
         cold=getattr(args, "cold", False),
+        fresh=getattr(args, "fresh", False),
         accel=accel.mode(args.accel) if hasattr(args, "accel") else accel.AUTO,
         known=getattr(args, "known", known.KNOWN_FILE),
     )

@@ -38,12 +38,14 @@ def insert(db: sqlite3.Connection, run: RunRecord, manifest: Manifest, source: s
     writer = store.Store(db)
     added = 0
     for boot in run.boots:
+        if boot.reused_from:  # its results are the stored run's, rows the history has already
+            continue
         k = boot.kernel
         kernel_pk = None if k is None else _kernel_pk(db, k)
         boot_pk = store.lastrowid(
             db.execute(
                 "INSERT INTO boots (run, boot_id, kernel, label, source, ram_mb, accelerator, qemu_version, uname,"
-                " memtotal_kb, error) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                " memtotal_kb, error, inputs) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     run_pk,
                     boot.boot_id,
@@ -56,6 +58,7 @@ def insert(db: sqlite3.Connection, run: RunRecord, manifest: Manifest, source: s
                     boot.uname,
                     boot.memtotal_kb,
                     boot.error,
+                    boot.inputs,
                 ),
             )
         )

@@ -7,7 +7,6 @@ directory is harmless; only a run judged anew replaces its rows. The views read 
 from __future__ import annotations
 
 import contextlib
-import json
 import re
 import sqlite3
 from collections.abc import Collection, Iterable, Iterator, Sequence
@@ -47,6 +46,20 @@ class _Kernel:
     info: KernelInfo  # from the latest boot
     labels: set[str]
     latest: tuple[datetime, int]
+
+
+@dataclass(frozen=True)
+class Reusable:
+    """A stored boot another boot of the same inputs may take the results of (harness.reuse)."""
+
+    run_id: str
+    uname: str
+    memtotal_kb: int | None
+    results: list[CaseResult]
+
+
+# Results that say nothing of the kernel: a boot that has one is booted again, not reused.
+_UNANSWERED = (Outcome.TIMEOUT, Outcome.INFRA_ERROR)
 
 
 class History:
@@ -127,6 +140,23 @@ class History:
         run = rundir.read_results(run_dir)
         manifest = rundir.read_manifest(run_dir if run_dir.is_dir() else run_dir.parent)
         return self.record(run, manifest or Manifest(), source=str(run_dir))
+
+    def reusable(self, inputs: str, wanted: Collection[tuple[str, str, str]]) -> Reusable | None:
+        """The latest stored boot of these inputs that answered every (case, memlock, user) wanted,
+        none with a timeout or an infrastructure error: its run, what it saw and those results."""
+        boots = self._db.execute(
+            "SELECT b.id, r.run_id, b.uname, b.memtotal_kb FROM boots b JOIN runs r ON r.id = b.run"
+            " WHERE b.inputs = ? AND b.inputs != '' AND b.error = '' ORDER BY r.started_utc DESC, b.id DESC LIMIT 5",
+            (inputs,),
+        ).fetchall()
+        for boot_pk, run_id, uname, memtotal_kb in boots:
+            sql = "SELECT o.id FROM observations o WHERE o.boot = ?"
+            ids = [pk for (pk,) in self._db.execute(sql, (boot_pk,))]
+            found = {(r.case, r.memlock, r.user): r for r in self._results(ids).values()}
+            picked = [found.get(key) for key in wanted]
+            if all(r is not None and r.outcome not in _UNANSWERED for r in picked):
+                return Reusable(run_id, uname, memtotal_kb, [r for r in picked if r is not None])
+        return None
 
     # --- views ---------------------------------------------------------------------------------
 
@@ -306,7 +336,7 @@ class History:
             " JOIN boots b ON b.id = o.boot JOIN kernels k ON k.id = b.kernel JOIN runs r ON r.id = b.run"
             " WHERE o.id IN ({ids})"
         )
-        return {row[0]: _shown(*row) for row in self._by_ids(sql, ids)}
+        return {row[0]: store.shown(*row) for row in self._by_ids(sql, ids)}
 
     def _results(self, ids: Iterable[int]) -> dict[int, CaseResult]:
         sql = (
@@ -318,7 +348,7 @@ class History:
             " LEFT JOIN dictionaries d ON d.id = o.dictionary"
             " WHERE o.id IN ({ids})"
         )
-        return {row[0]: _result(*row[1:]) for row in self._by_ids(sql, ids)}
+        return {row[0]: store.result(*row[1:]) for row in self._by_ids(sql, ids)}
 
     def _by_ids(self, sql: str, ids: Iterable[int]) -> Iterator[tuple[Any, ...]]:
         """Rows of `sql`, whose `{ids}` is replaced by placeholders, for every id, a chunk at a time."""
@@ -392,59 +422,3 @@ def _few(values: Sequence[str]) -> str:
 
 def _describe(kernel: KernelInfo) -> str:
     return f"{versions.name(kernel)} ({kernel.release}, sha256 {kernel.sha256[:12]})"
-
-
-def _shown(
-    pk: int,
-    outcome: str,
-    fingerprint: str,
-    label: str,
-    source: str,
-    sha: str,
-    package: str,
-    version: str,
-    release: str,
-    run_id: str,
-    started: str,
-    run: int,
-) -> Shown:
-    return Shown(
-        outcome=outcome,
-        fingerprint=fingerprint,
-        kernel=KernelInfo(
-            label=label, release=release, package=package or None, version=version or None, sha256=sha, source=source
-        ),
-        run_id=run_id,
-        when=(started, run, pk),
-    )
-
-
-def _result(
-    ram: int,
-    case: str,
-    memlock: str,
-    user: str,
-    outcome: str,
-    message: str,
-    packed: bytes | None,
-    dictionary: Any,
-    expected: str,
-    citation: str,
-    duration_s: float,
-    fingerprint: str,
-) -> CaseResult:
-    """A stored row as a CaseResult of the kernel views: its boot_id names its RAM ("256M")."""
-    observation = None if packed is None else json.loads(store.unpack(packed, dictionary))
-    return CaseResult(
-        boot_id=f"{ram}M",
-        case=case,
-        memlock=memlock,
-        user=user,
-        outcome=Outcome(outcome),
-        message=message,
-        observation=observation,
-        expected=json.loads(expected),
-        citation=citation,
-        duration_s=duration_s,
-        fingerprint=fingerprint,
-    )

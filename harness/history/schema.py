@@ -200,7 +200,15 @@ def _v3(db: sqlite3.Connection) -> None:
     store.tally(db)
 
 
-MIGRATIONS: tuple[Migration, ...] = (_V1, _V2, _v3)
+_V4 = """
+-- What a boot's results depend on (harness.reuse: kernel, image, disk, QEMU and its command line,
+-- probe, case timeout), so a run can take the results of an equal boot instead of booting;
+-- '' for boots stored before.
+ALTER TABLE boots ADD COLUMN inputs TEXT NOT NULL DEFAULT '';
+CREATE INDEX boots_inputs ON boots (inputs);
+"""
+
+MIGRATIONS: tuple[Migration, ...] = (_V1, _V2, _v3, _V4)
 SCHEMA_VERSION = len(MIGRATIONS)
 
 

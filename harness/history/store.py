@@ -10,11 +10,15 @@ The v3 migration (schema.py) writes with Store and tally too, so this module nev
 
 from __future__ import annotations
 
+import json
 import sqlite3
 import zlib
 from collections.abc import Collection
 from datetime import UTC, datetime
 from typing import Any
+
+from harness.history.timeline import Shown
+from harness.results import CaseResult, KernelInfo, Outcome
 
 # A kernel's identity in SQL (see db._identity): the lowest kernels.id with its sha256, else its own id.
 IDENTITY = "CASE k.sha256 WHEN '' THEN k.id ELSE (SELECT MIN(id) FROM kernels WHERE sha256 = k.sha256) END"
@@ -223,3 +227,59 @@ def utc_key(started: str) -> str:
     except OverflowError:  # within a day of year 1 or 9999: clamp
         when = (datetime.min if when.year == 1 else datetime.max).replace(tzinfo=UTC)
     return when.isoformat(timespec="microseconds")
+
+
+def shown(
+    pk: int,
+    outcome: str,
+    fingerprint: str,
+    label: str,
+    source: str,
+    sha: str,
+    package: str,
+    version: str,
+    release: str,
+    run_id: str,
+    started: str,
+    run: int,
+) -> Shown:
+    return Shown(
+        outcome=outcome,
+        fingerprint=fingerprint,
+        kernel=KernelInfo(
+            label=label, release=release, package=package or None, version=version or None, sha256=sha, source=source
+        ),
+        run_id=run_id,
+        when=(started, run, pk),
+    )
+
+
+def result(
+    ram: int,
+    case: str,
+    memlock: str,
+    user: str,
+    outcome: str,
+    message: str,
+    packed: bytes | None,
+    dictionary: Any,
+    expected: str,
+    citation: str,
+    duration_s: float,
+    fingerprint: str,
+) -> CaseResult:
+    """A stored row as a CaseResult of the kernel views: its boot_id names its RAM ("256M")."""
+    observation = None if packed is None else json.loads(unpack(packed, dictionary))
+    return CaseResult(
+        boot_id=f"{ram}M",
+        case=case,
+        memlock=memlock,
+        user=user,
+        outcome=Outcome(outcome),
+        message=message,
+        observation=observation,
+        expected=json.loads(expected),
+        citation=citation,
+        duration_s=duration_s,
+        fingerprint=fingerprint,
+    )

@@ -60,6 +60,7 @@ def _properties(boot: BootResult, run_id: str) -> dict[str, str]:
         ("uname", boot.uname),
         ("transport", boot.transport),
         ("restored", boot.restored),  # the saved guest it was loaded from (harness.boot.snapshot)
+        ("reused_from", boot.reused_from),  # the run whose results it took, booting nothing (harness.reuse)
     ):
         if value:
             props[key] = value

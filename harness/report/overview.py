@@ -200,6 +200,18 @@ def capped(names: Sequence[str], limit: int = 3) -> str:
     return ", ".join(names[:limit]) + more
 
 
+def reused(boots: Sequence[BootResult]) -> str:
+    """How many boots took an earlier run's results instead of booting (harness.reuse), and whose."""
+    runs = sorted({b.reused_from for b in boots if b.reused_from})
+    if not runs:
+        return ""
+    n = sum(1 for b in boots if b.reused_from)
+    return (
+        f"{n} of {len(boots)} boots took the results of an earlier boot of the same kernel, image, QEMU and "
+        f"probe (run {capped(runs)}), judged afresh; --fresh boots them"
+    )
+
+
 def boots_did_not_start(n: int) -> str:
     return f"{n} boot{'s' if n != 1 else ''} did not start"
 

@@ -216,6 +216,7 @@ _INDEX = """<!DOCTYPE html>
 <dt>complete</dt><dd>{{ "yes" if run.complete else "no" }}</dd>
 <dt>interrupted</dt><dd>{{ "yes" if run.interrupted else "no" }}</dd>
 <dt>boots</dt><dd>{{ m.columns | length }} ({{ boot_errors }} with a boot error)</dd>
+{% if reused %}<dt>reused</dt><dd>{{ reused }}</dd>{% endif %}
 </dl>
 <table class="counts" id="counts">
 <tr>{% for o in outcomes %}<th class="o-{{ o.value }}">{{ o.value }}</th>{% endfor %}<th>boot errors</th></tr>
@@ -370,6 +371,7 @@ def _index(
         code=exit_code(run.boots),
         counts=outcome_counts(run.boots),
         boot_errors=sum(1 for b in run.boots if b.error),
+        reused=overview.reused(run.boots),
         outcomes=list(Outcome),
         meanings=overview.MEANING,
         spans=spans,

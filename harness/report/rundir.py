@@ -147,6 +147,8 @@ def _boot_json(boot: BootResult) -> dict[str, Any]:
         "retries": boot.retries,
         "transport": boot.transport,
         "restored": boot.restored,
+        "inputs": boot.inputs,
+        "reused_from": boot.reused_from,
         "cases": [_case_json(r) for r in boot.cases],
     }
 
@@ -239,6 +241,8 @@ def _boot_from(d: Doc) -> BootResult:
         cases=d.items("cases", lambda c: _case_from(c, boot_id), required=True),
         transport=d.text("transport"),
         restored=d.text("restored"),
+        inputs=d.text("inputs"),
+        reused_from=d.text("reused_from"),
     )
 
 

@@ -123,6 +123,8 @@ def markdown(run: RunRecord, explain: candidates.Explain | None = None) -> str:
     status = f"**{md_escape(overview.status(run))}**; {md_escape(overview.verdict(run.boots))}"
     finished = md_escape(run.finished) if run.finished else "not finished"
     out += [f"{status}. Started {md_escape(run.started)}, finished {finished}.", ""]
+    if overview.reused(run.boots):
+        out += [md_escape(overview.reused(run.boots)) + ".", ""]
 
     out += _md_table(
         [o.header for o in Outcome] + ["boot errors"],

@@ -225,6 +225,9 @@ def print_summary(
     if boot_errors:
         line += f"; {boot_errors} boot error{'s' if boot_errors != 1 else ''}"
     console.print(Text(f"{len(boots)} boots: {line}"))
+    reused = overview.reused(boots)
+    if reused:
+        console.print(text(reused), soft_wrap=True)
     for told in news(boots, fixed):
         alarm = not told.startswith(("0 new", "fixed"))
         console.print(text(told, "bold red" if alarm else ""), soft_wrap=True)
