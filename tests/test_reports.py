@@ -278,6 +278,8 @@ def test_results_json_round_trips_with_counts() -> None:
         "retries",
         "transport",
         "restored",
+        "inputs",
+        "reused_from",
         "cases",
     }
     deviation = first["cases"][1]
