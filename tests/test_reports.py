@@ -163,8 +163,7 @@ def test_junit_testcase_per_outcome() -> None:
         assert (package, klass) == ("harness", boot.boot_id.replace(".", "_"))
 
     passed = cases["lock_basic[memlock=64K,user=user]"]
-    assert [child.tag for child in passed] == ["system-out"]
-    assert json.loads(passed.findtext("system-out", "")) == {"errno": 0, "locked_kb": 64}
+    assert list(passed) == []  # a pass is one line; its observation is in results.json
     assert passed.get("time") == "0.812"
 
     deviation = cases["lock_over_limit[memlock=64K,user=user]"].find("failure")
