@@ -29,8 +29,9 @@ JENKINS_XSD = DATA / "junit-10.xsd"
 # and suite-level <system-out>/<system-err>, and no output per testcase. We put the observation of
 # each failure, error and known deviation in the testcase's <system-out> (the Surefire/Jenkins
 # layout, where it is shown next to the case) and aggregate boots under <testsuites>; bending that
-# to Ant's layout would lose per-case evidence in every consumer. test_ant_schema_differences_are_only_the_known_ones pins
-# exactly which differences there are, so a new one does not creep in unnoticed.
+# to Ant's layout would lose per-case evidence in every consumer.
+# test_ant_schema_differences_are_only_the_known_ones pins exactly which differences there are, so
+# a new one does not creep in unnoticed.
 ANT_XSD = DATA / "JUnit.xsd"
 RUN_ID = "20261126T185300Z-ab12"
 
