@@ -166,8 +166,10 @@ def run_boot(
         with lock:
             publish(result, flush)
 
+    this = _Boot(ctx, result, locked, live, seams, share)
+
     def run_lane(lane: lanes.Lane) -> None:
-        _lane(ctx, config, result, locked, live, seams, share, lane)
+        _lane(this, config, lane)
 
     try:
         if count == 1:
@@ -185,18 +187,22 @@ def run_boot(
         publish(result, True)
 
 
-def _lane(
-    ctx: BootContext,
-    config: vm.VMConfig,
-    result: BootResult,
-    publish: Publish,
-    live: Live,
-    seams: Seams,
-    share: lanes.Share,
-    lane: lanes.Lane,
-) -> None:
+@dataclass(frozen=True)
+class _Boot:
+    """What every guest of one boot shares."""
+
+    ctx: BootContext
+    result: BootResult
+    publish: Publish
+    live: Live
+    seams: Seams
+    share: lanes.Share
+
+
+def _lane(boot: _Boot, config: vm.VMConfig, lane: lanes.Lane) -> None:
     """One guest's part of the boot: guests booted again after a loss, as the policy says, until the
     lane has nothing left or gives up (its own runs then get the outcome)."""
+    ctx, result, live, share = boot.ctx, boot.result, boot.live, boot.share
     refused = set[str]()
     while share.left(lane.n, result):
         if live.cancelled.is_set():
@@ -205,7 +211,7 @@ def _lane(
             config = dataclasses.replace(config, accel=live.accel.name)
         result.accelerator = config.accel
         try:
-            _guest(ctx, config, result, publish, live, seams, share, lane)
+            _guest(boot, config, lane)
             continue
         except (GuestLost, InfraError) as event:
             if live.cancelled.is_set():
@@ -254,18 +260,10 @@ def _kvm_failed(event: Exception, config: vm.VMConfig, live: Live, boot_id: str)
     return live.accel is not None and live.accel.kvm_failed(boot_id, str(event).split(";")[0])
 
 
-def _guest(
-    ctx: BootContext,
-    config: vm.VMConfig,
-    result: BootResult,
-    publish: Publish,
-    live: Live,
-    seams: Seams,
-    share: lanes.Share,
-    lane: lanes.Lane,
-) -> None:
+def _guest(boot: _Boot, config: vm.VMConfig, lane: lanes.Lane) -> None:
     """One guest: boot it and run every case of the lane's runs that has no result yet, taking runs
     no guest has taken. Raises GuestLost."""
+    ctx, result, publish, live, seams, share = boot.ctx, boot.result, boot.publish, boot.live, boot.seams, boot.share
     started = seams.boot(config, lane.serial, ctx.plan.timeouts.boot, live.cancelled, ctx.saved)
     with live.admitted(config.ram_mb, ctx.plan.id), started as machine, live.track(machine):
         share.up.set()
@@ -311,11 +309,6 @@ def _guest(
             result.timings["probe"] = max(
                 result.timings.get("probe", 0.0), round(time.monotonic() - machine.started, 3)
             )
-
-
-def pending_runs(result: BootResult, plan: BootPlan) -> list[tuple[RunPlan, list[str]]]:
-    """Each run of the plan with the cases that have no result yet, in plan order."""
-    return lanes.pending_runs(result, plan.runs)
 
 
 def fill(result: BootResult, runs: Sequence[RunPlan], outcome: Outcome, message: str) -> None:

@@ -12,7 +12,7 @@ from harness.bisect import ABORT, SKIP, STATE_FILE, builds, commits
 from harness.bisect import check as check_options
 from harness.boot import accel
 from harness.cache import crashes
-from harness.cli.commands import _cache, _options, _shown
+from harness.cli.commands import cache_of, options_of, shown_of
 from harness.errors import InfraError, UserError
 from harness.kit import probe
 from harness.report import terminal
@@ -22,7 +22,7 @@ def cmd_bisect(args: argparse.Namespace, console: Console) -> int:
     if args.tries < 1:
         raise UserError(f"--tries {args.tries}: give at least 1")
     say = terminal.printer(console)
-    cache, mode = _cache(args), accel.mode(args.accel)
+    cache, mode = cache_of(args), accel.mode(args.accel)
     if args.resume is not None:
         return _resume(args, say, cache, mode)
     if not args.case:
@@ -70,7 +70,7 @@ def _settings(args: argparse.Namespace, say: Callable[[str], None], cache: Path)
         for option in ("good", "bad"):
             if not getattr(args, option):
                 raise UserError(f"--{option}: missing; with --debian give an ABI or package version of the line")
-        ctx = _options(args, cache).sources(say)
+        ctx = options_of(args, cache).sources(say)
         listed = builds.debian_builds(suites, args.package, ctx)
         if not listed:
             raise UserError(f"--debian {args.debian}: no {args.package} build listed in these suites")
@@ -100,7 +100,7 @@ def _builds(
         f"({found.steps} between the ends); last build that behaves like --good: {last.name}"
     )
     say(f"  bisect record: {found.directory}")
-    for text in found.candidates.lines(_shown(args)) if found.candidates is not None else ():
+    for text in found.candidates.lines(shown_of(args)) if found.candidates is not None else ():
         say(text)
     return 0
 
@@ -123,7 +123,7 @@ def cmd_bisect_step(args: argparse.Namespace, console: Console) -> int:
     """`git bisect run` reads the exit code: 0 good, 1 bad, 125 skip, 128 abort (a harness error)."""
     err = terminal.printer(Console(stderr=True, width=1000))
     try:
-        return commits.step(args.state, _cache(args), terminal.printer(console))
+        return commits.step(args.state, cache_of(args), terminal.printer(console))
     except UserError as e:
         err(f"harness bisect-step: error: {e}")
         return ABORT

@@ -37,7 +37,7 @@ def _matrix(path: Path | None) -> tuple[matrix.Matrix, str]:
     return mx, path.read_text()
 
 
-def _options(args: argparse.Namespace, cache: Path) -> run.Options:
+def options_of(args: argparse.Namespace, cache: Path) -> run.Options:
     jobs = getattr(args, "jobs", 1)
     if jobs < 1:
         raise UserError(f"--jobs {jobs}: give at least 1")
@@ -61,8 +61,8 @@ def _summed_up(boots: Sequence[BootResult], args: argparse.Namespace, console: C
     one that no longer deviates fails only with --strict."""
     entries = known.load_known(args.known)
     fixed = [(f"{k.case} ({k.origin})", where) for k, where in known.fixed(entries, boots)]
-    explain = candidates.Finder(_cache(args))
-    terminal.print_summary(boots, console, args.verbose, fixed, explain, _shown(args))
+    explain = candidates.Finder(cache_of(args))
+    terminal.print_summary(boots, console, args.verbose, fixed, explain, shown_of(args))
     code = exit_code(boots)
     return EXIT_FINDINGS if code == EXIT_OK and fixed and getattr(args, "strict", False) else code
 
@@ -75,7 +75,7 @@ def cmd_run(args: argparse.Namespace, console: Console) -> int:
     if args.dry_run:
         return _dry_run(planned, args, console)
     mx, text = planned.matrix, planned.text
-    options = _options(args, _cache(args))
+    options = options_of(args, cache_of(args))
     live, board = Live(), progress.Board()
     say = terminal.printer(console)
     try:
@@ -104,7 +104,7 @@ def _dry_run(planned: overrides.Planned, args: argparse.Namespace, console: Cons
     (matrix.expand, then run.select), with its checks; no kernel is resolved, fetched or booted."""
     mx = planned.matrix
     run.check_memory(mx)
-    chosen = run.select(matrix.expand(mx, probe.build().names), _options(args, Path(args.cache or ".")))
+    chosen = run.select(matrix.expand(mx, probe.build().names), options_of(args, Path(args.cache or ".")))
 
     def say(line: str) -> None:
         console.file.write(terminal.safe(line) + "\n")
@@ -184,7 +184,7 @@ def cmd_compare(args: argparse.Namespace, console: Console) -> int:
     known = compare.load_known(args.known)
     base, new = _side(args.baseline, args), _side(args.new, args)
     diffs = compare.compare(base, new, known)
-    compare.render(diffs, base, new, console, candidates.Finder(_cache(args)), _shown(args))
+    compare.render(diffs, base, new, console, candidates.Finder(cache_of(args)), shown_of(args))
     lost = 0 if args.allow_missing else compare.missing(base, new)
     if lost:
         terminal.printer(console)(
@@ -213,7 +213,7 @@ def cmd_judge(args: argparse.Namespace, console: Console) -> int:
 
 
 def cmd_replay(args: argparse.Namespace, console: Console) -> int:
-    options = _options(args, _cache(args))
+    options = options_of(args, cache_of(args))
     say, board = terminal.printer(console), progress.Board()
     try:
         with progress.shown(board, console):
@@ -250,7 +250,7 @@ def cmd_history(args: argparse.Namespace, console: Console) -> int:
     with history.History(path) as db:
         timelines = db.timelines(args.case, args.kernel)
     entries = known.load_known(args.known)
-    explain = candidates.Finder(_cache(args)) if args.changes else None
+    explain = candidates.Finder(cache_of(args)) if args.changes else None
     history.render(
         timelines,
         console,
@@ -258,19 +258,19 @@ def cmd_history(args: argparse.Namespace, console: Console) -> int:
         only_changes=args.changes,
         known=entries,
         explain=explain,
-        candidates=_shown(args),
+        candidates=shown_of(args),
     )
     return 0
 
 
 def cmd_kernels(args: argparse.Namespace, console: Console) -> int:
-    cache = _cache(args)
+    cache = cache_of(args)
     if args.action == "list":
         for k in kernels.list_cached(cache):
             _line(console, k.label, k.release, k.version or "-", k.sha256[:16], k.source)
         return 0
     mx, _ = _matrix(args.matrix)
-    ctx = _options(args, cache).sources(terminal.printer(console))
+    ctx = options_of(args, cache).sources(terminal.printer(console))
     source = sources.Kernels(ctx)
     for spec in sources.expand(mx.kernels, ctx):
         if args.action == "resolve":
@@ -283,7 +283,7 @@ def cmd_kernels(args: argparse.Namespace, console: Console) -> int:
 
 
 def cmd_cache(args: argparse.Namespace, console: Console) -> int:
-    cache = _cache(args)
+    cache = cache_of(args)
     if args.action == "prune":
         return _prune(args, cache, console)
     areas = usage(cache)
@@ -294,7 +294,7 @@ def cmd_cache(args: argparse.Namespace, console: Console) -> int:
 
 
 def _prune(args: argparse.Namespace, cache: Path, console: Console) -> int:
-    ctx = _options(args, cache).sources(terminal.printer(console))
+    ctx = options_of(args, cache).sources(terminal.printer(console))
     doomed = prune.plan(cache, args.older_than, args.keep_matrix, args.keep_history, ctx)
     # One line per entry, deleted or kept (a run holds it: harness.cache.lease), as it goes.
     gone = prune.take(doomed, args.dry_run, lambda *fields: _line(console, *fields))
@@ -308,9 +308,9 @@ def _prune(args: argparse.Namespace, cache: Path, console: Console) -> int:
 
 
 def cmd_image(args: argparse.Namespace, console: Console) -> int:
-    cache = _cache(args)
+    cache = cache_of(args)
     mx, _ = _matrix(args.matrix)
-    ctx = _options(args, cache).sources(terminal.printer(console))
+    ctx = options_of(args, cache).sources(terminal.printer(console))
     source = sources.Kernels(ctx)
     guests = kit.assemble(cache)
     for spec in sources.expand(mx.kernels, ctx):
@@ -331,14 +331,14 @@ def _line(console: Console, *fields: str) -> None:
     console.file.write("\t".join(terminal.safe(f).replace("\t", "\\t").replace("\n", "\\n") for f in fields) + "\n")
 
 
-def _shown(args: argparse.Namespace) -> int:
+def shown_of(args: argparse.Namespace) -> int:
     shown = getattr(args, "candidates", candidates.SHOWN)
     if shown < 0:
         raise UserError(f"--candidates {shown}: give 0 or more")
     return int(shown)
 
 
-def _cache(args: argparse.Namespace) -> Path:
+def cache_of(args: argparse.Namespace) -> Path:
     if args.cache is not None:
         try:
             args.cache.mkdir(parents=True, exist_ok=True)
