@@ -23,7 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from report import scaled  # noqa: E402
 
-from harness.report import report_html, rundir  # noqa: E402
+from harness.report import report_html, resultsfile, rundir  # noqa: E402
 
 
 def size(paths: list[Path]) -> float:
@@ -36,7 +36,7 @@ def main() -> None:
     p.add_argument("--boots", type=int, default=90)
     args = p.parse_args()
     source = args.run_dir.resolve()
-    run = scaled(rundir.read_results(source), args.boots)
+    run = scaled(resultsfile.read_results(source), args.boots)
     results = sum(len(b.cases) for b in run.boots)
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / run.run_id
@@ -52,7 +52,7 @@ def main() -> None:
             writer.add_boot(boot)
         writer.finish(run.finished or run.started)
         wall = time.perf_counter() - start
-        back = rundir.read_results(out)
+        back = resultsfile.read_results(out)
         assert sum(len(b.cases) for b in back.boots) == results
         assert [c.observation for b in back.boots for c in b.cases] == [
             c.observation for b in run.boots for c in b.cases

@@ -30,7 +30,7 @@ from harness import versions
 from harness.bisect import builds
 from harness.cache import cache_dir, lease
 from harness.kernels import sources
-from harness.report import rundir
+from harness.report import resultsfile, rundir
 
 HARNESS = [sys.executable, "-m", "harness"]
 
@@ -105,7 +105,7 @@ def main() -> None:
 
 def first_change(results: Path) -> str:
     """The first build (in version order) whose fingerprint differs from the first build's."""
-    run = rundir.read_results(rundir.locate("latest", results) / rundir.RESULTS_FILE)
+    run = resultsfile.read_results(rundir.locate("latest", results))
     ordered = versions.ordered_by(run.boots, lambda b: b.kernel)
     prints = [(b.kernel.release if b.kernel else b.boot_id, b.cases[0].fingerprint if b.cases else "") for b in ordered]
     return next((name for name, fp in prints if fp != prints[0][1]), "none")

@@ -9,7 +9,6 @@ test: it reads finished runs and prints figures.
 
 from __future__ import annotations
 
-import json
 import sys
 from collections import Counter
 from pathlib import Path
@@ -17,9 +16,13 @@ from typing import Any
 
 Key = tuple[str, int, str, str, str]
 
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from harness.report import resultsfile  # noqa: E402
+
 
 def load(run_dir: Path) -> dict[Key, tuple[str, str]]:
-    data: dict[str, Any] = json.loads((run_dir / "results.json").read_text())
+    data: dict[str, Any] = resultsfile.document(run_dir)
     out: dict[Key, tuple[str, str]] = {}
     for boot in data["boots"]:
         release = (boot.get("kernel") or {}).get("release") or boot["boot_id"]

@@ -28,7 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from harness import history
 from harness.manifest import Manifest  # noqa: E402
-from harness.report import report_html, rundir, summary_md  # noqa: E402
+from harness.report import report_html, resultsfile, rundir, summary_md  # noqa: E402
 
 FIRST_NIGHT = dt.datetime(2027, 1, 1, 2, 17, tzinfo=dt.UTC)
 
@@ -44,7 +44,7 @@ def main() -> None:
     p.add_argument("run_dir", nargs="?", type=Path, default=Path("results/latest"))
     p.add_argument("--nights", type=int, default=30)
     args = p.parse_args()
-    run = rundir.read_results(args.run_dir)
+    run = resultsfile.read_results(args.run_dir)
     manifest = rundir.read_manifest(args.run_dir) or Manifest()
     results = sum(len(b.cases) for b in run.boots)
     print(f"run {run.run_id}: {len(run.boots)} boots, {results} results; {args.nights} nights")

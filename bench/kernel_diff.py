@@ -9,18 +9,21 @@ grouped by case. A script for reading a finished run, not a test.
 
 from __future__ import annotations
 
-import json
 import sys
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from harness.report import resultsfile  # noqa: E402
 
 
 def main(argv: list[str]) -> int:
     if len(argv) != 1:
         print(__doc__)
         return 2
-    data: dict[str, Any] = json.loads((Path(argv[0]) / "results.json").read_text())
+    data: dict[str, Any] = resultsfile.document(Path(argv[0]))
     kernels = [(b.get("kernel") or {}).get("release") or b["boot_id"] for b in data["boots"]]
     behaviour: dict[tuple[str, str, str], dict[str, list[str]]] = defaultdict(lambda: defaultdict(list))
     deviations: dict[str, list[str]] = defaultdict(list)

@@ -10,7 +10,6 @@ harness between cases). Medians over the run's boots. A script, not a test: it p
 
 from __future__ import annotations
 
-import json
 import statistics
 import sys
 from collections import defaultdict
@@ -19,6 +18,10 @@ from typing import Any
 
 from rich.console import Console
 from rich.table import Table
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from harness.report import resultsfile  # noqa: E402
 
 
 def case_class(case: str) -> str:
@@ -31,7 +34,7 @@ def main(argv: list[str]) -> int:
     if len(argv) != 1:
         print(__doc__)
         return 2
-    data: dict[str, Any] = json.loads((Path(argv[0]) / "results.json").read_text())
+    data: dict[str, Any] = resultsfile.document(Path(argv[0]))
     boots = [b for b in data["boots"] if b.get("timings")]
     if not boots:
         print(f"{argv[0]}: no boot with timings")

@@ -23,7 +23,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from harness.report import overview, report_html, rundir  # noqa: E402
+from harness.report import overview, report_html, resultsfile, rundir  # noqa: E402
 from harness.results import RunRecord  # noqa: E402
 
 PARSED = "<script>document.title='parsed '+performance.now().toFixed(0)</script>"
@@ -74,7 +74,7 @@ def main() -> None:
     p.add_argument("--boots", type=int, default=110)
     p.add_argument("--tries", type=int, default=3, help="browser runs per figure; the median is printed")
     args = p.parse_args()
-    run = scaled(rundir.read_results(args.run_dir), args.boots)
+    run = scaled(resultsfile.read_results(args.run_dir), args.boots)
     results = sum(len(b.cases) for b in run.boots)
     print(f"{len(run.boots)} boots, {results} results (from {args.run_dir})")
     with tempfile.TemporaryDirectory() as tmp:

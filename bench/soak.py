@@ -16,7 +16,6 @@ zero (descriptors: equal). A script, not a test: it prints figures.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import signal
 import sys
@@ -36,7 +35,7 @@ from harness.kernels import devices, sources
 from harness.kernels.sources.debian import DebianKernel
 from harness.kit import guest, image, verdict
 from harness.plan import matrix
-from harness.report import rundir
+from harness.report import resultsfile, rundir
 from harness.results import BootResult
 
 SCENARIOS = ("good", "panic", "qemu-kill", "ssh-drop", "boot-panic")
@@ -129,7 +128,7 @@ def main() -> int:
                 run_dir=run_dir,
             )
             boot.run_boot(ctx, result, writer.update, live)
-            saved = json.loads((run_dir / "results.json").read_text())
+            saved = resultsfile.document(run_dir)
             have = {c["case"] for c in saved["boots"][0]["cases"]}
             lost += len(set(cases) - have)
             for c in result.cases:

@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import gzip
 import os
 import tempfile
+import zlib
 from pathlib import Path
 
 from harness.errors import InfraError, UserError
@@ -66,16 +68,23 @@ def write_private(path: Path, data: bytes) -> None:
 
 def read_text(path: Path, limit: int, what: str) -> str:
     """A text file someone gave the harness (`what`: "matrix file"): at most `limit` bytes of UTF-8,
-    or bad input saying why. Read with a bound, so /dev/zero or a runaway file costs `limit` bytes."""
+    or bad input saying why. Read with a bound, so /dev/zero or a runaway file costs `limit` bytes.
+    A name ending in .gz is read through gzip (every member), the bound applying to what it holds:
+    a small file that would expand without end costs no more."""
+    packed = path.name.endswith(".gz")
     try:
-        with open(path, "rb") as f:
+        with gzip.open(path, "rb") if packed else open(path, "rb") as f:
             data = f.read(limit + 1)
     except IsADirectoryError:
         raise UserError(f"{path}: a directory, not a {what}") from None
+    except (EOFError, zlib.error, gzip.BadGzipFile) as e:  # before OSError: BadGzipFile is one
+        raise UserError(f"{path}: not a whole gzip file ({e}); give a {what} the harness wrote") from None
     except OSError as e:
         raise UserError(f"{path}: cannot read {what}: {e.strerror or e}; give an existing file") from None
     if len(data) > limit:
-        raise UserError(f"{path}: larger than {_size(limit)}, more than any {what} holds")
+        raise UserError(
+            f"{path}: {'holds more' if packed else 'larger'} than {_size(limit)}, more than any {what} holds"
+        )
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError as e:

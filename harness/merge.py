@@ -18,7 +18,7 @@ from harness import manifest
 from harness.errors import InfraError, UserError
 from harness.kit import known
 from harness.manifest import Manifest
-from harness.report import rundir
+from harness.report import resultsfile, rundir
 from harness.results import BootResult, RunRecord
 
 # What must be equal for shards to belong together; the rest (host, timing) may differ per machine.
@@ -43,7 +43,7 @@ def load(run_dir: Path) -> Shard:
     recorded = rundir.read_manifest(run_dir)
     if recorded is None:
         raise UserError(f"{run_dir}: no manifest.json; merge needs the run directories `harness run` wrote")
-    return Shard(run_dir, rundir.read_results(run_dir), recorded)
+    return Shard(run_dir, resultsfile.read_results(run_dir), recorded)
 
 
 def check(shards: Sequence[Shard]) -> int:

@@ -14,7 +14,7 @@ from pathlib import Path
 from harness import history, judge
 from harness.errors import UserError
 from harness.kit import known, verdict
-from harness.report import rundir
+from harness.report import resultsfile, rundir
 from harness.results import RunRecord
 
 
@@ -29,7 +29,7 @@ class Rejudged:
 def rejudge(
     run_dir: Path, expectations: Path, known_file: Path, history_path: Path | None, log: Callable[[str], None]
 ) -> Rejudged:
-    before = rundir.read_results(run_dir)
+    before = resultsfile.read_results(run_dir)
     if before.finished is None and not before.interrupted:
         raise UserError(f"{run_dir}: the run has not finished (or was killed); judge it once it has ended")
     recorded = rundir.read_manifest(run_dir)

@@ -22,7 +22,7 @@ from harness.history import compare
 from harness.kernels import sources
 from harness.kit import probe, verdict
 from harness.plan import matrix
-from harness.report import progress, rundir
+from harness.report import progress, resultsfile, rundir
 from harness.results import BootResult, RunRecord
 
 
@@ -81,7 +81,7 @@ def replay(
     recorded = rundir.read_manifest(run_dir)
     if recorded is None:
         raise UserError(f"{run_dir}: no manifest.json; only runs written by `harness run` can be replayed")
-    original = rundir.read_results(run_dir)
+    original = resultsfile.read_results(run_dir)
     mx = _matrix(run_dir, recorded)
     chosen = boots_of(original, boot)
     with lease.Leases() as pinning:  # the kernels found again stay leased until the run is done with them

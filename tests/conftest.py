@@ -5,11 +5,13 @@ from __future__ import annotations
 import contextlib
 import gzip
 import http.server
+import json
 import lzma
 import subprocess
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 import pytest
 import zstandard
@@ -130,3 +132,8 @@ def http_root(root: Path, on_get: Callable[[str], None] = lambda path: None) -> 
     finally:
         server.shutdown()
         server.server_close()
+
+
+def results_doc(run_dir: Path) -> Any:
+    """A run's results.json.gz as JSON: what a consumer of the file reads (`zcat | jq`)."""
+    return json.loads(gzip.decompress((run_dir / "results.json.gz").read_bytes()))

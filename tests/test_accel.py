@@ -15,6 +15,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from conftest import results_doc
 from elftools.elf.elffile import ELFFile
 from rich.console import Console
 
@@ -209,7 +210,7 @@ def small_matrix(folder: Path, *kernels: str, cases: str = "[limits, mlock_over,
 
 def results(folder: Path) -> tuple[dict[str, object], dict[str, object]]:
     run_dir = (folder / "latest").resolve()
-    return json.loads((run_dir / "results.json").read_text()), json.loads((run_dir / "manifest.json").read_text())
+    return results_doc(run_dir), json.loads((run_dir / "manifest.json").read_text())
 
 
 @pytest.mark.integration

@@ -10,6 +10,7 @@ here, from a real RunWriter's output, because they must be whole runs but for th
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import io
 import json
@@ -57,24 +58,24 @@ def write_run(run_dir: Path, message: str = "as expected", serial: str = "serial
 
 
 def edit_results(run_dir: Path, edit: Callable[[str], str]) -> None:
-    path = run_dir / "results.json"
-    path.write_text(edit(path.read_text()))
+    path = run_dir / "results.json.gz"
+    path.write_bytes(gzip.compress(edit(gzip.decompress(path.read_bytes()).decode()).encode()))
 
 
 def deep(run_dir: Path) -> None:
     write_run(run_dir)
-    nested = "[" * 200_000 + "]" * 200_000
-    (run_dir / "results.json").write_text('{"schema": 1, "run_id": "x", "boots": ' + nested + "}")
+    nested = b"[" * 200_000 + b"]" * 200_000
+    (run_dir / "results.json.gz").write_bytes(gzip.compress(b'{"schema": 1, "run_id": "x", "boots": ' + nested + b"}"))
 
 
 def bignum(run_dir: Path) -> None:
     write_run(run_dir)
-    edit_results(run_dir, lambda t: t.replace('"ram_mb": 256', '"ram_mb": ' + "9" * 5000))
+    edit_results(run_dir, lambda t: t.replace('"ram_mb":256', '"ram_mb":' + "9" * 5000))
 
 
 def infinite(run_dir: Path) -> None:
     write_run(run_dir)
-    edit_results(run_dir, lambda t: t.replace('"duration_s": 0.0', '"duration_s": 1e999'))
+    edit_results(run_dir, lambda t: t.replace('"duration_s":0.0', '"duration_s":1e999'))
 
 
 def bogus_debs(run_dir: Path) -> None:
@@ -135,15 +136,19 @@ CASES: list[tuple[Sequence[str], int, str]] = [
     (["run", "--matrix", "bad-inputs"], 2, "bad-inputs: a directory, not a matrix file"),
     (["run", "--jobs", "0"], 2, "--jobs 0: give at least 1"),
     (["run", "--shard", "5/4"], 2, "harness run: argument --shard: '5/4': give I/N with 1 <= I <= N"),
-    (["run", "--results", "results/night1/results.json"], 2, "results/night1/results.json: results cannot be"),
-    (["run", "--cache", "results/night1/results.json/cache"], 2, "--cache results/night1/results.json/cache: cannot"),
+    (["run", "--results", "results/night1/results.json.gz"], 2, "results/night1/results.json.gz: results cannot be"),
+    (
+        ["run", "--cache", "results/night1/results.json.gz/cache"],
+        2,
+        "--cache results/night1/results.json.gz/cache: cannot",
+    ),
     (["kernels", "resolve", "--matrix", M + "missing-path.yaml"], 2, M + "missing-path.yaml:2: kernels.0.path"),
-    (["compare", "night1", "deep"], 2, "results/deep/results.json: cannot read it as JSON"),
-    (["compare", "night1", "bignum"], 2, "results/bignum/results.json: cannot read it as JSON (Exceeds the limit"),
+    (["compare", "night1", "deep"], 2, "results/deep/results.json.gz: cannot read it as JSON"),
+    (["compare", "night1", "bignum"], 2, "results/bignum/results.json.gz: cannot read it as JSON (Exceeds the limit"),
     (
         ["compare", "night1", "infinite"],
         2,
-        "results/infinite/results.json: boots[0].cases[0].duration_s: not a finite number",
+        "results/infinite/results.json.gz: boots[0].cases[0].duration_s: not a finite number",
     ),
     (
         ["compare", "night1", "night1", "--known", M + "known-not-utf8.yaml"],
@@ -156,7 +161,7 @@ CASES: list[tuple[Sequence[str], int, str]] = [
     (
         ["merge", "results/escaping-shard"],
         2,
-        "results/escaping-shard/results.json: boots[0].serial_log: '../../victim.txt' is not a path inside",
+        "results/escaping-shard/results.json.gz: boots[0].serial_log: '../../victim.txt' is not a path inside",
     ),
     (["history", "--history", "results"], 2, "results: a directory; give --history the history file"),
     (["history", "import", "results/nowhere"], 2, "results/nowhere: no such file; give a run directory"),

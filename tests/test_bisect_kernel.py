@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest import results_doc
 from debian.debian_support import Version
 
 from harness import kernels
@@ -226,7 +227,7 @@ def test_a_tree_built_without_virtio_net_is_reached_over_the_serial_line(tmp_pat
     assert text.count("CONFIG_VIRTIO_NET=y\n") == 1
     fragment.write_text(text.replace("CONFIG_VIRTIO_NET=y\n", "# CONFIG_VIRTIO_NET is not set\n"))
     run_dir = run_good_end(repo, tmp_path, "config: no-net.config")
-    (boot,) = json.loads((run_dir / "results.json").read_text())["boots"]
+    (boot,) = results_doc(run_dir)["boots"]
     assert boot["transport"] == "serial" and boot["error"] == ""
     assert {c["case"]: c["outcome"] for c in boot["cases"]} == {
         "mlock_over": "pass",
@@ -248,7 +249,7 @@ def test_an_older_compiler_builds_the_tree_and_the_manifest_says_which(tmp_path:
     cache = cache_dir()
     repo = make_tree(cache)
     run_dir = run_good_end(repo, tmp_path, "compiler: gcc-10")
-    (boot,) = json.loads((run_dir / "results.json").read_text())["boots"]
+    (boot,) = results_doc(run_dir)["boots"]
     assert boot["error"] == "" and {c["outcome"] for c in boot["cases"]} == {"pass"}
     (kernel,) = json.loads((run_dir / "manifest.json").read_text())["kernels"]
     build = kernel["build"]
@@ -304,7 +305,7 @@ def test_a_kernel_without_pvh_and_virtio_runs_the_catalogue_on_emulated_hardware
         "memlock: [default, 64K, 0, unlimited]\nusers: [root, user]\n"
     )
     run_dir = harness_run(tmp_path, 2, (0, 1))
-    modern, legacy = json.loads((run_dir / "results.json").read_text())["boots"]
+    modern, legacy = results_doc(run_dir)["boots"]
     assert "+legacy" in legacy["boot_id"] and legacy["error"] == "" and legacy["transport"] == "net"
     argv = " ".join(legacy["qemu_argv"])
     assert "-device e1000,netdev=n0" in argv and "disk-ext2-v1.img,format=raw,if=ide,snapshot=on" in argv

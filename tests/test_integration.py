@@ -20,6 +20,7 @@ from pathlib import Path
 import paramiko
 import pytest
 import xmlschema
+from conftest import results_doc
 from junitparser import JUnitXml
 from test_junit_consumers import JENKINS_XSD, expected_counts, junitparser_counts, render_junit2html
 from test_overview import kernel_cells, matrix_rows, parse
@@ -32,7 +33,7 @@ from harness.kernels import devices, sources
 from harness.kernels.sources.debian import DebianKernel
 from harness.kit import guest, image, probe, verdict
 from harness.plan import matrix
-from harness.report import rundir
+from harness.report import resultsfile, rundir
 from harness.results import BootResult, Outcome
 
 pytestmark = pytest.mark.integration
@@ -204,7 +205,7 @@ def test_harness_run_end_to_end(tmp_path: Path) -> None:
         assert len(props["kernel.sha256"]) == 64
         assert 150_000 < int(props["memtotal_kb"]) < 262_144
 
-    data = json.loads((run_dir / "results.json").read_text())
+    data = results_doc(run_dir)
     assert data["complete"] is True
     newest = data["boots"][1]
     assert newest["kernel"]["release"].startswith("7.")
@@ -225,7 +226,7 @@ def test_harness_run_end_to_end(tmp_path: Path) -> None:
 
     # What the run wrote, read the way its consumers read it.
     xmlschema.XMLSchema(JENKINS_XSD).validate(str(run_dir / "junit.xml"))
-    record = rundir.read_results(run_dir)
+    record = resultsfile.read_results(run_dir)
     assert junitparser_counts(JUnitXml.fromfile(str(run_dir / "junit.xml"))) == {
         b.boot_id: expected_counts(b) for b in record.boots
     }
@@ -268,7 +269,7 @@ def test_nightly_shards_merge_history_compare_and_replay(tmp_path: Path) -> None
         assert proc.returncode == 0, proc.stdout + proc.stderr  # protnone_mlock deviates on every kernel: known
         shard_dirs.append((results / "latest").resolve())
         assert (results / "history.sqlite").is_file()
-    assert [json.loads((d / "results.json").read_text())["boots"][0]["boot_id"] for d in shard_dirs] == [
+    assert [results_doc(d)["boots"][0]["boot_id"] for d in shard_dirs] == [
         "bullseye-256M",
         "bookworm-256M",
     ]
@@ -277,7 +278,7 @@ def test_nightly_shards_merge_history_compare_and_replay(tmp_path: Path) -> None
     proc = harness("merge", *map(str, shard_dirs), "--results", str(results))
     assert proc.returncode == 0, proc.stdout + proc.stderr  # every finding known
     merged = (results / "latest").resolve()
-    data = json.loads((merged / "results.json").read_text())
+    data = results_doc(merged)
     assert data["complete"] and [b["boot_id"] for b in data["boots"]] == ["bullseye-256M", "bookworm-256M"]
     for name in ("junit.xml", "report.html", "summary.md", "serial/bookworm-256M.log"):
         assert (merged / name).is_file(), name
@@ -318,7 +319,7 @@ def test_interrupt_keeps_finished_results(tmp_path: Path, signum: int) -> None:
     done = 0
     while time.monotonic() < deadline and proc.poll() is None:
         try:
-            data = json.loads((results / "latest" / "results.json").read_text())
+            data = results_doc(results / "latest")
             done = sum(1 for c in data["boots"][0]["cases"] if c["outcome"] == "pass")
         except (OSError, ValueError, IndexError, KeyError):
             done = 0
@@ -334,7 +335,7 @@ def test_interrupt_keeps_finished_results(tmp_path: Path, signum: int) -> None:
     run_dir = (results / "latest").resolve()
     suite = ET.parse(run_dir / "junit.xml").getroot().find("testsuite")
     assert suite is not None
-    data = json.loads((run_dir / "results.json").read_text())
+    data = results_doc(run_dir)
     assert data["interrupted"] is True and data["complete"] is False
     cases = data["boots"][0]["cases"]
     assert len(cases) == 8 * len(probe.build().names)
@@ -402,7 +403,7 @@ def test_a_case_that_panics_the_guest_is_recorded_and_the_rest_go_on(bookworm: P
     assert got["limits", "user"].outcome is Outcome.PASS
     assert result.reboots == 1 and result.error == ""
     assert (tmp_path / result.serial_log).read_text().count("HARNESS-READY") == 2
-    saved = json.loads((tmp_path / "results.json").read_text())
+    saved = results_doc(tmp_path)
     assert saved["boots"][0]["reboots"] == 1
 
 
@@ -511,7 +512,7 @@ def test_results_disk_filling_up_mid_run(tmp_path: Path) -> None:
         (line,) = proc.stderr.splitlines()
         assert line.startswith("harness: infrastructure error: ") and "ENOSPC" in line
         run_dir = (results / "latest").resolve()
-        data = json.loads((run_dir / "results.json").read_text())
+        data = results_doc(run_dir)
         assert data["boots"][0]["cases"], "what finished before the disk filled up is kept"
         ET.parse(run_dir / "junit.xml")
         assert qemu_pids() <= before
@@ -616,7 +617,7 @@ def test_a_hostile_guest_costs_only_its_own_cases(bookworm: Prepared, tmp_path: 
     assert not [esc for esc in (b"\x1b]", b"\x1b[2J", b"\x1b[31m", b"\x07") if esc in out]
     assert peak_mib < 400  # the 100 MB line never sits in memory (the same run without it peaks at 230 MiB here)
 
-    data = json.loads((results / "latest" / "results.json").read_text())
+    data = results_doc(results / "latest")
     good, bad = data["boots"]
     assert [c["case"] for c in bad["cases"]] == cases
     reasons = [c["message"] for c in bad["cases"]]

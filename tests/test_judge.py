@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import results_doc
 from test_integration import REPO
 
 from harness import judge
@@ -82,7 +83,7 @@ def digests(run_dir: Path) -> dict[str, str]:
 
 
 def outcomes(run_dir: Path) -> dict[tuple[str, str], str]:
-    data = json.loads((run_dir / "results.json").read_text())
+    data = results_doc(run_dir)
     return {(c["case"], c["memlock"]): c["outcome"] for c in data["boots"][0]["cases"]}
 
 

@@ -5,7 +5,6 @@ entry that no longer deviates is a notice (`--strict` fails on it). The end-to-e
 
 from __future__ import annotations
 
-import json
 import shutil
 import subprocess
 import sys
@@ -13,6 +12,7 @@ from pathlib import Path
 
 import junitparser
 import pytest
+from conftest import results_doc
 from test_integration import REPO
 
 from harness.errors import UserError
@@ -91,7 +91,7 @@ def test_a_real_run_is_green_on_known_deviations_red_on_news_and_notices_fixes(t
                if case.result and isinstance(case.result[0], junitparser.Skipped)}  # fmt: skip
     reason = next(k for k in known.load_known(known.KNOWN_FILE) if k.case == "protnone_mlock").says
     assert skipped["protnone_mlock[memlock=64K,user=user]"] == f"known deviation: {reason}"
-    data = json.loads((run_dir / "results.json").read_text())
+    data = results_doc(run_dir)
     assert {c["case"]: c.get("known", "") for c in data["boots"][0]["cases"]}["protnone_mlock"] == reason
 
     fewer = tmp_path / "fewer.yaml"

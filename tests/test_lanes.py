@@ -12,14 +12,14 @@ import pytest
 from rich.console import Console
 
 from harness import cli
-from harness.report import rundir
+from harness.report import resultsfile, rundir
 
 
 def run_one_kernel(results: Path, jobs: int) -> list[tuple[str, ...]]:
     args = ["run", "--kernel", "debian:bookworm", "--jobs", str(jobs), "--results", str(results)]
     code = cli.main(args, Console(file=io.StringIO(), width=200))
     assert code in (0, 1)
-    (boot,) = rundir.read_results(rundir.locate("latest", results) / rundir.RESULTS_FILE).boots
+    (boot,) = resultsfile.read_results(rundir.locate("latest", results)).boots
     assert boot.error == "" and boot.reboots == 0
     return [(c.case, c.memlock, c.user, c.outcome.value, c.fingerprint, c.known or "") for c in boot.cases]
 

@@ -12,7 +12,7 @@ from harness import merge
 from harness.errors import EXIT_INFRA, UserError
 from harness.manifest import Manifest
 from harness.plan import matrix
-from harness.report import rundir
+from harness.report import resultsfile, rundir
 from harness.results import BootResult, CaseResult, KernelInfo, Outcome, exit_code
 from harness.run import Options, select
 
@@ -90,7 +90,7 @@ def test_merge_puts_boots_in_matrix_order_with_logs_and_fresh_reports(tmp_path: 
     run = merge.merge(merge.load_all(shards), "merged-run", out, "2026-11-26T09:00:00Z")
     assert [b.boot_id for b in run.boots] == [p.id for p in plans()]
     assert run.complete and run.started == "2026-11-26T01:00:00Z" and run.finished == "2026-11-26T03:30:00Z"
-    assert rundir.read_results(out) == run
+    assert resultsfile.read_results(out) == run
     assert (out / "serial" / "trixie-256M.log").read_text() == "log of trixie-256M\n"
     junit = (out / "junit.xml").read_text()
     assert junit.count("<testsuite ") == 6 and 'tests="12"' in junit

@@ -19,6 +19,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import results_doc
 
 from harness.kit import probe
 
@@ -67,7 +68,7 @@ def test_linux_4_4_runs_the_whole_catalogue_and_joins_the_history_of_debian_kern
     by their own cited rules, one history for both kernels."""
     results = glibc_run
     run_dir = (results / "latest").resolve()
-    data = json.loads((run_dir / "results.json").read_text())
+    data = results_doc(run_dir)
     old = next(b for b in data["boots"] if b["uname"].startswith("4.4.178"))
     assert old["error"] == "" and old["transport"] == "serial"
     assert len(old["cases"]) == 4 * 2 * len(probe.build().names)
@@ -111,9 +112,7 @@ def test_the_musl_userland_gives_the_glibc_userland_s_verdicts(glibc_run: Path, 
     assert entry["userland"] == "musl" and entry["userland_reason"] == "asked for by the matrix"
 
     def verdicts(run_dir: Path) -> dict[tuple[str, str, str], tuple[str, str]]:
-        boot = next(
-            b for b in json.loads((run_dir / "results.json").read_text())["boots"] if b["boot_id"] == "bookworm-256M"
-        )
+        boot = next(b for b in results_doc(run_dir)["boots"] if b["boot_id"] == "bookworm-256M")
         return {(c["case"], c["memlock"], c["user"]): (c["outcome"], c["fingerprint"]) for c in boot["cases"]}
 
     glibc, musl = verdicts((glibc_run / "latest").resolve()), verdicts(musl_dir)

@@ -17,7 +17,7 @@ from harness import cli
 from harness.errors import UserError
 from harness.plan import matrix, overrides
 from harness.plan.overrides import Flags
-from harness.report import rundir
+from harness.report import resultsfile, rundir
 
 BZIMAGE = Path(__file__).resolve().parent.parent.parent / "shared" / "kernels" / "linux-4.4.178" / "bzImage"
 FILE_MATRIX = """kernels:
@@ -208,7 +208,7 @@ def test_a_real_run_runs_what_its_dry_run_printed(
     assert [(b.id, b.ram_mb, [f"{m}/{u}" for m, u in b.runs]) for b in recorded.boots] == [
         ("bookworm-256M", 256, ["64K/user"])
     ]
-    (boot,) = rundir.read_results(run_dir / "results.json").boots
+    (boot,) = resultsfile.read_results(run_dir).boots
     assert [(c.case, c.memlock, c.user) for c in boot.cases] == [(c, "64K", "user") for c in mremap]
     # the recorded matrix is the one the flags made: a replay runs it again
     assert matrix.parse(recorded.matrix_text, "matrix_text").cases == tuple(mremap)

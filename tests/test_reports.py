@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import errno
+import gzip
 import io
 import json
 import os
@@ -14,13 +15,15 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest import results_doc
 from rich.console import Console
 
 from harness.errors import InfraError, UserError
 from harness.manifest import Manifest, Shard
-from harness.report import junit
+from harness.report import junit, resultsfile, rundir
 from harness.report.junit import junit_xml
-from harness.report.rundir import RunWriter, read_manifest, read_results, results_json
+from harness.report.resultsfile import read_results, results_json
+from harness.report.rundir import RunWriter, read_manifest
 from harness.report.terminal import print_summary
 from harness.results import BootResult, CaseResult, KernelInfo, Outcome, exit_code
 
@@ -337,11 +340,52 @@ def test_read_results_names_file_and_field(tmp_path: Path, text: str, says: str)
         read_results(tmp_path / "elsewhere")
 
 
+def test_results_are_written_compressed_and_read_back_whole(tmp_path: Path) -> None:
+    """results.json.gz is gzip members joined (one per boot): zcat gives one compact JSON document,
+    and read_results gives back every record, observations included."""
+    boots = [full_boot(), failed_boot()]
+    writer = RunWriter(tmp_path, RUN_ID, STARTED)
+    writer.add_boots(boots)
+    writer.finish("2026-11-26T19:10:00Z")
+    packed = (tmp_path / "results.json.gz").read_bytes()
+    assert packed.count(b"\x1f\x8b\x08") >= 1 + len(boots)  # the head, each boot, the tail
+    assert results_doc(tmp_path) == results_json(boots, RUN_ID, STARTED, "2026-11-26T19:10:00Z")
+    assert read_results(tmp_path).boots == boots
+    assert not (tmp_path / "results.json").exists()
+
+
+def test_an_older_runs_plain_results_json_is_read_when_there_is_no_compressed_one(tmp_path: Path) -> None:
+    boots = [full_boot()]
+    (tmp_path / "results.json").write_text(json.dumps(results_json(boots, RUN_ID, STARTED, None), indent=2))
+    assert read_results(tmp_path).boots == boots
+    assert rundir.find_run(str(tmp_path), tmp_path) == tmp_path
+    RunWriter(tmp_path, RUN_ID, STARTED).add_boots([failed_boot()])  # the new file wins once there is one
+    assert [b.boot_id for b in read_results(tmp_path).boots] == [failed_boot().boot_id]
+
+
+def test_a_broken_or_bottomless_results_file_is_bad_input(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    writer = RunWriter(tmp_path, RUN_ID, STARTED)
+    writer.add_boots([full_boot()])
+    file = tmp_path / "results.json.gz"
+    whole = file.read_bytes()
+    file.write_bytes(whole[: len(whole) // 2])  # cut short: copied while it was being written, say
+    with pytest.raises(UserError, match=rf"^{file}: not a whole gzip file .*give a results.json the harness wrote"):
+        read_results(tmp_path)
+    file.write_bytes(b"not gzip at all")
+    with pytest.raises(UserError, match=rf"^{file}: not a whole gzip file"):
+        read_results(tmp_path)
+    # 1 KB that expands to 100 MB: read no further than the bound.
+    monkeypatch.setattr(resultsfile, "MAX_RESULTS_BYTES", 1 << 20)
+    file.write_bytes(gzip.compress(b" " * (100 << 20)))
+    with pytest.raises(UserError, match=rf"^{file}: holds more than 1 MiB, more than any results.json holds"):
+        read_results(tmp_path)
+
+
 # --- RunWriter ---------------------------------------------------------------------------------
 
 
 def read_reports(run_dir: Path) -> tuple[dict[str, Any], ET.Element]:
-    results = json.loads((run_dir / "results.json").read_text())
+    results = results_doc(run_dir)
     junit = ET.fromstring((run_dir / "junit.xml").read_text())
     return results, junit
 
@@ -372,7 +416,7 @@ def test_writer_files_valid_after_each_update(tmp_path: Path) -> None:
     assert [s.get("name") for s in junit.findall("testsuite")] == ["bookworm-256M", "trixie-96M", "zz-extra"]
     assert [b.boot_id for b in writer.boots()] == ["bookworm-256M", "trixie-96M", "zz-extra"]
     # The pages for people come with the end of the run, not with every update.
-    names = ["boot", "junit.xml", "report.html", "results.json", "summary.md"]
+    names = ["boot", "junit.xml", "report.html", "results.json.gz", "summary.md"]
     assert sorted(p.name for p in run_dir.iterdir()) == names
     assert (run_dir / "junit.xml").stat().st_mode & 0o777 == 0o644
 
@@ -413,7 +457,7 @@ def test_writer_disk_full_keeps_previous_file(tmp_path: Path, monkeypatch: pytes
     writer = RunWriter(tmp_path, RUN_ID, STARTED)
     boot = full_boot()
     writer.add_boot(boot)
-    before = {name: (tmp_path / name).read_bytes() for name in ("results.json", "junit.xml")}
+    before = {name: (tmp_path / name).read_bytes() for name in ("results.json.gz", "junit.xml")}
 
     def full(src: str, dst: str) -> None:
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
@@ -424,19 +468,19 @@ def test_writer_disk_full_keeps_previous_file(tmp_path: Path, monkeypatch: pytes
         writer.update(boot)
     message = str(raised.value)
     assert "\n" not in message
-    assert str(tmp_path / "results.json") in message and "ENOSPC" in message
+    assert str(tmp_path / "results.json.gz") in message and "ENOSPC" in message
     monkeypatch.undo()
 
-    after = {name: (tmp_path / name).read_bytes() for name in ("results.json", "junit.xml")}
+    after = {name: (tmp_path / name).read_bytes() for name in ("results.json.gz", "junit.xml")}
     assert after == before
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["junit.xml", "results.json"]  # no temp files left
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["junit.xml", "results.json.gz"]  # no temp files left
 
 
 def test_writer_failed_write_mid_file_keeps_previous_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """EIO/ENOSPC during fsync is simulated the same way: the half-written temp file is discarded."""
     writer = RunWriter(tmp_path, RUN_ID, STARTED)
     writer.add_boot(failed_boot())
-    before = (tmp_path / "results.json").read_bytes()
+    before = (tmp_path / "results.json.gz").read_bytes()
 
     def broken(fd: int) -> None:
         raise OSError(errno.EACCES, os.strerror(errno.EACCES))
@@ -445,8 +489,8 @@ def test_writer_failed_write_mid_file_keeps_previous_file(tmp_path: Path, monkey
     with pytest.raises(InfraError, match="EACCES"):
         writer.finish("2026-11-26T19:10:00Z")
     monkeypatch.undo()
-    assert (tmp_path / "results.json").read_bytes() == before
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["junit.xml", "results.json"]
+    assert (tmp_path / "results.json.gz").read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["junit.xml", "results.json.gz"]
 
 
 def test_writer_concurrent_updates(tmp_path: Path) -> None:
@@ -477,7 +521,7 @@ def test_writer_concurrent_updates(tmp_path: Path) -> None:
         except BaseException as e:
             errors.append(e)
 
-    (tmp_path / "results.json").write_text("{}")
+    (tmp_path / "results.json.gz").write_bytes(gzip.compress(b"{}"))
     (tmp_path / "junit.xml").write_text("<testsuites/>")
     watcher = threading.Thread(target=reader)
     watcher.start()
@@ -617,10 +661,10 @@ def test_case_updates_are_throttled_and_flushes_are_not(tmp_path: Path) -> None:
     first = dataclasses.replace(boot, cases=boot.cases[:1])
     writer.update(first)  # a flush: written
     writer.update(dataclasses.replace(boot, cases=boot.cases[:2]), flush=False)  # within the interval
-    on_disk = json.loads(writer.results_path.read_text())
+    on_disk = results_doc(tmp_path)
     assert len(on_disk["boots"][0]["cases"]) == 1
     writer.update(boot)
-    on_disk = json.loads(writer.results_path.read_text())
+    on_disk = results_doc(tmp_path)
     assert len(on_disk["boots"][0]["cases"]) == len(boot.cases)
 
 
@@ -637,10 +681,11 @@ def test_the_files_written_case_by_case_are_what_one_rendering_of_the_final_boot
     writer.update(b)
     writer.update(dataclasses.replace(a, error="lost the guest"))
     final = [dataclasses.replace(a, error="lost the guest"), b, c]
-    assert writer.results_path.read_text() == json.dumps(results_json(final, RUN_ID, STARTED, None), indent=2) + "\n"
+    compact = json.dumps(results_json(final, RUN_ID, STARTED, None), separators=(",", ":"))
+    assert gzip.decompress(writer.results_path.read_bytes()).decode() == compact + "\n"
     assert writer.junit_path.read_text() == junit_xml(final, RUN_ID)
     writer.finish("2026-11-26T19:10:00Z")
-    assert json.loads(writer.results_path.read_text()) == results_json(final, RUN_ID, STARTED, "2026-11-26T19:10:00Z")
+    assert results_doc(tmp_path) == results_json(final, RUN_ID, STARTED, "2026-11-26T19:10:00Z")
 
 
 def test_case_updates_wait_ten_times_as_long_as_the_last_write_took(
@@ -651,7 +696,7 @@ def test_case_updates_wait_ten_times_as_long_as_the_last_write_took(
     monkeypatch.setattr("harness.report.rundir.time.monotonic", lambda: clock[0])
     real_write = __import__("harness.report.rundir", fromlist=["atomic_write"]).atomic_write
 
-    def slow_write(path: Path, data: str) -> None:
+    def slow_write(path: Path, data: bytes | str) -> None:
         clock[0] += 2.5  # each of the two files: a write costs 5 s
         real_write(path, data)
 
@@ -660,7 +705,7 @@ def test_case_updates_wait_ten_times_as_long_as_the_last_write_took(
     boot = full_boot()
 
     def written() -> int:
-        return len(json.loads(writer.results_path.read_text())["boots"][0]["cases"])
+        return len(results_doc(tmp_path)["boots"][0]["cases"])
 
     writer.update(dataclasses.replace(boot, cases=boot.cases[:1]))  # a flush: written, took 5 s
     clock[0] += 30

@@ -21,7 +21,7 @@ from harness.kit import verdict
 from harness.kit.verdict import Expectations, Rule
 from harness.manifest import Manifest
 from harness.plan.matrix import BootPlan, Memlock, RunPlan, Timeouts
-from harness.report import rundir
+from harness.report import resultsfile, rundir
 from harness.results import BootResult, CaseResult, KernelInfo, Outcome, RunRecord
 
 KERNEL = KernelInfo(
@@ -144,8 +144,8 @@ def test_a_second_run_boots_nothing_and_says_whose_results_it_took(
         f"1 of 1 boots took the results of an earlier boot of the same kernel, image, QEMU and probe (run {first.name})"
         in out
     )
-    (boot,) = rundir.read_results(second / rundir.RESULTS_FILE).boots
-    (before,) = rundir.read_results(first / rundir.RESULTS_FILE).boots
+    (boot,) = resultsfile.read_results(second).boots
+    (before,) = resultsfile.read_results(first).boots
     assert boot.reused_from == first.name and boot.inputs == before.inputs and boot.qemu_argv == []
     assert [(c.case, c.outcome, c.fingerprint) for c in boot.cases] == [
         (c.case, c.outcome, c.fingerprint) for c in before.cases
@@ -163,6 +163,6 @@ def test_a_second_run_boots_nothing_and_says_whose_results_it_took(
         assert db.execute("SELECT COUNT(*) FROM observations").fetchone() == (len(boot.cases),)
 
     code, out = harness([*flags, "--fresh"])
-    (fresh,) = rundir.read_results(rundir.locate("latest", tmp_path) / rundir.RESULTS_FILE).boots
+    (fresh,) = resultsfile.read_results(rundir.locate("latest", tmp_path)).boots
     assert fresh.reused_from == "" and fresh.qemu_argv and "took the results" not in out
     assert verdict.load()  # the real expectations judged all three runs

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest import results_doc
 from test_integration import REPO, Prepared, _inject_during_next_case, bookworm, boot_plan, qemu_pids  # noqa: F401
 
 from harness import kit
@@ -41,7 +42,7 @@ def run(tmp_path: Path, text: str) -> dict[str, Any]:
         timeout=1200,
     )
     assert proc.returncode in (0, 1), proc.stdout + proc.stderr
-    data: dict[str, Any] = json.loads((results / "latest" / "results.json").read_text())
+    data: dict[str, Any] = results_doc(results / "latest")
     return data
 
 
@@ -94,7 +95,7 @@ def serial_boot(
         before=before,
         transport="serial",
     )
-    assert json.loads((tmp_path / "results.json").read_text())["boots"][0]["cases"], "results were written"
+    assert results_doc(tmp_path)["boots"][0]["cases"], "results were written"
     return result
 
 

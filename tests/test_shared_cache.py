@@ -26,7 +26,7 @@ from harness.cache import cache_dir, lease
 from harness.kernels.sources import Context, Kernels
 from harness.kernels.sources.debian import DebianKernel
 from harness.kit import probe
-from harness.report import rundir
+from harness.report import resultsfile
 
 HARNESS = [sys.executable, "-m", "harness"]
 
@@ -118,7 +118,7 @@ def verdicts(results: Path) -> dict[tuple[str, str, str, str], tuple[str, str]]:
     (run_dir,) = [d for d in results.iterdir() if d.is_dir() and d.name != "latest" and not d.is_symlink()]
     return {
         (b.boot_id, c.case, c.memlock, c.user): (c.outcome.value, c.fingerprint)
-        for b in rundir.read_results(run_dir).boots
+        for b in resultsfile.read_results(run_dir).boots
         for c in b.cases
     }
 
@@ -193,7 +193,7 @@ def test_two_runs_and_a_prune_share_one_cache(tmp_path: Path) -> None:
     for name in runs:
         assert verdicts(tmp_path / name) == expected, name
     (saved_dir,) = [d for d in (tmp_path / "saved").iterdir() if d.is_dir() and not d.is_symlink()]
-    assert rundir.read_results(saved_dir).boots[0].restored == guest.name  # it loaded the lone run's guest
+    assert resultsfile.read_results(saved_dir).boots[0].restored == guest.name  # it loaded the lone run's guest
 
     entries = {(p.parent.name, p.name) for p in in_use}
     assert entries <= {(r[1], r[2]) for r in rows if r[0] == "kept" and r[3] == prune.IN_USE}, rows

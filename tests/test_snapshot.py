@@ -18,7 +18,7 @@ from harness.cache import cache_dir
 from harness.errors import InfraError
 from harness.kit import guest, image, probe
 from harness.plan import matrix
-from harness.report import rundir
+from harness.report import resultsfile
 from harness.results import BootResult, Outcome
 
 
@@ -71,7 +71,7 @@ def test_a_loaded_guest_behaves_as_the_booted_one(bookworm: Prepared, tmp_path: 
     assert loaded.restored == saved.name and not loaded.error
     assert behaviour(loaded) == behaviour(cold)
     assert len(behaviour(cold)) == 2 * len(probe.build().names)
-    assert rundir.read_results(tmp_path / "loaded").boots[0].restored == saved.name
+    assert resultsfile.read_results(tmp_path / "loaded").boots[0].restored == saved.name
 
     log = (tmp_path / "loaded" / loaded.serial_log).read_text()
     head, _, after = log.partition(f"[harness: the boot above is the saved guest {saved.name}'s")

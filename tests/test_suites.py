@@ -14,6 +14,7 @@ from typing import Any
 
 import junitparser
 import pytest
+from conftest import results_doc
 from test_integration import REPO
 
 from harness import run as runner
@@ -51,7 +52,7 @@ def test_kselftest_mm_runs_beside_the_probe_and_reads_back_as_junit(tmp_path: Pa
     proc = subprocess.run(argv, capture_output=True, text=True, cwd=REPO, timeout=1800)
     assert proc.returncode in (0, 1), proc.stdout[-3000:] + proc.stderr
     run_dir = (tmp_path / "results" / "latest").resolve()
-    (boot,) = json.loads((run_dir / "results.json").read_text())["boots"]
+    (boot,) = results_doc(run_dir)["boots"]
     got = {(c["case"], c["user"]): c for c in boot["cases"]}
     assert got[("mlock_over", "user")]["outcome"] == "pass"  # the probe, in the same boot
     for user in ("root", "user"):

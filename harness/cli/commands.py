@@ -20,7 +20,7 @@ from harness.history import compare
 from harness.kernels import devices, sources
 from harness.kit import known, probe
 from harness.plan import matrix, overrides
-from harness.report import candidates, progress, rundir, terminal
+from harness.report import candidates, progress, resultsfile, rundir, terminal
 from harness.results import BootResult, exit_code
 
 
@@ -168,7 +168,7 @@ def cmd_merge(args: argparse.Namespace, console: Console) -> int:
 def _side(ref: str, args: argparse.Namespace) -> compare.Side:
     found = rundir.find_run(ref, args.results)
     if found is not None:
-        return compare.run_side(rundir.read_results(found), f"run {found}")
+        return compare.run_side(resultsfile.read_results(found), f"run {found}")
     path = _history_path(args)
     if not path.is_file():
         raise UserError(

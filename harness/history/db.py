@@ -21,7 +21,7 @@ from harness.errors import InfraError, UserError
 from harness.history import append, schema, store
 from harness.history.timeline import Group, Shown, Timeline, build
 from harness.manifest import Manifest
-from harness.report import rundir
+from harness.report import resultsfile, rundir
 from harness.results import CaseResult, KernelInfo, Outcome, RunRecord
 
 DEFAULT_PATH = Path("results") / "history.sqlite"
@@ -137,7 +137,7 @@ class History:
 
     def import_run(self, run_dir: Path) -> int:
         """Record a run directory's results.json and manifest.json; 0 when the run is already stored."""
-        run = rundir.read_results(run_dir)
+        run = resultsfile.read_results(run_dir)
         manifest = rundir.read_manifest(run_dir if run_dir.is_dir() else run_dir.parent)
         return self.record(run, manifest or Manifest(), source=str(run_dir))
 

@@ -1,40 +1,34 @@
 """The run directory: its one owner. Creating it (and `latest`), writing its files, reading them back.
 
-results/<run-id>/ holds junit.xml and results.json (rewritten atomically as results arrive, so a
-killed run leaves valid reports of everything finished), manifest.json (`harness.manifest`),
-report.html and summary.md (written when the run ends), and serial/<boot>.log (written by the
-boots). results.json's codec is here: `results_json` writes it and `read_results` reads it back
-for merge, compare, replay and history. docs/results-schema.md documents the files.
+results/<run-id>/ holds junit.xml and results.json.gz (rewritten atomically as results arrive, so
+a killed run leaves valid reports of everything finished), manifest.json (`harness.manifest`),
+report.html and summary.md (written when the run ends), and serial/<boot>.log.gz (written by the
+boots). results.json.gz's codec is `resultsfile`; docs/results-schema.md documents the files.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import datetime as dt
-import json
 import os
 import secrets
 import threading
 import time
 from collections.abc import Sequence
-from pathlib import Path, PurePosixPath
-from typing import Any
+from pathlib import Path
 
 from harness import REPO, manifest
 from harness.errors import InfraError, UserError
 from harness.files import atomic_write, os_failure
-from harness.jsondoc import Doc, load
-from harness.report import candidates, overview, report_html, summary_md
+from harness.report import candidates, overview, report_html, resultsfile, summary_md
 from harness.report.junit import SuiteXml, document, suite_xml
-from harness.results import BootResult, CaseResult, KernelInfo, Outcome, RunRecord, outcome_counts
+from harness.report.resultsfile import PLAIN_RESULTS_FILE, RESULTS_FILE, results_file, results_json
+from harness.results import BootResult, RunRecord, outcome_counts
 
-SCHEMA_VERSION = 1  # results.json "schema"; bump on any incompatible change
 JUNIT_FILE = "junit.xml"
-RESULTS_FILE = "results.json"
 MANIFEST_FILE = manifest.FILE
 HTML_FILE = overview.HTML_FILE
 SUMMARY_FILE = overview.SUMMARY_FILE
-MAX_RESULTS_BYTES = 512 << 20  # a 10-kernel run writes 12 MB
 
 
 # --- creating and finding runs -----------------------------------------------------------------
@@ -89,11 +83,11 @@ def now() -> str:
 
 
 def find_run(ref: str, results: Path) -> Path | None:
-    """A run given as a directory (or its results.json), or as a run id or "latest" under `results`."""
+    """A run given as a directory (or its results file), or as a run id or "latest" under `results`."""
     for candidate in (Path(ref), results / ref):
-        if (candidate / RESULTS_FILE).is_file():
+        if results_file(candidate).is_file():
             return candidate
-        if candidate.name == RESULTS_FILE and candidate.is_file():
+        if candidate.name in (RESULTS_FILE, PLAIN_RESULTS_FILE) and candidate.is_file():
             return candidate.parent
     return None
 
@@ -109,172 +103,6 @@ def locate(ref: str, results: Path) -> Path:
 def read_manifest(run_dir: Path) -> manifest.Manifest | None:
     """The run's manifest; None when it has none (a run killed before writing it)."""
     return manifest.read(run_dir)
-
-
-# --- results.json ------------------------------------------------------------------------------
-
-
-def _case_json(result: CaseResult) -> dict[str, Any]:
-    return {
-        "case": result.case,
-        "memlock": result.memlock,
-        "user": result.user,
-        "outcome": result.outcome.value,
-        "message": result.message,
-        "expected": result.expected,
-        "citation": result.citation,
-        "duration_s": result.duration_s,
-        "fingerprint": result.fingerprint,
-        **({"known": result.known} if result.known else {}),
-        "observation": result.observation,
-    }
-
-
-def _boot_json(boot: BootResult) -> dict[str, Any]:
-    return {
-        "boot_id": boot.boot_id,
-        "kernel": None if boot.kernel is None else dataclasses.asdict(boot.kernel),
-        "ram_mb": boot.ram_mb,
-        "accelerator": boot.accelerator,
-        "qemu_version": boot.qemu_version,
-        "memtotal_kb": boot.memtotal_kb,
-        "uname": boot.uname,
-        "qemu_argv": list(boot.qemu_argv),
-        "serial_log": boot.serial_log,
-        "timings": dict(boot.timings),
-        "error": boot.error,
-        "reboots": boot.reboots,
-        "retries": boot.retries,
-        "transport": boot.transport,
-        "restored": boot.restored,
-        "inputs": boot.inputs,
-        "reused_from": boot.reused_from,
-        "cases": [_case_json(r) for r in boot.cases],
-    }
-
-
-def results_json(
-    boots: Sequence[BootResult], run_id: str, started: str, finished: str | None, interrupted: bool = False
-) -> dict[str, Any]:
-    """The results.json document; `finished` is None while the run is still going."""
-    return {
-        "schema": SCHEMA_VERSION,
-        "run_id": run_id,
-        "started": started,
-        "finished": finished,
-        "complete": finished is not None and not interrupted,
-        "interrupted": interrupted,
-        "counts": outcome_counts(boots),
-        "boots": [_boot_json(boot) for boot in boots],
-    }
-
-
-def _boot_entry(boot: BootResult) -> str:
-    """One boot as it stands in results.json's "boots" list (indented to its depth there)."""
-    # ensure_ascii (json's default) escapes every control character, so "\n" only ends lines.
-    text = json.dumps(_boot_json(boot), indent=2, default=str)
-    return "\n".join("    " + line for line in text.split("\n"))
-
-
-def _results_text(doc: dict[str, Any], entries: Sequence[str]) -> str:
-    """results.json as json.dumps(doc with its boots, indent=2) writes it, from boots rendered apart."""
-    head = json.dumps({**doc, "boots": []}, indent=2, default=str)
-    if not entries:
-        return head
-    # "boots" is the last key: its "[]" and the closing brace end the text.
-    return head[: -len("[]\n}")] + "[\n" + ",\n".join(entries) + "\n  ]\n}"
-
-
-def _case_from(d: Doc, boot_id: str) -> CaseResult:
-    try:
-        outcome = Outcome(d.doc.get("outcome"))
-    except ValueError:
-        raise UserError(
-            f"{d.where}outcome: {d.doc.get('outcome')!r} is not one of the outcomes; give {d.what}"
-        ) from None
-    observation = d.doc.get("observation")
-    return CaseResult(
-        boot_id=boot_id,
-        case=d.text("case", True),
-        memlock=d.text("memlock", True),
-        user=d.text("user", True),
-        outcome=outcome,
-        message=d.text("message"),
-        observation=observation if isinstance(observation, dict) else None,
-        expected=d.mapping("expected"),
-        citation=d.text("citation"),
-        duration_s=d.number("duration_s"),
-        fingerprint=d.text("fingerprint"),
-        known=d.text("known"),
-    )
-
-
-def _boot_from(d: Doc) -> BootResult:
-    boot_id = d.text("boot_id", True)
-    kernel = d.each(
-        "kernel",
-        lambda k: KernelInfo(
-            label=k.text("label", True),
-            release=k.text("release"),
-            package=k.opt_text("package"),
-            version=k.opt_text("version"),
-            sha256=k.text("sha256"),
-            source=k.text("source"),
-        ),
-        None,
-    )
-    timings = d.mapping("timings")
-    return BootResult(
-        boot_id=boot_id,
-        kernel=kernel,
-        ram_mb=d.integer("ram_mb", True),
-        accelerator=d.text("accelerator"),
-        qemu_version=d.text("qemu_version"),
-        memtotal_kb=d.opt_integer("memtotal_kb"),
-        uname=d.text("uname"),
-        qemu_argv=d.texts("qemu_argv"),
-        serial_log=_inside(d, "serial_log"),
-        timings={k: Doc(timings, f"{d.where}timings.", d.what).number(k) for k in timings},
-        error=d.text("error"),
-        reboots=d.integer("reboots"),
-        retries=d.integer("retries"),
-        cases=d.items("cases", lambda c: _case_from(c, boot_id), required=True),
-        transport=d.text("transport"),
-        restored=d.text("restored"),
-        inputs=d.text("inputs"),
-        reused_from=d.text("reused_from"),
-    )
-
-
-def _inside(d: Doc, key: str) -> str:
-    """A path in the run directory, as results.json names it: relative, and never out of the directory
-    (merge copies the file it names; report.html links to it)."""
-    value = d.text(key)
-    parts = PurePosixPath(value).parts
-    if value and (value.startswith("/") or ".." in parts or "\0" in value or not parts):
-        raise UserError(f"{d.where}{key}: {value[:100]!r} is not a path inside the run directory; give {d.what}")
-    return value
-
-
-def read_results(path: Path) -> RunRecord:
-    """Read a results.json (or the run directory holding one) back into records.
-
-    Raises UserError naming the file and the field when it is not a results.json this harness wrote.
-    """
-    file = path / RESULTS_FILE if path.is_dir() else path
-    what = "a results.json the harness wrote"
-    if not file.exists():
-        raise UserError(f"{file}: no such file; give a run directory (results/<run-id>) or its results.json")
-    top = Doc(load(file, MAX_RESULTS_BYTES, "results.json"), f"{file}: ", what)
-    if top.doc.get("schema") != SCHEMA_VERSION:
-        raise UserError(
-            f"{file}: schema: {repr(top.doc.get('schema'))[:20]}, this harness reads schema "
-            f"{SCHEMA_VERSION}; give {what}"
-        )
-    boots = top.items("boots", _boot_from, required=True)
-    return RunRecord(
-        top.text("run_id", True), top.text("started"), top.opt_text("finished"), top.flag("interrupted"), boots
-    )
 
 
 # --- writing -----------------------------------------------------------------------------------
@@ -338,7 +166,7 @@ class RunWriter:
         self.min_interval = 1.0
         self._last_write = 0.0
         self._write_cost = 0.0
-        self._rendered: dict[str, tuple[str, SuiteXml]] = {}
+        self._rendered: dict[str, tuple[bytes, SuiteXml]] = {}
         try:
             run_dir.mkdir(parents=True, exist_ok=True)
         except OSError as e:
@@ -421,10 +249,10 @@ class RunWriter:
 
         return sorted(self._boots.values(), key=key)
 
-    def _render(self, boot: BootResult) -> tuple[str, SuiteXml]:
+    def _render(self, boot: BootResult) -> tuple[bytes, SuiteXml]:
         rendered = self._rendered.get(boot.boot_id)
         if rendered is None:
-            rendered = self._rendered[boot.boot_id] = (_boot_entry(boot), suite_xml(boot, self.run_id))
+            rendered = self._rendered[boot.boot_id] = (resultsfile.boot_entry(boot), suite_xml(boot, self.run_id))
         return rendered
 
     def _write_reports(self) -> None:
@@ -434,9 +262,9 @@ class RunWriter:
         entries, suites = zip(*map(self._render, boots), strict=True) if boots else ((), ())
         doc = results_json((), self.run_id, self.started, self.finished, self.interrupted)
         doc["counts"] = outcome_counts(boots)
-        results = _results_text(doc, entries)
+        results = resultsfile.joined(doc, entries)
         junit = document(suites, self.run_id)
-        atomic_write(self.results_path, results + "\n")
+        atomic_write(self.results_path, results)
         atomic_write(self.junit_path, junit)
         self._last_write = time.monotonic()
         self._write_cost = self._last_write - start
