@@ -3,9 +3,9 @@ every-build matrix), written as `harness run` writes them, and measured file by 
 
     python bench/artifact.py [RUN_DIR] [--boots N]
 
-Prints the size of results.json, junit.xml, the boot pages, report.html, summary.md, the serial
+Prints the size of results.json.gz, junit.xml, the boot pages, report.html, summary.md, the serial
 logs (each boot's copied from the run's) and the whole directory, and checks nothing is lost:
-the written results.json read back gives every result the run has, observations included.
+the written results.json.gz read back gives every result the run has, observations included.
 A script, not a test: it prints figures.
 """
 
@@ -23,6 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from report import scaled  # noqa: E402
 
+from harness import boot as boot_mod  # noqa: E402
 from harness.report import report_html, resultsfile, rundir  # noqa: E402
 
 
@@ -46,9 +47,13 @@ def main() -> None:
         for boot in run.boots:
             original = source / boot.serial_log if boot.serial_log else None
             if original is not None and original.is_file():
-                boot.serial_log = f"serial/{boot.boot_id}.log"
-                (out / "serial").mkdir(parents=True, exist_ok=True)
-                shutil.copyfile(original, out / boot.serial_log)
+                packed = original.name.endswith(".gz")
+                log = out / "serial" / f"{boot.boot_id}.log{'.gz' if packed else ''}"
+                log.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(original, log)
+                if not packed:  # an older run's: compressed as a boot now leaves it
+                    log = boot_mod.pack(log) or log
+                boot.serial_log = str(log.relative_to(out))
             writer.add_boot(boot)
         writer.finish(run.finished or run.started)
         wall = time.perf_counter() - start

@@ -137,3 +137,9 @@ def http_root(root: Path, on_get: Callable[[str], None] = lambda path: None) -> 
 def results_doc(run_dir: Path) -> Any:
     """A run's results.json.gz as JSON: what a consumer of the file reads (`zcat | jq`)."""
     return json.loads(gzip.decompress((run_dir / "results.json.gz").read_bytes()))
+
+
+def log_text(path: Path) -> str:
+    """A serial log as text, whether the boot left it compressed (serial/<boot>.log.gz) or not."""
+    data = gzip.decompress(path.read_bytes()) if path.name.endswith(".gz") else path.read_bytes()
+    return data.decode(errors="replace")

@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import results_doc
+from conftest import log_text, results_doc
 from elftools.elf.elffile import ELFFile
 from rich.console import Console
 
@@ -254,7 +254,7 @@ def test_a_kvm_that_passes_the_check_but_boots_no_linux_is_given_up_after_its_fi
     assert all(b["retries"] == 0 for b in data["boots"])
     run_dir = (tmp_path / "r" / "latest").resolve()
     for b in data["boots"]:
-        log = (run_dir / b["serial_log"]).read_text()
+        log = log_text(run_dir / b["serial_log"])
         assert "under kvm; this guest is booted again under tcg]" in log and "HARNESS-READY" in log
 
 

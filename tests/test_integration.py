@@ -20,7 +20,7 @@ from pathlib import Path
 import paramiko
 import pytest
 import xmlschema
-from conftest import results_doc
+from conftest import log_text, results_doc
 from junitparser import JUnitXml
 from test_junit_consumers import JENKINS_XSD, expected_counts, junitparser_counts, render_junit2html
 from test_overview import kernel_cells, matrix_rows, parse
@@ -220,7 +220,7 @@ def test_harness_run_end_to_end(tmp_path: Path) -> None:
     assert all(b["qemu_command"].startswith("qemu-system-x86_64 ") for b in manifest["boots"])
     assert len(manifest["probe"]["sha256"]) == 64
     for b in data["boots"]:
-        assert "HARNESS-READY" in (run_dir / b["serial_log"]).read_text()
+        assert "HARNESS-READY" in log_text(run_dir / b["serial_log"])
     assert "pass" in proc.stdout  # the summary table
     assert qemu_pids() <= before, "the run left QEMU processes behind"
 
@@ -280,7 +280,7 @@ def test_nightly_shards_merge_history_compare_and_replay(tmp_path: Path) -> None
     merged = (results / "latest").resolve()
     data = results_doc(merged)
     assert data["complete"] and [b["boot_id"] for b in data["boots"]] == ["bullseye-256M", "bookworm-256M"]
-    for name in ("junit.xml", "report.html", "summary.md", "serial/bookworm-256M.log"):
+    for name in ("junit.xml", "report.html", "summary.md", "serial/bookworm-256M.log.gz"):
         assert (merged / name).is_file(), name
 
     # What changed between 5.10 and 6.1 for this case set: the default limit's size only shows in
@@ -402,7 +402,7 @@ def test_a_case_that_panics_the_guest_is_recorded_and_the_rest_go_on(bookworm: P
     assert got["map_locked_over", "root"].outcome is Outcome.PASS
     assert got["limits", "user"].outcome is Outcome.PASS
     assert result.reboots == 1 and result.error == ""
-    assert (tmp_path / result.serial_log).read_text().count("HARNESS-READY") == 2
+    assert log_text(tmp_path / result.serial_log).count("HARNESS-READY") == 2
     saved = results_doc(tmp_path)
     assert saved["boots"][0]["reboots"] == 1
 
@@ -419,7 +419,7 @@ def test_a_guest_without_its_nic_driver_is_an_infrastructure_error_after_bounded
     assert [c.outcome for c in result.cases] == [Outcome.INFRA_ERROR, Outcome.INFRA_ERROR]
     assert "cannot reach root@[127.0.0.1]" in result.error
     assert result.retries == policy.INFRA_RETRIES and result.reboots == 0
-    assert (tmp_path / result.serial_log).read_text().count("HARNESS-READY") == 1 + policy.INFRA_RETRIES
+    assert log_text(tmp_path / result.serial_log).count("HARNESS-READY") == 1 + policy.INFRA_RETRIES
     assert qemu_pids() <= before
 
 

@@ -9,6 +9,7 @@ import io
 from pathlib import Path
 
 import pytest
+from conftest import log_text
 from rich.console import Console
 
 from harness import cli
@@ -30,5 +31,5 @@ def test_one_kernel_in_two_guests_answers_as_in_one(tmp_path: Path, monkeypatch:
     one = run_one_kernel(tmp_path / "one", 1)
     two = run_one_kernel(tmp_path / "two", 2)
     assert len(one) == 488 and two == one
-    serial = next((tmp_path / "two").glob("*/serial/*.log")).read_text(errors="replace")
+    serial = log_text(next((tmp_path / "two").glob("*/serial/*.log.gz")))
     assert "[harness: the serial log of guest 2 of this boot, which ran beside it]" in serial

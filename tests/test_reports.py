@@ -177,6 +177,13 @@ def test_junit_testcase_per_outcome() -> None:
     assert 'expected: {"errno":"EAGAIN"}' in body
     assert 'observed: {"errno":0,"locked_kb":64}' in body
     assert "citation: mm/mlock.c: can_do_mlock()" in body
+    # A new failure carries its observation; the same failure known (a skip) carries only what it said.
+    assert cases["lock_over_limit[memlock=64K,user=user]"].find("system-out") is not None
+    known_boot = dataclasses.replace(
+        boot, cases=[dataclasses.replace(r, known="a known reason (a link)") for r in boot.cases[2:3]]
+    )
+    (known,) = cases_of(suites(junit_xml([known_boot], RUN_ID))[boot.boot_id]).values()
+    assert [e.tag for e in known] == ["skipped"] and (known[0].text or "").startswith(boot.cases[2].message[:20])
 
     for name, tag, kind in (
         ("lock_all_ram", "failure", "oom_killed"),

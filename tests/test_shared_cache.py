@@ -153,7 +153,7 @@ def prune_cache(cache: Path) -> list[list[str]]:
 
 def booting(results: Path) -> bool:
     """Has the run's guest started (so every entry it uses is leased: the saved guest it loads too)?"""
-    return any(p.stat().st_size for p in results.glob("*/serial/*.log"))
+    return any(p.stat().st_size for p in results.glob("*/serial/*.log*"))
 
 
 @pytest.mark.integration

@@ -11,6 +11,7 @@ import json
 from pathlib import Path
 
 import pytest
+from conftest import log_text
 from test_integration import Prepared, bookworm, boot_plan, qemu_pids  # noqa: F401
 
 from harness.boot import accel, snapshot, vm
@@ -73,7 +74,7 @@ def test_a_loaded_guest_behaves_as_the_booted_one(bookworm: Prepared, tmp_path: 
     assert len(behaviour(cold)) == 2 * len(probe.build().names)
     assert resultsfile.read_results(tmp_path / "loaded").boots[0].restored == saved.name
 
-    log = (tmp_path / "loaded" / loaded.serial_log).read_text()
+    log = log_text(tmp_path / "loaded" / loaded.serial_log)
     head, _, after = log.partition(f"[harness: the boot above is the saved guest {saved.name}'s")
     assert "HARNESS-READY" in head and "Linux version" in head
     assert after and "Linux version" not in after  # the loaded guest did not boot again
@@ -173,7 +174,7 @@ def test_a_saved_guest_that_never_answers_is_deleted_and_the_boot_goes_on_cold(
     first = boot_plan(bookworm, tmp_path / "first", runs, saved=store)
     assert (first.error, first.restored, first.retries) == ("", "", 0)
     assert {c.outcome for c in first.cases} == {Outcome.PASS}
-    log = (tmp_path / "first" / first.serial_log).read_text()
+    log = log_text(tmp_path / "first" / first.serial_log)
     assert f"[harness: the saved guest {bad} did not answer (cannot reach root@" in log
     assert "it is deleted, and the guest boots cold]" in log
     assert "[harness: ssh: ERROR" in log  # paramiko's own account of the failed handshakes

@@ -3,8 +3,11 @@ JSON made compact, one jinja2 environment (autoescaping: messages, observations 
 releases come from the guest).
 
 The page leads with the boot's findings and its behaviour changes (what changed, before → after);
-then the evidence of each in full, the observation on demand; then every other result in one line,
-so a page stays small however much passed. Every result has its place, under the matrix row's id.
+then the evidence of each in full, the observation on demand; then every other result, a line per
+case and verdict, so a page stays small however much passed. What repeats is kept once: a result
+that says what the same row said on the kernels before it (same verdict and fingerprint) is one
+line linking to the first of them, where its evidence is in full, and every page takes its style
+from one boot/style.css. Every result has its place, under the matrix row's id.
 """
 
 from __future__ import annotations
@@ -19,8 +22,10 @@ import jinja2
 from markupsafe import Markup
 
 from harness.report import findings, overview
+from harness.results import Outcome
 
 BOOT_DIR = "boot"
+STYLE = f"{BOOT_DIR}/style.css"
 
 # One encoder for all values: json.dumps builds a new one per call.
 _JSON = json.JSONEncoder(ensure_ascii=False, default=str)
@@ -77,7 +82,7 @@ _BOOT = """<!DOCTYPE html>
 <meta charset="utf-8">
 <meta name="viewport" content="width=device-width, initial-scale=1">
 <title>{{ b.boot_id }}: run {{ run.run_id }}</title>
-<style>{{ css }}</style>
+<link rel="stylesheet" href="style.css">
 </head>
 <body>
 <h1>Boot <code>{{ b.boot_id }}</code>: {{ c.name }}</h1>
@@ -117,10 +122,21 @@ _BOOT = """<!DOCTYPE html>
 {% endfor %}
 </ul>
 {% endif %}
-{% if evidence %}<h2 id="evidence">Evidence of its findings and changes</h2>{% endif %}
-{% for row in evidence %}
+{% if evidence %}<h2 id="evidence">Evidence of its findings and changes</h2>
+{% if repeated %}<p class="sub">What a row said on the kernels before this one too (verdict and fingerprint alike) is a
+line naming the first of them, where its evidence is in full; every observation of this boot is in results.json.gz.</p>
+{% endif %}{% endif %}
+{% for row, same in evidence %}
 {% set cell = row.cells[c.index] %}
 {% set r = cell.result %}
+{% if same %}
+{% set first, rows = same %}
+<div class="ev q"><span class="cell o-{{ r.outcome.value }}">{{ labels[r.outcome] }}</span> {{ row.case }}
+  {% for row in rows %}<a id="r{{ row.index }}" href="../{{ index }}#r{{ row.index }}">
+  {{- row.memlock }}/{{ row.user }}</a>{{ ", " if not loop.last }}{% endfor %}
+  {{- " as on " }}<a href="{{ first.anchor }}.html#r{{ rows[0].index }}">{{ first.name }}</a>:
+  {{ head(r.message) | t }}</div>
+{% else %}
 <div class="ev" id="r{{ row.index }}">
 <h4><span class="cell o-{{ r.outcome.value }}">{{ labels[r.outcome] }}</span> {{ row.name }} on {{ b.boot_id }}
   <a href="../{{ index }}#r{{ row.index }}">matrix row</a></h4>
@@ -135,15 +151,20 @@ _BOOT = """<!DOCTYPE html>
 <dt>fingerprint</dt><dd>{{ r.fingerprint | t }}</dd><dt>duration</dt><dd>{{ "%.3f" % r.duration_s }} s</dd></dl>
 <details><summary>observation</summary><pre>{{ pretty(r.observation) | t }}</pre></details>
 </div>
+{% endif %}
 {% endfor %}
-<h2 id="others">Every other result ({{ others | length }})</h2>
-<p class="sub">One line each, as the verdict said it; results.json has every observation in full.</p>
-{% for row in others %}
-{% set r = row.cells[c.index].result %}
-<div class="ev q" id="r{{ row.index }}"><span class="cell {{ 'missing' if r is none else 'o-' ~ r.outcome.value }}">
-  {{- "·" if r is none else labels[r.outcome] }}</span> <a href="../{{ index }}#r{{ row.index }}">{{ row.name }}</a>
-  {% if r is none %}No result: {{ "the boot stopped before this case (its error is above)" if b.error
-  else "this boot did not run this case" }}.{% else %}{{ first(r.message) | t }}{% endif %}</div>
+<h2 id="others">Every other result ({{ quiet }})</h2>
+<p class="sub">A line per case and verdict, naming the runs (limit/user) that gave it; results.json.gz has
+every observation in full.</p>
+{% for case, lines in others %}
+<div class="oc"><b>{{ case }}</b>
+{% for outcome, says, rows in lines %}
+<div class="q"><span class="cell {{ 'missing' if outcome is none else 'o-' ~ outcome.value }}">
+  {{- "·" if outcome is none else labels[outcome] }}</span>
+  {% for row in rows %}<a id="r{{ row.index }}" href="../{{ index }}#r{{ row.index }}">
+  {{- row.memlock }}/{{ row.user }}</a>{{ ", " if not loop.last }}{% endfor %}: {{ says | t }}</div>
+{% endfor %}
+</div>
 {% endfor %}
 </body>
 </html>
@@ -163,8 +184,69 @@ def _template() -> jinja2.Template:
     return environment().from_string(_BOOT)
 
 
-def page(m: overview.Matrix, c: overview.Column, found: list[findings.Finding], shared: dict[str, Any]) -> str:
-    """Boot `c`'s page; `shared` is what report.html's template is given too (the run, the matrix, the CSS)."""
+Copies = dict[tuple[int, int], overview.Column]
+
+
+def copies(m: overview.Matrix) -> Copies:
+    """(row, column) → the first column of the run of kernels before it (same RAM) whose result in
+    that row says the same: verdict, message, known reason and fingerprint. Only there is it in full.
+    A boot that did not answer the row is passed over, as the matrix's changes pass it over."""
+    first: Copies = {}
+    for row in m.rows:
+        streak: tuple[tuple[object, ...], overview.Column] | None = None
+        for c in m.columns:
+            r = row.cells[c.index].result
+            if c.group_start:
+                streak = None
+            if r is None:
+                continue
+            if not r.fingerprint or overview.did_not_start(c.boot):
+                streak = None
+                continue
+            key = (r.outcome, r.fingerprint, r.message, r.known)
+            if streak is not None and streak[0] == key:
+                first[(row.index, c.index)] = streak[1]
+            else:
+                streak = (key, c)
+    return first
+
+
+def _quiet_lines(rows: list[overview.Row], c: overview.Column, why_missing: str) -> list[tuple[str, list[Any]]]:
+    """The quiet results, a line per case and (verdict, what it said) in order of first appearance."""
+    lines: dict[str, dict[tuple[Outcome | None, str], list[overview.Row]]] = {}
+    for row in rows:
+        r = row.cells[c.index].result
+        said = (None, why_missing) if r is None else (r.outcome, overview.first_line(r.message))
+        lines.setdefault(row.case, {}).setdefault(said, []).append(row)
+    return [(case, [(o, says, rs) for (o, says), rs in said.items()]) for case, said in lines.items()]
+
+
+def _in_full_or_same(
+    rows: list[overview.Row], c: overview.Column, repeats: Copies
+) -> list[tuple[overview.Row, tuple[overview.Column, list[overview.Row]] | None]]:
+    """The evidence rows in order, each in full (None) or, where `repeats` names its first copy, as
+    one line with the rows next to it that say the same and have the same first copy."""
+    out: list[tuple[overview.Row, tuple[overview.Column, list[overview.Row]] | None]] = []
+    for row in rows:
+        first = repeats.get((row.index, c.index))
+        line = out[-1][1] if out else None
+        if first is not None and line is not None and line[0] is first and _says(line[1][0], c) == _says(row, c):
+            line[1].append(row)
+        else:
+            out.append((row, None if first is None else (first, [row])))
+    return out
+
+
+def _says(row: overview.Row, c: overview.Column) -> tuple[str, Outcome | None, str]:
+    r = row.cells[c.index].result
+    return (row.case, None, "") if r is None else (row.case, r.outcome, r.message)
+
+
+def page(
+    m: overview.Matrix, c: overview.Column, found: list[findings.Finding], shared: dict[str, Any], repeats: Copies
+) -> str:
+    """Boot `c`'s page; `shared` is what report.html's template is given too (the run, the matrix);
+    `repeats` is `copies(m)`."""
     # In full only what asks for attention; what passed (or is n/a) as it did before is one line each.
     started = not overview.did_not_start(c.boot)
     evidence: list[overview.Row] = []
@@ -177,17 +259,23 @@ def page(m: overview.Matrix, c: overview.Column, found: list[findings.Finding], 
     changes = [
         (row, cell, findings.cell_change(row, cell)) for row in evidence if (cell := row.cells[c.index]).changed_from
     ]
+    shown = _in_full_or_same(evidence, c, repeats)
+    why_missing = "No result: " + (
+        "the boot stopped before this case (its error is above)" if c.boot.error else "this boot did not run this case"
+    )
     return _template().render(
         shared,
         tally=findings.tally(found, c),
         unstarted=not started,
         mine=[(f, seen) for f in found if (seen := f.on(c))],
         changes=changes,
-        evidence=evidence,
-        others=others,
+        evidence=shown,
+        repeated=any(same for _, same in shown),
+        quiet=len(others),
+        others=_quiet_lines(others, c, why_missing),
         describe=findings.describe,
         changed=findings.cell_change,
-        first=overview.first_line,
+        head=overview.first_line,
         c=c,
         b=c.boot,
         prev=m.columns[c.index - 1] if c.index > 0 else None,

@@ -136,7 +136,8 @@ table.boots td{white-space:nowrap}table.boots td.err{white-space:pre-wrap}
 .tag{padding:0 .4em;border-radius:3px;font-size:85%;background:#ddd;color:#333}
 .new .tag{background:#c00;color:#fff}
 .sub{color:#555;font-size:90%;font-weight:normal}
-.ev.q{border:0;margin:0;padding:1px 0;font-size:92%}.ev.q a{color:inherit}
+.ev.q,.q{border:0;margin:0;padding:1px 0;font-size:92%}.q a{color:inherit}.q a:target{outline:3px solid #0366d6}
+.oc{margin:.3em 0}.oc .q{margin-left:1em}
 ol.cand{margin:.2em 0;padding-left:1.6em}
 """
 
@@ -310,7 +311,7 @@ def _shared(run: RunRecord, m: overview.Matrix) -> dict[str, Any]:
     return {
         "run": run,
         "m": m,
-        "css": _CSS,
+        "css": Markup(_CSS),  # ours, and CSS: escaping would turn its child combinators into "&gt;"
         "labels": overview.LABEL,
         "href": boot_html.href,
         "full": overview.full_error,
@@ -401,7 +402,9 @@ def pages(run: RunRecord, explain: candidates.Explain | None = None) -> dict[str
     found = findings.findings(m)
     shared = _shared(run, m)
     out = {overview.HTML_FILE: _index(run, m, found, explain)}
-    out |= {boot_page(c): boot_html.page(m, c, found, shared) for c in m.columns}
+    repeats = boot_html.copies(m)
+    out |= {boot_page(c): boot_html.page(m, c, found, shared, repeats) for c in m.columns}
+    out[boot_html.STYLE] = _CSS
     return {path: encodable(text) for path, text in out.items()}
 
 
