@@ -12,8 +12,10 @@ one after the other, so each has the machine to itself:
              case's fingerprint equals the cold boot's.
 Then it runs the whole matrix as `harness run --jobs J` does (every limit, user and case), once
 with `--cold` and once with saved guests, and prints both wall times and, per boot, the seconds
-to done and how many of them the OOM cases took; and the matrix's first kernel alone, its runs in
-one guest and spread over J guests side by side.
+to done and how many of them the OOM cases took; the matrix's first kernel alone, its runs in
+one guest and spread over J guests side by side; and three nights of a part of the every-build
+matrix (bookworm's builds of 6.1, main and security archive) sharing one history: the first night
+without the newest build, the next with it (one new build), the third with nothing new.
 It prints medians over --repeat rounds. A script, not a test: figures, never assertions.
 """
 
@@ -223,6 +225,7 @@ def main() -> int:
         f"booting every guest (--cold), {wall:.1f} s with saved guests ({loaded} boots loaded theirs)"
     )
     one_kernel(mx, args, cache, accel.name, console)
+    nights(args, cache, accel.name, console)
     return 0
 
 
@@ -241,6 +244,35 @@ def one_kernel(mx: matrix.Matrix, args: argparse.Namespace, cache: Path, accel_n
         f"{several:.1f} s in {args.jobs} guests side by side ({several / one:.2f}x; medians of {args.repeat}: "
         f"{walls})"
     )
+
+
+# A part of guest-tests/matrices/debian-every-build.yaml whose nights take minutes, not an hour: one
+# stable line's every build. The whole (88 builds) is a figure in docs/benchmarks.md.
+NIGHTS = """
+kernels:
+  - debian: {suite: [bookworm, bookworm-security], builds: all}
+ram: [256M]
+memlock: [default, 64K, 0, unlimited]
+users: [root, user]
+cases: all
+"""
+
+
+def nights(args: argparse.Namespace, cache: Path, accel_name: str, console: Console) -> None:
+    """Night after night with one history (harness.reuse): a boot whose inputs a stored boot had takes
+    its results. Saved guests as a nightly has them (the first night saves what it lacks)."""
+    mx = matrix.parse(NIGHTS, "bench: bookworm's every build")
+    builds = sources.expand(mx.kernels, sources.Context(cache))
+    figures = []
+    with tempfile.TemporaryDirectory(prefix="harness-bench-") as tmp:
+        options = run.Options(jobs=args.jobs, results=Path(tmp), cache=cache, accel=accel_name)
+        options = dataclasses.replace(options, history=Path(tmp) / "history.sqlite")
+        for name, kernels in (("first night", builds[:-1]), ("one new build", builds), ("nothing new", builds)):
+            start = time.monotonic()
+            _, boots = run.execute(dataclasses.replace(mx, kernels=kernels), options, lambda line: None)
+            reused = sum(1 for b in boots if b.reused_from)
+            figures.append(f"{name} {time.monotonic() - start:.1f} s ({len(boots)} boots, {reused} reused)")
+    console.print(f"every build of bookworm's 6.1, --jobs {args.jobs}, one history: {'; '.join(figures)}")
 
 
 if __name__ == "__main__":

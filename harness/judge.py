@@ -1,7 +1,7 @@
 """Judging: what the guests observed, made into results with the cited expectations.
 
 A stage of its own. A boot hands it each raw observation as it arrives (harness.boot never sees an
-expectation), and `harness judge` hands it a finished run's observations again, as its results.json
+expectation), and `harness judge` hands it a finished run's observations again, as its results.json.gz
 stores them, so that an expectation that gained a citation or an era rule is applied without
 booting anything. Each suite says what its observations are worth (harness.kit.suites).
 """

@@ -1,7 +1,7 @@
 """Merge the run directories of `harness run --shard I/N` into one run, as if one machine had run it all.
 
 Shards are checked to come from one nightly job (same matrix, probe and expectations); boots come
-out in the matrix's order, serial logs are copied, and every report (junit.xml, results.json,
+out in the matrix's order, serial logs are copied, and every report (junit.xml, results.json.gz,
 report.html, summary.md, manifest.json) is written anew. A shard that is missing does not make
 the merged run look clean: each of its boots is an infrastructure error naming the shard.
 """

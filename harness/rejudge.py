@@ -1,4 +1,4 @@
-"""`harness judge`: a finished run judged again from the observations its results.json holds, with
+"""`harness judge`: a finished run judged again from the observations its results.json.gz holds, with
 the expectations as they are now, its reports rewritten, and its rows in the history replaced. No
 guest is booted: an expectation that gained a citation or an era rule applies to last night's run
 (as `kunit.py parse` reads a log again).

@@ -1,7 +1,7 @@
 """Typed records of what a run found: one CaseResult per case x limit x user, one BootResult per boot.
 
 These flow from the boots to the writers (rundir, junit, overview, terminal) and are what
-results.json serialises; the counts and the exit code of a run are functions of them.
+results.json.gz serialises; the counts and the exit code of a run are functions of them.
 """
 
 from __future__ import annotations
@@ -114,7 +114,7 @@ class BootResult:
 
 @dataclass
 class RunRecord:
-    """A whole run as results.json holds it: what report writers, history, compare and merge share."""
+    """A whole run as results.json.gz holds it: what report writers, history, compare and merge share."""
 
     run_id: str
     started: str

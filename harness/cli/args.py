@@ -57,7 +57,7 @@ DESCRIPTION = """Boot Linux kernels in QEMU and record how each behaves for mmap
 mlock2, mlockall and their relatives, under chosen RLIMIT_MEMLOCK limits and users.
 
 Start with `harness run`: it runs the embedded default matrix (four Debian kernels) and writes
-junit.xml, results.json, report.html and summary.md to results/<run-id>/. `harness run --matrix
+junit.xml, results.json.gz, report.html and summary.md to results/<run-id>/. `harness run --matrix
 FILE` runs your own; `harness COMMAND --help` says more about each command."""
 EXIT_CODES = """exit codes: 0 nothing new (every deviation a known one), 1 new findings, 2 bad input, 3 infrastructure
 error, 70 internal error (a bug), 130/143 interrupted (finished results are kept), 141 the reader of

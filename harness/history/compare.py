@@ -1,6 +1,6 @@
 """Compare two sets of results: what changed between them, and which deviations are new.
 
-A side is a run (its results.json) or one kernel's latest observations from the history. Results
+A side is a run (its results.json.gz) or one kernel's latest observations from the history. Results
 are paired by where they ran (the boot id for runs, the guest RAM for kernels), case, limit and
 user, and compared by behaviour fingerprint and outcome. Only a deviation the baseline did not
 already have, and that no known-deviations entry covers, makes `harness compare` exit 1: nightly

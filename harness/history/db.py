@@ -136,7 +136,7 @@ class History:
             return added
 
     def import_run(self, run_dir: Path) -> int:
-        """Record a run directory's results.json and manifest.json; 0 when the run is already stored."""
+        """Record a run directory's results.json.gz and manifest.json; 0 when the run is already stored."""
         run = resultsfile.read_results(run_dir)
         manifest = rundir.read_manifest(run_dir if run_dir.is_dir() else run_dir.parent)
         return self.record(run, manifest or Manifest(), source=str(run_dir))

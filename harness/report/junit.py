@@ -68,7 +68,7 @@ def _properties(boot: BootResult, run_id: str) -> dict[str, str]:
 
 
 def _detail(result: CaseResult) -> str:
-    """The body of a <failure>/<error>: enough to judge the result without opening results.json."""
+    """The body of a <failure>/<error>: enough to judge the result without opening results.json.gz."""
     lines = [result.message] if result.message else []
     if result.expected:
         lines.append(f"expected: {_json(result.expected)}")

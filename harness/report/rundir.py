@@ -134,7 +134,7 @@ def _snapshot(boot: BootResult) -> BootResult:
 
 
 class RunWriter:
-    """Writes a run directory's files: junit.xml and results.json as results arrive, manifest.json,
+    """Writes a run directory's files: junit.xml and results.json.gz as results arrive, manifest.json,
     and at the end report.html and summary.md.
 
     Every add_boot/update/finish rewrites both reports atomically under one lock, so boots running

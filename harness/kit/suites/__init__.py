@@ -2,7 +2,7 @@
 
 A matrix names them (`suites: [probe, kselftest-mm]`; the probe alone by default). A suite's
 cases are named `SUITE:PROGRAM` (and `SUITE:PROGRAM/SUBTEST` for what a program reports inside),
-the probe's by their own names, so JUnit, results.json, the history, `compare` and `bisect --case`
+the probe's by their own names, so JUnit, results.json.gz, the history, `compare` and `bisect --case`
 take them all alike. Every suite says how its programs are built for a kernel (`build`), how a
 boot runs its cases (`steps`: commands in the guest, read line by line into raw observations) and
 what an observation is worth (`judge`). This registry is the only place that lists them.

@@ -4,7 +4,7 @@ its own, killed at the suite's timeout, so one program's crash, hang or OOM kill
 
 Its observation is how it ended and what it printed; the suite reads that (`read`) into the
 program's result and its subtests'. A stored observation holds the same fields, so a finished run
-is judged again from its results.json (`observation_run`).
+is judged again from its results.json.gz (`observation_run`).
 """
 
 from __future__ import annotations
@@ -156,7 +156,7 @@ def judge(suite: Programs, case: str, observation: Mapping[str, Any]) -> list[Ju
 
 
 def observation_run(observation: Mapping[str, Any]) -> Run | None:
-    """The run an observation (as observed, or as a results.json stores it) records; None when a
+    """The run an observation (as observed, or as a results.json.gz stores it) records; None when a
     field is missing or of another type (an older run's, a file edited by hand), or when its output
     was cut for storing (judged again, it might read otherwise)."""
     o = observation
