@@ -2,7 +2,9 @@
  * cases_oom.c: area 14 of MAP_LOCKED.md, more than the guest can hold.
  *
  * Sizes are relative to the guest's RAM read at run time: "above" is MemTotal + 64 MiB, "between"
- * is halfway between MemAvailable and MemTotal. Possible outcomes, all of them findings:
+ * is halfway between MemAvailable and MemTotal. Before 3.14 MemAvailable is the estimate that
+ * kernel introduced, from older fields (procfs.c memavailable_kb(); the record's
+ * memavailable_estimate says which). Possible outcomes, all of them findings:
  * - an errno before anything is locked: the limit (EAGAIN/EPERM, checked first in do_mmap()) or
  *   the overcommit heuristic (ENOMEM; mm/util.c __vm_enough_memory(), OVERCOMMIT_GUESS refuses
  *   a single mapping larger than RAM + swap; MAP_NORESERVE skips it, mmap(2) MAP_NORESERVE and
@@ -41,7 +43,7 @@ static void run_oom(const struct ctx *c, struct record *r, const void *arg)
 {
 	const struct oom_case *oc = arg;
 	if (c->memtotal_kb < 0 || c->memavail_kb < 0) {
-		not_applicable(r, "no MemTotal/MemAvailable in /proc/meminfo");
+		not_applicable(r, "no MemTotal/MemAvailable in /proc/meminfo (nor the fields to estimate it)");
 		return;
 	}
 	if (c->memtotal_kb > OOM_MAX_MEMTOTAL_KB) {
@@ -81,7 +83,7 @@ static void run_oom(const struct ctx *c, struct record *r, const void *arg)
 	}
 	if (p) {
 		record_mapping(r, p, size, c->page);
-		rec_opt(r, "memavailable_after_kb", some_if_valid(meminfo_kb("MemAvailable")));
+		rec_opt(r, "memavailable_after_kb", some_if_valid(memavailable_kb(NULL))); /* estimated as before */
 		munmap_noted(r, p, size, NULL);
 	}
 	r->vmlck_end_kb = vmlck_now();

@@ -57,8 +57,9 @@ size_t small_size(const struct ctx *c, size_t want_pages);
  * unexpected and becomes the case's result, with `failed_setup` naming the call. */
 void setup_failed(struct record *r, const struct ctx *c, const char *what, int err);
 
-/* The case cannot say anything when size is more than half of MemAvailable: locking more than the
- * guest can hold is the oom_* cases' scenario. False, with the reason recorded, then. */
+/* The case cannot say anything when size is more than half of MemAvailable (before 3.14 the
+ * estimate, procfs.c memavailable_kb()): locking more than the guest can hold is the oom_* cases'
+ * scenario. False, with the reason recorded, then. */
 bool fits_in_ram(const struct ctx *c, struct record *r, size_t size);
 
 /* Every page of the touched stack is in the stack VMA before a case measures total_vm. */

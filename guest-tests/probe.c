@@ -123,7 +123,7 @@ static void read_ctx(struct ctx *c)
 	c->hard = rl.rlim_max;
 	c->page = (size_t)sysconf(_SC_PAGESIZE);
 	c->memtotal_kb = meminfo_kb("MemTotal");
-	c->memavail_kb = meminfo_kb("MemAvailable");
+	c->memavail_kb = memavailable_kb(&c->memavail_estimate); /* estimated before 3.14 */
 	c->huge_total = meminfo_kb("HugePages_Total");
 	c->huge_free = meminfo_kb("HugePages_Free");
 	c->huge_page_kb = meminfo_kb("Hugepagesize");

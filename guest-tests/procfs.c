@@ -88,6 +88,128 @@ long long proc_kb(const char *path, const char *key)
 long long status_kb(const char *key) { return proc_kb("/proc/self/status", key); }
 long long meminfo_kb(const char *key) { return proc_kb("/proc/meminfo", key); }
 
+/* ---- MemAvailable, or the estimate of a kernel before 3.14 ------------------------------- */
+
+/* MemAvailable came with Linux 3.14, commit 34e431b0ae39 ("/proc/meminfo: provide estimated
+ * available memory"), computed in pages in fs/proc/meminfo.c meminfo_proc_show() (as in 3.16's
+ * tree; 4.6 moved it to mm/page_alloc.c si_mem_available() and later kernels changed it):
+ *
+ *	for_each_zone(zone)
+ *		wmark_low += zone->watermark[WMARK_LOW];
+ *	available = i.freeram - wmark_low;
+ *	pagecache = pages[LRU_ACTIVE_FILE] + pages[LRU_INACTIVE_FILE];
+ *	pagecache -= min(pagecache / 2, wmark_low);
+ *	available += pagecache;
+ *	available += global_page_state(NR_SLAB_RECLAIMABLE) -
+ *		     min(global_page_state(NR_SLAB_RECLAIMABLE) / 2, wmark_low);
+ *	if (available < 0)
+ *		available = 0;
+ *
+ * An older kernel shows every input: MemFree (i.freeram), Active(file) and Inactive(file) (the
+ * split LRU, 2.6.28 on), SReclaimable (2.6.19 on), all in kB, and each zone's low watermark as
+ * the "low" line of /proc/zoneinfo, in pages (2.6.13 on; 2.6.20 prints zone->pages_low, 2.6.32
+ * low_wmark_pages(zone); a zone it does not print, an empty one, has a watermark of 0). The
+ * arithmetic is the commit's, in pages, so the figure is what 3.14 would print for the same
+ * counters.
+ *
+ * Before 2.6.28 there is no file LRU: anonymous and file pages share one LRU (Active, Inactive),
+ * which would count anonymous memory a guest without swap cannot free. The page cache stands in:
+ * Cached + Buffers (2.6.20's fs/proc/proc_misc.c meminfo_read_proc(): Cached is NR_FILE_PAGES
+ * less the swap cache and Buffers, so the two together are the page cache the file LRU holds
+ * from 2.6.28). It also counts what 2.6.28 keeps off the file LRU: shmem/tmpfs pages (the anon
+ * LRU) and ramfs pages such as an initramfs (unevictable); the estimate is that much higher.
+ * Without SReclaimable (before 2.6.19) reclaimable slab counts 0. */
+static const char *const ESTIMATE[2][2] = {
+	/* [file LRU from Active(file)/Inactive(file)][SReclaimable present] */
+	{"MemFree, Cached + Buffers (no file LRU before 2.6.28), no SReclaimable (0), zoneinfo low: "
+	 "kernel 34e431b0ae39's formula",
+	 "MemFree, Cached + Buffers (no file LRU before 2.6.28), SReclaimable, zoneinfo low: "
+	 "kernel 34e431b0ae39's formula"},
+	{"MemFree, Active(file), Inactive(file), no SReclaimable (0), zoneinfo low: "
+	 "kernel 34e431b0ae39's formula",
+	 "MemFree, Active(file), Inactive(file), SReclaimable, zoneinfo low: kernel 34e431b0ae39's formula"},
+};
+
+static long long field_kb(const char *text, const char *key)
+{
+	const char *v = find_field(text, key);
+	return v ? strtoll(v, NULL, 10) : -1;
+}
+
+/* The sum of the "low" lines of /proc/zoneinfo (one per zone, in pages); -1 when there is none. */
+static long long zoneinfo_low_pages(const char *text)
+{
+	long long sum = -1;
+	for (const char *line = text; line && *line; line = strchr(line, '\n'), line = line ? line + 1 : NULL) {
+		const char *p = line;
+		while (*p == ' ' || *p == '\t')
+			p++;
+		if (strncmp(p, "low", 3) == 0 && (p[3] == ' ' || p[3] == '\t')) {
+			char *end;
+			long long v = strtoll(p + 3, &end, 10);
+			if (end != p + 3 && v >= 0)
+				sum = (sum < 0 ? 0 : sum) + v;
+		}
+	}
+	return sum;
+}
+
+static long long min_ll(long long a, long long b) { return a < b ? a : b; }
+
+long long memavailable_of(const char *meminfo, const char *zoneinfo, size_t page, const char **estimate)
+{
+	if (estimate)
+		*estimate = NULL;
+	long long kb = field_kb(meminfo, "MemAvailable");
+	if (kb >= 0)
+		return kb;
+	long long kb_per_page = (long long)(page / 1024);
+	long long free_kb = field_kb(meminfo, "MemFree");
+	long long wmark_low = zoneinfo ? zoneinfo_low_pages(zoneinfo) : -1;
+	if (kb_per_page <= 0 || free_kb < 0 || wmark_low < 0)
+		return -1;
+	long long active_file = field_kb(meminfo, "Active(file)"), inactive_file = field_kb(meminfo, "Inactive(file)");
+	bool split_lru = active_file >= 0 && inactive_file >= 0;
+	long long file_kb;
+	if (split_lru) {
+		file_kb = active_file + inactive_file;
+	} else {
+		long long cached = field_kb(meminfo, "Cached"), buffers = field_kb(meminfo, "Buffers");
+		if (cached < 0)
+			return -1;
+		file_kb = cached + (buffers > 0 ? buffers : 0);
+	}
+	long long slab_kb = field_kb(meminfo, "SReclaimable");
+	bool has_slab = slab_kb >= 0;
+
+	/* In pages, as the kernel computes it. */
+	long long available = free_kb / kb_per_page - wmark_low;
+	long long pagecache = file_kb / kb_per_page;
+	pagecache -= min_ll(pagecache / 2, wmark_low);
+	available += pagecache;
+	long long slab = has_slab ? slab_kb / kb_per_page : 0;
+	available += slab - min_ll(slab / 2, wmark_low);
+	if (available < 0)
+		available = 0;
+	if (estimate)
+		*estimate = ESTIMATE[split_lru][has_slab];
+	return available * kb_per_page;
+}
+
+long long memavailable_kb(const char **estimate)
+{
+	static char meminfo[16384]; /* procbuf takes /proc/zoneinfo */
+	if (estimate)
+		*estimate = NULL;
+	long long kb = meminfo_kb("MemAvailable");
+	if (kb >= 0)
+		return kb;
+	ssize_t n = read_file("/proc/zoneinfo", procbuf, sizeof(procbuf));
+	if (n < 0 || (size_t)n + 1 >= sizeof(procbuf) || read_file("/proc/meminfo", meminfo, sizeof(meminfo)) < 0)
+		return -1; /* no zoneinfo, or cut: a zone's watermark would be missing */
+	return memavailable_of(meminfo, procbuf, (size_t)sysconf(_SC_PAGESIZE), estimate);
+}
+
 /* CAP_IPC_LOCK decides everything here (getrlimit(2): a privileged process is not limited), so
  * read the effective set rather than trusting the uid. */
 bool has_cap_ipc_lock(void)

@@ -24,6 +24,14 @@ bool write_text(const char *path, const char *text);
 long long proc_kb(const char *path, const char *key);
 long long status_kb(const char *key);  /* /proc/self/status, -1 when absent */
 long long meminfo_kb(const char *key); /* /proc/meminfo (HugePages_* are counts, not kB) */
+/* MemAvailable of /proc/meminfo in kB. A kernel before 3.14 has none: then the estimate 3.14
+ * introduced, from the fields such a kernel has (procfs.c says which, and how). *estimate (when
+ * estimate is not NULL) is NULL for the kernel's own figure, else names the fields the estimate
+ * used. -1 when neither is there. */
+long long memavailable_kb(const char **estimate);
+/* The same from the text of /proc/meminfo and /proc/zoneinfo (page: the page size in bytes);
+ * zoneinfo is not read when meminfo has MemAvailable, and may then be NULL. */
+long long memavailable_of(const char *meminfo, const char *zoneinfo, size_t page, const char **estimate);
 bool has_cap_ipc_lock(void);
 int vma_count(const void *start, size_t len); /* /proc/self/maps entries overlapping the range */
 

@@ -219,6 +219,9 @@ void emit_context(struct json *j, const struct ctx *c)
 	j_kint(j, "page_size", (long long)c->page);
 	j_kopt(j, "memtotal_kb", some_if_valid(c->memtotal_kb));
 	j_kopt(j, "memavailable_kb", some_if_valid(c->memavail_kb));
+	/* Only where MemAvailable had to be estimated: a kernel that has it prints what it always did. */
+	if (c->memavail_estimate)
+		j_kstr(j, "memavailable_estimate", c->memavail_estimate);
 }
 
 void emit_record(struct json *j, const char *name, const struct ctx *c, const struct record *r)

@@ -61,6 +61,9 @@ struct ctx {
 	rlim_t soft, hard;
 	size_t page;
 	long long memtotal_kb, memavail_kb;
+	/* NULL: memavail_kb is the kernel's MemAvailable; else it is estimated (before 3.14) from the
+	 * fields named here (procfs.c memavailable_kb()) */
+	const char *memavail_estimate;
 	long long huge_total, huge_free, huge_page_kb; /* HugePages_Total/_Free, Hugepagesize */
 };
 
