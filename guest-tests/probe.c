@@ -24,6 +24,7 @@
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/klog.h>
 #include <sys/prctl.h>
 #include <sys/wait.h>
 #include <time.h>
@@ -160,12 +161,25 @@ static _Noreturn void run_child(const struct case_def *cd, int wfd)
 /* /dev/kmsg is opened as root before the probe drops privileges and stays readable through the
  * descriptor (reading needs the right at open time only). Each read returns one record,
  * "prio,seq,ts,flags;text\n" followed by continuation lines " KEY=value"; EPIPE means records were
- * overwritten before they were read, EAGAIN that none are left (Documentation/ABI/testing/dev-kmsg). */
+ * overwritten before they were read, EAGAIN that none are left (Documentation/ABI/testing/dev-kmsg).
+ *
+ * Before 3.5 (commit e11fea92e13f, "kmsg: export printk records to the /dev/kmsg interface")
+ * /dev/kmsg only takes writes: a read fails with EINVAL, and an OOM kill would go unseen. There the
+ * whole log is read with syslog(2) SYSLOG_ACTION_READ_ALL, which any user may do on those kernels
+ * (dmesg_restrict came in 2.6.37 and is off by default), and what is new is what follows the end
+ * of the previous read. */
 #define KMSG_KEEP 60
 #define KMSG_LINE 512
+#define SYSLOG_ACTION_READ_ALL 3
 
 static int kmsg_fd = -1;
+static bool klog_whole; /* no readable /dev/kmsg: syslog(2) instead */
 static char kmsg_lines[KMSG_KEEP][KMSG_LINE];
+static char klog_buf[1 << 18];
+static char klog_tail[256]; /* the end of the previous read, found again in the next */
+static size_t klog_tail_len;
+
+static int klog_collect(pid_t pid, bool *oom_killed, int *first);
 
 static void kmsg_open(void)
 {
@@ -174,17 +188,34 @@ static void kmsg_open(void)
 		close(kmsg_fd);
 		kmsg_fd = -1;
 	}
+	char buf[8192];
+	if (kmsg_fd >= 0 && read(kmsg_fd, buf, sizeof(buf)) < 0 && errno == EINVAL) {
+		close(kmsg_fd); /* a write-only /dev/kmsg: before 3.5 */
+		kmsg_fd = -1;
+	}
+	bool oom;
+	int first;
+	if (kmsg_fd < 0 && klog_collect(0, &oom, &first) >= 0)
+		klog_whole = true; /* and what was logged so far is behind us */
 }
 
-/* Reads every record since the last call; keeps the last KMSG_KEEP lines (oldest first in the
- * returned order) and says whether the OOM killer chose pid. */
+/* Keeps the line (oldest first in the returned order) and says whether it is the OOM killer
+ * choosing pid. */
+static bool kmsg_keep(const char *text, int total, pid_t pid)
+{
+	char killed1[48], killed2[48];
+	snprintf(killed1, sizeof(killed1), "Killed process %d ", (int)pid);
+	snprintf(killed2, sizeof(killed2), ",pid=%d,", (int)pid);
+	snprintf(kmsg_lines[total % KMSG_KEEP], KMSG_LINE, "%s", text);
+	return strstr(text, killed1) || (strstr(text, "oom-kill:") && strstr(text, killed2));
+}
+
+/* Reads every record since the last call; keeps the last KMSG_KEEP lines and says whether the
+ * OOM killer chose pid. */
 static int kmsg_collect(pid_t pid, bool *oom_killed, int *first)
 {
 	char buf[8192];
 	int total = 0;
-	char killed1[48], killed2[48];
-	snprintf(killed1, sizeof(killed1), "Killed process %d ", (int)pid);
-	snprintf(killed2, sizeof(killed2), ",pid=%d,", (int)pid);
 	*oom_killed = false;
 	for (int guard = 0; guard < 100000; guard++) {
 		ssize_t n = read(kmsg_fd, buf, sizeof(buf) - 1);
@@ -203,10 +234,46 @@ static int kmsg_collect(pid_t pid, bool *oom_killed, int *first)
 		char *nl = strchr(text, '\n'); /* continuation lines follow the first newline */
 		if (nl)
 			*nl = '\0';
-		if (strstr(text, killed1) || (strstr(text, "oom-kill:") && strstr(text, killed2)))
-			*oom_killed = true;
-		snprintf(kmsg_lines[total % KMSG_KEEP], KMSG_LINE, "%s", text);
+		*oom_killed |= kmsg_keep(text, total, pid);
 		total++;
+	}
+	*first = total > KMSG_KEEP ? total % KMSG_KEEP : 0;
+	return total > KMSG_KEEP ? KMSG_KEEP : total;
+}
+
+/* The same from the whole log (syslog(2)): the lines after the last place the previous read's end
+ * appears, each without its "<level>" prefix; all of them when it appears nowhere (the log wrapped
+ * past it). -1 when the log cannot be read. */
+static int klog_collect(pid_t pid, bool *oom_killed, int *first)
+{
+	*oom_killed = false;
+	*first = 0;
+	int n = klogctl(SYSLOG_ACTION_READ_ALL, klog_buf, (int)sizeof(klog_buf) - 1);
+	if (n < 0)
+		return -1;
+	klog_buf[n] = '\0';
+	char *start = klog_buf;
+	if (klog_tail_len) {
+		for (char *at = klog_buf; (at = memmem(at, (size_t)n - (size_t)(at - klog_buf), klog_tail, klog_tail_len));
+		     at++)
+			start = at + klog_tail_len;
+	}
+	klog_tail_len = (size_t)n < sizeof(klog_tail) ? (size_t)n : sizeof(klog_tail);
+	memcpy(klog_tail, klog_buf + n - klog_tail_len, klog_tail_len);
+	int total = 0;
+	for (char *line = start, *nl; *line; line = nl + 1) {
+		nl = strchr(line, '\n');
+		if (!nl)
+			nl = line + strlen(line) - 1; /* the last line, unterminated */
+		else
+			*nl = '\0';
+		char *text = line;
+		if (text[0] == '<' && isdigit((unsigned char)text[1]) && text[2] == '>')
+			text += 3;
+		if (*text) {
+			*oom_killed |= kmsg_keep(text, total, pid);
+			total++;
+		}
 	}
 	*first = total > KMSG_KEEP ? total % KMSG_KEEP : 0;
 	return total > KMSG_KEEP ? KMSG_KEEP : total;
@@ -326,10 +393,10 @@ static void run_case(const struct case_def *cd, double timeout_s)
 	}
 	j_kint(&j, "duration_ms", duration_ms);
 	j_kint(&j, "child_pid", (long long)pid);
-	if (kmsg_fd >= 0) {
-		bool oom = false;
-		int first = 0;
-		int n = kmsg_collect(pid, &oom, &first);
+	bool oom = false;
+	int first = 0;
+	int n = kmsg_fd >= 0 ? kmsg_collect(pid, &oom, &first) : klog_whole ? klog_collect(pid, &oom, &first) : -1;
+	if (n >= 0) {
 		j_key(&j, "kernel_log");
 		j_open(&j, '[');
 		for (int i = 0; i < n; i++)
