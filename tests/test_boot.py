@@ -682,3 +682,17 @@ class EmptyStore:
 
     def find(self, key: str) -> None:
         return None
+
+
+def test_a_panic_ends_qemu_on_every_era(tmp_path: Path) -> None:
+    """panic=-1 reboots at once (QEMU, -no-reboot, exits) from 3.16 on, as seen here; 2.6.32's panic()
+    reboots only for a positive timeout, so older kernels get panic=1: a second later, the same end."""
+
+    def args(release: str) -> str:
+        kernel = Kernel("k", release, tmp_path / "bzImage", None, None, "ab" * 32, None, None, (), "x")
+        config = boot.vm_config(context(tmp_path, plan(), kernel=kernel))
+        assert "-no-reboot" in config.argv()
+        return config.kernel_args
+
+    assert "panic=-1" in args("6.1.0-50-amd64") and "panic=-1" in args("3.16.0")
+    assert "panic=1 " in args("2.6.32") and "panic=-1" not in args("2.6.20")

@@ -436,7 +436,7 @@ def test_dry_run_with_a_kernel_image_and_a_spec_of_many_builds(
     assert "  builds: all is expanded when the run resolves it: one boot per build, not this one" in out
     code, out, err = run([*argv, "--kernel", str(bzimage), "--ram", "128M"], capsys)
     assert (code, err) == (0, "")
-    assert f"boot bzImage-128M: kernel {bzimage}, RAM 128M, transport auto" in out
+    assert f"boot 4.4.178+-128M: kernel {bzimage}, RAM 128M, transport auto" in out
     assert out.splitlines()[-1].startswith("1 boot, 1 run, 1 result (dry run")
 
 

@@ -240,7 +240,7 @@ def test_from_path_bzimage(tmp_path: Path) -> None:
     assert k.release == "6.6.6-custom" and k.image == path and k.modules_dir is None
     assert k.vmlinux is not None and k.vmlinux.read_bytes() == tiny_elf()
     assert k.sha256 == hashlib.sha256(path.read_bytes()).hexdigest()
-    assert k.source == f"path:{path}" and k.package is None and k.info().label == "bzImage"
+    assert k.source == f"path:{path}" and k.package is None and k.info().label == "6.6.6-custom"
     modules = tmp_path / "lib" / "modules" / "6.6.6-mine"
     modules.mkdir(parents=True)
     assert from_path(PathKernel(path, modules), tmp_path / "cache").release == "6.6.6-mine"

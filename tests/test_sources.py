@@ -130,6 +130,6 @@ def test_kernels_resolve_prints_every_kind(
     assert (code, err) == (0, "")
     sha = hashlib.sha256(kernel.read_bytes()).hexdigest()
     assert out.splitlines() == [
-        f"bzImage\tpath\t{kernel}\t6.6.6-custom\t{sha[:16]}",
+        f"6.6.6-custom\tpath\t{kernel}\t6.6.6-custom\t{sha[:16]}",
         f"linux@HEAD\tgit\t{git(repo, 'rev-parse', 'HEAD')[:12]}\tmm: the second",
     ]

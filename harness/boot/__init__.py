@@ -21,6 +21,7 @@ from typing import Protocol
 
 import paramiko
 
+from harness import versions
 from harness.boot import accel, lanes, snapshot, vm
 from harness.boot.live import Cancelled, Live
 from harness.boot.policy import GuestLost, Phase, next_step
@@ -126,10 +127,17 @@ REAL = Seams()
 # --- the machine -------------------------------------------------------------------------------
 
 
+# panic=-1 reboots at once (and -no-reboot ends QEMU) only where panic() reboots for any timeout
+# but 0: 2.6.32's reboots only for a positive one, and its guest would spin until the boot timeout.
+# 3.16.0 is the oldest kernel seen here to end QEMU on panic=-1 (../shared/kernels/linux-3.16.0);
+# panic=1 ends it on every era, a second later.
+PANIC_REBOOTS_AT_ONCE = (3, 16)
+
+
 def vm_config(ctx: BootContext) -> vm.VMConfig:
     """The QEMU a guest of this boot is: what its saved guests and its reuse are keyed by."""
     hw = ctx.devices
-    return vm.VMConfig(
+    config = vm.VMConfig(
         ctx.kernel.vmlinux or ctx.kernel.image,
         ctx.image.path,
         ctx.plan.ram_mb,
@@ -140,6 +148,9 @@ def vm_config(ctx: BootContext) -> vm.VMConfig:
         nic=(hw.nic or devices.NICS[0]).name,
         disk_bus=(hw.disk or devices.DISKS[0]).name,
     )
+    if versions.release_version(ctx.kernel.release) < PANIC_REBOOTS_AT_ONCE:
+        config = dataclasses.replace(config, cmdline=config.cmdline.replace("panic=-1", "panic=1"))
+    return config
 
 
 def run_boot(

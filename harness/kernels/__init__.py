@@ -54,7 +54,8 @@ class Kernel:
     version: str | None
     debs: tuple[Deb, ...]
     source: str  # "debian:bookworm" or "path:/abs/file"
-    config: Path | None = None  # the kernel's .config, when known (a kernel built from git)
+    config: Path | None = None  # the kernel's .config, when known (built from git; given, or found, by path)
+    config_from: str = ""  # where `config` came from ("beside the image"), or why there is none
 
     def info(self) -> KernelInfo:
         return KernelInfo(

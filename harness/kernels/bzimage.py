@@ -6,6 +6,7 @@ Debian packages and kernels given by path, and test without a mirror.
 from __future__ import annotations
 
 import bz2
+import contextlib
 import io
 import lzma
 import re
@@ -31,19 +32,71 @@ def is_bzimage(data: bytes) -> bool:
     return len(data) >= 0x250 and data[0x1FE:0x200] == b"\x55\xaa" and data[0x202:0x206] == b"HdrS"
 
 
+def boot_protocol(data: bytes) -> int:
+    """The bzImage's boot protocol version (0x20f for 2.15); 0 when not a bzImage."""
+    return struct.unpack_from("<H", data, 0x206)[0] if is_bzimage(data) else 0
+
+
+def _setup_end(data: bytes) -> int:
+    return ((data[0x1F1] or 4) + 1) * 512  # setup_sects 0 means 4, for compatibility with ancient loaders
+
+
 def bzimage_payload(data: bytes) -> bytes:
     """The compressed kernel inside a bzImage. ValueError if not a bzImage or truncated."""
     if not is_bzimage(data):
         raise ValueError("no bzImage header")
-    (protocol,) = struct.unpack_from("<H", data, 0x206)
-    if protocol < 0x208:
-        raise ValueError(f"boot protocol {protocol:#x} predates payload fields")
-    setup_sects = data[0x1F1] or 4  # 0 means 4, for compatibility with ancient loaders
+    if boot_protocol(data) < 0x208:
+        raise ValueError(f"boot protocol {boot_protocol(data):#x} predates payload fields")
     offset, length = struct.unpack_from("<II", data, 0x248)
-    start = (setup_sects + 1) * 512 + offset
+    start = _setup_end(data) + offset
     if length == 0 or start + length > len(data):
         raise ValueError("truncated bzImage (payload runs past the end of the file)")
     return data[start : start + length]
+
+
+def check_bzimage(data: bytes) -> None:
+    """ValueError unless `data` is a whole bzImage QEMU can load: the payload all there (protocol
+    2.08, 2.6.26, on), or before payload fields (QEMU loads those too: 2.6.20 is 2.04) the protected-
+    mode part as long as the header's syssize says."""
+    if boot_protocol(data) >= 0x208:
+        bzimage_payload(data)
+        return
+    if not is_bzimage(data):
+        raise ValueError("no bzImage header")
+    # syssize: 16-byte units rounded up, 32 bits wide from protocol 2.04 on, 16 bits before.
+    syssize = struct.unpack_from("<I" if boot_protocol(data) >= 0x204 else "<H", data, 0x1F4)[0]
+    if syssize == 0 or _setup_end(data) + (syssize - 1) * 16 >= len(data):
+        raise ValueError("truncated bzImage (the kernel runs past the end of the file)")
+
+
+def kernel_elf(data: bytes) -> bytes | None:
+    """The uncompressed kernel inside a bzImage: its payload decompressed, or before payload fields
+    the first gzip stream after the setup (the only compression those kernels had); None if neither."""
+    if boot_protocol(data) >= 0x208:
+        with contextlib.suppress(ValueError):
+            return decompress_payload(bzimage_payload(data))
+        return None
+    start = _setup_end(data) if is_bzimage(data) else len(data)
+    for _ in range(16):  # the decompressor's code before the stream may hold the magic bytes too
+        start = data.find(b"\x1f\x8b\x08", start)
+        if start < 0:
+            return None
+        found = decompress_payload(data[start:])
+        if found:
+            return found
+        start += 1
+    return None
+
+
+def embedded_config(kernel: bytes) -> str | None:
+    """The .config a kernel built with CONFIG_IKCONFIG carries (kernel/configs.c: gzip between
+    "IKCFG_ST" and "IKCFG_ED"), given the uncompressed kernel; None when it has none."""
+    start = kernel.find(b"IKCFG_ST")
+    if start < 0:
+        return None
+    end = kernel.find(b"IKCFG_ED", start)
+    text = decompress_payload(kernel[start + 8 : end if end > 0 else len(kernel)])
+    return None if text is None else text.decode("utf-8", "replace")
 
 
 def bzimage_version(data: bytes) -> str | None:

@@ -73,6 +73,13 @@ class Devices:
             "fs": self.fs.name if disk and self.fs else "",
         }
 
+    def summary(self) -> str:
+        """What the guest gets, for the run's log: "NIC e1000, data disk on ide (ext2)"."""
+        got = self.describe()
+        nic = f"NIC {got['nic']}" if got["nic"] else "no NIC driver (over serial)"
+        disk = f"data disk on {got['disk']} ({got['fs']})" if got["disk"] else "no data disk (no driver for one)"
+        return f"{nic}, {disk}"
+
 
 VIRTIO = Devices(NICS[0], DISKS[0], FILESYSTEMS[0])  # what a guest had before there was a choice
 
