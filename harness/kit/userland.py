@@ -1,11 +1,13 @@
 """The guest's programs: busybox, dropbear and the probe, in one of two builds.
 
 `glibc` (the default): Debian's busybox-static and dropbear-bin from the host, the probe built with
-gcc. A static glibc binary refuses to start on a kernel older than glibc's minimum (3.2 for
-bookworm's glibc: "FATAL: kernel too old"), so for those kernels there is `musl`: all three built
-static here with musl-gcc, busybox and dropbear from Debian's own source packages (fetched and
-verified by apt through a private source list, patched by dpkg-source), cached by what they were
-built from. `auto` takes musl for a kernel older than 3.2, else glibc.
+gcc. Bookworm's glibc is built for kernels from 3.2 on, and older ones show it: its static
+busybox segfaults at address 0 on 2.6.20, and on 2.6.32, where that busybox runs, the loader of
+the dynamically linked dropbear fails ("cannot stat shared object: Invalid argument"), so no
+guest comes up (both seen here on ../shared/kernels). For those kernels there is `musl`: all
+three built static here with musl-gcc, busybox and dropbear from Debian's own source packages
+(fetched and verified by apt through a private source list, patched by dpkg-source), cached by
+what they were built from. `auto` takes musl for a kernel older than 3.2, else glibc.
 """
 
 from __future__ import annotations
