@@ -15,6 +15,8 @@
 #include <stdint.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <time.h>
+#include <unistd.h>
 
 /* ---- measurements ------------------------------------------------------------------------ */
 
@@ -28,6 +30,34 @@ struct faults faults_now(void)
 /* Static so that measuring never maps memory; 128 Ki entries cover 512 MiB of 4 KiB pages. */
 static unsigned char mincore_vec[128 * 1024];
 
+/* Where residency came from when it was not mincore(2) (NULL: mincore, as on every kernel from
+ * 2.6.21 on, for every range but hugetlb before 2.6.33). A case's child measures one case, so this
+ * is per record; record_init() resets it. */
+static const char *residency_how;
+
+const char *residency_source(void) { return residency_how; }
+void residency_source_reset(void) { residency_how = NULL; }
+void residency_note(const char *how) { residency_how = how; }
+
+static const char RESIDENCY_SMAPS[] = "smaps Rss: mincore(2) refuses anonymous mappings before 2.6.21 (ENOMEM)";
+
+/* Before 2.6.21 mincore(2) answers only for file mappings: mm/mincore.c do_mincore() returns
+ * -ENOMEM for a VMA without vm_file ("Right now, we don't do any anonymous mappings"; 2.6.20),
+ * the same errno as a hole in the range. Asked of the page holding a local variable (the stack is
+ * an anonymous mapping), once, and only after mincore has failed, so a kernel whose mincore
+ * answers never makes the extra call. */
+static bool mincore_refuses_anon(void)
+{
+	static int refuses = -1;
+	if (refuses < 0) {
+		static unsigned char v;
+		volatile char here = 0;
+		uintptr_t page = (uintptr_t)sysconf(_SC_PAGESIZE);
+		refuses = mincore((void *)((uintptr_t)&here & ~(page - 1)), 1, &v) != 0 && errno == ENOMEM;
+	}
+	return refuses == 1;
+}
+
 opt_t resident_count(const void *addr, size_t len, size_t page)
 {
 	/* mincore(2) is exact: for anonymous memory a page is present or not; for a file mapping it
@@ -39,14 +69,76 @@ opt_t resident_count(const void *addr, size_t len, size_t page)
 		size_t chunk = end - a;
 		if (chunk > sizeof(mincore_vec) * page)
 			chunk = sizeof(mincore_vec) * page;
-		if (mincore((void *)a, chunk, mincore_vec) != 0)
+		if (mincore((void *)a, chunk, mincore_vec) != 0) {
+			if (errno == ENOMEM && mincore_refuses_anon())
+				return resident_count_smaps(addr, len, page);
 			return none;
+		}
 		size_t pages = (chunk + page - 1) / page;
 		for (size_t i = 0; i < pages; i++)
 			n += mincore_vec[i] & 1;
 		a += pages * page;
 	}
 	return some(n);
+}
+
+/* Pages of the range in one smaps entry, when its Rss says it: the entry's other pages hold at most
+ * `outside` of its resident ones, so between rss - outside and min(rss, inside) are ours. Exact
+ * when the two agree (the entry is the range, or all or none of it is resident); -1 when not. */
+static long long span_resident(const struct smaps_span *s, uintptr_t a, uintptr_t b, size_t page)
+{
+	uintptr_t lo = s->start > a ? s->start : a, hi = s->end < b ? s->end : b;
+	long long inside = (long long)((hi - lo) / page), outside = (long long)((s->end - s->start) / page) - inside;
+	long long rss = s->rss_kb * 1024 / (long long)page;
+	long long least = rss - outside > 0 ? rss - outside : 0, most = rss < inside ? rss : inside;
+	return least == most ? least : -1;
+}
+
+#define MAX_SPANS 64
+
+/* The anonymous-memory answer of a kernel whose mincore(2) refuses it (before 2.6.21), from
+ * /proc/self/smaps (there since 2.6.14). Rss counts the present page-table entries of a VMA (2.6.20
+ * fs/proc/task_mmu.c smaps_pte_range(): "if (!pte_present(ptent)) continue; mss->resident +=
+ * PAGE_SIZE"), which for anonymous memory is what mincore(2) reports from 2.6.21 on (mm/mincore.c:
+ * a present pte is resident; the zero page counts in both). They differ where this guest has
+ * nothing to differ on: mincore(2) says whether a page is "resident in core (RAM)", so a swapped
+ * out page still in the swap cache is resident to it and absent from Rss (the guests have no
+ * swap); for a file mapping mincore reports the page cache, Rss the pages this process mapped; and
+ * mincore(2) BUGS: "Before Linux 2.6.21, mincore() did not return correct information for
+ * MAP_PRIVATE mappings", which is the anonymous case here.
+ *
+ * Rss is per VMA, and a mapping that the kernel merged with a neighbour shares its entry. When the
+ * neighbour's pages leave the range's count open (span_resident()), that part of the range is made
+ * an entry of its own for the reading: its protection is changed in PROT_EXEC only (no page is
+ * touched, faulted or freed: mprotect(2) rewrites the present entries in place), smaps is read
+ * again, and the protection is put back, which merges the VMA again (mm/mprotect.c mprotect_fixup()
+ * calls vma_merge()). A hole in the range is none, as mincore's ENOMEM is. */
+opt_t resident_count_smaps(const void *addr, size_t len, size_t page)
+{
+	static struct smaps_span spans[MAX_SPANS], one[4];
+	residency_note(RESIDENCY_SMAPS); /* a null below is smaps' answer too */
+	uintptr_t a = (uintptr_t)addr & ~(uintptr_t)(page - 1);
+	uintptr_t b = ((uintptr_t)addr + len + page - 1) & ~(uintptr_t)(page - 1);
+	int n = smaps_spans(a, b, spans, MAX_SPANS);
+	if (n <= 0 || spans[0].start > a || spans[n - 1].end < b)
+		return none;
+	long long total = 0;
+	for (int i = 0; i < n; i++) {
+		if (i > 0 && spans[i].start != spans[i - 1].end)
+			return none; /* a hole */
+		long long r = span_resident(&spans[i], a, b, page);
+		if (r < 0) {
+			uintptr_t lo = spans[i].start > a ? spans[i].start : a, hi = spans[i].end < b ? spans[i].end : b;
+			if (mprotect((void *)lo, hi - lo, spans[i].prot ^ PROT_EXEC) != 0)
+				return none;
+			int m = smaps_spans(lo, hi, one, 4);
+			r = m == 1 ? span_resident(&one[0], lo, hi, page) : -1;
+			if (mprotect((void *)lo, hi - lo, spans[i].prot) != 0 || r < 0)
+				return none;
+		}
+		total += r;
+	}
+	return some(total);
 }
 
 void record_residency(struct record *r, const void *addr, size_t len, size_t page)
@@ -139,8 +231,19 @@ size_t touch_pages(struct record *r, void *p, size_t len, size_t page, bool writ
 	volatile size_t done = 0;
 	volatile char *q = p;
 	volatile char sink = 0;
-	struct faults f0 = faults_now();
+	/* The walk's own bookkeeping must not fault inside the count. A child shares its parent's
+	 * pages copy-on-write after fork(2), so its first write to a static is a minor fault, and its
+	 * first run of a piece of code can be one too (fork copies no page-table entries of a file
+	 * mapping such as the program's text; kernels before 3.15 map no neighbouring page on a
+	 * fault). touch_sig, touch_armed and touch_env share a page with mincore_vec: on 2.6.20, where
+	 * mincore() fails without writing it, every touch counted one fault of the probe's own
+	 * (touch_faults "some" on every populate_* case). So the statics are written and sigsetjmp()
+	 * run once before the count starts. */
 	touch_sig = 0;
+	touch_armed = 0;
+	if (sigsetjmp(touch_env, 1) != 0)
+		return 0; /* not reached: touch_armed is 0, nothing jumps here */
+	struct faults f0 = faults_now();
 	if (sigsetjmp(touch_env, 1) == 0) {
 		touch_armed = 1;
 		for (size_t off = 0; off < len; off += page) {
@@ -174,6 +277,44 @@ size_t touch_key(struct record *r, void *p, size_t len, size_t page, bool write,
 	r->minflt_touch = some(f.minflt);
 	r->majflt_touch = some(f.majflt);
 	return n;
+}
+
+/* ---- the parent's clock ------------------------------------------------------------------ */
+
+/* CLOCK_MONOTONIC is not monotonic on every kernel the probe runs on. 2.6.20 x86_64 has no
+ * clocksource (no GENERIC_TIME in arch/x86_64/Kconfig before 2.6.21): clock_gettime() goes
+ * posix_ktime_get_ts() -> ktime_get_ts() -> getnstimeofday() -> do_gettimeofday(), which is xtime
+ * plus the TSC cycles since vxtime.last_tsc, uncapped (arch/x86_64/kernel/time.c
+ * do_gettimeoffset_tsc(), in the "GTOD HPET/TSC" mode the boot log names; do_gettimeofday():
+ * "there is a non monotonic clock anyways ... I dropped all corrections"). The timer interrupt
+ * (main_timer_handler()) then sets vxtime.last_tsc back to when it computes the tick happened,
+ * so under emulation, where ticks come late, a reading after a tick can be earlier than one before
+ * it. That is how a case's duration came out negative. The duration is then 0, and the record
+ * says by how much the clock went back between two of the parent's readings
+ * (`clock_backwards_us`, only when it did). */
+void mono_note(struct mono *m, double t)
+{
+	if (m->started && t < m->last) {
+		if (m->last - t > m->back_s)
+			m->back_s = m->last - t;
+		return; /* last stays the latest time seen */
+	}
+	m->started = true;
+	m->last = t;
+}
+
+double mono_read(struct mono *m)
+{
+	struct timespec ts = {0, 0};
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	double t = (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+	mono_note(m, t);
+	return t;
+}
+
+long long mono_ms(double t0, double t1)
+{
+	return t1 < t0 ? 0 : (long long)((t1 - t0) * 1000.0 + 0.5);
 }
 
 /* ---- sizes ------------------------------------------------------------------------------- */

@@ -14,8 +14,17 @@ struct faults {
 };
 struct faults faults_now(void);
 
-/* mincore(2) over [addr, addr+len): resident pages, or none when mincore fails (e.g. a hole). */
+/* mincore(2) over [addr, addr+len): resident pages, or none when mincore fails (e.g. a hole). On
+ * a kernel whose mincore refuses anonymous memory (before 2.6.21) the count comes from smaps Rss
+ * instead (resident_count_smaps(), measure.c says how they compare), and residency_source() says
+ * so. */
 opt_t resident_count(const void *addr, size_t len, size_t page);
+opt_t resident_count_smaps(const void *addr, size_t len, size_t page);
+/* How the record's residency was measured when it was not mincore(2), for the record's
+ * `residency_source` (emitted only then); NULL for mincore. residency_note() sets it. */
+const char *residency_source(void);
+void residency_source_reset(void);
+void residency_note(const char *how);
 /* Fill the record's smaps_* fields from the entry containing addr. */
 void record_smaps(struct record *r, const void *addr);
 /* One value of the smaps entry containing addr: `lo` as smaps_lo_of() says; Locked in kB (none
@@ -42,6 +51,21 @@ size_t touch_pages(struct record *r, void *p, size_t len, size_t page, bool writ
 /* touch_pages over the key mapping, filling minflt_touch and majflt_touch. */
 size_t touch_key(struct record *r, void *p, size_t len, size_t page, bool write, int *sig);
 void record_signal(struct record *r, int sig);
+
+/* ---- the parent's clock ----------------------------------------------------------------- */
+
+/* CLOCK_MONOTONIC readings around one case (probe.c run_case()), and the largest step back seen
+ * between two of them (measure.c says where the clock goes back). */
+struct mono {
+	bool started;
+	double last, back_s;
+};
+/* clock_gettime(CLOCK_MONOTONIC) in seconds, noted in *m. */
+double mono_read(struct mono *m);
+/* A reading t noted in *m (mono_read's bookkeeping, apart for the tests). */
+void mono_note(struct mono *m, double t);
+/* Whole milliseconds from t0 to t1, rounded; 0 when t1 is before t0 (the clock went back). */
+long long mono_ms(double t0, double t1);
 
 /* ---- sizes and set-up ------------------------------------------------------------------- */
 

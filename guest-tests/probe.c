@@ -25,6 +25,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/klog.h>
+#include <sys/mman.h>
 #include <sys/prctl.h>
 #include <sys/wait.h>
 #include <time.h>
@@ -175,7 +176,10 @@ static _Noreturn void run_child(const struct case_def *cd, int wfd)
 static int kmsg_fd = -1;
 static bool klog_whole; /* no readable /dev/kmsg: syslog(2) instead */
 static char kmsg_lines[KMSG_KEEP][KMSG_LINE];
-static char klog_buf[1 << 18];
+/* Mapped only on a kernel that needs it: in the probe's image it would be 256 KiB of VmSize, which
+ * mlockall(MCL_CURRENT) counts against the limit on every kernel. */
+#define KLOG_SIZE (1 << 18)
+static char *klog_buf;
 static char klog_tail[256]; /* the end of the previous read, found again in the next */
 static size_t klog_tail_len;
 
@@ -248,7 +252,13 @@ static int klog_collect(pid_t pid, bool *oom_killed, int *first)
 {
 	*oom_killed = false;
 	*first = 0;
-	int n = klogctl(SYSLOG_ACTION_READ_ALL, klog_buf, (int)sizeof(klog_buf) - 1);
+	if (!klog_buf) {
+		void *p = mmap(NULL, KLOG_SIZE, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+		if (p == MAP_FAILED)
+			return -1;
+		klog_buf = p;
+	}
+	int n = klogctl(SYSLOG_ACTION_READ_ALL, klog_buf, KLOG_SIZE - 1);
 	if (n < 0)
 		return -1;
 	klog_buf[n] = '\0';
@@ -281,13 +291,6 @@ static int klog_collect(pid_t pid, bool *oom_killed, int *first)
 
 /* ---- parent ------------------------------------------------------------------------------ */
 
-static double now_s(void)
-{
-	struct timespec ts;
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
-}
-
 static char rec_buf[1 << 18];
 static char line_buf[1 << 19];
 
@@ -305,7 +308,8 @@ static void run_case(const struct case_def *cd, double timeout_s)
 		perror("probe: pipe");
 		exit(EXIT_SETUP);
 	}
-	double t0 = now_s();
+	struct mono clk = {false, 0, 0}; /* may go back on old kernels: measure.c mono_note() */
+	double t0 = mono_read(&clk);
 	pid_t pid = fork();
 	if (pid < 0) {
 		perror("probe: fork");
@@ -315,6 +319,8 @@ static void run_case(const struct case_def *cd, double timeout_s)
 		close(fds[0]);
 		if (kmsg_fd >= 0)
 			close(kmsg_fd);
+		if (klog_buf)
+			munmap(klog_buf, KLOG_SIZE); /* the case's address space is its own, on every era */
 		run_child(cd, fds[1]);
 	}
 	close(fds[1]);
@@ -324,7 +330,7 @@ static void run_case(const struct case_def *cd, double timeout_s)
 	int status = 0;
 	double deadline = t0 + timeout_s;
 	while (!reaped) {
-		double left = deadline - now_s();
+		double left = deadline - mono_read(&clk);
 		if (left <= 0) {
 			kill(pid, SIGKILL);
 			while (waitpid(pid, &status, 0) < 0 && errno == EINTR)
@@ -360,7 +366,7 @@ static void run_case(const struct case_def *cd, double timeout_s)
 			reaped = true;
 	}
 	close(fds[0]);
-	long long duration_ms = (long long)((now_s() - t0) * 1000.0 + 0.5);
+	long long duration_ms = mono_ms(t0, mono_read(&clk));
 
 	bool have_record = record_ok(rec_buf, len, overflow);
 	struct json j;
@@ -392,6 +398,8 @@ static void run_case(const struct case_def *cd, double timeout_s)
 			j_kint(&j, "exit_code", WEXITSTATUS(status));
 	}
 	j_kint(&j, "duration_ms", duration_ms);
+	if (clk.back_s > 0) /* only where CLOCK_MONOTONIC went back during the case */
+		j_kint(&j, "clock_backwards_us", (long long)(clk.back_s * 1e6 + 0.999));
 	j_kint(&j, "child_pid", (long long)pid);
 	bool oom = false;
 	int first = 0;

@@ -17,6 +17,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
+#include <sys/utsname.h>
 #include <unistd.h>
 
 /* ---- small file helpers ------------------------------------------------------------------ */
@@ -220,6 +222,37 @@ bool has_cap_ipc_lock(void)
 	return v && ((strtoull(v, NULL, 16) >> 14) & 1); /* CAP_IPC_LOCK, include/uapi/linux/capability.h */
 }
 
+bool release_older(const char *release, int major, int minor, int patch)
+{
+	/* "2.6.32", "3.16.0", "6.1.0-18-amd64", "4.4.178+": up to three numbers, a missing one 0. */
+	long v[3] = {0, 0, 0};
+	const char *s = release;
+	for (int i = 0; i < 3; i++) {
+		if (!isdigit((unsigned char)*s)) {
+			if (i == 0)
+				return false;
+			break;
+		}
+		char *end;
+		v[i] = strtol(s, &end, 10);
+		s = end;
+		if (*s != '.')
+			break;
+		s++;
+	}
+	long want[3] = {major, minor, patch};
+	for (int i = 0; i < 3; i++)
+		if (v[i] != want[i])
+			return v[i] < want[i];
+	return false;
+}
+
+bool kernel_older(int major, int minor, int patch)
+{
+	struct utsname u;
+	return uname(&u) == 0 && release_older(u.release, major, minor, patch);
+}
+
 int vma_count(const void *start, size_t len)
 {
 	if (read_file("/proc/self/maps", procbuf, sizeof(procbuf)) < 0)
@@ -293,6 +326,46 @@ void smaps_parse(char *text, uintptr_t a, struct smaps_info *out)
 		}
 		line = nl ? nl + 1 : NULL;
 	}
+}
+
+int smaps_spans(uintptr_t a, uintptr_t b, struct smaps_span *out, int cap)
+{
+	ssize_t n = read_file("/proc/self/smaps", procbuf, sizeof(procbuf));
+	if (n < 0 || (size_t)n + 1 >= sizeof(procbuf))
+		return -1; /* cut: an entry could be missing */
+	return smaps_spans_parse(procbuf, a, b, out, cap);
+}
+
+int smaps_spans_parse(const char *text, uintptr_t a, uintptr_t b, struct smaps_span *out, int cap)
+{
+	int n = 0;
+	struct smaps_span *cur = NULL; /* the overlapping entry whose lines follow */
+	for (const char *line = text; line && *line; line = strchr(line, '\n'), line = line ? line + 1 : NULL) {
+		char *end;
+		unsigned long long start = strtoull(line, &end, 16);
+		if (end != line && *end == '-') { /* a header: "start-end perms offset dev inode path" */
+			unsigned long long stop = strtoull(end + 1, &end, 16);
+			cur = NULL;
+			if (start < b && stop > a) {
+				if (n >= cap)
+					return -1;
+				cur = &out[n++];
+				cur->start = (uintptr_t)start;
+				cur->end = (uintptr_t)stop;
+				cur->rss_kb = -1;
+				while (*end == ' ')
+					end++;
+				cur->prot = (end[0] == 'r' ? PROT_READ : 0) | (end[0] && end[1] == 'w' ? PROT_WRITE : 0) |
+					    (end[0] && end[1] && end[2] == 'x' ? PROT_EXEC : 0);
+			}
+		} else if (cur && strncmp(line, "Rss:", 4) == 0) {
+			cur->rss_kb = strtoll(line + 4, NULL, 10);
+		}
+	}
+	for (int i = 0; i < n; i++)
+		if (out[i].rss_kb < 0)
+			return -1; /* an entry without its Rss line: not smaps as we know it */
+	return n;
 }
 
 int smaps_lo_of(const struct smaps_info *si)

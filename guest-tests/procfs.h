@@ -33,6 +33,11 @@ long long memavailable_kb(const char **estimate);
  * zoneinfo is not read when meminfo has MemAvailable, and may then be NULL. */
 long long memavailable_of(const char *meminfo, const char *zoneinfo, size_t page, const char **estimate);
 bool has_cap_ipc_lock(void);
+/* The running kernel (uname(2) release) is older than major.minor.patch; release_older() is the
+ * same for a release string ("2.6.32", "6.1.0-18-amd64", "4.4.178+"). False when it cannot be
+ * parsed. */
+bool kernel_older(int major, int minor, int patch);
+bool release_older(const char *release, int major, int minor, int patch);
 int vma_count(const void *start, size_t len); /* /proc/self/maps entries overlapping the range */
 
 struct smaps_info {
@@ -49,6 +54,17 @@ void smaps_parse(char *text, uintptr_t addr, struct smaps_info *out);
 /* `lo` of the entry: 1 or 0 (0 when there is no entry), LO_UNKNOWN when the entry has no VmFlags. */
 #define LO_UNKNOWN (-1)
 int smaps_lo_of(const struct smaps_info *si);
+/* The entries of /proc/self/smaps that overlap [a, b), in address order: where each VMA starts and
+ * ends, its Rss and its protection (PROT_* from the header's "rwxp"). smaps_spans_parse() is the
+ * same from smaps text. -1 when smaps cannot be read, was cut (more than the buffer holds) or has
+ * more than cap such entries. */
+struct smaps_span {
+	uintptr_t start, end;
+	long long rss_kb;
+	int prot;
+};
+int smaps_spans(uintptr_t a, uintptr_t b, struct smaps_span *out, int cap);
+int smaps_spans_parse(const char *text, uintptr_t a, uintptr_t b, struct smaps_span *out, int cap);
 /* Mlocked and Unevictable of /proc/meminfo in kB, -1 when absent. Writes /proc/sys/vm/stat_refresh
  * first (procfs.c says why). */
 void meminfo_locked(long long *mlocked, long long *unevict);

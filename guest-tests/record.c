@@ -16,6 +16,7 @@ void record_init(struct record *r)
 	memset(r, 0, sizeof(*r));
 	r->applicable = true;
 	r->mlocked0_kb = r->unevict0_kb = -1;
+	residency_source_reset();
 }
 
 void not_applicable(struct record *r, const char *fmt, ...)
@@ -258,6 +259,9 @@ void emit_record(struct json *j, const char *name, const struct ctx *c, const st
 	j_kopt(j, "vmlck_end_kb", r->vmlck_end_kb);
 	j_kopt(j, "resident_pages", r->resident_pages);
 	j_kopt(j, "total_pages", r->total_pages);
+	/* Only where residency was not mincore(2)'s: on other kernels the line is what it always was. */
+	if (residency_source())
+		j_kstr(j, "residency_source", residency_source());
 	j_kopt(j, "minflt_call", r->minflt_call);
 	j_kopt(j, "majflt_call", r->majflt_call);
 	j_kopt(j, "minflt_touch", r->minflt_touch);

@@ -1,12 +1,16 @@
-"""Real boots of an old kernel: vanilla 4.4.178 (2019; the 4.4 line is from January 2016), built here.
+"""Real boots of old kernels built here: 2.6.20 (2007), 2.6.32 (2009), 3.16.0 (2014) and 4.4.178
+(2019; the 4.4 line is from 2016), each the whole catalogue under every limit and user, beside
+Debian 12's 6.1 in one run and one history.
 
-`../shared/kernels/` beside the project holds it (how it was built: its README). It has no PVH
-note, so QEMU boots it through the firmware; it never credits RDRAND, so without the host's
-virtio-rng dropbear would wait for entropy for ever; it comes without modules, so the harness
-reaches it over the serial line. Nothing is mocked.
+`../shared/kernels/` beside the project holds them (how each was built: its README), each with the
+config it was built with beside its bzImage, which is how the harness knows their built-in drivers.
+None has a PVH note, so QEMU boots them through the firmware; 2.6.20's image predates the bzImage
+payload fields; before 2.6.26 /init makes its device nodes from sysfs; before 3.2 the guest gets
+the musl userland; before 3.5 the probe reads the kernel log with syslog(2); before 3.14 it
+estimates MemAvailable. Nothing is mocked.
 
-The static musl userland that kernels older than glibc's minimum need is checked here too, on a
-kernel both userlands run on: same verdicts and fingerprints.
+The static musl userland is checked here too, on a kernel both userlands run on: same verdicts and
+fingerprints as glibc's.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 from conftest import results_doc
@@ -26,10 +31,10 @@ from harness.kit import probe
 pytestmark = pytest.mark.integration
 REPO = Path(__file__).resolve().parent.parent
 OLD_KERNELS = Path(os.environ.get("HARNESS_OLD_KERNELS", REPO.parent / "shared" / "kernels"))
-LINUX_4_4 = OLD_KERNELS / "linux-4.4.178"
+RELEASES = {"linux-2.6.20": "2.6.20", "linux-2.6.32": "2.6.32", "linux-3.16.0": "3.16.0", "linux-4.4.178": "4.4.178+"}
 
 
-def harness(*args: str, timeout: float = 900) -> subprocess.CompletedProcess[str]:
+def harness(*args: str, timeout: float = 1800) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "harness", *args],
         capture_output=True,
@@ -41,64 +46,102 @@ def harness(*args: str, timeout: float = 900) -> subprocess.CompletedProcess[str
 
 
 @pytest.fixture(scope="module")
-def bzimage() -> Path:
-    image = LINUX_4_4 / "bzImage"
-    if not image.is_file():
-        pytest.skip(f"{image}: no such file (the old kernels beside the project; set HARNESS_OLD_KERNELS)")
-    sums = dict(reversed(line.split()) for line in (LINUX_4_4 / "SHA256SUMS").read_text().splitlines() if line)
-    assert hashlib.sha256(image.read_bytes()).hexdigest() == sums["bzImage"]
-    return image
+def images() -> list[Path]:
+    """Each old kernel's bzImage, checked against its SHA256SUMS."""
+    found = []
+    for folder in RELEASES:
+        image = OLD_KERNELS / folder / "bzImage"
+        if not image.is_file():
+            pytest.skip(f"{image}: no such file (the old kernels beside the project; set HARNESS_OLD_KERNELS)")
+        sums = dict(reversed(line.split()) for line in (image.parent / "SHA256SUMS").read_text().splitlines() if line)
+        assert hashlib.sha256(image.read_bytes()).hexdigest() == sums["bzImage"]
+        found.append(image)
+    return found
 
 
 AXES = "memlock: [default, 64K, 0, unlimited]\nusers: [root, user]\n"
 
 
 @pytest.fixture(scope="module")
-def glibc_run(bzimage: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """4.4.178 beside Debian 12's 6.1 in one run, with today's (glibc) userland."""
+def glibc_run(images: list[Path], tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The four old kernels beside Debian 12's 6.1 in one run, each with the userland that runs on it."""
     tmp = tmp_path_factory.mktemp("old")
-    (tmp / "m.yaml").write_text(f"kernels:\n  - path: {bzimage}\n  - debian: bookworm\n{AXES}")
+    kernels = "".join(f"  - path: {image}\n" for image in images)
+    (tmp / "m.yaml").write_text(f"kernels:\n{kernels}  - debian: bookworm\n{AXES}")
     proc = harness("run", "--matrix", str(tmp / "m.yaml"), "--results", str(tmp / "results"), "--jobs", "2")
-    assert proc.returncode == 0, proc.stdout + proc.stderr  # both kernels deviate, as known
+    assert proc.returncode == 0, proc.stdout + proc.stderr  # every deviation of every era explained
     return tmp / "results"
 
 
-def test_linux_4_4_runs_the_whole_catalogue_and_joins_the_history_of_debian_kernels(glibc_run: Path) -> None:
-    """Every case under every limit and user, none an error, the era's documented behaviours judged
-    by their own cited rules, one history for both kernels."""
-    results = glibc_run
+def boots(results: Path) -> tuple[dict[str, dict[str, Any]], dict[str, dict[str, Any]]]:
+    """The run's boots and the manifest's, by release."""
     run_dir = (results / "latest").resolve()
-    data = results_doc(run_dir)
-    old = next(b for b in data["boots"] if b["uname"].startswith("4.4.178"))
-    assert old["error"] == "" and old["transport"] == "net"  # virtio-net, as its config beside it says
-    assert len(old["cases"]) == 4 * 2 * len(probe.build().names)
-    assert {c["outcome"] for c in old["cases"]} <= {"pass", "not_applicable", "deviation"}
     manifest = json.loads((run_dir / "manifest.json").read_text())
-    booted = {b["id"]: b for b in manifest["boots"]}[old["boot_id"]]
-    assert booted["transport"] == "net" and "virtio-rng-pci" in booted["qemu_command"]
-    assert "userland" not in booted  # 4.4 is above glibc's minimum: today's userland, unsaid
-    kernel = {k["spec"]: k for k in manifest["kernels"]}[booted["kernel"]]
-    assert kernel["pvh"] is False and kernel["release"] == "4.4.178+"
+    by_id = {b["id"]: b for b in manifest["boots"]}
+    data = {b["uname"]: b for b in results_doc(run_dir)["boots"]}
+    return data, {release: by_id[b["boot_id"]] for release, b in data.items()}
 
-    def result(case: str, memlock: str, user: str) -> dict[str, object]:
-        return next(c for c in old["cases"] if (c["case"], c["memlock"], c["user"]) == (case, memlock, user))
 
+def test_every_old_kernel_runs_the_whole_catalogue_over_net_with_its_disk(glibc_run: Path) -> None:
+    """Every case under every limit and user, none an error; reached over the NIC its config names,
+    the data disk mounted where it has a driver for one; the userland that comes up on its era."""
+    data, booted = boots(glibc_run)
+    cases = 4 * 2 * len(probe.build().names)
+    for release in RELEASES.values():
+        boot = data[release]
+        assert boot["error"] == "" and len(boot["cases"]) == cases, release
+        assert {c["outcome"] for c in boot["cases"]} <= {"pass", "not_applicable", "deviation", "oom_killed"}, release
+        assert boot["transport"] == "net" and booted[release]["transport"] == "net", release
+        assert "virtio-rng-pci" in booted[release]["qemu_command"]
+    assert booted["2.6.20"]["devices"] == {"nic": "e1000", "disk": "", "fs": ""}
+    disk = {release: [c for c in data[release]["cases"] if c["case"].startswith("file_disk_")] for release in data}
+    assert all("no disk-backed file" in c["message"] for c in disk["2.6.20"])  # no disk driver in 2.6.20's config
+    for release in ("2.6.32", "3.16.0", "4.4.178+"):
+        assert not [c for c in disk[release] if "no disk-backed file" in c["message"]], release
+    assert {r: booted[r].get("userland", "glibc") for r in RELEASES.values()} == {
+        "2.6.20": "musl",
+        "2.6.32": "musl",
+        "3.16.0": "glibc",
+        "4.4.178+": "glibc",
+    }
+    assert "panic=1 " in booted["2.6.32"]["qemu_command"] and "panic=-1" in booted["3.16.0"]["qemu_command"]
+
+
+def test_each_era_answers_as_its_sources_say(glibc_run: Path) -> None:
+    """Facts of each era, read in its sources, and what the probe now measures there."""
+    data, _ = boots(glibc_run)
+
+    def result(release: str, case: str, memlock: str, user: str) -> dict[str, Any]:
+        return next(c for c in data[release]["cases"] if (c["case"], c["memlock"], c["user"]) == (case, memlock, user))
+
+    # MemAvailable is from 3.14 (commit 34e431b0ae39): estimated before, as that commit defines it.
+    for release in ("2.6.20", "2.6.32"):
+        observation = result(release, "limits", "default", "root")["observation"]
+        assert "34e431b0ae39" in observation["memavailable_estimate"] and observation["memavailable_kb"] > 0
+    assert "memavailable_estimate" not in result("3.16.0", "limits", "default", "root")["observation"]
+    # /dev/kmsg is readable from 3.5: before, the log is read with syslog(2), and an OOM kill is seen.
+    oom = result("2.6.32", "oom_map_locked_noreserve_above_total", "unlimited", "root")["observation"]
+    assert oom["oom_killed"] is True and any("Killed process" in line for line in oom["kernel_log"])
     # MREMAP_DONTUNMAP is from 5.7: not applicable, with the reason, never a deviation.
-    for case in ("mremap_dontunmap_whole", "mremap_dontunmap_partial", "mremap_dontunmap_shared"):
-        r = result(case, "unlimited", "root")
+    for release in RELEASES.values():
+        r = result(release, "mremap_dontunmap_whole", "unlimited", "root")
         assert r["outcome"] == "not_applicable" and "before 5.7" in str(r["message"]), r
     # mlockall(MCL_ONFAULT) alone succeeded until 5.2 (commit dedca63504a2)...
-    alone = result("future_onfault_alone", "default", "root")
-    assert alone["outcome"] == "pass" and alone["observation"]["result"] == "ok"  # type: ignore[index]
+    alone = result("4.4.178+", "future_onfault_alone", "default", "root")
+    assert alone["outcome"] == "pass" and alone["observation"]["result"] == "ok"
     assert "dedca63504a2" in str(alone["citation"])
     # ... and an overlapping mlock was charged twice until 4.9 (mlock(2) BUGS).
-    relock = result("account_relock_overlap", "64K", "user")
-    assert relock["outcome"] == "pass" and relock["observation"]["result"] == "ENOMEM"  # type: ignore[index]
+    relock = result("4.4.178+", "account_relock_overlap", "64K", "user")
+    assert relock["outcome"] == "pass" and relock["observation"]["result"] == "ENOMEM"
     assert "4.9" in str(relock["citation"])
 
-    proc = harness("history", "--history", str(results / "history.sqlite"), "--case", "future_onfault_alone")
+
+def test_one_history_orders_every_era_by_version(glibc_run: Path) -> None:
+    proc = harness("history", "--history", str(glibc_run / "history.sqlite"), "--case", "limits")
     assert proc.returncode == 0, proc.stderr
-    assert "4.4.178" in proc.stdout and "6.1." in proc.stdout, proc.stdout
+    header = next(line for line in proc.stdout.splitlines() if "2.6.20" in line)
+    columns = [header.index(v) for v in ("2.6.20", "2.6.32", "3.16.0", "4.4.178", "6.1.")]
+    assert columns == sorted(columns), header
 
 
 def test_the_musl_userland_gives_the_glibc_userland_s_verdicts(glibc_run: Path, tmp_path: Path) -> None:
