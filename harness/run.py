@@ -131,9 +131,9 @@ def prepare(
                 log(f"kernel {spec.label}: {way[0]} userland ({way[1]})")
             log(f"kernel {spec.label}: {kernel.release} ({kernel.version or kernel.source})")
             if kernel.modules_dir is None:  # its drivers built in: its .config says which, when known
-                known = f"its config {kernel.config} ({kernel.config_from})" if kernel.config else "no config"
-                why = "" if kernel.config else f": {kernel.config_from}" if kernel.config_from else ""
-                log(f"kernel {spec.label}: {hardware.summary()}, from {known}{why}")
+                where = f" ({kernel.config_from})" if kernel.config_from else ""
+                known = f"from its config {kernel.config}{where}" if kernel.config else f"no config known{where}"
+                log(f"kernel {spec.label}: {hardware.summary()}, {known}")
         except InfraError as e:
             prepared[spec] = Prepared(error=str(e))
             log(f"kernel {spec.label}: {e}")

@@ -200,7 +200,7 @@ def _config(
     if text is not None:
         return _kept(cache / "vmlinux" / f"{hashlib.sha256(data).hexdigest()}.config", text, leases), "in the image"
     looked = "; ".join(others) or "none beside the image"
-    return None, f"{looked} and none in it (CONFIG_IKCONFIG); give config: FILE"
+    return None, f"{looked} and no CONFIG_IKCONFIG in it; give config: FILE"
 
 
 _CONFIG_VERSION = re.compile(rb"^# Linux(?:/\S+)? (?:kernel version: )?(\d+\.\d+[^\s]*)", re.M)
