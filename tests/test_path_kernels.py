@@ -78,9 +78,7 @@ def test_a_config_for_another_release_is_passed_over_and_said(tmp_path: Path) ->
     (tmp_path / "config").write_text("#\n# Linux kernel version: 2.6.20\n#\nCONFIG_E1000=y\n")
     kernel = from_path(PathKernel(path), tmp_path / "cache")
     assert kernel.config is None
-    assert kernel.config_from == (
-        f"{tmp_path / 'config'} is 2.6.20's and no CONFIG_IKCONFIG in it; give config: FILE"
-    )
+    assert kernel.config_from == f"{tmp_path / 'config'} is 2.6.20's and no CONFIG_IKCONFIG in it; give config: FILE"
     assert devices.choose(kernel).summary() == "no NIC driver (over serial), no data disk (no driver for one)"
 
 
