@@ -104,3 +104,13 @@ class Where:
 
     def error(self, path: KeyPath, message: str) -> FieldError:
         return FieldError(self.origin(path), path, message)
+
+    def optional_file(self, value: object, path: KeyPath, what: str) -> Path | None:
+        """A file the document names (relative to it, `~` expanded), or None where it names none;
+        bad input when there is no such file (`what`: "the kernel's .config")."""
+        if value is None:
+            return None
+        file = self.base_dir / Path(str(value)).expanduser()
+        if not file.is_file():
+            raise self.error(path, f"{file} is not a file; give {what}")
+        return file

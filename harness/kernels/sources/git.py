@@ -71,12 +71,7 @@ class GitSource:
             raise where.error((*path, "repo"), f"{repo_path} is not a git work tree; give a kernel git checkout")
         if not isinstance(rev, str) or not rev:
             raise where.error((*path, "rev"), "give a revision: a commit, tag or branch (quote numbers: '1a2b3c')")
-        config = value.get("config")
-        config_path = None
-        if config is not None:
-            config_path = where.base_dir / Path(str(config)).expanduser()
-            if not config_path.is_file():
-                raise where.error((*path, "config"), f"{config_path} is not a file; give a config fragment")
+        config_path = where.optional_file(value.get("config"), (*path, "config"), "a config fragment")
         base = value.get("base", "tinyconfig")
         if base not in BASES:
             raise where.error((*path, "base"), f"{base!r}: give one of {', '.join(BASES)}")

@@ -91,13 +91,8 @@ class PathSource:
             mod_path = where.base_dir / Path(modules).expanduser()
             if not mod_path.is_dir():
                 raise where.error((*path, "modules"), f"{mod_path} is not a directory")
-        config = item.get("config")
-        config_path = None
-        if config is not None:
-            config_path = where.base_dir / Path(str(config)).expanduser()
-            if not config_path.is_file():
-                raise where.error((*path, "config"), f"{config_path} is not a file; give the kernel's .config")
-        return PathKernel(kernel, mod_path, config_path, where.origin(path))
+        config = where.optional_file(item.get("config"), (*path, "config"), "the kernel's .config")
+        return PathKernel(kernel, mod_path, config, where.origin(path))
 
     def expand(self, spec: PathKernel, ctx: Context) -> Sequence[KernelSpec]:
         return [spec]
