@@ -160,7 +160,7 @@ def from_path(spec: PathKernel, cache: Path, leases: Leases = UNLEASED) -> Kerne
     release = modules.name if modules else found
     if not release:
         raise UserError(f"path {path}: kernel version not found; give 'modules: /lib/modules/<release>'")
-    config, config_from = _config(spec, path, release, data, cache, leases)
+    config, config_from = _config(spec, path, release, data, cache / "vmlinux" / f"{sha}.config", leases)
     return Kernel(spec.label, release, path, vmlinux, modules, sha, None, None, (), f"path:{path}", config, config_from)
 
 
@@ -173,11 +173,12 @@ def _kept(file: Path, data: bytes | str, leases: Leases) -> Path:
 
 
 def _config(
-    spec: PathKernel, image: Path, release: str, data: bytes, cache: Path, leases: Leases
+    spec: PathKernel, image: Path, release: str, data: bytes, kept: Path, leases: Leases
 ) -> tuple[Path | None, str]:
     """The kernel's .config and where it was found: given (`config:`), beside the image (`config`,
     `.config`, `config-RELEASE`; the tree's .config for arch/x86/boot/bzImage) when it is for this
-    release, or the image's own (CONFIG_IKCONFIG). (None, why) when there is none."""
+    release, or the image's own (CONFIG_IKCONFIG), taken out once into `kept`. (None, why) when there
+    is none."""
     if spec.config is not None:
         return spec.config.resolve(), "given"
     beside = [image.parent / name for name in ("config", ".config", f"config-{release}")]
@@ -190,10 +191,12 @@ def _config(
             if made_for is None or release.startswith(made_for):
                 return candidate, "beside the image"
             others.append(f"{candidate} is {made_for}'s")
+    if kept.is_file():
+        return _kept(kept, "", leases), "in the image"  # taken out of this very image before
     kernel = kernel_elf(data) if is_bzimage(data) else data
     text = embedded_config(kernel) if kernel else None
     if text is not None:
-        return _kept(cache / "vmlinux" / f"{hashlib.sha256(data).hexdigest()}.config", text, leases), "in the image"
+        return _kept(kept, text, leases), "in the image"
     looked = "; ".join(others) or "none beside the image"
     return None, f"{looked} and no CONFIG_IKCONFIG in it; give config: FILE"
 
