@@ -308,6 +308,12 @@ static void run_case(const struct case_def *cd, double timeout_s)
 		perror("probe: pipe");
 		exit(EXIT_SETUP);
 	}
+	/* SIGCHLD blocked, so its arrival can be waited for (sigtimedwait) and is never lost between a
+	 * waitpid() and the wait; the child gets the mask the probe started with. */
+	sigset_t chld, before;
+	sigemptyset(&chld);
+	sigaddset(&chld, SIGCHLD);
+	sigprocmask(SIG_BLOCK, &chld, &before);
 	struct mono clk = {false, 0, 0}; /* may go back on old kernels: measure.c mono_note() */
 	double t0 = mono_read(&clk);
 	pid_t pid = fork();
@@ -316,6 +322,7 @@ static void run_case(const struct case_def *cd, double timeout_s)
 		exit(EXIT_SETUP);
 	}
 	if (pid == 0) {
+		sigprocmask(SIG_SETMASK, &before, NULL);
 		close(fds[0]);
 		if (kmsg_fd >= 0)
 			close(kmsg_fd);
@@ -358,13 +365,18 @@ static void run_case(const struct case_def *cd, double timeout_s)
 				}
 			}
 		} else {
-			/* The pipe closed but the child lives on (e.g. in exit teardown of a big locked area). */
-			struct timespec ts = {0, 10 * 1000 * 1000};
-			nanosleep(&ts, NULL);
+			/* The pipe closed but the child lives on (between closing its files and exiting, or in
+			 * exit teardown of a big locked area): woken by its SIGCHLD, not after a fixed nap. A
+			 * guest's idle nap is wall time under emulation, and the pipe's EOF usually wakes
+			 * the probe just before its child is reapable. */
+			double nap = left < 1 ? left : 1;
+			struct timespec ts = {(time_t)nap, (long)((nap - (double)(time_t)nap) * 1e9)};
+			sigtimedwait(&chld, NULL, &ts);
 		}
 		if (!pipe_open && waitpid(pid, &status, WNOHANG) == pid)
 			reaped = true;
 	}
+	sigprocmask(SIG_SETMASK, &before, NULL);
 	close(fds[0]);
 	long long duration_ms = mono_ms(t0, mono_read(&clk));
 
