@@ -90,6 +90,7 @@ class FakeMachine:
         self.exit_status: int | None = None
         self.closed = False
         self.restored = ""
+        self.saved = ""
 
     def wait_exit(self, timeout: float) -> None:
         pass
@@ -682,6 +683,9 @@ class EmptyStore:
 
     def find(self, key: str) -> None:
         return None
+
+    def costs(self, key: str) -> dict[str, float]:
+        return {}
 
 
 def test_a_panic_ends_qemu_on_every_era(tmp_path: Path) -> None:

@@ -53,7 +53,8 @@ def behaviour(result: BootResult) -> dict[tuple[str, str, str], tuple[str, str]]
 def test_a_loaded_guest_behaves_as_the_booted_one(bookworm: Prepared, tmp_path: Path) -> None:  # noqa: F811
     """The whole catalogue, as root and as the user under 64K, in a guest booted cold (and saved)
     and then in one loaded from it: the same outcome and fingerprint for every case. The loaded
-    boot says what it was loaded from, in its results and in its serial log."""
+    boot says what it was loaded from, in its results and in its serial log; what each case cost
+    is kept beside the saved guest."""
     store = snapshot.Store(tmp_path / "guests")
     runs = (
         matrix.RunPlan(None, "root", tuple(probe.build().names)),
@@ -62,7 +63,8 @@ def test_a_loaded_guest_behaves_as_the_booted_one(bookworm: Prepared, tmp_path: 
     cold = boot_plan(bookworm, tmp_path / "cold", runs, saved=store)
     (saved,) = store.root.iterdir()
     assert cold.restored == "" and not cold.error
-    assert sorted(p.name for p in saved.iterdir()) == [snapshot.CONSOLE, snapshot.ABOUT, snapshot.STATE]
+    assert sorted(p.name for p in saved.iterdir()) == [snapshot.CONSOLE, snapshot.COSTS, snapshot.ABOUT, snapshot.STATE]
+    assert len(store.costs(saved.name)) > len(probe.build().names)  # what the cases cost, for guests side by side
     assert saved.stat().st_mode & 0o777 == 0o700  # it holds the guest's private host key
     about = json.loads((saved / snapshot.ABOUT).read_text())
     assert about["key"] == saved.name and about["format"] == snapshot.FORMAT

@@ -73,6 +73,7 @@ class Machine(Protocol):
     config: vm.VMConfig
     started: float
     restored: str  # the saved guest this one was loaded from (harness.boot.snapshot); "" when booted
+    saved: str  # the saved guest this one is, loaded or saved; "" when none
 
     @property
     def ready_after(self) -> float | None: ...
@@ -170,8 +171,10 @@ def run_boot(
     config = vm_config(ctx)
     result.transport = ctx.transport
     result.qemu_argv = config.argv()  # port 0 until QEMU has one; kept for boots that never come up
-    share = lanes.Share(plan.runs)
     count = max(1, min(guests, len(plan.runs)))
+    saved_key = snapshot.key(config) if count > 1 and ctx.saved is not None else ""
+    costs = ctx.saved.costs(saved_key) if ctx.saved is not None and saved_key else {}
+    share = lanes.Share(plan.runs, lanes.longest_first(plan.runs, costs))
     guest_lanes = [lanes.Lane(n, ctx.serial_log if n == 0 else lanes.log_of(ctx.serial_log, n)) for n in range(count)]
     lock = threading.Lock()
 
@@ -189,13 +192,16 @@ def run_boot(
             run_lane(guest_lanes[0])
         else:
             # With no saved guest yet, the first guest boots and saves one, and the others load it.
-            first_saves = ctx.saved is not None and ctx.saved.find(snapshot.key(config)) is None
+            first_saves = ctx.saved is not None and ctx.saved.find(saved_key) is None
             lanes.side_by_side(guest_lanes, share, run_lane, first_saves, live.cancelled, plan.id)
             lanes.merged(result, share, guest_lanes, ctx.serial_log)
         ended = [lane.ended for lane in guest_lanes if lane.ended is not None]
         if ended and share.untaken():  # every guest gave up: the rest shares the last reason
             result.error = result.error or ended[-1].error
             fill(result, share.untaken(), ended[-1].outcome, ended[-1].message)
+        if ctx.saved is not None:
+            for key in this.saved:
+                ctx.saved.remember(key, lanes.spent(result))
     finally:
         packed = pack(ctx.serial_log)
         if packed is not None:
@@ -227,6 +233,7 @@ class _Boot:
     live: Live
     seams: Seams
     share: lanes.Share
+    saved: set[str] = field(default_factory=set)  # the saved guests its guests are (what the cases cost is kept there)
 
 
 def _lane(boot: _Boot, config: vm.VMConfig, lane: lanes.Lane) -> None:
@@ -300,6 +307,8 @@ def _guest(boot: _Boot, config: vm.VMConfig, lane: lanes.Lane) -> None:
         if lane.n == 0:
             result.qemu_argv = machine.config.argv()
         result.restored = machine.restored or result.restored
+        if machine.saved:
+            boot.saved.add(machine.saved)
         result.timings.setdefault("marker", round(machine.ready_after or 0.0, 3))
         publish(result, True)
         endpoint = machine.endpoint(ctx.image.host_key)

@@ -2,8 +2,9 @@
 
 A kernel developer's loop is one kernel, and so is a run of one `--kernel`: its eight runs one
 after another on one core leave the others idle. The runs of a boot are shared (`Share`): each
-guest takes the next run no guest has taken when it is done with its own, so the guests finish
-together whatever each run costs (the OOM cases are not spread evenly). Each guest is a lane: its
+guest takes the next run no guest has taken when it is done with its own, the longest first by
+what its cases cost the last time this saved guest ran them, so the guests finish together
+whatever each run costs (the OOM cases are not spread evenly). Each guest is a lane: its
 own QEMU, SSH session, serial log (appended to the boot's at the end) and reboot policy; the
 results go into the one boot and are put back in plan order when every lane is done.
 """
@@ -11,7 +12,7 @@ results go into the one boot and are put back in plan order when every lane is d
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -24,11 +25,12 @@ from harness.results import BootResult
 
 class Share:
     """The runs of one boot shared by its guests. A guest takes the next run no guest has taken when
-    it is done with its own, so several guests finish together whatever each run costs; with one
-    guest it takes them in plan order, as a boot always has."""
+    it is done with its own, so several guests finish together whatever each run costs; in `order`
+    (indices of `runs`), plan order by default, as a boot with one guest always takes them."""
 
-    def __init__(self, runs: Sequence[RunPlan]) -> None:
+    def __init__(self, runs: Sequence[RunPlan], order: Sequence[int] | None = None) -> None:
         self.runs = tuple(runs)
+        self.order = tuple(range(len(self.runs)) if order is None else order)
         self._owner: dict[int, int] = {}  # run index -> the guest (lane) that took it
         self._lock = threading.Lock()
         self.up = threading.Event()  # the first guest is ready (a saved state exists to load), or gave up
@@ -44,7 +46,7 @@ class Share:
 
     def take(self, lane: int) -> bool:
         with self._lock:
-            free = next((i for i in range(len(self.runs)) if i not in self._owner), None)
+            free = next((i for i in self.order if i not in self._owner), None)
             if free is not None:
                 self._owner[free] = lane
             return free is not None
@@ -62,6 +64,27 @@ class Share:
     def left(self, lane: int, result: BootResult) -> bool:
         """Whether the lane has cases left: its own, or a run no guest has taken."""
         return bool(pending_runs(result, self.mine(lane)) or self.untaken())
+
+
+def cost_key(case: str, memlock: str, user: str) -> str:
+    return f"{case} {memlock} {user}"
+
+
+def spent(result: BootResult) -> dict[str, float]:
+    """What each case of the boot took in its guest (the probe's own measure), by `cost_key`."""
+    return {cost_key(c.case, c.memlock, c.user): c.duration_s for c in result.cases if c.duration_s > 0}
+
+
+def longest_first(runs: Sequence[RunPlan], costs: Mapping[str, float]) -> list[int]:
+    """The runs' indices, the longest first by what their cases cost the last time (`spent`), for
+    guests side by side: taken in plan order, a long run taken last keeps one guest busy while the
+    others idle (bullseye's eight runs take 0.3 to 2 s). A case not known costs what a known one
+    does on average; with nothing known, plan order."""
+    if not costs:
+        return list(range(len(runs)))
+    usual = sum(costs.values()) / len(costs)
+    guess = [sum(costs.get(cost_key(c, r.memlock_label, r.user), usual) for c in r.cases) for r in runs]
+    return sorted(range(len(runs)), key=lambda i: -guess[i])
 
 
 def pending_runs(result: BootResult, runs: Sequence[RunPlan]) -> list[tuple[RunPlan, list[str]]]:

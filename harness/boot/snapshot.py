@@ -36,6 +36,7 @@ from pathlib import Path
 from harness.boot import qmp, vm
 from harness.cache.lease import Leases
 from harness.errors import InfraError
+from harness.files import atomic_write
 
 FORMAT = 1  # what a saved guest's folder holds and how it is loaded; a new format is a new key
 STATE = "state.zst"
@@ -44,6 +45,8 @@ ABOUT = "saved.json"
 SAVE_TIMEOUT = 120.0  # seconds for QEMU to write a state
 STALE_AFTER = 86400.0  # seconds after which a folder being saved or deleted is a leftover
 LOAD_TIMEOUT = 60.0  # seconds for a saved guest to run again (it takes under one here, under TCG)
+COSTS = "costs.json"  # the seconds each case took in this guest's last boot (harness.boot.lanes orders by them)
+COSTS_MAX = 1 << 20  # bytes: a catalogue's worth is 30 KB
 CONNECTION = b"Child connection from"  # what dropbear -E logs on the console for each connection it accepts
 
 
@@ -92,6 +95,33 @@ class Store:
         and discards it itself if it fails (the last to let go deletes it)."""
         with contextlib.suppress(OSError):
             self.leases.discard(saved.folder)  # renamed away first: a boot that looks finds no half folder
+
+    def costs(self, key: str) -> dict[str, float]:
+        """What each case cost the last boot of this saved guest, in seconds (by `remember`); empty
+        when nothing is known, or the file is not what `remember` writes: it only orders work, so
+        it is not worth a word."""
+        try:
+            with (self.root / key / COSTS).open("rb") as f:
+                data = f.read(COSTS_MAX + 1)
+            doc = json.loads(data) if len(data) <= COSTS_MAX else None
+        except (OSError, ValueError, RecursionError):
+            return {}
+        if not isinstance(doc, dict):
+            return {}
+        return {
+            k: float(v)
+            for k, v in doc.items()
+            if isinstance(k, str) and isinstance(v, int | float) and not isinstance(v, bool) and 0 <= v < 1e6
+        }
+
+    def remember(self, key: str, spent: dict[str, float]) -> None:
+        """Keep what each case cost beside the saved guest it ran in, over what an earlier boot left
+        there. Nothing when there is no such guest (deleted meanwhile)."""
+        if not spent or not (self.root / key / STATE).is_file():
+            return
+        merged = {**self.costs(key), **{k: round(v, 3) for k, v in spent.items()}}
+        with contextlib.suppress(InfraError):
+            atomic_write(self.root / key / COSTS, json.dumps(merged, sort_keys=True))
 
     def save(self, machine: vm.VM, key: str) -> Saved:
         """Pause the guest, write its state, and let it run on. Raises InfraError when QEMU cannot;
@@ -182,7 +212,7 @@ def boot(
                 machine = stack.enter_context(
                     vm.boot(config, serial_log, min(timeout, LOAD_TIMEOUT), cancel=cancel, incoming=saved.incoming)
                 )
-                machine.restored = k
+                machine.restored = machine.saved = k
             except vm.BootFailure as e:
                 if cancel is not None and cancel.is_set():
                     raise
@@ -197,6 +227,7 @@ def boot(
             try:
                 _check_quiet(machine.console())
                 store.save(machine, k)
+                machine.saved = k
             except (InfraError, OSError) as e:
                 _log(serial_log, f"\n[harness: the guest could not be saved for later boots: {e}]\n".encode())
         yield machine

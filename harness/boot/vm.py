@@ -197,6 +197,7 @@ class VM:
         self.config = config
         self.serial_log = serial_log
         self.restored = ""  # the saved guest (harness.boot.snapshot key) this one was loaded from
+        self.saved = ""  # the saved guest this one is: loaded from it, or saved as it
         self.incoming = incoming  # a loaded guest prints nothing new until a case runs: no silence bound
         self.started = time.monotonic()
         self._serial = _Serial()
