@@ -36,7 +36,6 @@ from pathlib import Path
 from harness.boot import qmp, vm
 from harness.cache.lease import Leases
 from harness.errors import InfraError
-from harness.files import atomic_write
 
 FORMAT = 1  # what a saved guest's folder holds and how it is loaded; a new format is a new key
 STATE = "state.zst"
@@ -116,12 +115,14 @@ class Store:
 
     def remember(self, key: str, spent: dict[str, float]) -> None:
         """Keep what each case cost beside the saved guest it ran in, over what an earlier boot left
-        there. Nothing when there is no such guest (deleted meanwhile)."""
+        there. Nothing when there is no such guest, or it is deleted meanwhile: written in place,
+        never making the folder (a folder of costs alone would keep the guest from being saved
+        again); a reader that meets it half written orders by plan."""
         if not spent or not (self.root / key / STATE).is_file():
             return
         merged = {**self.costs(key), **{k: round(v, 3) for k, v in spent.items()}}
-        with contextlib.suppress(InfraError):
-            atomic_write(self.root / key / COSTS, json.dumps(merged, sort_keys=True))
+        with contextlib.suppress(OSError):
+            (self.root / key / COSTS).write_text(json.dumps(merged, sort_keys=True))
 
     def save(self, machine: vm.VM, key: str) -> Saved:
         """Pause the guest, write its state, and let it run on. Raises InfraError when QEMU cannot;
