@@ -129,7 +129,7 @@ def merge(
         for boot in shard.run.boots:
             if boot.serial_log:
                 _copy(shard.run_dir, out_dir, boot.serial_log)
-    writer = rundir.RunWriter(out_dir, run_id, run.started, [b.boot_id for b in boots])
+    writer = rundir.RunWriter(out_dir, run_id, run.started, [b.boot_id for b in boots], known=expected)
     for boot in boots:
         writer.add_boot(boot)
     writer.write_manifest(_manifest(shards, run))

@@ -33,8 +33,9 @@ def rejudge(
     if before.finished is None and not before.interrupted:
         raise UserError(f"{run_dir}: the run has not finished (or was killed); judge it once it has ended")
     recorded = rundir.read_manifest(run_dir)
-    after, kept = judge.run(before, judge.Judge(verdict.load(expectations), known.load_known(known_file)))
-    writer = rundir.RunWriter(run_dir, before.run_id, before.started, [b.boot_id for b in before.boots])
+    entries = known.load_known(known_file)
+    after, kept = judge.run(before, judge.Judge(verdict.load(expectations), entries))
+    writer = rundir.RunWriter(run_dir, before.run_id, before.started, [b.boot_id for b in before.boots], known=entries)
     writer.add_boots(after.boots)
     if recorded is not None:
         digest = verdict.expectations_sha256(expectations)

@@ -218,7 +218,8 @@ def _execute(
     saved = None if options.cold else snapshot.Store.of(options.cache, leases)
 
     run_id, run_dir = rundir.create(options.results)
-    writer = rundir.RunWriter(run_dir, run_id, rundir.now(), [p.id for p in plans], candidates.Finder(options.cache))
+    order = [p.id for p in plans]
+    writer = rundir.RunWriter(run_dir, run_id, rundir.now(), order, candidates.Finder(options.cache), judging.known)
     log(f"results: {run_dir}")
     results = {
         p.id: BootResult(p.id, kernel=None, ram_mb=p.ram_mb, accelerator=accel.name, qemu_version=vm.qemu_version())

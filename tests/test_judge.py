@@ -98,7 +98,8 @@ def test_a_real_run_judged_again_changes_only_what_the_expectations_changed(tmp_
     """A real run, judged again: with the same expectations every report is byte for byte what the
     run wrote; with one rule changed (mlock at limit 0: EAGAIN instead of mlock(2)'s EPERM), exactly
     the results it covers change, in every report and in the history; with the first again, the
-    files are the run's own once more."""
+    files are the run's own once more. A known-deviations entry for a case that passes is said to
+    be fixed, and junit.xml shows its results in full."""
     matrix = tmp_path / "m.yaml"
     matrix.write_text(
         "kernels: [{debian: bookworm}]\nmemlock: [0, 64K]\nusers: [user]\n"
@@ -115,6 +116,16 @@ def test_a_real_run_judged_again_changes_only_what_the_expectations_changed(tmp_
     assert same.returncode == 0, same.stderr
     assert f"every result of run {run_dir.name} is judged as before" in same.stdout
     assert digests(run_dir) == original
+
+    # A known deviation that no longer shows is news: said in the terminal, failing under --strict,
+    # and its results' observations in junit.xml.
+    known = tmp_path / "known.yaml"
+    known.write_text("known:\n  - case: mlock_under\n    reason: seen once, long ago\n")
+    fixed = harness("judge", str(run_dir), "--known", str(known), "--strict")
+    assert fixed.returncode == 1 and "fixed: mlock_under" in fixed.stdout, fixed.stdout[-2000:]
+    passes = sum(1 for (case, _), outcome in judged.items() if case == "mlock_under" and outcome == "pass")
+    said = "fixed: no longer deviates as known-deviations.yaml expects (seen once, long ago)"
+    assert passes and (run_dir / "junit.xml").read_text().count(said) == passes
 
     changed = tmp_path / "expectations.yaml"
     text = verdict.EXPECTATIONS.read_text()

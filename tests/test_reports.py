@@ -19,6 +19,7 @@ from conftest import results_doc
 from rich.console import Console
 
 from harness.errors import InfraError, UserError
+from harness.kit.known import Known
 from harness.manifest import Manifest, Shard
 from harness.report import junit, resultsfile, rundir
 from harness.report.junit import junit_xml
@@ -184,6 +185,20 @@ def test_junit_testcase_per_outcome() -> None:
     )
     (known,) = cases_of(suites(junit_xml([known_boot], RUN_ID))[boot.boot_id]).values()
     assert [e.tag for e in known] == ["skipped"] and (known[0].text or "").startswith(boot.cases[2].message[:20])
+
+    # A known deviation that no longer shows in a boot (every result of its entry there passes) is
+    # news: its passes carry their observation, and say which entry they no longer need.
+    entry = Known("lock_basic", "locks leak (a link)")
+    fixed = cases_of(suites(junit_xml([boot], RUN_ID, [entry]))[boot.boot_id])["lock_basic[memlock=64K,user=user]"]
+    out = fixed.find("system-out")
+    assert out is not None and (out.text or "").startswith("fixed: no longer deviates as known-deviations.yaml")
+    assert "(locks leak (a link))" in (out.text or "") and '\nobserved: {"errno":0,"locked_kb":64}' in (out.text or "")
+    assert fixed.find("failure") is None and fixed.find("skipped") is None  # still a pass
+    still = dataclasses.replace(
+        boot, cases=[*boot.cases, dataclasses.replace(boot.cases[1], case="lock_basic", memlock="0")]
+    )
+    shown = cases_of(suites(junit_xml([still], RUN_ID, [Known("lock_basic", "r")]))[boot.boot_id])
+    assert list(shown["lock_basic[memlock=64K,user=user]"]) == []  # the entry still shows in this boot: a line
 
     for name, tag, kind in (
         ("lock_all_ram", "failure", "oom_killed"),

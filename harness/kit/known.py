@@ -142,11 +142,28 @@ def fixed(known: Sequence[Known], boots: Sequence[BootResult]) -> list[tuple[Kno
     boots where its cases now behave as documented (a notice; `--strict` fails the run on it)."""
     out = []
     for entry in known:
-        mine = [(b, r) for b in boots for r in b.cases if entry.applies(r, b.kernel)]
-        answered = [(b, r) for b, r in mine if r.outcome in (Outcome.PASS, Outcome.DEVIATION, Outcome.OOM_KILLED)]
-        if answered and not any(r.outcome is not Outcome.PASS for _, r in answered):
+        answered = [(b, r) for b in boots for r in _answered(entry, b)]
+        if answered and all(r.outcome is Outcome.PASS for _, r in answered):
             out.append((entry, list(dict.fromkeys(b.boot_id for b, _ in answered))))
     return out
+
+
+def settled(known: Sequence[Known], boot: BootResult) -> dict[tuple[str, str, str], str]:
+    """The boot's results of entries that no longer show in it (every one answered and passed), by
+    (case, limit, user), each with its entry's reason: what junit.xml shows a person in full."""
+    out: dict[tuple[str, str, str], str] = {}
+    for entry in known:
+        answered = _answered(entry, boot)
+        if answered and all(r.outcome is Outcome.PASS for r in answered):
+            for r in answered:
+                out.setdefault((r.case, r.memlock, r.user), entry.says)
+    return out
+
+
+def _answered(entry: Known, boot: BootResult) -> list[CaseResult]:
+    """The entry's results in the boot that the guest answered (a pass, or what it may expect)."""
+    answers = (Outcome.PASS, Outcome.DEVIATION, Outcome.OOM_KILLED)
+    return [r for r in boot.cases if r.outcome in answers and entry.applies(r, boot.kernel)]
 
 
 def _entry_lines(root: yaml.Node | None) -> dict[int, int]:

@@ -10,12 +10,13 @@ from __future__ import annotations
 import json
 import re
 import xml.etree.ElementTree as ET
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from junit_xml import TestCase, TestSuite
 
+from harness.kit.known import Known, settled
 from harness.results import BootResult, CaseResult, Outcome
 
 BOOT_CASE = "boot"  # the testcase that carries a boot's infrastructure error
@@ -86,13 +87,17 @@ def classname(boot_id: str) -> str:
     return xml_safe("harness." + boot_id.replace(".", "_"))
 
 
-def _testcase(boot_id: str, result: CaseResult) -> TestCase:
-    # The observation goes with the results a person opens: a new failure, an error. A pass, a case
-    # that does not apply and a known deviation (the same every night) are a line each in a
-    # consumer's list: at every Debian build their observations were 55 of junit.xml's 68 MB.
-    # results.json.gz keeps every one, and the boot's page shows it.
+def _testcase(boot_id: str, result: CaseResult, fixed: str = "") -> TestCase:
+    # The observation goes with the results a person opens: a new failure, an error, a known
+    # deviation that no longer shows (`fixed`: its entry's reason). A pass, a case that does not
+    # apply and a known deviation (the same every night) are a line each in a consumer's list: at
+    # every Debian build their observations were 55 of junit.xml's 68 MB. results.json.gz keeps
+    # every one, and the boot's page shows it.
     quiet = result.outcome in (Outcome.PASS, Outcome.NOT_APPLICABLE) or bool(result.known)
     stdout = None if result.observation is None or quiet else xml_safe(_json(result.observation))
+    if fixed and result.observation is not None:
+        said = f"fixed: no longer deviates as known-deviations.yaml expects ({fixed})"
+        stdout = xml_safe(f"{said}\nobserved: {_json(result.observation)}")
     case = TestCase(
         xml_safe(result.name),
         classname=classname(boot_id),
@@ -126,8 +131,8 @@ def _boot_testcase(boot: BootResult) -> TestCase:
     return case
 
 
-def _suite(boot: BootResult, run_id: str) -> TestSuite:
-    cases = [_testcase(boot.boot_id, r) for r in boot.cases]
+def _suite(boot: BootResult, run_id: str, fixed: Mapping[tuple[str, str, str], str]) -> TestSuite:
+    cases = [_testcase(boot.boot_id, r, fixed.get((r.case, r.memlock, r.user), "")) for r in boot.cases]
     if boot.error:
         # Also when some cases did finish: a boot that died half-way must still be red in CI.
         cases.insert(0, _boot_testcase(boot))
@@ -165,8 +170,10 @@ class SuiteXml:
     time: float  # junit_xml's unrounded sum, so the document's total rounds as one sum would
 
 
-def suite_xml(boot: BootResult, run_id: str) -> SuiteXml:
-    built = _suite(boot, run_id).build_xml_doc(encoding="utf-8")
+def suite_xml(boot: BootResult, run_id: str, known: Sequence[Known] = ()) -> SuiteXml:
+    """The boot's suite; `known` (known-deviations.yaml's entries) says which passes are news: an
+    entry's results that all pass in this boot carry their observation (known.settled)."""
+    built = _suite(boot, run_id, settled(known, boot)).build_xml_doc(encoding="utf-8")
     # Through text and back, as a whole document would go: the parser normalises (a lone \r in
     # guest output reads back as \n), and the file must say what a reader of it will see.
     suite = ET.fromstring(ET.tostring(built, encoding="utf-8"))
@@ -208,6 +215,6 @@ def document(suites: Sequence[SuiteXml], run_id: str) -> str:
 _MARK = "\x01"
 
 
-def junit_xml(boots: Sequence[BootResult], run_id: str) -> str:
+def junit_xml(boots: Sequence[BootResult], run_id: str, known: Sequence[Known] = ()) -> str:
     """One <testsuite> per boot, one <testcase> per CaseResult, plus a "boot" testcase for a boot error."""
-    return document([suite_xml(boot, run_id) for boot in boots], run_id)
+    return document([suite_xml(boot, run_id, known) for boot in boots], run_id)

@@ -20,6 +20,7 @@ from pathlib import Path
 from harness import REPO, manifest
 from harness.errors import InfraError, UserError
 from harness.files import atomic_write, os_failure
+from harness.kit.known import Known
 from harness.report import candidates, overview, report_html, resultsfile, summary_md
 from harness.report.junit import SuiteXml, document, suite_xml
 from harness.report.resultsfile import PLAIN_RESULTS_FILE, RESULTS_FILE, results_file, results_json
@@ -150,9 +151,11 @@ class RunWriter:
         started: str,
         order: Sequence[str] = (),
         explain: candidates.Explain | None = None,
+        known: Sequence[Known] = (),
     ) -> None:
         self.run_dir = run_dir
         self.explain = explain  # changelog candidates for the views' changes within a line
+        self.known = tuple(known)  # known-deviations entries: junit.xml shows the results of one no longer seen
         self.run_id = run_id
         self.started = started
         self.finished: str | None = None
@@ -252,7 +255,10 @@ class RunWriter:
     def _render(self, boot: BootResult) -> tuple[bytes, SuiteXml]:
         rendered = self._rendered.get(boot.boot_id)
         if rendered is None:
-            rendered = self._rendered[boot.boot_id] = (resultsfile.boot_entry(boot), suite_xml(boot, self.run_id))
+            rendered = self._rendered[boot.boot_id] = (
+                resultsfile.boot_entry(boot),
+                suite_xml(boot, self.run_id, self.known),
+            )
         return rendered
 
     def _write_reports(self) -> None:
