@@ -160,7 +160,13 @@ static void run_dontunmap(const struct ctx *c, struct record *r, const void *arg
 	if (dc->kind == DU_SHARED) {
 		fd = memfd_create("probe-dontunmap", MFD_CLOEXEC);
 		if (fd < 0 || ftruncate(fd, (off_t)size) != 0) {
-			not_applicable(r, "no memfd");
+			int err = errno;
+			char nb[16];
+			if (fd < 0 && err == ENOSYS) /* memfd_create(2): "added in Linux 3.17" */
+				not_applicable(r, "no memfd: memfd_create(2) is from Linux 3.17 (ENOSYS)");
+			else
+				not_applicable(r, "no memfd: %s failed with %s", fd < 0 ? "memfd_create" : "ftruncate",
+					       errno_name(err, nb, sizeof(nb)));
 			if (fd >= 0)
 				close(fd);
 			return;

@@ -166,7 +166,7 @@ opt_t smaps_locked_kb_at(const void *addr)
 {
 	struct smaps_info si;
 	smaps_at(addr, &si);
-	return si.found ? some(si.locked_kb) : none;
+	return si.found && si.has_locked ? some(si.locked_kb) : none;
 }
 
 void key_begin(struct record *r)

@@ -308,8 +308,10 @@ void smaps_parse(char *text, uintptr_t a, struct smaps_info *out)
 				out->size_kb = strtoll(v, NULL, 10);
 			else if ((v = find_field(line, "Rss")))
 				out->rss_kb = strtoll(v, NULL, 10);
-			else if ((v = find_field(line, "Locked")))
+			else if ((v = find_field(line, "Locked"))) {
 				out->locked_kb = strtoll(v, NULL, 10);
+				out->has_locked = true;
+			}
 			else if ((v = find_field(line, "VmFlags"))) {
 				out->flags = true;
 				while (*v == ' ' || *v == '\t')

@@ -43,6 +43,7 @@ int vma_count(const void *start, size_t len); /* /proc/self/maps entries overlap
 struct smaps_info {
 	bool found;
 	long long size_kb, rss_kb, locked_kb;
+	bool has_locked; /* a Locked line was there (not on 2.6.20 or 2.6.32, seen here): else locked_kb is unknown */
 	bool lo, lf;
 	bool flags; /* a VmFlags line was there (Linux 3.8 on): without it lo and lf are unknown */
 	char vmflags[160];

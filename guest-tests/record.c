@@ -94,6 +94,8 @@ void rec_bool(struct record *r, const char *key, bool v)
 /* Why some fields are null: the verdict does not hold their absence against the kernel. */
 static const char NO_VMFLAGS[] = "/proc/PID/smaps has no VmFlags before Linux 3.8: whether a range is locked "
 				 "(lo) is unknown";
+static const char NO_LOCKED[] = "/proc/PID/smaps has no VmFlags before Linux 3.8, and no Locked line on this "
+				"kernel: whether a range is locked (lo), and how much of it (the smaps_locked fields), are unknown";
 
 void rec_lo(struct record *r, const char *key, int lo)
 {
@@ -172,7 +174,7 @@ struct step *step_snapshot(struct record *r, const struct ctx *c, const char *na
 		struct smaps_info si;
 		smaps_at(addr, &si);
 		if (si.found) {
-			step_int(s, "smaps_locked_kb", si.locked_kb);
+			step_opt(s, "smaps_locked_kb", si.has_locked ? some(si.locked_kb) : none);
 			step_int(s, "smaps_rss_kb", si.rss_kb);
 			if (si.flags) {
 				step_bool(s, "lo", si.lo);
@@ -236,8 +238,13 @@ void emit_record(struct json *j, const char *name, const struct ctx *c, const st
 
 	j_kbool(j, "applicable", r->applicable);
 	j_kstr(j, "reason", r->applicable ? NULL : r->reason);
-	if (r->unknown || (r->smaps.found && !r->smaps.flags))
-		j_kstr(j, "unknown", r->unknown ? r->unknown : NO_VMFLAGS);
+	const char *unknown = r->unknown;
+	if (r->smaps.found && !r->smaps.has_locked)
+		unknown = NO_LOCKED;
+	else if (!unknown && r->smaps.found && !r->smaps.flags)
+		unknown = NO_VMFLAGS;
+	if (unknown)
+		j_kstr(j, "unknown", unknown);
 	j_kopt(j, "size", r->size);
 	j_kstr(j, "result", !r->result_set ? NULL : r->result == 0 ? "ok" : errno_name(r->result, nb, sizeof(nb)));
 
@@ -269,7 +276,7 @@ void emit_record(struct json *j, const char *name, const struct ctx *c, const st
 	j_kopt(j, "meminfo_mlocked_delta_kb", r->meminfo_mlocked_delta_kb);
 	j_kopt(j, "meminfo_unevictable_delta_kb", r->meminfo_unevictable_delta_kb);
 	const struct smaps_info *s = &r->smaps;
-	j_kopt(j, "smaps_locked_kb", s->found ? some(s->locked_kb) : none);
+	j_kopt(j, "smaps_locked_kb", s->found && s->has_locked ? some(s->locked_kb) : none);
 	j_kopt(j, "smaps_rss_kb", s->found ? some(s->rss_kb) : none);
 	j_kopt(j, "smaps_size_kb", s->found ? some(s->size_kb) : none);
 	if (s->found && s->flags) {

@@ -157,6 +157,17 @@ def test_each_era_answers_as_its_sources_say(glibc_run: Path) -> None:
     assert beyond["2.6.32"]["observation"]["oom_killed"] is True and "4a6018f7f4f1" in beyond["2.6.32"]["citation"]
     assert beyond["3.16.0"]["observation"]["signal_touch"] == "SIGBUS"
     assert all(x["outcome"] == "pass" for x in beyond.values())
+    # smaps has a Locked line on 3.16 and 4.4, not on 2.6.20 or 2.6.32: there the size is unknown, not 0.
+    locked = {r: result(r, "mlock_under", "64K", "user")["observation"] for r in old}
+    assert {r: o["smaps_locked_kb"] for r, o in locked.items()} == dict.fromkeys(old, 32) | {
+        "2.6.20": None,
+        "2.6.32": None,
+    }
+    assert "no Locked line" in locked["2.6.32"]["unknown"] and "Locked" not in locked["3.16.0"].get("unknown", "")
+    # memfd_create(2) is from 3.17: a shared DONTUNMAP mapping has no memfd, and says why.
+    for release in ("2.6.32", "3.16.0"):
+        shared = result(release, "mremap_dontunmap_shared", "unlimited", "root")
+        assert shared["outcome"] == "not_applicable" and "from Linux 3.17 (ENOSYS)" in shared["message"], shared
     # MREMAP_DONTUNMAP is from 5.7: not applicable, with the reason, never a deviation.
     for release in RELEASES.values():
         r = result(release, "mremap_dontunmap_whole", "unlimited", "root")
