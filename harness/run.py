@@ -212,7 +212,7 @@ def _execute(
             source.resolve(spec)
         except InfraError as e:  # this kernel's boots fail; the rest of the night goes on
             unresolved[spec] = e
-    accel = accel_mod.Current.of(options.accel, log)
+    accel = accel_mod.Current.of(options.accel, log, options.cache)
     live.accel, live.log = accel, log
     log(f"accelerator: {accel.name} ({accel.start.reason})")
     saved = None if options.cold else snapshot.Store.of(options.cache, leases)

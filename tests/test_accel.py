@@ -145,6 +145,43 @@ def test_the_check_refuses_a_kvm_that_runs_real_mode_code_but_not_linux(fake_kvm
 
 
 @needs_qemu
+def test_the_check_s_answer_is_kept_for_this_boot_of_the_host(
+    fake_kvm: None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The check (against the fake's KVM, seconds) runs once: a later run on the same boot of the
+    host, with the same /dev/kvm, QEMU and check, takes its answer and says when it was made. A new
+    /dev/kvm node, or a file that is not what was kept, checks again."""
+    cache = tmp_path / "cache"
+    first = accel.choose(accel.AUTO, check_timeout=3, cache=cache)
+    assert first == accel.Accelerator("tcg", "KVM failed the check guest: the guest printed nothing (no answer in 3s)")
+    assert json.loads((cache / accel.CHECKED).read_text())["name"] == "tcg"
+    checks: list[str] = []
+
+    def counted(name: str, timeout: float) -> tuple[bool, str]:
+        checks.append(name)
+        return True, ""
+
+    monkeypatch.setattr(accel, "run_check", counted)
+    accel._auto.cache_clear()  # another run: a new process
+    again = accel.choose(accel.AUTO, check_timeout=3, cache=cache)
+    assert checks == [] and again.name == "tcg" and again.reason.startswith(first.reason + "; checked at ")
+    assert "on this boot of the host" in again.reason and str(cache / accel.CHECKED) in again.reason
+    assert accel._auto(3, None) == accel.Accelerator("kvm", "KVM ran the check guest in long mode at a CPU's speed")
+    assert checks == ["kvm"]  # no cache given: checked
+
+    device = tmp_path / "kvm-again"  # the module loaded again: a new node
+    device.write_bytes(b"")
+    monkeypatch.setattr(accel, "KVM_DEVICE", device)
+    accel._auto.cache_clear()
+    assert accel.choose(accel.AUTO, check_timeout=3, cache=cache).name == "kvm" and len(checks) == 2
+    for junk in ("[", '{"name": "kvm"}', json.dumps({"name": "tcg"}) * 2):
+        (cache / accel.CHECKED).write_text(junk)
+        accel._auto.cache_clear()
+        assert accel.choose(accel.AUTO, check_timeout=3, cache=cache).name == "kvm"
+    assert len(checks) == 5
+
+
+@needs_qemu
 @pytest.mark.skipif(not os.path.exists("/dev/kvm"), reason="no /dev/kvm")
 @pytest.mark.skipif(os.environ.get("HARNESS_EXPECT_KVM") == "1", reason="HARNESS_EXPECT_KVM=1: KVM works here")
 def test_kvm_fails_the_check_on_this_machine() -> None:

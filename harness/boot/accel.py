@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import hashlib
+import json
 import os
 import select
 import struct
@@ -27,7 +29,8 @@ from pathlib import Path
 
 from harness import processes
 from harness.boot import vm
-from harness.errors import UserError
+from harness.errors import InfraError, UserError
+from harness.files import atomic_write
 
 AUTO, KVM, TCG = "auto", "kvm", "tcg"
 MODES = (AUTO, KVM, TCG)
@@ -53,16 +56,17 @@ def mode(asked: str | None) -> str:
     return value
 
 
-def choose(asked: str, check_timeout: float = 5.0) -> Accelerator:
-    """The accelerator a run starts with. `auto` is KVM only when the check proves it; `kvm` is
-    taken at its word, but a /dev/kvm this user cannot open is bad input."""
+def choose(asked: str, check_timeout: float = 5.0, cache: Path | None = None) -> Accelerator:
+    """The accelerator a run starts with. `auto` is KVM only when the check proves it (its answer
+    kept in `cache` for this boot of the host); `kvm` is taken at its word, but a /dev/kvm this
+    user cannot open is bad input."""
     if asked == TCG:
         return Accelerator(TCG, "asked for (--accel tcg or HARNESS_ACCEL=tcg)")
     if asked == KVM:
         if not os.access(KVM_DEVICE, os.R_OK | os.W_OK):
             raise UserError(f"--accel kvm: {KVM_DEVICE} is absent or not accessible; give --accel tcg or auto")
         return Accelerator(KVM, "asked for (--accel kvm or HARNESS_ACCEL=kvm): not checked, never left")
-    return _auto(check_timeout)
+    return _auto(check_timeout, cache)
 
 
 def for_host() -> Accelerator:
@@ -71,13 +75,60 @@ def for_host() -> Accelerator:
 
 
 @functools.cache
-def _auto(check_timeout: float) -> Accelerator:
+def _auto(check_timeout: float, cache: Path | None = None) -> Accelerator:
     if not os.access(KVM_DEVICE, os.R_OK | os.W_OK):
         return Accelerator(TCG, f"{KVM_DEVICE} is absent or not accessible")
+    facts = _host() if cache is not None else None
+    kept = cache / CHECKED if cache is not None else None
+    if kept is not None and facts is not None and (answer := _recall(kept, facts)) is not None:
+        return answer
     ok, detail = run_check(KVM, check_timeout)
     if ok:
-        return Accelerator(KVM, "KVM ran the check guest in long mode at a CPU's speed")
-    return Accelerator(TCG, f"KVM failed the check guest: {detail}")
+        answer = Accelerator(KVM, "KVM ran the check guest in long mode at a CPU's speed")
+    else:
+        answer = Accelerator(TCG, f"KVM failed the check guest: {detail}")
+    if kept is not None and facts is not None:
+        when = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+        with contextlib.suppress(InfraError):
+            atomic_write(kept, json.dumps({**facts, "name": answer.name, "reason": answer.reason, "checked": when}))
+    return answer
+
+
+# The check takes seconds where KVM fails it (2.8 s here), on every run. Its answer holds while
+# nothing it ran on changes: this boot of the host (a module loaded, a BIOS setting: a reboot, or a
+# new /dev/kvm node), QEMU, the CPU model the boots ask for, the check guest itself.
+CHECKED = "kvm-check.json"
+
+
+def _host() -> dict[str, str] | None:
+    """What a check's answer holds for; None when it cannot be told (no boot id to go by)."""
+    try:
+        boot_id = Path("/proc/sys/kernel/random/boot_id").read_text()[:64].strip()
+        st = KVM_DEVICE.stat()
+    except OSError:
+        return None
+    return {
+        "boot_id": boot_id,
+        "device": f"{st.st_rdev}:{st.st_ino}:{st.st_ctime_ns}",
+        "qemu": vm.qemu_version(),
+        "cpu": vm.cpu(KVM),
+        "check": hashlib.sha256(check_elf()).hexdigest(),
+    }
+
+
+def _recall(kept: Path, facts: dict[str, str]) -> Accelerator | None:
+    """The answer a check on this same host gave, when the file holds one (bounded, checked)."""
+    try:
+        with kept.open("rb") as f:
+            doc = json.loads(f.read(1 << 16))
+    except (OSError, ValueError, RecursionError):
+        return None
+    if not isinstance(doc, dict) or any(doc.get(k) != v for k, v in facts.items()):
+        return None
+    name, reason, when = doc.get("name"), doc.get("reason"), doc.get("checked")
+    if name not in (KVM, TCG) or not isinstance(reason, str) or not isinstance(when, str):
+        return None
+    return Accelerator(name, f"{reason[:500]}; checked at {when[:20]} on this boot of the host ({kept})")
 
 
 class Current:
@@ -97,8 +148,8 @@ class Current:
         self.fell_back = ""  # why KVM was turned off during the run; "" while it was not
 
     @classmethod
-    def of(cls, asked: str, log: Callable[[str], None] = lambda _: None) -> Current:
-        return cls(choose(asked), asked == AUTO, log)
+    def of(cls, asked: str, log: Callable[[str], None] = lambda _: None, cache: Path | None = None) -> Current:
+        return cls(choose(asked, cache=cache), asked == AUTO, log)
 
     @property
     def name(self) -> str:
